@@ -1,0 +1,75 @@
+package auth
+
+import (
+	"errors"
+	"fmt"
+
+	"github.com/pgtenant/pgtenant/config"
+	"github.com/xdg-go/scram"
+)
+
+// MethodSCRAMSHA256 is the Identity.Method for SCRAM-SHA-256 (with or without channel binding).
+const MethodSCRAMSHA256 = "scram-sha-256"
+
+// Identity is an authenticated client.
+type Identity struct {
+	User   string
+	Tenant string
+	Method string // "scram-sha-256"
+}
+
+// Entry is what the directory knows about one user.
+type Entry struct {
+	Credentials scram.StoredCredentials
+	Tenant      string
+}
+
+// Directory looks users up by name.
+type Directory interface {
+	Lookup(user string) (Entry, bool)
+}
+
+type staticDirectory map[string]Entry
+
+func (d staticDirectory) Lookup(user string) (Entry, bool) {
+	e, ok := d[user]
+	return e, ok
+}
+
+// NewStaticDirectory builds the directory from config users. Plaintext passwords are turned into verifiers at load
+// time; each such user's name is returned in plaintextUsers so main can log a warning (development only).
+func NewStaticDirectory(users []config.User) (dir Directory, plaintextUsers []string, err error) {
+	d := make(staticDirectory, len(users))
+	for i, u := range users {
+		if u.Name == "" {
+			return nil, nil, fmt.Errorf("users[%d]: empty user name", i)
+		}
+		if _, dup := d[u.Name]; dup {
+			return nil, nil, fmt.Errorf("users[%d] (%s): duplicate user name", i, u.Name)
+		}
+		if u.Password == "" {
+			return nil, nil, fmt.Errorf("users[%d] (%s): empty password", i, u.Name)
+		}
+		var creds scram.StoredCredentials
+		if IsVerifier(u.Password) {
+			creds, err = ParseVerifier(u.Password)
+			if err != nil {
+				return nil, nil, fmt.Errorf("users[%d] (%s): password: %w", i, u.Name, err)
+			}
+		} else {
+			v, err := NewVerifier(u.Password)
+			if err == nil {
+				creds, err = ParseVerifier(v)
+			}
+			if err != nil {
+				return nil, nil, fmt.Errorf("users[%d] (%s): deriving verifier from plaintext password: %w", i, u.Name, err)
+			}
+			plaintextUsers = append(plaintextUsers, u.Name)
+		}
+		d[u.Name] = Entry{Credentials: creds, Tenant: u.Tenant}
+	}
+	if len(d) == 0 {
+		return nil, nil, errors.New("no users configured")
+	}
+	return d, plaintextUsers, nil
+}

@@ -1,0 +1,313 @@
+// Package config loads and validates the pgtenant YAML configuration.
+package config
+
+import (
+	"bytes"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"regexp"
+	"slices"
+	"strconv"
+	"strings"
+	"time"
+	"unicode"
+
+	"github.com/jackc/pgx/v5/pgconn"
+	"gopkg.in/yaml.v3"
+)
+
+// Defaults applied to fields the file leaves out.
+const (
+	DefaultListen         = "127.0.0.1:6432"
+	DefaultTenantSetting  = "app.tenant_id"
+	DefaultConnectTimeout = 10 * time.Second
+	DefaultLogLevel       = "info"
+	DefaultLogFormat      = "text"
+	DefaultTLSMode        = TLSModeAllow
+)
+
+// TLS modes.
+const (
+	TLSModeAllow   = "allow"   // TLS offered, plaintext accepted
+	TLSModeRequire = "require" // plaintext refused
+)
+
+// Config is the whole pgtenant configuration.
+type Config struct {
+	Listen         string   `yaml:"listen"`          // default "127.0.0.1:6432"
+	TLS            *TLS     `yaml:"tls"`             // optional
+	Upstream       string   `yaml:"upstream"`        // required; libpq URL or keyword/value string
+	TenantSetting  string   `yaml:"tenant_setting"`  // default "app.tenant_id"
+	ConnectTimeout Duration `yaml:"connect_timeout"` // default 10s; upstream connect timeout
+	LogLevel       string   `yaml:"log_level"`       // debug|info|warn|error, default info
+	LogFormat      string   `yaml:"log_format"`      // text|json, default text
+	Users          []User   `yaml:"users"`
+}
+
+// TLS configures TLS for client connections.
+type TLS struct {
+	CertFile string `yaml:"cert_file"`
+	KeyFile  string `yaml:"key_file"`
+	Mode     string `yaml:"mode"` // "allow" (default) or "require"
+}
+
+// User is one client login and the tenant it is mapped to.
+type User struct {
+	Name     string `yaml:"name"`
+	Password string `yaml:"password"` // SCRAM-SHA-256 verifier, or plaintext (development only)
+	Tenant   string `yaml:"tenant"`
+}
+
+// Duration is a time.Duration written in YAML as a Go duration string ("10s", "1m").
+type Duration struct{ time.Duration }
+
+// UnmarshalYAML implements yaml.Unmarshaler.
+func (d *Duration) UnmarshalYAML(value *yaml.Node) error {
+	if value.Kind != yaml.ScalarNode {
+		return fmt.Errorf("line %d: duration must be a string such as \"10s\"", value.Line)
+	}
+	v, err := time.ParseDuration(value.Value)
+	if err != nil {
+		// A bare number is the usual mistake; say which unit form is wanted.
+		return fmt.Errorf("line %d: invalid duration %q: use a number with a unit, e.g. \"10s\" or \"1m\"", value.Line, value.Value)
+	}
+	d.Duration = v
+	return nil
+}
+
+// MarshalYAML implements yaml.Marshaler.
+func (d Duration) MarshalYAML() (any, error) {
+	return d.String(), nil
+}
+
+// Load reads the file at path and parses it.
+func Load(path string) (*Config, error) {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("config: %w", err)
+	}
+	c, err := Parse(data)
+	if err != nil {
+		return nil, fmt.Errorf("config file %s: %w", path, err)
+	}
+	return c, nil
+}
+
+// Parse expands ${ENV} references, decodes strictly, applies defaults and validates.
+func Parse(data []byte) (*Config, error) {
+	expanded, err := expandEnv(data)
+	if err != nil {
+		return nil, err
+	}
+
+	// Defaults are set before decoding so that an explicit value in the file,
+	// even an invalid one like "connect_timeout: 0s", is kept and then reported.
+	c := &Config{
+		Listen:         DefaultListen,
+		TenantSetting:  DefaultTenantSetting,
+		ConnectTimeout: Duration{DefaultConnectTimeout},
+		LogLevel:       DefaultLogLevel,
+		LogFormat:      DefaultLogFormat,
+	}
+	dec := yaml.NewDecoder(bytes.NewReader(expanded))
+	dec.KnownFields(true)
+	if err := dec.Decode(c); err != nil && !errors.Is(err, io.EOF) {
+		return nil, fmt.Errorf("decoding YAML: %w", err)
+	}
+	var extra any
+	if err := dec.Decode(&extra); !errors.Is(err, io.EOF) {
+		// A second "---" document would otherwise be silently ignored.
+		return nil, errors.New("decoding YAML: the file must contain exactly one YAML document (remove the extra \"---\" section)")
+	}
+	if c.TLS != nil && c.TLS.Mode == "" {
+		c.TLS.Mode = DefaultTLSMode
+	}
+	if err := c.Validate(); err != nil {
+		return nil, err
+	}
+	return c, nil
+}
+
+var envNameRE = regexp.MustCompile(`^[A-Za-z_][A-Za-z0-9_]*$`)
+
+// expandEnv replaces ${NAME} with the environment value and $$ with $. Any other
+// '$' is kept as-is, because SCRAM verifiers contain '$' (SCRAM-SHA-256$4096:...).
+func expandEnv(data []byte) ([]byte, error) {
+	var out bytes.Buffer
+	out.Grow(len(data))
+	line := 1
+	for i := 0; i < len(data); i++ {
+		ch := data[i]
+		if ch == '\n' {
+			line++
+		}
+		if ch != '$' || i+1 >= len(data) {
+			out.WriteByte(ch)
+			continue
+		}
+		switch data[i+1] {
+		case '$':
+			out.WriteByte('$')
+			i++
+		case '{':
+			end := bytes.IndexByte(data[i+2:], '}')
+			if end < 0 {
+				return nil, fmt.Errorf("line %d: unterminated \"${\": close it with \"}\", or write \"$${\" for a literal", line)
+			}
+			name := string(data[i+2 : i+2+end])
+			if !envNameRE.MatchString(name) {
+				return nil, fmt.Errorf("line %d: invalid environment variable name %q in \"${%s}\": use letters, digits and underscores", line, name, name)
+			}
+			val, ok := os.LookupEnv(name)
+			if !ok {
+				return nil, fmt.Errorf("line %d: environment variable %s is not set: set it, or write \"$${%s}\" for a literal", line, name, name)
+			}
+			out.WriteString(val)
+			i += 2 + end
+		default:
+			out.WriteByte(ch)
+		}
+	}
+	return out.Bytes(), nil
+}
+
+var tenantSettingRE = regexp.MustCompile(`^[a-z_][a-z0-9_]*(\.[a-z_][a-z0-9_]*)+$`)
+
+var (
+	validLogLevels  = []string{"debug", "info", "warn", "error"}
+	validLogFormats = []string{"text", "json"}
+	validTLSModes   = []string{TLSModeAllow, TLSModeRequire}
+)
+
+// Validate checks every field and returns all problems joined, each naming its field.
+func (c *Config) Validate() error {
+	var errs []error
+	add := func(field, format string, args ...any) {
+		errs = append(errs, fmt.Errorf("%s: %s", field, fmt.Sprintf(format, args...)))
+	}
+
+	if err := validateHostPort(c.Listen); err != nil {
+		add("listen", "%v; write host:port, e.g. %q", err, DefaultListen)
+	}
+
+	if strings.TrimSpace(c.Upstream) == "" {
+		add("upstream", "must be set to the PostgreSQL connection string, e.g. \"postgres://pgtenant@db:5432/app\"")
+	} else if _, err := pgconn.ParseConfig(c.Upstream); err != nil {
+		add("upstream", "%v", err)
+	}
+
+	if !tenantSettingRE.MatchString(c.TenantSetting) {
+		add("tenant_setting", "%q is not a custom setting name: it must contain a dot and use lowercase letters, digits and underscores, e.g. %q", c.TenantSetting, DefaultTenantSetting)
+	}
+
+	if c.ConnectTimeout.Duration <= 0 {
+		add("connect_timeout", "must be greater than zero, e.g. \"10s\"")
+	}
+
+	if !slices.Contains(validLogLevels, c.LogLevel) {
+		add("log_level", "%q is not one of %s", c.LogLevel, strings.Join(validLogLevels, ", "))
+	}
+	if !slices.Contains(validLogFormats, c.LogFormat) {
+		add("log_format", "%q is not one of %s", c.LogFormat, strings.Join(validLogFormats, ", "))
+	}
+
+	if c.TLS != nil {
+		errs = append(errs, c.TLS.validate()...)
+	}
+
+	if len(c.Users) == 0 {
+		add("users", "at least one user is required")
+	}
+	seen := make(map[string]int, len(c.Users))
+	for i, u := range c.Users {
+		field := fmt.Sprintf("users[%d]", i)
+		switch {
+		case u.Name == "":
+			add(field+".name", "must not be empty")
+		case hasControl(u.Name):
+			add(field+".name", "must not contain control characters")
+		default:
+			if j, dup := seen[u.Name]; dup {
+				add(field+".name", "%q is already used by users[%d]; user names must be unique", u.Name, j)
+			} else {
+				seen[u.Name] = i
+			}
+		}
+		if u.Password == "" {
+			add(field+".password", "must not be empty; use a SCRAM-SHA-256 verifier (plaintext only for development)")
+		}
+		switch {
+		case u.Tenant == "":
+			add(field+".tenant", "must not be empty")
+		case hasControl(u.Tenant):
+			// The tenant ends up in a setting value sent upstream; refusing control
+			// characters (NUL above all) keeps that simple and safe.
+			add(field+".tenant", "must not contain control characters")
+		}
+	}
+	return errors.Join(errs...)
+}
+
+func (t *TLS) validate() []error {
+	var errs []error
+	if t.CertFile == "" {
+		errs = append(errs, errors.New("tls.cert_file: must be set to a PEM certificate file when tls is configured"))
+	}
+	if t.KeyFile == "" {
+		errs = append(errs, errors.New("tls.key_file: must be set to a PEM private key file when tls is configured"))
+	}
+	if !slices.Contains(validTLSModes, t.Mode) {
+		errs = append(errs, fmt.Errorf("tls.mode: %q is not one of %s", t.Mode, strings.Join(validTLSModes, ", ")))
+	}
+	if t.CertFile == "" || t.KeyFile == "" {
+		return errs
+	}
+	// Read each file separately so that the error names the file at fault.
+	certPEM, err := os.ReadFile(t.CertFile)
+	if err != nil {
+		errs = append(errs, fmt.Errorf("tls.cert_file: %w", err))
+	}
+	keyPEM, err := os.ReadFile(t.KeyFile)
+	if err != nil {
+		errs = append(errs, fmt.Errorf("tls.key_file: %w", err))
+	}
+	if certPEM != nil && keyPEM != nil {
+		if _, err := tls.X509KeyPair(certPEM, keyPEM); err != nil {
+			errs = append(errs, fmt.Errorf("tls: cannot load cert_file %s with key_file %s: %w", t.CertFile, t.KeyFile, err))
+		}
+	}
+	return errs
+}
+
+// UpstreamDatabase returns the database name in the upstream connection string,
+// or "" if it does not parse.
+func (c *Config) UpstreamDatabase() string {
+	pc, err := pgconn.ParseConfig(c.Upstream)
+	if err != nil {
+		return ""
+	}
+	return pc.Database
+}
+
+func validateHostPort(s string) error {
+	if s == "" {
+		return errors.New("must not be empty")
+	}
+	_, port, err := net.SplitHostPort(s)
+	if err != nil {
+		return fmt.Errorf("%q is not host:port", s)
+	}
+	n, err := strconv.Atoi(port)
+	if err != nil || n < 0 || n > 65535 {
+		return fmt.Errorf("port %q must be a number from 0 to 65535", port)
+	}
+	return nil
+}
+
+func hasControl(s string) bool {
+	return strings.ContainsFunc(s, unicode.IsControl)
+}

@@ -1,0 +1,177 @@
+// Package cli is pgtenant's command line: run the proxy, the demo, and the
+// password verifier helper.
+package cli
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"os/signal"
+	"strings"
+	"syscall"
+
+	"golang.org/x/term"
+
+	"github.com/pgtenant/pgtenant/auth"
+	"github.com/pgtenant/pgtenant/config"
+	"github.com/pgtenant/pgtenant/proxy"
+)
+
+// Version is set at build time with -ldflags "-X github.com/pgtenant/pgtenant/internal/cli.Version=...".
+var Version = "0.1.0-dev"
+
+const usage = `pgtenant: a PostgreSQL proxy that gives each tenant its own view of shared tables.
+
+Usage:
+  pgtenant --config pgtenant.yaml   run the proxy
+  pgtenant demo                     start a throwaway PostgreSQL with two demo tenants and the
+                                    proxy in front of it; prints psql lines to try; Ctrl-C cleans up
+  pgtenant passwd                   print a SCRAM-SHA-256 verifier for a password read from
+                                    stdin (or a prompt), for the users[].password config field
+  pgtenant --version                print the version
+  pgtenant --help                   this text
+
+Config (YAML):
+  listen: 127.0.0.1:6432
+  tls: {cert_file: server.crt, key_file: server.key, mode: require}   # optional; mode allow|require
+  upstream: postgres://app_rls:${UPSTREAM_PASSWORD}@127.0.0.1:5432/app?sslmode=prefer
+  tenant_setting: app.tenant_id
+  users:
+    - name: acme_app
+      password: "SCRAM-SHA-256$4096:..."     # from pgtenant passwd
+      tenant: 11111111-1111-1111-1111-111111111111
+`
+
+// Main runs the command line and returns the exit code.
+func Main(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
+	if len(args) > 0 {
+		switch args[0] {
+		case "demo":
+			return runDemo(args[1:], stdout, stderr)
+		case "passwd":
+			return runPasswd(stdin, stdout, stderr)
+		}
+	}
+	fs := flag.NewFlagSet("pgtenant", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	fs.Usage = func() { fmt.Fprint(stderr, usage) }
+	configPath := fs.String("config", "", "path to the YAML config file")
+	version := fs.Bool("version", false, "print the version")
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			fmt.Fprint(stdout, usage)
+			return 0
+		}
+		return 2
+	}
+	if *version {
+		fmt.Fprintf(stdout, "pgtenant %s\n", Version)
+		return 0
+	}
+	if fs.NArg() > 0 {
+		fmt.Fprintf(stderr, "pgtenant: unknown command %q\n\n%s", fs.Arg(0), usage)
+		return 2
+	}
+	if *configPath == "" {
+		fmt.Fprintf(stderr, "pgtenant: --config is required\n\n%s", usage)
+		return 2
+	}
+	cfg, err := config.Load(*configPath)
+	if err != nil {
+		fmt.Fprintf(stderr, "pgtenant: %v\n", err)
+		return 1
+	}
+	log := newLogger(cfg, stderr)
+	srv, err := newServer(cfg, log)
+	if err != nil {
+		fmt.Fprintf(stderr, "pgtenant: %v\n", err)
+		return 1
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	errc := make(chan error, 1)
+	go func() { errc <- srv.ListenAndServe() }()
+	log.Info("pgtenant listening", "addr", cfg.Listen, "version", Version)
+	select {
+	case err := <-errc:
+		log.Error("listener failed", "err", err)
+		srv.Close()
+		return 1
+	case <-ctx.Done():
+		log.Info("shutting down")
+		srv.Close()
+		return 0
+	}
+}
+
+// newServer builds the proxy from a loaded config.
+func newServer(cfg *config.Config, log *slog.Logger) (*proxy.Server, error) {
+	dir, plaintext, err := auth.NewStaticDirectory(cfg.Users)
+	if err != nil {
+		return nil, err
+	}
+	for _, u := range plaintext {
+		log.Warn("user has a plaintext password in the config; use a SCRAM verifier from `pgtenant passwd` outside development", "user", u)
+	}
+	return proxy.New(cfg, auth.NewAuthenticator(dir), log)
+}
+
+func newLogger(cfg *config.Config, w io.Writer) *slog.Logger {
+	var level slog.Level
+	_ = level.UnmarshalText([]byte(cfg.LogLevel))
+	opts := &slog.HandlerOptions{Level: level}
+	if cfg.LogFormat == "json" {
+		return slog.New(slog.NewJSONHandler(w, opts))
+	}
+	return slog.New(slog.NewTextHandler(w, opts))
+}
+
+// runPasswd reads a password (prompting twice on a terminal) and prints its
+// SCRAM-SHA-256 verifier.
+func runPasswd(stdin io.Reader, stdout, stderr io.Writer) int {
+	var password string
+	if f, ok := stdin.(*os.File); ok && term.IsTerminal(int(f.Fd())) {
+		fmt.Fprint(stderr, "Password: ")
+		p1, err := term.ReadPassword(int(f.Fd()))
+		fmt.Fprintln(stderr)
+		if err != nil {
+			fmt.Fprintf(stderr, "pgtenant passwd: %v\n", err)
+			return 1
+		}
+		fmt.Fprint(stderr, "Again: ")
+		p2, err := term.ReadPassword(int(f.Fd()))
+		fmt.Fprintln(stderr)
+		if err != nil {
+			fmt.Fprintf(stderr, "pgtenant passwd: %v\n", err)
+			return 1
+		}
+		if string(p1) != string(p2) {
+			fmt.Fprintln(stderr, "pgtenant passwd: passwords do not match")
+			return 1
+		}
+		password = string(p1)
+	} else {
+		line, err := bufio.NewReader(stdin).ReadString('\n')
+		if err != nil && !errors.Is(err, io.EOF) {
+			fmt.Fprintf(stderr, "pgtenant passwd: %v\n", err)
+			return 1
+		}
+		password = strings.TrimRight(line, "\r\n")
+	}
+	if password == "" {
+		fmt.Fprintln(stderr, "pgtenant passwd: empty password")
+		return 1
+	}
+	v, err := auth.NewVerifier(password)
+	if err != nil {
+		fmt.Fprintf(stderr, "pgtenant passwd: %v\n", err)
+		return 1
+	}
+	fmt.Fprintln(stdout, v)
+	return 0
+}

@@ -1,0 +1,70 @@
+package proxy
+
+import (
+	"strings"
+
+	"github.com/jackc/pgx/v5/pgproto3"
+)
+
+// The assertion uses a named statement and portal so that it never disturbs
+// the client's unnamed statement or a portal the client left open. Both are
+// closed explicitly: inside a transaction block a finished portal would
+// otherwise live on until the block ends.
+const assertName = "pgtenant_assert"
+
+// assertion holds the pre-encoded messages that assert one tenant context, so
+// that asserting costs a buffer copy and no allocation.
+//
+// It is a session-level SET rather than SELECT set_config(..., false): the two
+// are equivalent, but SET takes no snapshot, so a client's following
+// "SET TRANSACTION ISOLATION LEVEL" (or BEGIN ISOLATION LEVEL) in the same
+// transaction still works.
+type assertion struct {
+	statement string
+	// inline is Parse, Bind, Execute, Close, Close without Sync. Sent ahead of a
+	// client's messages, it runs in the same implicit transaction: if it fails,
+	// the server skips the client's messages up to the next Sync.
+	inline []byte
+	// standalone is inline plus Sync, for statements that must not run after
+	// an unsynced Execute (VACUUM, CREATE DATABASE, ...): those get the
+	// assertion as a round trip of its own first.
+	standalone []byte
+}
+
+func newAssertion(setting, tenant string) assertion {
+	stmt := "SET " + setting + " TO " + quoteLiteral(tenant)
+	msgs := []pgproto3.FrontendMessage{
+		&pgproto3.Parse{Name: assertName, Query: stmt},
+		&pgproto3.Bind{DestinationPortal: assertName, PreparedStatement: assertName},
+		&pgproto3.Execute{Portal: assertName},
+		&pgproto3.Close{ObjectType: 'P', Name: assertName},
+		&pgproto3.Close{ObjectType: 'S', Name: assertName},
+	}
+	var inline []byte
+	for _, m := range msgs {
+		var err error
+		if inline, err = m.Encode(inline); err != nil {
+			panic(err) // static messages; cannot fail
+		}
+	}
+	standalone, err := (&pgproto3.Sync{}).Encode(append([]byte(nil), inline...))
+	if err != nil {
+		panic(err)
+	}
+	return assertion{statement: stmt, inline: inline, standalone: standalone}
+}
+
+// assertionReplies are the backend message types the inline assertion
+// produces, in order: ParseComplete, BindComplete, CommandComplete and two
+// CloseCompletes.
+var assertionReplies = [...]byte{'1', '2', 'C', '3', '3'}
+
+// quoteLiteral quotes s as an SQL string literal that reads the same whatever
+// standard_conforming_strings is set to (the client can change it).
+func quoteLiteral(s string) string {
+	escaped := strings.ReplaceAll(s, "'", "''")
+	if strings.Contains(s, `\`) {
+		return "E'" + strings.ReplaceAll(escaped, `\`, `\\`) + "'"
+	}
+	return "'" + escaped + "'"
+}

@@ -1,0 +1,95 @@
+package proxy
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/binary"
+	"net"
+	"sync"
+	"time"
+
+	"github.com/jackc/pgx/v5/pgproto3"
+)
+
+// cancelKey is the (process id, secret) pair pgtenant hands a client in
+// BackendKeyData. The process id is the upstream backend's own, so that
+// pg_backend_pid() agrees with what the client was told; the secret is
+// pgtenant's, so the upstream's secret never leaves the proxy.
+type cancelKey struct {
+	pid    uint32
+	secret uint32
+}
+
+// cancelTarget is where a cancel for a key must go.
+type cancelTarget struct {
+	network, address string
+	pid              uint32
+	secret           []byte // the upstream's secret key
+}
+
+type cancelRegistry struct {
+	mu      sync.Mutex
+	targets map[cancelKey]cancelTarget
+}
+
+func newCancelRegistry() *cancelRegistry {
+	return &cancelRegistry{targets: make(map[cancelKey]cancelTarget)}
+}
+
+// register issues a key for target; the caller must unregister it.
+func (c *cancelRegistry) register(t cancelTarget) cancelKey {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	for {
+		var b [4]byte
+		_, _ = rand.Read(b[:])
+		k := cancelKey{pid: t.pid, secret: binary.BigEndian.Uint32(b[:])}
+		if _, taken := c.targets[k]; !taken {
+			c.targets[k] = t
+			return k
+		}
+	}
+}
+
+func (c *cancelRegistry) unregister(k cancelKey) {
+	c.mu.Lock()
+	delete(c.targets, k)
+	c.mu.Unlock()
+}
+
+func (c *cancelRegistry) lookup(pid uint32, secret []byte) (cancelTarget, bool) {
+	if len(secret) != 4 {
+		return cancelTarget{}, false
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	t, ok := c.targets[cancelKey{pid: pid, secret: binary.BigEndian.Uint32(secret)}]
+	return t, ok
+}
+
+// send delivers a CancelRequest to the upstream backend. Like PostgreSQL,
+// nothing is reported back to the client either way.
+func (t cancelTarget) send(ctx context.Context, timeout time.Duration) error {
+	ctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	var d net.Dialer
+	conn, err := d.DialContext(ctx, t.network, t.address)
+	if err != nil {
+		return err
+	}
+	defer conn.Close()
+	if deadline, ok := ctx.Deadline(); ok {
+		_ = conn.SetDeadline(deadline)
+	}
+	msg, err := (&pgproto3.CancelRequest{ProcessID: t.pid, SecretKey: t.secret}).Encode(nil)
+	if err != nil {
+		return err
+	}
+	if _, err := conn.Write(msg); err != nil {
+		return err
+	}
+	// The server closes the connection once it has acted on the request.
+	var b [1]byte
+	_, _ = conn.Read(b[:])
+	return nil
+}

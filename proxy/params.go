@@ -1,0 +1,183 @@
+package proxy
+
+import (
+	"strings"
+
+	"github.com/jackc/pgx/v5/pgconn"
+)
+
+// forwardableParams are the startup parameters that cannot affect tenant
+// isolation or identity. They are forwarded to the upstream as session
+// defaults; anything else is refused rather than silently dropped, so that a
+// client never believes a setting took effect when it did not.
+var forwardableParams = map[string]bool{
+	"application_name":                    true,
+	"client_encoding":                     true,
+	"datestyle":                           true,
+	"intervalstyle":                       true,
+	"timezone":                            true,
+	"extra_float_digits":                  true,
+	"search_path":                         true,
+	"bytea_output":                        true,
+	"client_min_messages":                 true,
+	"lc_messages":                         true,
+	"lc_monetary":                         true,
+	"lc_numeric":                          true,
+	"lc_time":                             true,
+	"standard_conforming_strings":         true,
+	"statement_timeout":                   true,
+	"lock_timeout":                        true,
+	"idle_in_transaction_session_timeout": true,
+	"default_transaction_isolation":       true,
+	"default_transaction_read_only":       true,
+	"default_transaction_deferrable":      true,
+	"work_mem":                            true,
+	"jit":                                 true,
+	"plan_cache_mode":                     true,
+	"geqo":                                true,
+	"default_text_search_config":          true,
+}
+
+// identityParams can change whose rows a session sees; never from a client.
+var identityParams = map[string]bool{
+	"role":                  true,
+	"session_authorization": true,
+	"row_security":          true,
+}
+
+// startupPolicy decides which client startup parameters reach the upstream.
+type startupPolicy struct {
+	tenantSetting string // e.g. app.tenant_id
+	tenantPrefix  string // e.g. app.
+}
+
+func newStartupPolicy(tenantSetting string) startupPolicy {
+	prefix := tenantSetting
+	if i := strings.IndexByte(tenantSetting, '.'); i >= 0 {
+		prefix = tenantSetting[:i+1]
+	}
+	return startupPolicy{tenantSetting: strings.ToLower(tenantSetting), tenantPrefix: strings.ToLower(prefix)}
+}
+
+// upstreamParams returns the parameters to send upstream, or a FATAL 42501
+// naming the first parameter the client may not set. user and database are
+// handled by the caller; options is expanded into its -c settings.
+func (p startupPolicy) upstreamParams(params map[string]string) (map[string]string, *pgconn.PgError) {
+	out := make(map[string]string, len(params))
+	for name, value := range params {
+		switch strings.ToLower(name) {
+		case "user", "database":
+			continue
+		case "options":
+			settings, err := splitOptions(value)
+			if err != nil {
+				return nil, err
+			}
+			for _, s := range settings {
+				if err := p.check(s.name); err != nil {
+					return nil, err
+				}
+				out[s.name] = s.value
+			}
+			continue
+		}
+		if err := p.check(name); err != nil {
+			return nil, err
+		}
+		out[name] = value
+	}
+	return out, nil
+}
+
+func (p startupPolicy) check(name string) *pgconn.PgError {
+	lower := strings.ToLower(name)
+	if lower == p.tenantSetting || strings.HasPrefix(lower, p.tenantPrefix) || identityParams[lower] {
+		return &pgconn.PgError{
+			Severity: severityFatal,
+			Code:     codeInsufficientPrivilege,
+			Message:  `permission denied to set parameter "` + name + `"`,
+			Detail:   "pgtenant sets the tenant context and identity itself; a client may not set them at startup.",
+		}
+	}
+	if !forwardableParams[lower] {
+		return &pgconn.PgError{
+			Severity: severityFatal,
+			Code:     codeInsufficientPrivilege,
+			Message:  `startup parameter "` + name + `" is not allowed through pgtenant`,
+			Hint:     "Set it with SET after connecting, or ask the operator to allow it.",
+		}
+	}
+	return nil
+}
+
+type setting struct{ name, value string }
+
+// splitOptions parses the startup "options" parameter the way PostgreSQL's
+// pg_split_opts does: whitespace separates arguments, a backslash escapes the
+// next character. Only -c name=value, -cname=value and --name=value are
+// accepted; other backend switches are refused.
+func splitOptions(options string) ([]setting, *pgconn.PgError) {
+	var args []string
+	var cur strings.Builder
+	inArg, escaped := false, false
+	for _, r := range options {
+		switch {
+		case escaped:
+			cur.WriteRune(r)
+			escaped = false
+		case r == '\\':
+			escaped, inArg = true, true
+		case r == ' ' || r == '\t' || r == '\n' || r == '\r' || r == '\f' || r == '\v':
+			if inArg {
+				args = append(args, cur.String())
+				cur.Reset()
+				inArg = false
+			}
+		default:
+			cur.WriteRune(r)
+			inArg = true
+		}
+	}
+	if inArg {
+		args = append(args, cur.String())
+	}
+
+	var out []setting
+	for i := 0; i < len(args); i++ {
+		arg := args[i]
+		var kv string
+		switch {
+		case arg == "-c":
+			if i+1 >= len(args) {
+				return nil, optionsError(arg)
+			}
+			i++
+			kv = args[i]
+		case strings.HasPrefix(arg, "-c"):
+			kv = arg[2:]
+		case strings.HasPrefix(arg, "--"):
+			kv = arg[2:]
+			if eq := strings.IndexByte(kv, '='); eq > 0 {
+				// PostgreSQL turns dashes in --name into underscores.
+				kv = strings.ReplaceAll(kv[:eq], "-", "_") + kv[eq:]
+			}
+		default:
+			return nil, optionsError(arg)
+		}
+		eq := strings.IndexByte(kv, '=')
+		if eq <= 0 {
+			return nil, optionsError(arg)
+		}
+		out = append(out, setting{name: kv[:eq], value: kv[eq+1:]})
+	}
+	return out, nil
+}
+
+func optionsError(arg string) *pgconn.PgError {
+	return &pgconn.PgError{
+		Severity: severityFatal,
+		Code:     codeInsufficientPrivilege,
+		Message:  `startup option "` + arg + `" is not allowed through pgtenant`,
+		Hint:     "Only -c name=value settings are accepted in options.",
+	}
+}

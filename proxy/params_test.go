@@ -1,0 +1,73 @@
+package proxy
+
+import (
+	"reflect"
+	"testing"
+)
+
+func TestSplitOptions(t *testing.T) {
+	tests := []struct {
+		in      string
+		want    []setting
+		wantErr bool
+	}{
+		{"-c search_path=a", []setting{{"search_path", "a"}}, false},
+		{"-csearch_path=a  -c work_mem=1MB", []setting{{"search_path", "a"}, {"work_mem", "1MB"}}, false},
+		{"--work-mem=4MB", []setting{{"work_mem", "4MB"}}, false},
+		{`-c application_name=a\ b`, []setting{{"application_name", "a b"}}, false},
+		{"-c", nil, true},
+		{"-B 100", nil, true},
+		{"-c noequals", nil, true},
+		{"", nil, false},
+	}
+	for _, tt := range tests {
+		got, err := splitOptions(tt.in)
+		if (err != nil) != tt.wantErr {
+			t.Errorf("splitOptions(%q) error = %v, wantErr %v", tt.in, err, tt.wantErr)
+			continue
+		}
+		if !tt.wantErr && !reflect.DeepEqual(got, tt.want) {
+			t.Errorf("splitOptions(%q) = %v, want %v", tt.in, got, tt.want)
+		}
+	}
+}
+
+func TestStartupPolicy(t *testing.T) {
+	p := newStartupPolicy("app.tenant_id")
+	tests := []struct {
+		desc    string
+		params  map[string]string
+		want    map[string]string
+		refused bool
+	}{
+		{"harmless forwarded", map[string]string{"user": "u", "database": "d", "application_name": "psql", "DateStyle": "ISO"},
+			map[string]string{"application_name": "psql", "DateStyle": "ISO"}, false},
+		{"tenant setting", map[string]string{"app.tenant_id": "x"}, nil, true},
+		{"tenant setting any case", map[string]string{"APP.Tenant_ID": "x"}, nil, true},
+		{"under the prefix", map[string]string{"app.user_id": "x"}, nil, true},
+		{"role", map[string]string{"role": "postgres"}, nil, true},
+		{"session_authorization", map[string]string{"session_authorization": "postgres"}, nil, true},
+		{"row_security", map[string]string{"row_security": "off"}, nil, true},
+		{"options tenant", map[string]string{"options": "-c app.tenant_id=x"}, nil, true},
+		{"options long form", map[string]string{"options": "--app.tenant-id=x"}, nil, true},
+		{"options role", map[string]string{"options": "-crole=postgres"}, nil, true},
+		{"options harmless", map[string]string{"options": "-c search_path=s"}, map[string]string{"search_path": "s"}, false},
+		{"unknown refused", map[string]string{"replication": "database"}, nil, true},
+	}
+	for _, tt := range tests {
+		got, err := p.upstreamParams(tt.params)
+		if (err != nil) != tt.refused {
+			t.Errorf("%s: error = %v, refused %v", tt.desc, err, tt.refused)
+			continue
+		}
+		if err != nil {
+			if err.Code != "42501" || err.Severity != "FATAL" {
+				t.Errorf("%s: got %s %s, want FATAL 42501", tt.desc, err.Severity, err.Code)
+			}
+			continue
+		}
+		if !reflect.DeepEqual(got, tt.want) {
+			t.Errorf("%s: got %v, want %v", tt.desc, got, tt.want)
+		}
+	}
+}

@@ -1,0 +1,419 @@
+package proxy
+
+import (
+	"bufio"
+	"encoding/binary"
+	"errors"
+	"io"
+	"net"
+	"sync/atomic"
+
+	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/jackc/pgx/v5/pgproto3"
+)
+
+const (
+	relayBufSize = 8 << 10
+	// maxMessageLen bounds a single protocol message. Messages are streamed,
+	// so this limits protocol abuse, not memory.
+	maxMessageLen = 1 << 30
+	// maxUnitsInFlight bounds how far a pipelining client may run ahead of
+	// the upstream's replies before the relay stops reading from it.
+	maxUnitsInFlight = 4096
+	// screenPeekLen is how much of a statement's text the relay looks at to
+	// choose how to assert ahead of it.
+	screenPeekLen = 1024
+)
+
+// unit is one stretch of the client's stream that ends with a ReadyForQuery:
+// a simple Query, a FunctionCall, or an extended-protocol group up to its Sync.
+// The request side queues one per unit, in order; the response side takes it
+// when the unit's first reply arrives, so it knows which replies are the
+// relay's own and must be hidden.
+type unit struct {
+	assert     bool // the inline assertion was sent ahead of the unit
+	simple     bool // a Query or FunctionCall: an assertion failure cannot be reported in-band
+	standalone bool // the relay's own standalone assertion; every reply is hidden
+}
+
+// relay moves messages between a client and its upstream connection, one
+// goroutine per direction, and asserts the tenant context at every point where
+// the upstream may be outside a transaction block.
+type relay struct {
+	client, upstream net.Conn
+	cr               *bufio.Reader // client reader (shared with startup)
+	cw               *bufio.Writer // client writer, used only by the response side
+	ur               *bufio.Reader
+	uw               *bufio.Writer // upstream writer, used only by the request side
+	assertion        assertion
+
+	units    chan unit
+	pending  atomic.Int32  // units sent upstream whose ReadyForQuery has not come back
+	txStatus atomic.Uint32 // status byte of the last ReadyForQuery
+
+	standaloneDone chan *pgconn.PgError // result of a standalone assertion
+	closing        atomic.Bool          // the session is ending; suppress "upstream lost"
+	done           chan struct{}        // closed when the response side returns
+
+	stats relayStats
+}
+
+type relayStats struct {
+	assertions atomic.Int64
+}
+
+var errClientTerminated = errors.New("client sent Terminate")
+
+func newRelay(client net.Conn, cr *bufio.Reader, cw *bufio.Writer, upstream net.Conn, a assertion) *relay {
+	r := &relay{
+		client:         client,
+		upstream:       upstream,
+		cr:             cr,
+		cw:             cw,
+		ur:             bufio.NewReaderSize(upstream, relayBufSize),
+		uw:             bufio.NewWriterSize(upstream, relayBufSize),
+		assertion:      a,
+		units:          make(chan unit, maxUnitsInFlight),
+		standaloneDone: make(chan *pgconn.PgError, 1),
+		done:           make(chan struct{}),
+	}
+	r.txStatus.Store('I')
+	return r
+}
+
+// readHeader peeks at a message header and validates its length.
+// It returns the type and the total size of the message including the type byte.
+func readHeader(rd *bufio.Reader) (byte, int, error) {
+	hdr, err := rd.Peek(5)
+	if err != nil {
+		return 0, 0, err
+	}
+	n := int(binary.BigEndian.Uint32(hdr[1:]))
+	if n < 4 || n > maxMessageLen {
+		return 0, 0, fatalf(codeProtocolViolation, "invalid message length")
+	}
+	return hdr[0], n + 1, nil
+}
+
+// forward streams size bytes from rd to w without holding the whole message.
+func forward(w *bufio.Writer, rd *bufio.Reader, size int) error {
+	for size > 0 {
+		if rd.Buffered() == 0 {
+			if _, err := rd.Peek(1); err != nil {
+				return err
+			}
+		}
+		chunk := min(size, rd.Buffered())
+		buf, _ := rd.Peek(chunk)
+		if _, err := w.Write(buf); err != nil {
+			return err
+		}
+		_, _ = rd.Discard(chunk)
+		size -= chunk
+	}
+	return nil
+}
+
+// readMessage copies a whole message out of rd. Only for rare paths.
+func readMessage(rd *bufio.Reader, size int) ([]byte, error) {
+	msg := make([]byte, size)
+	if _, err := io.ReadFull(rd, msg); err != nil {
+		return nil, err
+	}
+	return msg, nil
+}
+
+// statementText peeks at the start of the SQL text of a Query or Parse
+// message. It returns nil for other messages, and may return a prefix of a
+// long statement.
+func statementText(rd *bufio.Reader, typ byte, size int) []byte {
+	if typ != 'Q' && typ != 'P' {
+		return nil
+	}
+	n := min(size, screenPeekLen+5)
+	msg, err := rd.Peek(n)
+	if err != nil {
+		return nil
+	}
+	body := msg[5:]
+	if typ == 'P' {
+		// Parse: statement name, NUL, query text, NUL, ...
+		nul := indexByte(body, 0)
+		if nul < 0 {
+			return nil
+		}
+		body = body[nul+1:]
+	}
+	if nul := indexByte(body, 0); nul >= 0 {
+		body = body[:nul]
+	}
+	return body
+}
+
+func indexByte(b []byte, c byte) int {
+	for i, x := range b {
+		if x == c {
+			return i
+		}
+	}
+	return -1
+}
+
+// clientToUpstream is the request side. It returns nil when the client sent
+// Terminate, the read error when the client went away, or a *pgconn.PgError
+// to report to the client as FATAL.
+func (r *relay) clientToUpstream() error {
+	inGroup := false // inside an extended-protocol group (no Sync yet)
+	for {
+		if r.cr.Buffered() == 0 {
+			// Everything that arrived together has been relayed: one write.
+			if err := r.uw.Flush(); err != nil {
+				return err
+			}
+		}
+		typ, size, err := readHeader(r.cr)
+		if err != nil {
+			return err
+		}
+		switch typ {
+		case 'Q', 'F':
+			if inGroup {
+				// A Query ends an unsynced group: one ReadyForQuery for both.
+				inGroup = false
+			} else if err := r.startUnit(typ, size, true); err != nil {
+				return err
+			}
+		case 'P', 'B', 'E', 'D', 'C':
+			if !inGroup {
+				inGroup = true
+				if err := r.startUnit(typ, size, false); err != nil {
+					return err
+				}
+			}
+		case 'S':
+			if !inGroup {
+				// A lone Sync still yields a ReadyForQuery.
+				r.queueUnit(unit{})
+			}
+			inGroup = false
+		case 'X':
+			if err := forward(r.uw, r.cr, size); err != nil {
+				return err
+			}
+			_ = r.uw.Flush()
+			return errClientTerminated
+		}
+		if err := forward(r.uw, r.cr, size); err != nil {
+			return err
+		}
+	}
+}
+
+// startUnit decides whether and how to assert the tenant ahead of a unit.
+func (r *relay) startUnit(typ byte, size int, simple bool) error {
+	need := true
+	pending := r.pending.Load()
+	if pending == 0 {
+		// Settled: the upstream's state is exactly what it last reported.
+		if s := byte(r.txStatus.Load()); s == 'T' || s == 'E' {
+			need = false
+		}
+	}
+	if need {
+		text := statementText(r.cr, typ, size)
+		switch {
+		case text != nil && pending > 0 && isTransactionEnd(text):
+			need = false
+		case text != nil && !pipelineSafe(text):
+			if err := r.assertStandalone(); err != nil {
+				return err
+			}
+			need = false
+		}
+	}
+	r.queueUnit(unit{assert: need, simple: simple})
+	if need {
+		r.stats.assertions.Add(1)
+		if _, err := r.uw.Write(r.assertion.inline); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// queueUnit tells the response side about a unit before its bytes go out.
+func (r *relay) queueUnit(u unit) {
+	r.pending.Add(1)
+	select {
+	case r.units <- u:
+	default:
+		// Full: the response side is waiting for replies to units still in our
+		// write buffer. Send them before blocking, or both sides would wait.
+		_ = r.uw.Flush()
+		select {
+		case r.units <- u:
+		case <-r.done:
+		}
+	}
+}
+
+// assertStandalone asserts the tenant in a round trip of its own and waits
+// for the result, for statements that cannot follow an unsynced Execute.
+func (r *relay) assertStandalone() error {
+	r.queueUnit(unit{standalone: true})
+	r.stats.assertions.Add(1)
+	if _, err := r.uw.Write(r.assertion.standalone); err != nil {
+		return err
+	}
+	if err := r.uw.Flush(); err != nil {
+		return err
+	}
+	select {
+	case pgErr := <-r.standaloneDone:
+		if pgErr != nil {
+			return assertionFailed(pgErr)
+		}
+		return nil
+	case <-r.done:
+		return io.ErrUnexpectedEOF
+	}
+}
+
+func assertionFailed(upstream *pgconn.PgError) *pgconn.PgError {
+	return &pgconn.PgError{
+		Severity: severityFatal,
+		Code:     upstream.Code,
+		Message:  "pgtenant could not assert the tenant context: " + upstream.Message,
+		Detail:   "The statement was not run.",
+	}
+}
+
+// errUpstreamLost reports that the upstream connection ended on its own.
+var errUpstreamLost = errors.New("upstream connection lost")
+
+// upstreamToClient is the response side. It hides the replies to the relay's
+// own assertions and forwards everything else as bytes.
+func (r *relay) upstreamToClient() (err error) {
+	defer close(r.done)
+	var cur unit
+	inUnit := false
+	assertLeft := 0                   // assertion replies still to hide
+	var standaloneErr *pgconn.PgError // failure of the current standalone assertion
+	for {
+		if r.ur.Buffered() == 0 {
+			if err := r.cw.Flush(); err != nil {
+				return err
+			}
+		}
+		typ, size, err := readHeader(r.ur)
+		if err != nil {
+			if errors.Is(err, io.EOF) || errors.Is(err, net.ErrClosed) {
+				return errUpstreamLost
+			}
+			return err
+		}
+		switch typ {
+		case 'A', 'N', 'S':
+			// NotificationResponse, NoticeResponse, ParameterStatus may come at any time.
+			if err := forward(r.cw, r.ur, size); err != nil {
+				return err
+			}
+			continue
+		}
+		if !inUnit {
+			select {
+			case cur = <-r.units:
+				inUnit = true
+				assertLeft = 0
+				if cur.assert || cur.standalone {
+					assertLeft = len(assertionReplies)
+				}
+			default:
+				// Nothing outstanding: an asynchronous error such as a FATAL on
+				// shutdown. Pass it on.
+				if err := forward(r.cw, r.ur, size); err != nil {
+					return err
+				}
+				continue
+			}
+		}
+		if assertLeft > 0 {
+			if typ == assertionReplies[len(assertionReplies)-assertLeft] {
+				assertLeft--
+				if _, err := r.ur.Discard(size); err != nil {
+					return err
+				}
+				continue
+			}
+			if typ != 'E' {
+				return fatalf(codeProtocolViolation, "pgtenant: unexpected reply %q to the tenant assertion", typ)
+			}
+			assertLeft = 0
+			msg, err := readMessage(r.ur, size)
+			if err != nil {
+				return err
+			}
+			upstreamErr := decodeError(msg)
+			switch {
+			case cur.standalone:
+				standaloneErr = upstreamErr
+			case cur.simple:
+				// The server skipped the client's Query and waits for a Sync that
+				// will never come: end the session rather than misreport.
+				return assertionFailed(upstreamErr)
+			default:
+				// The server skips the client's group until its Sync and then
+				// sends ReadyForQuery: report the failure in its place.
+				e := assertionFailed(upstreamErr)
+				e.Severity = severityError
+				if err := r.writeClient(errorResponse(e)); err != nil {
+					return err
+				}
+			}
+			continue
+		}
+		if typ == 'Z' {
+			body, err := r.ur.Peek(6)
+			if err != nil {
+				return err
+			}
+			r.txStatus.Store(uint32(body[5]))
+			r.pending.Add(-1)
+			inUnit = false
+			if cur.standalone {
+				if _, err := r.ur.Discard(size); err != nil {
+					return err
+				}
+				r.standaloneDone <- standaloneErr
+				standaloneErr = nil
+				continue
+			}
+		} else if cur.standalone {
+			if _, err := r.ur.Discard(size); err != nil {
+				return err
+			}
+			continue
+		}
+		if err := forward(r.cw, r.ur, size); err != nil {
+			return err
+		}
+	}
+}
+
+func (r *relay) writeClient(msg pgproto3.BackendMessage) error {
+	buf, err := msg.Encode(nil)
+	if err != nil {
+		return err
+	}
+	_, err = r.cw.Write(buf)
+	return err
+}
+
+// decodeError decodes an ErrorResponse message (type byte included).
+func decodeError(msg []byte) *pgconn.PgError {
+	var er pgproto3.ErrorResponse
+	if err := er.Decode(msg[5:]); err != nil {
+		return &pgconn.PgError{Severity: severityError, Code: codeProtocolViolation, Message: "malformed ErrorResponse from upstream"}
+	}
+	return pgconn.ErrorResponseToPgError(&er)
+}

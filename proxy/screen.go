@@ -1,0 +1,178 @@
+package proxy
+
+// This file holds the lexical screens the relay uses to choose how to assert
+// the tenant ahead of a statement. They are not a security check (that is the
+// guard's job): a wrong answer costs a round trip or a refused VACUUM, never
+// the tenant context.
+
+// pipelineSafeKeywords start statements that behave the same after an
+// unsynced Execute as on their own. Statements outside this list (VACUUM,
+// CREATE DATABASE, CREATE INDEX CONCURRENTLY, CALL with COMMIT inside, ...)
+// refuse to run "within a pipeline", so they get a standalone assertion.
+var pipelineSafeKeywords = map[string]bool{
+	"select": true, "insert": true, "update": true, "delete": true,
+	"with": true, "values": true, "table": true, "merge": true,
+	"begin": true, "start": true, "show": true, "explain": true,
+	"copy": true, "prepare": true, "execute": true, "deallocate": true,
+	"listen": true, "notify": true, "unlisten": true,
+	"fetch": true, "move": true, "close": true,
+}
+
+// pipelineSafe reports whether the statement text may follow the inline
+// assertion. An unknown or unreadable start answers false.
+func pipelineSafe(text []byte) bool {
+	i := skipSpaceAndComments(text, 0)
+	if i < len(text) && text[i] == '(' {
+		return true
+	}
+	word, _ := keyword(text, i)
+	return pipelineSafeKeywords[word]
+}
+
+// isTransactionEnd reports whether text is exactly one statement that ends or
+// rewinds a transaction block (COMMIT, ROLLBACK, ROLLBACK TO SAVEPOINT,
+// RELEASE, ...). Such a statement reads no rows and runs no user code, so when
+// a pipelining client sends it the relay need not assert ahead of it; asserting
+// would fail if the block had already failed and turn the ROLLBACK into an error.
+// AND CHAIN and PREPARED forms are excluded.
+func isTransactionEnd(text []byte) bool {
+	var words []string
+	i := 0
+	for {
+		i = skipSpaceAndComments(text, i)
+		if i >= len(text) {
+			break
+		}
+		if text[i] == ';' {
+			i++
+			if skipSpaceAndComments(text, i) != len(text) {
+				return false
+			}
+			break
+		}
+		word, next := keyword(text, i)
+		if word == "" {
+			ident, n := quotedIdent(text, i)
+			if n == i {
+				return false
+			}
+			word, next = ident, n
+		}
+		words = append(words, word)
+		i = next
+		if len(words) > 5 {
+			return false
+		}
+	}
+	if len(words) == 0 {
+		return false
+	}
+	optional := func(k int, w ...string) int {
+		if k < len(words) {
+			for _, x := range w {
+				if words[k] == x {
+					return k + 1
+				}
+			}
+		}
+		return k
+	}
+	switch words[0] {
+	case "commit", "end", "abort":
+		return optional(1, "work", "transaction") == len(words)
+	case "rollback":
+		k := optional(1, "work", "transaction")
+		if k == len(words) {
+			return true
+		}
+		if words[k] != "to" {
+			return false
+		}
+		k = optional(k+1, "savepoint")
+		return k == len(words)-1
+	case "release":
+		k := optional(1, "savepoint")
+		return k == len(words)-1
+	}
+	return false
+}
+
+// skipSpaceAndComments returns the index of the first byte at or after i that
+// is not whitespace or inside a comment. Block comments nest, as in PostgreSQL.
+func skipSpaceAndComments(s []byte, i int) int {
+	for i < len(s) {
+		switch c := s[i]; {
+		case c == ' ' || c == '\t' || c == '\n' || c == '\r' || c == '\f' || c == '\v':
+			i++
+		case c == '-' && i+1 < len(s) && s[i+1] == '-':
+			for i < len(s) && s[i] != '\n' {
+				i++
+			}
+		case c == '/' && i+1 < len(s) && s[i+1] == '*':
+			depth := 0
+			for i < len(s) {
+				if s[i] == '/' && i+1 < len(s) && s[i+1] == '*' {
+					depth++
+					i += 2
+				} else if s[i] == '*' && i+1 < len(s) && s[i+1] == '/' {
+					depth--
+					i += 2
+					if depth == 0 {
+						break
+					}
+				} else {
+					i++
+				}
+			}
+			if depth != 0 {
+				return len(s)
+			}
+		default:
+			return i
+		}
+	}
+	return i
+}
+
+// keyword reads an unquoted identifier at i and returns it lower-cased, or ""
+// when none starts there. Keywords are ASCII, so a non-ASCII start is "".
+func keyword(s []byte, i int) (string, int) {
+	start := i
+	var buf [24]byte
+	n := 0
+	for i < len(s) {
+		c := s[i]
+		switch {
+		case c >= 'A' && c <= 'Z':
+			c += 'a' - 'A'
+		case c >= 'a' && c <= 'z', c == '_':
+		case (c >= '0' && c <= '9' || c == '$') && i > start:
+		default:
+			goto done
+		}
+		if n == len(buf) {
+			return "", start // longer than any keyword we look for
+		}
+		buf[n] = c
+		n++
+		i++
+	}
+done:
+	return string(buf[:n]), i
+}
+
+// quotedIdent reads a double-quoted identifier without embedded quotes.
+func quotedIdent(s []byte, i int) (string, int) {
+	if i >= len(s) || s[i] != '"' {
+		return "", i
+	}
+	for j := i + 1; j < len(s); j++ {
+		if s[j] == '"' {
+			if j+1 < len(s) && s[j+1] == '"' {
+				return "", i
+			}
+			return string(s[i+1 : j]), j + 1
+		}
+	}
+	return "", i
+}

@@ -1,0 +1,185 @@
+// Package proxy is pgtenant's connection path: it accepts client connections,
+// authenticates them, connects each to the upstream as the RLS role, and
+// relays the session while asserting the client's tenant at every
+// transaction start.
+package proxy
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/jackc/pgx/v5/pgproto3"
+
+	"github.com/pgtenant/pgtenant/auth"
+	"github.com/pgtenant/pgtenant/config"
+)
+
+// Authenticator proves who a client is and which tenant it belongs to.
+type Authenticator interface {
+	Authenticate(be *pgproto3.Backend, user string, tlsState *tls.ConnectionState) (auth.Identity, error)
+}
+
+// Server is a pgtenant listener and its sessions.
+type Server struct {
+	cfg            *config.Config
+	auth           Authenticator
+	log            *slog.Logger
+	tlsConfig      *tls.Config
+	requireTLS     bool
+	upstreamConfig *pgconn.Config
+	database       string
+	policy         startupPolicy
+	cancels        *cancelRegistry
+
+	// StartupTimeout bounds the time from accept to the end of authentication
+	// (PostgreSQL's authentication_timeout).
+	StartupTimeout time.Duration
+
+	nextConnID atomic.Uint64
+	mu         sync.Mutex
+	listeners  map[net.Listener]struct{}
+	conns      map[net.Conn]struct{}
+	closed     bool
+	wg         sync.WaitGroup
+}
+
+// New prepares a server from a validated config.
+func New(cfg *config.Config, authn Authenticator, log *slog.Logger) (*Server, error) {
+	upstreamConfig, err := pgconn.ParseConfig(cfg.Upstream)
+	if err != nil {
+		return nil, fmt.Errorf("upstream: %w", err)
+	}
+	s := &Server{
+		cfg:            cfg,
+		auth:           authn,
+		log:            log,
+		upstreamConfig: upstreamConfig,
+		database:       upstreamConfig.Database,
+		policy:         newStartupPolicy(cfg.TenantSetting),
+		cancels:        newCancelRegistry(),
+		StartupTimeout: time.Minute,
+		listeners:      make(map[net.Listener]struct{}),
+		conns:          make(map[net.Conn]struct{}),
+	}
+	if cfg.TLS != nil {
+		cert, err := tls.LoadX509KeyPair(cfg.TLS.CertFile, cfg.TLS.KeyFile)
+		if err != nil {
+			return nil, fmt.Errorf("tls: %w", err)
+		}
+		s.tlsConfig = &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12}
+		s.requireTLS = cfg.TLS.Mode == "require"
+	}
+	return s, nil
+}
+
+// ListenAndServe listens on the configured address and serves until Close.
+func (s *Server) ListenAndServe() error {
+	ln, err := net.Listen("tcp", s.cfg.Listen)
+	if err != nil {
+		return err
+	}
+	return s.Serve(ln)
+}
+
+// ErrServerClosed is returned by Serve after Close.
+var ErrServerClosed = errors.New("pgtenant: server closed")
+
+// Serve accepts connections on ln until Close.
+func (s *Server) Serve(ln net.Listener) error {
+	s.mu.Lock()
+	if s.closed {
+		s.mu.Unlock()
+		ln.Close()
+		return ErrServerClosed
+	}
+	s.listeners[ln] = struct{}{}
+	s.mu.Unlock()
+	defer func() {
+		s.mu.Lock()
+		delete(s.listeners, ln)
+		s.mu.Unlock()
+	}()
+
+	for {
+		conn, err := ln.Accept()
+		if err != nil {
+			s.mu.Lock()
+			closed := s.closed
+			s.mu.Unlock()
+			if closed {
+				return ErrServerClosed
+			}
+			var ne net.Error
+			if errors.As(err, &ne) && ne.Timeout() {
+				time.Sleep(10 * time.Millisecond)
+				continue
+			}
+			return err
+		}
+		if !s.track(conn) {
+			conn.Close()
+			return ErrServerClosed
+		}
+		s.wg.Add(1)
+		go func() {
+			defer s.wg.Done()
+			defer s.untrack(conn)
+			s.serveConn(conn)
+		}()
+	}
+}
+
+func (s *Server) track(c net.Conn) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.closed {
+		return false
+	}
+	s.conns[c] = struct{}{}
+	return true
+}
+
+func (s *Server) untrack(c net.Conn) {
+	s.mu.Lock()
+	delete(s.conns, c)
+	s.mu.Unlock()
+}
+
+// Close stops the listeners, closes every client connection (their upstream
+// connections close with them) and waits for the sessions to end.
+func (s *Server) Close() error {
+	s.mu.Lock()
+	s.closed = true
+	for ln := range s.listeners {
+		ln.Close()
+	}
+	for c := range s.conns {
+		c.Close()
+	}
+	s.mu.Unlock()
+	s.wg.Wait()
+	return nil
+}
+
+// handleCancel forwards a CancelRequest whose key pgtenant issued. Unknown
+// keys are ignored silently, as PostgreSQL does.
+func (s *Server) handleCancel(cr *pgproto3.CancelRequest, log *slog.Logger) {
+	t, ok := s.cancels.lookup(cr.ProcessID, cr.SecretKey)
+	if !ok {
+		log.Debug("cancel request with unknown key ignored")
+		return
+	}
+	if err := t.send(context.Background(), s.cfg.ConnectTimeout.Duration); err != nil {
+		log.Warn("forwarding cancel request failed", "err", err)
+		return
+	}
+	log.Info("cancel request forwarded", "upstream_pid", t.pid)
+}

@@ -1,0 +1,247 @@
+package proxy
+
+import (
+	"bufio"
+	"context"
+	"encoding/binary"
+	"errors"
+	"io"
+	"log/slog"
+	"net"
+	"sort"
+	"time"
+
+	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/jackc/pgx/v5/pgproto3"
+)
+
+// serveConn runs one client connection from the first byte to the close.
+func (s *Server) serveConn(conn net.Conn) {
+	log := s.log.With("conn", s.nextConnID.Add(1), "remote", conn.RemoteAddr().String())
+	_ = conn.SetDeadline(time.Now().Add(s.StartupTimeout))
+
+	st, err := readStartup(conn, s.tlsConfig)
+	if st == nil {
+		st = &startup{conn: conn}
+	}
+	defer st.conn.Close()
+	if err != nil {
+		s.refuse(st.conn, err, log)
+		return
+	}
+	if st.cancel != nil {
+		s.handleCancel(st.cancel, log)
+		return
+	}
+
+	cw := bufio.NewWriterSize(st.conn, relayBufSize)
+	cr := bufio.NewReaderSize(st.conn, relayBufSize)
+	sess, err := s.startSession(st, cr, cw, log)
+	if err != nil {
+		s.refuse(cw, err, log)
+		return
+	}
+	defer sess.close()
+	_ = st.conn.SetDeadline(time.Time{})
+	sess.run()
+}
+
+// refuse reports err to the client as an ErrorResponse and logs it.
+func (s *Server) refuse(w io.Writer, err error, log *slog.Logger) {
+	var pgErr *pgconn.PgError
+	if !errors.As(err, &pgErr) {
+		// Not a protocol-level refusal (EOF, reset, TLS failure): nobody to tell.
+		log.Debug("connection ended during startup", "err", err)
+		return
+	}
+	log.Info("connection refused", "sqlstate", pgErr.Code, "reason", pgErr.Message)
+	buf, encErr := errorResponse(pgErr).Encode(nil)
+	if encErr != nil {
+		return
+	}
+	_, _ = w.Write(buf)
+	if bw, ok := w.(*bufio.Writer); ok {
+		_ = bw.Flush()
+	}
+}
+
+// session is an authenticated client with its upstream connection.
+type session struct {
+	s        *Server
+	log      *slog.Logger
+	client   net.Conn
+	upstream net.Conn
+	relay    *relay
+	key      cancelKey
+}
+
+// startSession authenticates the client, resolves its tenant, connects
+// upstream and sends the client what a PostgreSQL server sends after
+// authentication.
+func (s *Server) startSession(st *startup, cr *bufio.Reader, cw *bufio.Writer, log *slog.Logger) (*session, error) {
+	if s.requireTLS && st.tls == nil {
+		return nil, fatalf(codeInvalidAuthorization, "pgtenant requires TLS: connect with sslmode=require or stronger")
+	}
+	if st.minor > 0 || len(st.pqOpts) > 0 {
+		// As PostgreSQL: name the newest minor version we speak and the
+		// protocol options we do not know, then carry on in 3.0.
+		msg := &pgproto3.NegotiateProtocolVersion{NewestMinorProtocol: 0, UnrecognizedOptions: st.pqOpts}
+		if err := writeMessages(cw, msg); err != nil {
+			return nil, err
+		}
+	}
+	user := st.params["user"]
+	if user == "" {
+		return nil, fatalf(codeInvalidAuthorization, "no PostgreSQL user name specified in startup packet")
+	}
+	database := st.params["database"]
+	if database == "" {
+		database = user
+	}
+	log = log.With("user", user)
+	params, pgErr := s.policy.upstreamParams(st.params)
+	if pgErr != nil {
+		return nil, pgErr
+	}
+
+	// pgproto3 reads ahead; give it exactly one message at a time so that no
+	// byte meant for the relay is left in its buffer.
+	be := pgproto3.NewBackend(&messageReader{r: cr}, st.conn)
+	be.SetMaxBodyLen(maxStartupPacketLen)
+	ident, err := s.auth.Authenticate(be, user, st.tls)
+	if err != nil {
+		return nil, err
+	}
+	log = log.With("tenant", ident.Tenant)
+	// Checked after authentication, as PostgreSQL does, so that an
+	// unauthenticated client learns nothing about the database.
+	if database != s.database {
+		return nil, fatalf(codeInvalidCatalogName, "database %q does not exist", database)
+	}
+
+	a := newAssertion(s.cfg.TenantSetting, ident.Tenant)
+	start := time.Now()
+	hc, err := s.connectUpstream(context.Background(), params, a)
+	if err != nil {
+		log.Warn("upstream connection failed", "err", err)
+		return nil, err
+	}
+	addr := hc.Conn.RemoteAddr()
+	key := s.cancels.register(cancelTarget{network: addr.Network(), address: addr.String(), pid: hc.PID, secret: hc.SecretKey})
+
+	names := make([]string, 0, len(hc.ParameterStatuses))
+	for name := range hc.ParameterStatuses {
+		names = append(names, name)
+	}
+	sort.Strings(names)
+	msgs := make([]pgproto3.BackendMessage, 0, len(names)+2)
+	for _, name := range names {
+		msgs = append(msgs, &pgproto3.ParameterStatus{Name: name, Value: hc.ParameterStatuses[name]})
+	}
+	var secret [4]byte
+	binary.BigEndian.PutUint32(secret[:], key.secret)
+	msgs = append(msgs,
+		&pgproto3.BackendKeyData{ProcessID: key.pid, SecretKey: secret[:]},
+		&pgproto3.ReadyForQuery{TxStatus: 'I'},
+	)
+	if err := writeMessages(cw, msgs...); err != nil {
+		s.cancels.unregister(key)
+		hc.Conn.Close()
+		return nil, err
+	}
+	log.Info("session started", "upstream_pid", hc.PID, "connect_ms", time.Since(start).Milliseconds())
+	return &session{
+		s:        s,
+		log:      log,
+		client:   st.conn,
+		upstream: hc.Conn,
+		relay:    newRelay(st.conn, cr, cw, hc.Conn, a),
+		key:      key,
+	}, nil
+}
+
+// run relays until either side ends, then tears both down. A client that goes
+// away closes the upstream connection, so an open transaction rolls back.
+func (ss *session) run() {
+	r := ss.relay
+	respErr := make(chan error, 1)
+	go func() {
+		err := r.upstreamToClient()
+		var pgErr *pgconn.PgError
+		switch {
+		case r.closing.Load():
+		case errors.As(err, &pgErr):
+			_ = r.writeClient(errorResponse(pgErr))
+			_ = r.cw.Flush()
+		case errors.Is(err, errUpstreamLost):
+			_ = r.writeClient(errorResponse(fatalf(codeConnectionFailure, "pgtenant: the upstream server closed the connection unexpectedly")))
+			_ = r.cw.Flush()
+		}
+		// Unblock the request side, which is reading from the client.
+		r.closing.Store(true)
+		ss.client.Close()
+		ss.upstream.Close()
+		respErr <- err
+	}()
+
+	reqErr := r.clientToUpstream()
+	closedByResponse := r.closing.Swap(true)
+	ss.upstream.Close()
+	err := <-respErr
+	var pgErr *pgconn.PgError
+	if !closedByResponse && errors.As(reqErr, &pgErr) {
+		// The response side has returned: the client writer is ours now.
+		_ = r.writeClient(errorResponse(pgErr))
+		_ = r.cw.Flush()
+	}
+	ss.log.Info("session ended", "client", describeEnd(reqErr), "upstream", describeEnd(err), "assertions", r.stats.assertions.Load())
+}
+
+func (ss *session) close() {
+	ss.s.cancels.unregister(ss.key)
+	ss.upstream.Close()
+}
+
+func describeEnd(err error) string {
+	if err == nil {
+		return "ok"
+	}
+	return err.Error()
+}
+
+func writeMessages(w *bufio.Writer, msgs ...pgproto3.BackendMessage) error {
+	var buf []byte
+	for _, m := range msgs {
+		var err error
+		if buf, err = m.Encode(buf); err != nil {
+			return err
+		}
+	}
+	if _, err := w.Write(buf); err != nil {
+		return err
+	}
+	return w.Flush()
+}
+
+// messageReader hands out one protocol message at a time from r, never
+// reading past its end.
+type messageReader struct {
+	r    *bufio.Reader
+	left int
+}
+
+func (m *messageReader) Read(p []byte) (int, error) {
+	if m.left == 0 {
+		_, size, err := readHeader(m.r)
+		if err != nil {
+			return 0, err
+		}
+		m.left = size
+	}
+	if len(p) > m.left {
+		p = p[:m.left]
+	}
+	n, err := m.r.Read(p)
+	m.left -= n
+	return n, err
+}
