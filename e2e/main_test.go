@@ -18,8 +18,8 @@ import (
 	"github.com/jackc/pgx/v5/pgconn"
 	"go.uber.org/goleak"
 
-	"github.com/pgtenant/pgtenant/auth"
 	"github.com/pgtenant/pgtenant/config"
+	"github.com/pgtenant/pgtenant/internal/cli"
 	"github.com/pgtenant/pgtenant/internal/demo"
 	"github.com/pgtenant/pgtenant/internal/pgcluster"
 	"github.com/pgtenant/pgtenant/proxy"
@@ -86,12 +86,8 @@ func startProxy(t *testing.T, mutate func(*config.Config)) *testProxy {
 	if err := cfg.Validate(); err != nil {
 		t.Fatalf("config: %v", err)
 	}
-	dir, _, err := auth.NewStaticDirectory(cfg.Users)
-	if err != nil {
-		t.Fatal(err)
-	}
 	log := slog.New(slog.NewTextHandler(testWriter{t}, &slog.HandlerOptions{Level: slog.LevelDebug}))
-	srv, err := proxy.New(cfg, auth.NewAuthenticator(dir), log)
+	srv, err := cli.NewServer(cfg, log)
 	if err != nil {
 		t.Fatal(err)
 	}

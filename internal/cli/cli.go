@@ -5,6 +5,7 @@ package cli
 import (
 	"bufio"
 	"context"
+	"crypto/tls"
 	"errors"
 	"flag"
 	"fmt"
@@ -87,7 +88,7 @@ func Main(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 		return 1
 	}
 	log := newLogger(cfg, stderr)
-	srv, err := newServer(cfg, log)
+	srv, err := NewServer(cfg, log)
 	if err != nil {
 		fmt.Fprintf(stderr, "pgtenant: %v\n", err)
 		return 1
@@ -109,8 +110,9 @@ func Main(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 	}
 }
 
-// newServer builds the proxy from a loaded config.
-func newServer(cfg *config.Config, log *slog.Logger) (*proxy.Server, error) {
+// NewServer builds the proxy from a validated config: the user directory,
+// the authenticator and the listener's TLS.
+func NewServer(cfg *config.Config, log *slog.Logger) (*proxy.Server, error) {
 	dir, plaintext, err := auth.NewStaticDirectory(cfg.Users)
 	if err != nil {
 		return nil, err
@@ -118,7 +120,16 @@ func newServer(cfg *config.Config, log *slog.Logger) (*proxy.Server, error) {
 	for _, u := range plaintext {
 		log.Warn("user has a plaintext password in the config; use a SCRAM verifier from `pgtenant passwd` outside development", "user", u)
 	}
-	return proxy.New(cfg, auth.NewAuthenticator(dir), log)
+	var opts []auth.Option
+	if cfg.TLS != nil {
+		// SCRAM-SHA-256-PLUS binds the exchange to the server certificate.
+		cert, err := tls.LoadX509KeyPair(cfg.TLS.CertFile, cfg.TLS.KeyFile)
+		if err != nil {
+			return nil, fmt.Errorf("tls: %w", err)
+		}
+		opts = append(opts, auth.WithServerCertificate(cert.Leaf))
+	}
+	return proxy.New(cfg, auth.NewAuthenticator(dir, opts...), log)
 }
 
 func newLogger(cfg *config.Config, w io.Writer) *slog.Logger {

@@ -75,7 +75,7 @@ func runDemo(args []string, stdout, stderr io.Writer) int {
 		return 1
 	}
 	log := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: slog.LevelInfo}))
-	srv, err := newServer(cfg, log)
+	srv, err := NewServer(cfg, log)
 	if err != nil {
 		fmt.Fprintf(stderr, "pgtenant demo: %v\n", err)
 		return 1
