@@ -30,7 +30,7 @@ const usage = `pgtenant: a PostgreSQL proxy that gives each tenant its own view 
 
 Usage:
   pgtenant --config pgtenant.yaml   run the proxy
-  pgtenant demo                     start a throwaway PostgreSQL with two demo tenants and the
+  pgtenant demo [--listen addr]     start a throwaway PostgreSQL with two demo tenants and the
                                     proxy in front of it; prints psql lines to try; Ctrl-C cleans up
   pgtenant passwd                   print a SCRAM-SHA-256 verifier for a password read from
                                     stdin (or a prompt), for the users[].password config field

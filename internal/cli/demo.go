@@ -94,7 +94,7 @@ Each tenant sees only its own projects. Paste one of these into another terminal
 		fmt.Fprintf(stdout, "  # tenant %s (%s)\n  PGPASSWORD=%s psql \"host=%s port=%s user=%s dbname=%s\" -c 'SELECT * FROM projects'\n\n",
 			t.Name, t.ID, t.Password, host, port, t.User, demo.Database)
 	}
-	fmt.Fprintf(stdout, "Try changing tenants from SQL, or inserting a row for the other tenant: the policy refuses it.\nPress Ctrl-C to stop and clean up.\n")
+	fmt.Fprintf(stdout, "Drop the -c option for an interactive session. Inserting a row for the other tenant is refused by the policy.\nPress Ctrl-C to stop and clean up.\n")
 	<-ctx.Done()
 	fmt.Fprintln(stdout, "\nShutting down...")
 	return 0

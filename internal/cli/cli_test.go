@@ -1,0 +1,66 @@
+package cli
+
+import (
+	"bytes"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/pgtenant/pgtenant/auth"
+)
+
+func TestMainCommands(t *testing.T) {
+	badConfig := filepath.Join(t.TempDir(), "bad.yaml")
+	if err := os.WriteFile(badConfig, []byte("listen: 127.0.0.1:6432\nbogus: 1\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	tests := []struct {
+		desc   string
+		args   []string
+		code   int
+		stdout string
+		stderr string
+	}{
+		{"version", []string{"--version"}, 0, "pgtenant " + Version, ""},
+		{"help", []string{"--help"}, 0, "pgtenant passwd", ""},
+		{"no config", nil, 2, "", "--config is required"},
+		{"unknown command", []string{"frobnicate"}, 2, "", `unknown command "frobnicate"`},
+		{"missing file", []string{"--config", "/nonexistent/pgtenant.yaml"}, 1, "", "nonexistent"},
+		{"unknown key names its line", []string{"--config", badConfig}, 1, "", "line 2"},
+		{"demo usage", []string{"demo", "extra"}, 2, "", "usage: pgtenant demo"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.desc, func(t *testing.T) {
+			var stdout, stderr bytes.Buffer
+			code := Main(tt.args, strings.NewReader(""), &stdout, &stderr)
+			if code != tt.code {
+				t.Fatalf("exit code %d, want %d (stderr %q)", code, tt.code, stderr.String())
+			}
+			if !strings.Contains(stdout.String(), tt.stdout) || !strings.Contains(stderr.String(), tt.stderr) {
+				t.Fatalf("stdout %q stderr %q, want %q / %q", stdout.String(), stderr.String(), tt.stdout, tt.stderr)
+			}
+		})
+	}
+}
+
+func TestPasswdPrintsAVerifier(t *testing.T) {
+	var stdout, stderr bytes.Buffer
+	if code := Main([]string{"passwd"}, strings.NewReader("s3cret\n"), &stdout, &stderr); code != 0 {
+		t.Fatalf("exit %d: %s", code, stderr.String())
+	}
+	v := strings.TrimSpace(stdout.String())
+	if !auth.IsVerifier(v) {
+		t.Fatalf("not a verifier: %q", v)
+	}
+	if _, err := auth.ParseVerifier(v); err != nil {
+		t.Fatal(err)
+	}
+	if strings.Contains(v, "s3cret") {
+		t.Fatal("verifier contains the password")
+	}
+	stdout.Reset()
+	if code := Main([]string{"passwd"}, strings.NewReader("\n"), &stdout, &stderr); code != 1 {
+		t.Fatalf("empty password: exit %d", code)
+	}
+}
