@@ -8,6 +8,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime"
 	"strings"
 	"testing"
 	"time"
@@ -340,3 +341,46 @@ func TestLibPQ(t *testing.T) {
 }
 
 var _ = pgconn.PgError{}
+
+// A large result streams through the proxy without being held in memory: the
+// client is psql in another process, so what this process allocates while the
+// result flows is the proxy's doing.
+func TestLargeResultStreams(t *testing.T) {
+	p := startProxy(t, nil)
+	// Warm up: connection set-up allocations are not the point.
+	if out, err := psql(t, p, tenantA, "-c", "SELECT 1"); err != nil {
+		t.Fatalf("%v: %s", err, out)
+	}
+	var before, after runtime.MemStats
+	runtime.GC()
+	runtime.ReadMemStats(&before)
+	const rows, width = 64000, 1000 // 64 MB of COPY data
+	out, err := psql(t, p, tenantA, "-c",
+		fmt.Sprintf(`\copy (SELECT repeat('x', %d) FROM generate_series(1, %d)) TO '/dev/null'`, width, rows),
+		"-c", fmt.Sprintf("SELECT sum(length(repeat('y', %d))) FROM generate_series(1, %d)", width, rows))
+	runtime.ReadMemStats(&after)
+	if err != nil {
+		t.Fatalf("%v: %s", err, out)
+	}
+	if !strings.Contains(out, fmt.Sprintf("COPY %d", rows)) || !strings.Contains(out, fmt.Sprint(rows*width)) {
+		t.Fatalf("psql output %q", out)
+	}
+	allocated := after.TotalAlloc - before.TotalAlloc
+	t.Logf("allocated %d KB while relaying %d MB", allocated/1024, rows*width>>20)
+	if allocated > 4<<20 {
+		t.Fatalf("the proxy allocated %d MB relaying a %d MB result: it is buffering", allocated>>20, rows*width>>20)
+	}
+}
+
+// Terminate from the client ends the upstream session too.
+func TestTerminateEndsUpstream(t *testing.T) {
+	p := startProxy(t, nil)
+	conn := p.pgconnect(t, tenantA, "application_name=e2e_terminate")
+	queryRows(t, conn, "SELECT 1")
+	if err := conn.Close(context.Background()); err != nil { // sends Terminate
+		t.Fatal(err)
+	}
+	eventually(t, 5*time.Second, "the upstream session to end", func() bool {
+		return superQuery(t, "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'e2e_terminate'")[0][0] == "0"
+	})
+}

@@ -86,6 +86,8 @@ func describe(msg pgproto3.BackendMessage) string {
 		return "NotificationResponse " + m.Channel + " " + m.Payload
 	case *pgproto3.CopyData:
 		return "CopyData " + string(m.Data)
+	case *pgproto3.FunctionCallResponse:
+		return "FunctionCallResponse " + string(m.Result)
 	case *pgproto3.ParameterDescription:
 		return fmt.Sprintf("ParameterDescription %v", m.ParameterOIDs)
 	default:
@@ -139,6 +141,12 @@ func TestInjectionIsInvisible(t *testing.T) {
 		{q("LISTEN trace_channel")},
 		{q("SELECT pg_notify('trace_channel', 'payload')")},
 		{q("SET statement_timeout = '5s'; " + setting)},
+		// FunctionCall: abs(int4) is OID 1397; one at idle, one inside a block.
+		{&pgproto3.FunctionCall{Function: 1397, ArgFormatCodes: []uint16{0}, Arguments: [][]byte{[]byte("-42")}}},
+		{q("BEGIN"), &pgproto3.FunctionCall{Function: 1397, ArgFormatCodes: []uint16{0}, Arguments: [][]byte{[]byte("-7")}}, q("COMMIT")},
+		// A row far larger than the relay's buffers streams through.
+		{q("SELECT md5(repeat('x', 300000)), length(repeat('y', 300000)), repeat('z', 300000) = repeat('z', 300000)")},
+		{q("SELECT i, repeat('r', 100) FROM generate_series(1, 2000) i WHERE i % 500 = 0")},
 	}
 
 	direct := trace(t, directConnect(t, tenantA.ID), steps)
@@ -148,7 +156,7 @@ func TestInjectionIsInvisible(t *testing.T) {
 	}
 	// Sanity: the workload did reach the interesting states.
 	joined := strings.Join(proxied, "\n")
-	for _, want := range []string{"ReadyForQuery E", "PortalSuspended", "NotificationResponse trace_channel payload", "CopyData anvil", "DataRow 2", "skipping \"projects\""} {
+	for _, want := range []string{"ReadyForQuery E", "PortalSuspended", "NotificationResponse trace_channel payload", "CopyData anvil", "DataRow 2", "skipping \"projects\"", "FunctionCallResponse 42", "FunctionCallResponse 7"} {
 		if !strings.Contains(joined, want) {
 			t.Errorf("trace lacks %q", want)
 		}
