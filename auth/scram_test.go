@@ -69,7 +69,7 @@ type serverResult struct {
 
 // connect runs a real pgconn client against a minimal server that calls
 // Authenticate, over net.Pipe. serverTLS enables SSLRequest handling.
-func connect(t *testing.T, a *Authenticator, connString string, serverTLS *tls.Config) (clientErr error, res serverResult) {
+func connect(t *testing.T, a *Authenticator, connString string, serverTLS *tls.Config) (res serverResult, clientErr error) {
 	t.Helper()
 	clientConn, serverConn := net.Pipe()
 	done := make(chan serverResult, 1)
@@ -104,7 +104,7 @@ func connect(t *testing.T, a *Authenticator, connString string, serverTLS *tls.C
 		err = nil
 	}
 	clientConn.Close()
-	return err, <-done
+	return <-done, err
 }
 
 func serve(a *Authenticator, conn net.Conn, serverTLS *tls.Config) serverResult {
@@ -198,7 +198,7 @@ func TestAuthenticateWithPgconn(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			clientErr, res := connect(t, tt.a, tt.conn, tt.tls)
+			res, clientErr := connect(t, tt.a, tt.conn, tt.tls)
 			if tt.wantCode == "" {
 				if clientErr != nil || res.err != nil {
 					t.Fatalf("client error %v, server error %v", clientErr, res.err)
@@ -232,8 +232,8 @@ func TestAuthenticateWithPgconn(t *testing.T) {
 func TestUnknownUserLooksLikeWrongPassword(t *testing.T) {
 	a := NewAuthenticator(testDirectory(t))
 	const base = "host=pipe sslmode=disable password=nope user="
-	errKnown, _ := connect(t, a, base+"alice", nil)
-	errUnknown, _ := connect(t, a, base+"nobody", nil)
+	_, errKnown := connect(t, a, base+"alice", nil)
+	_, errUnknown := connect(t, a, base+"nobody", nil)
 	var k, u *pgconn.PgError
 	if !errors.As(errKnown, &k) || !errors.As(errUnknown, &u) {
 		t.Fatalf("errors: %v / %v", errKnown, errUnknown)

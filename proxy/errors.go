@@ -1,7 +1,6 @@
 package proxy
 
 import (
-	"errors"
 	"fmt"
 
 	"github.com/jackc/pgx/v5/pgconn"
@@ -29,15 +28,6 @@ const (
 // fatalf builds a client-facing FATAL error.
 func fatalf(code, format string, args ...any) *pgconn.PgError {
 	return &pgconn.PgError{Severity: severityFatal, Code: code, Message: fmt.Sprintf(format, args...)}
-}
-
-// asPgError finds the client-facing error in err, or wraps err as an internal error.
-func asPgError(err error) *pgconn.PgError {
-	var pgErr *pgconn.PgError
-	if errors.As(err, &pgErr) {
-		return pgErr
-	}
-	return fatalf(codeInternalError, "pgtenant: %v", err)
 }
 
 // errorResponse converts a PgError into the wire message.
