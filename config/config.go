@@ -60,7 +60,13 @@ type User struct {
 	Name     string `yaml:"name"`
 	Password string `yaml:"password"` // SCRAM-SHA-256 verifier, or plaintext (development only)
 	Tenant   string `yaml:"tenant"`
+	// Guard turns the statement guard off for this user when false: only for
+	// trusted applications, never for SQL typed by people. Default true.
+	Guard *bool `yaml:"guard"`
 }
+
+// GuardEnabled reports whether the statement guard checks this user's SQL.
+func (u User) GuardEnabled() bool { return u.Guard == nil || *u.Guard }
 
 // Duration is a time.Duration written in YAML as a Go duration string ("10s", "1m").
 type Duration struct{ time.Duration }

@@ -10,6 +10,8 @@ import (
 
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgproto3"
+
+	"github.com/pgtenant/pgtenant/guard"
 )
 
 const (
@@ -46,6 +48,9 @@ type relay struct {
 	ur               *bufio.Reader
 	uw               *bufio.Writer // upstream writer, used only by the request side
 	assertion        assertion
+	guard            *guard.Guard // nil when the guard is off for this user
+	refusals         refusals
+	forceAssert      bool // a RESET ALL / DISCARD ALL went through: assert at the next unit
 
 	units    chan unit
 	pending  atomic.Int32  // units sent upstream whose ReadyForQuery has not come back
@@ -60,12 +65,15 @@ type relay struct {
 
 type relayStats struct {
 	assertions atomic.Int64
+	refusals   atomic.Int64
 }
 
 var errClientTerminated = errors.New("client sent Terminate")
 
-func newRelay(client net.Conn, cr *bufio.Reader, cw *bufio.Writer, upstream net.Conn, a assertion) *relay {
+func newRelay(client net.Conn, cr *bufio.Reader, cw *bufio.Writer, upstream net.Conn, a assertion, g *guard.Guard) *relay {
 	r := &relay{
+		guard:          g,
+		refusals:       refusals{pending: map[uint64]*pgconn.PgError{}},
 		client:         client,
 		upstream:       upstream,
 		cr:             cr,
@@ -123,16 +131,25 @@ func readMessage(rd *bufio.Reader, size int) ([]byte, error) {
 	return msg, nil
 }
 
-// statementText peeks at the start of the SQL text of a Query or Parse
+// peekStatementText peeks at the start of the SQL text of a Query or Parse
 // message. It returns nil for other messages, and may return a prefix of a
 // long statement.
-func statementText(rd *bufio.Reader, typ byte, size int) []byte {
+func peekStatementText(rd *bufio.Reader, typ byte, size int) []byte {
 	if typ != 'Q' && typ != 'P' {
 		return nil
 	}
-	n := min(size, screenPeekLen+5)
-	msg, err := rd.Peek(n)
+	msg, err := rd.Peek(min(size, screenPeekLen+5))
 	if err != nil {
+		return nil
+	}
+	return statementText(msg)
+}
+
+// statementText returns the SQL text of a (possibly truncated) Query or
+// Parse message, or nil for other messages.
+func statementText(msg []byte) []byte {
+	typ := msg[0]
+	if typ != 'Q' && typ != 'P' {
 		return nil
 	}
 	body := msg[5:]
@@ -175,18 +192,29 @@ func (r *relay) clientToUpstream() error {
 		if err != nil {
 			return err
 		}
+		var msg []byte // the whole message, when the guard needs to read it
+		var substitute []byte
+		peeked := false
+		if r.guard != nil && (typ == 'Q' || typ == 'P' || typ == 'F') {
+			if msg, peeked, err = r.wholeMessage(size); err != nil {
+				return err
+			}
+			if substitute, err = r.check(msg); err != nil {
+				return err
+			}
+		}
 		switch typ {
 		case 'Q', 'F':
 			if inGroup {
 				// A Query ends an unsynced group: one ReadyForQuery for both.
 				inGroup = false
-			} else if err := r.startUnit(typ, size, true); err != nil {
+			} else if err := r.startUnit(typ, size, msg, substitute != nil, true); err != nil {
 				return err
 			}
 		case 'P', 'B', 'E', 'D', 'C':
 			if !inGroup {
 				inGroup = true
-				if err := r.startUnit(typ, size, false); err != nil {
+				if err := r.startUnit(typ, size, msg, substitute != nil, false); err != nil {
 					return err
 				}
 			}
@@ -203,6 +231,21 @@ func (r *relay) clientToUpstream() error {
 			_ = r.uw.Flush()
 			return errClientTerminated
 		}
+		if msg != nil {
+			out := msg
+			if substitute != nil {
+				out = substitute
+			}
+			if _, err := r.uw.Write(out); err != nil {
+				return err
+			}
+			if peeked {
+				if _, err := r.cr.Discard(len(msg)); err != nil {
+					return err
+				}
+			}
+			continue
+		}
 		if err := forward(r.uw, r.cr, size); err != nil {
 			return err
 		}
@@ -210,19 +253,25 @@ func (r *relay) clientToUpstream() error {
 }
 
 // startUnit decides whether and how to assert the tenant ahead of a unit.
-func (r *relay) startUnit(typ byte, size int, simple bool) error {
+// msg is the whole message when already read, refused when the guard replaced it.
+func (r *relay) startUnit(typ byte, size int, msg []byte, refused, simple bool) error {
 	need := true
 	pending := r.pending.Load()
-	if pending == 0 {
+	if pending == 0 && !r.forceAssert {
 		// Settled: the upstream's state is exactly what it last reported.
 		if s := byte(r.txStatus.Load()); s == 'T' || s == 'E' {
 			need = false
 		}
 	}
-	if need {
-		text := statementText(r.cr, typ, size)
+	if need && !refused {
+		var text []byte
+		if msg != nil {
+			text = statementText(msg)
+		} else {
+			text = peekStatementText(r.cr, typ, size)
+		}
 		switch {
-		case text != nil && pending > 0 && isTransactionEnd(text):
+		case text != nil && pending > 0 && !r.forceAssert && isTransactionEnd(text):
 			need = false
 		case text != nil && !pipelineSafe(text):
 			if err := r.assertStandalone(); err != nil {
@@ -233,6 +282,7 @@ func (r *relay) startUnit(typ byte, size int, simple bool) error {
 	}
 	r.queueUnit(unit{assert: need, simple: simple})
 	if need {
+		r.forceAssert = false
 		r.stats.assertions.Add(1)
 		if _, err := r.uw.Write(r.assertion.inline); err != nil {
 			return err
@@ -268,6 +318,7 @@ func (r *relay) assertStandalone() error {
 	if err := r.uw.Flush(); err != nil {
 		return err
 	}
+	r.forceAssert = false
 	select {
 	case pgErr := <-r.standaloneDone:
 		if pgErr != nil {
@@ -369,6 +420,20 @@ func (r *relay) upstreamToClient() (err error) {
 				if err := r.writeClient(errorResponse(e)); err != nil {
 					return err
 				}
+			}
+			continue
+		}
+		if typ == 'E' && r.refusals.outstanding.Load() > 0 {
+			msg, err := readMessage(r.ur, size)
+			if err != nil {
+				return err
+			}
+			if refusal := r.refusals.match(decodeError(msg)); refusal != nil {
+				if err := r.writeClient(errorResponse(refusal)); err != nil {
+					return err
+				}
+			} else if _, err := r.cw.Write(msg); err != nil {
+				return err
 			}
 			continue
 		}

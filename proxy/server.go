@@ -20,6 +20,7 @@ import (
 
 	"github.com/pgtenant/pgtenant/auth"
 	"github.com/pgtenant/pgtenant/config"
+	"github.com/pgtenant/pgtenant/guard"
 )
 
 // Authenticator proves who a client is and which tenant it belongs to.
@@ -38,6 +39,8 @@ type Server struct {
 	database       string
 	policy         startupPolicy
 	cancels        *cancelRegistry
+	guard          *guard.Guard
+	unguarded      map[string]bool // users whose SQL the guard does not check
 
 	// StartupTimeout bounds the time from accept to the end of authentication
 	// (PostgreSQL's authentication_timeout).
@@ -65,9 +68,17 @@ func New(cfg *config.Config, authn Authenticator, log *slog.Logger) (*Server, er
 		database:       upstreamConfig.Database,
 		policy:         newStartupPolicy(cfg.TenantSetting),
 		cancels:        newCancelRegistry(),
+		guard:          guard.New(guard.Policy{TenantSetting: cfg.TenantSetting}),
+		unguarded:      make(map[string]bool),
 		StartupTimeout: time.Minute,
 		listeners:      make(map[net.Listener]struct{}),
 		conns:          make(map[net.Conn]struct{}),
+	}
+	for _, u := range cfg.Users {
+		if !u.GuardEnabled() {
+			s.unguarded[u.Name] = true
+			log.Warn("statement guard is OFF for this user: its SQL can change its own tenant context", "user", u.Name)
+		}
 	}
 	if cfg.TLS != nil {
 		cert, err := tls.LoadX509KeyPair(cfg.TLS.CertFile, cfg.TLS.KeyFile)

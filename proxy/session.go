@@ -149,13 +149,17 @@ func (s *Server) startSession(st *startup, cr *bufio.Reader, cw *bufio.Writer, l
 		hc.Conn.Close()
 		return nil, err
 	}
-	log.Info("session started", "upstream_pid", hc.PID, "connect_ms", time.Since(start).Milliseconds())
+	g := s.guard
+	if s.unguarded[ident.User] {
+		g = nil
+	}
+	log.Info("session started", "upstream_pid", hc.PID, "connect_ms", time.Since(start).Milliseconds(), "guard", g != nil)
 	return &session{
 		s:        s,
 		log:      log,
 		client:   st.conn,
 		upstream: hc.Conn,
-		relay:    newRelay(st.conn, cr, cw, hc.Conn, a),
+		relay:    newRelay(st.conn, cr, cw, hc.Conn, a, g),
 		key:      key,
 	}, nil
 }
@@ -194,7 +198,8 @@ func (ss *session) run() {
 		_ = r.writeClient(errorResponse(pgErr))
 		_ = r.cw.Flush()
 	}
-	ss.log.Info("session ended", "client", describeEnd(reqErr), "upstream", describeEnd(err), "assertions", r.stats.assertions.Load())
+	ss.log.Info("session ended", "client", describeEnd(reqErr), "upstream", describeEnd(err),
+		"assertions", r.stats.assertions.Load(), "refusals", r.stats.refusals.Load())
 }
 
 func (ss *session) close() {

@@ -1,0 +1,309 @@
+// Package guard refuses SQL that could change a session's tenant context or
+// the identity it rests on. Every statement text a client sends goes through
+// Check: a lexical screen proves most statements harmless without parsing;
+// everything else is parsed with PostgreSQL's own parser (pg_query_go) and its
+// whole tree is inspected, nested statements included.
+package guard
+
+import (
+	"fmt"
+	"strings"
+	"sync"
+
+	"github.com/jackc/pgx/v5/pgconn"
+	pg_query "github.com/pganalyze/pg_query_go/v6"
+	"google.golang.org/protobuf/reflect/protoreflect"
+)
+
+// SQLSTATEs of refusals. A refusal looks like PostgreSQL's own
+// insufficient_privilege error; an unparsable statement gets the parser's
+// syntax_error.
+const (
+	CodeRefused     = "42501"
+	CodeSyntaxError = "42601"
+)
+
+// Policy says what is protected.
+type Policy struct {
+	// TenantSetting is the setting pgtenant asserts, e.g. "app.tenant_id".
+	// Every setting under its prefix ("app.") is protected too.
+	TenantSetting string
+	// ExtraSettings are more protected settings (e.g. derived from claims).
+	ExtraSettings []string
+}
+
+// Verdict is the guard's answer for one message's SQL.
+type Verdict struct {
+	// Err is non-nil when the SQL must not reach the upstream.
+	Err *pgconn.PgError
+	// ResetsContext is set for a lone RESET ALL or DISCARD ALL: allowed, but
+	// the tenant context must be asserted again before the next statement.
+	ResetsContext bool
+}
+
+// Guard checks statement texts against a Policy. It is safe for concurrent use.
+type Guard struct {
+	prefix   string          // lower-case prefix of the tenant setting, with the dot
+	settings map[string]bool // lower-case protected setting names
+
+	mu    sync.Mutex
+	cache map[string]Verdict // verdicts of full checks of prepared statements
+}
+
+// cacheLimit bounds the prepared-statement cache; it is cleared when full.
+const cacheLimit = 4096
+
+// New builds a guard for p.
+func New(p Policy) *Guard {
+	g := &Guard{settings: map[string]bool{}, cache: map[string]Verdict{}}
+	name := strings.ToLower(p.TenantSetting)
+	g.settings[name] = true
+	if i := strings.IndexByte(name, '.'); i >= 0 {
+		g.prefix = name[:i+1]
+	}
+	for _, s := range p.ExtraSettings {
+		g.settings[strings.ToLower(s)] = true
+	}
+	// The identity a session rests on.
+	for _, s := range []string{"role", "session_authorization", "row_security"} {
+		g.settings[s] = true
+	}
+	return g
+}
+
+// CheckQuery checks the text of a simple Query message.
+func (g *Guard) CheckQuery(sql []byte) Verdict {
+	if screen(sql) {
+		return Verdict{}
+	}
+	return g.full(string(sql), true)
+}
+
+// CheckParse checks the text of a Parse message. Verdicts are cached by text,
+// since drivers prepare the same statements on every connection.
+func (g *Guard) CheckParse(sql []byte) Verdict {
+	if screen(sql) {
+		return Verdict{}
+	}
+	g.mu.Lock()
+	v, ok := g.cache[string(sql)]
+	g.mu.Unlock()
+	if ok {
+		return v
+	}
+	text := string(sql)
+	v = g.full(text, false)
+	g.mu.Lock()
+	if len(g.cache) >= cacheLimit {
+		clear(g.cache)
+	}
+	g.cache[text] = v
+	g.mu.Unlock()
+	return v
+}
+
+// CheckFunctionCall checks a FunctionCall message, which names a function by
+// OID and so bypasses any text check. Only the large-object functions that
+// libpq and JDBC call this way are allowed.
+func (g *Guard) CheckFunctionCall(oid uint32) *pgconn.PgError {
+	if largeObjectFunctions[oid] {
+		return nil
+	}
+	return refused(fmt.Sprintf("permission denied: pgtenant does not relay FunctionCall messages for function %d", oid),
+		"Only large-object functions may be called with the FunctionCall protocol message; call other functions from SQL.")
+}
+
+// largeObjectFunctions are the pg_proc OIDs of the server-side large-object
+// functions (fixed in PostgreSQL's catalog since 7.x / 9.3 for the 64-bit ones).
+var largeObjectFunctions = map[uint32]bool{
+	715: true, // lo_create
+	952: true, // lo_open
+	953: true, // lo_close
+	954: true, // loread
+	955: true, // lowrite
+	956: true, // lo_lseek
+	957: true, // lo_creat
+	958: true, // lo_tell
+	964: true, // lo_unlink
+	1004: true, // lo_truncate
+	3170: true, // lo_lseek64
+	3171: true, // lo_tell64
+	3172: true, // lo_truncate64
+}
+
+func refused(msg, hint string) *pgconn.PgError {
+	return &pgconn.PgError{Severity: "ERROR", Code: CodeRefused, Message: msg, Hint: hint}
+}
+
+// full parses sql and inspects every node of every statement.
+func (g *Guard) full(sql string, simple bool) Verdict {
+	tree, err := pg_query.Parse(sql)
+	if err != nil {
+		msg := err.Error()
+		return Verdict{Err: &pgconn.PgError{Severity: "ERROR", Code: CodeSyntaxError, Message: msg,
+			Detail: "pgtenant refuses statements it cannot parse."}}
+	}
+	var v Verdict
+	for _, raw := range tree.Stmts {
+		if raw.Stmt == nil {
+			continue
+		}
+		c := checker{g: g}
+		walk(raw.Stmt.ProtoReflect(), c.visit)
+		if c.err != nil {
+			return Verdict{Err: c.err}
+		}
+		if c.resets {
+			if !simple || len(tree.Stmts) != 1 {
+				return Verdict{Err: refused(fmt.Sprintf("permission denied: %s must be sent as a simple query of its own through pgtenant", c.resetName),
+					"pgtenant re-asserts the tenant context right after it; that is only possible when nothing else runs in between.")}
+			}
+			v.ResetsContext = true
+		}
+	}
+	return v
+}
+
+// walk visits m and, while visit returns true, all messages below it.
+func walk(m protoreflect.Message, visit func(protoreflect.Message) bool) {
+	if !visit(m) {
+		return
+	}
+	m.Range(func(fd protoreflect.FieldDescriptor, v protoreflect.Value) bool {
+		if fd.Kind() != protoreflect.MessageKind {
+			return true
+		}
+		if fd.IsList() {
+			list := v.List()
+			for i := 0; i < list.Len(); i++ {
+				walk(list.Get(i).Message(), visit)
+			}
+			return true
+		}
+		walk(v.Message(), visit)
+		return true
+	})
+}
+
+type checker struct {
+	g         *Guard
+	err       *pgconn.PgError
+	resets    bool
+	resetName string
+}
+
+func (c *checker) refuse(msg, hint string) bool {
+	if c.err == nil {
+		c.err = refused(msg, hint)
+	}
+	return false
+}
+
+const settingHint = "pgtenant sets the tenant context itself; it cannot be changed from SQL."
+
+func (c *checker) visit(m protoreflect.Message) bool {
+	if c.err != nil {
+		return false
+	}
+	switch n := m.Interface().(type) {
+	case *pg_query.A_Const:
+		// A string constant is data, not a name: 'set_config' is harmless.
+		return false
+	case *pg_query.String:
+		// Names of functions, operators' support functions, columns... A
+		// function that sets settings or runs SQL from text is refused
+		// wherever its name appears, qualified or not.
+		if name := strings.ToLower(n.Sval); isDangerousFunction(name) {
+			return c.refuse(fmt.Sprintf("permission denied for function %s", name),
+				"pgtenant does not relay calls that change settings or run SQL from text.")
+		}
+	case *pg_query.VariableSetStmt:
+		return c.variableSet(n)
+	case *pg_query.DiscardStmt:
+		if n.Target == pg_query.DiscardMode_DISCARD_ALL {
+			c.resets, c.resetName = true, "DISCARD ALL"
+		}
+	case *pg_query.DoStmt:
+		return c.refuse("permission denied: DO blocks are not allowed through pgtenant", "")
+	case *pg_query.CreateFunctionStmt:
+		kind := "FUNCTION"
+		if n.IsProcedure {
+			kind = "PROCEDURE"
+		}
+		return c.refuse("permission denied: CREATE "+kind+" is not allowed through pgtenant",
+			"Functions can change settings; create them as the schema owner, not through pgtenant.")
+	case *pg_query.AlterFunctionStmt:
+		return c.refuse("permission denied: ALTER FUNCTION/PROCEDURE is not allowed through pgtenant", "")
+	case *pg_query.AlterRoleSetStmt:
+		return c.refuse("permission denied: ALTER ROLE ... SET is not allowed through pgtenant", "")
+	case *pg_query.AlterDatabaseSetStmt:
+		return c.refuse("permission denied: ALTER DATABASE ... SET is not allowed through pgtenant", "")
+	case *pg_query.AlterSystemStmt:
+		return c.refuse("permission denied: ALTER SYSTEM is not allowed through pgtenant", "")
+	case *pg_query.AlterRoleStmt, *pg_query.CreateRoleStmt, *pg_query.DropRoleStmt, *pg_query.GrantRoleStmt:
+		return c.refuse("permission denied: role management is not allowed through pgtenant", "")
+	case *pg_query.LoadStmt:
+		return c.refuse("permission denied: LOAD is not allowed through pgtenant", "")
+	case *pg_query.CreateExtensionStmt, *pg_query.AlterExtensionStmt, *pg_query.AlterExtensionContentsStmt:
+		return c.refuse("permission denied: extension management is not allowed through pgtenant", "")
+	case *pg_query.InsertStmt:
+		return c.settingsWrite(n.Relation)
+	case *pg_query.UpdateStmt:
+		return c.settingsWrite(n.Relation)
+	case *pg_query.DeleteStmt:
+		return c.settingsWrite(n.Relation)
+	case *pg_query.MergeStmt:
+		return c.settingsWrite(n.Relation)
+	case *pg_query.ViewStmt, *pg_query.RuleStmt:
+		// A view or rule over pg_settings is a way to write it later.
+		found := false
+		walk(m, func(m protoreflect.Message) bool {
+			if rv, ok := m.Interface().(*pg_query.RangeVar); ok && strings.EqualFold(rv.Relname, "pg_settings") {
+				found = true
+			}
+			return !found
+		})
+		if found {
+			return c.refuse("permission denied: views and rules over pg_settings are not allowed through pgtenant", "")
+		}
+	}
+	return true
+}
+
+func (c *checker) variableSet(n *pg_query.VariableSetStmt) bool {
+	if n.Kind == pg_query.VariableSetKind_VAR_RESET_ALL {
+		c.resets, c.resetName = true, "RESET ALL"
+		return true
+	}
+	name := strings.ToLower(n.Name)
+	if c.g.settings[name] || (c.g.prefix != "" && strings.HasPrefix(name, c.g.prefix)) {
+		verb := "set"
+		if n.Kind == pg_query.VariableSetKind_VAR_RESET {
+			verb = "reset"
+		}
+		return c.refuse(fmt.Sprintf("permission denied to %s parameter %q", verb, n.Name), settingHint)
+	}
+	return true
+}
+
+func (c *checker) settingsWrite(rv *pg_query.RangeVar) bool {
+	if rv != nil && strings.EqualFold(rv.Relname, "pg_settings") {
+		return c.refuse("permission denied: writing pg_settings is not allowed through pgtenant", settingHint)
+	}
+	return true
+}
+
+// dangerousFunctions change settings or run SQL given as text, which the
+// guard could not inspect.
+var dangerousFunctions = map[string]bool{
+	"set_config":                 true,
+	"query_to_xml":               true,
+	"query_to_xml_and_xmlschema": true,
+	"query_to_xmlschema":         true,
+	"ts_stat":                    true,
+	"ts_rewrite":                 true,
+}
+
+func isDangerousFunction(name string) bool {
+	return dangerousFunctions[name] || strings.HasPrefix(name, "dblink")
+}

@@ -1,0 +1,128 @@
+package proxy
+
+import (
+	"io"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+
+	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/jackc/pgx/v5/pgproto3"
+)
+
+// maxGuardedStatement bounds a statement the guard reads whole.
+const maxGuardedStatement = 64 << 20
+
+// refusalMarker starts the text that replaces a refused statement. It is a
+// syntax error on purpose: the upstream rejects it at parse time, in any
+// transaction state, exactly where the client's statement would have failed,
+// so a transaction block fails and an extended-protocol group is skipped up
+// to its Sync, as for any PostgreSQL error. The error that comes back is
+// replaced by the guard's.
+const refusalMarker = "pgtenant_guard_refused_"
+
+// refusals matches the upstream's errors for substituted statements with the
+// guard errors the client must see instead.
+type refusals struct {
+	mu          sync.Mutex
+	next        uint64
+	pending     map[uint64]*pgconn.PgError
+	outstanding atomic.Int32
+}
+
+func (rf *refusals) add(e *pgconn.PgError) uint64 {
+	rf.mu.Lock()
+	defer rf.mu.Unlock()
+	rf.next++
+	rf.pending[rf.next] = e
+	rf.outstanding.Store(int32(len(rf.pending)))
+	return rf.next
+}
+
+// match returns the guard error for an upstream error caused by a marker.
+// A marker the server skipped (after an earlier error) never comes back; its
+// entry goes when a later one does.
+func (rf *refusals) match(upstream *pgconn.PgError) *pgconn.PgError {
+	i := strings.Index(upstream.Message, refusalMarker)
+	if upstream.Code != "42601" || i < 0 {
+		return nil
+	}
+	digits := upstream.Message[i+len(refusalMarker):]
+	if j := strings.IndexByte(digits, '"'); j >= 0 {
+		digits = digits[:j]
+	}
+	seq, err := strconv.ParseUint(digits, 10, 64)
+	if err != nil {
+		return nil
+	}
+	rf.mu.Lock()
+	defer rf.mu.Unlock()
+	e := rf.pending[seq]
+	for k := range rf.pending {
+		if k <= seq {
+			delete(rf.pending, k)
+		}
+	}
+	rf.outstanding.Store(int32(len(rf.pending)))
+	return e
+}
+
+// wholeMessage returns the complete message at the head of the client
+// reader. When it fits the buffer it is only peeked (peeked is true and the
+// caller must Discard it); a larger one is read out into its own slice.
+func (r *relay) wholeMessage(size int) (msg []byte, peeked bool, err error) {
+	if size <= r.cr.Size() {
+		msg, err = r.cr.Peek(size)
+		return msg, true, err
+	}
+	if size > maxGuardedStatement {
+		return nil, false, fatalf(codeProgramLimitExceeded, "statement of %d bytes exceeds pgtenant's limit of %d bytes", size, maxGuardedStatement)
+	}
+	msg = make([]byte, size)
+	if _, err := io.ReadFull(r.cr, msg); err != nil {
+		return nil, false, err
+	}
+	return msg, false, nil
+}
+
+// check runs the guard on a Query, Parse or FunctionCall message. It returns
+// the bytes to send upstream instead when the message is refused.
+func (r *relay) check(msg []byte) ([]byte, error) {
+	var verdictErr *pgconn.PgError
+	var name string
+	switch msg[0] {
+	case 'F':
+		if len(msg) < 9 {
+			return nil, fatalf(codeProtocolViolation, "invalid FunctionCall message")
+		}
+		oid := uint32(msg[5])<<24 | uint32(msg[6])<<16 | uint32(msg[7])<<8 | uint32(msg[8])
+		verdictErr = r.guard.CheckFunctionCall(oid)
+	case 'Q':
+		v := r.guard.CheckQuery(statementText(msg))
+		verdictErr = v.Err
+		if v.ResetsContext {
+			r.forceAssert = true
+		}
+	case 'P':
+		body := msg[5:]
+		nul := indexByte(body, 0)
+		if nul < 0 {
+			return nil, fatalf(codeProtocolViolation, "invalid Parse message")
+		}
+		name = string(body[:nul])
+		v := r.guard.CheckParse(statementText(msg))
+		verdictErr = v.Err
+	}
+	if verdictErr == nil {
+		return nil, nil
+	}
+	seq := r.refusals.add(verdictErr)
+	text := refusalMarker + strconv.FormatUint(seq, 10)
+	var sub pgproto3.FrontendMessage = &pgproto3.Query{String: text}
+	if msg[0] == 'P' {
+		sub = &pgproto3.Parse{Name: name, Query: text}
+	}
+	r.stats.refusals.Add(1)
+	return sub.Encode(nil)
+}
