@@ -116,15 +116,15 @@ func (g *Guard) CheckFunctionCall(oid uint32) *pgconn.PgError {
 // largeObjectFunctions are the pg_proc OIDs of the server-side large-object
 // functions (fixed in PostgreSQL's catalog since 7.x / 9.3 for the 64-bit ones).
 var largeObjectFunctions = map[uint32]bool{
-	715: true, // lo_create
-	952: true, // lo_open
-	953: true, // lo_close
-	954: true, // loread
-	955: true, // lowrite
-	956: true, // lo_lseek
-	957: true, // lo_creat
-	958: true, // lo_tell
-	964: true, // lo_unlink
+	715:  true, // lo_create
+	952:  true, // lo_open
+	953:  true, // lo_close
+	954:  true, // loread
+	955:  true, // lowrite
+	956:  true, // lo_lseek
+	957:  true, // lo_creat
+	958:  true, // lo_tell
+	964:  true, // lo_unlink
 	1004: true, // lo_truncate
 	3170: true, // lo_lseek64
 	3171: true, // lo_tell64
