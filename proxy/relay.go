@@ -194,12 +194,12 @@ func (r *relay) clientToUpstream() error {
 		}
 		var msg []byte // the whole message, when the guard needs to read it
 		var substitute []byte
-		peeked := false
+		peeked, resets := false, false
 		if r.guard != nil && (typ == 'Q' || typ == 'P' || typ == 'F') {
 			if msg, peeked, err = r.wholeMessage(size); err != nil {
 				return err
 			}
-			if substitute, err = r.check(msg); err != nil {
+			if substitute, resets, err = r.check(msg); err != nil {
 				return err
 			}
 		}
@@ -230,6 +230,11 @@ func (r *relay) clientToUpstream() error {
 			}
 			_ = r.uw.Flush()
 			return errClientTerminated
+		}
+		if resets {
+			// Only after this message's own unit start: the statement after it
+			// is the one that needs the context again.
+			r.forceAssert = true
 		}
 		if msg != nil {
 			out := msg
