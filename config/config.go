@@ -17,6 +17,8 @@ import (
 	"unicode"
 
 	"github.com/jackc/pgx/v5/pgconn"
+
+	"github.com/pgtenant/pgtenant/signedctx"
 	"gopkg.in/yaml.v3"
 )
 
@@ -46,6 +48,27 @@ type Config struct {
 	LogLevel       string   `yaml:"log_level"`       // debug|info|warn|error, default info
 	LogFormat      string   `yaml:"log_format"`      // text|json, default text
 	Users          []User   `yaml:"users"`
+	// SignedContext, when set, makes pgtenant assert an HMAC of the tenant
+	// next to it, for policies that verify it (see signedctx).
+	SignedContext *SignedContext `yaml:"signed_context"`
+}
+
+// SignedContext configures the signed tenant context.
+type SignedContext struct {
+	Key     string `yaml:"key"`     // hex, at least 32 bytes; use ${ENV}
+	Setting string `yaml:"setting"` // default: the tenant setting's prefix + "tenant_sig"
+}
+
+// SignatureSetting returns the setting that carries the signature.
+func (c *Config) SignatureSetting() string {
+	if c.SignedContext == nil {
+		return ""
+	}
+	if c.SignedContext.Setting != "" {
+		return c.SignedContext.Setting
+	}
+	prefix, _, _ := strings.Cut(c.TenantSetting, ".")
+	return prefix + ".tenant_sig"
 }
 
 // TLS configures TLS for client connections.
@@ -223,6 +246,22 @@ func (c *Config) Validate() error {
 
 	if c.TLS != nil {
 		errs = append(errs, c.TLS.validate()...)
+	}
+
+	if sc := c.SignedContext; sc != nil {
+		if _, err := signedctx.ParseKey(sc.Key); err != nil {
+			add("signed_context.key", "%v", err)
+		}
+		sig := c.SignatureSetting()
+		prefix, _, _ := strings.Cut(c.TenantSetting, ".")
+		switch {
+		case !tenantSettingRE.MatchString(sig):
+			add("signed_context.setting", "%q is not a custom setting name", sig)
+		case !strings.HasPrefix(sig, prefix+"."):
+			add("signed_context.setting", "%q must share the tenant setting's prefix %q, so that the guard protects it", sig, prefix+".")
+		case sig == c.TenantSetting:
+			add("signed_context.setting", "must differ from tenant_setting")
+		}
 	}
 
 	if len(c.Users) == 0 {

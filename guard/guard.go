@@ -62,7 +62,9 @@ func New(p Policy) *Guard {
 		g.prefix = name[:i+1]
 	}
 	for _, s := range p.ExtraSettings {
-		g.settings[strings.ToLower(s)] = true
+		if s != "" {
+			g.settings[strings.ToLower(s)] = true
+		}
 	}
 	// The identity a session rests on.
 	for _, s := range []string{"role", "session_authorization", "row_security"} {

@@ -15,49 +15,59 @@ const assertName = "pgtenant_assert"
 // assertion holds the pre-encoded messages that assert one tenant context, so
 // that asserting costs a buffer copy and no allocation.
 //
-// It is a session-level SET rather than SELECT set_config(..., false): the two
-// are equivalent, but SET takes no snapshot, so a client's following
+// Each setting is a session-level SET rather than SELECT set_config(..., false):
+// the two are equivalent, but SET takes no snapshot, so a client's following
 // "SET TRANSACTION ISOLATION LEVEL" (or BEGIN ISOLATION LEVEL) in the same
 // transaction still works.
 type assertion struct {
-	statement string
-	// inline is Parse, Bind, Execute, Close, Close without Sync. Sent ahead of a
-	// client's messages, it runs in the same implicit transaction: if it fails,
-	// the server skips the client's messages up to the next Sync.
+	// statements is the assertion as one simple-query string, for the
+	// round trip at session start.
+	statements string
+	// inline is, per setting, Parse, Bind, Execute, Close, Close without Sync.
+	// Sent ahead of a client's messages, it runs in the same implicit
+	// transaction: if it fails, the server skips the client's messages up to
+	// the next Sync.
 	inline []byte
 	// standalone is inline plus Sync, for statements that must not run after
 	// an unsynced Execute (VACUUM, CREATE DATABASE, ...): those get the
 	// assertion as a round trip of its own first.
 	standalone []byte
+	// replies are the backend message types inline produces, in order:
+	// per setting ParseComplete, BindComplete, CommandComplete, CloseComplete x2.
+	replies []byte
 }
 
-func newAssertion(setting, tenant string) assertion {
-	stmt := "SET " + setting + " TO " + quoteLiteral(tenant)
-	msgs := []pgproto3.FrontendMessage{
-		&pgproto3.Parse{Name: assertName, Query: stmt},
-		&pgproto3.Bind{DestinationPortal: assertName, PreparedStatement: assertName},
-		&pgproto3.Execute{Portal: assertName},
-		&pgproto3.Close{ObjectType: 'P', Name: assertName},
-		&pgproto3.Close{ObjectType: 'S', Name: assertName},
-	}
-	var inline []byte
-	for _, m := range msgs {
-		var err error
-		if inline, err = m.Encode(inline); err != nil {
-			panic(err) // static messages; cannot fail
+// setting is one name and value the assertion sets.
+type setting struct{ name, value string }
+
+func newAssertion(settings []setting) assertion {
+	var a assertion
+	var stmts []string
+	for _, st := range settings {
+		stmt := "SET " + st.name + " TO " + quoteLiteral(st.value)
+		stmts = append(stmts, stmt)
+		msgs := []pgproto3.FrontendMessage{
+			&pgproto3.Parse{Name: assertName, Query: stmt},
+			&pgproto3.Bind{DestinationPortal: assertName, PreparedStatement: assertName},
+			&pgproto3.Execute{Portal: assertName},
+			&pgproto3.Close{ObjectType: 'P', Name: assertName},
+			&pgproto3.Close{ObjectType: 'S', Name: assertName},
 		}
+		for _, m := range msgs {
+			var err error
+			if a.inline, err = m.Encode(a.inline); err != nil {
+				panic(err) // static messages; cannot fail
+			}
+		}
+		a.replies = append(a.replies, '1', '2', 'C', '3', '3')
 	}
-	standalone, err := (&pgproto3.Sync{}).Encode(append([]byte(nil), inline...))
-	if err != nil {
+	a.statements = strings.Join(stmts, "; ")
+	var err error
+	if a.standalone, err = (&pgproto3.Sync{}).Encode(append([]byte(nil), a.inline...)); err != nil {
 		panic(err)
 	}
-	return assertion{statement: stmt, inline: inline, standalone: standalone}
+	return a
 }
-
-// assertionReplies are the backend message types the inline assertion
-// produces, in order: ParseComplete, BindComplete, CommandComplete and two
-// CloseCompletes.
-var assertionReplies = [...]byte{'1', '2', 'C', '3', '3'}
 
 // quoteLiteral quotes s as an SQL string literal that reads the same whatever
 // standard_conforming_strings is set to (the client can change it).

@@ -110,8 +110,6 @@ func (p startupPolicy) check(name string) *pgconn.PgError {
 	return nil
 }
 
-type setting struct{ name, value string }
-
 // splitOptions parses the startup "options" parameter the way PostgreSQL's
 // pg_split_opts does: whitespace separates arguments, a backslash escapes the
 // next character. Only -c name=value, -cname=value and --name=value are

@@ -382,7 +382,7 @@ func (r *relay) upstreamToClient() (err error) {
 				inUnit = true
 				assertLeft = 0
 				if cur.assert || cur.standalone {
-					assertLeft = len(assertionReplies)
+					assertLeft = len(r.assertion.replies)
 				}
 			default:
 				// Nothing outstanding: an asynchronous error such as a FATAL on
@@ -394,7 +394,7 @@ func (r *relay) upstreamToClient() (err error) {
 			}
 		}
 		if assertLeft > 0 {
-			if typ == assertionReplies[len(assertionReplies)-assertLeft] {
+			if typ == r.assertion.replies[len(r.assertion.replies)-assertLeft] {
 				assertLeft--
 				if _, err := r.ur.Discard(size); err != nil {
 					return err

@@ -21,6 +21,7 @@ import (
 	"github.com/pgtenant/pgtenant/auth"
 	"github.com/pgtenant/pgtenant/config"
 	"github.com/pgtenant/pgtenant/guard"
+	"github.com/pgtenant/pgtenant/signedctx"
 )
 
 // Authenticator proves who a client is and which tenant it belongs to.
@@ -41,6 +42,7 @@ type Server struct {
 	cancels        *cancelRegistry
 	guard          *guard.Guard
 	unguarded      map[string]bool // users whose SQL the guard does not check
+	signingKey     []byte          // signed tenant context; nil when off
 
 	// StartupTimeout bounds the time from accept to the end of authentication
 	// (PostgreSQL's authentication_timeout).
@@ -68,7 +70,7 @@ func New(cfg *config.Config, authn Authenticator, log *slog.Logger) (*Server, er
 		database:       upstreamConfig.Database,
 		policy:         newStartupPolicy(cfg.TenantSetting),
 		cancels:        newCancelRegistry(),
-		guard:          guard.New(guard.Policy{TenantSetting: cfg.TenantSetting}),
+		guard:          guard.New(guard.Policy{TenantSetting: cfg.TenantSetting, ExtraSettings: []string{cfg.SignatureSetting()}}),
 		unguarded:      make(map[string]bool),
 		StartupTimeout: time.Minute,
 		listeners:      make(map[net.Listener]struct{}),
@@ -78,6 +80,11 @@ func New(cfg *config.Config, authn Authenticator, log *slog.Logger) (*Server, er
 		if !u.GuardEnabled() {
 			s.unguarded[u.Name] = true
 			log.Warn("statement guard is OFF for this user: its SQL can change its own tenant context", "user", u.Name)
+		}
+	}
+	if cfg.SignedContext != nil {
+		if s.signingKey, err = signedctx.ParseKey(cfg.SignedContext.Key); err != nil {
+			return nil, fmt.Errorf("signed_context.key: %w", err)
 		}
 	}
 	if cfg.TLS != nil {
@@ -178,6 +185,15 @@ func (s *Server) Close() error {
 	s.mu.Unlock()
 	s.wg.Wait()
 	return nil
+}
+
+// contextSettings are the settings asserted for tenant.
+func (s *Server) contextSettings(tenant string) []setting {
+	settings := []setting{{name: s.cfg.TenantSetting, value: tenant}}
+	if s.signingKey != nil {
+		settings = append(settings, setting{name: s.cfg.SignatureSetting(), value: signedctx.Sign(s.signingKey, tenant)})
+	}
+	return settings
 }
 
 // handleCancel forwards a CancelRequest whose key pgtenant issued. Unknown

@@ -119,7 +119,7 @@ func (s *Server) startSession(st *startup, cr *bufio.Reader, cw *bufio.Writer, l
 		return nil, fatalf(codeInvalidCatalogName, "database %q does not exist", database)
 	}
 
-	a := newAssertion(s.cfg.TenantSetting, ident.Tenant)
+	a := newAssertion(s.contextSettings(ident.Tenant))
 	start := time.Now()
 	hc, err := s.connectUpstream(context.Background(), params, a)
 	if err != nil {

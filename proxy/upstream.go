@@ -28,7 +28,7 @@ func (s *Server) connectUpstream(ctx context.Context, params map[string]string, 
 	if err != nil {
 		return nil, upstreamConnectError(ctx, err, timeout)
 	}
-	if _, err := conn.Exec(ctx, a.statement).ReadAll(); err != nil {
+	if _, err := conn.Exec(ctx, a.statements).ReadAll(); err != nil {
 		conn.Close(context.Background())
 		var pgErr *pgconn.PgError
 		if errors.As(err, &pgErr) {

@@ -16,11 +16,13 @@ import (
 	"strings"
 	"syscall"
 
+	"github.com/jackc/pgx/v5/pgconn"
 	"golang.org/x/term"
 
 	"github.com/pgtenant/pgtenant/auth"
 	"github.com/pgtenant/pgtenant/config"
 	"github.com/pgtenant/pgtenant/proxy"
+	"github.com/pgtenant/pgtenant/signedctx"
 )
 
 // Version is set at build time with -ldflags "-X github.com/pgtenant/pgtenant/internal/cli.Version=...".
@@ -34,6 +36,9 @@ Usage:
                                     proxy in front of it; prints psql lines to try; Ctrl-C cleans up
   pgtenant passwd                   print a SCRAM-SHA-256 verifier for a password read from
                                     stdin (or a prompt), for the users[].password config field
+  pgtenant signed-context-sql --config pgtenant.yaml [--role app_rls]
+                                    print the SQL that installs the signed tenant context
+                                    (config signed_context) for the RLS role
   pgtenant --version                print the version
   pgtenant --help                   this text
 
@@ -56,6 +61,8 @@ func Main(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 			return runDemo(args[1:], stdout, stderr)
 		case "passwd":
 			return runPasswd(stdin, stdout, stderr)
+		case "signed-context-sql":
+			return runSignedContextSQL(args[1:], stdout, stderr)
 		}
 	}
 	fs := flag.NewFlagSet("pgtenant", flag.ContinueOnError)
@@ -140,6 +147,45 @@ func newLogger(cfg *config.Config, w io.Writer) *slog.Logger {
 		return slog.New(slog.NewJSONHandler(w, opts))
 	}
 	return slog.New(slog.NewTextHandler(w, opts))
+}
+
+// runSignedContextSQL prints the install script for the signed context.
+func runSignedContextSQL(args []string, stdout, stderr io.Writer) int {
+	fs := flag.NewFlagSet("pgtenant signed-context-sql", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	configPath := fs.String("config", "", "path to the YAML config file (with signed_context)")
+	role := fs.String("role", "", "the RLS role pgtenant connects as (default: the upstream user)")
+	if err := fs.Parse(args); err != nil {
+		return 2
+	}
+	if *configPath == "" {
+		fmt.Fprintln(stderr, "pgtenant signed-context-sql: --config is required")
+		return 2
+	}
+	cfg, err := config.Load(*configPath)
+	if err != nil {
+		fmt.Fprintf(stderr, "pgtenant: %v\n", err)
+		return 1
+	}
+	if cfg.SignedContext == nil {
+		fmt.Fprintln(stderr, "pgtenant signed-context-sql: the config has no signed_context section")
+		return 1
+	}
+	key, err := signedctx.ParseKey(cfg.SignedContext.Key)
+	if err != nil {
+		fmt.Fprintf(stderr, "pgtenant: signed_context.key: %v\n", err)
+		return 1
+	}
+	if *role == "" {
+		upstream, err := pgconn.ParseConfig(cfg.Upstream)
+		if err != nil {
+			fmt.Fprintf(stderr, "pgtenant: upstream: %v\n", err)
+			return 1
+		}
+		*role = upstream.User
+	}
+	fmt.Fprint(stdout, signedctx.SQL(*role, key, cfg.TenantSetting, cfg.SignatureSetting()))
+	return 0
 }
 
 // runPasswd reads a password (prompting twice on a terminal) and prints its
