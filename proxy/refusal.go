@@ -73,6 +73,11 @@ func (rf *refusals) match(upstream *pgconn.PgError) *pgconn.PgError {
 // caller must Discard it); a larger one is read out into its own slice.
 func (r *relay) wholeMessage(size int) (msg []byte, peeked bool, err error) {
 	if size <= r.cr.Size() {
+		if r.cr.Buffered() < size {
+			if err := r.uw.Flush(); err != nil {
+				return nil, false, err
+			}
+		}
 		msg, err = r.cr.Peek(size)
 		return msg, true, err
 	}

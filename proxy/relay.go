@@ -6,6 +6,7 @@ import (
 	"errors"
 	"io"
 	"net"
+	"sync"
 	"sync/atomic"
 
 	"github.com/jackc/pgx/v5/pgconn"
@@ -36,6 +37,7 @@ type unit struct {
 	assert     bool // the inline assertion was sent ahead of the unit
 	simple     bool // a Query or FunctionCall: an assertion failure cannot be reported in-band
 	standalone bool // the relay's own standalone assertion; every reply is hidden
+	seq        uint64
 }
 
 // relay moves messages between a client and its upstream connection, one
@@ -55,6 +57,13 @@ type relay struct {
 	units    chan unit
 	pending  atomic.Int32  // units sent upstream whose ReadyForQuery has not come back
 	txStatus atomic.Uint32 // status byte of the last ReadyForQuery
+
+	seq       uint64 // sequence number of the last queued unit (request side)
+	drained   chan struct{}
+	voidMu    sync.Mutex
+	void      [][2]uint64 // ranges of voided unit sequence numbers
+	voidCount atomic.Int32
+	sawFatal  bool // the upstream sent a FATAL or PANIC (response side)
 
 	standaloneDone chan *pgconn.PgError // result of a standalone assertion
 	closing        atomic.Bool          // the session is ending; suppress "upstream lost"
@@ -83,6 +92,7 @@ func newRelay(client net.Conn, cr *bufio.Reader, cw *bufio.Writer, upstream net.
 		assertion:      a,
 		units:          make(chan unit, maxUnitsInFlight),
 		standaloneDone: make(chan *pgconn.PgError, 1),
+		drained:        make(chan struct{}, 1),
 		done:           make(chan struct{}),
 	}
 	r.txStatus.Store('I')
@@ -107,6 +117,10 @@ func readHeader(rd *bufio.Reader) (byte, int, error) {
 func forward(w *bufio.Writer, rd *bufio.Reader, size int) error {
 	for size > 0 {
 		if rd.Buffered() == 0 {
+			// About to wait for the rest: let what we have go on.
+			if err := w.Flush(); err != nil {
+				return err
+			}
 			if _, err := rd.Peek(1); err != nil {
 				return err
 			}
@@ -181,8 +195,16 @@ func indexByte(b []byte, c byte) int {
 // to report to the client as FATAL.
 func (r *relay) clientToUpstream() error {
 	inGroup := false // inside an extended-protocol group (no Sync yet)
+	// COPY FROM STDIN: the server ignores Sync and Flush while it reads copy
+	// data, and a client may send a Sync right behind the COPY command
+	// before it knows the command was a COPY (libpq does). Those Syncs yield
+	// no ReadyForQuery; they are told apart once copy data follows.
+	copyIn := false         // the client is sending copy data
+	afterExec := false      // an Execute or Query went out, no copy data since
+	groupEndedBlind := false // the Sync that ended the group came after it
+	var blindFrom, blindTo uint64 // lone-Sync units queued after it
 	for {
-		if r.cr.Buffered() == 0 {
+		if r.cr.Buffered() < 5 {
 			// Everything that arrived together has been relayed: one write.
 			if err := r.uw.Flush(); err != nil {
 				return err
@@ -203,14 +225,21 @@ func (r *relay) clientToUpstream() error {
 				return err
 			}
 		}
+		if copyIn && typ != 'd' && typ != 'c' && typ != 'f' && typ != 'S' && typ != 'H' {
+			return fatalf(codeProtocolViolation, "unexpected message type %q during COPY from stdin", typ)
+		}
 		switch typ {
 		case 'Q', 'F':
 			if inGroup {
-				// A Query ends an unsynced group: one ReadyForQuery for both.
-				inGroup = false
-			} else if err := r.startUnit(typ, size, msg, substitute != nil, true); err != nil {
+				// PostgreSQL skips it if the group failed, and runs it otherwise:
+				// which one happened is not visible in the replies, so pgtenant
+				// cannot relay it faithfully. No driver sends this.
+				return fatalf(codeProtocolViolation, "pgtenant does not relay a Query or FunctionCall inside an extended-protocol batch: send Sync first")
+			}
+			if err := r.startUnit(typ, size, msg, substitute != nil, true); err != nil {
 				return err
 			}
+			afterExec, groupEndedBlind, blindFrom = typ == 'Q', false, 0
 		case 'P', 'B', 'E', 'D', 'C':
 			if !inGroup {
 				inGroup = true
@@ -218,12 +247,42 @@ func (r *relay) clientToUpstream() error {
 					return err
 				}
 			}
+			if typ == 'E' {
+				afterExec, groupEndedBlind, blindFrom = true, false, 0
+			}
 		case 'S':
+			if copyIn {
+				break // ignored by the server while it reads copy data
+			}
 			if !inGroup {
 				// A lone Sync still yields a ReadyForQuery.
-				r.queueUnit(unit{})
+				seq := r.queueUnit(unit{})
+				if afterExec {
+					if blindFrom == 0 {
+						blindFrom = seq
+					}
+					blindTo = seq
+				}
+			} else if afterExec {
+				groupEndedBlind = true
 			}
 			inGroup = false
+		case 'd', 'c', 'f':
+			if afterExec {
+				// The server is in COPY FROM STDIN: the Syncs since the command
+				// were ignored. The group goes on; the lone-Sync units are void.
+				if groupEndedBlind {
+					inGroup = true
+				}
+				if blindFrom != 0 {
+					r.voidUnits(blindFrom, blindTo)
+				}
+				afterExec, groupEndedBlind, blindFrom = false, false, 0
+				copyIn = true
+			}
+			if typ != 'd' {
+				copyIn = false
+			}
 		case 'X':
 			if err := forward(r.uw, r.cr, size); err != nil {
 				return err
@@ -260,31 +319,38 @@ func (r *relay) clientToUpstream() error {
 // startUnit decides whether and how to assert the tenant ahead of a unit.
 // msg is the whole message when already read, refused when the guard replaced it.
 func (r *relay) startUnit(typ byte, size int, msg []byte, refused, simple bool) error {
-	need := true
-	pending := r.pending.Load()
-	if pending == 0 && !r.forceAssert {
-		// Settled: the upstream's state is exactly what it last reported.
-		if s := byte(r.txStatus.Load()); s == 'T' || s == 'E' {
-			need = false
-		}
-	}
-	if need && !refused {
-		var text []byte
+	var text []byte
+	if !refused {
 		if msg != nil {
 			text = statementText(msg)
 		} else {
 			text = peekStatementText(r.cr, typ, size)
 		}
-		switch {
-		case text != nil && pending > 0 && !r.forceAssert && isTransactionEnd(text):
-			need = false
-		case text != nil && !pipelineSafe(text):
+	}
+	// While replies are outstanding the upstream's transaction state is not
+	// known. For an extended group that is fine: an assertion in an aborted
+	// block fails like the client's own statement would, and the group is
+	// skipped. A simple Query cannot be skipped that way, and a ROLLBACK must
+	// not be failed by an assertion, so those wait for the exact state.
+	if r.pending.Load() > 0 && (simple || text != nil && isTransactionEnd(text)) {
+		if err := r.waitDrained(); err != nil {
+			return err
+		}
+	}
+	if text != nil && !pipelineSafe(text) && r.mayNeedAssertion() {
+		// Not after an unsynced Execute: assert in a round trip of its own.
+		if err := r.waitDrained(); err != nil {
+			return err
+		}
+		if r.mayNeedAssertion() {
 			if err := r.assertStandalone(); err != nil {
 				return err
 			}
-			need = false
 		}
+		r.queueUnit(unit{simple: simple})
+		return nil
 	}
+	need := r.mayNeedAssertion()
 	r.queueUnit(unit{assert: need, simple: simple})
 	if need {
 		r.forceAssert = false
@@ -296,8 +362,37 @@ func (r *relay) startUnit(typ byte, size int, msg []byte, refused, simple bool) 
 	return nil
 }
 
-// queueUnit tells the response side about a unit before its bytes go out.
-func (r *relay) queueUnit(u unit) {
+// mayNeedAssertion reports whether the upstream may be outside a
+// transaction block (or the context was reset) when the next unit arrives.
+func (r *relay) mayNeedAssertion() bool {
+	if r.forceAssert || r.pending.Load() > 0 {
+		return true
+	}
+	s := byte(r.txStatus.Load())
+	return s != 'T' && s != 'E'
+}
+
+// waitDrained sends what is buffered and waits until every unit sent so far
+// has its ReadyForQuery, so that the transaction status is exact.
+func (r *relay) waitDrained() error {
+	if err := r.uw.Flush(); err != nil {
+		return err
+	}
+	for r.pending.Load() > 0 {
+		select {
+		case <-r.drained:
+		case <-r.done:
+			return io.ErrUnexpectedEOF
+		}
+	}
+	return nil
+}
+
+// queueUnit tells the response side about a unit before its bytes go out,
+// and returns the unit's sequence number.
+func (r *relay) queueUnit(u unit) uint64 {
+	r.seq++
+	u.seq = r.seq
 	r.pending.Add(1)
 	select {
 	case r.units <- u:
@@ -310,6 +405,40 @@ func (r *relay) queueUnit(u unit) {
 		case <-r.done:
 		}
 	}
+	return u.seq
+}
+
+// voidUnits marks queued units that will get no ReadyForQuery (lone Syncs
+// the server ignored during COPY FROM STDIN).
+func (r *relay) voidUnits(from, to uint64) {
+	r.voidMu.Lock()
+	r.void = append(r.void, [2]uint64{from, to})
+	r.voidCount.Store(int32(len(r.void)))
+	r.voidMu.Unlock()
+	r.pending.Add(-int32(to - from + 1))
+}
+
+// isVoid reports whether the unit with seq was voided, forgetting ranges
+// that are behind it.
+func (r *relay) isVoid(seq uint64) bool {
+	if r.voidCount.Load() == 0 {
+		return false
+	}
+	r.voidMu.Lock()
+	defer r.voidMu.Unlock()
+	void := false
+	kept := r.void[:0]
+	for _, rg := range r.void {
+		if seq >= rg[0] && seq <= rg[1] {
+			void = true
+		}
+		if seq < rg[1] {
+			kept = append(kept, rg)
+		}
+	}
+	r.void = kept
+	r.voidCount.Store(int32(len(r.void)))
+	return void
 }
 
 // assertStandalone asserts the tenant in a round trip of its own and waits
@@ -317,13 +446,13 @@ func (r *relay) queueUnit(u unit) {
 func (r *relay) assertStandalone() error {
 	r.queueUnit(unit{standalone: true})
 	r.stats.assertions.Add(1)
+	r.forceAssert = false
 	if _, err := r.uw.Write(r.assertion.standalone); err != nil {
 		return err
 	}
 	if err := r.uw.Flush(); err != nil {
 		return err
 	}
-	r.forceAssert = false
 	select {
 	case pgErr := <-r.standaloneDone:
 		if pgErr != nil {
@@ -356,7 +485,7 @@ func (r *relay) upstreamToClient() (err error) {
 	assertLeft := 0                   // assertion replies still to hide
 	var standaloneErr *pgconn.PgError // failure of the current standalone assertion
 	for {
-		if r.ur.Buffered() == 0 {
+		if r.ur.Buffered() < 5 {
 			if err := r.cw.Flush(); err != nil {
 				return err
 			}
@@ -377,8 +506,9 @@ func (r *relay) upstreamToClient() (err error) {
 			continue
 		}
 		if !inUnit {
-			select {
-			case cur = <-r.units:
+			var found bool
+			switch cur, found = r.nextUnit(); {
+			case found:
 				inUnit = true
 				assertLeft = 0
 				if cur.assert || cur.standalone {
@@ -387,6 +517,9 @@ func (r *relay) upstreamToClient() (err error) {
 			default:
 				// Nothing outstanding: an asynchronous error such as a FATAL on
 				// shutdown. Pass it on.
+				if typ == 'E' {
+					r.noteFatal(size)
+				}
 				if err := forward(r.cw, r.ur, size); err != nil {
 					return err
 				}
@@ -417,6 +550,9 @@ func (r *relay) upstreamToClient() (err error) {
 				// The server skipped the client's Query and waits for a Sync that
 				// will never come: end the session rather than misreport.
 				return assertionFailed(upstreamErr)
+			case upstreamErr.Severity == severityFatal || upstreamErr.Severity == "PANIC":
+				r.sawFatal = true
+				return assertionFailed(upstreamErr)
 			default:
 				// The server skips the client's group until its Sync and then
 				// sends ReadyForQuery: report the failure in its place.
@@ -433,7 +569,11 @@ func (r *relay) upstreamToClient() (err error) {
 			if err != nil {
 				return err
 			}
-			if refusal := r.refusals.match(decodeError(msg)); refusal != nil {
+			upstreamErr := decodeError(msg)
+			if upstreamErr.Severity == severityFatal || upstreamErr.Severity == "PANIC" {
+				r.sawFatal = true
+			}
+			if refusal := r.refusals.match(upstreamErr); refusal != nil {
 				if err := r.writeClient(errorResponse(refusal)); err != nil {
 					return err
 				}
@@ -448,7 +588,12 @@ func (r *relay) upstreamToClient() (err error) {
 				return err
 			}
 			r.txStatus.Store(uint32(body[5]))
-			r.pending.Add(-1)
+			if r.pending.Add(-1) == 0 {
+				select {
+				case r.drained <- struct{}{}:
+				default:
+				}
+			}
 			inUnit = false
 			if cur.standalone {
 				if _, err := r.ur.Discard(size); err != nil {
@@ -464,9 +609,59 @@ func (r *relay) upstreamToClient() (err error) {
 			}
 			continue
 		}
+		if typ == 'E' {
+			r.noteFatal(size)
+		}
 		if err := forward(r.cw, r.ur, size); err != nil {
 			return err
 		}
+	}
+}
+
+// nextUnit takes the next queued unit that is not void, if any.
+func (r *relay) nextUnit() (unit, bool) {
+	for {
+		select {
+		case u := <-r.units:
+			if !r.isVoid(u.seq) {
+				return u, true
+			}
+		default:
+			return unit{}, false
+		}
+	}
+}
+
+// noteFatal records whether the ErrorResponse at the head of the upstream
+// reader is FATAL or PANIC: the upstream closes after it, and the client
+// must not get a second error for that.
+func (r *relay) noteFatal(size int) {
+	if size > r.ur.Size() {
+		return
+	}
+	msg, err := r.ur.Peek(size)
+	if err != nil {
+		return
+	}
+	// Fields: a type byte and a NUL-terminated value each; V is the
+	// unlocalized severity.
+	body := msg[5:]
+	for len(body) > 1 {
+		field := body[0]
+		end := indexByte(body[1:], 0)
+		if end < 0 {
+			return
+		}
+		value := string(body[1 : 1+end])
+		if field == 'V' || field == 'S' {
+			if value == severityFatal || value == "PANIC" {
+				r.sawFatal = true
+			}
+			if field == 'V' {
+				return
+			}
+		}
+		body = body[2+end:]
 	}
 }
 

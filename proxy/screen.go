@@ -22,8 +22,8 @@ var pipelineSafeKeywords = map[string]bool{
 // assertion. An unknown or unreadable start answers false.
 func pipelineSafe(text []byte) bool {
 	i := skipSpaceAndComments(text, 0)
-	if i < len(text) && text[i] == '(' {
-		return true
+	if i == len(text) || text[i] == '(' || text[i] == ';' {
+		return true // empty, or a parenthesised SELECT
 	}
 	word, _ := keyword(text, i)
 	return pipelineSafeKeywords[word]

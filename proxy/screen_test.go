@@ -22,8 +22,10 @@ func TestPipelineSafe(t *testing.T) {
 		{"DO $$ BEGIN END $$", false},
 		{"SET work_mem = '1MB'", false},
 		{"LOCK TABLE t", false},
-		{"/* unterminated SELECT 1", false},
-		{"", false},
+		{"/* unterminated SELECT 1", true},
+		{"", true},
+		{" -- nothing\n", true},
+		{";", true},
 		{"selectx 1", false},
 	}
 	for _, tt := range tests {

@@ -21,9 +21,6 @@ func (s *Server) serveConn(conn net.Conn) {
 	_ = conn.SetDeadline(time.Now().Add(s.StartupTimeout))
 
 	st, err := readStartup(conn, s.tlsConfig)
-	if st == nil {
-		st = &startup{conn: conn}
-	}
 	defer st.conn.Close()
 	if err != nil {
 		s.refuse(st.conn, err, log)
@@ -126,6 +123,10 @@ func (s *Server) startSession(st *startup, cr *bufio.Reader, cw *bufio.Writer, l
 		log.Warn("upstream connection failed", "err", err)
 		return nil, err
 	}
+	if !s.track(hc.Conn) {
+		hc.Conn.Close()
+		return nil, fatalf(codeAdminShutdown, "terminating connection due to administrator command")
+	}
 	addr := hc.Conn.RemoteAddr()
 	key := s.cancels.register(cancelTarget{network: addr.Network(), address: addr.String(), pid: hc.PID, secret: hc.SecretKey})
 
@@ -166,35 +167,42 @@ func (s *Server) startSession(st *startup, cr *bufio.Reader, cw *bufio.Writer, l
 
 // run relays until either side ends, then tears both down. A client that goes
 // away closes the upstream connection, so an open transaction rolls back.
+// Whichever side ends first reports to the client, once.
 func (ss *session) run() {
 	r := ss.relay
 	respErr := make(chan error, 1)
 	go func() {
 		err := r.upstreamToClient()
-		var pgErr *pgconn.PgError
-		switch {
-		case r.closing.Load():
-		case errors.As(err, &pgErr):
-			_ = r.writeClient(errorResponse(pgErr))
+		if !r.closing.Swap(true) {
+			var pgErr *pgconn.PgError
+			switch {
+			case errors.As(err, &pgErr):
+				_ = r.writeClient(errorResponse(pgErr))
+			case errors.Is(err, errUpstreamLost) && !r.sawFatal:
+				// The upstream said nothing (a FATAL it sent was forwarded already).
+				_ = r.writeClient(errorResponse(fatalf(codeConnectionFailure, "pgtenant: the upstream server closed the connection unexpectedly")))
+			}
 			_ = r.cw.Flush()
-		case errors.Is(err, errUpstreamLost):
-			_ = r.writeClient(errorResponse(fatalf(codeConnectionFailure, "pgtenant: the upstream server closed the connection unexpectedly")))
-			_ = r.cw.Flush()
+			// Unblock the request side, which is reading from the client.
+			ss.client.Close()
 		}
-		// Unblock the request side, which is reading from the client.
-		r.closing.Store(true)
-		ss.client.Close()
 		ss.upstream.Close()
 		respErr <- err
 	}()
 
 	reqErr := r.clientToUpstream()
-	closedByResponse := r.closing.Swap(true)
+	first := !r.closing.Swap(true)
 	ss.upstream.Close()
+	if first {
+		// The response side may be blocked writing to a client that no longer
+		// reads; what it still has to say does not matter now.
+		_ = ss.client.SetWriteDeadline(time.Now().Add(time.Second))
+	}
 	err := <-respErr
 	var pgErr *pgconn.PgError
-	if !closedByResponse && errors.As(reqErr, &pgErr) {
+	if first && errors.As(reqErr, &pgErr) {
 		// The response side has returned: the client writer is ours now.
+		_ = ss.client.SetWriteDeadline(time.Now().Add(time.Second))
 		_ = r.writeClient(errorResponse(pgErr))
 		_ = r.cw.Flush()
 	}
@@ -205,6 +213,7 @@ func (ss *session) run() {
 func (ss *session) close() {
 	ss.s.cancels.unregister(ss.key)
 	ss.upstream.Close()
+	ss.s.untrack(ss.upstream)
 }
 
 func describeEnd(err error) string {

@@ -33,9 +33,19 @@ type startup struct {
 // readStartup reads the startup sequence: any number of SSLRequest and
 // GSSENCRequest negotiations, then a StartupMessage or CancelRequest. It reads
 // exact lengths straight from the connection so that no byte sent after a
-// negotiation response is buffered on the wrong side of a TLS upgrade.
+// negotiation response is buffered on the wrong side of a TLS upgrade. The
+// returned startup is never nil: on error its conn is the one (TLS or not)
+// on which to report it.
 func readStartup(conn net.Conn, tlsConfig *tls.Config) (*startup, error) {
 	st := &startup{conn: conn}
+	st2, err := st.read(tlsConfig)
+	if err != nil {
+		return st, err
+	}
+	return st2, nil
+}
+
+func (st *startup) read(tlsConfig *tls.Config) (*startup, error) {
 	for {
 		packet, err := readStartupPacket(st.conn)
 		if err != nil {
