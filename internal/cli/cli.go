@@ -39,6 +39,8 @@ Usage:
   pgtenant signed-context-sql --config pgtenant.yaml [--role app_rls]
                                     print the SQL that installs the signed tenant context
                                     (config signed_context) for the RLS role
+  pgtenant doctor --upstream url    connect upstream as the RLS role and report what would
+                                    break tenant isolation (--config, --json, --tenant-column)
   pgtenant --version                print the version
   pgtenant --help                   this text
 
@@ -61,6 +63,8 @@ func Main(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 			return runDemo(args[1:], stdout, stderr)
 		case "passwd":
 			return runPasswd(stdin, stdout, stderr)
+		case "doctor":
+			return runDoctor(args[1:], stdout, stderr)
 		case "signed-context-sql":
 			return runSignedContextSQL(args[1:], stdout, stderr)
 		}

@@ -52,6 +52,7 @@ CREATE TABLE IF NOT EXISTS projects (
     tenant_id uuid NOT NULL REFERENCES tenants(id),
     name      text NOT NULL
 );
+CREATE INDEX IF NOT EXISTS projects_tenant_id_idx ON projects (tenant_id);
 
 -- FORCE makes the policies bind the table owner too; only superusers and
 -- BYPASSRLS roles escape them. A policy's USING also serves as WITH CHECK,
