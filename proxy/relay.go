@@ -199,9 +199,9 @@ func (r *relay) clientToUpstream() error {
 	// data, and a client may send a Sync right behind the COPY command
 	// before it knows the command was a COPY (libpq does). Those Syncs yield
 	// no ReadyForQuery; they are told apart once copy data follows.
-	copyIn := false         // the client is sending copy data
-	afterExec := false      // an Execute or Query went out, no copy data since
-	groupEndedBlind := false // the Sync that ended the group came after it
+	copyIn := false               // the client is sending copy data
+	afterExec := false            // an Execute or Query went out, no copy data since
+	groupEndedBlind := false      // the Sync that ended the group came after it
 	var blindFrom, blindTo uint64 // lone-Sync units queued after it
 	for {
 		if r.cr.Buffered() < 5 {
