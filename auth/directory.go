@@ -1,8 +1,10 @@
 package auth
 
 import (
+	"crypto/tls"
 	"errors"
 	"fmt"
+	"time"
 
 	"github.com/pgtenant/pgtenant/config"
 	"github.com/xdg-go/scram"
@@ -15,7 +17,28 @@ const MethodSCRAMSHA256 = "scram-sha-256"
 type Identity struct {
 	User   string
 	Tenant string
-	Method string // "scram-sha-256"
+	Method string // "scram-sha-256" or "jwt"
+
+	// Settings are asserted together with the tenant at every transaction
+	// start (from JWT claims).
+	Settings []Setting
+	// Role, when set, is SET ROLE'd at every transaction start (from a JWT
+	// claim, checked against the allow-list).
+	Role string
+	// Expires, when set, is when the session's credential expires: no
+	// transaction may start after it.
+	Expires time.Time
+}
+
+// Setting is one custom setting and its value.
+type Setting struct{ Name, Value string }
+
+// ConnInfo is what authentication may need to know about the client's
+// connection.
+type ConnInfo struct {
+	TLS        *tls.ConnectionState // nil on a plaintext connection
+	Loopback   bool                 // the client connected from a loopback address
+	RemoteAddr string               // for throttling and logs
 }
 
 // Entry is what the directory knows about one user.

@@ -51,6 +51,10 @@ type Config struct {
 	// SignedContext, when set, makes pgtenant assert an HMAC of the tenant
 	// next to it, for policies that verify it (see signedctx).
 	SignedContext *SignedContext `yaml:"signed_context"`
+
+	Auth    Auth     `yaml:"auth"`
+	JWT     *JWT     `yaml:"jwt"`
+	DBUsers *DBUsers `yaml:"db_users"`
 }
 
 // SignedContext configures the signed tenant context.
@@ -214,6 +218,7 @@ var (
 
 // Validate checks every field and returns all problems joined, each naming its field.
 func (c *Config) Validate() error {
+	c.applyIdentityDefaults() // zero means unset for these; also for configs built in code
 	var errs []error
 	add := func(field, format string, args ...any) {
 		errs = append(errs, fmt.Errorf("%s: %s", field, fmt.Sprintf(format, args...)))
@@ -264,9 +269,10 @@ func (c *Config) Validate() error {
 		}
 	}
 
-	if len(c.Users) == 0 {
-		add("users", "at least one user is required")
+	if len(c.Users) == 0 && c.JWT == nil && c.DBUsers == nil {
+		add("users", "at least one user is required (or a jwt or db_users section)")
 	}
+	c.validateIdentity(add)
 	seen := make(map[string]int, len(c.Users))
 	for i, u := range c.Users {
 		field := fmt.Sprintf("users[%d]", i)
