@@ -8,6 +8,7 @@ import (
 	"net"
 	"sync"
 	"sync/atomic"
+	"time"
 
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgproto3"
@@ -52,7 +53,8 @@ type relay struct {
 	assertion        assertion
 	guard            *guard.Guard // nil when the guard is off for this user
 	refusals         refusals
-	forceAssert      bool // a RESET ALL / DISCARD ALL went through: assert at the next unit
+	forceAssert      bool      // a RESET ALL / DISCARD ALL went through: assert at the next unit
+	expires          time.Time // no transaction may start after this (token expiry); zero: never
 
 	units    chan unit
 	pending  atomic.Int32  // units sent upstream whose ReadyForQuery has not come back
@@ -79,8 +81,9 @@ type relayStats struct {
 
 var errClientTerminated = errors.New("client sent Terminate")
 
-func newRelay(client net.Conn, cr *bufio.Reader, cw *bufio.Writer, upstream net.Conn, a assertion, g *guard.Guard) *relay {
+func newRelay(client net.Conn, cr *bufio.Reader, cw *bufio.Writer, upstream net.Conn, a assertion, g *guard.Guard, expires time.Time) *relay {
 	r := &relay{
+		expires:        expires,
 		guard:          g,
 		refusals:       refusals{pending: map[uint64]*pgconn.PgError{}},
 		client:         client,
@@ -335,6 +338,15 @@ func (r *relay) startUnit(typ byte, size int, msg []byte, refused, simple bool) 
 	if r.pending.Load() > 0 && (simple || text != nil && isTransactionEnd(text)) {
 		if err := r.waitDrained(); err != nil {
 			return err
+		}
+	}
+	if !r.expires.IsZero() && r.mayNeedAssertion() && time.Now().After(r.expires) {
+		// The transaction in progress may finish; no new one starts.
+		if err := r.waitDrained(); err != nil {
+			return err
+		}
+		if byte(r.txStatus.Load()) == 'I' {
+			return fatalf(codeInvalidAuthorization, "token expired")
 		}
 	}
 	if text != nil && !pipelineSafe(text) && r.mayNeedAssertion() {

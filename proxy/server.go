@@ -70,9 +70,9 @@ func New(cfg *config.Config, authn Authenticator, log *slog.Logger) (*Server, er
 		database:       upstreamConfig.Database,
 		policy:         newStartupPolicy(cfg.TenantSetting),
 		cancels:        newCancelRegistry(),
-		guard:          guard.New(guard.Policy{TenantSetting: cfg.TenantSetting, ExtraSettings: []string{cfg.SignatureSetting()}}),
+		guard:          guard.New(guard.Policy{TenantSetting: cfg.TenantSetting, ExtraSettings: cfg.ProtectedSettings()}),
 		unguarded:      make(map[string]bool),
-		StartupTimeout: time.Minute,
+		StartupTimeout: cfg.Auth.Timeout.Duration,
 		listeners:      make(map[net.Listener]struct{}),
 		conns:          make(map[net.Conn]struct{}),
 	}
@@ -187,11 +187,18 @@ func (s *Server) Close() error {
 	return nil
 }
 
-// contextSettings are the settings asserted for tenant.
-func (s *Server) contextSettings(tenant string) []setting {
-	settings := []setting{{name: s.cfg.TenantSetting, value: tenant}}
+// contextSettings are the settings asserted for an identity: the tenant,
+// its signature, the settings from its claims, and its role last.
+func (s *Server) contextSettings(ident auth.Identity) []setting {
+	settings := []setting{{name: s.cfg.TenantSetting, value: ident.Tenant}}
 	if s.signingKey != nil {
-		settings = append(settings, setting{name: s.cfg.SignatureSetting(), value: signedctx.Sign(s.signingKey, tenant)})
+		settings = append(settings, setting{name: s.cfg.SignatureSetting(), value: signedctx.Sign(s.signingKey, ident.Tenant)})
+	}
+	for _, st := range ident.Settings {
+		settings = append(settings, setting{name: st.Name, value: st.Value})
+	}
+	if ident.Role != "" {
+		settings = append(settings, setting{name: "role", value: ident.Role})
 	}
 	return settings
 }

@@ -116,7 +116,7 @@ func (s *Server) startSession(st *startup, cr *bufio.Reader, cw *bufio.Writer, l
 		return nil, fatalf(codeInvalidCatalogName, "database %q does not exist", database)
 	}
 
-	a := newAssertion(s.contextSettings(ident.Tenant))
+	a := newAssertion(s.contextSettings(ident))
 	start := time.Now()
 	hc, err := s.connectUpstream(context.Background(), params, a)
 	if err != nil {
@@ -160,7 +160,7 @@ func (s *Server) startSession(st *startup, cr *bufio.Reader, cw *bufio.Writer, l
 		log:      log,
 		client:   st.conn,
 		upstream: hc.Conn,
-		relay:    newRelay(st.conn, cr, cw, hc.Conn, a, g),
+		relay:    newRelay(st.conn, cr, cw, hc.Conn, a, g, ident.Expires),
 		key:      key,
 	}, nil
 }
