@@ -36,10 +36,12 @@ const (
 	messageExpectedSASLReply = "expected SASL response"
 )
 
-// Authenticator runs the server side of SCRAM-SHA-256 against a Directory.
-// It is safe for concurrent use.
+// Authenticator runs the server side of SCRAM-SHA-256 against a Directory
+// and, with WithJWT, of a JWT sent as a cleartext password. It is safe for
+// concurrent use.
 type Authenticator struct {
 	dir Directory
+	jwt jwtRouting
 	// mockSecret makes mock salts for unknown users stable within a process
 	// but unpredictable, as PostgreSQL's mock authentication nonce does.
 	mockSecret []byte
@@ -74,15 +76,13 @@ func NewAuthenticator(dir Directory, opts ...Option) *Authenticator {
 	return a
 }
 
-// Authenticate runs SASL SCRAM-SHA-256 on be for the startup user. tlsState is non-nil when the client connection is TLS;
-// then SCRAM-SHA-256-PLUS (tls-server-end-point channel binding) is offered as well, provided a server certificate was
-// configured with WithServerCertificate, and SCRAM-SHA-256 is still accepted.
+// authenticateSCRAM runs SASL SCRAM-SHA-256 on be for the startup user. tlsState is non-nil when the client connection
+// is TLS; then SCRAM-SHA-256-PLUS (tls-server-end-point channel binding) is offered as well, provided a server
+// certificate was configured with WithServerCertificate, and SCRAM-SHA-256 is still accepted.
 //
-// On success it sends AuthenticationSASLFinal and AuthenticationOk (flushed) and returns the Identity. It does not send
-// errors to the client: an authentication or protocol failure is returned as a *pgconn.PgError with Severity "FATAL"
-// for the caller to send. Any other error means the connection itself failed and nothing more can be sent.
-// Authenticate sets no deadlines; the caller should bound the whole exchange.
-func (a *Authenticator) Authenticate(be *pgproto3.Backend, user string, tlsState *tls.ConnectionState) (Identity, error) {
+// On success it sends AuthenticationSASLFinal and AuthenticationOk (flushed) and returns the Identity. Errors are as
+// for Authenticate.
+func (a *Authenticator) authenticateSCRAM(be *pgproto3.Backend, user string, tlsState *tls.ConnectionState) (Identity, error) {
 	entry, known := a.dir.Lookup(user)
 	creds := entry.Credentials
 	if !known {

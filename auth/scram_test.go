@@ -11,6 +11,7 @@ import (
 	"errors"
 	"math/big"
 	"net"
+	"reflect"
 	"slices"
 	"strings"
 	"testing"
@@ -71,14 +72,26 @@ type serverResult struct {
 // Authenticate, over net.Pipe. serverTLS enables SSLRequest handling.
 func connect(t *testing.T, a *Authenticator, connString string, serverTLS *tls.Config) (res serverResult, clientErr error) {
 	t.Helper()
+	return connectFrom(t, a, connString, serverTLS, false, nil)
+}
+
+// connectFrom is connect with the server told whether the client is on a
+// loopback address; when clientConnHook is non-nil the client's end of the
+// pipe is passed through it (to record what the client receives).
+func connectFrom(t *testing.T, a *Authenticator, connString string, serverTLS *tls.Config, loopback bool, clientConnHook func(net.Conn) net.Conn) (res serverResult, clientErr error) {
+	t.Helper()
 	clientConn, serverConn := net.Pipe()
 	done := make(chan serverResult, 1)
 	go func() {
 		// Closing the raw pipe (never the tls.Conn) avoids blocking on a
 		// close_notify the client may no longer read.
 		defer serverConn.Close()
-		done <- serve(a, serverConn, serverTLS)
+		done <- serve(a, serverConn, serverTLS, loopback)
 	}()
+	var dialConn net.Conn = clientConn
+	if clientConnHook != nil {
+		dialConn = clientConnHook(clientConn)
+	}
 
 	cfg, err := pgconn.ParseConfig(connString)
 	if err != nil {
@@ -91,7 +104,7 @@ func connect(t *testing.T, a *Authenticator, connString string, serverTLS *tls.C
 			return nil, errors.New("test dials only once")
 		}
 		dialed = true
-		return clientConn, nil
+		return dialConn, nil
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
@@ -107,7 +120,7 @@ func connect(t *testing.T, a *Authenticator, connString string, serverTLS *tls.C
 	return <-done, err
 }
 
-func serve(a *Authenticator, conn net.Conn, serverTLS *tls.Config) serverResult {
+func serve(a *Authenticator, conn net.Conn, serverTLS *tls.Config, loopback bool) serverResult {
 	be := pgproto3.NewBackend(conn, conn)
 	msg, err := be.ReceiveStartupMessage()
 	if err != nil {
@@ -137,7 +150,7 @@ func serve(a *Authenticator, conn net.Conn, serverTLS *tls.Config) serverResult 
 		return serverResult{err: errors.New("expected StartupMessage")}
 	}
 
-	id, err := a.Authenticate(be, sm.Parameters["user"], tlsState)
+	id, err := a.Authenticate(be, sm.Parameters["user"], ConnInfo{TLS: tlsState, Loopback: loopback, RemoteAddr: conn.RemoteAddr().String()})
 	if err != nil {
 		// What the proxy does with the error: send it, then hang up.
 		var pgErr *pgconn.PgError
@@ -221,7 +234,7 @@ func TestAuthenticateWithPgconn(t *testing.T) {
 			if !errors.As(res.err, &srvErr) || srvErr.Code != tt.wantCode || srvErr.Message != tt.wantMsg {
 				t.Errorf("Authenticate error = %v, want %s %q", res.err, tt.wantCode, tt.wantMsg)
 			}
-			if res.id != (Identity{}) {
+			if !isZero(res.id) {
 				t.Errorf("Identity = %+v on failure, want zero", res.id)
 			}
 		})
@@ -248,11 +261,16 @@ func TestUnknownUserLooksLikeWrongPassword(t *testing.T) {
 // well-behaved client never sends.
 func rawExchange(t *testing.T, a *Authenticator, user string, tlsState *tls.ConnectionState, script func(fe *pgproto3.Frontend)) (Identity, error) {
 	t.Helper()
+	return rawExchangeConn(t, a, user, ConnInfo{TLS: tlsState}, script)
+}
+
+func rawExchangeConn(t *testing.T, a *Authenticator, user string, conn ConnInfo, script func(fe *pgproto3.Frontend)) (Identity, error) {
+	t.Helper()
 	clientConn, serverConn := net.Pipe()
 	done := make(chan serverResult, 1)
 	go func() {
 		defer serverConn.Close()
-		id, err := a.Authenticate(pgproto3.NewBackend(serverConn, serverConn), user, tlsState)
+		id, err := a.Authenticate(pgproto3.NewBackend(serverConn, serverConn), user, conn)
 		done <- serverResult{id, err}
 	}()
 	script(pgproto3.NewFrontend(clientConn, clientConn))
@@ -398,7 +416,7 @@ func TestProtocolErrors(t *testing.T) {
 			if pgErr.Severity != "FATAL" || pgErr.Code != tt.wantCode || pgErr.Message != tt.wantMsg {
 				t.Errorf("got %s %s %q (detail %q), want FATAL %s %q", pgErr.Severity, pgErr.Code, pgErr.Message, pgErr.Detail, tt.wantCode, tt.wantMsg)
 			}
-			if id != (Identity{}) {
+			if !isZero(id) {
 				t.Errorf("Identity = %+v on failure", id)
 			}
 		})
@@ -460,3 +478,5 @@ func TestMockSalt(t *testing.T) {
 		t.Errorf("mock salt %q has a different shape from a real salt %q", s1, realSalt)
 	}
 }
+
+func isZero(id Identity) bool { return reflect.DeepEqual(id, Identity{}) }

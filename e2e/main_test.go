@@ -76,6 +76,8 @@ func startProxy(t *testing.T, mutate func(*config.Config)) *testProxy {
 		ConnectTimeout: config.Duration{Duration: 5 * time.Second},
 		LogLevel:       "debug",
 		LogFormat:      "text",
+		// Tests log in wrongly on purpose; TestLoginThrottle turns the back-off on.
+		Auth: config.Auth{Throttle: config.Throttle{Initial: config.Duration{Duration: time.Nanosecond}, Max: config.Duration{Duration: time.Nanosecond}}},
 	}
 	for _, tn := range []demo.Tenant{tenantA, tenantB} {
 		cfg.Users = append(cfg.Users, config.User{Name: tn.User, Password: tn.Password, Tenant: tn.ID})
@@ -247,3 +249,5 @@ func init() {
 }
 
 var leakChecked sync.Map
+
+func errorsAs(err error, target any) bool { return errors.As(err, target) }

@@ -79,6 +79,8 @@ type relayStats struct {
 	refusals   atomic.Int64
 }
 
+var zeroTime time.Time
+
 var errClientTerminated = errors.New("client sent Terminate")
 
 func newRelay(client net.Conn, cr *bufio.Reader, cw *bufio.Writer, upstream net.Conn, a assertion, g *guard.Guard, expires time.Time) *relay {

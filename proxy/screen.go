@@ -25,8 +25,9 @@ func pipelineSafe(text []byte) bool {
 	if i == len(text) || text[i] == '(' || text[i] == ';' {
 		return true // empty, or a parenthesised SELECT
 	}
-	word, _ := keyword(text, i)
-	return pipelineSafeKeywords[word]
+	var buf [keywordMax]byte
+	word, _ := keyword(text, i, &buf)
+	return pipelineSafeKeywords[string(word)] // no allocation: the compiler looks up without converting
 }
 
 // isTransactionEnd reports whether text is exactly one statement that ends or
@@ -37,6 +38,7 @@ func pipelineSafe(text []byte) bool {
 // AND CHAIN and PREPARED forms are excluded.
 func isTransactionEnd(text []byte) bool {
 	var words []string
+	var buf [keywordMax]byte
 	i := 0
 	for {
 		i = skipSpaceAndComments(text, i)
@@ -50,7 +52,8 @@ func isTransactionEnd(text []byte) bool {
 			}
 			break
 		}
-		word, next := keyword(text, i)
+		kw, next := keyword(text, i, &buf)
+		word := string(kw)
 		if word == "" {
 			ident, n := quotedIdent(text, i)
 			if n == i {
@@ -134,11 +137,14 @@ func skipSpaceAndComments(s []byte, i int) int {
 	return i
 }
 
-// keyword reads an unquoted identifier at i and returns it lower-cased, or ""
-// when none starts there. Keywords are ASCII, so a non-ASCII start is "".
-func keyword(s []byte, i int) (string, int) {
+// keywordMax is longer than any keyword the screens look for.
+const keywordMax = 24
+
+// keyword reads an unquoted identifier at i into buf, lower-cased, and
+// returns it, or nothing when none starts there or it is too long to be a
+// keyword. Keywords are ASCII, so a non-ASCII start gives nothing.
+func keyword(s []byte, i int, buf *[keywordMax]byte) ([]byte, int) {
 	start := i
-	var buf [24]byte
 	n := 0
 	for i < len(s) {
 		c := s[i]
@@ -151,14 +157,14 @@ func keyword(s []byte, i int) (string, int) {
 			goto done
 		}
 		if n == len(buf) {
-			return "", start // longer than any keyword we look for
+			return nil, start // longer than any keyword we look for
 		}
 		buf[n] = c
 		n++
 		i++
 	}
 done:
-	return string(buf[:n]), i
+	return buf[:n], i
 }
 
 // quotedIdent reads a double-quoted identifier without embedded quotes.

@@ -22,11 +22,12 @@ import (
 	"github.com/pgtenant/pgtenant/config"
 	"github.com/pgtenant/pgtenant/guard"
 	"github.com/pgtenant/pgtenant/signedctx"
+	"github.com/pgtenant/pgtenant/throttle"
 )
 
 // Authenticator proves who a client is and which tenant it belongs to.
 type Authenticator interface {
-	Authenticate(be *pgproto3.Backend, user string, tlsState *tls.ConnectionState) (auth.Identity, error)
+	Authenticate(be *pgproto3.Backend, user string, conn auth.ConnInfo) (auth.Identity, error)
 }
 
 // Server is a pgtenant listener and its sessions.
@@ -47,6 +48,9 @@ type Server struct {
 	// StartupTimeout bounds the time from accept to the end of authentication
 	// (PostgreSQL's authentication_timeout).
 	StartupTimeout time.Duration
+
+	throttle throttle.Service
+	onClose  []func()
 
 	nextConnID atomic.Uint64
 	mu         sync.Mutex
@@ -72,6 +76,7 @@ func New(cfg *config.Config, authn Authenticator, log *slog.Logger) (*Server, er
 		cancels:        newCancelRegistry(),
 		guard:          guard.New(guard.Policy{TenantSetting: cfg.TenantSetting, ExtraSettings: cfg.ProtectedSettings()}),
 		unguarded:      make(map[string]bool),
+		throttle:       throttle.New(cfg.Auth.Throttle.Initial.Duration, cfg.Auth.Throttle.Max.Duration),
 		StartupTimeout: cfg.Auth.Timeout.Duration,
 		listeners:      make(map[net.Listener]struct{}),
 		conns:          make(map[net.Conn]struct{}),
@@ -184,7 +189,22 @@ func (s *Server) Close() error {
 	}
 	s.mu.Unlock()
 	s.wg.Wait()
+	s.mu.Lock()
+	onClose := s.onClose
+	s.onClose = nil
+	s.mu.Unlock()
+	for _, f := range onClose {
+		f()
+	}
 	return nil
+}
+
+// OnClose registers f to run when Close has ended every session (closing
+// the JWKS refresh, the user lookup connection, ...).
+func (s *Server) OnClose(f func()) {
+	s.mu.Lock()
+	s.onClose = append(s.onClose, f)
+	s.mu.Unlock()
 }
 
 // contextSettings are the settings asserted for an identity: the tenant,

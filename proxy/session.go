@@ -13,6 +13,8 @@ import (
 
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgproto3"
+
+	"github.com/pgtenant/pgtenant/auth"
 )
 
 // serveConn runs one client connection from the first byte to the close.
@@ -104,8 +106,18 @@ func (s *Server) startSession(st *startup, cr *bufio.Reader, cw *bufio.Writer, l
 	// pgproto3 reads ahead; give it exactly one message at a time so that no
 	// byte meant for the relay is left in its buffer.
 	be := pgproto3.NewBackend(&messageReader{r: cr}, st.conn)
-	be.SetMaxBodyLen(maxStartupPacketLen)
-	ident, err := s.auth.Authenticate(be, user, st.tls)
+	// A JWT may be large; PostgreSQL accepts authentication tokens up to this size too.
+	be.SetMaxBodyLen(maxAuthMessageLen)
+	remote := st.conn.RemoteAddr().String()
+	if err := s.throttle.LoginCheck(remote, user); err != nil {
+		return nil, err
+	}
+	ident, err := s.auth.Authenticate(be, user, auth.ConnInfo{TLS: st.tls, Loopback: auth.IsLoopback(st.conn.RemoteAddr()), RemoteAddr: remote})
+	var authErr *pgconn.PgError
+	if err == nil || errors.As(err, &authErr) {
+		// Only a finished exchange counts; a client that hangs up does not.
+		s.throttle.ReportAttempt(remote, user, err == nil)
+	}
 	if err != nil {
 		return nil, err
 	}

@@ -18,6 +18,8 @@ const (
 	cancelRequestCode = 80877102
 	// PostgreSQL refuses startup packets above this size (MAX_STARTUP_PACKET_LENGTH).
 	maxStartupPacketLen = 10000
+	// maxAuthMessageLen bounds a password message (PostgreSQL's PG_MAX_AUTH_TOKEN_LENGTH).
+	maxAuthMessageLen = 65535
 )
 
 // startup is what a client asked for in its startup packet.

@@ -131,16 +131,49 @@ func NewServer(cfg *config.Config, log *slog.Logger) (*proxy.Server, error) {
 	for _, u := range plaintext {
 		log.Warn("user has a plaintext password in the config; use a SCRAM verifier from `pgtenant passwd` outside development", "user", u)
 	}
+	var closers []func()
+	closeAll := func() {
+		for _, c := range closers {
+			c()
+		}
+	}
+	if cfg.DBUsers != nil {
+		dbDir, err := auth.NewDBDirectory(cfg.DBUsers, log)
+		if err != nil {
+			return nil, fmt.Errorf("db_users: %w", err)
+		}
+		closers = append(closers, dbDir.Close)
+		// Users in the config come first; the database answers for the rest.
+		dir = auth.Chain(dir, dbDir)
+	}
 	var opts []auth.Option
 	if cfg.TLS != nil {
 		// SCRAM-SHA-256-PLUS binds the exchange to the server certificate.
 		cert, err := tls.LoadX509KeyPair(cfg.TLS.CertFile, cfg.TLS.KeyFile)
 		if err != nil {
+			closeAll()
 			return nil, fmt.Errorf("tls: %w", err)
 		}
 		opts = append(opts, auth.WithServerCertificate(cert.Leaf))
 	}
-	return proxy.New(cfg, auth.NewAuthenticator(dir, opts...), log)
+	if cfg.JWT != nil {
+		verifier, err := auth.NewJWTVerifier(context.Background(), cfg.JWT)
+		if err != nil {
+			closeAll()
+			return nil, fmt.Errorf("jwt: %w", err)
+		}
+		closers = append(closers, verifier.Close)
+		opts = append(opts, auth.WithJWT(verifier, cfg.MethodFor, cfg.Auth.CleartextOnLoopback))
+	}
+	srv, err := proxy.New(cfg, auth.NewAuthenticator(dir, opts...), log)
+	if err != nil {
+		closeAll()
+		return nil, err
+	}
+	for _, c := range closers {
+		srv.OnClose(c)
+	}
+	return srv, nil
 }
 
 func newLogger(cfg *config.Config, w io.Writer) *slog.Logger {

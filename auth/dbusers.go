@@ -1,0 +1,340 @@
+package auth
+
+import (
+	"container/list"
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"strings"
+	"sync"
+	"time"
+	"unicode"
+	"unicode/utf8"
+
+	"github.com/jackc/pgx/v5/pgconn"
+
+	"github.com/pgtenant/pgtenant/config"
+)
+
+const (
+	// dbQueryTimeout bounds one lookup: waiting for the connection, (re)connecting
+	// and running the query.
+	dbQueryTimeout = 5 * time.Second
+	// dbCacheMax bounds the number of cached names (found and unknown).
+	dbCacheMax = 10_000
+
+	defaultDBCacheTTL    = time.Minute
+	defaultDBNegativeTTL = 10 * time.Second
+)
+
+// dbRow is what the lookup query returned for one name. found is false when
+// the query returned no row.
+type dbRow struct {
+	verifier, tenant string
+	found            bool
+}
+
+// dbQueryFunc runs the lookup query for one user name. An error means the
+// answer is unknown (database down, query broken), not that the user is.
+type dbQueryFunc func(ctx context.Context, user string) (dbRow, error)
+
+// DBDirectory looks users up with cfg.Query ($1 = user name; one row: SCRAM
+// verifier text, tenant text) over a pgconn connection made with
+// cfg.Connection, like PgBouncer's auth_query.
+//
+// Answers are cached per user name: found users for cfg.CacheTTL, unknown
+// names for cfg.NegativeTTL, so a flood of unknown names does not become a
+// flood of queries. Concurrent lookups of one name share one query. A failed
+// query (database down) is logged, not cached, and answers "not found", so
+// authentication fails closed. The connection is made on the first lookup and
+// remade lazily after an error.
+type DBDirectory struct {
+	log         *slog.Logger
+	query       dbQueryFunc
+	now         func() time.Time
+	cacheTTL    time.Duration
+	negativeTTL time.Duration
+	maxEntries  int
+	timeout     time.Duration
+
+	// ctx is cancelled by Close, which aborts in-flight queries.
+	ctx    context.Context
+	cancel context.CancelFunc
+
+	mu       sync.Mutex
+	cache    map[string]*dbCacheEntry
+	found    list.List // *dbCacheEntry of found users, oldest first (so soonest to expire)
+	unknown  list.List // *dbCacheEntry of unknown names, oldest first
+	inflight map[string]*dbCall
+
+	// The connection; sem (capacity 1) guards it and serialises queries.
+	pgCfg  *pgconn.Config
+	sem    chan struct{}
+	conn   *pgconn.PgConn
+	closed bool // under sem
+	sql    string
+}
+
+type dbCacheEntry struct {
+	user    string
+	entry   Entry
+	found   bool
+	expires time.Time
+	elem    *list.Element
+}
+
+// dbCall is one query in progress; lookups of the same name wait on done.
+type dbCall struct {
+	done  chan struct{}
+	entry Entry
+	found bool
+}
+
+// NewDBDirectory checks cfg and returns the directory; it does not connect
+// yet. Zero TTLs get the configuration defaults.
+func NewDBDirectory(cfg *config.DBUsers, log *slog.Logger) (*DBDirectory, error) {
+	if cfg == nil {
+		return nil, errors.New("db_users: no configuration")
+	}
+	if !strings.Contains(cfg.Query, "$1") {
+		return nil, errors.New("db_users.query: must take the user name as $1")
+	}
+	pgCfg, err := pgconn.ParseConfig(cfg.Connection)
+	if err != nil {
+		// pgconn's parse errors redact the password.
+		return nil, fmt.Errorf("db_users.connection: %w", err)
+	}
+	d := newDBDirectory(cfg, log, nil)
+	d.pgCfg = pgCfg
+	d.sql = cfg.Query
+	d.query = d.pgQuery
+	return d, nil
+}
+
+// newDBDirectory builds a directory around query (nil: set by the caller).
+func newDBDirectory(cfg *config.DBUsers, log *slog.Logger, query dbQueryFunc) *DBDirectory {
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	d := &DBDirectory{
+		log:         log,
+		query:       query,
+		now:         time.Now,
+		cacheTTL:    cfg.CacheTTL.Duration,
+		negativeTTL: cfg.NegativeTTL.Duration,
+		maxEntries:  dbCacheMax,
+		timeout:     dbQueryTimeout,
+		cache:       make(map[string]*dbCacheEntry),
+		inflight:    make(map[string]*dbCall),
+		sem:         make(chan struct{}, 1),
+	}
+	if d.cacheTTL <= 0 {
+		d.cacheTTL = defaultDBCacheTTL
+	}
+	if d.negativeTTL <= 0 {
+		d.negativeTTL = defaultDBNegativeTTL
+	}
+	d.ctx, d.cancel = context.WithCancel(context.Background())
+	return d
+}
+
+// Lookup returns the user's entry, from the cache or from the database.
+func (d *DBDirectory) Lookup(user string) (Entry, bool) {
+	// Names the database could not take as text are unknown without asking
+	// (and without filling the cache).
+	if user == "" || !utf8.ValidString(user) || strings.IndexByte(user, 0) >= 0 {
+		return Entry{}, false
+	}
+	d.mu.Lock()
+	if ce, ok := d.cache[user]; ok && d.now().Before(ce.expires) {
+		d.mu.Unlock()
+		return ce.entry, ce.found
+	}
+	if c, ok := d.inflight[user]; ok {
+		d.mu.Unlock()
+		<-c.done
+		return c.entry, c.found
+	}
+	c := &dbCall{done: make(chan struct{})}
+	d.inflight[user] = c
+	d.mu.Unlock()
+
+	entry, found, cacheable := d.fetch(user)
+
+	d.mu.Lock()
+	delete(d.inflight, user)
+	if cacheable {
+		d.store(user, entry, found)
+	}
+	d.mu.Unlock()
+	c.entry, c.found = entry, found
+	close(c.done)
+	return entry, found
+}
+
+// fetch runs the query and checks the row. cacheable is false when the
+// answer is unknown (query error).
+func (d *DBDirectory) fetch(user string) (entry Entry, found, cacheable bool) {
+	ctx, cancel := context.WithTimeout(d.ctx, d.timeout)
+	defer cancel()
+	row, err := d.query(ctx, user)
+	if err != nil {
+		d.log.Warn("db_users: lookup failed; the user cannot log in until it succeeds", "user", user, "error", err)
+		return Entry{}, false, false
+	}
+	if !row.found {
+		return Entry{}, false, true
+	}
+	creds, err := ParseVerifier(row.verifier) // the error never echoes the verifier
+	if err != nil {
+		d.log.Warn("db_users: ignoring user with an invalid verifier", "user", user, "error", err)
+		return Entry{}, false, true
+	}
+	if row.tenant == "" || strings.IndexFunc(row.tenant, unicode.IsControl) >= 0 {
+		d.log.Warn("db_users: ignoring user with an empty tenant or one containing control characters", "user", user)
+		return Entry{}, false, true
+	}
+	return Entry{Credentials: creds, Tenant: row.tenant}, true, true
+}
+
+// store caches an answer; d.mu is held.
+func (d *DBDirectory) store(user string, entry Entry, found bool) {
+	if old, ok := d.cache[user]; ok {
+		d.remove(old)
+	}
+	now := d.now()
+	// Each list holds entries of one TTL in insertion order, so expired
+	// entries are at the fronts.
+	for _, l := range []*list.List{&d.unknown, &d.found} {
+		for l.Len() > 0 && !now.Before(l.Front().Value.(*dbCacheEntry).expires) {
+			d.remove(l.Front().Value.(*dbCacheEntry))
+		}
+	}
+	// Still full: evict the oldest unknown name, then the oldest user, so a
+	// flood of unknown names cannot push real users out first.
+	for len(d.cache) >= d.maxEntries {
+		l := &d.unknown
+		if l.Len() == 0 {
+			l = &d.found
+		}
+		d.remove(l.Front().Value.(*dbCacheEntry))
+	}
+	ce := &dbCacheEntry{user: user, entry: entry, found: found}
+	if found {
+		ce.expires = now.Add(d.cacheTTL)
+		ce.elem = d.found.PushBack(ce)
+	} else {
+		ce.expires = now.Add(d.negativeTTL)
+		ce.elem = d.unknown.PushBack(ce)
+	}
+	d.cache[user] = ce
+}
+
+func (d *DBDirectory) remove(ce *dbCacheEntry) {
+	if ce.found {
+		d.found.Remove(ce.elem)
+	} else {
+		d.unknown.Remove(ce.elem)
+	}
+	delete(d.cache, ce.user)
+}
+
+// pgQuery runs the lookup query on the shared connection, connecting first
+// when there is none.
+func (d *DBDirectory) pgQuery(ctx context.Context, user string) (dbRow, error) {
+	select {
+	case d.sem <- struct{}{}:
+	case <-ctx.Done():
+		return dbRow{}, fmt.Errorf("waiting for the lookup connection: %w", ctx.Err())
+	}
+	defer func() { <-d.sem }()
+	if d.closed {
+		return dbRow{}, errors.New("directory closed")
+	}
+	if d.conn == nil || d.conn.IsClosed() {
+		d.dropConn()
+		conn, err := pgconn.ConnectConfig(ctx, d.pgCfg.Copy())
+		if err != nil {
+			return dbRow{}, fmt.Errorf("connecting: %w", err)
+		}
+		d.conn = conn
+	}
+	// Unspecified parameter type, text format: the server infers the type
+	// from the query (text, name, varchar...).
+	rr := d.conn.ExecParams(ctx, d.sql, [][]byte{[]byte(user)}, nil, nil, nil)
+	// The row description is known even when no row follows.
+	ncols := len(rr.FieldDescriptions())
+	var rows [][2]string
+	for rr.NextRow() {
+		if ncols == 2 && len(rows) < 2 {
+			v := rr.Values() // only valid until the next row; NULL is nil and becomes "", which the caller rejects
+			rows = append(rows, [2]string{string(v[0]), string(v[1])})
+		}
+	}
+	if _, err := rr.Close(); err != nil {
+		// A server error (permission denied, bad query) leaves the connection
+		// usable; anything else (timeout, network) may not have.
+		var pgErr *pgconn.PgError
+		if !errors.As(err, &pgErr) {
+			d.dropConn()
+		}
+		return dbRow{}, fmt.Errorf("query: %w", err)
+	}
+	if ncols != 2 {
+		return dbRow{}, fmt.Errorf("query returned %d columns; want 2 (verifier, tenant)", ncols)
+	}
+	switch len(rows) {
+	case 0:
+		return dbRow{}, nil
+	case 1:
+		return dbRow{verifier: rows[0][0], tenant: rows[0][1], found: true}, nil
+	default:
+		return dbRow{}, errors.New("query returned several rows for one user; want at most 1")
+	}
+}
+
+// dropConn closes the connection, if any; d.sem is held.
+func (d *DBDirectory) dropConn() {
+	if d.conn == nil {
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+	defer cancel()
+	_ = d.conn.Close(ctx)
+	d.conn = nil
+}
+
+// Close aborts in-flight queries and closes the connection. Later lookups
+// answer from the cache or "not found".
+func (d *DBDirectory) Close() {
+	d.cancel()
+	d.sem <- struct{}{}
+	d.closed = true
+	d.dropConn()
+	<-d.sem
+}
+
+type chain []Directory
+
+func (c chain) Lookup(user string) (Entry, bool) {
+	for _, d := range c {
+		if e, ok := d.Lookup(user); ok {
+			return e, true
+		}
+	}
+	return Entry{}, false
+}
+
+// Chain looks a user up in each directory in turn (config users first, then
+// the database); the first that knows the user answers. Nil directories are
+// skipped.
+func Chain(dirs ...Directory) Directory {
+	c := make(chain, 0, len(dirs))
+	for _, d := range dirs {
+		if d != nil {
+			c = append(c, d)
+		}
+	}
+	return c
+}

@@ -1,0 +1,97 @@
+package e2e
+
+import (
+	"context"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5/pgconn"
+
+	"github.com/pgtenant/pgtenant/auth"
+	"github.com/pgtenant/pgtenant/config"
+	"github.com/pgtenant/pgtenant/internal/demo"
+	"github.com/pgtenant/pgtenant/internal/pgcluster"
+)
+
+const dbUsersSQL = `
+CREATE TABLE IF NOT EXISTS pgtenant_users (name text PRIMARY KEY, verifier text NOT NULL, tenant uuid NOT NULL);
+TRUNCATE pgtenant_users;
+DO $$ BEGIN
+  IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'pgtenant_lookup') THEN
+    CREATE ROLE pgtenant_lookup LOGIN PASSWORD 'lookup_pw';
+  END IF;
+END $$;
+GRANT SELECT ON pgtenant_users TO pgtenant_lookup;
+`
+
+// Users looked up in the database work without a restart, and stop working
+// once removed and the cache has expired.
+func TestDatabaseUsers(t *testing.T) {
+	c := pgcluster.Shared()
+	ctx := context.Background()
+	if err := c.Exec(ctx, demo.Database, dbUsersSQL); err != nil {
+		t.Fatal(err)
+	}
+	p := startProxy(t, func(cfg *config.Config) {
+		cfg.DBUsers = &config.DBUsers{
+			Connection:  c.URL("pgtenant_lookup", "lookup_pw", demo.Database),
+			Query:       "SELECT verifier, tenant::text FROM pgtenant_users WHERE name = $1",
+			CacheTTL:    config.Duration{Duration: 300 * time.Millisecond},
+			NegativeTTL: config.Duration{Duration: 200 * time.Millisecond},
+		}
+	})
+	newUser := demo.Tenant{User: "dyn_user", Password: "dyn_pw"}
+	login := func() error {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		conn, err := pgconn.Connect(ctx, p.connString(newUser))
+		if err != nil {
+			return err
+		}
+		defer conn.Close(context.Background())
+		if got := queryOne(t, conn, "SELECT current_setting('app.tenant_id')"); got != tenantB.ID {
+			t.Fatalf("database user runs as tenant %q", got)
+		}
+		return nil
+	}
+	if err := login(); pgCode(err) != "28P01" {
+		t.Fatalf("before the user exists: %v", err)
+	}
+	verifier, err := auth.NewVerifier(newUser.Password)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Exec(ctx, demo.Database, "INSERT INTO pgtenant_users VALUES ('dyn_user', '"+verifier+"', '"+tenantB.ID+"')"); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, 5*time.Second, "the new user to log in", func() bool { return login() == nil })
+	// Config users still work next to database users.
+	queryOne(t, p.pgconnect(t, tenantA), "SELECT 1")
+
+	if err := c.Exec(ctx, demo.Database, "DELETE FROM pgtenant_users WHERE name = 'dyn_user'"); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, 5*time.Second, "the removed user to be refused", func() bool { return pgCode(login()) == "28P01" })
+}
+
+// Failed logins back off per address and user; a success resets.
+func TestLoginThrottle(t *testing.T) {
+	p := startProxy(t, func(cfg *config.Config) {
+		cfg.Auth.Throttle = config.Throttle{Initial: config.Duration{Duration: 500 * time.Millisecond}, Max: config.Duration{Duration: 2 * time.Second}}
+	})
+	wrong := tenantA
+	wrong.Password = "guess"
+	if e := connectErr(t, p.connString(wrong)); e.Code != "28P01" {
+		t.Fatalf("first wrong password: %s %s", e.Code, e.Message)
+	}
+	// Inside the back-off even the right password is refused, without a check.
+	e := connectErr(t, p.connString(tenantA))
+	if e.Code != "28000" || !strings.Contains(e.Message, "too many failed login attempts") {
+		t.Fatalf("during back-off: %s %q", e.Code, e.Message)
+	}
+	// Another user from the same address is not affected.
+	queryOne(t, p.pgconnect(t, tenantB), "SELECT 1")
+	time.Sleep(600 * time.Millisecond)
+	queryOne(t, p.pgconnect(t, tenantA), "SELECT 1")
+}
