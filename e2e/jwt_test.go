@@ -66,8 +66,12 @@ func rsaJWK(kid string, k *rsa.PublicKey) map[string]string {
 	return map[string]string{"kty": "RSA", "kid": kid, "alg": "RS256", "use": "sig", "n": b64(k.N.Bytes()), "e": b64(big.NewInt(int64(k.E)).Bytes())}
 }
 
-func ecJWK(kid string, k *ecdsa.PublicKey) map[string]string {
-	return map[string]string{"kty": "EC", "kid": kid, "alg": "ES256", "use": "sig", "crv": "P-256", "x": b64(k.X.FillBytes(make([]byte, 32))), "y": b64(k.Y.FillBytes(make([]byte, 32)))}
+func ecJWK(t *testing.T, kid string, k *ecdsa.PublicKey) map[string]string {
+	point, err := k.Bytes() // 0x04 || X || Y
+	if err != nil {
+		t.Fatal(err)
+	}
+	return map[string]string{"kty": "EC", "kid": kid, "alg": "ES256", "use": "sig", "crv": "P-256", "x": b64(point[1:33]), "y": b64(point[33:])}
 }
 
 func writePublicPEM(t *testing.T, pub any) string {
@@ -155,7 +159,7 @@ func startJWTProxy(t *testing.T) *jwtEnv {
 	if edPub, env.edKey, err = ed25519.GenerateKey(rand.Reader); err != nil {
 		t.Fatal(err)
 	}
-	env.jwks.set(rsaJWK("rsa-1", &env.rsaKey.PublicKey), ecJWK("ec-1", &env.ecKey.PublicKey))
+	env.jwks.set(rsaJWK("rsa-1", &env.rsaKey.PublicKey), ecJWK(t, "ec-1", &env.ecKey.PublicKey))
 	edPath := writePublicPEM(t, edPub)
 	certFile, keyFile := writeCert(t)
 	env.cert = certFile
@@ -225,7 +229,7 @@ func TestJWTLogin(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	e.jwks.set(rsaJWK("rsa-2", &newKey.PublicKey), ecJWK("ec-1", &e.ecKey.PublicKey))
+	e.jwks.set(rsaJWK("rsa-2", &newKey.PublicKey), ecJWK(t, "ec-1", &e.ecKey.PublicKey))
 	conn, err = e.connect("alice@acme", sign(t, jwt.SigningMethodRS256, newKey, "rsa-2", claimsFor(tenantA.ID, "alice@acme", time.Hour)))
 	if err != nil {
 		t.Fatalf("token signed with the rotated-in key: %v", err)

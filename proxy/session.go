@@ -23,11 +23,13 @@ func (s *Server) serveConn(conn net.Conn) {
 	_ = conn.SetDeadline(time.Now().Add(s.StartupTimeout))
 
 	st, err := readStartup(conn, s.tlsConfig)
-	defer st.conn.Close()
 	if err != nil {
+		// st.conn is the TLS connection when the error came after the upgrade.
 		s.refuse(st.conn, err, log)
+		st.conn.Close()
 		return
 	}
+	defer st.conn.Close()
 	if st.cancel != nil {
 		s.handleCancel(st.cancel, log)
 		return
