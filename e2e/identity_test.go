@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/jackc/pgx/v5/pgproto3"
 
 	"github.com/pgtenant/pgtenant/auth"
 	"github.com/pgtenant/pgtenant/config"
@@ -94,4 +95,44 @@ func TestLoginThrottle(t *testing.T) {
 	queryOne(t, p.pgconnect(t, tenantB), "SELECT 1")
 	time.Sleep(600 * time.Millisecond)
 	queryOne(t, p.pgconnect(t, tenantA), "SELECT 1")
+}
+
+// A client that does not finish authenticating in time is disconnected
+// (slowloris), with nothing sent upstream.
+func TestAuthenticationTimeout(t *testing.T) {
+	p := startProxy(t, func(cfg *config.Config) { cfg.Auth.Timeout = config.Duration{Duration: 300 * time.Millisecond} })
+	for _, partial := range [][]byte{
+		nil,                    // connects and sends nothing
+		{0, 0, 0, 40, 0, 3, 0}, // half a startup packet
+	} {
+		conn := rawDial(t, p)
+		if _, err := conn.Write(partial); err != nil {
+			t.Fatal(err)
+		}
+		start := time.Now()
+		var b [1]byte
+		_ = conn.SetReadDeadline(time.Now().Add(5 * time.Second))
+		if _, err := conn.Read(b[:]); err == nil {
+			t.Fatalf("got a byte from a proxy that should hang up")
+		}
+		if d := time.Since(start); d > 3*time.Second {
+			t.Fatalf("closed after %s, want about 300ms", d)
+		}
+	}
+	// A startup that stops in the middle of SCRAM.
+	conn := rawDial(t, p)
+	send(t, conn, &pgproto3.StartupMessage{ProtocolVersion: pgproto3.ProtocolVersion30, Parameters: map[string]string{"user": tenantA.User, "database": "app"}})
+	fe := pgproto3.NewFrontend(conn, conn)
+	if msg, err := fe.Receive(); err != nil {
+		t.Fatal(err)
+	} else if _, ok := msg.(*pgproto3.AuthenticationSASL); !ok {
+		t.Fatalf("got %T", msg)
+	}
+	start := time.Now()
+	if _, err := fe.Receive(); err == nil {
+		t.Fatal("the proxy kept waiting for the SASL response")
+	}
+	if d := time.Since(start); d > 3*time.Second {
+		t.Fatalf("closed after %s", d)
+	}
 }

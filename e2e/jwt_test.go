@@ -15,6 +15,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"sync"
@@ -307,6 +308,9 @@ func TestJWTRefusals(t *testing.T) {
 			if strings.Contains(pgErr.Message, tt.token) {
 				t.Fatal("the message echoes the token")
 			}
+			if sig := tt.token[strings.LastIndexByte(tt.token, '.')+1:]; len(sig) > 8 && strings.Contains(e.p.logs.String(), sig) {
+				t.Fatal("the proxy logged the token")
+			}
 		})
 	}
 
@@ -317,6 +321,25 @@ func TestJWTRefusals(t *testing.T) {
 			t.Fatalf("plaintext JWT login: %v", err)
 		}
 	})
+}
+
+// psql with the token as its password, the way a BI tool fills the field.
+func TestJWTWithPsql(t *testing.T) {
+	e := startJWTProxy(t)
+	token := sign(t, jwt.SigningMethodRS256, e.rsaKey, "rsa-1", claimsFor(tenantA.ID, "alice@acme", time.Hour))
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, "psql", "-X", "-A", "-t", "-d",
+		"host="+e.p.host+" port="+e.p.port+" user=alice@acme dbname=app sslmode=verify-full sslrootcert="+e.cert,
+		"-c", "SELECT current_setting('app.user_id'), body FROM notes")
+	cmd.Env = append(os.Environ(), "PGPASSWORD="+token)
+	out, err := cmd.CombinedOutput()
+	if err != nil || strings.TrimSpace(string(out)) != "alice@acme|alice note" {
+		t.Fatalf("psql with a token: %v\n%s", err, out)
+	}
+	if strings.Contains(e.p.logs.String(), token) {
+		t.Fatal("the proxy logged the token")
+	}
 }
 
 // A session lasts no longer than its token: the transaction in progress

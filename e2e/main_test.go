@@ -3,6 +3,7 @@
 package e2e
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -60,6 +61,25 @@ type testProxy struct {
 	addr string
 	host string
 	port string
+	logs *syncBuffer // everything the proxy logged
+}
+
+// syncBuffer is a bytes.Buffer safe for the proxy's concurrent logging.
+type syncBuffer struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func (b *syncBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.Write(p)
+}
+
+func (b *syncBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.String()
 }
 
 // startProxy starts a proxy for the test with the demo tenants as users;
@@ -88,7 +108,8 @@ func startProxy(t *testing.T, mutate func(*config.Config)) *testProxy {
 	if err := cfg.Validate(); err != nil {
 		t.Fatalf("config: %v", err)
 	}
-	log := slog.New(slog.NewTextHandler(testWriter{t}, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	logs := &syncBuffer{}
+	log := slog.New(slog.NewTextHandler(io.MultiWriter(testWriter{t}, logs), &slog.HandlerOptions{Level: slog.LevelDebug}))
 	srv, err := cli.NewServer(cfg, log)
 	if err != nil {
 		t.Fatal(err)
@@ -107,7 +128,7 @@ func startProxy(t *testing.T, mutate func(*config.Config)) *testProxy {
 		<-done
 	})
 	host, port, _ := net.SplitHostPort(ln.Addr().String())
-	return &testProxy{srv: srv, addr: ln.Addr().String(), host: host, port: port}
+	return &testProxy{srv: srv, addr: ln.Addr().String(), host: host, port: port, logs: logs}
 }
 
 // noLeaks fails the test if it leaves goroutines behind. Registered first, its
