@@ -231,6 +231,9 @@ func TestGuardOffForTrustedUser(t *testing.T) {
 			}
 		}
 	})
+	if !strings.Contains(p.logs.String(), "statement guard is OFF for this user") || !strings.Contains(p.logs.String(), "user="+tenantB.User) {
+		t.Fatal("the startup log does not say the guard is off for the trusted user")
+	}
 	trusted := p.pgconnect(t, tenantB)
 	if _, err := trusted.Exec(context.Background(), "SET application_name = 'x'; SELECT set_config('app.other', 'y', false)").ReadAll(); err != nil {
 		t.Fatalf("trusted user: %v", err)
