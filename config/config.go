@@ -48,6 +48,9 @@ type Config struct {
 	LogLevel       string   `yaml:"log_level"`       // debug|info|warn|error, default info
 	LogFormat      string   `yaml:"log_format"`      // text|json, default text
 	Users          []User   `yaml:"users"`
+	// ShutdownTimeout is how long SIGTERM lets transactions in progress
+	// finish before their sessions are ended. Default 30s.
+	ShutdownTimeout Duration `yaml:"shutdown_timeout"`
 	// SignedContext, when set, makes pgtenant assert an HMAC of the tenant
 	// next to it, for policies that verify it (see signedctx).
 	SignedContext *SignedContext `yaml:"signed_context"`

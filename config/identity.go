@@ -107,6 +107,9 @@ var (
 )
 
 func (c *Config) applyIdentityDefaults() {
+	if c.ShutdownTimeout.Duration == 0 {
+		c.ShutdownTimeout.Duration = 30 * time.Second
+	}
 	if c.Auth.Timeout.Duration == 0 {
 		c.Auth.Timeout.Duration = 30 * time.Second
 	}

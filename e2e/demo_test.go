@@ -3,10 +3,12 @@ package e2e
 import (
 	"bufio"
 	"context"
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -16,12 +18,7 @@ import (
 // lines that work as printed, and cleans up on Ctrl-C.
 func TestDemoCommand(t *testing.T) {
 	noLeaks(t)
-	bin := filepath.Join(t.TempDir(), "pgtenant")
-	build := exec.Command("go", "build", "-o", bin, ".")
-	build.Dir = ".."
-	if out, err := build.CombinedOutput(); err != nil {
-		t.Fatalf("go build: %v\n%s", err, out)
-	}
+	bin := buildBinary(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
 	cmd := exec.CommandContext(ctx, bin, "demo", "--listen", "127.0.0.1:0")
@@ -97,6 +94,34 @@ func TestDemoCommand(t *testing.T) {
 	if _, err := os.Stat(removed); !os.IsNotExist(err) {
 		t.Fatalf("demo left %s behind (%v)", removed, err)
 	}
+}
+
+var (
+	binaryOnce sync.Once
+	binaryPath string
+	binaryErr  error
+)
+
+// buildBinary builds the pgtenant command once for the package.
+func buildBinary(t *testing.T) string {
+	t.Helper()
+	binaryOnce.Do(func() {
+		dir, err := os.MkdirTemp("", "pgtenant-e2e-bin")
+		if err != nil {
+			binaryErr = err
+			return
+		}
+		binaryPath = filepath.Join(dir, "pgtenant")
+		build := exec.Command("go", "build", "-o", binaryPath, ".")
+		build.Dir = ".."
+		if out, err := build.CombinedOutput(); err != nil {
+			binaryErr = fmt.Errorf("go build: %v\n%s", err, out)
+		}
+	})
+	if binaryErr != nil {
+		t.Fatal(binaryErr)
+	}
+	return binaryPath
 }
 
 func tenantIDFor(name string) string {

@@ -19,6 +19,7 @@ const (
 	codeInsufficientPrivilege = "42501"
 	codeInvalidCatalogName    = "3D000"
 	codeAdminShutdown         = "57P01"
+	codeCannotConnectNow      = "57P03"
 	codeProgramLimitExceeded  = "54000"
 	codeInternalError         = "XX000"
 	severityFatal             = "FATAL"

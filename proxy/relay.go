@@ -69,6 +69,7 @@ type relay struct {
 
 	standaloneDone chan *pgconn.PgError // result of a standalone assertion
 	closing        atomic.Bool          // the session is ending; suppress "upstream lost"
+	draining       atomic.Bool          // the server is shutting down: end at the next idle point
 	done           chan struct{}        // closed when the response side returns
 
 	stats relayStats
@@ -487,6 +488,9 @@ func assertionFailed(upstream *pgconn.PgError) *pgconn.PgError {
 	}
 }
 
+// errDraining ends a session when the server shuts down.
+var errDraining = errors.New("server shutting down")
+
 // errUpstreamLost reports that the upstream connection ended on its own.
 var errUpstreamLost = errors.New("upstream connection lost")
 
@@ -609,6 +613,13 @@ func (r *relay) upstreamToClient() (err error) {
 				}
 			}
 			inUnit = false
+			if r.draining.Load() && r.pending.Load() == 0 && body[5] == 'I' && !cur.standalone {
+				// Shutting down and outside a transaction: this is the moment.
+				if err := forward(r.cw, r.ur, size); err != nil {
+					return err
+				}
+				return errDraining
+			}
 			if cur.standalone {
 				if _, err := r.ur.Discard(size); err != nil {
 					return err

@@ -32,63 +32,102 @@ type Authenticator interface {
 
 // Server is a pgtenant listener and its sessions.
 type Server struct {
-	cfg            *config.Config
-	auth           Authenticator
-	log            *slog.Logger
-	tlsConfig      *tls.Config
-	requireTLS     bool
-	upstreamConfig *pgconn.Config
-	database       string
-	policy         startupPolicy
-	cancels        *cancelRegistry
-	guard          *guard.Guard
-	unguarded      map[string]bool // users whose SQL the guard does not check
-	signingKey     []byte          // signed tenant context; nil when off
-
-	// StartupTimeout bounds the time from accept to the end of authentication
-	// (PostgreSQL's authentication_timeout).
-	StartupTimeout time.Duration
-
-	throttle throttle.Service
-	onClose  []func()
+	log     *slog.Logger
+	cancels *cancelRegistry
+	rt      atomic.Pointer[runtime] // what new sessions use; swapped by Reload
 
 	nextConnID atomic.Uint64
 	mu         sync.Mutex
 	listeners  map[net.Listener]struct{}
 	conns      map[net.Conn]struct{}
+	sessions   map[*session]struct{}
 	closed     bool
+	draining   bool
+	onClose    []func()
 	wg         sync.WaitGroup
+}
+
+// runtime is everything a session takes from the configuration. A session
+// keeps the runtime it started with; a reload affects new sessions only.
+type runtime struct {
+	cfg            *config.Config
+	auth           Authenticator
+	tlsConfig      *tls.Config
+	requireTLS     bool
+	upstreamConfig *pgconn.Config
+	database       string
+	policy         startupPolicy
+	guard          *guard.Guard
+	unguarded      map[string]bool // users whose SQL the guard does not check
+	signingKey     []byte          // signed tenant context; nil when off
+	throttle       throttle.Service
+	// startupTimeout bounds the time from accept to the end of
+	// authentication (PostgreSQL's authentication_timeout).
+	startupTimeout time.Duration
 }
 
 // New prepares a server from a validated config.
 func New(cfg *config.Config, authn Authenticator, log *slog.Logger) (*Server, error) {
+	s := &Server{
+		log:       log,
+		cancels:   newCancelRegistry(),
+		listeners: make(map[net.Listener]struct{}),
+		conns:     make(map[net.Conn]struct{}),
+		sessions:  make(map[*session]struct{}),
+	}
+	rt, err := newRuntime(cfg, authn, nil, log)
+	if err != nil {
+		return nil, err
+	}
+	s.rt.Store(rt)
+	return s, nil
+}
+
+// Reload makes new sessions use cfg and authn; sessions in progress go on
+// with what they started with. The listen address cannot change this way.
+func (s *Server) Reload(cfg *config.Config, authn Authenticator) error {
+	old := s.rt.Load()
+	if cfg.Listen != old.cfg.Listen {
+		s.log.Warn("listen address changes need a restart; keeping the old one", "listen", old.cfg.Listen, "configured", cfg.Listen)
+	}
+	rt, err := newRuntime(cfg, authn, old, s.log)
+	if err != nil {
+		return err
+	}
+	s.rt.Store(rt)
+	s.log.Info("configuration reloaded", "users", len(cfg.Users))
+	return nil
+}
+
+func newRuntime(cfg *config.Config, authn Authenticator, old *runtime, log *slog.Logger) (*runtime, error) {
 	upstreamConfig, err := pgconn.ParseConfig(cfg.Upstream)
 	if err != nil {
 		return nil, fmt.Errorf("upstream: %w", err)
 	}
-	s := &Server{
+	rt := &runtime{
 		cfg:            cfg,
 		auth:           authn,
-		log:            log,
 		upstreamConfig: upstreamConfig,
 		database:       upstreamConfig.Database,
 		policy:         newStartupPolicy(cfg.TenantSetting),
-		cancels:        newCancelRegistry(),
 		guard:          guard.New(guard.Policy{TenantSetting: cfg.TenantSetting, ExtraSettings: cfg.ProtectedSettings()}),
 		unguarded:      make(map[string]bool),
-		throttle:       throttle.New(cfg.Auth.Throttle.Initial.Duration, cfg.Auth.Throttle.Max.Duration),
-		StartupTimeout: cfg.Auth.Timeout.Duration,
-		listeners:      make(map[net.Listener]struct{}),
-		conns:          make(map[net.Conn]struct{}),
+		startupTimeout: cfg.Auth.Timeout.Duration,
+	}
+	// The back-off state survives a reload unless its settings changed.
+	if old != nil && old.cfg.Auth.Throttle == cfg.Auth.Throttle {
+		rt.throttle = old.throttle
+	} else {
+		rt.throttle = throttle.New(cfg.Auth.Throttle.Initial.Duration, cfg.Auth.Throttle.Max.Duration)
 	}
 	for _, u := range cfg.Users {
 		if !u.GuardEnabled() {
-			s.unguarded[u.Name] = true
+			rt.unguarded[u.Name] = true
 			log.Warn("statement guard is OFF for this user: its SQL can change its own tenant context", "user", u.Name)
 		}
 	}
 	if cfg.SignedContext != nil {
-		if s.signingKey, err = signedctx.ParseKey(cfg.SignedContext.Key); err != nil {
+		if rt.signingKey, err = signedctx.ParseKey(cfg.SignedContext.Key); err != nil {
 			return nil, fmt.Errorf("signed_context.key: %w", err)
 		}
 	}
@@ -97,15 +136,15 @@ func New(cfg *config.Config, authn Authenticator, log *slog.Logger) (*Server, er
 		if err != nil {
 			return nil, fmt.Errorf("tls: %w", err)
 		}
-		s.tlsConfig = &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12}
-		s.requireTLS = cfg.TLS.Mode == "require"
+		rt.tlsConfig = &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12}
+		rt.requireTLS = cfg.TLS.Mode == config.TLSModeRequire
 	}
-	return s, nil
+	return rt, nil
 }
 
 // ListenAndServe listens on the configured address and serves until Close.
 func (s *Server) ListenAndServe() error {
-	ln, err := net.Listen("tcp", s.cfg.Listen)
+	ln, err := net.Listen("tcp", s.rt.Load().cfg.Listen)
 	if err != nil {
 		return err
 	}
@@ -199,6 +238,63 @@ func (s *Server) Close() error {
 	return nil
 }
 
+// Shutdown drains the server: it stops accepting, ends idle sessions with
+// FATAL 57P01 (as PostgreSQL's administrator shutdown), lets sessions in a
+// transaction finish it, and when ctx is done ends the rest the same way.
+// Then it closes like Close.
+func (s *Server) Shutdown(ctx context.Context) error {
+	s.mu.Lock()
+	s.draining = true
+	for ln := range s.listeners {
+		ln.Close()
+	}
+	sessions := make([]*session, 0, len(s.sessions))
+	for ss := range s.sessions {
+		sessions = append(sessions, ss)
+	}
+	s.mu.Unlock()
+	s.log.Info("draining", "sessions", len(sessions))
+	for _, ss := range sessions {
+		ss.drain()
+	}
+	done := make(chan struct{})
+	go func() {
+		s.wg.Wait()
+		close(done)
+	}()
+	var err error
+	select {
+	case <-done:
+	case <-ctx.Done():
+		err = ctx.Err()
+		s.mu.Lock()
+		for ss := range s.sessions {
+			ss.terminate()
+		}
+		s.mu.Unlock()
+		s.log.Warn("drain timeout: terminating the remaining sessions")
+	}
+	s.Close()
+	<-done
+	return err
+}
+
+func (s *Server) addSession(ss *session) {
+	s.mu.Lock()
+	s.sessions[ss] = struct{}{}
+	draining := s.draining
+	s.mu.Unlock()
+	if draining {
+		ss.drain()
+	}
+}
+
+func (s *Server) removeSession(ss *session) {
+	s.mu.Lock()
+	delete(s.sessions, ss)
+	s.mu.Unlock()
+}
+
 // OnClose registers f to run when Close has ended every session (closing
 // the JWKS refresh, the user lookup connection, ...).
 func (s *Server) OnClose(f func()) {
@@ -209,10 +305,10 @@ func (s *Server) OnClose(f func()) {
 
 // contextSettings are the settings asserted for an identity: the tenant,
 // its signature, the settings from its claims, and its role last.
-func (s *Server) contextSettings(ident auth.Identity) []setting {
-	settings := []setting{{name: s.cfg.TenantSetting, value: ident.Tenant}}
-	if s.signingKey != nil {
-		settings = append(settings, setting{name: s.cfg.SignatureSetting(), value: signedctx.Sign(s.signingKey, ident.Tenant)})
+func (rt *runtime) contextSettings(ident auth.Identity) []setting {
+	settings := []setting{{name: rt.cfg.TenantSetting, value: ident.Tenant}}
+	if rt.signingKey != nil {
+		settings = append(settings, setting{name: rt.cfg.SignatureSetting(), value: signedctx.Sign(rt.signingKey, ident.Tenant)})
 	}
 	for _, st := range ident.Settings {
 		settings = append(settings, setting{name: st.Name, value: st.Value})
@@ -231,7 +327,7 @@ func (s *Server) handleCancel(cr *pgproto3.CancelRequest, log *slog.Logger) {
 		log.Debug("cancel request with unknown key ignored")
 		return
 	}
-	if err := t.send(context.Background(), s.cfg.ConnectTimeout.Duration); err != nil {
+	if err := t.send(context.Background(), s.rt.Load().cfg.ConnectTimeout.Duration); err != nil {
 		log.Warn("forwarding cancel request failed", "err", err)
 		return
 	}

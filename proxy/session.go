@@ -20,9 +20,10 @@ import (
 // serveConn runs one client connection from the first byte to the close.
 func (s *Server) serveConn(conn net.Conn) {
 	log := s.log.With("conn", s.nextConnID.Add(1), "remote", conn.RemoteAddr().String())
-	_ = conn.SetDeadline(time.Now().Add(s.StartupTimeout))
+	rt := s.rt.Load()
+	_ = conn.SetDeadline(time.Now().Add(rt.startupTimeout))
 
-	st, err := readStartup(conn, s.tlsConfig)
+	st, err := readStartup(conn, rt.tlsConfig)
 	if err != nil {
 		// st.conn is the TLS connection when the error came after the upgrade.
 		s.refuse(st.conn, err, log)
@@ -37,13 +38,15 @@ func (s *Server) serveConn(conn net.Conn) {
 
 	cw := bufio.NewWriterSize(st.conn, relayBufSize)
 	cr := bufio.NewReaderSize(st.conn, relayBufSize)
-	sess, err := s.startSession(st, cr, cw, log)
+	sess, err := s.startSession(rt, st, cr, cw, log)
 	if err != nil {
 		s.refuse(cw, err, log)
 		return
 	}
 	defer sess.close()
 	_ = st.conn.SetDeadline(time.Time{})
+	s.addSession(sess)
+	defer s.removeSession(sess)
 	sess.run()
 }
 
@@ -79,8 +82,14 @@ type session struct {
 // startSession authenticates the client, resolves its tenant, connects
 // upstream and sends the client what a PostgreSQL server sends after
 // authentication.
-func (s *Server) startSession(st *startup, cr *bufio.Reader, cw *bufio.Writer, log *slog.Logger) (*session, error) {
-	if s.requireTLS && st.tls == nil {
+func (s *Server) startSession(rt *runtime, st *startup, cr *bufio.Reader, cw *bufio.Writer, log *slog.Logger) (*session, error) {
+	s.mu.Lock()
+	draining := s.draining
+	s.mu.Unlock()
+	if draining {
+		return nil, fatalf(codeCannotConnectNow, "the database system is shutting down")
+	}
+	if rt.requireTLS && st.tls == nil {
 		return nil, fatalf(codeInvalidAuthorization, "pgtenant requires TLS: connect with sslmode=require or stronger")
 	}
 	if st.minor > 0 || len(st.pqOpts) > 0 {
@@ -100,7 +109,7 @@ func (s *Server) startSession(st *startup, cr *bufio.Reader, cw *bufio.Writer, l
 		database = user
 	}
 	log = log.With("user", user)
-	params, pgErr := s.policy.upstreamParams(st.params)
+	params, pgErr := rt.policy.upstreamParams(st.params)
 	if pgErr != nil {
 		return nil, pgErr
 	}
@@ -111,14 +120,14 @@ func (s *Server) startSession(st *startup, cr *bufio.Reader, cw *bufio.Writer, l
 	// A JWT may be large; PostgreSQL accepts authentication tokens up to this size too.
 	be.SetMaxBodyLen(maxAuthMessageLen)
 	remote := st.conn.RemoteAddr().String()
-	if err := s.throttle.LoginCheck(remote, user); err != nil {
+	if err := rt.throttle.LoginCheck(remote, user); err != nil {
 		return nil, err
 	}
-	ident, err := s.auth.Authenticate(be, user, auth.ConnInfo{TLS: st.tls, Loopback: auth.IsLoopback(st.conn.RemoteAddr()), RemoteAddr: remote})
+	ident, err := rt.auth.Authenticate(be, user, auth.ConnInfo{TLS: st.tls, Loopback: auth.IsLoopback(st.conn.RemoteAddr()), RemoteAddr: remote})
 	var authErr *pgconn.PgError
 	if err == nil || errors.As(err, &authErr) {
 		// Only a finished exchange counts; a client that hangs up does not.
-		s.throttle.ReportAttempt(remote, user, err == nil)
+		rt.throttle.ReportAttempt(remote, user, err == nil)
 	}
 	if err != nil {
 		return nil, err
@@ -126,13 +135,13 @@ func (s *Server) startSession(st *startup, cr *bufio.Reader, cw *bufio.Writer, l
 	log = log.With("tenant", ident.Tenant)
 	// Checked after authentication, as PostgreSQL does, so that an
 	// unauthenticated client learns nothing about the database.
-	if database != s.database {
+	if database != rt.database {
 		return nil, fatalf(codeInvalidCatalogName, "database %q does not exist", database)
 	}
 
-	a := newAssertion(s.contextSettings(ident))
+	a := newAssertion(rt.contextSettings(ident))
 	start := time.Now()
-	hc, err := s.connectUpstream(context.Background(), params, a)
+	hc, err := rt.connectUpstream(context.Background(), params, a)
 	if err != nil {
 		log.Warn("upstream connection failed", "err", err)
 		return nil, err
@@ -164,8 +173,8 @@ func (s *Server) startSession(st *startup, cr *bufio.Reader, cw *bufio.Writer, l
 		hc.Conn.Close()
 		return nil, err
 	}
-	g := s.guard
-	if s.unguarded[ident.User] {
+	g := rt.guard
+	if rt.unguarded[ident.User] {
 		g = nil
 	}
 	log.Info("session started", "upstream_pid", hc.PID, "connect_ms", time.Since(start).Milliseconds(), "guard", g != nil)
@@ -192,6 +201,8 @@ func (ss *session) run() {
 			switch {
 			case errors.As(err, &pgErr):
 				_ = r.writeClient(errorResponse(pgErr))
+			case r.draining.Load():
+				_ = r.writeClient(errorResponse(fatalf(codeAdminShutdown, "terminating connection due to administrator command")))
 			case errors.Is(err, errUpstreamLost) && !r.sawFatal:
 				// The upstream said nothing (a FATAL it sent was forwarded already).
 				_ = r.writeClient(errorResponse(fatalf(codeConnectionFailure, "pgtenant: the upstream server closed the connection unexpectedly")))
@@ -222,6 +233,22 @@ func (ss *session) run() {
 	}
 	ss.log.Info("session ended", "client", describeEnd(reqErr), "upstream", describeEnd(err),
 		"assertions", r.stats.assertions.Load(), "refusals", r.stats.refusals.Load())
+}
+
+// drain ends the session at its next moment outside a transaction block:
+// now if it is idle, else when the upstream reports idle again.
+func (ss *session) drain() {
+	r := ss.relay
+	r.draining.Store(true)
+	if r.pending.Load() == 0 && byte(r.txStatus.Load()) == 'I' {
+		ss.upstream.Close()
+	}
+}
+
+// terminate ends the session now, with FATAL 57P01.
+func (ss *session) terminate() {
+	ss.relay.draining.Store(true)
+	ss.upstream.Close()
 }
 
 func (ss *session) close() {

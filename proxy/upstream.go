@@ -14,12 +14,12 @@ import (
 // the tenant once in a round trip of its own, so that the committed session
 // value is the client's tenant before the client sends anything, and then
 // takes over the raw connection for relaying.
-func (s *Server) connectUpstream(ctx context.Context, params map[string]string, a assertion) (*pgconn.HijackedConn, error) {
-	cfg := s.upstreamConfig.Copy()
+func (rt *runtime) connectUpstream(ctx context.Context, params map[string]string, a assertion) (*pgconn.HijackedConn, error) {
+	cfg := rt.upstreamConfig.Copy()
 	for k, v := range params {
 		cfg.RuntimeParams[k] = v
 	}
-	timeout := s.cfg.ConnectTimeout.Duration
+	timeout := rt.cfg.ConnectTimeout.Duration
 	cfg.ConnectTimeout = timeout
 	ctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()

@@ -13,6 +13,7 @@ import (
 	"log/slog"
 	"os"
 	"os/signal"
+	"strconv"
 	"strings"
 	"syscall"
 
@@ -31,7 +32,9 @@ var Version = "0.1.0-dev"
 const usage = `pgtenant: a PostgreSQL proxy that gives each tenant its own view of shared tables.
 
 Usage:
-  pgtenant --config pgtenant.yaml   run the proxy
+  pgtenant --config pgtenant.yaml [--pid-file f]
+                                    run the proxy; SIGHUP reloads the config, SIGTERM drains
+  pgtenant reload --pid-file f      make the running proxy re-read its config
   pgtenant demo [--listen addr]     start a throwaway PostgreSQL with two demo tenants and the
                                     proxy in front of it; prints psql lines to try; Ctrl-C cleans up
   pgtenant passwd                   print a SCRAM-SHA-256 verifier for a password read from
@@ -67,12 +70,15 @@ func Main(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 			return runDoctor(args[1:], stdout, stderr)
 		case "signed-context-sql":
 			return runSignedContextSQL(args[1:], stdout, stderr)
+		case "reload":
+			return runReload(args[1:], stderr)
 		}
 	}
 	fs := flag.NewFlagSet("pgtenant", flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	fs.Usage = func() { fmt.Fprint(stderr, usage) }
 	configPath := fs.String("config", "", "path to the YAML config file")
+	pidFile := fs.String("pid-file", "", "write the process id here (for pgtenant reload)")
 	version := fs.Bool("version", false, "print the version")
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
@@ -104,29 +110,102 @@ func Main(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 		fmt.Fprintf(stderr, "pgtenant: %v\n", err)
 		return 1
 	}
-	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-	defer stop()
+	if *pidFile != "" {
+		if err := os.WriteFile(*pidFile, []byte(strconv.Itoa(os.Getpid())+"\n"), 0o644); err != nil {
+			fmt.Fprintf(stderr, "pgtenant: pid file: %v\n", err)
+			return 1
+		}
+		defer os.Remove(*pidFile)
+	}
+	return serve(srv, cfg, *configPath, log)
+}
+
+// serve runs the server until a signal: SIGHUP reloads the config, SIGTERM
+// and SIGINT drain (a second one closes at once).
+func serve(srv *proxy.Server, cfg *config.Config, configPath string, log *slog.Logger) int {
+	signals := make(chan os.Signal, 2)
+	signal.Notify(signals, syscall.SIGHUP, syscall.SIGTERM, os.Interrupt)
+	defer signal.Stop(signals)
 	errc := make(chan error, 1)
 	go func() { errc <- srv.ListenAndServe() }()
 	log.Info("pgtenant listening", "addr", cfg.Listen, "version", Version)
-	select {
-	case err := <-errc:
-		log.Error("listener failed", "err", err)
-		srv.Close()
-		return 1
-	case <-ctx.Done():
-		log.Info("shutting down")
-		srv.Close()
-		return 0
+	for {
+		select {
+		case err := <-errc:
+			log.Error("listener failed", "err", err)
+			srv.Close()
+			return 1
+		case sig := <-signals:
+			if sig == syscall.SIGHUP {
+				reload(srv, configPath, log)
+				continue
+			}
+			log.Info("draining: no new connections; transactions in progress may finish", "timeout", cfg.ShutdownTimeout.Duration)
+			ctx, cancel := context.WithTimeout(context.Background(), cfg.ShutdownTimeout.Duration)
+			go func() {
+				// A second signal: stop waiting.
+				<-signals
+				cancel()
+			}()
+			_ = srv.Shutdown(ctx)
+			cancel()
+			log.Info("stopped")
+			return 0
+		}
+	}
+}
+
+// reload re-reads the config; an invalid one is refused with the reason and
+// the running one stays.
+func reload(srv *proxy.Server, configPath string, log *slog.Logger) {
+	cfg, err := config.Load(configPath)
+	if err != nil {
+		log.Error("reload refused: the running configuration stays", "err", err)
+		return
+	}
+	authn, closers, err := newAuthenticator(cfg, log)
+	if err != nil {
+		log.Error("reload refused: the running configuration stays", "err", err)
+		return
+	}
+	if err := srv.Reload(cfg, authn); err != nil {
+		for _, c := range closers {
+			c()
+		}
+		log.Error("reload refused: the running configuration stays", "err", err)
+		return
+	}
+	for _, c := range closers {
+		srv.OnClose(c)
 	}
 }
 
 // NewServer builds the proxy from a validated config: the user directory,
 // the authenticator and the listener's TLS.
 func NewServer(cfg *config.Config, log *slog.Logger) (*proxy.Server, error) {
-	dir, plaintext, err := auth.NewStaticDirectory(cfg.Users)
+	authn, closers, err := newAuthenticator(cfg, log)
 	if err != nil {
 		return nil, err
+	}
+	srv, err := proxy.New(cfg, authn, log)
+	if err != nil {
+		for _, c := range closers {
+			c()
+		}
+		return nil, err
+	}
+	for _, c := range closers {
+		srv.OnClose(c)
+	}
+	return srv, nil
+}
+
+// newAuthenticator builds the user directories and the authenticator, and
+// returns what must be closed when they are no longer used.
+func newAuthenticator(cfg *config.Config, log *slog.Logger) (proxy.Authenticator, []func(), error) {
+	dir, plaintext, err := auth.NewStaticDirectory(cfg.Users)
+	if err != nil {
+		return nil, nil, err
 	}
 	for _, u := range plaintext {
 		log.Warn("user has a plaintext password in the config; use a SCRAM verifier from `pgtenant passwd` outside development", "user", u)
@@ -140,7 +219,7 @@ func NewServer(cfg *config.Config, log *slog.Logger) (*proxy.Server, error) {
 	if cfg.DBUsers != nil {
 		dbDir, err := auth.NewDBDirectory(cfg.DBUsers, log)
 		if err != nil {
-			return nil, fmt.Errorf("db_users: %w", err)
+			return nil, nil, fmt.Errorf("db_users: %w", err)
 		}
 		closers = append(closers, dbDir.Close)
 		// Users in the config come first; the database answers for the rest.
@@ -152,7 +231,7 @@ func NewServer(cfg *config.Config, log *slog.Logger) (*proxy.Server, error) {
 		cert, err := tls.LoadX509KeyPair(cfg.TLS.CertFile, cfg.TLS.KeyFile)
 		if err != nil {
 			closeAll()
-			return nil, fmt.Errorf("tls: %w", err)
+			return nil, nil, fmt.Errorf("tls: %w", err)
 		}
 		opts = append(opts, auth.WithServerCertificate(cert.Leaf))
 	}
@@ -160,20 +239,12 @@ func NewServer(cfg *config.Config, log *slog.Logger) (*proxy.Server, error) {
 		verifier, err := auth.NewJWTVerifier(context.Background(), cfg.JWT)
 		if err != nil {
 			closeAll()
-			return nil, fmt.Errorf("jwt: %w", err)
+			return nil, nil, fmt.Errorf("jwt: %w", err)
 		}
 		closers = append(closers, verifier.Close)
 		opts = append(opts, auth.WithJWT(verifier, cfg.MethodFor, cfg.Auth.CleartextOnLoopback))
 	}
-	srv, err := proxy.New(cfg, auth.NewAuthenticator(dir, opts...), log)
-	if err != nil {
-		closeAll()
-		return nil, err
-	}
-	for _, c := range closers {
-		srv.OnClose(c)
-	}
-	return srv, nil
+	return auth.NewAuthenticator(dir, opts...), closers, nil
 }
 
 func newLogger(cfg *config.Config, w io.Writer) *slog.Logger {
@@ -184,6 +255,35 @@ func newLogger(cfg *config.Config, w io.Writer) *slog.Logger {
 		return slog.New(slog.NewJSONHandler(w, opts))
 	}
 	return slog.New(slog.NewTextHandler(w, opts))
+}
+
+// runReload asks a running pgtenant to re-read its config (SIGHUP).
+func runReload(args []string, stderr io.Writer) int {
+	fs := flag.NewFlagSet("pgtenant reload", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	pidFile := fs.String("pid-file", "", "the running pgtenant's --pid-file")
+	if err := fs.Parse(args); err != nil {
+		return 2
+	}
+	if *pidFile == "" {
+		fmt.Fprintln(stderr, "pgtenant reload: --pid-file is required")
+		return 2
+	}
+	data, err := os.ReadFile(*pidFile)
+	if err != nil {
+		fmt.Fprintf(stderr, "pgtenant reload: %v\n", err)
+		return 1
+	}
+	pid, err := strconv.Atoi(strings.TrimSpace(string(data)))
+	if err != nil || pid <= 0 {
+		fmt.Fprintf(stderr, "pgtenant reload: %s does not hold a process id\n", *pidFile)
+		return 1
+	}
+	if err := syscall.Kill(pid, syscall.SIGHUP); err != nil {
+		fmt.Fprintf(stderr, "pgtenant reload: signalling process %d: %v\n", pid, err)
+		return 1
+	}
+	return 0
 }
 
 // runSignedContextSQL prints the install script for the signed context.

@@ -1,0 +1,187 @@
+package e2e
+
+import (
+	"context"
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5/pgconn"
+
+	"github.com/pgtenant/pgtenant/internal/demo"
+	"github.com/pgtenant/pgtenant/internal/pgcluster"
+)
+
+// runningProxy is the pgtenant binary running with a config file.
+type runningProxy struct {
+	cmd     *exec.Cmd
+	config  string
+	pidFile string
+	port    string
+	done    chan error
+	logs    *syncBuffer
+}
+
+func writeConfig(t *testing.T, path, listen string, users ...demo.Tenant) {
+	t.Helper()
+	c := pgcluster.Shared()
+	var b strings.Builder
+	fmt.Fprintf(&b, "listen: %s\nupstream: %s\nshutdown_timeout: 3s\nlog_level: debug\nusers:\n", listen, c.URL(demo.RLSRole, demo.RLSPassword, demo.Database))
+	for _, u := range users {
+		fmt.Fprintf(&b, "  - {name: %s, password: %s, tenant: %s}\n", u.User, u.Password, u.ID)
+	}
+	if err := os.WriteFile(path, []byte(b.String()), 0o600); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func startBinary(t *testing.T, users ...demo.Tenant) *runningProxy {
+	t.Helper()
+	bin := buildBinary(t)
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := ln.Addr().String()
+	ln.Close()
+	dir := t.TempDir()
+	rp := &runningProxy{config: filepath.Join(dir, "pgtenant.yaml"), pidFile: filepath.Join(dir, "pgtenant.pid"), done: make(chan error, 1), logs: &syncBuffer{}}
+	_, rp.port, _ = net.SplitHostPort(addr)
+	writeConfig(t, rp.config, addr, users...)
+	rp.cmd = exec.Command(bin, "--config", rp.config, "--pid-file", rp.pidFile)
+	rp.cmd.Stderr = rp.logs
+	if err := rp.cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	go func() { rp.done <- rp.cmd.Wait() }()
+	t.Cleanup(func() {
+		_ = rp.cmd.Process.Kill()
+		<-rp.done
+		if t.Failed() {
+			t.Logf("pgtenant log:\n%s", rp.logs.String())
+		}
+	})
+	eventually(t, 10*time.Second, "pgtenant to listen", func() bool {
+		c, err := net.Dial("tcp", addr)
+		if err == nil {
+			c.Close()
+		}
+		return err == nil
+	})
+	return rp
+}
+
+func (rp *runningProxy) connect(tn demo.Tenant) (*pgconn.PgConn, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	return pgconn.Connect(ctx, fmt.Sprintf("host=127.0.0.1 port=%s user=%s password=%s dbname=app sslmode=disable", rp.port, tn.User, tn.Password))
+}
+
+// `pgtenant reload` (SIGHUP) re-reads the config: a new user works, sessions
+// in progress go on, and an invalid config is refused with the reason while
+// the running one stays.
+func TestReload(t *testing.T) {
+	rp := startBinary(t, tenantA)
+	old, err := rp.connect(tenantA)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer old.Close(context.Background())
+	if _, err := rp.connect(tenantB); pgCode(err) != "28P01" {
+		t.Fatalf("tenant B before the reload: %v", err)
+	}
+	reload := func() {
+		t.Helper()
+		out, err := exec.Command(buildBinary(t), "reload", "--pid-file", rp.pidFile).CombinedOutput()
+		if err != nil {
+			t.Fatalf("pgtenant reload: %v\n%s", err, out)
+		}
+	}
+	writeConfig(t, rp.config, "127.0.0.1:"+rp.port, tenantA, tenantB)
+	reload()
+	eventually(t, 5*time.Second, "tenant B to log in after the reload", func() bool {
+		c, err := rp.connect(tenantB)
+		if err == nil {
+			c.Close(context.Background())
+		}
+		return err == nil
+	})
+	if got := queryOne(t, old, "SELECT current_setting('app.tenant_id')"); got != tenantA.ID {
+		t.Fatalf("session from before the reload: %q", got)
+	}
+
+	if err := os.WriteFile(rp.config, []byte("listen: 127.0.0.1:"+rp.port+"\nbogus_key: 1\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	reload()
+	eventually(t, 5*time.Second, "the refusal in the log", func() bool {
+		return strings.Contains(rp.logs.String(), "reload refused") && strings.Contains(rp.logs.String(), "bogus_key")
+	})
+	c, err := rp.connect(tenantB)
+	if err != nil {
+		t.Fatalf("after a refused reload the running config must stay: %v", err)
+	}
+	c.Close(context.Background())
+}
+
+// SIGTERM drains: no new connections, idle sessions end with FATAL 57P01, a
+// transaction in progress finishes and then its session ends too.
+func TestDrainOnSIGTERM(t *testing.T) {
+	rp := startBinary(t, tenantA, tenantB)
+	idle, err := rp.connect(tenantA)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer idle.Close(context.Background())
+	busy, err := rp.connect(tenantB)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer busy.Close(context.Background())
+	queryRows(t, busy, "BEGIN")
+	queryRows(t, busy, "INSERT INTO copy_sink (line) VALUES ('drain-test')")
+
+	if err := rp.cmd.Process.Signal(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, 5*time.Second, "the idle session to be ended", func() bool { return idle.IsClosed() || pingFails(idle) })
+	if _, err := rp.connect(tenantA); err == nil {
+		t.Fatal("a new connection was accepted while draining")
+	}
+	// The transaction in progress still works and commits.
+	if got := queryOne(t, busy, "SELECT count(*) FROM copy_sink WHERE line = 'drain-test'"); got != "1" {
+		t.Fatalf("inside the draining transaction: %s", got)
+	}
+	_, err = busy.Exec(context.Background(), "COMMIT").ReadAll()
+	if err != nil && pgCode(err) != "57P01" {
+		t.Fatalf("COMMIT while draining: %v", err)
+	}
+	select {
+	case err := <-rp.done:
+		rp.done <- err
+		if err != nil {
+			t.Fatalf("pgtenant exit: %v", err)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("pgtenant did not exit after the last transaction")
+	}
+	if n := superQuery(t, "SELECT count(*) FROM copy_sink WHERE line = 'drain-test'")[0][0]; n != "1" {
+		t.Fatal("the transaction that was in progress at SIGTERM did not commit")
+	}
+	superQuery(t, "DELETE FROM copy_sink WHERE line = 'drain-test'")
+}
+
+// pingFails reports whether a query on conn fails with the administrator
+// shutdown error (or any error: the session is gone).
+func pingFails(conn *pgconn.PgConn) bool {
+	ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+	defer cancel()
+	_, err := conn.Exec(ctx, "SELECT 1").ReadAll()
+	return err != nil
+}
