@@ -245,3 +245,60 @@ func TestGuardOffForTrustedUser(t *testing.T) {
 		t.Fatalf("guarded user: %v", err)
 	}
 }
+
+// The lexing attacks: with standard_conforming_strings off or a client
+// encoding whose characters can end in a backslash (SJIS, BIG5, GBK, ...),
+// PostgreSQL would read a string literal differently from the guard's
+// parser. Both settings are refused on every path, and the re-assertion after
+// RESET ALL / DISCARD ALL cannot be rolled back.
+func TestGuardLexingAndResetAttacks(t *testing.T) {
+	p := startProxy(t, nil)
+	ctx := context.Background()
+	attack := `SELECT 'a\', ' , set_config($$app.tenant_id$$, $$` + tenantB.ID + `$$, true), (SELECT string_agg(DISTINCT tenant_id::text, ',') FROM projects) -- '`
+
+	for _, extra := range []string{"standard_conforming_strings=off", "client_encoding=SJIS", "options='-c standard_conforming_strings=off'"} {
+		e := connectErr(t, p.connString(tenantA, extra))
+		if e.Code != "42501" {
+			t.Fatalf("startup with %s: %s %s", extra, e.Code, e.Message)
+		}
+	}
+	conn := p.pgconnect(t, tenantA)
+	for _, sql := range []string{
+		"SET standard_conforming_strings = off",
+		"SET client_encoding = 'SJIS'",
+		"SET NAMES 'BIG5'",
+		"BEGIN; SET LOCAL standard_conforming_strings TO false; COMMIT",
+		"SET backslash_quote = on",
+	} {
+		if _, err := conn.Exec(ctx, sql).ReadAll(); pgCode(err) != "42501" {
+			t.Fatalf("%s: %v, want 42501", sql, err)
+		}
+	}
+	// With standard strings on, the attack text is three harmless constants.
+	if rows := queryRows(t, conn, attack); len(rows[0]) != 3 || !strings.HasPrefix(rows[0][1], " , set_config(") {
+		t.Fatalf("attack text read as %q", rows)
+	}
+	checkStillTenant(t, conn, tenantA.ID)
+
+	// RESET ALL / DISCARD ALL, then a block that rolls back: still the tenant.
+	for _, reset := range []string{"DISCARD ALL", "RESET ALL"} {
+		queryRows(t, conn, reset)
+		rows := queryRows(t, conn, "BEGIN; ROLLBACK; SELECT current_setting('app.tenant_id', true)")
+		if rows[0][0] != tenantA.ID {
+			t.Fatalf("after %s and a rolled-back block: tenant %q", reset, rows[0][0])
+		}
+	}
+}
+
+// An upstream whose defaults would make it read SQL differently from the
+// guard (here a role default of standard_conforming_strings = off) gets no
+// guarded sessions at all.
+func TestGuardRefusesUnsafeUpstream(t *testing.T) {
+	p := startProxy(t, nil)
+	superQuery(t, "ALTER ROLE app_rls SET standard_conforming_strings = off")
+	defer superQuery(t, "ALTER ROLE app_rls RESET standard_conforming_strings")
+	e := connectErr(t, p.connString(tenantA))
+	if e.Code != "42501" || !strings.Contains(e.Message, "standard_conforming_strings is off") {
+		t.Fatalf("session on an upstream with standard_conforming_strings off: %s %q", e.Code, e.Message)
+	}
+}

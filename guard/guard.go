@@ -12,6 +12,7 @@ import (
 
 	"github.com/jackc/pgx/v5/pgconn"
 	pg_query "github.com/pganalyze/pg_query_go/v6"
+	"github.com/pgtenant/pgtenant/internal/lexsafe"
 	"google.golang.org/protobuf/reflect/protoreflect"
 )
 
@@ -278,6 +279,10 @@ func (c *checker) variableSet(n *pg_query.VariableSetStmt) bool {
 		return true
 	}
 	name := strings.ToLower(n.Name)
+	if n.Kind == pg_query.VariableSetKind_VAR_SET_VALUE && !lexsafe.Safe(name, setValue(n)) {
+		return c.refuse(fmt.Sprintf("permission denied to set parameter %q to %q through pgtenant", n.Name, setValue(n)),
+			"The statement guard reads SQL with standard_conforming_strings on and an ASCII-safe client encoding; the server must too.")
+	}
 	if c.g.settings[name] || (c.g.prefix != "" && strings.HasPrefix(name, c.g.prefix)) {
 		verb := "set"
 		if n.Kind == pg_query.VariableSetKind_VAR_RESET {
@@ -286,6 +291,30 @@ func (c *checker) variableSet(n *pg_query.VariableSetStmt) bool {
 		return c.refuse(fmt.Sprintf("permission denied to %s parameter %q", verb, n.Name), settingHint)
 	}
 	return true
+}
+
+// setValue returns the first value of a SET as text ("" when it is not a
+// constant, which lexsafe then judges by itself).
+func setValue(n *pg_query.VariableSetStmt) string {
+	if len(n.Args) == 0 {
+		return ""
+	}
+	ac := n.Args[0].GetAConst()
+	if ac == nil {
+		return ""
+	}
+	switch v := ac.Val.(type) {
+	case *pg_query.A_Const_Sval:
+		return v.Sval.Sval
+	case *pg_query.A_Const_Ival:
+		return fmt.Sprint(v.Ival.Ival)
+	case *pg_query.A_Const_Boolval:
+		if v.Boolval.Boolval {
+			return "on"
+		}
+		return "off"
+	}
+	return ""
 }
 
 func (c *checker) settingsWrite(rv *pg_query.RangeVar) bool {

@@ -78,6 +78,13 @@ var refusedSQL = []string{
 	"RESET ALL; SELECT * FROM projects",
 	"SELECT 1; DISCARD ALL",
 	"CREATE OPERATOR === (FUNCTION = set_config, LEFTARG = text, RIGHTARG = text)",
+	"SET standard_conforming_strings = off",
+	"SET standard_conforming_strings TO false",
+	"set local standard_conforming_strings = 0",
+	"SET client_encoding = 'SJIS'",
+	"SET client_encoding TO big5",
+	"SET NAMES 'GBK'",
+	"SET backslash_quote = on",
 	// Unparsable, and the parser is needed: refused with the parser's message.
 	"SET app.tenant_id = 'x' garbage garbage",
 }
@@ -91,6 +98,9 @@ var allowedSQL = []string{
 	"SET search_path = public",
 	"SET statement_timeout = '5s'",
 	"SET TIME ZONE 'UTC'",
+	"SET client_encoding = 'UTF8'",
+	"SET NAMES 'LATIN1'",
+	"SET standard_conforming_strings = on",
 	"SET TRANSACTION ISOLATION LEVEL SERIALIZABLE",
 	"RESET statement_timeout",
 	"SHOW app.tenant_id",

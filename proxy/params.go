@@ -4,6 +4,8 @@ import (
 	"strings"
 
 	"github.com/jackc/pgx/v5/pgconn"
+
+	"github.com/pgtenant/pgtenant/internal/lexsafe"
 )
 
 // forwardableParams are the startup parameters that cannot affect tenant
@@ -74,14 +76,14 @@ func (p startupPolicy) upstreamParams(params map[string]string) (map[string]stri
 				return nil, err
 			}
 			for _, s := range settings {
-				if err := p.check(s.name); err != nil {
+				if err := p.check(s.name, s.value); err != nil {
 					return nil, err
 				}
 				out[s.name] = s.value
 			}
 			continue
 		}
-		if err := p.check(name); err != nil {
+		if err := p.check(name, value); err != nil {
 			return nil, err
 		}
 		out[name] = value
@@ -89,7 +91,7 @@ func (p startupPolicy) upstreamParams(params map[string]string) (map[string]stri
 	return out, nil
 }
 
-func (p startupPolicy) check(name string) *pgconn.PgError {
+func (p startupPolicy) check(name, value string) *pgconn.PgError {
 	lower := strings.ToLower(name)
 	if lower == p.tenantSetting || strings.HasPrefix(lower, p.tenantPrefix) || identityParams[lower] {
 		return &pgconn.PgError{
@@ -97,6 +99,14 @@ func (p startupPolicy) check(name string) *pgconn.PgError {
 			Code:     codeInsufficientPrivilege,
 			Message:  `permission denied to set parameter "` + name + `"`,
 			Detail:   "pgtenant sets the tenant context and identity itself; a client may not set them at startup.",
+		}
+	}
+	if !lexsafe.Safe(lower, value) {
+		return &pgconn.PgError{
+			Severity: severityFatal,
+			Code:     codeInsufficientPrivilege,
+			Message:  `startup parameter "` + name + `" value "` + value + `" is not allowed through pgtenant`,
+			Detail:   "pgtenant's statement guard reads SQL as UTF-8-compatible text with standard_conforming_strings on.",
 		}
 	}
 	if !forwardableParams[lower] {

@@ -53,6 +53,10 @@ func TestStartupPolicy(t *testing.T) {
 		{"options role", map[string]string{"options": "-crole=postgres"}, nil, true},
 		{"options harmless", map[string]string{"options": "-c search_path=s"}, map[string]string{"search_path": "s"}, false},
 		{"unknown refused", map[string]string{"replication": "database"}, nil, true},
+		{"client_encoding UTF8", map[string]string{"client_encoding": "UTF8"}, map[string]string{"client_encoding": "UTF8"}, false},
+		{"client_encoding SJIS", map[string]string{"client_encoding": "SJIS"}, nil, true},
+		{"standard_conforming_strings off", map[string]string{"standard_conforming_strings": "off"}, nil, true},
+		{"standard_conforming_strings off in options", map[string]string{"options": "-c standard_conforming_strings=off"}, nil, true},
 	}
 	for _, tt := range tests {
 		got, err := p.upstreamParams(tt.params)

@@ -14,6 +14,7 @@ import (
 	"github.com/jackc/pgx/v5/pgproto3"
 
 	"github.com/pgtenant/pgtenant/guard"
+	"github.com/pgtenant/pgtenant/internal/lexsafe"
 )
 
 const (
@@ -38,6 +39,7 @@ type unit struct {
 	assert     bool // the inline assertion was sent ahead of the unit
 	simple     bool // a Query or FunctionCall: an assertion failure cannot be reported in-band
 	standalone bool // the relay's own standalone assertion; every reply is hidden
+	afterReset bool // a standalone assertion behind RESET ALL / DISCARD ALL: nobody waits for it
 	seq        uint64
 }
 
@@ -70,6 +72,7 @@ type relay struct {
 	standaloneDone chan *pgconn.PgError // result of a standalone assertion
 	closing        atomic.Bool          // the session is ending; suppress "upstream lost"
 	draining       atomic.Bool          // the server is shutting down: end at the next idle point
+	unsafeLexing   atomic.Value         // string: why the upstream would not read SQL as the guard does
 	done           chan struct{}        // closed when the response side returns
 
 	stats relayStats
@@ -224,6 +227,9 @@ func (r *relay) clientToUpstream() error {
 		var substitute []byte
 		peeked, resets := false, false
 		if r.guard != nil && (typ == 'Q' || typ == 'P' || typ == 'F') {
+			if why, _ := r.unsafeLexing.Load().(string); why != "" {
+				return fatalf(codeInsufficientPrivilege, "pgtenant cannot guard this session's statements: %s", why)
+			}
 			if msg, peeked, err = r.wholeMessage(size); err != nil {
 				return err
 			}
@@ -296,11 +302,6 @@ func (r *relay) clientToUpstream() error {
 			_ = r.uw.Flush()
 			return errClientTerminated
 		}
-		if resets {
-			// Only after this message's own unit start: the statement after it
-			// is the one that needs the context again.
-			r.forceAssert = true
-		}
 		if msg != nil {
 			out := msg
 			if substitute != nil {
@@ -311,6 +312,17 @@ func (r *relay) clientToUpstream() error {
 			}
 			if peeked {
 				if _, err := r.cr.Discard(len(msg)); err != nil {
+					return err
+				}
+			}
+			if resets {
+				// Re-assert right behind RESET ALL / DISCARD ALL, in a round trip of
+				// its own: committed before the client's next statement, so that
+				// not even a BEGIN; ROLLBACK can take it back. Nothing waits for it;
+				// if it fails, the session ends.
+				r.queueUnit(unit{standalone: true, afterReset: true})
+				r.stats.assertions.Add(1)
+				if _, err := r.uw.Write(r.assertion.standalone); err != nil {
 					return err
 				}
 			}
@@ -518,6 +530,9 @@ func (r *relay) upstreamToClient() (err error) {
 		switch typ {
 		case 'A', 'N', 'S':
 			// NotificationResponse, NoticeResponse, ParameterStatus may come at any time.
+			if typ == 'S' && r.guard != nil {
+				r.watchParameter(size)
+			}
 			if err := forward(r.cw, r.ur, size); err != nil {
 				return err
 			}
@@ -624,6 +639,12 @@ func (r *relay) upstreamToClient() (err error) {
 				if _, err := r.ur.Discard(size); err != nil {
 					return err
 				}
+				if cur.afterReset {
+					if standaloneErr != nil {
+						return assertionFailed(standaloneErr)
+					}
+					continue
+				}
 				r.standaloneDone <- standaloneErr
 				standaloneErr = nil
 				continue
@@ -640,6 +661,32 @@ func (r *relay) upstreamToClient() (err error) {
 		if err := forward(r.cw, r.ur, size); err != nil {
 			return err
 		}
+	}
+}
+
+// watchParameter notes a ParameterStatus that would make the upstream read
+// SQL differently from the guard (standard_conforming_strings off, an
+// encoding that is not ASCII-safe): however it came about, no statement is
+// relayed after that.
+func (r *relay) watchParameter(size int) {
+	if size > r.ur.Size() {
+		return
+	}
+	msg, err := r.ur.Peek(size)
+	if err != nil {
+		return
+	}
+	body := msg[5:]
+	nul := indexByte(body, 0)
+	if nul < 0 {
+		return
+	}
+	name, rest := body[:nul], body[nul+1:]
+	if end := indexByte(rest, 0); end >= 0 {
+		rest = rest[:end]
+	}
+	if !lexsafe.Safe(string(name), string(rest)) {
+		r.unsafeLexing.Store(string(name) + " is " + string(rest))
 	}
 }
 

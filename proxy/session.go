@@ -15,6 +15,7 @@ import (
 	"github.com/jackc/pgx/v5/pgproto3"
 
 	"github.com/pgtenant/pgtenant/auth"
+	"github.com/pgtenant/pgtenant/internal/lexsafe"
 )
 
 // serveConn runs one client connection from the first byte to the close.
@@ -146,6 +147,18 @@ func (s *Server) startSession(rt *runtime, st *startup, cr *bufio.Reader, cw *bu
 		log.Warn("upstream connection failed", "err", err)
 		return nil, err
 	}
+	g := rt.guard
+	if rt.unguarded[ident.User] {
+		g = nil
+	}
+	if g != nil {
+		for name, value := range hc.ParameterStatuses {
+			if !lexsafe.Safe(name, value) {
+				hc.Conn.Close()
+				return nil, fatalf(codeInsufficientPrivilege, "pgtenant cannot guard statements on this upstream: %s is %s", name, value)
+			}
+		}
+	}
 	if !s.track(hc.Conn) {
 		hc.Conn.Close()
 		return nil, fatalf(codeAdminShutdown, "terminating connection due to administrator command")
@@ -171,11 +184,8 @@ func (s *Server) startSession(rt *runtime, st *startup, cr *bufio.Reader, cw *bu
 	if err := writeMessages(cw, msgs...); err != nil {
 		s.cancels.unregister(key)
 		hc.Conn.Close()
+		s.untrack(hc.Conn)
 		return nil, err
-	}
-	g := rt.guard
-	if rt.unguarded[ident.User] {
-		g = nil
 	}
 	log.Info("session started", "upstream_pid", hc.PID, "connect_ms", time.Since(start).Milliseconds(), "guard", g != nil)
 	return &session{
