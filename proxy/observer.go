@@ -1,0 +1,47 @@
+package proxy
+
+import "time"
+
+// Observer receives what operators want counted. Calls happen on the
+// connection path (never per message: at most per transaction start), so an
+// implementation must be cheap and safe for concurrent use.
+type Observer interface {
+	// ConnState reports a client connection entering a state: "startup"
+	// (accepted, authenticating), "active" (a session), "closed".
+	ConnState(from, to string)
+	// Auth reports an authentication: method "scram-sha-256" or "jwt" (or
+	// "none" when refused before a method was chosen), outcome "ok" or
+	// "failed", and for failures a short reason (the SQLSTATE).
+	Auth(method, outcome, reason string)
+	// UpstreamConnect reports an upstream connection attempt and its latency.
+	UpstreamConnect(d time.Duration, err error)
+	// Transaction reports a unit that started outside a transaction block
+	// (an assertion was made) for tenant.
+	Transaction(tenant string)
+	// Refusal reports a statement the guard refused for tenant.
+	Refusal(tenant string)
+	// SessionEnd reports the bytes a session relayed each way.
+	SessionEnd(tenant string, fromClient, toClient int64)
+}
+
+// SessionInfo describes a live session for an admin view.
+type SessionInfo struct {
+	ID          uint64    `json:"id"`
+	User        string    `json:"user"`
+	Tenant      string    `json:"tenant"`
+	Remote      string    `json:"remote"`
+	UpstreamPID uint32    `json:"upstream_pid"`
+	Started     time.Time `json:"started"`
+	TxStatus    string    `json:"tx_status"` // I, T or E as last reported by the upstream
+	Assertions  int64     `json:"assertions"`
+	Refusals    int64     `json:"refusals"`
+}
+
+type nopObserver struct{}
+
+func (nopObserver) ConnState(string, string)             {}
+func (nopObserver) Auth(string, string, string)          {}
+func (nopObserver) UpstreamConnect(time.Duration, error) {}
+func (nopObserver) Transaction(string)                   {}
+func (nopObserver) Refusal(string)                       {}
+func (nopObserver) SessionEnd(string, int64, int64)      {}
