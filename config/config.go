@@ -48,6 +48,12 @@ type Config struct {
 	LogLevel       string   `yaml:"log_level"`       // debug|info|warn|error, default info
 	LogFormat      string   `yaml:"log_format"`      // text|json, default text
 	Users          []User   `yaml:"users"`
+	// AdminListen, when set, serves /metrics (Prometheus), /healthz, /readyz
+	// and /status (live sessions, JSON) on this address.
+	AdminListen string `yaml:"admin_listen"`
+	// MetricsTenantLabels bounds per-tenant metric labels (default 100); the
+	// other tenants are counted together as "other".
+	MetricsTenantLabels int `yaml:"metrics_tenant_labels"`
 	// ShutdownTimeout is how long SIGTERM lets transactions in progress
 	// finish before their sessions are ended. Default 30s.
 	ShutdownTimeout Duration `yaml:"shutdown_timeout"`

@@ -2,6 +2,7 @@ package config
 
 import (
 	"fmt"
+	"net"
 	"net/url"
 	"path"
 	"slices"
@@ -107,6 +108,9 @@ var (
 )
 
 func (c *Config) applyIdentityDefaults() {
+	if c.MetricsTenantLabels == 0 {
+		c.MetricsTenantLabels = 100
+	}
 	if c.ShutdownTimeout.Duration == 0 {
 		c.ShutdownTimeout.Duration = 30 * time.Second
 	}
@@ -191,6 +195,11 @@ func (c *Config) validateIdentity(add func(field, format string, args ...any)) {
 			}
 		default:
 			add(field+".method", "%q is not one of scram, jwt", r.Method)
+		}
+	}
+	if c.AdminListen != "" {
+		if _, _, err := net.SplitHostPort(c.AdminListen); err != nil {
+			add("admin_listen", "%q is not host:port", c.AdminListen)
 		}
 	}
 	if c.Auth.Timeout.Duration < 0 {

@@ -127,6 +127,7 @@ func (r *relay) check(msg []byte) (substitute []byte, resets bool, err error) {
 		sub = &pgproto3.Parse{Name: name, Query: text}
 	}
 	r.stats.refusals.Add(1)
+	r.obs.Refusal(r.tenant)
 	substitute, err = sub.Encode(nil)
 	return substitute, false, err
 }

@@ -57,6 +57,8 @@ type relay struct {
 	refusals         refusals
 	forceAssert      bool      // a RESET ALL / DISCARD ALL went through: assert at the next unit
 	expires          time.Time // no transaction may start after this (token expiry); zero: never
+	obs              Observer
+	tenant           string
 
 	units    chan unit
 	pending  atomic.Int32  // units sent upstream whose ReadyForQuery has not come back
@@ -81,6 +83,8 @@ type relay struct {
 type relayStats struct {
 	assertions atomic.Int64
 	refusals   atomic.Int64
+	fromClient int64 // written by the request side only; read after it ends
+	toClient   int64 // written by the response side only; read after it ends
 }
 
 var zeroTime time.Time
@@ -89,6 +93,7 @@ var errClientTerminated = errors.New("client sent Terminate")
 
 func newRelay(client net.Conn, cr *bufio.Reader, cw *bufio.Writer, upstream net.Conn, a assertion, g *guard.Guard, expires time.Time) *relay {
 	r := &relay{
+		obs:            nopObserver{},
 		expires:        expires,
 		guard:          g,
 		refusals:       refusals{pending: map[uint64]*pgconn.PgError{}},
@@ -223,6 +228,7 @@ func (r *relay) clientToUpstream() error {
 		if err != nil {
 			return err
 		}
+		r.stats.fromClient += int64(size)
 		var msg []byte // the whole message, when the guard needs to read it
 		var substitute []byte
 		peeked, resets := false, false
@@ -382,6 +388,7 @@ func (r *relay) startUnit(typ byte, size int, msg []byte, refused, simple bool) 
 	if need {
 		r.forceAssert = false
 		r.stats.assertions.Add(1)
+		r.obs.Transaction(r.tenant)
 		if _, err := r.uw.Write(r.assertion.inline); err != nil {
 			return err
 		}
@@ -473,6 +480,7 @@ func (r *relay) isVoid(seq uint64) bool {
 func (r *relay) assertStandalone() error {
 	r.queueUnit(unit{standalone: true})
 	r.stats.assertions.Add(1)
+	r.obs.Transaction(r.tenant)
 	r.forceAssert = false
 	if _, err := r.uw.Write(r.assertion.standalone); err != nil {
 		return err
@@ -527,6 +535,7 @@ func (r *relay) upstreamToClient() (err error) {
 			}
 			return err
 		}
+		r.stats.toClient += int64(size)
 		switch typ {
 		case 'A', 'N', 'S':
 			// NotificationResponse, NoticeResponse, ParameterStatus may come at any time.

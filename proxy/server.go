@@ -5,12 +5,15 @@
 package proxy
 
 import (
+	"cmp"
 	"context"
 	"crypto/tls"
 	"errors"
 	"fmt"
 	"log/slog"
 	"net"
+	"slices"
+	"strconv"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -35,6 +38,7 @@ type Server struct {
 	log     *slog.Logger
 	cancels *cancelRegistry
 	rt      atomic.Pointer[runtime] // what new sessions use; swapped by Reload
+	obs     atomic.Pointer[Observer]
 
 	nextConnID atomic.Uint64
 	mu         sync.Mutex
@@ -293,6 +297,51 @@ func (s *Server) removeSession(ss *session) {
 	s.mu.Lock()
 	delete(s.sessions, ss)
 	s.mu.Unlock()
+}
+
+// SetObserver makes o receive the server's events (metrics).
+func (s *Server) SetObserver(o Observer) { s.obs.Store(&o) }
+
+func (s *Server) observer() Observer {
+	if o := s.obs.Load(); o != nil {
+		return *o
+	}
+	return nopObserver{}
+}
+
+// Sessions describes the live sessions, for an admin view.
+func (s *Server) Sessions() []SessionInfo {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	out := make([]SessionInfo, 0, len(s.sessions))
+	for ss := range s.sessions {
+		out = append(out, SessionInfo{
+			ID: ss.id, User: ss.ident.User, Tenant: ss.ident.Tenant, Remote: ss.client.RemoteAddr().String(),
+			UpstreamPID: ss.upstreamPID, Started: ss.started, TxStatus: string(rune(ss.relay.txStatus.Load())),
+			Assertions: ss.relay.stats.assertions.Load(), Refusals: ss.relay.stats.refusals.Load(),
+		})
+	}
+	slices.SortFunc(out, func(a, b SessionInfo) int { return cmp.Compare(a.ID, b.ID) })
+	return out
+}
+
+// Ready reports whether the server accepts sessions: not draining, and the
+// upstream accepting TCP connections.
+func (s *Server) Ready(ctx context.Context) error {
+	s.mu.Lock()
+	draining, closed := s.draining, s.closed
+	s.mu.Unlock()
+	if draining || closed {
+		return errors.New("shutting down")
+	}
+	cfg := s.rt.Load().upstreamConfig
+	var d net.Dialer
+	conn, err := d.DialContext(ctx, "tcp", net.JoinHostPort(cfg.Host, strconv.Itoa(int(cfg.Port))))
+	if err != nil {
+		return fmt.Errorf("upstream unreachable: %w", err)
+	}
+	conn.Close()
+	return nil
 }
 
 // OnClose registers f to run when Close has ended every session (closing

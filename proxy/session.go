@@ -20,8 +20,13 @@ import (
 
 // serveConn runs one client connection from the first byte to the close.
 func (s *Server) serveConn(conn net.Conn) {
-	log := s.log.With("conn", s.nextConnID.Add(1), "remote", conn.RemoteAddr().String())
+	id := s.nextConnID.Add(1)
+	log := s.log.With("conn", id, "remote", conn.RemoteAddr().String())
 	rt := s.rt.Load()
+	obs := s.observer()
+	obs.ConnState("", "startup")
+	state := "startup"
+	defer func() { obs.ConnState(state, "closed") }()
 	_ = conn.SetDeadline(time.Now().Add(rt.startupTimeout))
 
 	st, err := readStartup(conn, rt.tlsConfig)
@@ -46,6 +51,9 @@ func (s *Server) serveConn(conn net.Conn) {
 	}
 	defer sess.close()
 	_ = st.conn.SetDeadline(time.Time{})
+	sess.id = id
+	obs.ConnState(state, "active")
+	state = "active"
 	s.addSession(sess)
 	defer s.removeSession(sess)
 	sess.run()
@@ -78,6 +86,11 @@ type session struct {
 	upstream net.Conn
 	relay    *relay
 	key      cancelKey
+
+	id          uint64
+	ident       auth.Identity
+	upstreamPID uint32
+	started     time.Time
 }
 
 // startSession authenticates the client, resolves its tenant, connects
@@ -129,6 +142,11 @@ func (s *Server) startSession(rt *runtime, st *startup, cr *bufio.Reader, cw *bu
 	if err == nil || errors.As(err, &authErr) {
 		// Only a finished exchange counts; a client that hangs up does not.
 		rt.throttle.ReportAttempt(remote, user, err == nil)
+		if err == nil {
+			s.observer().Auth(ident.Method, "ok", "")
+		} else {
+			s.observer().Auth(rt.cfg.MethodFor(user), "failed", authErr.Code)
+		}
 	}
 	if err != nil {
 		return nil, err
@@ -143,6 +161,7 @@ func (s *Server) startSession(rt *runtime, st *startup, cr *bufio.Reader, cw *bu
 	a := newAssertion(rt.contextSettings(ident))
 	start := time.Now()
 	hc, err := rt.connectUpstream(context.Background(), params, a)
+	s.observer().UpstreamConnect(time.Since(start), err)
 	if err != nil {
 		log.Warn("upstream connection failed", "err", err)
 		return nil, err
@@ -188,13 +207,19 @@ func (s *Server) startSession(rt *runtime, st *startup, cr *bufio.Reader, cw *bu
 		return nil, err
 	}
 	log.Info("session started", "upstream_pid", hc.PID, "connect_ms", time.Since(start).Milliseconds(), "guard", g != nil)
+	rl := newRelay(st.conn, cr, cw, hc.Conn, a, g, ident.Expires)
+	rl.obs, rl.tenant = s.observer(), ident.Tenant
 	return &session{
 		s:        s,
 		log:      log,
 		client:   st.conn,
 		upstream: hc.Conn,
-		relay:    newRelay(st.conn, cr, cw, hc.Conn, a, g, ident.Expires),
+		relay:    rl,
 		key:      key,
+
+		ident:       ident,
+		upstreamPID: hc.PID,
+		started:     time.Now(),
 	}, nil
 }
 
@@ -242,7 +267,9 @@ func (ss *session) run() {
 		_ = r.cw.Flush()
 	}
 	ss.log.Info("session ended", "client", describeEnd(reqErr), "upstream", describeEnd(err),
-		"assertions", r.stats.assertions.Load(), "refusals", r.stats.refusals.Load())
+		"assertions", r.stats.assertions.Load(), "refusals", r.stats.refusals.Load(),
+		"bytes_from_client", r.stats.fromClient, "bytes_to_client", r.stats.toClient)
+	ss.s.observer().SessionEnd(ss.ident.Tenant, r.stats.fromClient, r.stats.toClient)
 }
 
 // drain ends the session at its next moment outside a transaction block:
