@@ -3,7 +3,9 @@ package e2e
 import (
 	"context"
 	"fmt"
+	"io"
 	"net"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -28,11 +30,14 @@ type runningProxy struct {
 	logs    *syncBuffer
 }
 
+// extraConfig is appended to the config startBinary writes.
+var extraConfig string
+
 func writeConfig(t *testing.T, path, listen string, users ...demo.Tenant) {
 	t.Helper()
 	c := pgcluster.Shared()
 	var b strings.Builder
-	fmt.Fprintf(&b, "listen: %s\nupstream: %s\nshutdown_timeout: 3s\nlog_level: debug\nusers:\n", listen, c.URL(demo.RLSRole, demo.RLSPassword, demo.Database))
+	fmt.Fprintf(&b, "listen: %s\nupstream: %s\nshutdown_timeout: 3s\nlog_level: debug\n%susers:\n", listen, c.URL(demo.RLSRole, demo.RLSPassword, demo.Database), extraConfig)
 	for _, u := range users {
 		fmt.Fprintf(&b, "  - {name: %s, password: %s, tenant: %s}\n", u.User, u.Password, u.ID)
 	}
@@ -184,4 +189,58 @@ func pingFails(conn *pgconn.PgConn) bool {
 	defer cancel()
 	_, err := conn.Exec(ctx, "SELECT 1").ReadAll()
 	return err != nil
+}
+
+// The admin endpoint: Prometheus metrics, health, readiness, and the session
+// list that `pgtenant status` prints.
+func TestAdminEndpoints(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	admin := ln.Addr().String()
+	ln.Close()
+	extraConfig = "admin_listen: " + admin + "\n"
+	defer func() { extraConfig = "" }()
+	rp := startBinary(t, tenantA)
+	conn, err := rp.connect(tenantA)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close(context.Background())
+	queryRows(t, conn, "SELECT 1")
+	if _, err := conn.Exec(context.Background(), "SET app.tenant_id = 'x'").ReadAll(); pgCode(err) != "42501" {
+		t.Fatal(err)
+	}
+	get := func(path string) (int, string) {
+		t.Helper()
+		resp, err := http.Get("http://" + admin + path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		body, _ := io.ReadAll(resp.Body)
+		return resp.StatusCode, string(body)
+	}
+	for _, path := range []string{"/healthz", "/readyz"} {
+		if code, body := get(path); code != 200 {
+			t.Fatalf("%s: %d %s", path, code, body)
+		}
+	}
+	_, body := get("/metrics")
+	for _, want := range []string{
+		`pgtenant_client_connections{state="active"} 1`,
+		`pgtenant_authentications_total{method="scram-sha-256",outcome="ok",reason=""} 1`,
+		`pgtenant_transactions_total{tenant="` + tenantA.ID + `"}`,
+		`pgtenant_guard_refusals_total{tenant="` + tenantA.ID + `"} 1`,
+		`pgtenant_upstream_connect_duration_seconds_count 1`,
+	} {
+		if !strings.Contains(body, want) {
+			t.Errorf("/metrics lacks %s", want)
+		}
+	}
+	out, err := exec.Command(buildBinary(t), "status", "--admin", admin).CombinedOutput()
+	if err != nil || !strings.Contains(string(out), tenantA.ID) || !strings.Contains(string(out), "1 sessions") {
+		t.Fatalf("pgtenant status: %v\n%s", err, out)
+	}
 }

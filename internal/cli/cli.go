@@ -35,6 +35,7 @@ Usage:
   pgtenant --config pgtenant.yaml [--pid-file f]
                                     run the proxy; SIGHUP reloads the config, SIGTERM drains
   pgtenant reload --pid-file f      make the running proxy re-read its config
+  pgtenant status [--admin addr]    list the running proxy's sessions (needs admin_listen)
   pgtenant demo [--listen addr]     start a throwaway PostgreSQL with two demo tenants and the
                                     proxy in front of it; prints psql lines to try; Ctrl-C cleans up
   pgtenant passwd                   print a SCRAM-SHA-256 verifier for a password read from
@@ -72,6 +73,8 @@ func Main(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 			return runSignedContextSQL(args[1:], stdout, stderr)
 		case "reload":
 			return runReload(args[1:], stderr)
+		case "status":
+			return runStatus(args[1:], stdout, stderr)
 		}
 	}
 	fs := flag.NewFlagSet("pgtenant", flag.ContinueOnError)
@@ -110,6 +113,13 @@ func Main(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 		fmt.Fprintf(stderr, "pgtenant: %v\n", err)
 		return 1
 	}
+	stopAdmin, err := startAdmin(cfg, srv, log)
+	if err != nil {
+		fmt.Fprintf(stderr, "pgtenant: %v\n", err)
+		srv.Close()
+		return 1
+	}
+	defer stopAdmin()
 	if *pidFile != "" {
 		if err := os.WriteFile(*pidFile, []byte(strconv.Itoa(os.Getpid())+"\n"), 0o644); err != nil {
 			fmt.Fprintf(stderr, "pgtenant: pid file: %v\n", err)

@@ -1,0 +1,172 @@
+package metrics
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/pgtenant/pgtenant/proxy"
+)
+
+func get(t *testing.T, h http.Handler, method, path string) (int, http.Header, string) {
+	t.Helper()
+	rec := httptest.NewRecorder()
+	h.ServeHTTP(rec, httptest.NewRequest(method, path, nil))
+	res := rec.Result()
+	body, err := io.ReadAll(res.Body)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return res.StatusCode, res.Header, string(body)
+}
+
+func TestHandlerHealthReady(t *testing.T) {
+	var readyErr error
+	ready := func(ctx context.Context) error {
+		if ctx == nil {
+			return errors.New("no context")
+		}
+		return readyErr
+	}
+	h := Handler(New(Options{}), ready, nil)
+
+	tests := []struct {
+		name     string
+		method   string
+		path     string
+		readyErr error
+		code     int
+		body     string
+	}{
+		{"healthz", http.MethodGet, "/healthz", nil, 200, "ok"},
+		{"healthz while not ready", http.MethodGet, "/healthz", errors.New("upstream down"), 200, "ok"},
+		{"readyz ok", http.MethodGet, "/readyz", nil, 200, "ok"},
+		{"readyz failing", http.MethodGet, "/readyz", errors.New("upstream: connection refused"), 503, "upstream: connection refused"},
+		{"head healthz", http.MethodHead, "/healthz", nil, 200, ""},
+		{"post rejected", http.MethodPost, "/healthz", nil, 405, ""},
+		{"unknown path", http.MethodGet, "/nope", nil, 404, ""},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			readyErr = tt.readyErr
+			code, _, body := get(t, h, tt.method, tt.path)
+			if code != tt.code {
+				t.Fatalf("status %d, want %d (body %q)", code, tt.code, body)
+			}
+			if tt.body != "" && strings.TrimSpace(body) != tt.body {
+				t.Fatalf("body %q, want %q", body, tt.body)
+			}
+		})
+	}
+}
+
+func TestHandlerNilFuncs(t *testing.T) {
+	h := Handler(nil, nil, nil)
+	if code, _, _ := get(t, h, http.MethodGet, "/readyz"); code != 200 {
+		t.Fatalf("readyz with nil ready: %d", code)
+	}
+	if code, _, _ := get(t, h, http.MethodGet, "/metrics"); code != 404 {
+		t.Fatalf("metrics with nil Metrics: %d", code)
+	}
+	code, _, body := get(t, h, http.MethodGet, "/status")
+	if code != 200 || strings.TrimSpace(body) != `{"sessions":[]}` {
+		t.Fatalf("status: %d %q", code, body)
+	}
+}
+
+func TestHandlerMetrics(t *testing.T) {
+	m := New(Options{})
+	m.ConnState("", StateStartup)
+	m.Auth("scram-sha-256", "failed", "28P01")
+	m.UpstreamConnect(5*time.Millisecond, nil)
+	m.Transaction("acme")
+	m.Refusal("acme")
+	m.SessionEnd("acme", 10, 20)
+	m.ConnState(StateStartup, StateClosed)
+
+	code, hdr, body := get(t, Handler(m, nil, nil), http.MethodGet, "/metrics")
+	if code != 200 {
+		t.Fatalf("status %d", code)
+	}
+	if ct := hdr.Get("Content-Type"); !strings.HasPrefix(ct, "text/plain") {
+		t.Fatalf("content type %q", ct)
+	}
+	for _, want := range []string{
+		`pgtenant_client_connections{state="startup"} 0`,
+		`pgtenant_client_connections{state="active"} 0`,
+		`pgtenant_client_connections_closed_total 1`,
+		`pgtenant_authentications_total{method="scram-sha-256",outcome="failed",reason="28P01"} 1`,
+		`pgtenant_upstream_connects_total{outcome="ok"} 1`,
+		`pgtenant_upstream_connect_duration_seconds_bucket{le="0.01"} 1`,
+		`pgtenant_upstream_connect_duration_seconds_count 1`,
+		`pgtenant_transactions_total{tenant="acme"} 1`,
+		`pgtenant_guard_refusals_total{tenant="acme"} 1`,
+		`pgtenant_bytes_total{direction="from_client",tenant="acme"} 10`,
+		`pgtenant_bytes_total{direction="to_client",tenant="acme"} 20`,
+		`pgtenant_sessions_total{tenant="acme"} 1`,
+		`go_goroutines`,
+	} {
+		if !strings.Contains(body, want) {
+			t.Errorf("metrics output lacks %q", want)
+		}
+	}
+}
+
+func TestHandlerStatus(t *testing.T) {
+	started := time.Date(2025, 1, 2, 3, 4, 5, 0, time.UTC)
+	sessions := []proxy.SessionInfo{
+		{ID: 1, User: "alice", Tenant: "acme", Remote: "10.0.0.1:5000", UpstreamPID: 4242, Started: started, TxStatus: "I", Assertions: 3, Refusals: 1},
+		{ID: 2, User: "bob", Tenant: "globex", Remote: "10.0.0.2:5001", UpstreamPID: 4343, Started: started, TxStatus: "T"},
+	}
+	h := Handler(New(Options{}), nil, func() []proxy.SessionInfo { return sessions })
+	code, hdr, body := get(t, h, http.MethodGet, "/status")
+	if code != 200 {
+		t.Fatalf("status %d", code)
+	}
+	if ct := hdr.Get("Content-Type"); ct != "application/json" {
+		t.Fatalf("content type %q", ct)
+	}
+	var got struct {
+		Sessions []proxy.SessionInfo `json:"sessions"`
+	}
+	if err := json.Unmarshal([]byte(body), &got); err != nil {
+		t.Fatalf("%v: %s", err, body)
+	}
+	if len(got.Sessions) != 2 || got.Sessions[0] != sessions[0] || got.Sessions[1] != sessions[1] {
+		t.Fatalf("got %+v, want %+v", got.Sessions, sessions)
+	}
+	for _, key := range []string{`"sessions":`, `"upstream_pid":4242`, `"tx_status":"T"`, `"tenant":"acme"`} {
+		if !strings.Contains(body, key) {
+			t.Errorf("body lacks %s: %s", key, body)
+		}
+	}
+
+	// No sessions is an empty list, not null.
+	h = Handler(New(Options{}), nil, func() []proxy.SessionInfo { return nil })
+	if _, _, body := get(t, h, http.MethodGet, "/status"); strings.TrimSpace(body) != `{"sessions":[]}` {
+		t.Fatalf("empty status %q", body)
+	}
+}
+
+func TestHandlerServer(t *testing.T) {
+	// End to end over a real listener, as a scraper would see it.
+	srv := httptest.NewServer(Handler(New(Options{}), func(context.Context) error { return nil }, nil))
+	defer srv.Close()
+	for _, path := range []string{"/healthz", "/readyz", "/metrics", "/status"} {
+		res, err := http.Get(srv.URL + path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		_, _ = io.Copy(io.Discard, res.Body)
+		res.Body.Close()
+		if res.StatusCode != 200 {
+			t.Errorf("%s: %d", path, res.StatusCode)
+		}
+	}
+}

@@ -1,0 +1,284 @@
+// Package metrics exposes pgtenant's operational counters as Prometheus
+// metrics. A *Metrics implements proxy.Observer; Handler serves it together
+// with health, readiness and session status endpoints.
+package metrics
+
+import (
+	"context"
+	"errors"
+	"net"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+
+	"github.com/pgtenant/pgtenant/proxy"
+)
+
+// DefaultMaxTenantLabels is the tenant label budget used when
+// Options.MaxTenantLabels is zero.
+const DefaultMaxTenantLabels = 100
+
+// OtherTenant is the tenant label value under which tenants beyond the label
+// budget are aggregated. A tenant actually named "other" shares its series.
+const OtherTenant = "other"
+
+// Client connection states reported through ConnState.
+const (
+	StateStartup = "startup"
+	StateActive  = "active"
+	StateClosed  = "closed"
+)
+
+// Options configures New.
+type Options struct {
+	// MaxTenantLabels is how many distinct tenants get their own tenant
+	// label, first come first served; later tenants are counted under
+	// tenant="other". Zero means DefaultMaxTenantLabels; a negative value
+	// puts every tenant under "other".
+	MaxTenantLabels int
+}
+
+// Metrics implements proxy.Observer with Prometheus collectors registered on
+// its own registry (never the global one). All methods are safe for
+// concurrent use.
+type Metrics struct {
+	reg *prometheus.Registry
+
+	connStartup prometheus.Gauge
+	connActive  prometheus.Gauge
+	connClosed  prometheus.Counter
+
+	auth *prometheus.CounterVec
+
+	upstreamOK      prometheus.Counter
+	upstreamError   prometheus.Counter
+	upstreamTimeout prometheus.Counter
+	upstreamLatency prometheus.Histogram
+
+	transactions *prometheus.CounterVec
+	refusals     *prometheus.CounterVec
+	bytes        *prometheus.CounterVec
+	sessions     *prometheus.CounterVec
+
+	maxTenants int
+	// tenants maps admitted tenants to their counters. The map is never
+	// modified once published: admission copies it under mu, so readers
+	// only need the atomic load and do not allocate.
+	tenants atomic.Pointer[map[string]*tenantCounters]
+	// other is nil until the budget is exhausted; once set, a tenant missing
+	// from tenants is counted here without taking mu.
+	other atomic.Pointer[tenantCounters]
+	mu    sync.Mutex
+}
+
+// tenantCounters are the per-tenant children, resolved once so the hot path
+// avoids WithLabelValues (which allocates).
+type tenantCounters struct {
+	transactions prometheus.Counter
+	refusals     prometheus.Counter
+	sessions     prometheus.Counter
+	bytesFrom    prometheus.Counter
+	bytesTo      prometheus.Counter
+}
+
+var _ proxy.Observer = (*Metrics)(nil)
+
+// upstreamBuckets cover 1ms to 10s (seconds).
+var upstreamBuckets = []float64{.001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10}
+
+// New returns Metrics with all collectors, plus the Go runtime and process
+// collectors, registered on a fresh registry.
+func New(opts Options) *Metrics {
+	limit := opts.MaxTenantLabels
+	switch {
+	case limit == 0:
+		limit = DefaultMaxTenantLabels
+	case limit < 0:
+		limit = 0
+	}
+	m := &Metrics{reg: prometheus.NewRegistry(), maxTenants: limit}
+
+	conns := prometheus.NewGaugeVec(prometheus.GaugeOpts{
+		Name: "pgtenant_client_connections",
+		Help: "Client connections by state (startup: authenticating; active: in a session).",
+	}, []string{"state"})
+	m.connStartup = conns.WithLabelValues(StateStartup)
+	m.connActive = conns.WithLabelValues(StateActive)
+	m.connClosed = prometheus.NewCounter(prometheus.CounterOpts{
+		Name: "pgtenant_client_connections_closed_total",
+		Help: "Client connections closed.",
+	})
+
+	m.auth = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "pgtenant_authentications_total",
+		Help: "Client authentications by method, outcome and (for failures) SQLSTATE reason.",
+	}, []string{"method", "outcome", "reason"})
+
+	upstream := prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "pgtenant_upstream_connects_total",
+		Help: "Upstream connection attempts by outcome (ok, timeout, error).",
+	}, []string{"outcome"})
+	m.upstreamOK = upstream.WithLabelValues("ok")
+	m.upstreamTimeout = upstream.WithLabelValues("timeout")
+	m.upstreamError = upstream.WithLabelValues("error")
+	m.upstreamLatency = prometheus.NewHistogram(prometheus.HistogramOpts{
+		Name:    "pgtenant_upstream_connect_duration_seconds",
+		Help:    "Latency of upstream connection attempts, successful or not.",
+		Buckets: upstreamBuckets,
+	})
+
+	m.transactions = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "pgtenant_transactions_total",
+		Help: "Units started outside a transaction block (tenant assertions made), by tenant.",
+	}, []string{"tenant"})
+	m.refusals = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "pgtenant_guard_refusals_total",
+		Help: "Statements refused by the guard, by tenant.",
+	}, []string{"tenant"})
+	m.bytes = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "pgtenant_bytes_total",
+		Help: "Bytes relayed by ended sessions, by tenant and direction (from_client, to_client).",
+	}, []string{"tenant", "direction"})
+	m.sessions = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "pgtenant_sessions_total",
+		Help: "Sessions ended, by tenant.",
+	}, []string{"tenant"})
+
+	m.reg.MustRegister(
+		conns, m.connClosed, m.auth, upstream, m.upstreamLatency,
+		m.transactions, m.refusals, m.bytes, m.sessions,
+		collectors.NewGoCollector(),
+		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
+	)
+	empty := map[string]*tenantCounters{}
+	m.tenants.Store(&empty)
+	return m
+}
+
+// Registry returns the registry holding m's collectors. Callers may register
+// more collectors on it.
+func (m *Metrics) Registry() *prometheus.Registry { return m.reg }
+
+func (m *Metrics) stateGauge(state string) prometheus.Gauge {
+	switch state {
+	case StateStartup:
+		return m.connStartup
+	case StateActive:
+		return m.connActive
+	}
+	return nil
+}
+
+// ConnState moves a client connection from one state to another. from ""
+// means a new connection; to "closed" counts a closed connection. States
+// other than startup, active and closed are ignored, keeping the label set
+// fixed.
+func (m *Metrics) ConnState(from, to string) {
+	if g := m.stateGauge(from); g != nil {
+		g.Dec()
+	}
+	if g := m.stateGauge(to); g != nil {
+		g.Inc()
+	} else if to == StateClosed {
+		m.connClosed.Inc()
+	}
+}
+
+// Auth counts an authentication. reason is expected to be empty for
+// successes and a SQLSTATE for failures.
+func (m *Metrics) Auth(method, outcome, reason string) {
+	m.auth.WithLabelValues(method, outcome, reason).Inc()
+}
+
+// UpstreamConnect counts an upstream connection attempt and observes its
+// latency. A failure whose error is a timeout (context.DeadlineExceeded or a
+// net.Error reporting Timeout) is counted as "timeout", others as "error".
+func (m *Metrics) UpstreamConnect(d time.Duration, err error) {
+	m.upstreamLatency.Observe(d.Seconds())
+	switch {
+	case err == nil:
+		m.upstreamOK.Inc()
+	case isTimeout(err):
+		m.upstreamTimeout.Inc()
+	default:
+		m.upstreamError.Inc()
+	}
+}
+
+func isTimeout(err error) bool {
+	if errors.Is(err, context.DeadlineExceeded) {
+		return true
+	}
+	var ne net.Error
+	return errors.As(err, &ne) && ne.Timeout()
+}
+
+// Transaction counts a unit for tenant. It does not allocate once tenant has
+// been admitted (or the label budget is exhausted).
+func (m *Metrics) Transaction(tenant string) { m.tenant(tenant).transactions.Inc() }
+
+// Refusal counts a guard refusal for tenant.
+func (m *Metrics) Refusal(tenant string) { m.tenant(tenant).refusals.Inc() }
+
+// SessionEnd counts an ended session and the bytes it relayed each way.
+// Negative byte counts are ignored.
+func (m *Metrics) SessionEnd(tenant string, fromClient, toClient int64) {
+	c := m.tenant(tenant)
+	c.sessions.Inc()
+	if fromClient > 0 {
+		c.bytesFrom.Add(float64(fromClient))
+	}
+	if toClient > 0 {
+		c.bytesTo.Add(float64(toClient))
+	}
+}
+
+// tenant returns the counters for tenant, admitting it if the label budget
+// allows and otherwise returning the "other" counters.
+func (m *Metrics) tenant(tenant string) *tenantCounters {
+	if c, ok := (*m.tenants.Load())[tenant]; ok {
+		return c
+	}
+	if o := m.other.Load(); o != nil {
+		return o
+	}
+	return m.admit(tenant)
+}
+
+func (m *Metrics) admit(tenant string) *tenantCounters {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	cur := *m.tenants.Load()
+	if c, ok := cur[tenant]; ok {
+		return c
+	}
+	if o := m.other.Load(); o != nil {
+		return o
+	}
+	if len(cur) >= m.maxTenants {
+		o := m.counters(OtherTenant)
+		m.other.Store(o)
+		return o
+	}
+	next := make(map[string]*tenantCounters, len(cur)+1)
+	for k, v := range cur {
+		next[k] = v
+	}
+	c := m.counters(tenant)
+	next[tenant] = c
+	m.tenants.Store(&next)
+	return c
+}
+
+func (m *Metrics) counters(tenant string) *tenantCounters {
+	return &tenantCounters{
+		transactions: m.transactions.WithLabelValues(tenant),
+		refusals:     m.refusals.WithLabelValues(tenant),
+		sessions:     m.sessions.WithLabelValues(tenant),
+		bytesFrom:    m.bytes.WithLabelValues(tenant, "from_client"),
+		bytesTo:      m.bytes.WithLabelValues(tenant, "to_client"),
+	}
+}
