@@ -48,6 +48,9 @@ type Config struct {
 	LogLevel       string   `yaml:"log_level"`       // debug|info|warn|error, default info
 	LogFormat      string   `yaml:"log_format"`      // text|json, default text
 	Users          []User   `yaml:"users"`
+	// ReusePort sets SO_REUSEPORT on the listener, so that a new pgtenant
+	// can start on the same address while the old one drains.
+	ReusePort bool `yaml:"reuse_port"`
 	// AdminListen, when set, serves /metrics (Prometheus), /healthz, /readyz
 	// and /status (live sessions, JSON) on this address.
 	AdminListen string `yaml:"admin_listen"`

@@ -48,13 +48,18 @@ func writeConfig(t *testing.T, path, listen string, users ...demo.Tenant) {
 
 func startBinary(t *testing.T, users ...demo.Tenant) *runningProxy {
 	t.Helper()
-	bin := buildBinary(t)
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
 	}
 	addr := ln.Addr().String()
 	ln.Close()
+	return startBinaryAt(t, addr, users...)
+}
+
+func startBinaryAt(t *testing.T, addr string, users ...demo.Tenant) *runningProxy {
+	t.Helper()
+	bin := buildBinary(t)
 	dir := t.TempDir()
 	rp := &runningProxy{config: filepath.Join(dir, "pgtenant.yaml"), pidFile: filepath.Join(dir, "pgtenant.pid"), done: make(chan error, 1), logs: &syncBuffer{}}
 	_, rp.port, _ = net.SplitHostPort(addr)
@@ -73,11 +78,7 @@ func startBinary(t *testing.T, users ...demo.Tenant) *runningProxy {
 		}
 	})
 	eventually(t, 10*time.Second, "pgtenant to listen", func() bool {
-		c, err := net.Dial("tcp", addr)
-		if err == nil {
-			c.Close()
-		}
-		return err == nil
+		return strings.Contains(rp.logs.String(), "pgtenant listening")
 	})
 	return rp
 }
@@ -242,5 +243,41 @@ func TestAdminEndpoints(t *testing.T) {
 	out, err := exec.Command(buildBinary(t), "status", "--admin", admin).CombinedOutput()
 	if err != nil || !strings.Contains(string(out), tenantA.ID) || !strings.Contains(string(out), "1 sessions") {
 		t.Fatalf("pgtenant status: %v\n%s", err, out)
+	}
+}
+
+// A zero-downtime restart: with reuse_port, a new pgtenant binds the same
+// address while the old one still runs; SIGTERM drains the old one and the
+// new one serves.
+func TestRestartWithReusePort(t *testing.T) {
+	extraConfig = "reuse_port: true\n"
+	defer func() { extraConfig = "" }()
+	old := startBinary(t, tenantA)
+	oldSession, err := old.connect(tenantA)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer oldSession.Close(context.Background())
+	queryRows(t, oldSession, "BEGIN")
+	successor := startBinaryAt(t, "127.0.0.1:"+old.port, tenantA)
+	if err := old.cmd.Process.Signal(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	// The old instance lets the open transaction finish, then exits.
+	queryRows(t, oldSession, "SELECT 1")
+	_, _ = oldSession.Exec(context.Background(), "COMMIT").ReadAll()
+	select {
+	case err := <-old.done:
+		old.done <- err
+	case <-time.After(5 * time.Second):
+		t.Fatal("the old instance did not exit")
+	}
+	conn, err := successor.connect(tenantA)
+	if err != nil {
+		t.Fatalf("the successor does not serve the address: %v", err)
+	}
+	defer conn.Close(context.Background())
+	if got := queryOne(t, conn, "SELECT current_setting('app.tenant_id')"); got != tenantA.ID {
+		t.Fatalf("through the successor: %q", got)
 	}
 }

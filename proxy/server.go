@@ -16,10 +16,12 @@ import (
 	"strconv"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgproto3"
+	"golang.org/x/sys/unix"
 
 	"github.com/pgtenant/pgtenant/auth"
 	"github.com/pgtenant/pgtenant/config"
@@ -148,7 +150,22 @@ func newRuntime(cfg *config.Config, authn Authenticator, old *runtime, log *slog
 
 // ListenAndServe listens on the configured address and serves until Close.
 func (s *Server) ListenAndServe() error {
-	ln, err := net.Listen("tcp", s.rt.Load().cfg.Listen)
+	cfg := s.rt.Load().cfg
+	var lc net.ListenConfig
+	if cfg.ReusePort {
+		// A new pgtenant can bind the same port while this one drains: the
+		// kernel spreads new connections over both until this one closes.
+		lc.Control = func(network, address string, c syscall.RawConn) error {
+			var sockErr error
+			if err := c.Control(func(fd uintptr) {
+				sockErr = syscall.SetsockoptInt(int(fd), syscall.SOL_SOCKET, unix.SO_REUSEPORT, 1)
+			}); err != nil {
+				return err
+			}
+			return sockErr
+		}
+	}
+	ln, err := lc.Listen(context.Background(), "tcp", cfg.Listen)
 	if err != nil {
 		return err
 	}
