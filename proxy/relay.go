@@ -75,6 +75,8 @@ type relay struct {
 	closing        atomic.Bool          // the session is ending; suppress "upstream lost"
 	draining       atomic.Bool          // the server is shutting down: end at the next idle point
 	unsafeLexing   atomic.Value         // string: why the upstream would not read SQL as the guard does
+	copyInUpstream atomic.Bool          // the upstream sent CopyInResponse and is reading copy data
+	copySignal     chan struct{}        // the response side saw CopyInResponse or ReadyForQuery
 	done           chan struct{}        // closed when the response side returns
 
 	stats relayStats
@@ -107,6 +109,7 @@ func newRelay(client net.Conn, cr *bufio.Reader, cw *bufio.Writer, upstream net.
 		units:          make(chan unit, maxUnitsInFlight),
 		standaloneDone: make(chan *pgconn.PgError, 1),
 		drained:        make(chan struct{}, 1),
+		copySignal:     make(chan struct{}, 1),
 		done:           make(chan struct{}),
 	}
 	r.txStatus.Store('I')
@@ -287,16 +290,23 @@ func (r *relay) clientToUpstream() error {
 			inGroup = false
 		case 'd', 'c', 'f':
 			if afterExec {
-				// The server is in COPY FROM STDIN: the Syncs since the command
-				// were ignored. The group goes on; the lone-Sync units are void.
-				if groupEndedBlind {
-					inGroup = true
+				inCopy, err := r.upstreamInCopy()
+				if err != nil {
+					return err
 				}
-				if blindFrom != 0 {
-					r.voidUnits(blindFrom, blindTo)
+				if inCopy {
+					// The server is in COPY FROM STDIN: the Syncs since the command
+					// were ignored. The group goes on; the lone-Sync units are void.
+					if groupEndedBlind {
+						inGroup = true
+					}
+					if blindFrom != 0 {
+						r.voidUnits(blindFrom, blindTo)
+					}
+					copyIn = true
 				}
+				// Otherwise a stray copy message, which the server ignores.
 				afterExec, groupEndedBlind, blindFrom = false, false, 0
-				copyIn = true
 			}
 			if typ != 'd' {
 				copyIn = false
@@ -394,6 +404,29 @@ func (r *relay) startUnit(typ byte, size int, msg []byte, refused, simple bool) 
 		}
 	}
 	return nil
+}
+
+// upstreamInCopy tells whether the upstream is reading COPY FROM STDIN data,
+// as the response side learns from CopyInResponse. A client may send copy data
+// before that reply arrives (pgx does), so this waits until the reply comes
+// or every unit sent so far has completed, which means no COPY is waiting.
+func (r *relay) upstreamInCopy() (bool, error) {
+	if err := r.uw.Flush(); err != nil {
+		return false, err
+	}
+	for {
+		if r.copyInUpstream.Load() {
+			return true, nil
+		}
+		if r.pending.Load() == 0 {
+			return false, nil
+		}
+		select {
+		case <-r.copySignal:
+		case <-r.done:
+			return false, io.ErrUnexpectedEOF
+		}
+	}
 }
 
 // mayNeedAssertion reports whether the upstream may be outside a
@@ -624,11 +657,17 @@ func (r *relay) upstreamToClient() (err error) {
 			}
 			continue
 		}
+		if typ == 'G' || typ == 'W' {
+			// CopyInResponse, CopyBothResponse: the upstream now reads copy data.
+			r.copyInUpstream.Store(true)
+			r.signalCopy()
+		}
 		if typ == 'Z' {
 			body, err := r.ur.Peek(6)
 			if err != nil {
 				return err
 			}
+			r.copyInUpstream.Store(false)
 			r.txStatus.Store(uint32(body[5]))
 			if r.pending.Add(-1) == 0 {
 				select {
@@ -636,6 +675,7 @@ func (r *relay) upstreamToClient() (err error) {
 				default:
 				}
 			}
+			r.signalCopy()
 			inUnit = false
 			if r.draining.Load() && r.pending.Load() == 0 && body[5] == 'I' && !cur.standalone {
 				// Shutting down and outside a transaction: this is the moment.
@@ -696,6 +736,13 @@ func (r *relay) watchParameter(size int) {
 	}
 	if !lexsafe.Safe(string(name), string(rest)) {
 		r.unsafeLexing.Store(string(name) + " is " + string(rest))
+	}
+}
+
+func (r *relay) signalCopy() {
+	select {
+	case r.copySignal <- struct{}{}:
+	default:
 	}
 }
 

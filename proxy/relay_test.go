@@ -44,6 +44,7 @@ func requestSide(t testing.TB, stream []byte, g *guard.Guard) []byte {
 				default:
 				}
 			}
+			r.signalCopy() // as after a ReadyForQuery
 		}
 	}()
 	defer close(r.units)
