@@ -17,7 +17,7 @@ var unsafeEncodings = map[string]bool{
 	"big5": true, "win950": true, "windows950": true,
 	"gbk": true, "win936": true, "windows936": true, "cp936": true,
 	"gb18030": true,
-	"uhc": true, "win949": true, "windows949": true, "cp949": true,
+	"uhc":     true, "win949": true, "windows949": true, "cp949": true,
 	"johab": true,
 }
 
