@@ -213,7 +213,7 @@ func TestBadInputStartup(t *testing.T) {
 		{desc: "truncated packet, then EOF", send: append([]byte{0, 0, 0, 100}, badStartupPacket(v30, good...)[4:]...), halfClose: true, code: "08P01"},
 		{desc: "truncated packet, then a stall (authentication timeout)", send: append([]byte{0, 0, 0, 100}, badStartupPacket(v30, good...)[4:]...)},
 		{desc: "truncated header, then EOF", send: []byte{0, 0}, halfClose: true},
-		{desc: "unsupported protocol 2.0", send: []byte{0, 0, 0, 8, 0, 2, 0, 0}, code: "08P01"},
+		{desc: "unsupported protocol 2.0", send: []byte{0, 0, 0, 8, 0, 2, 0, 0}, code: "0A000"},
 		{desc: "unsupported protocol 1234.5678", send: []byte{0, 0, 0, 8, 0x04, 0xd2, 0x16, 0x2e}, code: "08P01"},
 		{desc: "parameter list without terminator", send: func() []byte {
 			b := badStartupPacket(v30, good...)

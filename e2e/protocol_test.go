@@ -337,8 +337,8 @@ func TestStartupNegotiation(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		if e, ok := msg.(*pgproto3.ErrorResponse); !ok || e.Code != "08P01" || e.Severity != "FATAL" {
-			t.Fatalf("protocol 2.0: %#v, want FATAL 08P01", msg)
+		if e, ok := msg.(*pgproto3.ErrorResponse); !ok || e.Code != "0A000" || e.Severity != "FATAL" {
+			t.Fatalf("protocol 2.0: %#v, want FATAL 0A000", msg)
 		}
 	})
 

@@ -188,7 +188,7 @@ func TestTLSStartupError(t *testing.T) {
 	if err != nil {
 		t.Fatalf("reading the refusal over TLS: %v", err)
 	}
-	if e, ok := msg.(*pgproto3.ErrorResponse); !ok || e.Code != "08P01" {
-		t.Fatalf("got %#v, want FATAL 08P01", msg)
+	if e, ok := msg.(*pgproto3.ErrorResponse); !ok || e.Code != "0A000" {
+		t.Fatalf("got %#v, want FATAL 0A000", msg)
 	}
 }

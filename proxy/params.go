@@ -67,7 +67,8 @@ func newStartupPolicy(tenantSetting string) startupPolicy {
 func (p startupPolicy) upstreamParams(params map[string]string) (map[string]string, *pgconn.PgError) {
 	out := make(map[string]string, len(params))
 	for name, value := range params {
-		switch strings.ToLower(name) {
+		// As PostgreSQL: these keys are exact; anything else is a setting.
+		switch name {
 		case "user", "database":
 			continue
 		case "options":
@@ -92,7 +93,7 @@ func (p startupPolicy) upstreamParams(params map[string]string) (map[string]stri
 }
 
 func (p startupPolicy) check(name, value string) *pgconn.PgError {
-	lower := strings.ToLower(name)
+	lower := asciiLower(name) // PostgreSQL folds setting names in ASCII only
 	if lower == p.tenantSetting || strings.HasPrefix(lower, p.tenantPrefix) || identityParams[lower] {
 		return &pgconn.PgError{
 			Severity: severityFatal,
@@ -188,4 +189,14 @@ func optionsError(arg string) *pgconn.PgError {
 		Message:  `startup option "` + arg + `" is not allowed through pgtenant`,
 		Hint:     "Only -c name=value settings are accepted in options.",
 	}
+}
+
+func asciiLower(s string) string {
+	b := []byte(s)
+	for i, c := range b {
+		if c >= 'A' && c <= 'Z' {
+			b[i] = c + 'a' - 'A'
+		}
+	}
+	return string(b)
 }

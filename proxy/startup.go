@@ -104,7 +104,7 @@ func (st *startup) read(tlsConfig *tls.Config) (*startup, error) {
 			}
 			return st, nil
 		default:
-			return nil, fatalf(codeProtocolViolation, "unsupported frontend protocol %d.%d: server supports 3.0 to 3.0", code>>16, code&0xffff)
+			return nil, fatalf(codeFeatureNotSupported, "unsupported frontend protocol %d.%d: server supports 3.0 to 3.0", code>>16, code&0xffff)
 		}
 	}
 }
