@@ -21,39 +21,23 @@ type traceStep []pgproto3.FrontendMessage
 func q(sql string) *pgproto3.Query { return &pgproto3.Query{String: sql} }
 
 // trace runs the steps on the raw connection and describes every message the
-// client receives, so two runs can be compared message by message.
+// client receives, so two runs can be compared message by message. Each step
+// waits for one ReadyForQuery per Query, Sync and FunctionCall it sends.
 func trace(t *testing.T, conn *pgconn.PgConn, steps []traceStep) []string {
 	t.Helper()
-	hc, err := conn.Hijack()
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { hc.Conn.Close() })
-	fe := hc.Frontend
-	var out []string
+	counted := make([]countedStep, len(steps))
 	for i, step := range steps {
-		want := 0
+		counted[i].msgs = step
 		for _, m := range step {
-			fe.Send(m)
 			switch m.(type) {
 			case *pgproto3.Query, *pgproto3.Sync, *pgproto3.FunctionCall:
-				want++
+				counted[i].rfq++
 			}
 		}
-		if err := fe.Flush(); err != nil {
-			t.Fatal(err)
-		}
-		_ = hc.Conn.SetReadDeadline(time.Now().Add(10 * time.Second))
-		for want > 0 {
-			msg, err := fe.Receive()
-			if err != nil {
-				t.Fatalf("step %d: receive: %v (so far %v)", i, err, out)
-			}
-			if _, ok := msg.(*pgproto3.ReadyForQuery); ok {
-				want--
-			}
-			out = append(out, fmt.Sprintf("%d: %s", i, describe(msg)))
-		}
+	}
+	out := traceCounted(t, conn, counted)
+	if n := len(out); n > 0 && strings.Contains(out[n-1], ": receive: ") {
+		t.Fatalf("%s", out[n-1])
 	}
 	return out
 }
