@@ -48,6 +48,8 @@ type Config struct {
 	LogLevel       string   `yaml:"log_level"`       // debug|info|warn|error, default info
 	LogFormat      string   `yaml:"log_format"`      // text|json, default text
 	Users          []User   `yaml:"users"`
+	// Limits protect the proxy and the upstream from clients.
+	Limits Limits `yaml:"limits"`
 	// ReusePort sets SO_REUSEPORT on the listener, so that a new pgtenant
 	// can start on the same address while the old one drains.
 	ReusePort bool `yaml:"reuse_port"`
@@ -67,6 +69,18 @@ type Config struct {
 	Auth    Auth     `yaml:"auth"`
 	JWT     *JWT     `yaml:"jwt"`
 	DBUsers *DBUsers `yaml:"db_users"`
+}
+
+// Limits bound what clients may use; zero means no limit.
+type Limits struct {
+	MaxClients          int `yaml:"max_clients"`            // client connections in all
+	MaxClientsPerTenant int `yaml:"max_clients_per_tenant"` // sessions per tenant
+	MaxMessageSize      int `yaml:"max_message_size"`       // bytes in one protocol message (default 1 GiB, PostgreSQL's own bound)
+	// IdleTimeout ends a session that sends nothing for this long outside a
+	// transaction; IdleInTransactionTimeout, inside one (its transaction
+	// rolls back).
+	IdleTimeout              Duration `yaml:"idle_timeout"`
+	IdleInTransactionTimeout Duration `yaml:"idle_in_transaction_timeout"`
 }
 
 // SignedContext configures the signed tenant context.

@@ -108,6 +108,9 @@ var (
 )
 
 func (c *Config) applyIdentityDefaults() {
+	if c.Limits.MaxMessageSize == 0 {
+		c.Limits.MaxMessageSize = 1 << 30
+	}
 	if c.MetricsTenantLabels == 0 {
 		c.MetricsTenantLabels = 100
 	}
@@ -196,6 +199,12 @@ func (c *Config) validateIdentity(add func(field, format string, args ...any)) {
 		default:
 			add(field+".method", "%q is not one of scram, jwt", r.Method)
 		}
+	}
+	if c.Limits.MaxClients < 0 || c.Limits.MaxClientsPerTenant < 0 || c.Limits.IdleTimeout.Duration < 0 || c.Limits.IdleInTransactionTimeout.Duration < 0 {
+		add("limits", "values must not be negative (0 means no limit)")
+	}
+	if c.Limits.MaxMessageSize < 0 || c.Limits.MaxMessageSize > 1<<30 {
+		add("limits.max_message_size", "must be between 1 and 1073741824 bytes")
 	}
 	if c.AdminListen != "" {
 		if _, _, err := net.SplitHostPort(c.AdminListen); err != nil {

@@ -10,20 +10,23 @@ import (
 // SQLSTATE codes pgtenant reports itself. Everything a client sees from
 // pgtenant is an ErrorResponse shaped like PostgreSQL's own.
 const (
-	codeProtocolViolation     = "08P01"
-	codeConnectionFailure     = "08006"
-	codeUnableToConnect       = "08001"
-	codeConnectionRejected    = "08004"
-	codeFeatureNotSupported   = "0A000"
-	codeInvalidAuthorization  = "28000"
-	codeInsufficientPrivilege = "42501"
-	codeInvalidCatalogName    = "3D000"
-	codeAdminShutdown         = "57P01"
-	codeCannotConnectNow      = "57P03"
-	codeProgramLimitExceeded  = "54000"
-	codeInternalError         = "XX000"
-	severityFatal             = "FATAL"
-	severityError             = "ERROR"
+	codeProtocolViolation        = "08P01"
+	codeConnectionFailure        = "08006"
+	codeUnableToConnect          = "08001"
+	codeConnectionRejected       = "08004"
+	codeFeatureNotSupported      = "0A000"
+	codeInvalidAuthorization     = "28000"
+	codeInsufficientPrivilege    = "42501"
+	codeInvalidCatalogName       = "3D000"
+	codeAdminShutdown            = "57P01"
+	codeCannotConnectNow         = "57P03"
+	codeIdleSessionTimeout       = "57P05"
+	codeIdleInTransactionTimeout = "25P03"
+	codeTooManyConnections       = "53300"
+	codeProgramLimitExceeded     = "54000"
+	codeInternalError            = "XX000"
+	severityFatal                = "FATAL"
+	severityError                = "ERROR"
 )
 
 // fatalf builds a client-facing FATAL error.

@@ -57,6 +57,9 @@ type relay struct {
 	refusals         refusals
 	forceAssert      bool      // a RESET ALL / DISCARD ALL went through: assert at the next unit
 	expires          time.Time // no transaction may start after this (token expiry); zero: never
+	maxMessage       int       // largest client message accepted
+	idleTimeout      time.Duration
+	idleInTxTimeout  time.Duration
 	obs              Observer
 	tenant           string
 
@@ -95,6 +98,7 @@ var errClientTerminated = errors.New("client sent Terminate")
 
 func newRelay(client net.Conn, cr *bufio.Reader, cw *bufio.Writer, upstream net.Conn, a assertion, g *guard.Guard, expires time.Time) *relay {
 	r := &relay{
+		maxMessage:     maxMessageLen,
 		obs:            nopObserver{},
 		expires:        expires,
 		guard:          g,
@@ -226,10 +230,14 @@ func (r *relay) clientToUpstream() error {
 			if err := r.uw.Flush(); err != nil {
 				return err
 			}
+			r.armIdleTimeout()
 		}
 		typ, size, err := readHeader(r.cr)
 		if err != nil {
-			return err
+			return r.idleError(err)
+		}
+		if size > r.maxMessage {
+			return fatalf(codeProgramLimitExceeded, "message of %d bytes exceeds pgtenant's max_message_size of %d bytes", size, r.maxMessage)
 		}
 		r.stats.fromClient += int64(size)
 		var msg []byte // the whole message, when the guard needs to read it
@@ -427,6 +435,48 @@ func (r *relay) upstreamInCopy() (bool, error) {
 			return false, io.ErrUnexpectedEOF
 		}
 	}
+}
+
+// armIdleTimeout sets the client read deadline for the wait ahead: the idle
+// timeout outside a transaction, the idle-in-transaction timeout inside one,
+// none while replies are outstanding (the client is waiting for us). Both
+// sides call it: the request side before it waits for the client, the
+// response side when the last reply is in.
+func (r *relay) armIdleTimeout() {
+	if r.idleTimeout == 0 && r.idleInTxTimeout == 0 {
+		return
+	}
+	for {
+		pending := r.pending.Load()
+		var d time.Duration
+		if pending == 0 {
+			if byte(r.txStatus.Load()) == 'I' {
+				d = r.idleTimeout
+			} else {
+				d = r.idleInTxTimeout
+			}
+		}
+		if d > 0 {
+			_ = r.client.SetReadDeadline(time.Now().Add(d))
+		} else {
+			_ = r.client.SetReadDeadline(time.Time{})
+		}
+		if r.pending.Load() == pending {
+			return // nothing moved while the deadline was set
+		}
+	}
+}
+
+// idleError turns a read timeout from armIdleTimeout into PostgreSQL's error.
+func (r *relay) idleError(err error) error {
+	var ne net.Error
+	if r.idleTimeout == 0 && r.idleInTxTimeout == 0 || !errors.As(err, &ne) || !ne.Timeout() {
+		return err
+	}
+	if byte(r.txStatus.Load()) == 'I' {
+		return fatalf(codeIdleSessionTimeout, "terminating connection due to idle-session timeout")
+	}
+	return fatalf(codeIdleInTransactionTimeout, "terminating connection due to idle-in-transaction timeout")
 }
 
 // mayNeedAssertion reports whether the upstream may be outside a
@@ -674,6 +724,7 @@ func (r *relay) upstreamToClient() (err error) {
 				case r.drained <- struct{}{}:
 				default:
 				}
+				r.armIdleTimeout()
 			}
 			r.signalCopy()
 			inUnit = false

@@ -43,7 +43,9 @@ type Server struct {
 	obs     atomic.Pointer[Observer]
 
 	nextConnID atomic.Uint64
+	clients    atomic.Int64 // client connections past the startup packet
 	mu         sync.Mutex
+	perTenant  map[string]int // sessions per tenant
 	listeners  map[net.Listener]struct{}
 	conns      map[net.Conn]struct{}
 	sessions   map[*session]struct{}
@@ -80,6 +82,7 @@ func New(cfg *config.Config, authn Authenticator, log *slog.Logger) (*Server, er
 		listeners: make(map[net.Listener]struct{}),
 		conns:     make(map[net.Conn]struct{}),
 		sessions:  make(map[*session]struct{}),
+		perTenant: make(map[string]int),
 	}
 	rt, err := newRuntime(cfg, authn, nil, log)
 	if err != nil {
@@ -150,6 +153,15 @@ func newRuntime(cfg *config.Config, authn Authenticator, old *runtime, log *slog
 
 // ListenAndServe listens on the configured address and serves until Close.
 func (s *Server) ListenAndServe() error {
+	ln, err := s.Listen()
+	if err != nil {
+		return err
+	}
+	return s.Serve(ln)
+}
+
+// Listen opens the configured listener (with SO_REUSEPORT when configured).
+func (s *Server) Listen() (net.Listener, error) {
 	cfg := s.rt.Load().cfg
 	var lc net.ListenConfig
 	if cfg.ReusePort {
@@ -165,11 +177,7 @@ func (s *Server) ListenAndServe() error {
 			return sockErr
 		}
 	}
-	ln, err := lc.Listen(context.Background(), "tcp", cfg.Listen)
-	if err != nil {
-		return err
-	}
-	return s.Serve(ln)
+	return lc.Listen(context.Background(), "tcp", cfg.Listen)
 }
 
 // ErrServerClosed is returned by Serve after Close.
@@ -298,6 +306,27 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	s.Close()
 	<-done
 	return err
+}
+
+// admitTenant counts a session for tenant unless that would pass limit (0: none).
+func (s *Server) admitTenant(tenant string, limit int) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if limit > 0 && s.perTenant[tenant] >= limit {
+		return false
+	}
+	s.perTenant[tenant]++
+	return true
+}
+
+func (s *Server) releaseTenant(tenant string) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.perTenant[tenant] <= 1 {
+		delete(s.perTenant, tenant)
+		return
+	}
+	s.perTenant[tenant]--
 }
 
 func (s *Server) addSession(ss *session) {

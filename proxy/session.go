@@ -41,6 +41,12 @@ func (s *Server) serveConn(conn net.Conn) {
 		s.handleCancel(st.cancel, log)
 		return
 	}
+	if n := s.clients.Add(1); rt.cfg.Limits.MaxClients > 0 && n > int64(rt.cfg.Limits.MaxClients) {
+		s.clients.Add(-1)
+		s.refuse(st.conn, fatalf(codeTooManyConnections, "sorry, too many clients already"), log)
+		return
+	}
+	defer s.clients.Add(-1)
 
 	cw := bufio.NewWriterSize(st.conn, relayBufSize)
 	cr := bufio.NewReaderSize(st.conn, relayBufSize)
@@ -96,7 +102,7 @@ type session struct {
 // startSession authenticates the client, resolves its tenant, connects
 // upstream and sends the client what a PostgreSQL server sends after
 // authentication.
-func (s *Server) startSession(rt *runtime, st *startup, cr *bufio.Reader, cw *bufio.Writer, log *slog.Logger) (*session, error) {
+func (s *Server) startSession(rt *runtime, st *startup, cr *bufio.Reader, cw *bufio.Writer, log *slog.Logger) (_ *session, err error) {
 	s.mu.Lock()
 	draining := s.draining
 	s.mu.Unlock()
@@ -152,6 +158,14 @@ func (s *Server) startSession(rt *runtime, st *startup, cr *bufio.Reader, cw *bu
 		return nil, err
 	}
 	log = log.With("tenant", ident.Tenant)
+	if !s.admitTenant(ident.Tenant, rt.cfg.Limits.MaxClientsPerTenant) {
+		return nil, fatalf(codeTooManyConnections, "too many connections for tenant %q", ident.Tenant)
+	}
+	defer func() {
+		if err != nil {
+			s.releaseTenant(ident.Tenant)
+		}
+	}()
 	// Checked after authentication, as PostgreSQL does, so that an
 	// unauthenticated client learns nothing about the database.
 	if database != rt.database {
@@ -209,6 +223,9 @@ func (s *Server) startSession(rt *runtime, st *startup, cr *bufio.Reader, cw *bu
 	log.Info("session started", "upstream_pid", hc.PID, "connect_ms", time.Since(start).Milliseconds(), "guard", g != nil)
 	rl := newRelay(st.conn, cr, cw, hc.Conn, a, g, ident.Expires)
 	rl.obs, rl.tenant = s.observer(), ident.Tenant
+	lim := rt.cfg.Limits
+	rl.maxMessage = lim.MaxMessageSize
+	rl.idleTimeout, rl.idleInTxTimeout = lim.IdleTimeout.Duration, lim.IdleInTransactionTimeout.Duration
 	return &session{
 		s:        s,
 		log:      log,
@@ -289,6 +306,7 @@ func (ss *session) terminate() {
 }
 
 func (ss *session) close() {
+	ss.s.releaseTenant(ss.ident.Tenant)
 	ss.s.cancels.unregister(ss.key)
 	ss.upstream.Close()
 	ss.s.untrack(ss.upstream)

@@ -136,9 +136,15 @@ func serve(srv *proxy.Server, cfg *config.Config, configPath string, log *slog.L
 	signals := make(chan os.Signal, 2)
 	signal.Notify(signals, syscall.SIGHUP, syscall.SIGTERM, os.Interrupt)
 	defer signal.Stop(signals)
+	ln, err := srv.Listen()
+	if err != nil {
+		log.Error("listen failed", "err", err)
+		srv.Close()
+		return 1
+	}
 	errc := make(chan error, 1)
-	go func() { errc <- srv.ListenAndServe() }()
-	log.Info("pgtenant listening", "addr", cfg.Listen, "version", Version)
+	go func() { errc <- srv.Serve(ln) }()
+	log.Info("pgtenant listening", "addr", ln.Addr().String(), "version", Version)
 	for {
 		select {
 		case err := <-errc:
