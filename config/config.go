@@ -81,6 +81,9 @@ type Limits struct {
 	// rolls back).
 	IdleTimeout              Duration `yaml:"idle_timeout"`
 	IdleInTransactionTimeout Duration `yaml:"idle_in_transaction_timeout"`
+	// UpstreamTimeout ends a session whose upstream sends nothing for this
+	// long while a reply is owed (a stalled network path or server).
+	UpstreamTimeout Duration `yaml:"upstream_timeout"`
 }
 
 // SignedContext configures the signed tenant context.

@@ -2,15 +2,22 @@ package e2e
 
 import (
 	"context"
+	"errors"
+	"fmt"
 	"io"
+	"net"
 	"runtime"
+	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgproto3"
 
+	"github.com/pgtenant/pgtenant/config"
+	"github.com/pgtenant/pgtenant/internal/demo"
 	"github.com/pgtenant/pgtenant/internal/pgcluster"
 )
 
@@ -187,5 +194,89 @@ func TestSlowReaderIsolated(t *testing.T) {
 	runtime.ReadMemStats(&after)
 	if grown := int64(after.HeapAlloc) - int64(before.HeapAlloc); grown > 16<<20 {
 		t.Fatalf("heap grew by %d MB while a client left 200 MB unread", grown>>20)
+	}
+}
+
+// stallingRelay is a TCP relay between the proxy and PostgreSQL that can stop
+// forwarding, as a broken network path does.
+type stallingRelay struct {
+	ln      net.Listener
+	stalled atomic.Bool
+}
+
+func newStallingRelay(t *testing.T, target string) *stallingRelay {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	r := &stallingRelay{ln: ln}
+	var wg sync.WaitGroup
+	t.Cleanup(func() { ln.Close(); wg.Wait() })
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			u, err := net.Dial("tcp", target)
+			if err != nil {
+				c.Close()
+				continue
+			}
+			pipe := func(dst, src net.Conn) {
+				defer wg.Done()
+				defer dst.Close()
+				buf := make([]byte, 32<<10)
+				for {
+					n, err := src.Read(buf)
+					for r.stalled.Load() {
+						time.Sleep(10 * time.Millisecond)
+						if errors.Is(err, net.ErrClosed) {
+							return
+						}
+					}
+					if n > 0 {
+						if _, werr := dst.Write(buf[:n]); werr != nil {
+							return
+						}
+					}
+					if err != nil {
+						return
+					}
+				}
+			}
+			wg.Add(2)
+			go pipe(u, c)
+			go pipe(c, u)
+			t.Cleanup(func() { c.Close(); u.Close() })
+		}
+	}()
+	return r
+}
+
+// A network path to the upstream that stalls mid-session: upstream_timeout
+// fires and the client gets a FATAL naming it, instead of waiting forever.
+func TestStalledUpstreamPath(t *testing.T) {
+	c := pgcluster.Shared()
+	relay := newStallingRelay(t, fmt.Sprintf("127.0.0.1:%d", c.Port))
+	p := startProxy(t, func(cfg *config.Config) {
+		cfg.Upstream = fmt.Sprintf("postgres://%s:%s@%s/%s?sslmode=disable", demo.RLSRole, demo.RLSPassword, relay.ln.Addr(), demo.Database)
+		cfg.Limits.UpstreamTimeout = config.Duration{Duration: 500 * time.Millisecond}
+	})
+	conn := p.pgconnect(t, tenantA)
+	queryOne(t, conn, "SELECT 1")
+	time.Sleep(700 * time.Millisecond) // idle longer than the timeout: no reply is owed, nothing fires
+	queryOne(t, conn, "SELECT 1")
+	relay.stalled.Store(true)
+	defer relay.stalled.Store(false)
+	start := time.Now()
+	_, err := conn.Exec(context.Background(), "SELECT 1").ReadAll()
+	if pgCode(err) != "08006" || !strings.Contains(err.Error(), "upstream_timeout") {
+		t.Fatalf("query over a stalled path: %v, want FATAL 08006 naming upstream_timeout", err)
+	}
+	if d := time.Since(start); d > 3*time.Second {
+		t.Fatalf("took %s for a 500ms timeout", d)
 	}
 }

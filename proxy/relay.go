@@ -60,6 +60,7 @@ type relay struct {
 	maxMessage       int       // largest client message accepted
 	idleTimeout      time.Duration
 	idleInTxTimeout  time.Duration
+	upstreamTimeout  time.Duration // no byte from the upstream for this long while a reply is owed ends the session
 	obs              Observer
 	tenant           string
 
@@ -231,6 +232,7 @@ func (r *relay) clientToUpstream() error {
 				return err
 			}
 			r.armIdleTimeout()
+			r.armUpstreamTimeout()
 		}
 		typ, size, err := readHeader(r.cr)
 		if err != nil {
@@ -467,6 +469,26 @@ func (r *relay) armIdleTimeout() {
 	}
 }
 
+// armUpstreamTimeout sets the upstream read deadline while replies are owed
+// and clears it when none are. The request side calls it after sending, the
+// response side at every message and when the last reply is in.
+func (r *relay) armUpstreamTimeout() {
+	if r.upstreamTimeout == 0 {
+		return
+	}
+	for {
+		pending := r.pending.Load()
+		if pending > 0 {
+			_ = r.upstream.SetReadDeadline(time.Now().Add(r.upstreamTimeout))
+		} else {
+			_ = r.upstream.SetReadDeadline(time.Time{})
+		}
+		if r.pending.Load() == pending {
+			return
+		}
+	}
+}
+
 // idleError turns a read timeout from armIdleTimeout into PostgreSQL's error.
 func (r *relay) idleError(err error) error {
 	var ne net.Error
@@ -616,8 +638,13 @@ func (r *relay) upstreamToClient() (err error) {
 			if errors.Is(err, io.EOF) || errors.Is(err, net.ErrClosed) {
 				return errUpstreamLost
 			}
+			var ne net.Error
+			if r.upstreamTimeout > 0 && errors.As(err, &ne) && ne.Timeout() {
+				return fatalf(codeConnectionFailure, "pgtenant: no reply from the upstream server within upstream_timeout (%s)", r.upstreamTimeout)
+			}
 			return err
 		}
+		r.armUpstreamTimeout()
 		r.stats.toClient += int64(size)
 		switch typ {
 		case 'A', 'N', 'S':
@@ -725,6 +752,7 @@ func (r *relay) upstreamToClient() (err error) {
 				default:
 				}
 				r.armIdleTimeout()
+				r.armUpstreamTimeout()
 			}
 			r.signalCopy()
 			inUnit = false

@@ -226,6 +226,7 @@ func (s *Server) startSession(rt *runtime, st *startup, cr *bufio.Reader, cw *bu
 	lim := rt.cfg.Limits
 	rl.maxMessage = lim.MaxMessageSize
 	rl.idleTimeout, rl.idleInTxTimeout = lim.IdleTimeout.Duration, lim.IdleInTransactionTimeout.Duration
+	rl.upstreamTimeout = lim.UpstreamTimeout.Duration
 	return &session{
 		s:        s,
 		log:      log,
