@@ -235,6 +235,8 @@ func TestAdminEndpoints(t *testing.T) {
 		`pgtenant_transactions_total{tenant="` + tenantA.ID + `"}`,
 		`pgtenant_guard_refusals_total{tenant="` + tenantA.ID + `"} 1`,
 		`pgtenant_upstream_connect_duration_seconds_count 1`,
+		`pgtenant_statements_total{tenant="` + tenantA.ID + `"} 2`,
+		`pgtenant_errors_total{tenant="` + tenantA.ID + `"} 1`,
 	} {
 		if !strings.Contains(body, want) {
 			t.Errorf("/metrics lacks %s", want)

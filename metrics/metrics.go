@@ -59,6 +59,8 @@ type Metrics struct {
 	upstreamLatency prometheus.Histogram
 
 	transactions *prometheus.CounterVec
+	statements   *prometheus.CounterVec
+	errors       *prometheus.CounterVec
 	refusals     *prometheus.CounterVec
 	bytes        *prometheus.CounterVec
 	sessions     *prometheus.CounterVec
@@ -78,6 +80,8 @@ type Metrics struct {
 // avoids WithLabelValues (which allocates).
 type tenantCounters struct {
 	transactions prometheus.Counter
+	statements   prometheus.Counter
+	errors       prometheus.Counter
 	refusals     prometheus.Counter
 	sessions     prometheus.Counter
 	bytesFrom    prometheus.Counter
@@ -134,6 +138,14 @@ func New(opts Options) *Metrics {
 		Name: "pgtenant_transactions_total",
 		Help: "Units started outside a transaction block (tenant assertions made), by tenant.",
 	}, []string{"tenant"})
+	m.statements = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "pgtenant_statements_total",
+		Help: "Statements sent (simple Query and Execute messages), by tenant.",
+	}, []string{"tenant"})
+	m.errors = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "pgtenant_errors_total",
+		Help: "ErrorResponses relayed to clients, by tenant.",
+	}, []string{"tenant"})
 	m.refusals = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "pgtenant_guard_refusals_total",
 		Help: "Statements refused by the guard, by tenant.",
@@ -149,7 +161,7 @@ func New(opts Options) *Metrics {
 
 	m.reg.MustRegister(
 		conns, m.connClosed, m.auth, upstream, m.upstreamLatency,
-		m.transactions, m.refusals, m.bytes, m.sessions,
+		m.transactions, m.statements, m.errors, m.refusals, m.bytes, m.sessions,
 		collectors.NewGoCollector(),
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 	)
@@ -223,6 +235,16 @@ func (m *Metrics) Transaction(tenant string) { m.tenant(tenant).transactions.Inc
 // Refusal counts a guard refusal for tenant.
 func (m *Metrics) Refusal(tenant string) { m.tenant(tenant).refusals.Inc() }
 
+// Statements implements proxy.Observer.
+func (m *Metrics) Statements(tenant string, n int64) {
+	if n > 0 {
+		m.tenant(tenant).statements.Add(float64(n))
+	}
+}
+
+// Error implements proxy.Observer.
+func (m *Metrics) Error(tenant string) { m.tenant(tenant).errors.Inc() }
+
 // SessionEnd counts an ended session and the bytes it relayed each way.
 // Negative byte counts are ignored.
 func (m *Metrics) SessionEnd(tenant string, fromClient, toClient int64) {
@@ -276,6 +298,8 @@ func (m *Metrics) admit(tenant string) *tenantCounters {
 func (m *Metrics) counters(tenant string) *tenantCounters {
 	return &tenantCounters{
 		transactions: m.transactions.WithLabelValues(tenant),
+		statements:   m.statements.WithLabelValues(tenant),
+		errors:       m.errors.WithLabelValues(tenant),
 		refusals:     m.refusals.WithLabelValues(tenant),
 		sessions:     m.sessions.WithLabelValues(tenant),
 		bytesFrom:    m.bytes.WithLabelValues(tenant, "from_client"),

@@ -20,6 +20,12 @@ type Observer interface {
 	Transaction(tenant string)
 	// Refusal reports a statement the guard refused for tenant.
 	Refusal(tenant string)
+	// Statements reports n more statements (Query and Execute messages)
+	// from tenant; the relay reports them in batches, at transaction starts
+	// and at the session's end.
+	Statements(tenant string, n int64)
+	// Error reports an ErrorResponse relayed to a client of tenant.
+	Error(tenant string)
 	// SessionEnd reports the bytes a session relayed each way.
 	SessionEnd(tenant string, fromClient, toClient int64)
 }
@@ -44,4 +50,6 @@ func (nopObserver) Auth(string, string, string)          {}
 func (nopObserver) UpstreamConnect(time.Duration, error) {}
 func (nopObserver) Transaction(string)                   {}
 func (nopObserver) Refusal(string)                       {}
+func (nopObserver) Statements(string, int64)             {}
+func (nopObserver) Error(string)                         {}
 func (nopObserver) SessionEnd(string, int64, int64)      {}

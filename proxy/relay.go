@@ -91,6 +91,7 @@ type relayStats struct {
 	refusals   atomic.Int64
 	fromClient int64 // written by the request side only; read after it ends
 	toClient   int64 // written by the response side only; read after it ends
+	statements int64 // request side: not yet reported to the observer
 }
 
 var zeroTime time.Time
@@ -242,6 +243,9 @@ func (r *relay) clientToUpstream() error {
 			return fatalf(codeProgramLimitExceeded, "message of %d bytes exceeds pgtenant's max_message_size of %d bytes", size, r.maxMessage)
 		}
 		r.stats.fromClient += int64(size)
+		if typ == 'Q' || typ == 'E' {
+			r.stats.statements++
+		}
 		var msg []byte // the whole message, when the guard needs to read it
 		var substitute []byte
 		peeked, resets := false, false
@@ -409,6 +413,8 @@ func (r *relay) startUnit(typ byte, size int, msg []byte, refused, simple bool) 
 		r.forceAssert = false
 		r.stats.assertions.Add(1)
 		r.obs.Transaction(r.tenant)
+		r.obs.Statements(r.tenant, r.stats.statements)
+		r.stats.statements = 0
 		if _, err := r.uw.Write(r.assertion.inline); err != nil {
 			return err
 		}
@@ -725,6 +731,7 @@ func (r *relay) upstreamToClient() (err error) {
 			if upstreamErr.Severity == severityFatal || upstreamErr.Severity == "PANIC" {
 				r.sawFatal = true
 			}
+			r.obs.Error(r.tenant)
 			if refusal := r.refusals.match(upstreamErr); refusal != nil {
 				if err := r.writeClient(errorResponse(refusal)); err != nil {
 					return err
@@ -785,6 +792,7 @@ func (r *relay) upstreamToClient() (err error) {
 		}
 		if typ == 'E' {
 			r.noteFatal(size)
+			r.obs.Error(r.tenant)
 		}
 		if err := forward(r.cw, r.ur, size); err != nil {
 			return err

@@ -287,6 +287,7 @@ func (ss *session) run() {
 	ss.log.Info("session ended", "client", describeEnd(reqErr), "upstream", describeEnd(err),
 		"assertions", r.stats.assertions.Load(), "refusals", r.stats.refusals.Load(),
 		"bytes_from_client", r.stats.fromClient, "bytes_to_client", r.stats.toClient)
+	ss.s.observer().Statements(ss.ident.Tenant, r.stats.statements)
 	ss.s.observer().SessionEnd(ss.ident.Tenant, r.stats.fromClient, r.stats.toClient)
 }
 
