@@ -14,7 +14,6 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
-	"github.com/jackc/pgx/v5/pgconn"
 	_ "github.com/lib/pq"
 
 	"github.com/pgtenant/pgtenant/internal/demo"
@@ -339,8 +338,6 @@ func TestLibPQ(t *testing.T) {
 		t.Fatalf("insert for other tenant: %v", err)
 	}
 }
-
-var _ = pgconn.PgError{}
 
 // A large result streams through the proxy without being held in memory: the
 // client is psql in another process, so what this process allocates while the

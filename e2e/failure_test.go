@@ -2,17 +2,8 @@ package e2e
 
 import (
 	"context"
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
-	"crypto/x509"
-	"crypto/x509/pkix"
-	"encoding/pem"
 	"errors"
-	"math/big"
 	"net"
-	"os"
-	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -21,6 +12,7 @@ import (
 
 	"github.com/pgtenant/pgtenant/config"
 	"github.com/pgtenant/pgtenant/internal/demo"
+	"github.com/pgtenant/pgtenant/internal/testcert"
 )
 
 func connectErr(t *testing.T, connString string) *pgconn.PgError {
@@ -222,35 +214,8 @@ func TestAssertionFailureRunsNothing(t *testing.T) {
 // writeCert writes a self-signed certificate for 127.0.0.1 and returns the paths.
 func writeCert(t *testing.T) (certFile, keyFile string) {
 	t.Helper()
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	certFile, keyFile, err := testcert.Write(t.TempDir())
 	if err != nil {
-		t.Fatal(err)
-	}
-	tmpl := &x509.Certificate{
-		SerialNumber:          big.NewInt(1),
-		Subject:               pkix.Name{CommonName: "127.0.0.1"},
-		NotBefore:             time.Now().Add(-time.Hour),
-		NotAfter:              time.Now().Add(time.Hour),
-		IPAddresses:           []net.IP{net.ParseIP("127.0.0.1")},
-		KeyUsage:              x509.KeyUsageDigitalSignature | x509.KeyUsageCertSign,
-		ExtKeyUsage:           []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
-		BasicConstraintsValid: true,
-		IsCA:                  true,
-	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	keyDER, err := x509.MarshalECPrivateKey(key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	dir := t.TempDir()
-	certFile, keyFile = filepath.Join(dir, "server.crt"), filepath.Join(dir, "server.key")
-	if err := os.WriteFile(certFile, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	if err := os.WriteFile(keyFile, pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: keyDER}), 0o600); err != nil {
 		t.Fatal(err)
 	}
 	return certFile, keyFile
@@ -261,8 +226,6 @@ func TestTLS(t *testing.T) {
 	p := startProxy(t, func(c *config.Config) {
 		c.TLS = &config.TLS{CertFile: certFile, KeyFile: keyFile, Mode: "require"}
 	})
-	base := strings.Replace(p.connString(tenantA), "sslmode=disable", "", 1)
-
 	// verify-full checks the certificate and the host name; channel binding
 	// (SCRAM-SHA-256-PLUS) ties the password exchange to this TLS session.
 	for _, extra := range []string{"sslmode=verify-full sslrootcert=" + certFile, "sslmode=verify-full channel_binding=require sslrootcert=" + certFile} {
@@ -270,7 +233,6 @@ func TestTLS(t *testing.T) {
 		if got := queryOne(t, conn, "SELECT current_setting('app.tenant_id')"); got != tenantA.ID {
 			t.Fatalf("over TLS (%s): %q", extra, got)
 		}
-		_ = base
 	}
 	// require mode refuses plaintext before authentication.
 	e := connectErr(t, p.connString(tenantA))

@@ -3,17 +3,11 @@ package proxy
 import (
 	"bufio"
 	"bytes"
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
 	"crypto/tls"
-	"crypto/x509"
-	"crypto/x509/pkix"
 	"encoding/binary"
 	"errors"
 	"fmt"
 	"io"
-	"math/big"
 	"net"
 	"os"
 	goruntime "runtime"
@@ -26,6 +20,7 @@ import (
 	"github.com/jackc/pgx/v5/pgconn"
 
 	"github.com/pgtenant/pgtenant/guard"
+	"github.com/pgtenant/pgtenant/internal/testcert"
 )
 
 // The fuzz targets here feed arbitrary client bytes to the two places that
@@ -122,29 +117,12 @@ var (
 // fuzzTLSConfig is a server config with a self-signed certificate, made once.
 func fuzzTLSConfig(t testing.TB) *tls.Config {
 	fuzzTLSOnce.Do(func() {
-		key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+		cert, err := testcert.New()
 		if err != nil {
 			fuzzTLSErr = err
 			return
 		}
-		tmpl := &x509.Certificate{
-			SerialNumber: big.NewInt(1),
-			Subject:      pkix.Name{CommonName: "pgtenant-fuzz"},
-			NotBefore:    time.Now().Add(-time.Hour),
-			NotAfter:     time.Now().Add(24 * time.Hour),
-			DNSNames:     []string{"pgtenant-fuzz"},
-			KeyUsage:     x509.KeyUsageDigitalSignature,
-			ExtKeyUsage:  []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
-		}
-		der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
-		if err != nil {
-			fuzzTLSErr = err
-			return
-		}
-		fuzzTLSCfg = &tls.Config{
-			Certificates: []tls.Certificate{{Certificate: [][]byte{der}, PrivateKey: key}},
-			MinVersion:   tls.VersionTLS12,
-		}
+		fuzzTLSCfg = &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12}
 	})
 	if fuzzTLSErr != nil {
 		t.Fatal(fuzzTLSErr)
@@ -514,7 +492,7 @@ func isRefusal(c, up clientMessage) bool {
 	}
 	if c.typ == 'P' {
 		// Same statement name.
-		cn, un := indexByte(c.raw[5:], 0), indexByte(up.raw[5:], 0)
+		cn, un := bytes.IndexByte(c.raw[5:], 0), bytes.IndexByte(up.raw[5:], 0)
 		return cn >= 0 && un >= 0 && bytes.Equal(c.raw[5:5+cn], up.raw[5:5+un])
 	}
 	return true

@@ -1,6 +1,7 @@
 package proxy
 
 import (
+	"bytes"
 	"io"
 	"strconv"
 	"strings"
@@ -109,7 +110,7 @@ func (r *relay) check(msg []byte) (substitute []byte, resets bool, err error) {
 		verdictErr, resets = v.Err, v.ResetsContext
 	case 'P':
 		body := msg[5:]
-		nul := indexByte(body, 0)
+		nul := bytes.IndexByte(body, 0)
 		if nul < 0 {
 			return nil, false, fatalf(codeProtocolViolation, "invalid Parse message")
 		}

@@ -2,6 +2,7 @@ package proxy
 
 import (
 	"bufio"
+	"bytes"
 	"encoding/binary"
 	"errors"
 	"io"
@@ -55,7 +56,6 @@ type relay struct {
 	assertion        assertion
 	guard            *guard.Guard // nil when the guard is off for this user
 	refusals         refusals
-	forceAssert      bool      // a RESET ALL / DISCARD ALL went through: assert at the next unit
 	expires          time.Time // no transaction may start after this (token expiry); zero: never
 	maxMessage       int       // largest client message accepted
 	idleTimeout      time.Duration
@@ -93,8 +93,6 @@ type relayStats struct {
 	toClient   int64 // written by the response side only; read after it ends
 	statements int64 // request side: not yet reported to the observer
 }
-
-var zeroTime time.Time
 
 var errClientTerminated = errors.New("client sent Terminate")
 
@@ -192,25 +190,16 @@ func statementText(msg []byte) []byte {
 	body := msg[5:]
 	if typ == 'P' {
 		// Parse: statement name, NUL, query text, NUL, ...
-		nul := indexByte(body, 0)
+		nul := bytes.IndexByte(body, 0)
 		if nul < 0 {
 			return nil
 		}
 		body = body[nul+1:]
 	}
-	if nul := indexByte(body, 0); nul >= 0 {
+	if nul := bytes.IndexByte(body, 0); nul >= 0 {
 		body = body[:nul]
 	}
 	return body
-}
-
-func indexByte(b []byte, c byte) int {
-	for i, x := range b {
-		if x == c {
-			return i
-		}
-	}
-	return -1
 }
 
 // clientToUpstream is the request side. It returns nil when the client sent
@@ -367,8 +356,10 @@ func (r *relay) clientToUpstream() error {
 // startUnit decides whether and how to assert the tenant ahead of a unit.
 // msg is the whole message when already read, refused when the guard replaced it.
 func (r *relay) startUnit(typ byte, size int, msg []byte, refused, simple bool) error {
+	// The text is only looked at when an assertion may be due: not on the
+	// common path of a statement inside a transaction block.
 	var text []byte
-	if !refused {
+	if !refused && r.mayNeedAssertion() {
 		if msg != nil {
 			text = statementText(msg)
 		} else {
@@ -394,7 +385,7 @@ func (r *relay) startUnit(typ byte, size int, msg []byte, refused, simple bool) 
 			return fatalf(codeInvalidAuthorization, "token expired")
 		}
 	}
-	if text != nil && !pipelineSafe(text) && r.mayNeedAssertion() {
+	if text != nil && r.mayNeedAssertion() && !pipelineSafe(text) {
 		// Not after an unsynced Execute: assert in a round trip of its own.
 		if err := r.waitDrained(); err != nil {
 			return err
@@ -410,7 +401,6 @@ func (r *relay) startUnit(typ byte, size int, msg []byte, refused, simple bool) 
 	need := r.mayNeedAssertion()
 	r.queueUnit(unit{assert: need, simple: simple})
 	if need {
-		r.forceAssert = false
 		r.stats.assertions.Add(1)
 		r.obs.Transaction(r.tenant)
 		r.obs.Statements(r.tenant, r.stats.statements)
@@ -508,9 +498,9 @@ func (r *relay) idleError(err error) error {
 }
 
 // mayNeedAssertion reports whether the upstream may be outside a
-// transaction block (or the context was reset) when the next unit arrives.
+// transaction block when the next unit arrives.
 func (r *relay) mayNeedAssertion() bool {
-	if r.forceAssert || r.pending.Load() > 0 {
+	if r.pending.Load() > 0 {
 		return true
 	}
 	s := byte(r.txStatus.Load())
@@ -592,7 +582,6 @@ func (r *relay) assertStandalone() error {
 	r.queueUnit(unit{standalone: true})
 	r.stats.assertions.Add(1)
 	r.obs.Transaction(r.tenant)
-	r.forceAssert = false
 	if _, err := r.uw.Write(r.assertion.standalone); err != nil {
 		return err
 	}
@@ -813,12 +802,12 @@ func (r *relay) watchParameter(size int) {
 		return
 	}
 	body := msg[5:]
-	nul := indexByte(body, 0)
+	nul := bytes.IndexByte(body, 0)
 	if nul < 0 {
 		return
 	}
 	name, rest := body[:nul], body[nul+1:]
-	if end := indexByte(rest, 0); end >= 0 {
+	if end := bytes.IndexByte(rest, 0); end >= 0 {
 		rest = rest[:end]
 	}
 	if !lexsafe.Safe(string(name), string(rest)) {
@@ -863,7 +852,7 @@ func (r *relay) noteFatal(size int) {
 	body := msg[5:]
 	for len(body) > 1 {
 		field := body[0]
-		end := indexByte(body[1:], 0)
+		end := bytes.IndexByte(body[1:], 0)
 		if end < 0 {
 			return
 		}

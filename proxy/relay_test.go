@@ -6,11 +6,14 @@ import (
 	"errors"
 	"io"
 	"testing"
+	"time"
 
 	"github.com/jackc/pgx/v5/pgproto3"
 
 	"github.com/pgtenant/pgtenant/guard"
 )
+
+var zeroTime time.Time
 
 // clientStream encodes n copies of the messages.
 func clientStream(t testing.TB, n int, msgs ...pgproto3.FrontendMessage) []byte {

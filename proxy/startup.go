@@ -40,59 +40,55 @@ type startup struct {
 // on which to report it.
 func readStartup(conn net.Conn, tlsConfig *tls.Config) (*startup, error) {
 	st := &startup{conn: conn}
-	st2, err := st.read(tlsConfig)
-	if err != nil {
-		return st, err
-	}
-	return st2, nil
+	return st, st.read(tlsConfig)
 }
 
-func (st *startup) read(tlsConfig *tls.Config) (*startup, error) {
+func (st *startup) read(tlsConfig *tls.Config) error {
 	for {
 		packet, err := readStartupPacket(st.conn)
 		if err != nil {
-			return nil, err
+			return err
 		}
 		code := binary.BigEndian.Uint32(packet)
 		switch {
 		case code == sslRequestCode:
 			if st.tls != nil {
-				return nil, fatalf(codeProtocolViolation, "SSLRequest received on an encrypted connection")
+				return fatalf(codeProtocolViolation, "SSLRequest received on an encrypted connection")
 			}
 			if tlsConfig == nil {
 				if _, err := st.conn.Write([]byte{'N'}); err != nil {
-					return nil, err
+					return err
 				}
 				continue
 			}
 			if _, err := st.conn.Write([]byte{'S'}); err != nil {
-				return nil, err
+				return err
 			}
 			tlsConn := tls.Server(st.conn, tlsConfig)
 			if err := tlsConn.Handshake(); err != nil {
-				return nil, fmt.Errorf("TLS handshake: %w", err)
+				return fmt.Errorf("TLS handshake: %w", err)
 			}
 			state := tlsConn.ConnectionState()
 			st.conn, st.tls = tlsConn, &state
 		case code == gssEncRequestCode:
 			// No GSSAPI here: decline, as a server built without it does.
 			if _, err := st.conn.Write([]byte{'N'}); err != nil {
-				return nil, err
+				return err
 			}
 		case code == cancelRequestCode:
 			var cr pgproto3.CancelRequest
 			if err := cr.Decode(packet); err != nil {
-				return nil, fatalf(codeProtocolViolation, "invalid cancel request: %v", err)
+				return fatalf(codeProtocolViolation, "invalid cancel request: %v", err)
 			}
 			st.cancel = &cr
-			return st, nil
+			return nil
 		case code>>16 == 3:
 			st.minor = code & 0xffff
 			// Decode as 3.0; the minor version was recorded above.
 			binary.BigEndian.PutUint32(packet, pgproto3.ProtocolVersion30)
 			var sm pgproto3.StartupMessage
 			if err := sm.Decode(packet); err != nil {
-				return nil, fatalf(codeProtocolViolation, "invalid startup packet layout: %v", err)
+				return fatalf(codeProtocolViolation, "invalid startup packet layout: %v", err)
 			}
 			st.params = make(map[string]string, len(sm.Parameters))
 			for k, v := range sm.Parameters {
@@ -102,9 +98,9 @@ func (st *startup) read(tlsConfig *tls.Config) (*startup, error) {
 				}
 				st.params[k] = v
 			}
-			return st, nil
+			return nil
 		default:
-			return nil, fatalf(codeFeatureNotSupported, "unsupported frontend protocol %d.%d: server supports 3.0 to 3.0", code>>16, code&0xffff)
+			return fatalf(codeFeatureNotSupported, "unsupported frontend protocol %d.%d: server supports 3.0 to 3.0", code>>16, code&0xffff)
 		}
 	}
 }
