@@ -69,6 +69,9 @@ type Config struct {
 	Auth    Auth     `yaml:"auth"`
 	JWT     *JWT     `yaml:"jwt"`
 	DBUsers *DBUsers `yaml:"db_users"`
+
+	// Pool says how clients share upstream connections (see pool.go).
+	Pool Pool `yaml:"pool"`
 }
 
 // Limits bound what clients may use; zero means no limit.
@@ -119,6 +122,8 @@ type User struct {
 	// Guard turns the statement guard off for this user when false: only for
 	// trusted applications, never for SQL typed by people. Default true.
 	Guard *bool `yaml:"guard"`
+	// PoolMode overrides pool.mode for this user: "session" or "transaction".
+	PoolMode string `yaml:"pool_mode"`
 }
 
 // GuardEnabled reports whether the statement guard checks this user's SQL.
@@ -302,6 +307,7 @@ func (c *Config) Validate() error {
 		add("users", "at least one user is required (or a jwt or db_users section)")
 	}
 	c.validateIdentity(add)
+	c.validatePool(add)
 	seen := make(map[string]int, len(c.Users))
 	for i, u := range c.Users {
 		field := fmt.Sprintf("users[%d]", i)

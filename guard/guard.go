@@ -18,10 +18,12 @@ import (
 
 // SQLSTATEs of refusals. A refusal looks like PostgreSQL's own
 // insufficient_privilege error; an unparsable statement gets the parser's
-// syntax_error.
+// syntax_error; what transaction pool mode cannot support gets
+// feature_not_supported.
 const (
-	CodeRefused     = "42501"
-	CodeSyntaxError = "42601"
+	CodeRefused      = "42501"
+	CodeSyntaxError  = "42601"
+	CodeNotSupported = "0A000"
 )
 
 // Policy says what is protected.
@@ -31,6 +33,10 @@ type Policy struct {
 	TenantSetting string
 	// ExtraSettings are more protected settings (e.g. derived from claims).
 	ExtraSettings []string
+	// Pooled is set for sessions in transaction pool mode: their upstream
+	// connections are shared with other clients one transaction at a time,
+	// so statements that leave session-level state behind are refused too.
+	Pooled bool
 }
 
 // Verdict is the guard's answer for one message's SQL.
@@ -40,12 +46,17 @@ type Verdict struct {
 	// ResetsContext is set for a lone RESET ALL or DISCARD ALL: allowed, but
 	// the tenant context must be asserted again before the next statement.
 	ResetsContext bool
+	// DeallocatesAll is set, by pooled guards only, when an allowed text
+	// contains DEALLOCATE ALL or DISCARD ALL: afterwards the upstream
+	// connection holds no prepared statements, whoever prepared them.
+	DeallocatesAll bool
 }
 
 // Guard checks statement texts against a Policy. It is safe for concurrent use.
 type Guard struct {
 	prefix   string          // lower-case prefix of the tenant setting, with the dot
 	settings map[string]bool // lower-case protected setting names
+	pooled   bool            // Policy.Pooled
 
 	mu    sync.Mutex
 	cache map[string]Verdict // verdicts of full checks of prepared statements
@@ -56,7 +67,7 @@ const cacheLimit = 4096
 
 // New builds a guard for p.
 func New(p Policy) *Guard {
-	g := &Guard{settings: map[string]bool{}, cache: map[string]Verdict{}}
+	g := &Guard{settings: map[string]bool{}, cache: map[string]Verdict{}, pooled: p.Pooled}
 	name := strings.ToLower(p.TenantSetting)
 	g.settings[name] = true
 	if i := strings.IndexByte(name, '.'); i >= 0 {
@@ -76,7 +87,7 @@ func New(p Policy) *Guard {
 
 // CheckQuery checks the text of a simple Query message.
 func (g *Guard) CheckQuery(sql []byte) Verdict {
-	if screen(sql) {
+	if screen(sql, g.pooled) {
 		return Verdict{}
 	}
 	return g.full(string(sql), true)
@@ -85,7 +96,7 @@ func (g *Guard) CheckQuery(sql []byte) Verdict {
 // CheckParse checks the text of a Parse message. Verdicts are cached by text,
 // since drivers prepare the same statements on every connection.
 func (g *Guard) CheckParse(sql []byte) Verdict {
-	if screen(sql) {
+	if screen(sql, g.pooled) {
 		return Verdict{}
 	}
 	g.mu.Lock()
@@ -147,6 +158,9 @@ func (g *Guard) full(sql string, simple bool) Verdict {
 			Detail: "pgtenant refuses statements it cannot parse."}}
 	}
 	var v Verdict
+	// The first pool-mode refusal is held back until every statement has
+	// passed the other checks, so a refusal for security reasons wins.
+	var pooledErr *pgconn.PgError
 	for _, raw := range tree.Stmts {
 		if raw.Stmt == nil {
 			continue
@@ -163,6 +177,13 @@ func (g *Guard) full(sql string, simple bool) Verdict {
 			}
 			v.ResetsContext = true
 		}
+		if pooledErr == nil {
+			pooledErr = c.pooledErr
+		}
+		v.DeallocatesAll = v.DeallocatesAll || c.deallocatesAll
+	}
+	if pooledErr != nil {
+		return Verdict{Err: pooledErr}
 	}
 	return v
 }
@@ -193,6 +214,11 @@ type checker struct {
 	err       *pgconn.PgError
 	resets    bool
 	resetName string
+
+	// Transaction pool mode (see pooled.go).
+	pooledErr      *pgconn.PgError
+	deallocatesAll bool
+	dropsOnCommit  *pg_query.RangeVar // the temporary table an ON COMMIT DROP creates
 }
 
 func (c *checker) refuse(msg, hint string) bool {
@@ -207,6 +233,9 @@ const settingHint = "pgtenant sets the tenant context itself; it cannot be chang
 func (c *checker) visit(m protoreflect.Message) bool {
 	if c.err != nil {
 		return false
+	}
+	if c.g.pooled {
+		c.visitPooled(m)
 	}
 	switch n := m.Interface().(type) {
 	case *pg_query.A_Const:

@@ -182,12 +182,12 @@ func TestScreenFastPath(t *testing.T) {
 		"SELECT current_user, session_user",
 		"WITH x AS (SELECT 1) SELECT * FROM x",
 	} {
-		if !screen([]byte(sql)) {
+		if !screen([]byte(sql), false) {
 			t.Errorf("screen sends %q to the parser", sql)
 		}
 	}
 	for _, sql := range refusedSQL {
-		if screen([]byte(sql)) {
+		if screen([]byte(sql), false) {
 			t.Errorf("screen passes a refused statement: %s", sql)
 		}
 	}
@@ -195,7 +195,7 @@ func TestScreenFastPath(t *testing.T) {
 
 func TestScreenAllocatesNothing(t *testing.T) {
 	sql := []byte("SELECT abalance FROM pgbench_accounts WHERE aid = 48213;")
-	if n := testing.AllocsPerRun(100, func() { screen(sql) }); n != 0 {
+	if n := testing.AllocsPerRun(100, func() { screen(sql, false) }); n != 0 {
 		t.Fatalf("screen allocates %.0f times per statement", n)
 	}
 }
@@ -220,7 +220,7 @@ func FuzzScreenSound(f *testing.F) {
 	}
 	g := newTestGuard()
 	f.Fuzz(func(t *testing.T, sql string) {
-		if !screen([]byte(sql)) {
+		if !screen([]byte(sql), false) {
 			return
 		}
 		v := g.full(sql, true)
@@ -237,7 +237,7 @@ func BenchmarkScreen(b *testing.B) {
 	sql := []byte("SELECT abalance FROM pgbench_accounts WHERE aid = 48213;")
 	b.ReportAllocs()
 	for b.Loop() {
-		screen(sql)
+		screen(sql, false)
 	}
 }
 
@@ -247,5 +247,319 @@ func BenchmarkFullCheck(b *testing.B) {
 	b.ReportAllocs()
 	for b.Loop() {
 		g.full(sql, true)
+	}
+}
+
+func newPooledGuard() *Guard {
+	return New(Policy{TenantSetting: "app.tenant_id", ExtraSettings: []string{"request.jwt.claims"}, Pooled: true})
+}
+
+// pooledCases are statements whose verdict transaction pool mode may change:
+// pooled is the SQLSTATE a pooled guard answers, plain the one a guard not in
+// pool mode answers ("" for allowed), and deallocates the expected
+// DeallocatesAll of a pooled guard.
+var pooledCases = []struct {
+	sql         string
+	pooled      string
+	plain       string
+	deallocates bool
+}{
+	// 1. Session-level SET.
+	{sql: "SET statement_timeout = '5s'", pooled: CodeNotSupported},
+	{sql: "SET SESSION statement_timeout = '5s'", pooled: CodeNotSupported},
+	{sql: "set search_path to public", pooled: CodeNotSupported},
+	{sql: "SET SCHEMA 'public'", pooled: CodeNotSupported},
+	{sql: "SET TIME ZONE 'UTC'", pooled: CodeNotSupported},
+	{sql: "SET NAMES 'LATIN1'", pooled: CodeNotSupported},
+	{sql: "SET work_mem TO DEFAULT", pooled: CodeNotSupported},
+	{sql: "SET work_mem FROM CURRENT", pooled: CodeNotSupported},
+	{sql: "SET myapp.flag = 'on'", pooled: CodeNotSupported},
+	{sql: "SELECT 1; SET work_mem = '64MB'", pooled: CodeNotSupported},
+	{sql: "BEGIN; SET work_mem = '64MB'; COMMIT", pooled: CodeNotSupported},
+	{sql: "SET SESSION CHARACTERISTICS AS TRANSACTION ISOLATION LEVEL SERIALIZABLE", pooled: CodeNotSupported},
+	{sql: "SET LOCAL search_path = pg_temp, public", pooled: CodeNotSupported},
+	{sql: `SET LOCAL search_path = 'public, "pg_temp"'`, pooled: CodeNotSupported},
+	{sql: "SET LOCAL search_path = public, PG_TEMP_3", pooled: CodeNotSupported},
+	{sql: "SET LOCAL statement_timeout = '5s'"},
+	{sql: "BEGIN; SET LOCAL work_mem = '64MB'; SELECT 1; COMMIT"},
+	{sql: "SET LOCAL search_path = public, app"},
+	{sql: "SET LOCAL TIME ZONE 'UTC'"},
+	{sql: "SET LOCAL SESSION CHARACTERISTICS AS TRANSACTION ISOLATION LEVEL SERIALIZABLE"},
+	{sql: "SET TRANSACTION ISOLATION LEVEL SERIALIZABLE"},
+	{sql: "SET TRANSACTION SNAPSHOT '00000003-0000001B-1'"},
+	{sql: "SET CONSTRAINTS ALL DEFERRED"},
+	{sql: "RESET statement_timeout"},
+	{sql: "UPDATE projects SET name = 'x' WHERE id = 1"},
+	{sql: "SELECT 'SET work_mem = 1'"},
+	// The existing refusals take precedence, within a statement and across.
+	{sql: "SET app.tenant_id = 'x'", pooled: CodeRefused, plain: CodeRefused},
+	{sql: "SET LOCAL app.tenant_id = 'x'", pooled: CodeRefused, plain: CodeRefused},
+	{sql: "SET ROLE postgres", pooled: CodeRefused, plain: CodeRefused},
+	{sql: "SET work_mem = '1MB'; SET app.tenant_id = 'x'", pooled: CodeRefused, plain: CodeRefused},
+	{sql: "SET standard_conforming_strings = off", pooled: CodeRefused, plain: CodeRefused},
+	{sql: "PREPARE p AS SELECT set_config('app.tenant_id', 'x', false)", pooled: CodeRefused, plain: CodeRefused},
+	{sql: "LISTEN x; SELECT set_config('a', 'b', false)", pooled: CodeRefused, plain: CodeRefused},
+
+	// 2. LISTEN.
+	{sql: "LISTEN jobs", pooled: CodeNotSupported},
+	{sql: `listen "Jobs"`, pooled: CodeNotSupported},
+	{sql: "UNLISTEN jobs"},
+	{sql: "UNLISTEN *"},
+	{sql: "NOTIFY jobs, 'x'"},
+	{sql: "SELECT pg_notify('jobs', 'x')"},
+
+	// 3. Temporary objects.
+	{sql: "CREATE TEMP TABLE t (a int)", pooled: CodeNotSupported},
+	{sql: "CREATE TEMPORARY TABLE t (a int) ON COMMIT DELETE ROWS", pooled: CodeNotSupported},
+	{sql: "CREATE TEMP TABLE t (a int) ON COMMIT PRESERVE ROWS", pooled: CodeNotSupported},
+	{sql: "CREATE LOCAL TEMP TABLE t (a int)", pooled: CodeNotSupported},
+	{sql: "CREATE TEMP VIEW v AS SELECT 1", pooled: CodeNotSupported},
+	{sql: "CREATE TEMP SEQUENCE s", pooled: CodeNotSupported},
+	{sql: "SELECT 1 AS a INTO TEMP t", pooled: CodeNotSupported},
+	{sql: "SELECT 1 AS a INTO TEMPORARY TABLE t", pooled: CodeNotSupported},
+	{sql: "CREATE TEMP TABLE t AS SELECT 1 AS a", pooled: CodeNotSupported},
+	{sql: "EXPLAIN ANALYZE CREATE TEMP TABLE t AS SELECT 1 AS a", pooled: CodeNotSupported},
+	{sql: "CREATE TABLE pg_temp.t (a int)", pooled: CodeNotSupported},
+	{sql: "CREATE TABLE PG_TEMP.t (a int)", pooled: CodeNotSupported},
+	{sql: "CREATE TABLE pg_temp_3.t (a int)", pooled: CodeNotSupported},
+	{sql: "CREATE TABLE app.pg_temp.t (a int)", pooled: CodeNotSupported},
+	{sql: "CREATE VIEW pg_temp.v AS SELECT 1", pooled: CodeNotSupported},
+	{sql: "CREATE DOMAIN pg_temp.d AS int", pooled: CodeNotSupported},
+	{sql: "CREATE DOMAIN app.pg_temp.d AS int", pooled: CodeNotSupported},
+	{sql: "CREATE TYPE pg_temp.e AS ENUM ('a')", pooled: CodeNotSupported},
+	{sql: "CREATE TYPE pg_temp.c AS (a int)", pooled: CodeNotSupported},
+	{sql: "SELECT * FROM pg_temp.t", pooled: CodeNotSupported},
+	{sql: "SELECT 1::pg_temp.d", pooled: CodeNotSupported},
+	{sql: "CREATE TEMP TABLE t (a int) ON COMMIT DROP; CREATE TEMP TABLE u (a int)", pooled: CodeNotSupported},
+	{sql: "CREATE TEMP TABLE t (a pg_temp.d) ON COMMIT DROP", pooled: CodeNotSupported},
+	{sql: "CREATE TEMP TABLE t () INHERITS (pg_temp.p) ON COMMIT DROP", pooled: CodeNotSupported},
+	{sql: "CREATE TEMP TABLE t (a int) ON COMMIT DROP"},
+	{sql: "BEGIN; CREATE TEMPORARY TABLE t (a int) ON COMMIT DROP; INSERT INTO t VALUES (1); COMMIT"},
+	{sql: "CREATE TABLE pg_temp.t (a int) ON COMMIT DROP"},
+	{sql: "CREATE TEMP TABLE t ON COMMIT DROP AS SELECT 1 AS a"},
+	{sql: "CREATE TABLE t (a int)"},
+	{sql: "SELECT * FROM temp"},
+	{sql: "SELECT 'pg_temp'"},
+	{sql: "SELECT 'pg_temp.t'::text, 'pg_temp_1' AS s"},
+	{sql: "SELECT * FROM projects WHERE name IN ('pg_temp', 'temp')"},
+	{sql: "CREATE TYPE mood AS ENUM ('pg_temp', 'happy')"},
+	{sql: "DISCARD TEMP"},
+
+	// 4. Holdable cursors.
+	{sql: "DECLARE c CURSOR WITH HOLD FOR SELECT 1", pooled: CodeNotSupported},
+	{sql: "DECLARE c NO SCROLL CURSOR WITH HOLD FOR SELECT * FROM projects", pooled: CodeNotSupported},
+	{sql: "DECLARE c CURSOR FOR SELECT 1"},
+	{sql: "DECLARE c SCROLL CURSOR WITHOUT HOLD FOR SELECT * FROM projects"},
+
+	// 5. SQL-level prepared statements.
+	{sql: "PREPARE p AS SELECT * FROM projects WHERE id = $1", pooled: CodeNotSupported},
+	{sql: "prepare p (int) as select $1", pooled: CodeNotSupported},
+	{sql: "DEALLOCATE p", pooled: CodeNotSupported},
+	{sql: "DEALLOCATE PREPARE p", pooled: CodeNotSupported},
+	{sql: "DEALLOCATE ALL", deallocates: true},
+	{sql: "deallocate prepare all", deallocates: true},
+	{sql: "SELECT 1; DEALLOCATE ALL; SELECT 2", deallocates: true},
+	{sql: "DEALLOCATE ALL; DEALLOCATE p", pooled: CodeNotSupported},
+	{sql: "EXECUTE s1 (1)"},
+	{sql: "PREPARE TRANSACTION 'x'"},
+	{sql: "DISCARD PLANS"},
+
+	// 6. Session-level advisory locks.
+	{sql: "SELECT pg_advisory_lock(1)", pooled: CodeNotSupported},
+	{sql: "SELECT pg_catalog.pg_advisory_lock(1, 2)", pooled: CodeNotSupported},
+	{sql: "SELECT pg_advisory_lock_shared(1)", pooled: CodeNotSupported},
+	{sql: "SELECT pg_try_advisory_lock(1)", pooled: CodeNotSupported},
+	{sql: "SELECT PG_TRY_ADVISORY_LOCK_SHARED(1)", pooled: CodeNotSupported},
+	{sql: `SELECT "pg_advisory_lock"(1)`, pooled: CodeNotSupported},
+	{sql: `SELECT U&"\0070g_advisory_lock"(1)`, pooled: CodeNotSupported},
+	{sql: "SELECT * FROM projects WHERE pg_try_advisory_lock(id)", pooled: CodeNotSupported},
+	{sql: "SELECT pg_advisory_xact_lock(1)"},
+	{sql: "SELECT pg_catalog.pg_advisory_xact_lock_shared(1)"},
+	{sql: "SELECT pg_try_advisory_xact_lock(1, 2)"},
+	{sql: "SELECT pg_advisory_unlock(1), pg_advisory_unlock_shared(2), pg_advisory_unlock_all()"},
+	{sql: "SELECT 'pg_advisory_lock'"},
+
+	// 7. Views of the shared connection's statements and cursors.
+	{sql: "SELECT * FROM pg_prepared_statements", pooled: CodeRefused},
+	{sql: "SELECT name FROM pg_catalog.pg_prepared_statements", pooled: CodeRefused},
+	{sql: "SELECT * FROM pg_prepared_statement()", pooled: CodeRefused},
+	{sql: "TABLE pg_cursors", pooled: CodeRefused},
+	{sql: "SELECT count(*) FROM PG_CURSORS", pooled: CodeRefused},
+	{sql: "SELECT 'pg_prepared_statements'"},
+}
+
+func TestPooled(t *testing.T) {
+	pooled, plain := newPooledGuard(), newTestGuard()
+	for _, tc := range pooledCases {
+		for _, check := range []struct {
+			name    string
+			f       func([]byte) Verdict
+			want    string
+			dealloc bool
+		}{
+			{"pooled CheckQuery", pooled.CheckQuery, tc.pooled, tc.deallocates},
+			{"pooled CheckParse", pooled.CheckParse, tc.pooled, tc.deallocates},
+			{"plain CheckQuery", plain.CheckQuery, tc.plain, false},
+			{"plain CheckParse", plain.CheckParse, tc.plain, false},
+		} {
+			v := check.f([]byte(tc.sql))
+			switch {
+			case check.want == "" && v.Err != nil:
+				t.Errorf("%s %q: refused %s %q, want allowed", check.name, tc.sql, v.Err.Code, v.Err.Message)
+			case check.want != "" && v.Err == nil:
+				t.Errorf("%s %q: allowed, want %s", check.name, tc.sql, check.want)
+			case check.want != "" && (v.Err.Code != check.want || v.Err.Severity != "ERROR"):
+				t.Errorf("%s %q: got %s %s %q, want ERROR %s", check.name, tc.sql, v.Err.Severity, v.Err.Code, v.Err.Message, check.want)
+			case v.DeallocatesAll != check.dealloc:
+				t.Errorf("%s %q: DeallocatesAll %v, want %v", check.name, tc.sql, v.DeallocatesAll, check.dealloc)
+			case v.ResetsContext:
+				t.Errorf("%s %q: ResetsContext", check.name, tc.sql)
+			}
+			// What transaction pool mode refuses tells the client what to do instead.
+			if v.Err != nil && v.Err.Code == CodeNotSupported && (!strings.Contains(v.Err.Message, "transaction pool mode") || v.Err.Hint == "") {
+				t.Errorf("%s %q: message %q, hint %q", check.name, tc.sql, v.Err.Message, v.Err.Hint)
+			}
+		}
+	}
+}
+
+func TestPooledMessages(t *testing.T) {
+	g := newPooledGuard()
+	v := g.CheckQuery([]byte("SET work_mem = '64MB'"))
+	if v.Err == nil || v.Err.Message != "SET without LOCAL is not supported in transaction pool mode" || !strings.Contains(v.Err.Hint, "SET LOCAL") {
+		t.Errorf("SET: %+v", v.Err)
+	}
+	v = g.CheckQuery([]byte("SELECT * FROM pg_prepared_statements"))
+	if v.Err == nil || v.Err.Message != "permission denied: pg_prepared_statements shows other clients' statements in transaction pool mode" {
+		t.Errorf("pg_prepared_statements: %+v", v.Err)
+	}
+	v = g.CheckQuery([]byte("SELECT pg_advisory_lock(1)"))
+	if v.Err == nil || !strings.Contains(v.Err.Hint, "pg_advisory_xact_lock") {
+		t.Errorf("pg_advisory_lock: %+v", v.Err)
+	}
+}
+
+// RESET ALL and DISCARD ALL keep their behaviour in pool mode; DISCARD ALL
+// also deallocates every prepared statement.
+func TestPooledResets(t *testing.T) {
+	g := newPooledGuard()
+	for _, tc := range []struct {
+		sql         string
+		deallocates bool
+	}{{"RESET ALL", false}, {"discard all", true}, {"DISCARD ALL;", true}} {
+		v := g.CheckQuery([]byte(tc.sql))
+		if v.Err != nil || !v.ResetsContext || v.DeallocatesAll != tc.deallocates {
+			t.Errorf("%s as a simple query: %+v, want allowed with ResetsContext, DeallocatesAll %v", tc.sql, v, tc.deallocates)
+		}
+		if pv := g.CheckParse([]byte(tc.sql)); pv.Err == nil || pv.Err.Code != CodeRefused {
+			t.Errorf("%s through Parse: %+v, want refused", tc.sql, pv)
+		}
+	}
+	if v := g.CheckQuery([]byte("SELECT 1; DISCARD ALL")); v.Err == nil || v.Err.Code != CodeRefused {
+		t.Errorf("DISCARD ALL after another statement: %+v", v)
+	}
+}
+
+// Pool mode only adds refusals: everything refused otherwise stays refused,
+// with the same SQLSTATE.
+func TestPooledKeepsRefusals(t *testing.T) {
+	pooled, plain := newPooledGuard(), newTestGuard()
+	for _, sql := range refusedSQL {
+		want := plain.CheckQuery([]byte(sql)).Err
+		got := pooled.CheckQuery([]byte(sql)).Err
+		if got == nil || got.Code != want.Code {
+			t.Errorf("%s: pooled %v, not pooled %v", sql, got, want)
+		}
+	}
+}
+
+func TestPooledScreen(t *testing.T) {
+	for _, sql := range []string{
+		"SELECT abalance FROM pgbench_accounts WHERE aid = 48213;",
+		"select * from projects where tenant_id = $1",
+		"INSERT INTO projects (tenant_id, name) VALUES ($1, $2)",
+		"WITH x AS (SELECT 1) SELECT * FROM x",
+		"SELECT tmp, holder, prepared, listener FROM t",
+	} {
+		if !screen([]byte(sql), true) {
+			t.Errorf("pooled screen sends %q to the parser", sql)
+		}
+	}
+	for _, tc := range pooledCases {
+		if tc.pooled != "" || tc.deallocates {
+			if screen([]byte(tc.sql), true) {
+				t.Errorf("pooled screen passes %s", tc.sql)
+			}
+		}
+	}
+	// A word longer than the longest screen word goes through the prefix checks.
+	sql := []byte("SELECT abalance FROM pgbench_accounts WHERE aid = 48213 AND pgtenant_some_very_long_column_name = 1;")
+	if n := testing.AllocsPerRun(100, func() { screen(sql, true) }); n != 0 {
+		t.Fatalf("pooled screen allocates %.0f times per statement", n)
+	}
+}
+
+// dangerousWord and pooledWord look words up only up to a length.
+func TestScreenWordsFit(t *testing.T) {
+	for _, set := range []struct {
+		words   map[string]bool
+		longest int
+	}{{screenWords, longestScreenWord}, {pooledScreenWords, longestPooledWord}} {
+		for w := range set.words {
+			if len(w) > set.longest || w != strings.ToLower(w) {
+				t.Errorf("screen word %q is never matched", w)
+			}
+		}
+	}
+}
+
+// FuzzScreenSoundPooled is FuzzScreenSound for pooled guards: the pooled
+// screen never passes a statement the pooled full check refuses, nor one
+// whose verdict carries a flag.
+func FuzzScreenSoundPooled(f *testing.F) {
+	for _, s := range append(append([]string{}, refusedSQL...), allowedSQL...) {
+		f.Add(s)
+	}
+	for _, tc := range pooledCases {
+		f.Add(tc.sql)
+	}
+	for _, s := range []string{
+		"SELECT $t$pg_temp$t$",
+		`SELECT "pg_""temp"`,
+		"SELECT 1 /* temp */; LISTEN x",
+		"CREATE TEMP TABLE t (a int) ON COMMIT DROP; DEALLOCATE ALL",
+		"DECLARE c CURSOR WITH HOLD FOR SELECT pg_advisory_lock(1)",
+	} {
+		f.Add(s)
+	}
+	g := newPooledGuard()
+	f.Fuzz(func(t *testing.T, sql string) {
+		if !screen([]byte(sql), true) {
+			return
+		}
+		v := g.full(sql, true)
+		if v.ResetsContext || v.DeallocatesAll {
+			t.Fatalf("pooled screen passed %q with verdict %+v", sql, v)
+		}
+		if v.Err != nil && v.Err.Code != CodeSyntaxError {
+			t.Fatalf("pooled screen passed %q, which the pooled full check refuses: %s", sql, v.Err.Message)
+		}
+	})
+}
+
+func BenchmarkFullCheckPooled(b *testing.B) {
+	g := newPooledGuard()
+	sql := "SELECT abalance FROM pgbench_accounts WHERE aid = 48213;"
+	b.ReportAllocs()
+	for b.Loop() {
+		g.full(sql, true)
+	}
+}
+
+func BenchmarkScreenPooled(b *testing.B) {
+	sql := []byte("SELECT abalance FROM pgbench_accounts WHERE aid = 48213;")
+	b.ReportAllocs()
+	for b.Loop() {
+		screen(sql, true)
 	}
 }

@@ -12,7 +12,10 @@ package guard
 // characters that are not word characters here either, so it shows up as
 // that word. Unicode escapes (U&"...") can spell any name, so U& anywhere
 // sends the statement to the parser. False alarms only cost a parse.
-func screen(sql []byte) bool {
+//
+// pooled adds the words of the transaction-pool-mode refusals (and of
+// DEALLOCATE ALL, which the verdict reports), for pooled guards.
+func screen(sql []byte, pooled bool) bool {
 	start := -1
 	for i := 0; i <= len(sql); i++ {
 		var c byte
@@ -29,7 +32,7 @@ func screen(sql []byte) bool {
 			return false
 		}
 		if start >= 0 {
-			if dangerousWord(sql[start:i]) {
+			if w := sql[start:i]; dangerousWord(w) || pooled && pooledWord(w) {
 				return false
 			}
 			start = -1
@@ -57,6 +60,21 @@ var screenWords = map[string]bool{
 	"query_to_xmlschema": true, "ts_stat": true, "ts_rewrite": true,
 }
 
+// pooledScreenWords are, for pooled guards, the further words without which
+// no construct refused in transaction pool mode can be written: LISTEN,
+// TEMP/TEMPORARY, WITH HOLD, PREPARE/DEALLOCATE, and the views and functions
+// listing the connection's statements and cursors; and the words of
+// DEALLOCATE ALL and DISCARD ALL, which set Verdict.DeallocatesAll ("discard"
+// is in screenWords too; it is repeated so this set stands on its own).
+// Session-level SET needs "set"; names in pg_temp and the advisory-lock
+// functions are caught by prefix (pooledWord).
+var pooledScreenWords = map[string]bool{
+	"listen": true, "temp": true, "temporary": true, "hold": true,
+	"prepare": true, "deallocate": true, "discard": true,
+	"pg_prepared_statements": true, "pg_prepared_statement": true,
+	"pg_cursors": true, "pg_cursor": true,
+}
+
 // longestScreenWord bounds the words worth lowering.
 const longestScreenWord = len("query_to_xml_and_xmlschema")
 
@@ -75,6 +93,59 @@ func dangerousWord(w []byte) bool {
 		buf[i] = c
 	}
 	return screenWords[string(buf[:len(w)])]
+}
+
+// pooledPrefixes are caught whatever follows them: pg_temp and pg_temp_<n>
+// (and, harmlessly, longer words starting with pg_temp), and every
+// advisory-lock function.
+var pooledPrefixes = []string{"pg_temp", "pg_advisory", "pg_try_advisory"}
+
+// longestPooledWord bounds the pooled words worth lowering.
+const longestPooledWord = len("pg_prepared_statements")
+
+// pooledInitial holds the lower-case first letters of pooled words and
+// prefixes, so most words are dismissed by their first byte.
+var pooledInitial = func() (first [256]bool) {
+	for w := range pooledScreenWords {
+		first[w[0]] = true
+	}
+	for _, p := range pooledPrefixes {
+		first[p[0]] = true
+	}
+	return first
+}()
+
+// pooledWord is dangerousWord for pooledScreenWords, kept apart so that the
+// screen of guards not in pool mode does no extra work per word.
+func pooledWord(w []byte) bool {
+	c := w[0] // the screen passes no empty word
+	if c >= 'A' && c <= 'Z' {
+		c += 'a' - 'A'
+	}
+	if !pooledInitial[c] {
+		return false
+	}
+	// Before the length cut: pg_try_advisory_lock_shared is longer than it.
+	for _, p := range pooledPrefixes {
+		if hasLowerPrefix(w, p) {
+			return true
+		}
+	}
+	if len(w) > longestPooledWord {
+		return false
+	}
+	var buf [longestPooledWord]byte
+	for i, c := range w {
+		if c >= 'A' && c <= 'Z' {
+			c += 'a' - 'A'
+		}
+		buf[i] = c
+	}
+	return pooledScreenWords[string(buf[:len(w)])]
+}
+
+func hasLowerPrefix(w []byte, prefix string) bool {
+	return len(w) >= len(prefix) && lowerEquals(w[:len(prefix)], prefix)
 }
 
 func lowerEquals(w []byte, lower string) bool {

@@ -59,6 +59,7 @@ type Metrics struct {
 	upstreamLatency prometheus.Histogram
 
 	transactions *prometheus.CounterVec
+	poolWaits    prometheus.Counter
 	statements   *prometheus.CounterVec
 	errors       *prometheus.CounterVec
 	refusals     *prometheus.CounterVec
@@ -154,6 +155,10 @@ func New(opts Options) *Metrics {
 		Name: "pgtenant_bytes_total",
 		Help: "Bytes relayed by ended sessions, by tenant and direction (from_client, to_client).",
 	}, []string{"tenant", "direction"})
+	m.poolWaits = prometheus.NewCounter(prometheus.CounterOpts{
+		Name: "pgtenant_pool_waits_total",
+		Help: "Transactions that waited for a pooled upstream connection (transaction mode).",
+	})
 	m.sessions = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "pgtenant_sessions_total",
 		Help: "Sessions ended, by tenant.",
@@ -161,7 +166,7 @@ func New(opts Options) *Metrics {
 
 	m.reg.MustRegister(
 		conns, m.connClosed, m.auth, upstream, m.upstreamLatency,
-		m.transactions, m.statements, m.errors, m.refusals, m.bytes, m.sessions,
+		m.transactions, m.statements, m.errors, m.refusals, m.bytes, m.sessions, m.poolWaits,
 		collectors.NewGoCollector(),
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 	)
@@ -244,6 +249,9 @@ func (m *Metrics) Statements(tenant string, n int64) {
 
 // Error implements proxy.Observer.
 func (m *Metrics) Error(tenant string) { m.tenant(tenant).errors.Inc() }
+
+// PoolWait implements proxy.Observer.
+func (m *Metrics) PoolWait(string) { m.poolWaits.Inc() }
 
 // SessionEnd counts an ended session and the bytes it relayed each way.
 // Negative byte counts are ignored.

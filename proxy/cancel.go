@@ -25,6 +25,17 @@ type cancelTarget struct {
 	network, address string
 	pid              uint32
 	secret           []byte // the upstream's secret key
+	// pooled is set in transaction mode: the target is whichever pooled
+	// connection the client holds when the cancel arrives.
+	pooled *relay
+}
+
+// randomPID is the process id a transaction-mode client is told: it has
+// no upstream backend of its own.
+func randomPID() uint32 {
+	var b [4]byte
+	_, _ = rand.Read(b[:])
+	return binary.BigEndian.Uint32(b[:])&0x3fffffff | 1
 }
 
 type cancelRegistry struct {

@@ -26,6 +26,9 @@ type Observer interface {
 	Statements(tenant string, n int64)
 	// Error reports an ErrorResponse relayed to a client of tenant.
 	Error(tenant string)
+	// PoolWait reports a transaction-mode client of tenant that had to wait
+	// for a pooled upstream connection.
+	PoolWait(tenant string)
 	// SessionEnd reports the bytes a session relayed each way.
 	SessionEnd(tenant string, fromClient, toClient int64)
 }
@@ -53,3 +56,4 @@ func (nopObserver) Refusal(string)                       {}
 func (nopObserver) Statements(string, int64)             {}
 func (nopObserver) Error(string)                         {}
 func (nopObserver) SessionEnd(string, int64, int64)      {}
+func (nopObserver) PoolWait(string)                      {}

@@ -95,31 +95,31 @@ func (r *relay) wholeMessage(size int) (msg []byte, peeked bool, err error) {
 // check runs the guard on a Query, Parse or FunctionCall message. It returns
 // the bytes to send upstream instead when the message is refused, and whether
 // the message resets the tenant context (RESET ALL, DISCARD ALL).
-func (r *relay) check(msg []byte) (substitute []byte, resets bool, err error) {
+func (r *relay) check(msg []byte) (substitute []byte, resets, deallocates bool, err error) {
 	var verdictErr *pgconn.PgError
 	var name string
 	switch msg[0] {
 	case 'F':
 		if len(msg) < 9 {
-			return nil, false, fatalf(codeProtocolViolation, "invalid FunctionCall message")
+			return nil, false, false, fatalf(codeProtocolViolation, "invalid FunctionCall message")
 		}
 		oid := uint32(msg[5])<<24 | uint32(msg[6])<<16 | uint32(msg[7])<<8 | uint32(msg[8])
 		verdictErr = r.guard.CheckFunctionCall(oid)
 	case 'Q':
 		v := r.guard.CheckQuery(statementText(msg))
-		verdictErr, resets = v.Err, v.ResetsContext
+		verdictErr, resets, deallocates = v.Err, v.ResetsContext, v.DeallocatesAll
 	case 'P':
 		body := msg[5:]
 		nul := bytes.IndexByte(body, 0)
 		if nul < 0 {
-			return nil, false, fatalf(codeProtocolViolation, "invalid Parse message")
+			return nil, false, false, fatalf(codeProtocolViolation, "invalid Parse message")
 		}
 		name = string(body[:nul])
 		v := r.guard.CheckParse(statementText(msg))
-		verdictErr = v.Err
+		verdictErr, deallocates = v.Err, v.DeallocatesAll
 	}
 	if verdictErr == nil {
-		return nil, resets, nil
+		return nil, resets, deallocates, nil
 	}
 	seq := r.refusals.add(verdictErr)
 	text := refusalMarker + strconv.FormatUint(seq, 10)
@@ -130,5 +130,5 @@ func (r *relay) check(msg []byte) (substitute []byte, resets bool, err error) {
 	r.stats.refusals.Add(1)
 	r.obs.Refusal(r.tenant)
 	substitute, err = sub.Encode(nil)
-	return substitute, false, err
+	return substitute, false, false, err
 }

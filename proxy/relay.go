@@ -84,6 +84,16 @@ type relay struct {
 	done           chan struct{}        // closed when the response side returns
 
 	stats relayStats
+
+	// Transaction mode (pool != nil): the upstream is leased per transaction
+	// (pooled.go). wconn is the connection the request side writes, rconn
+	// (and rsc) the one the response side reads; in session mode both are
+	// upstream for the whole session.
+	pooledState
+	leaseMu sync.Mutex
+	wconn   net.Conn
+	rconn   net.Conn
+	rsc     *serverConn
 }
 
 type relayStats struct {
@@ -107,14 +117,18 @@ func newRelay(client net.Conn, cr *bufio.Reader, cw *bufio.Writer, upstream net.
 		upstream:       upstream,
 		cr:             cr,
 		cw:             cw,
-		ur:             bufio.NewReaderSize(upstream, relayBufSize),
-		uw:             bufio.NewWriterSize(upstream, relayBufSize),
 		assertion:      a,
 		units:          make(chan unit, maxUnitsInFlight),
 		standaloneDone: make(chan *pgconn.PgError, 1),
 		drained:        make(chan struct{}, 1),
 		copySignal:     make(chan struct{}, 1),
 		done:           make(chan struct{}),
+		wconn:          upstream,
+		rconn:          upstream,
+	}
+	if upstream != nil {
+		r.ur = bufio.NewReaderSize(upstream, relayBufSize)
+		r.uw = bufio.NewWriterSize(upstream, relayBufSize)
 	}
 	r.txStatus.Store('I')
 	return r
@@ -218,11 +232,10 @@ func (r *relay) clientToUpstream() error {
 	for {
 		if r.cr.Buffered() < 5 {
 			// Everything that arrived together has been relayed: one write.
-			if err := r.uw.Flush(); err != nil {
+			if err := r.flushUpstream(); err != nil {
 				return err
 			}
 			r.armIdleTimeout()
-			r.armUpstreamTimeout()
 		}
 		typ, size, err := readHeader(r.cr)
 		if err != nil {
@@ -237,7 +250,7 @@ func (r *relay) clientToUpstream() error {
 		}
 		var msg []byte // the whole message, when the guard needs to read it
 		var substitute []byte
-		peeked, resets := false, false
+		peeked, resets, deallocates := false, false, false
 		if r.guard != nil && (typ == 'Q' || typ == 'P' || typ == 'F') {
 			if why, _ := r.unsafeLexing.Load().(string); why != "" {
 				return fatalf(codeInsufficientPrivilege, "pgtenant cannot guard this session's statements: %s", why)
@@ -245,12 +258,31 @@ func (r *relay) clientToUpstream() error {
 			if msg, peeked, err = r.wholeMessage(size); err != nil {
 				return err
 			}
-			if substitute, resets, err = r.check(msg); err != nil {
+			if substitute, resets, deallocates, err = r.check(msg); err != nil {
 				return err
 			}
 		}
 		if copyIn && typ != 'd' && typ != 'c' && typ != 'f' && typ != 'S' && typ != 'H' {
 			return fatalf(codeProtocolViolation, "unexpected message type %q during COPY from stdin", typ)
+		}
+		if r.pooled() {
+			if typ == 'X' {
+				// The pooled connection is not the client's to terminate.
+				return errClientTerminated
+			}
+			held, err := r.leaseFor(typ)
+			if err != nil {
+				return err
+			}
+			if !held {
+				// Nothing to flush, no COPY in progress: PostgreSQL would ignore it too.
+				if peeked || msg == nil {
+					if _, err := r.cr.Discard(size); err != nil {
+						return err
+					}
+				}
+				continue
+			}
 		}
 		switch typ {
 		case 'Q', 'F':
@@ -321,10 +353,25 @@ func (r *relay) clientToUpstream() error {
 			_ = r.uw.Flush()
 			return errClientTerminated
 		}
+		if r.pooled() && substitute == nil && (typ == 'P' || typ == 'B' || typ == 'D' || typ == 'C') {
+			if err := r.relayStatementMessage(typ, size, msg, peeked); err != nil {
+				return err
+			}
+			continue
+		}
+		if r.pooled() && typ == 'P' {
+			r.stmts.record(replyEntry{seq: r.seq}) // the refusal's failing Parse
+		}
 		if msg != nil {
 			out := msg
 			if substitute != nil {
 				out = substitute
+			}
+			if r.pooled() && typ == 'Q' {
+				r.forgetUnnamed()
+			}
+			if r.pooled() && deallocates {
+				r.deallocateAll()
 			}
 			if _, err := r.uw.Write(out); err != nil {
 				return err
@@ -468,21 +515,37 @@ func (r *relay) armIdleTimeout() {
 // armUpstreamTimeout sets the upstream read deadline while replies are owed
 // and clears it when none are. The request side calls it after sending, the
 // response side at every message and when the last reply is in.
-func (r *relay) armUpstreamTimeout() {
+func (r *relay) armUpstreamTimeout(conn net.Conn) {
 	if r.upstreamTimeout == 0 {
 		return
 	}
 	for {
 		pending := r.pending.Load()
 		if pending > 0 {
-			_ = r.upstream.SetReadDeadline(time.Now().Add(r.upstreamTimeout))
+			_ = conn.SetReadDeadline(time.Now().Add(r.upstreamTimeout))
 		} else {
-			_ = r.upstream.SetReadDeadline(time.Time{})
+			_ = conn.SetReadDeadline(time.Time{})
 		}
 		if r.pending.Load() == pending {
 			return
 		}
 	}
+}
+
+// flushUpstream sends what the request side has buffered. In transaction
+// mode it also ends the write section, which may give the connection back.
+func (r *relay) flushUpstream() error {
+	if r.pooled() {
+		if !r.writing {
+			return nil
+		}
+		defer r.endWrite()
+	}
+	if err := r.uw.Flush(); err != nil {
+		return err
+	}
+	r.armUpstreamTimeout(r.wconn)
+	return nil
 }
 
 // idleError turns a read timeout from armIdleTimeout into PostgreSQL's error.
@@ -528,7 +591,14 @@ func (r *relay) waitDrained() error {
 func (r *relay) queueUnit(u unit) uint64 {
 	r.seq++
 	u.seq = r.seq
-	r.pending.Add(1)
+	if r.pooled() {
+		r.leaseMu.Lock()
+		r.pending.Add(1)
+		r.attachLocked()
+		r.leaseMu.Unlock()
+	} else {
+		r.pending.Add(1)
+	}
 	select {
 	case r.units <- u:
 	default:
@@ -608,6 +678,9 @@ func assertionFailed(upstream *pgconn.PgError) *pgconn.PgError {
 	}
 }
 
+// parseComplete answers a Parse that pgtenant served from a connection's cache.
+var parseComplete = []byte{'1', 0, 0, 0, 4}
+
 // errDraining ends a session when the server shuts down.
 var errDraining = errors.New("server shutting down")
 
@@ -622,7 +695,15 @@ func (r *relay) upstreamToClient() (err error) {
 	inUnit := false
 	assertLeft := 0                   // assertion replies still to hide
 	var standaloneErr *pgconn.PgError // failure of the current standalone assertion
+	leased := !r.pooled()             // in transaction mode, between leases there is nothing to read
 	for {
+		if !leased {
+			ok, err := r.waitLease()
+			if !ok {
+				return err
+			}
+			leased = true
+		}
 		if r.ur.Buffered() < 5 {
 			if err := r.cw.Flush(); err != nil {
 				return err
@@ -639,10 +720,17 @@ func (r *relay) upstreamToClient() (err error) {
 			}
 			return err
 		}
-		r.armUpstreamTimeout()
+		r.armUpstreamTimeout(r.rconn)
 		r.stats.toClient += int64(size)
 		switch typ {
 		case 'A', 'N', 'S':
+			if typ == 'S' && assertLeft > 0 && r.pooled() {
+				// A setting the assertion re-applied: the client knows it already.
+				if _, err := r.ur.Discard(size); err != nil {
+					return err
+				}
+				continue
+			}
 			// NotificationResponse, NoticeResponse, ParameterStatus may come at any time.
 			if typ == 'S' && r.guard != nil {
 				r.watchParameter(size)
@@ -689,6 +777,9 @@ func (r *relay) upstreamToClient() (err error) {
 			if err != nil {
 				return err
 			}
+			if r.pooled() {
+				r.stmts.dropUnit(cur.seq, r.rsc)
+			}
 			upstreamErr := decodeError(msg)
 			switch {
 			case cur.standalone:
@@ -710,6 +801,28 @@ func (r *relay) upstreamToClient() (err error) {
 				}
 			}
 			continue
+		}
+		if r.pooled() {
+			switch typ {
+			case '1', '3':
+				switch r.stmts.reply() {
+				case replyHide:
+					if _, err := r.ur.Discard(size); err != nil {
+						return err
+					}
+					continue
+				case replyAsParse:
+					if _, err := r.ur.Discard(size); err != nil {
+						return err
+					}
+					if _, err := r.cw.Write(parseComplete); err != nil {
+						return err
+					}
+					continue
+				}
+			case 'E':
+				r.stmts.dropUnit(cur.seq, r.rsc)
+			}
 		}
 		if typ == 'E' && r.refusals.outstanding.Load() > 0 {
 			msg, err := readMessage(r.ur, size)
@@ -736,33 +849,48 @@ func (r *relay) upstreamToClient() (err error) {
 			r.signalCopy()
 		}
 		if typ == 'Z' {
-			body, err := r.ur.Peek(6)
-			if err != nil {
+			if size != 6 {
+				return fatalf(codeProtocolViolation, "pgtenant: invalid ReadyForQuery from upstream")
+			}
+			// Read it out before the pending count drops: in transaction mode
+			// that may give the connection to another client.
+			var z [6]byte
+			if _, err := io.ReadFull(r.ur, z[:]); err != nil {
 				return err
 			}
+			status := z[5]
 			r.copyInUpstream.Store(false)
-			r.txStatus.Store(uint32(body[5]))
-			if r.pending.Add(-1) == 0 {
+			r.txStatus.Store(uint32(status))
+			if r.pooled() {
+				r.stmts.dropUnit(cur.seq, r.rsc)
+				r.leaseMu.Lock()
+			}
+			left := r.pending.Add(-1)
+			if left == 0 {
 				select {
 				case r.drained <- struct{}{}:
 				default:
 				}
 				r.armIdleTimeout()
-				r.armUpstreamTimeout()
+				r.armUpstreamTimeout(r.rconn)
+			}
+			if r.pooled() {
+				if left == 0 && status == 'I' {
+					r.detachLocked()
+					leased = false
+				}
+				r.leaseMu.Unlock()
 			}
 			r.signalCopy()
 			inUnit = false
-			if r.draining.Load() && r.pending.Load() == 0 && body[5] == 'I' && !cur.standalone {
+			if r.draining.Load() && left == 0 && status == 'I' && !cur.standalone {
 				// Shutting down and outside a transaction: this is the moment.
-				if err := forward(r.cw, r.ur, size); err != nil {
+				if _, err := r.cw.Write(z[:]); err != nil {
 					return err
 				}
 				return errDraining
 			}
 			if cur.standalone {
-				if _, err := r.ur.Discard(size); err != nil {
-					return err
-				}
 				if cur.afterReset {
 					if standaloneErr != nil {
 						return assertionFailed(standaloneErr)
@@ -773,6 +901,10 @@ func (r *relay) upstreamToClient() (err error) {
 				standaloneErr = nil
 				continue
 			}
+			if _, err := r.cw.Write(z[:]); err != nil {
+				return err
+			}
+			continue
 		} else if cur.standalone {
 			if _, err := r.ur.Discard(size); err != nil {
 				return err

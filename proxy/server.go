@@ -12,6 +12,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"reflect"
 	"slices"
 	"strconv"
 	"sync"
@@ -49,6 +50,7 @@ type Server struct {
 	listeners  map[net.Listener]struct{}
 	conns      map[net.Conn]struct{}
 	sessions   map[*session]struct{}
+	pools      []*txPool // every transaction pool made, closed by Close
 	closed     bool
 	draining   bool
 	onClose    []func()
@@ -66,6 +68,8 @@ type runtime struct {
 	database       string
 	policy         startupPolicy
 	guard          *guard.Guard
+	pooledGuard    *guard.Guard    // for transaction-mode sessions; nil when no user is in that mode
+	pool           *txPool         // transaction mode's upstream connections
 	unguarded      map[string]bool // users whose SQL the guard does not check
 	signingKey     []byte          // signed tenant context; nil when off
 	throttle       throttle.Service
@@ -88,6 +92,7 @@ func New(cfg *config.Config, authn Authenticator, log *slog.Logger) (*Server, er
 	if err != nil {
 		return nil, err
 	}
+	s.adoptPool(rt, nil)
 	s.rt.Store(rt)
 	return s, nil
 }
@@ -103,6 +108,7 @@ func (s *Server) Reload(cfg *config.Config, authn Authenticator) error {
 	if err != nil {
 		return err
 	}
+	s.adoptPool(rt, old)
 	s.rt.Store(rt)
 	s.log.Info("configuration reloaded", "users", len(cfg.Users))
 	return nil
@@ -122,6 +128,9 @@ func newRuntime(cfg *config.Config, authn Authenticator, old *runtime, log *slog
 		guard:          guard.New(guard.Policy{TenantSetting: cfg.TenantSetting, ExtraSettings: cfg.ProtectedSettings()}),
 		unguarded:      make(map[string]bool),
 		startupTimeout: cfg.Auth.Timeout.Duration,
+	}
+	if cfg.UsesTransactionPool() {
+		rt.pooledGuard = guard.New(guard.Policy{TenantSetting: cfg.TenantSetting, ExtraSettings: cfg.ProtectedSettings(), Pooled: true})
 	}
 	// The back-off state survives a reload unless its settings changed.
 	if old != nil && old.cfg.Auth.Throttle == cfg.Auth.Throttle {
@@ -149,6 +158,23 @@ func newRuntime(cfg *config.Config, authn Authenticator, old *runtime, log *slog
 		rt.requireTLS = cfg.TLS.Mode == config.TLSModeRequire
 	}
 	return rt, nil
+}
+
+// adoptPool gives rt its transaction pool: the old runtime's when the
+// upstream and the pool settings are unchanged, else a new one. A replaced
+// pool serves the sessions that started with it until Close.
+func (s *Server) adoptPool(rt, old *runtime) {
+	if !rt.cfg.UsesTransactionPool() {
+		return
+	}
+	if old != nil && old.pool != nil && old.cfg.Upstream == rt.cfg.Upstream && reflect.DeepEqual(old.cfg.Pool, rt.cfg.Pool) {
+		rt.pool = old.pool
+		return
+	}
+	rt.pool = newTxPool(rt.cfg.Pool, rt.dialPooled, s.observer)
+	s.mu.Lock()
+	s.pools = append(s.pools, rt.pool)
+	s.mu.Unlock()
 }
 
 // ListenAndServe listens on the configured address and serves until Close.
@@ -260,7 +286,12 @@ func (s *Server) Close() error {
 	s.mu.Lock()
 	onClose := s.onClose
 	s.onClose = nil
+	pools := s.pools
+	s.pools = nil
 	s.mu.Unlock()
+	for _, p := range pools {
+		p.close()
+	}
 	for _, f := range onClose {
 		f()
 	}
@@ -420,6 +451,18 @@ func (s *Server) handleCancel(cr *pgproto3.CancelRequest, log *slog.Logger) {
 	t, ok := s.cancels.lookup(cr.ProcessID, cr.SecretKey)
 	if !ok {
 		log.Debug("cancel request with unknown key ignored")
+		return
+	}
+	if t.pooled != nil {
+		pid, sent, err := t.pooled.cancelPooled(s.rt.Load().cfg.ConnectTimeout.Duration)
+		switch {
+		case err != nil:
+			log.Warn("forwarding cancel request failed", "err", err)
+		case sent:
+			log.Info("cancel request forwarded", "upstream_pid", pid)
+		default:
+			log.Debug("cancel request for a client between transactions ignored")
+		}
 		return
 	}
 	if err := t.send(context.Background(), s.rt.Load().cfg.ConnectTimeout.Duration); err != nil {

@@ -15,6 +15,7 @@ import (
 	"github.com/jackc/pgx/v5/pgproto3"
 
 	"github.com/pgtenant/pgtenant/auth"
+	"github.com/pgtenant/pgtenant/config"
 	"github.com/pgtenant/pgtenant/internal/lexsafe"
 )
 
@@ -172,6 +173,9 @@ func (s *Server) startSession(rt *runtime, st *startup, cr *bufio.Reader, cw *bu
 		return nil, fatalf(codeInvalidCatalogName, "database %q does not exist", database)
 	}
 
+	if rt.pool != nil && rt.cfg.PoolModeFor(user) == config.PoolModeTransaction {
+		return s.startPooledSession(rt, st, cr, cw, ident, params, log)
+	}
 	a := newAssertion(rt.contextSettings(ident))
 	start := time.Now()
 	hc, err := rt.connectUpstream(context.Background(), params, a)
@@ -199,22 +203,7 @@ func (s *Server) startSession(rt *runtime, st *startup, cr *bufio.Reader, cw *bu
 	addr := hc.Conn.RemoteAddr()
 	key := s.cancels.register(cancelTarget{network: addr.Network(), address: addr.String(), pid: hc.PID, secret: hc.SecretKey})
 
-	names := make([]string, 0, len(hc.ParameterStatuses))
-	for name := range hc.ParameterStatuses {
-		names = append(names, name)
-	}
-	sort.Strings(names)
-	msgs := make([]pgproto3.BackendMessage, 0, len(names)+2)
-	for _, name := range names {
-		msgs = append(msgs, &pgproto3.ParameterStatus{Name: name, Value: hc.ParameterStatuses[name]})
-	}
-	var secret [4]byte
-	binary.BigEndian.PutUint32(secret[:], key.secret)
-	msgs = append(msgs,
-		&pgproto3.BackendKeyData{ProcessID: key.pid, SecretKey: secret[:]},
-		&pgproto3.ReadyForQuery{TxStatus: 'I'},
-	)
-	if err := writeMessages(cw, msgs...); err != nil {
+	if err := writeSessionStart(cw, hc.ParameterStatuses, key); err != nil {
 		s.cancels.unregister(key)
 		hc.Conn.Close()
 		s.untrack(hc.Conn)
@@ -241,6 +230,94 @@ func (s *Server) startSession(rt *runtime, st *startup, cr *bufio.Reader, cw *bu
 	}, nil
 }
 
+// writeSessionStart sends what PostgreSQL sends after authentication:
+// the parameter statuses, the cancel key, ReadyForQuery.
+func writeSessionStart(cw *bufio.Writer, statuses map[string]string, key cancelKey) error {
+	names := make([]string, 0, len(statuses))
+	for name := range statuses {
+		names = append(names, name)
+	}
+	sort.Strings(names)
+	msgs := make([]pgproto3.BackendMessage, 0, len(names)+2)
+	for _, name := range names {
+		msgs = append(msgs, &pgproto3.ParameterStatus{Name: name, Value: statuses[name]})
+	}
+	var secret [4]byte
+	binary.BigEndian.PutUint32(secret[:], key.secret)
+	msgs = append(msgs,
+		&pgproto3.BackendKeyData{ProcessID: key.pid, SecretKey: secret[:]},
+		&pgproto3.ReadyForQuery{TxStatus: 'I'},
+	)
+	return writeMessages(cw, msgs...)
+}
+
+// startPooledSession starts a transaction-mode session: no upstream
+// connection of its own. The client's startup parameters become settings
+// asserted with the tenant at every transaction start; one round trip on a
+// pooled connection checks that they apply and learns the parameter
+// statuses to report.
+func (s *Server) startPooledSession(rt *runtime, st *startup, cr *bufio.Reader, cw *bufio.Writer, ident auth.Identity, params map[string]string, log *slog.Logger) (*session, error) {
+	names := make([]string, 0, len(params))
+	for name := range params {
+		names = append(names, name)
+	}
+	sort.Strings(names)
+	settings := make([]setting, 0, len(names))
+	for _, name := range names {
+		settings = append(settings, setting{name: name, value: params[name]})
+	}
+	// The tenant's settings last, the role at the very end.
+	settings = append(settings, rt.contextSettings(ident)...)
+	a := newAssertion(settings)
+	rl := newRelay(st.conn, cr, cw, nil, a, rt.pooledGuard, ident.Expires)
+	rl.pooledState = pooledState{
+		pool:       rt.pool,
+		ctxKey:     a.statements,
+		resetQuery: resetQueryFor(settings),
+		leases:     make(chan *serverConn, 1),
+		quit:       make(chan struct{}),
+		wake:       make(chan struct{}, 1),
+		stmts:      statements{byName: map[string]*clientStmt{}},
+	}
+
+	ctx, cancel := context.WithTimeout(context.Background(), rt.cfg.Pool.WaitTimeout.Duration+rt.cfg.ConnectTimeout.Duration)
+	defer cancel()
+	start := time.Now()
+	sc, err := rt.pool.acquire(ctx, ident.Tenant, rl.ctxKey)
+	if err != nil {
+		return nil, err
+	}
+	sc.dirtyKey, sc.dirtyReset = rl.ctxKey, rl.resetQuery
+	statuses, err := roundTrip(sc, a.standalone, rt.cfg.ConnectTimeout.Duration)
+	rt.pool.release(sc, ident.Tenant, err == nil)
+	if err != nil {
+		var pgErr *pgconn.PgError
+		if errors.As(err, &pgErr) {
+			return nil, assertionFailed(pgErr)
+		}
+		return nil, fatalf(codeConnectionFailure, "pgtenant could not assert the tenant context on the upstream: %v", err)
+	}
+	merged := make(map[string]string, len(sc.params)+len(statuses))
+	for k, v := range sc.params {
+		merged[k] = v
+	}
+	for k, v := range statuses {
+		merged[k] = v
+	}
+	key := s.cancels.register(cancelTarget{pid: randomPID(), pooled: rl})
+	if err := writeSessionStart(cw, merged, key); err != nil {
+		s.cancels.unregister(key)
+		return nil, err
+	}
+	log.Info("session started", "pool_mode", config.PoolModeTransaction, "startup_ms", time.Since(start).Milliseconds())
+	rl.obs, rl.tenant = s.observer(), ident.Tenant
+	lim := rt.cfg.Limits
+	rl.maxMessage = lim.MaxMessageSize
+	rl.idleTimeout, rl.idleInTxTimeout = lim.IdleTimeout.Duration, lim.IdleInTransactionTimeout.Duration
+	rl.upstreamTimeout = lim.UpstreamTimeout.Duration
+	return &session{s: s, log: log, client: st.conn, relay: rl, key: key, ident: ident, started: time.Now()}, nil
+}
+
 // run relays until either side ends, then tears both down. A client that goes
 // away closes the upstream connection, so an open transaction rolls back.
 // Whichever side ends first reports to the client, once.
@@ -264,13 +341,19 @@ func (ss *session) run() {
 			// Unblock the request side, which is reading from the client.
 			ss.client.Close()
 		}
-		ss.upstream.Close()
+		if ss.upstream != nil {
+			ss.upstream.Close()
+		}
 		respErr <- err
 	}()
 
 	reqErr := r.clientToUpstream()
 	first := !r.closing.Swap(true)
-	ss.upstream.Close()
+	if r.pooled() {
+		r.stopPooled()
+	} else {
+		ss.upstream.Close()
+	}
 	if first {
 		// The response side may be blocked writing to a client that no longer
 		// reads; what it still has to say does not matter now.
@@ -296,6 +379,10 @@ func (ss *session) run() {
 func (ss *session) drain() {
 	r := ss.relay
 	r.draining.Store(true)
+	if r.pooled() {
+		r.wakeResponseSide()
+		return
+	}
 	if r.pending.Load() == 0 && byte(r.txStatus.Load()) == 'I' {
 		ss.upstream.Close()
 	}
@@ -303,13 +390,28 @@ func (ss *session) drain() {
 
 // terminate ends the session now, with FATAL 57P01.
 func (ss *session) terminate() {
-	ss.relay.draining.Store(true)
+	r := ss.relay
+	r.draining.Store(true)
+	if r.pooled() {
+		r.leaseMu.Lock()
+		if r.attached {
+			r.broken = true
+			r.sc.conn.Close()
+		}
+		r.leaseMu.Unlock()
+		r.wakeResponseSide()
+		return
+	}
 	ss.upstream.Close()
 }
 
 func (ss *session) close() {
 	ss.s.releaseTenant(ss.ident.Tenant)
 	ss.s.cancels.unregister(ss.key)
+	if ss.relay != nil && ss.relay.pooled() {
+		ss.relay.endLease()
+		return
+	}
 	ss.upstream.Close()
 	ss.s.untrack(ss.upstream)
 }

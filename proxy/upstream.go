@@ -15,6 +15,21 @@ import (
 // value is the client's tenant before the client sends anything, and then
 // takes over the raw connection for relaying.
 func (rt *runtime) connectUpstream(ctx context.Context, params map[string]string, a assertion) (*pgconn.HijackedConn, error) {
+	return rt.dialUpstream(ctx, params, func(ctx context.Context, conn *pgconn.PgConn) error {
+		if _, err := conn.Exec(ctx, a.statements).ReadAll(); err != nil {
+			var pgErr *pgconn.PgError
+			if errors.As(err, &pgErr) {
+				return assertionFailed(pgErr)
+			}
+			return fatalf(codeConnectionFailure, "pgtenant could not assert the tenant context on the upstream: %v", err)
+		}
+		return nil
+	})
+}
+
+// dialUpstream connects with params as startup parameters, runs setup (if
+// any) on the new connection, and hijacks it.
+func (rt *runtime) dialUpstream(ctx context.Context, params map[string]string, setup func(context.Context, *pgconn.PgConn) error) (*pgconn.HijackedConn, error) {
 	cfg := rt.upstreamConfig.Copy()
 	for k, v := range params {
 		cfg.RuntimeParams[k] = v
@@ -28,13 +43,17 @@ func (rt *runtime) connectUpstream(ctx context.Context, params map[string]string
 	if err != nil {
 		return nil, upstreamConnectError(ctx, err, timeout)
 	}
-	if _, err := conn.Exec(ctx, a.statements).ReadAll(); err != nil {
-		conn.Close(context.Background())
-		var pgErr *pgconn.PgError
-		if errors.As(err, &pgErr) {
-			return nil, assertionFailed(pgErr)
+	if setup != nil {
+		if err := setup(ctx, conn); err != nil {
+			conn.Close(context.Background())
+			return nil, err
 		}
-		return nil, fatalf(codeConnectionFailure, "pgtenant could not assert the tenant context on the upstream: %v", err)
+	}
+	// pgconn may be reading in the background (it starts a reader when a
+	// write is slow): stop that, or it would take bytes meant for the relay.
+	if err := conn.SyncConn(ctx); err != nil {
+		conn.Close(context.Background())
+		return nil, upstreamConnectError(ctx, err, timeout)
 	}
 	hc, err := conn.Hijack()
 	if err != nil {

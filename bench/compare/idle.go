@@ -1,0 +1,193 @@
+package main
+
+import (
+	"bufio"
+	"context"
+	"fmt"
+	"os"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/jackc/pgx/v5/pgconn"
+
+	"github.com/pgtenant/pgtenant/internal/demo"
+	"github.com/pgtenant/pgtenant/internal/pgcluster"
+)
+
+// idleResult is the memory one proxy process needs for N idle clients.
+type idleResult struct {
+	Target    string // "pgtenant" or "pgbouncer"
+	Mode      string
+	N         int
+	RSSBefore int64 // bytes, after one warm-up login
+	RSSAfter  int64 // bytes, with N clients logged in and idle
+	UpBefore  int   // upstream connections of the RLS role
+	UpAfter   int
+	Elapsed   time.Duration // time to open the N connections
+}
+
+// PerClient is the RSS growth per idle client in bytes.
+func (r idleResult) PerClient() float64 { return float64(r.RSSAfter-r.RSSBefore) / float64(r.N) }
+
+// Settling time before reading RSS, so that buffers allocated during login
+// and freed memory returned by the Go runtime are reflected.
+const settle = 2 * time.Second
+
+// idleCheck measures the pgtenant binary bin (its config and log go to
+// dir), then PgBouncer, each in o.idleMode with o.idle authenticated idle
+// clients. Each proxy is the only client of the RLS role while it is
+// measured (the benchmark's proxies are stopped by then), so the upstream
+// connection count is its own.
+func idleCheck(ctx context.Context, c *pgcluster.Cluster, o options, bin, dir string, bc bouncerConf, sessionPool int) ([]idleResult, error) {
+	p, err := startBinary(ctx, c, bin, dir, o.idleMode, o.poolSize)
+	if err != nil {
+		return nil, err
+	}
+	pr, err := measureIdle(ctx, c, "pgtenant", o, p.pid(), connString(p.port, demo.TenantA.User, demo.TenantA.Password))
+	p.stop()
+	if err != nil {
+		return nil, fmt.Errorf("pgtenant: %w", err)
+	}
+
+	bc.mode, bc.poolSize = o.idleMode, o.poolSize
+	if o.idleMode == "session" {
+		bc.poolSize = sessionPool
+	}
+	b, err := startPgBouncer(ctx, c, bc)
+	if err != nil {
+		return nil, err
+	}
+	br, err := measureIdle(ctx, c, "pgbouncer", o, b.pid(), connString(b.port, demo.RLSRole, demo.RLSPassword))
+	b.stop()
+	if err != nil {
+		return nil, fmt.Errorf("pgbouncer: %w", err)
+	}
+	return []idleResult{pr, br}, nil
+}
+
+// measureIdle reads pid's RSS, opens o.idle clients with connStr, waits a
+// moment and reads it again.
+func measureIdle(ctx context.Context, c *pgcluster.Cluster, name string, o options, pid int, connStr string) (idleResult, error) {
+	r := idleResult{Target: name, Mode: o.idleMode, N: o.idle}
+	time.Sleep(settle)
+	var err error
+	if r.RSSBefore, err = rss(pid); err != nil {
+		return r, err
+	}
+	if r.UpBefore, err = upstreamConns(ctx, c); err != nil {
+		return r, err
+	}
+	fmt.Fprintf(os.Stderr, "idle check: opening %d %s-mode clients to %s...\n", o.idle, o.idleMode, name)
+	start := time.Now()
+	conns, err := openClients(ctx, connStr, o.idle, 50, o.idle >= 1000)
+	defer closeClients(conns)
+	if err != nil {
+		return r, err
+	}
+	r.Elapsed = time.Since(start).Round(100 * time.Millisecond)
+	time.Sleep(settle)
+	if r.RSSAfter, err = rss(pid); err != nil {
+		return r, err
+	}
+	if r.UpAfter, err = upstreamConns(ctx, c); err != nil {
+		return r, err
+	}
+	fmt.Fprintf(os.Stderr, "idle check: %s: RSS %s -> %s, %.1f KiB per idle client; upstream connections %d -> %d (%s to connect)\n",
+		name, mib(r.RSSBefore), mib(r.RSSAfter), r.PerClient()/1024, r.UpBefore, r.UpAfter, r.Elapsed)
+	return r, nil
+}
+
+// openClients logs n clients in with up to parallel logins at a time (SCRAM
+// costs the client a PBKDF2 per login, so parallelism matters) and returns
+// them idle. On error the ones opened so far are returned too, for closing.
+func openClients(ctx context.Context, connStr string, n, parallel int, progress bool) ([]*pgconn.PgConn, error) {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	var (
+		mu       sync.Mutex
+		conns    = make([]*pgconn.PgConn, 0, n)
+		firstErr error
+		wg       sync.WaitGroup
+	)
+	next := make(chan struct{})
+	for range parallel {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for range next {
+				conn, err := pgconn.Connect(ctx, connStr)
+				mu.Lock()
+				if err != nil {
+					if firstErr == nil {
+						firstErr = fmt.Errorf("login %d of %d: %w", len(conns)+1, n, err)
+						cancel()
+					}
+				} else {
+					conns = append(conns, conn)
+					if progress && len(conns)%max(n/10, 1) == 0 {
+						fmt.Fprintf(os.Stderr, "  %d/%d\n", len(conns), n)
+					}
+				}
+				mu.Unlock()
+			}
+		}()
+	}
+feed:
+	for range n {
+		select {
+		case next <- struct{}{}:
+		case <-ctx.Done():
+			break feed
+		}
+	}
+	close(next)
+	wg.Wait()
+	if firstErr == nil && ctx.Err() != nil {
+		firstErr = ctx.Err()
+	}
+	return conns, firstErr
+}
+
+// closeClients logs the clients out, in parallel: one at a time would take
+// seconds for 10,000.
+func closeClients(conns []*pgconn.PgConn) {
+	var wg sync.WaitGroup
+	ch := make(chan *pgconn.PgConn)
+	for range 50 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for c := range ch {
+				ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+				_ = c.Close(ctx)
+				cancel()
+			}
+		}()
+	}
+	for _, c := range conns {
+		ch <- c
+	}
+	close(ch)
+	wg.Wait()
+}
+
+// rss returns the resident set size of pid in bytes (VmRSS).
+func rss(pid int) (int64, error) {
+	f, err := os.Open(fmt.Sprintf("/proc/%d/status", pid))
+	if err != nil {
+		return 0, err
+	}
+	defer f.Close()
+	sc := bufio.NewScanner(f)
+	for sc.Scan() {
+		if v, ok := strings.CutPrefix(sc.Text(), "VmRSS:"); ok {
+			kb, err := strconv.ParseInt(strings.TrimSpace(strings.TrimSuffix(strings.TrimSpace(v), "kB")), 10, 64)
+			return kb * 1024, err
+		}
+	}
+	return 0, fmt.Errorf("no VmRSS in /proc/%d/status", pid)
+}
+
+func mib(b int64) string { return fmt.Sprintf("%.1f MiB", float64(b)/(1<<20)) }

@@ -1,0 +1,263 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/jackc/pgx/v5/pgconn"
+
+	"github.com/pgtenant/pgtenant/config"
+	"github.com/pgtenant/pgtenant/internal/cli"
+	"github.com/pgtenant/pgtenant/internal/demo"
+	"github.com/pgtenant/pgtenant/internal/pgcluster"
+)
+
+// errNoPool means this pgtenant's config has no pool section yet, so
+// transaction mode cannot be asked for.
+var errNoPool = errors.New("this pgtenant's config has no pool section (transaction pooling not available)")
+
+// pgtenantYAML is the proxy's config, written as YAML text (what users write)
+// rather than built from config structs, so that this file does not depend
+// on the Go names of new config fields. The benchmark user is tenant-mapped,
+// with the statement guard on (the default). Its password is plaintext,
+// which pgtenant allows for development: it derives the SCRAM verifier at
+// load time, so logins cost the same as with a stored verifier.
+func pgtenantYAML(c *pgcluster.Cluster, listen, mode string, poolSize int, logLevel string) (string, error) {
+	var b strings.Builder
+	fmt.Fprintf(&b, "listen: %q\n", listen)
+	fmt.Fprintf(&b, "upstream: %q\n", c.URL(demo.RLSRole, demo.RLSPassword, demo.Database))
+	fmt.Fprintf(&b, "tenant_setting: %q\n", demo.TenantSetting)
+	fmt.Fprintf(&b, "log_level: %s\n", logLevel)
+	fmt.Fprintf(&b, "users:\n  - name: %q\n    password: %q\n    tenant: %q\n", demo.TenantA.User, demo.TenantA.Password, demo.TenantA.ID)
+	switch {
+	case poolSectionSupported():
+		fmt.Fprintf(&b, "pool:\n  mode: %s\n  size: %d\n", mode, poolSize)
+	case mode != "session":
+		return "", errNoPool
+	}
+	// Without a pool section pgtenant runs in session mode, its only mode.
+	return b.String(), nil
+}
+
+// poolSectionSupported reports whether config accepts the pool section
+// (it decodes strictly, so an unknown section is an error).
+func poolSectionSupported() bool {
+	_, err := config.Parse([]byte("upstream: postgres://u@127.0.0.1/db\nusers: [{name: u, password: p, tenant: t}]\npool:\n  mode: transaction\n  size: 10\n"))
+	return err == nil
+}
+
+// inProcess is a pgtenant proxy running inside this process (as guardbench
+// runs it): no process boundary, but the same code path as the binary.
+type inProcess struct {
+	port  int
+	close func() error
+}
+
+func startInProcess(c *pgcluster.Cluster, mode string, poolSize int) (*inProcess, error) {
+	// The listen address is not used: Serve gets our own listener.
+	text, err := pgtenantYAML(c, "127.0.0.1:0", mode, poolSize, "error")
+	if err != nil {
+		return nil, err
+	}
+	cfg, err := config.Parse([]byte(text))
+	if err != nil {
+		return nil, err
+	}
+	// Logging is discarded: the only expected message is the warning about
+	// the plaintext password.
+	srv, err := cli.NewServer(cfg, slog.New(slog.NewTextHandler(io.Discard, nil)))
+	if err != nil {
+		return nil, err
+	}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		srv.Close()
+		return nil, err
+	}
+	go func() { _ = srv.Serve(ln) }()
+	return &inProcess{port: ln.Addr().(*net.TCPAddr).Port, close: srv.Close}, nil
+}
+
+// binary is the pgtenant program running as a child process, for the memory
+// check: an in-process proxy's RSS would include the benchmark's own.
+type binary struct {
+	port int
+	dir  string
+	log  string
+	cmd  *exec.Cmd
+	done chan struct{}
+}
+
+// buildPgtenant builds the pgtenant command of this module into dir.
+func buildPgtenant(ctx context.Context, dir string) (string, error) {
+	gomod, err := exec.CommandContext(ctx, "go", "env", "GOMOD").Output()
+	if err != nil {
+		return "", fmt.Errorf("go env GOMOD: %w", err)
+	}
+	root := filepath.Dir(strings.TrimSpace(string(gomod)))
+	if root == "." || root == "" {
+		return "", errors.New("not inside the pgtenant module (run from the repository)")
+	}
+	bin := filepath.Join(dir, "pgtenant")
+	cmd := exec.CommandContext(ctx, "go", "build", "-o", bin, ".")
+	cmd.Dir = root
+	if out, err := cmd.CombinedOutput(); err != nil {
+		return "", fmt.Errorf("go build pgtenant: %v\n%s", err, out)
+	}
+	return bin, nil
+}
+
+// startBinary runs the pgtenant binary with a config in dir and waits until
+// a tenant login through it works.
+func startBinary(ctx context.Context, c *pgcluster.Cluster, bin, dir, mode string, poolSize int) (*binary, error) {
+	p := &binary{dir: dir, log: filepath.Join(dir, "pgtenant.log"), done: make(chan struct{})}
+	var err error
+	if p.port, err = freePort(); err != nil {
+		return nil, err
+	}
+	text, err := pgtenantYAML(c, "127.0.0.1:"+strconv.Itoa(p.port), mode, poolSize, "warn")
+	if err != nil {
+		return nil, err
+	}
+	cfgPath := filepath.Join(dir, "pgtenant.yaml")
+	if err := os.WriteFile(cfgPath, []byte(text), 0o600); err != nil {
+		return nil, err
+	}
+	logf, err := os.Create(p.log)
+	if err != nil {
+		return nil, err
+	}
+	defer logf.Close()
+	p.cmd = exec.Command(bin, "--config", cfgPath)
+	p.cmd.Stdout = logf
+	p.cmd.Stderr = logf
+	p.cmd.SysProcAttr = childAttr(nil)
+	if err := p.cmd.Start(); err != nil {
+		return nil, fmt.Errorf("start pgtenant: %w", err)
+	}
+	go func() {
+		_ = p.cmd.Wait()
+		close(p.done)
+	}()
+	if err := waitLogin(ctx, p.port, demo.TenantA.User, demo.TenantA.Password, p.done); err != nil {
+		p.stop()
+		return nil, fmt.Errorf("pgtenant binary did not come up: %w\nlog:\n%s", err, tailFile(p.log, 20))
+	}
+	return p, nil
+}
+
+func (p *binary) pid() int { return p.cmd.Process.Pid }
+
+// stop ends the proxy: SIGTERM drains (no client is left by then), SIGKILL
+// after 5s. It is idempotent; the directory belongs to the caller.
+func (p *binary) stop() {
+	if p.cmd != nil {
+		stopProcess(p.cmd.Process, p.done, syscall.SIGTERM)
+		p.cmd = nil
+	}
+}
+
+// freePort asks the kernel for an unused loopback port. Another process may
+// take it before the proxy binds it; that fails loudly and is rare enough.
+func freePort() (int, error) {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return 0, err
+	}
+	defer l.Close()
+	return l.Addr().(*net.TCPAddr).Port, nil
+}
+
+// connString is a libpq keyword/value string for demo.Database on
+// 127.0.0.1:port. No TLS: none of the targets is configured for it, and it
+// would only add a round trip.
+func connString(port int, user, password string) string {
+	return fmt.Sprintf("host=127.0.0.1 port=%d user=%s password=%s dbname=%s sslmode=disable connect_timeout=30",
+		port, user, password, demo.Database)
+}
+
+// waitLogin polls until user can log in on port and run a query, done is
+// closed (the process died) or 15s pass.
+func waitLogin(ctx context.Context, port int, user, password string, done <-chan struct{}) error {
+	ctx, cancel := context.WithTimeout(ctx, 15*time.Second)
+	defer cancel()
+	var last error
+	for {
+		select {
+		case <-done:
+			return errExited
+		default:
+		}
+		conn, err := pgconn.Connect(ctx, connString(port, user, password))
+		if err == nil {
+			_, err = conn.Exec(ctx, "SELECT 1").ReadAll()
+			conn.Close(context.Background())
+			if err == nil {
+				return nil
+			}
+		}
+		last = err
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("%w (last error: %v)", ctx.Err(), last)
+		case <-done:
+			return errExited
+		case <-time.After(100 * time.Millisecond):
+		}
+	}
+}
+
+// queryValue runs sql as the cluster's superuser in database and returns the
+// first column of the first row as text. pgcluster.Exec returns no rows.
+func queryValue(ctx context.Context, c *pgcluster.Cluster, database, sql string) (string, error) {
+	conn, err := pgconn.Connect(ctx, c.SuperURL(database))
+	if err != nil {
+		return "", err
+	}
+	defer conn.Close(context.Background())
+	res := conn.ExecParams(ctx, sql, nil, nil, nil, nil).Read()
+	if res.Err != nil {
+		return "", res.Err
+	}
+	if len(res.Rows) == 0 || len(res.Rows[0]) == 0 {
+		return "", fmt.Errorf("no rows from %q", sql)
+	}
+	return string(res.Rows[0][0]), nil
+}
+
+// upstreamConns counts RLSRole's server connections: the proxies' upstream
+// connections and any direct clients.
+func upstreamConns(ctx context.Context, c *pgcluster.Cluster) (int, error) {
+	s, err := queryValue(ctx, c, "postgres", "SELECT count(*) FROM pg_stat_activity WHERE usename = '"+demo.RLSRole+"'")
+	if err != nil {
+		return 0, err
+	}
+	return strconv.Atoi(s)
+}
+
+func tailFile(path string, n int) string {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return "(" + err.Error() + ")"
+	}
+	return tailLines(string(b), n)
+}
+
+func tailLines(s string, n int) string {
+	lines := strings.Split(strings.TrimRight(s, "\n"), "\n")
+	if len(lines) > n {
+		lines = lines[len(lines)-n:]
+	}
+	return strings.Join(lines, "\n")
+}

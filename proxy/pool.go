@@ -1,0 +1,472 @@
+package proxy
+
+import (
+	"bufio"
+	"context"
+	"fmt"
+	"net"
+	"slices"
+	"sync"
+	"time"
+
+	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/jackc/pgx/v5/pgproto3"
+
+	"github.com/pgtenant/pgtenant/config"
+	"github.com/pgtenant/pgtenant/internal/lexsafe"
+)
+
+// serverConn is one upstream connection of the transaction pool. It belongs
+// to at most one client at a time, from the start of a transaction until the
+// upstream reports idle again.
+type serverConn struct {
+	conn    net.Conn
+	r       *bufio.Reader
+	w       *bufio.Writer
+	pid     uint32
+	secret  []byte
+	params  map[string]string // ParameterStatus values at connect
+	created time.Time
+	used    time.Time // last release
+
+	// dirtyKey names the context settings a committed transaction may have
+	// left on the connection (the last holder's), and dirtyReset is the
+	// query that resets them. A client with other settings gets the
+	// connection only after that reset has committed: otherwise a ROLLBACK
+	// of its own assertion would bring the previous holder's tenant back.
+	dirtyKey   string
+	dirtyReset []byte
+
+	// mu guards the prepared-statement bookkeeping, which the response side
+	// corrects when the upstream skips or fails a Parse or Close.
+	mu       sync.Mutex
+	prepared map[string]uint64 // server statement name → last use
+	tick     uint64
+	unnamed  *relay // whose unnamed statement the connection holds, if anyone's
+	unnamedN uint64 // and which of that client's unnamed statements
+
+	// cancelMu is held while a cancel request for this connection is in
+	// flight, so the connection cannot go to another client before the
+	// upstream has acted on it.
+	cancelMu sync.Mutex
+}
+
+func (sc *serverConn) cancelTarget() cancelTarget {
+	addr := sc.conn.RemoteAddr()
+	return cancelTarget{network: addr.Network(), address: addr.String(), pid: sc.pid, secret: sc.secret}
+}
+
+// txPool shares upstream connections between the clients in transaction
+// mode. Waiting clients are served round-robin across tenants, and no tenant
+// holds more than its cap, so one tenant's burst cannot starve the others.
+type txPool struct {
+	cfg     config.Pool
+	connect func(context.Context) (*serverConn, error)
+	obs     func() Observer
+
+	mu       sync.Mutex
+	idle     []*serverConn // most recently released last
+	open     int           // connections open or being opened
+	active   map[string]int
+	waiters  map[string][]*poolWaiter
+	ring     []string // tenants with waiters, in service order
+	nwaiting int
+	closed   bool
+	stop     chan struct{}
+	done     chan struct{}
+}
+
+type poolWaiter struct {
+	tenant string
+	got    chan poolGrant // buffered: the granter never blocks
+}
+
+// poolGrant hands a waiter an idle connection, or the right to open one.
+type poolGrant struct {
+	sc   *serverConn
+	open bool
+}
+
+func newTxPool(cfg config.Pool, connect func(context.Context) (*serverConn, error), obs func() Observer) *txPool {
+	p := &txPool{
+		cfg:     cfg,
+		connect: connect,
+		obs:     obs,
+		active:  map[string]int{},
+		waiters: map[string][]*poolWaiter{},
+		stop:    make(chan struct{}),
+		done:    make(chan struct{}),
+	}
+	go p.maintain()
+	return p
+}
+
+var errPoolClosed = fatalf(codeAdminShutdown, "terminating connection due to administrator command")
+
+// acquire returns a connection for a client of tenant whose context
+// settings are key: clean for it (see serverConn.dirtyKey), checked if it
+// sat idle long, and with no cancel request in flight.
+func (p *txPool) acquire(ctx context.Context, tenant, key string) (*serverConn, error) {
+	sc, open, err := p.reserve(ctx, tenant, key)
+	if err != nil {
+		return nil, err
+	}
+	for {
+		if open {
+			if sc, err = p.connect(ctx); err != nil {
+				p.mu.Lock()
+				p.open--
+				p.active[tenant]--
+				p.dispatch()
+				p.mu.Unlock()
+				return nil, err
+			}
+		}
+		if err = p.prepare(sc, key); err == nil {
+			return sc, nil
+		}
+		// A broken connection: replace it, keeping the slot.
+		sc.conn.Close()
+		open = true
+	}
+}
+
+// reserve takes an idle connection or the right to open one, waiting in
+// the tenant's queue when neither is possible now.
+func (p *txPool) reserve(ctx context.Context, tenant, key string) (*serverConn, bool, error) {
+	p.mu.Lock()
+	if p.closed {
+		p.mu.Unlock()
+		return nil, false, errPoolClosed
+	}
+	if len(p.waiters[tenant]) == 0 && p.active[tenant] < p.cfg.TenantCap(tenant) {
+		if sc := p.takeIdle(key); sc != nil {
+			p.active[tenant]++
+			p.mu.Unlock()
+			return sc, false, nil
+		}
+		if p.open < p.cfg.Size {
+			p.open++
+			p.active[tenant]++
+			p.mu.Unlock()
+			return nil, true, nil
+		}
+	}
+	if p.cfg.MaxWaiting > 0 && p.nwaiting >= p.cfg.MaxWaiting {
+		p.mu.Unlock()
+		return nil, false, fatalf(codeTooManyConnections, "sorry, too many clients already: %d clients are waiting for one of pgtenant's %d pooled connections (pool.max_waiting)", p.nwaiting, p.cfg.Size)
+	}
+	w := &poolWaiter{tenant: tenant, got: make(chan poolGrant, 1)}
+	if len(p.waiters[tenant]) == 0 {
+		p.ring = append(p.ring, tenant)
+	}
+	p.waiters[tenant] = append(p.waiters[tenant], w)
+	p.nwaiting++
+	p.mu.Unlock()
+	p.obs().PoolWait(tenant)
+
+	timer := time.NewTimer(p.cfg.WaitTimeout.Duration)
+	defer timer.Stop()
+	select {
+	case g := <-w.got:
+		return g.sc, g.open, nil
+	case <-timer.C:
+	case <-ctx.Done():
+	case <-p.stop:
+	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	select {
+	case g := <-w.got:
+		// Granted while we gave up: take it after all.
+		return g.sc, g.open, nil
+	default:
+	}
+	p.removeWaiter(w)
+	if p.closed {
+		return nil, false, errPoolClosed
+	}
+	return nil, false, fatalf(codeQueryCanceled, "canceling statement: no pooled upstream connection became free within pool.wait_timeout (%s)", p.cfg.WaitTimeout.Duration)
+}
+
+// takeIdle pops the most recently used idle connection, preferring one
+// that needs no reset for key. Caller holds p.mu.
+func (p *txPool) takeIdle(key string) *serverConn {
+	if len(p.idle) == 0 {
+		return nil
+	}
+	i := len(p.idle) - 1
+	for j := i; j >= 0; j-- {
+		if k := p.idle[j].dirtyKey; k == key || k == "" {
+			i = j
+			break
+		}
+	}
+	sc := p.idle[i]
+	p.idle = slices.Delete(p.idle, i, i+1)
+	return sc
+}
+
+func (p *txPool) removeWaiter(w *poolWaiter) {
+	q := p.waiters[w.tenant]
+	if i := slices.Index(q, w); i >= 0 {
+		p.waiters[w.tenant] = slices.Delete(q, i, i+1)
+		p.nwaiting--
+	}
+	if len(p.waiters[w.tenant]) == 0 {
+		delete(p.waiters, w.tenant)
+		if i := slices.Index(p.ring, w.tenant); i >= 0 {
+			p.ring = slices.Delete(p.ring, i, i+1)
+		}
+	}
+}
+
+// dispatch grants idle connections (or the right to open one) to waiters,
+// one tenant at a time in ring order, skipping tenants at their cap.
+// Caller holds p.mu.
+func (p *txPool) dispatch() {
+	for served := true; served && len(p.ring) > 0; {
+		served = false
+		for n := len(p.ring); n > 0 && len(p.ring) > 0; n-- {
+			tenant := p.ring[0]
+			if p.active[tenant] >= p.cfg.TenantCap(tenant) {
+				p.ring = append(p.ring[1:], tenant)
+				continue
+			}
+			var g poolGrant
+			switch {
+			case len(p.idle) > 0:
+				g.sc = p.idle[len(p.idle)-1]
+				p.idle = p.idle[:len(p.idle)-1]
+			case p.open < p.cfg.Size:
+				g.open = true
+				p.open++
+			default:
+				return
+			}
+			w := p.waiters[tenant][0]
+			p.removeWaiter(w)
+			if len(p.waiters[tenant]) > 0 {
+				// Served: to the back of the ring.
+				p.ring = append(slices.DeleteFunc(p.ring, func(t string) bool { return t == tenant }), tenant)
+			}
+			p.active[tenant]++
+			w.got <- g
+			served = true
+		}
+	}
+}
+
+// prepare makes a connection ready for a client: no cancel in flight, alive
+// if it sat idle long, and reset if another context may be committed on it.
+func (p *txPool) prepare(sc *serverConn, key string) error {
+	sc.cancelMu.Lock()
+	sc.cancelMu.Unlock() //nolint:staticcheck // waiting for an in-flight cancel is the point
+	needReset := sc.dirtyKey != "" && sc.dirtyKey != key
+	if !needReset && time.Since(sc.used) < p.cfg.HealthCheckAfter.Duration {
+		return nil
+	}
+	query := emptyQuery
+	if needReset {
+		query = sc.dirtyReset
+	}
+	if _, err := roundTrip(sc, query, p.cfg.WaitTimeout.Duration); err != nil {
+		return err
+	}
+	if needReset {
+		sc.dirtyKey, sc.dirtyReset = "", nil
+	}
+	return nil
+}
+
+// emptyQuery is the health check: a Query with an empty string.
+var emptyQuery = []byte{'Q', 0, 0, 0, 5, 0}
+
+// roundTrip sends query (a Query, or messages ending with Sync) on an idle
+// connection and reads the replies up to ReadyForQuery, collecting the
+// ParameterStatus values; an error fails it.
+func roundTrip(sc *serverConn, query []byte, timeout time.Duration) (map[string]string, error) {
+	_ = sc.conn.SetDeadline(time.Now().Add(timeout))
+	defer sc.conn.SetDeadline(time.Time{})
+	if _, err := sc.w.Write(query); err != nil {
+		return nil, err
+	}
+	if err := sc.w.Flush(); err != nil {
+		return nil, err
+	}
+	var failed error
+	statuses := map[string]string{}
+	for {
+		typ, size, err := readHeader(sc.r)
+		if err != nil {
+			return nil, err
+		}
+		msg, err := readMessage(sc.r, size)
+		if err != nil {
+			return nil, err
+		}
+		switch typ {
+		case 'E':
+			failed = decodeError(msg)
+		case 'S':
+			var ps pgproto3.ParameterStatus
+			if ps.Decode(msg[5:]) == nil {
+				statuses[ps.Name] = ps.Value
+			}
+		case 'Z':
+			if failed == nil && msg[5] != 'I' {
+				failed = fmt.Errorf("upstream not idle after a round trip of pgtenant's (status %q)", msg[5])
+			}
+			return statuses, failed
+		}
+	}
+}
+
+// release returns a connection after a transaction. reusable is false when
+// the client left it in an unknown state (mid-transaction, mid-COPY): then
+// it is closed, and the upstream rolls back whatever was in progress.
+func (p *txPool) release(sc *serverConn, tenant string, reusable bool) {
+	now := time.Now()
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.active[tenant]--
+	if p.active[tenant] <= 0 {
+		delete(p.active, tenant)
+	}
+	if !reusable || p.closed || now.Sub(sc.created) > p.cfg.MaxLifetime.Duration {
+		sc.conn.Close()
+		p.open--
+	} else {
+		sc.used = now
+		p.idle = append(p.idle, sc)
+	}
+	p.dispatch()
+}
+
+// maintain closes connections idle too long or too old, and keeps MinIdle
+// connections open.
+func (p *txPool) maintain() {
+	defer close(p.done)
+	interval := min(p.cfg.IdleTimeout.Duration/2, time.Second)
+	if interval <= 0 {
+		interval = time.Second
+	}
+	t := time.NewTicker(interval)
+	defer t.Stop()
+	for {
+		select {
+		case <-p.stop:
+			return
+		case <-t.C:
+		}
+		now := time.Now()
+		p.mu.Lock()
+		var stale []*serverConn
+		p.idle = slices.DeleteFunc(p.idle, func(sc *serverConn) bool {
+			tooOld := now.Sub(sc.created) > p.cfg.MaxLifetime.Duration
+			unused := now.Sub(sc.used) > p.cfg.IdleTimeout.Duration && p.open-len(stale) > p.cfg.MinIdle
+			if tooOld || unused {
+				stale = append(stale, sc)
+				return true
+			}
+			return false
+		})
+		p.open -= len(stale)
+		missing := p.cfg.MinIdle - p.open
+		if missing > 0 {
+			p.open += missing
+		}
+		p.dispatch()
+		p.mu.Unlock()
+		for _, sc := range stale {
+			sc.conn.Close()
+		}
+		for ; missing > 0; missing-- {
+			ctx, cancel := context.WithCancel(context.Background())
+			go func() {
+				select {
+				case <-p.stop:
+					cancel()
+				case <-ctx.Done():
+				}
+			}()
+			sc, err := p.connect(ctx)
+			cancel()
+			p.mu.Lock()
+			if err != nil || p.closed {
+				p.open--
+				if sc != nil {
+					sc.conn.Close()
+				}
+			} else {
+				sc.used = time.Now()
+				p.idle = append(p.idle, sc)
+			}
+			p.dispatch()
+			p.mu.Unlock()
+		}
+	}
+}
+
+// stats reports the pool's connections: open (idle or held) and idle.
+func (p *txPool) stats() (open, idle, waiting int) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.open, len(p.idle), p.nwaiting
+}
+
+// close closes the idle connections and stops the pool; connections still
+// held are closed as their clients release them.
+func (p *txPool) close() {
+	p.mu.Lock()
+	if p.closed {
+		p.mu.Unlock()
+		return
+	}
+	p.closed = true
+	idle := p.idle
+	p.idle = nil
+	p.open -= len(idle)
+	close(p.stop)
+	p.mu.Unlock()
+	for _, sc := range idle {
+		sc.conn.Close()
+	}
+	<-p.done
+}
+
+// dialPooled opens an upstream connection for the pool: no client
+// parameters and no tenant; those come with each transaction.
+func (rt *runtime) dialPooled(ctx context.Context) (*serverConn, error) {
+	hc, err := rt.dialUpstream(ctx, nil, nil)
+	if err != nil {
+		return nil, err
+	}
+	sc := &serverConn{
+		conn:     hc.Conn,
+		r:        bufio.NewReaderSize(hc.Conn, relayBufSize),
+		w:        bufio.NewWriterSize(hc.Conn, relayBufSize),
+		pid:      hc.PID,
+		secret:   hc.SecretKey,
+		params:   hc.ParameterStatuses,
+		created:  time.Now(),
+		used:     time.Now(),
+		prepared: map[string]uint64{},
+	}
+	if err := checkUpstreamLexing(hc.ParameterStatuses); err != nil {
+		hc.Conn.Close()
+		return nil, err
+	}
+	return sc, nil
+}
+
+// checkUpstreamLexing refuses an upstream that would read SQL differently
+// from the guard.
+func checkUpstreamLexing(statuses map[string]string) *pgconn.PgError {
+	for name, value := range statuses {
+		if !lexsafe.Safe(name, value) {
+			return fatalf(codeInsufficientPrivilege, "pgtenant cannot guard statements on this upstream: %s is %s", name, value)
+		}
+	}
+	return nil
+}

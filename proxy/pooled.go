@@ -1,0 +1,537 @@
+package proxy
+
+import (
+	"context"
+	"strings"
+	"time"
+
+	"github.com/jackc/pgx/v5/pgproto3"
+)
+
+// Transaction mode: the relay leases an upstream connection from the pool
+// when a unit starts with none held, and gives it back at the first
+// ReadyForQuery that leaves the upstream idle ('I') with nothing else
+// outstanding.
+//
+// The request side acquires; the response side is attached to the lease
+// while replies are owed and detaches at that idle point. The connection
+// goes back to the pool when both are done with it: the response side
+// detached and the request side not in the middle of writing to it.
+
+// pooledState is the relay's transaction-mode state.
+type pooledState struct {
+	pool       *txPool
+	ctxKey     string // this client's context settings (serverConn.dirtyKey)
+	resetQuery []byte // resets them, for a holder with other settings
+
+	// Guarded by leaseMu (with pending, when the response side detaches).
+	sc       *serverConn // held connection, nil between transactions
+	attached bool        // the response side reads sc
+	writing  bool        // the request side writes to sc
+	broken   bool        // sc must not be reused
+
+	leases chan *serverConn // request side → response side
+	quit   chan struct{}    // closed when the request side has ended
+	wake   chan struct{}    // drain: the idle response side should look
+	stmts  statements
+}
+
+// pooled reports whether the relay runs in transaction mode.
+func (r *relay) pooled() bool { return r.pool != nil }
+
+// resetQueryFor builds the simple query that resets settings.
+func resetQueryFor(settings []setting) []byte {
+	stmts := make([]string, len(settings))
+	for i, st := range settings {
+		stmts[i] = "RESET " + st.name
+	}
+	msg, err := (&pgproto3.Query{String: strings.Join(stmts, "; ")}).Encode(nil)
+	if err != nil {
+		panic(err) // a static message; cannot fail
+	}
+	return msg
+}
+
+// leaseFor makes sure the request side may write a message of type typ
+// upstream. It returns false when the message has nowhere to go and is
+// dropped (a Flush or stray copy data between transactions).
+func (r *relay) leaseFor(typ byte) (bool, error) {
+	if r.writing {
+		return true, nil
+	}
+	r.leaseMu.Lock()
+	if r.sc != nil {
+		r.writing = true
+		r.leaseMu.Unlock()
+		return true, nil
+	}
+	r.leaseMu.Unlock()
+	switch typ {
+	case 'H', 'd', 'c', 'f':
+		return false, nil
+	}
+	if r.draining.Load() {
+		return false, errDraining
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	go func() {
+		// A client that hangs up while waiting gives up its place.
+		select {
+		case <-r.quit:
+		case <-r.done:
+		case <-ctx.Done():
+			return
+		}
+		cancel()
+	}()
+	sc, err := r.pool.acquire(ctx, r.tenant, r.ctxKey)
+	if err != nil {
+		return false, err
+	}
+	sc.dirtyKey, sc.dirtyReset = r.ctxKey, r.resetQuery
+	r.leaseMu.Lock()
+	r.sc, r.writing, r.broken = sc, true, false
+	r.leaseMu.Unlock()
+	r.uw = sc.w
+	r.wconn = sc.conn
+	r.txStatus.Store('I')
+	return true, nil
+}
+
+// attachLocked hands the lease to the response side if it is not reading
+// it already. Caller holds leaseMu and has just counted a pending unit.
+func (r *relay) attachLocked() {
+	if !r.attached {
+		r.attached = true
+		r.leases <- r.sc
+	}
+}
+
+// endWrite ends the request side's write section after a flush; the
+// connection goes back to the pool if the response side is done with it.
+func (r *relay) endWrite() {
+	r.leaseMu.Lock()
+	r.writing = false
+	if r.sc != nil && !r.attached {
+		r.releaseLocked()
+	}
+	r.leaseMu.Unlock()
+}
+
+// detachLocked is the response side's end of a lease, at a ReadyForQuery
+// that leaves nothing outstanding and the upstream idle. Caller holds leaseMu.
+func (r *relay) detachLocked() {
+	r.attached = false
+	if r.upstreamTimeout > 0 {
+		_ = r.rconn.SetReadDeadline(time.Time{})
+	}
+	if !r.writing {
+		r.releaseLocked()
+	}
+}
+
+func (r *relay) releaseLocked() {
+	sc := r.sc
+	r.sc = nil
+	r.stmts.reset()
+	r.pool.release(sc, r.tenant, !r.broken)
+}
+
+// endLease gives back or discards the connection held when the session
+// ends. Both relay sides have returned.
+func (r *relay) endLease() {
+	r.leaseMu.Lock()
+	defer r.leaseMu.Unlock()
+	if r.sc == nil {
+		return
+	}
+	if r.attached || r.pending.Load() != 0 || byte(r.txStatus.Load()) != 'I' {
+		// Mid-transaction, mid-COPY or with replies owed: the state of the
+		// connection is unknown. Closing it makes the upstream roll back.
+		r.broken = true
+	}
+	r.attached, r.writing = false, false
+	r.releaseLocked()
+}
+
+// waitLease is the response side between transactions: it waits for the
+// next lease, or for the session to end.
+func (r *relay) waitLease() (bool, error) {
+	if err := r.cw.Flush(); err != nil {
+		return false, err
+	}
+	for {
+		select {
+		case sc := <-r.leases:
+			r.ur, r.rconn, r.rsc = sc.r, sc.conn, sc
+			return true, nil
+		case <-r.quit:
+			return false, nil
+		case <-r.wake:
+			if r.draining.Load() {
+				r.leaseMu.Lock()
+				idle := r.sc == nil
+				r.leaseMu.Unlock()
+				if idle {
+					return false, errDraining
+				}
+			}
+		}
+	}
+}
+
+// stopPooled unblocks the response side when the request side ends: a held
+// connection is closed if replies are still being read from it.
+func (r *relay) stopPooled() {
+	r.leaseMu.Lock()
+	if r.attached {
+		r.broken = true
+		r.sc.conn.Close()
+	}
+	r.leaseMu.Unlock()
+	close(r.quit)
+}
+
+// cancelPooled forwards a cancel request to the connection the client
+// holds, if any. The connection is not handed to anyone else until the
+// upstream has acted on the request.
+func (r *relay) cancelPooled(timeout time.Duration) (uint32, bool, error) {
+	r.leaseMu.Lock()
+	sc := r.sc
+	if sc == nil {
+		r.leaseMu.Unlock()
+		return 0, false, nil
+	}
+	sc.cancelMu.Lock()
+	r.leaseMu.Unlock()
+	defer sc.cancelMu.Unlock()
+	t := sc.cancelTarget()
+	return t.pid, true, t.send(context.Background(), timeout)
+}
+
+// relayStatementMessage sends a Parse, Bind, Describe or Close in
+// transaction mode, under upstream names and with whatever the connection
+// lacks prepared first (see statements.go). msg is the whole message when
+// the caller has it (Parse always, through the guard).
+func (r *relay) relayStatementMessage(typ byte, size int, msg []byte, peeked bool) error {
+	sc := r.sc
+	st := &r.stmts
+	seq := r.seq
+	switch typ {
+	case 'P':
+		name, rest, ok := splitName(msg[5:])
+		if !ok {
+			return fatalf(codeProtocolViolation, "invalid Parse message")
+		}
+		if len(name) == 0 {
+			st.gen++
+			st.unnamed = append(st.unnamed[:0], msg...)
+			sc.mu.Lock()
+			sc.unnamed, sc.unnamedN = r, st.gen
+			sc.mu.Unlock()
+			st.record(replyEntry{seq: seq, kind: effectUnnamed})
+			return r.writeClientMessage(msg, peeked)
+		}
+		st.mu.Lock()
+		existing := st.byName[string(name)]
+		st.mu.Unlock()
+		if existing != nil {
+			// PostgreSQL refuses to redefine a named statement (42P05): let it.
+			if err := r.ensurePrepared(existing, seq); err != nil {
+				return err
+			}
+			st.scratch = appendParse(st.scratch[:0], existing.server, rest)
+			st.record(replyEntry{seq: seq})
+			return r.writeRewritten(len(msg), peeked)
+		}
+		server := serverStmtName(r.ctxKey, rest)
+		cs := &clientStmt{server: server, parse: appendParse(nil, server, rest)}
+		st.mu.Lock()
+		st.byName[string(name)] = cs
+		st.mu.Unlock()
+		sc.mu.Lock()
+		_, had := sc.prepared[server]
+		sc.tick++
+		sc.prepared[server] = sc.tick
+		sc.mu.Unlock()
+		if had {
+			// Prepared on this connection already: answer from the cache.
+			st.scratch = appendClose(st.scratch[:0], 'P', noPortal)
+			st.record(replyEntry{seq: seq, action: replyAsParse, kind: effectClientAdd, client: string(name)})
+			return r.writeRewritten(len(msg), peeked)
+		}
+		st.scratch = appendClose(st.scratch[:0], 'S', server) // in case it is there after all
+		st.record(replyEntry{seq: seq, action: replyHide})
+		st.scratch = append(st.scratch, cs.parse...)
+		st.record(replyEntry{seq: seq, kind: effectClientAddServer, server: server, client: string(name)})
+		if err := r.evict(server, seq); err != nil {
+			return err
+		}
+		return r.writeRewritten(len(msg), peeked)
+	case 'B':
+		return r.relayBind(size)
+	case 'D', 'C':
+		if msg == nil {
+			var err error
+			if msg, peeked, err = r.wholeMessage(size); err != nil {
+				return err
+			}
+		}
+		if len(msg) < 7 {
+			return fatalf(codeProtocolViolation, "invalid %q message", typ)
+		}
+		kind := msg[5]
+		name, _, ok := splitName(msg[6:])
+		if !ok {
+			return fatalf(codeProtocolViolation, "invalid %q message", typ)
+		}
+		if kind != 'S' {
+			return r.writeClientMessage(msg, peeked)
+		}
+		if len(name) == 0 {
+			if typ == 'D' {
+				if err := r.ensureUnnamed(seq); err != nil {
+					return err
+				}
+			} else {
+				st.unnamed = nil
+				sc.mu.Lock()
+				sc.unnamed = nil
+				sc.mu.Unlock()
+				st.record(replyEntry{seq: seq})
+			}
+			return r.writeClientMessage(msg, peeked)
+		}
+		st.mu.Lock()
+		cs := st.byName[string(name)]
+		if cs != nil && typ == 'C' {
+			delete(st.byName, string(name))
+		}
+		st.mu.Unlock()
+		switch {
+		case cs == nil && strings.HasPrefix(string(name), serverStmtPrefix):
+			// Not the client's: never let it reach pgtenant's own statements.
+			if typ == 'C' {
+				st.scratch = appendClose(st.scratch[:0], 'P', noPortal)
+				st.record(replyEntry{seq: seq})
+			} else {
+				st.scratch = append(st.scratch[:0], 'D', 0, 0, 0, 0, 'S')
+				st.scratch = append(append(st.scratch, serverStmtPrefix+"unknown"...), 0)
+				binary32(st.scratch[1:], len(st.scratch)-1)
+			}
+			return r.writeRewritten(len(msg), peeked)
+		case cs == nil:
+			if typ == 'C' {
+				st.record(replyEntry{seq: seq})
+			}
+			return r.writeClientMessage(msg, peeked)
+		case typ == 'C':
+			// The upstream statement stays, cached for the next Parse of it.
+			st.scratch = appendClose(st.scratch[:0], 'P', noPortal)
+			st.record(replyEntry{seq: seq, kind: effectClientRemove, client: string(name), stmt: cs})
+			return r.writeRewritten(len(msg), peeked)
+		default:
+			if err := r.ensurePrepared(cs, seq); err != nil {
+				return err
+			}
+			st.scratch = append(st.scratch[:0], 'D', 0, 0, 0, 0, 'S')
+			st.scratch = append(append(st.scratch, cs.server...), 0)
+			binary32(st.scratch[1:], len(st.scratch)-1)
+			return r.writeRewritten(len(msg), peeked)
+		}
+	}
+	return nil
+}
+
+func binary32(b []byte, n int) {
+	b[0], b[1], b[2], b[3] = byte(n>>24), byte(n>>16), byte(n>>8), byte(n)
+}
+
+// relayBind sends a Bind under the upstream statement name. Only the head
+// of the message is rewritten; parameters are streamed.
+func (r *relay) relayBind(size int) error {
+	head, err := r.peekHead(size)
+	if err != nil {
+		return err
+	}
+	portal, rest, ok := splitName(head[5:])
+	var stmt []byte
+	if ok {
+		stmt, _, ok = splitName(rest)
+	}
+	if !ok {
+		return fatalf(codeProtocolViolation, "invalid Bind message: names too long")
+	}
+	headLen := 5 + len(portal) + 1 + len(stmt) + 1
+	st := &r.stmts
+	seq := r.seq
+	server := string(stmt)
+	if len(stmt) == 0 {
+		if err := r.ensureUnnamed(seq); err != nil {
+			return err
+		}
+		return forward(r.uw, r.cr, size)
+	}
+	st.mu.Lock()
+	cs := st.byName[string(stmt)]
+	st.mu.Unlock()
+	switch {
+	case cs != nil:
+		if err := r.ensurePrepared(cs, seq); err != nil {
+			return err
+		}
+		server = cs.server
+	case strings.HasPrefix(server, serverStmtPrefix):
+		server = serverStmtPrefix + "unknown"
+	default:
+		return forward(r.uw, r.cr, size)
+	}
+	out := st.scratch[:0]
+	out = append(out, 'B', 0, 0, 0, 0)
+	out = append(append(out, portal...), 0)
+	out = append(append(out, server...), 0)
+	binary32(out[1:], size-headLen+len(out)-1)
+	st.scratch = out
+	if _, err := r.uw.Write(out); err != nil {
+		return err
+	}
+	if _, err := r.cr.Discard(headLen); err != nil {
+		return err
+	}
+	return forward(r.uw, r.cr, size-headLen)
+}
+
+// peekHead peeks at as much of a message as the client reader holds, at
+// least its names: enough for any Bind a driver sends.
+func (r *relay) peekHead(size int) ([]byte, error) {
+	n := min(size, r.cr.Size())
+	if r.cr.Buffered() < n {
+		if err := r.uw.Flush(); err != nil {
+			return nil, err
+		}
+	}
+	return r.cr.Peek(n)
+}
+
+// ensurePrepared prepares a client statement on the held connection if it
+// lacks it, with hidden replies.
+func (r *relay) ensurePrepared(cs *clientStmt, seq uint64) error {
+	sc := r.sc
+	sc.mu.Lock()
+	_, had := sc.prepared[cs.server]
+	sc.tick++
+	sc.prepared[cs.server] = sc.tick
+	sc.mu.Unlock()
+	if had {
+		return nil
+	}
+	st := &r.stmts
+	buf := appendClose(nil, 'S', cs.server)
+	st.record(replyEntry{seq: seq, action: replyHide})
+	buf = append(buf, cs.parse...)
+	st.record(replyEntry{seq: seq, action: replyHide, kind: effectServerAdd, server: cs.server})
+	if _, err := r.uw.Write(buf); err != nil {
+		return err
+	}
+	return r.evict(cs.server, seq)
+}
+
+// ensureUnnamed prepares the client's unnamed statement on the held
+// connection if the connection's unnamed statement is not the client's.
+func (r *relay) ensureUnnamed(seq uint64) error {
+	sc, st := r.sc, &r.stmts
+	sc.mu.Lock()
+	mine := sc.unnamed == r && sc.unnamedN == st.gen
+	if !mine && st.unnamed != nil {
+		sc.unnamed, sc.unnamedN = r, st.gen
+	}
+	sc.mu.Unlock()
+	if mine || st.unnamed == nil {
+		return nil
+	}
+	st.record(replyEntry{seq: seq, action: replyHide, kind: effectUnnamed})
+	_, err := r.uw.Write(st.unnamed)
+	return err
+}
+
+// evict closes the connection's least recently used statements beyond
+// max_prepared_statements, never keep (about to be used).
+func (r *relay) evict(keep string, seq uint64) error {
+	sc := r.sc
+	limit := r.pool.cfg.MaxPreparedStatements
+	for {
+		sc.mu.Lock()
+		if len(sc.prepared) <= limit {
+			sc.mu.Unlock()
+			return nil
+		}
+		oldest, oldestTick := "", ^uint64(0)
+		for name, t := range sc.prepared {
+			if name != keep && t < oldestTick {
+				oldest, oldestTick = name, t
+			}
+		}
+		delete(sc.prepared, oldest)
+		sc.mu.Unlock()
+		r.stmts.record(replyEntry{seq: seq, action: replyHide, kind: effectServerRemove, server: oldest, had: true})
+		if _, err := r.uw.Write(appendClose(nil, 'S', oldest)); err != nil {
+			return err
+		}
+	}
+}
+
+// writeRewritten sends the scratch buffer in place of the client's message
+// of size bytes.
+func (r *relay) writeRewritten(size int, peeked bool) error {
+	if _, err := r.uw.Write(r.stmts.scratch); err != nil {
+		return err
+	}
+	if peeked {
+		_, err := r.cr.Discard(size)
+		return err
+	}
+	return nil
+}
+
+// writeClientMessage sends a message that was read whole, unchanged.
+func (r *relay) writeClientMessage(msg []byte, peeked bool) error {
+	if _, err := r.uw.Write(msg); err != nil {
+		return err
+	}
+	if peeked {
+		_, err := r.cr.Discard(len(msg))
+		return err
+	}
+	return nil
+}
+
+// deallocateAll follows a DEALLOCATE ALL or DISCARD ALL the client sent:
+// its statements are gone, and so is everything prepared on the connection.
+func (r *relay) deallocateAll() {
+	st := &r.stmts
+	st.mu.Lock()
+	clear(st.byName)
+	st.mu.Unlock()
+	r.sc.mu.Lock()
+	clear(r.sc.prepared)
+	r.sc.unnamed = nil
+	r.sc.mu.Unlock()
+}
+
+// forgetUnnamed follows a simple Query, which drops the unnamed statement.
+func (r *relay) forgetUnnamed() {
+	r.stmts.unnamed = nil
+	r.sc.mu.Lock()
+	r.sc.unnamed = nil
+	r.sc.mu.Unlock()
+}
+
+// wakeResponseSide makes a response side waiting between leases look at
+// the draining flag.
+func (r *relay) wakeResponseSide() {
+	select {
+	case r.wake <- struct{}{}:
+	default:
+	}
+}

@@ -1,0 +1,193 @@
+package proxy
+
+import (
+	"bytes"
+	"crypto/sha256"
+	"encoding/binary"
+	"encoding/hex"
+	"sync"
+)
+
+// Prepared statements in transaction mode.
+//
+// A client's named statements outlive its transactions, but its upstream
+// connection does not. pgtenant keeps each client's statements (name → the
+// Parse that made it) and prepares them under names of its own on whichever
+// connection the client gets: the name is a hash of the statement and of the
+// client's context settings, so clients of one tenant with the same
+// settings share prepared statements on a connection, and nobody else can
+// reach them. Each connection remembers what it has prepared (bounded, least
+// recently used out).
+//
+// Every Parse and Close sent upstream in transaction mode is recorded, in
+// order, with what to do with its reply (ParseComplete, CloseComplete): pass
+// it on, hide it (pgtenant's own), or turn it into a ParseComplete (a Parse
+// pgtenant answered from the connection's cache, sent as a harmless Close of
+// a portal that does not exist so that its reply arrives in the right
+// place). When the upstream skips or fails them (an error earlier in the
+// same Sync group), their bookkeeping is undone.
+
+const (
+	serverStmtPrefix = "pgtenant_"
+	// noPortal is closed to get a CloseComplete in the reply stream at a
+	// given point, with no effect upstream.
+	noPortal = "pgtenant_none"
+)
+
+type replyAction uint8
+
+const (
+	replyForward replyAction = iota
+	replyHide
+	replyAsParse // a CloseComplete that answers a client's Parse
+)
+
+type effectKind uint8
+
+const (
+	effectNone            effectKind = iota
+	effectServerAdd                  // a Parse of a server statement
+	effectServerRemove               // a Close of a server statement
+	effectUnnamed                    // a Parse of the unnamed statement
+	effectClientAdd                  // a client's Parse: undo removes its name
+	effectClientRemove               // a client's Close: undo brings its name back
+	effectClientAddServer            // a client's Parse of a new server statement: both
+)
+
+// replyEntry is one Parse or Close sent upstream, waiting for its reply.
+type replyEntry struct {
+	seq    uint64 // the unit it belongs to
+	action replyAction
+	kind   effectKind
+	server string      // server statement name
+	had    bool        // the connection had it before
+	client string      // client statement name
+	stmt   *clientStmt // for effectClientRemove
+}
+
+// clientStmt is a client's named statement.
+type clientStmt struct {
+	server string // name upstream
+	parse  []byte // the Parse message under that name, to prepare it again
+}
+
+// statements is a client's prepared-statement state in transaction mode.
+type statements struct {
+	byName  map[string]*clientStmt
+	unnamed []byte // the client's last unnamed Parse, nil when it has none
+	gen     uint64 // which unnamed Parse that was
+
+	mu      sync.Mutex // guards replies, and byName against undo by the response side
+	replies []replyEntry
+	head    int
+	scratch []byte // request side: message being rewritten
+}
+
+// serverStmtName derives the upstream name of a statement: a hash of the
+// client's context settings and of the Parse body after the name (text and
+// parameter types).
+func serverStmtName(ctxKey string, parseRest []byte) string {
+	h := sha256.New()
+	h.Write([]byte(ctxKey))
+	h.Write([]byte{0})
+	h.Write(parseRest)
+	var sum [sha256.Size]byte
+	return serverStmtPrefix + hex.EncodeToString(h.Sum(sum[:0])[:16])
+}
+
+// appendParse encodes a Parse of rest (text, NUL, parameter types) as name.
+func appendParse(buf []byte, name string, rest []byte) []byte {
+	buf = append(buf, 'P', 0, 0, 0, 0)
+	buf = append(buf, name...)
+	buf = append(buf, 0)
+	buf = append(buf, rest...)
+	binary.BigEndian.PutUint32(buf[len(buf)-(len(name)+1+len(rest))-4:], uint32(4+len(name)+1+len(rest)))
+	return buf
+}
+
+// appendClose encodes a Close of a statement ('S') or portal ('P').
+func appendClose(buf []byte, kind byte, name string) []byte {
+	buf = append(buf, 'C')
+	buf = binary.BigEndian.AppendUint32(buf, uint32(4+1+len(name)+1))
+	buf = append(buf, kind)
+	buf = append(buf, name...)
+	return append(buf, 0)
+}
+
+// record notes a Parse or Close about to go upstream.
+func (st *statements) record(e replyEntry) {
+	st.mu.Lock()
+	if st.head > 0 && st.head == len(st.replies) {
+		st.replies, st.head = st.replies[:0], 0
+	}
+	st.replies = append(st.replies, e)
+	st.mu.Unlock()
+}
+
+// reply tells the response side what to do with a ParseComplete or
+// CloseComplete: the oldest recorded Parse or Close answers to it.
+func (st *statements) reply() replyAction {
+	st.mu.Lock()
+	defer st.mu.Unlock()
+	if st.head == len(st.replies) {
+		return replyForward // not recorded: cannot happen; pass it on
+	}
+	a := st.replies[st.head].action
+	st.replies[st.head] = replyEntry{}
+	st.head++
+	return a
+}
+
+// dropUnit undoes, newest first, the bookkeeping of the unit's Parse and
+// Close messages that got no reply: the upstream skipped or failed them.
+func (st *statements) dropUnit(seq uint64, sc *serverConn) {
+	st.mu.Lock()
+	defer st.mu.Unlock()
+	end := st.head
+	for end < len(st.replies) && st.replies[end].seq == seq {
+		end++
+	}
+	if end == st.head {
+		return
+	}
+	sc.mu.Lock()
+	for i := end - 1; i >= st.head; i-- {
+		e := st.replies[i]
+		switch e.kind {
+		case effectServerAdd, effectClientAddServer, effectServerRemove:
+			if e.had {
+				sc.prepared[e.server] = sc.tick
+			} else {
+				delete(sc.prepared, e.server)
+			}
+		case effectUnnamed:
+			sc.unnamed = nil
+		}
+		switch e.kind {
+		case effectClientAdd, effectClientAddServer:
+			delete(st.byName, e.client)
+		case effectClientRemove:
+			st.byName[e.client] = e.stmt
+		}
+		st.replies[i] = replyEntry{}
+	}
+	sc.mu.Unlock()
+	st.head = end
+}
+
+// reset forgets the replies of a connection that is gone.
+func (st *statements) reset() {
+	st.mu.Lock()
+	clear(st.replies)
+	st.replies, st.head = st.replies[:0], 0
+	st.mu.Unlock()
+}
+
+// splitName splits a NUL-terminated name off the front of b.
+func splitName(b []byte) (name, rest []byte, ok bool) {
+	i := bytes.IndexByte(b, 0)
+	if i < 0 {
+		return nil, nil, false
+	}
+	return b[:i], b[i+1:], true
+}
