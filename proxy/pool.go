@@ -3,6 +3,7 @@ package proxy
 import (
 	"bufio"
 	"context"
+	"errors"
 	"fmt"
 	"net"
 	"slices"
@@ -72,6 +73,7 @@ type txPool struct {
 	ring     []string // tenants with waiters, in service order
 	nwaiting int
 	closed   bool
+	statuses map[string]map[string]string // parameter statuses by startup parameters
 	stop     chan struct{}
 	done     chan struct{}
 }
@@ -152,9 +154,9 @@ func (p *txPool) reserve(ctx context.Context, tenant, key string) (*serverConn, 
 			return nil, true, nil
 		}
 	}
-	if p.cfg.MaxWaiting > 0 && p.nwaiting >= p.cfg.MaxWaiting {
+	if n := p.nwaiting; p.cfg.MaxWaiting > 0 && n >= p.cfg.MaxWaiting {
 		p.mu.Unlock()
-		return nil, false, fatalf(codeTooManyConnections, "sorry, too many clients already: %d clients are waiting for one of pgtenant's %d pooled connections (pool.max_waiting)", p.nwaiting, p.cfg.Size)
+		return nil, false, fatalf(codeTooManyConnections, "sorry, too many clients already: %d clients are waiting for one of pgtenant's %d pooled connections (pool.max_waiting)", n, p.cfg.Size)
 	}
 	w := &poolWaiter{tenant: tenant, got: make(chan poolGrant, 1)}
 	if len(p.waiters[tenant]) == 0 {
@@ -320,6 +322,55 @@ func roundTrip(sc *serverConn, query []byte, timeout time.Duration) (map[string]
 			return statuses, failed
 		}
 	}
+}
+
+// statusCacheLimit bounds the distinct startup-parameter sets remembered.
+const statusCacheLimit = 1024
+
+func (p *txPool) cachedStatuses(paramsKey string) (map[string]string, bool) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	m, ok := p.statuses[paramsKey]
+	return m, ok
+}
+
+func (p *txPool) cacheStatuses(paramsKey string, m map[string]string) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.statuses == nil || len(p.statuses) >= statusCacheLimit {
+		p.statuses = map[string]map[string]string{}
+	}
+	p.statuses[paramsKey] = m
+}
+
+// learnStatuses runs a client's assertion once on a pooled connection: it
+// checks that the settings apply and returns the parameter statuses a
+// client with those settings is to be told.
+func (p *txPool) learnStatuses(tenant, ctxKey string, resetQuery, assertion []byte, timeout time.Duration) (map[string]string, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), p.cfg.WaitTimeout.Duration+timeout)
+	defer cancel()
+	sc, err := p.acquire(ctx, tenant, ctxKey)
+	if err != nil {
+		return nil, err
+	}
+	sc.dirtyKey, sc.dirtyReset = ctxKey, resetQuery
+	statuses, err := roundTrip(sc, assertion, timeout)
+	p.release(sc, tenant, err == nil)
+	if err != nil {
+		var pgErr *pgconn.PgError
+		if errors.As(err, &pgErr) {
+			return nil, assertionFailed(pgErr)
+		}
+		return nil, fatalf(codeConnectionFailure, "pgtenant could not assert the tenant context on the upstream: %v", err)
+	}
+	merged := make(map[string]string, len(sc.params)+len(statuses))
+	for k, v := range sc.params {
+		merged[k] = v
+	}
+	for k, v := range statuses {
+		merged[k] = v
+	}
+	return merged, nil
 }
 
 // release returns a connection after a transaction. reusable is false when

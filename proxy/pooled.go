@@ -41,10 +41,13 @@ func (r *relay) pooled() bool { return r.pool != nil }
 
 // resetQueryFor builds the simple query that resets settings.
 func resetQueryFor(settings []setting) []byte {
-	stmts := make([]string, len(settings))
-	for i, st := range settings {
-		stmts[i] = "RESET " + st.name
+	stmts := make([]string, 0, len(settings)+1)
+	for _, st := range settings {
+		stmts = append(stmts, "RESET "+st.name)
 	}
+	// lastval() and currval() would show the next holder this client's
+	// sequence values.
+	stmts = append(stmts, "DISCARD SEQUENCES")
 	msg, err := (&pgproto3.Query{String: strings.Join(stmts, "; ")}).Encode(nil)
 	if err != nil {
 		panic(err) // a static message; cannot fail

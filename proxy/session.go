@@ -9,6 +9,7 @@ import (
 	"log/slog"
 	"net"
 	"sort"
+	"strings"
 	"time"
 
 	"github.com/jackc/pgx/v5/pgconn"
@@ -257,6 +258,13 @@ func writeSessionStart(cw *bufio.Writer, statuses map[string]string, key cancelK
 // pooled connection checks that they apply and learns the parameter
 // statuses to report.
 func (s *Server) startPooledSession(rt *runtime, st *startup, cr *bufio.Reader, cw *bufio.Writer, ident auth.Identity, params map[string]string, log *slog.Logger) (*session, error) {
+	if strings.Contains(strings.ToLower(params["search_path"]), "pg_temp") {
+		// pg_temp first in the path would make plain CREATE TABLE create
+		// temporary tables, which outlive the transaction on a shared connection.
+		return nil, &pgconn.PgError{Severity: severityFatal, Code: codeFeatureNotSupported,
+			Message: "search_path naming pg_temp is not supported in transaction pool mode",
+			Hint:    "Leave pg_temp out of search_path, or use pool_mode: session."}
+	}
 	names := make([]string, 0, len(params))
 	for name := range params {
 		names = append(names, name)
@@ -280,29 +288,18 @@ func (s *Server) startPooledSession(rt *runtime, st *startup, cr *bufio.Reader, 
 		stmts:      statements{byName: map[string]*clientStmt{}},
 	}
 
-	ctx, cancel := context.WithTimeout(context.Background(), rt.cfg.Pool.WaitTimeout.Duration+rt.cfg.ConnectTimeout.Duration)
-	defer cancel()
+	// The parameter statuses to report depend on the startup parameters
+	// only: learned once per distinct set, so that logging in does not need
+	// a pooled connection (the pool may be busy with long transactions).
 	start := time.Now()
-	sc, err := rt.pool.acquire(ctx, ident.Tenant, rl.ctxKey)
-	if err != nil {
-		return nil, err
-	}
-	sc.dirtyKey, sc.dirtyReset = rl.ctxKey, rl.resetQuery
-	statuses, err := roundTrip(sc, a.standalone, rt.cfg.ConnectTimeout.Duration)
-	rt.pool.release(sc, ident.Tenant, err == nil)
-	if err != nil {
-		var pgErr *pgconn.PgError
-		if errors.As(err, &pgErr) {
-			return nil, assertionFailed(pgErr)
+	paramsKey := newAssertion(settings[:len(names)]).statements
+	merged, ok := rt.pool.cachedStatuses(paramsKey)
+	if !ok {
+		var err error
+		if merged, err = rt.pool.learnStatuses(ident.Tenant, rl.ctxKey, rl.resetQuery, a.standalone, rt.cfg.ConnectTimeout.Duration); err != nil {
+			return nil, err
 		}
-		return nil, fatalf(codeConnectionFailure, "pgtenant could not assert the tenant context on the upstream: %v", err)
-	}
-	merged := make(map[string]string, len(sc.params)+len(statuses))
-	for k, v := range sc.params {
-		merged[k] = v
-	}
-	for k, v := range statuses {
-		merged[k] = v
+		rt.pool.cacheStatuses(paramsKey, merged)
 	}
 	key := s.cancels.register(cancelTarget{pid: randomPID(), pooled: rl})
 	if err := writeSessionStart(cw, merged, key); err != nil {

@@ -1,0 +1,372 @@
+package e2e
+
+import (
+	"context"
+	"errors"
+	"net"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5/pgconn"
+
+	"github.com/pgtenant/pgtenant/config"
+	"github.com/pgtenant/pgtenant/internal/demo"
+)
+
+// What would outlive a transaction on a shared connection is refused in
+// transaction mode, with SQLSTATE and a hint naming what to use instead;
+// the transaction-scoped forms work.
+func TestPoolRefusesSessionState(t *testing.T) {
+	p := startProxy(t, transactionPool(1))
+	a := p.pgconnect(t, tenantA)
+	ctx := context.Background()
+	// The demo database keeps temporary tables from tenants; allow them here
+	// to show that transaction-scoped ones work.
+	superQuery(t, "GRANT TEMPORARY ON DATABASE app TO "+demo.RLSRole)
+	t.Cleanup(func() { superQuery(t, "REVOKE TEMPORARY ON DATABASE app FROM "+demo.RLSRole) })
+	for _, tc := range []struct{ sql, code, hint string }{
+		{"SET statement_timeout = '5s'", "0A000", "SET LOCAL"},
+		{"SET SESSION CHARACTERISTICS AS TRANSACTION READ ONLY", "0A000", ""},
+		{"LISTEN news", "0A000", ""},
+		{"CREATE TEMP TABLE scratch (x int)", "0A000", "ON COMMIT DROP"},
+		{"BEGIN; DECLARE c CURSOR WITH HOLD FOR SELECT 1; COMMIT", "0A000", ""},
+		{"SELECT pg_advisory_lock(42)", "0A000", "pg_advisory_xact_lock"},
+		{"PREPARE q AS SELECT 1", "0A000", ""},
+		{"SELECT name FROM pg_prepared_statements", "42501", ""},
+	} {
+		_, err := a.Exec(ctx, tc.sql).ReadAll()
+		var pgErr *pgconn.PgError
+		if !errors.As(err, &pgErr) || pgErr.Code != tc.code || !strings.Contains(pgErr.Hint, tc.hint) {
+			t.Errorf("%s: got %v (hint %q), want %s with a hint naming %q", tc.sql, err, hintOf(err), tc.code, tc.hint)
+		}
+		// A refusal inside a block fails the block, as any error does.
+		if _, err := a.Exec(ctx, "ROLLBACK").ReadAll(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for _, sql := range []string{
+		"BEGIN; SET LOCAL statement_timeout = '5s'; SHOW statement_timeout; COMMIT",
+		"BEGIN; CREATE TEMP TABLE scratch (x int) ON COMMIT DROP; INSERT INTO scratch VALUES (1); COMMIT",
+		"BEGIN; DECLARE c CURSOR FOR SELECT 1; FETCH c; COMMIT",
+		"SELECT pg_advisory_xact_lock(42)",
+		"UNLISTEN *",
+		"DEALLOCATE ALL",
+		"RESET statement_timeout",
+	} {
+		if _, err := a.Exec(ctx, sql).ReadAll(); err != nil {
+			t.Errorf("%s: %v", sql, err)
+		}
+	}
+	if got := queryOne(t, a, "SELECT current_setting('app.tenant_id')"); got != tenantA.ID {
+		t.Fatalf("tenant after the refusals: %q", got)
+	}
+}
+
+func hintOf(err error) string {
+	var pgErr *pgconn.PgError
+	if errors.As(err, &pgErr) {
+		return pgErr.Hint
+	}
+	return ""
+}
+
+// A ROLLBACK takes back the transaction's own assertion. On a connection
+// that served another tenant, what it falls back to must never be that
+// tenant's context: the pool resets it before handing the connection over.
+func TestPoolRollbackNeverRevealsPreviousTenant(t *testing.T) {
+	p := startProxy(t, transactionPool(1))
+	a := p.pgconnect(t, tenantA)
+	b := p.pgconnect(t, tenantB)
+	for i := 0; i < 3; i++ {
+		queryOne(t, a, "SELECT count(*) FROM projects") // commits A's context on the connection
+		rows := queryRows(t, b, "BEGIN; ROLLBACK; SELECT current_setting('app.tenant_id', true)")
+		if got := rows[len(rows)-1][0]; got == tenantA.ID {
+			t.Fatalf("after ROLLBACK tenant B's statement ran as tenant A")
+		}
+		// The policy fails closed on the empty setting rather than showing rows.
+		_, err := b.Exec(context.Background(), "BEGIN; ROLLBACK; SELECT count(*) FROM projects").ReadAll()
+		if code := pgCode(err); code != "22P02" {
+			t.Fatalf("query after ROLLBACK: %v, want 22P02 (invalid uuid: the policy fails closed)", err)
+		}
+	}
+}
+
+// Startup parameters are the client's session settings in transaction
+// mode: pgtenant applies them with the tenant at every transaction start,
+// so two clients sharing one connection each keep their own.
+func TestPoolCarriesStartupParameters(t *testing.T) {
+	p := startProxy(t, transactionPool(1))
+	a := p.pgconnect(t, tenantA, "application_name=alpha", "options='-c statement_timeout=1234'")
+	b := p.pgconnect(t, tenantB, "application_name=beta")
+	if got := a.ParameterStatus("application_name"); got != "alpha" {
+		t.Fatalf("ParameterStatus application_name for A: %q", got)
+	}
+	for i := 0; i < 3; i++ {
+		if got := queryRows(t, a, "SELECT current_setting('application_name'), current_setting('statement_timeout')")[0]; got[0] != "alpha" || got[1] != "1234ms" {
+			t.Fatalf("A sees %v", got)
+		}
+		if got := queryRows(t, b, "SELECT current_setting('application_name'), current_setting('statement_timeout')")[0]; got[0] != "beta" || got[1] != "0" {
+			t.Fatalf("B sees %v", got)
+		}
+	}
+	_, err := pgconn.Connect(context.Background(), p.connString(tenantA, "options='-c search_path=pg_temp,public'"))
+	if code := pgCode(err); code != "0A000" {
+		t.Fatalf("search_path with pg_temp: %v, want 0A000", err)
+	}
+}
+
+// A cancel reaches the query of the client that sent it, and never the
+// query of another client on a connection the first one used before.
+func TestPoolCancel(t *testing.T) {
+	p := startProxy(t, transactionPool(1))
+	a := p.pgconnect(t, tenantA)
+	b := p.pgconnect(t, tenantB)
+	ctx := context.Background()
+
+	// A's own query is cancelled.
+	done := make(chan error, 1)
+	go func() {
+		_, err := a.Exec(ctx, "SELECT pg_sleep(10)").ReadAll()
+		done <- err
+	}()
+	eventually(t, 5*time.Second, "A's query running", func() bool {
+		return superQuery(t, "SELECT count(*) FROM pg_stat_activity WHERE query = 'SELECT pg_sleep(10)' AND state = 'active'")[0][0] == "1"
+	})
+	if err := a.CancelRequest(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if err := <-done; pgCode(err) != "57014" {
+		t.Fatalf("A's cancelled query: %v, want 57014", err)
+	}
+
+	// A holds no connection now; its cancel must not reach B's query on the
+	// connection A used.
+	go func() {
+		_, err := b.Exec(ctx, "SELECT pg_sleep(1)").ReadAll()
+		done <- err
+	}()
+	eventually(t, 5*time.Second, "B's query running", func() bool {
+		return superQuery(t, "SELECT count(*) FROM pg_stat_activity WHERE query = 'SELECT pg_sleep(1)' AND state = 'active'")[0][0] == "1"
+	})
+	if err := a.CancelRequest(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if err := <-done; err != nil {
+		t.Fatalf("B's query was hit by A's cancel: %v", err)
+	}
+}
+
+// Waiting for a connection is bounded: by pool.wait_timeout (57014) and by
+// pool.max_waiting (53300).
+func TestPoolWaitLimits(t *testing.T) {
+	p := startProxy(t, func(c *config.Config) {
+		transactionPool(1)(c)
+		c.Pool.WaitTimeout = config.Duration{Duration: 300 * time.Millisecond}
+		c.Pool.MaxWaiting = 1
+	})
+	holder := p.pgconnect(t, tenantA)
+	if _, err := holder.Exec(context.Background(), "BEGIN").ReadAll(); err != nil {
+		t.Fatal(err)
+	}
+	waiter := p.pgconnect(t, tenantB)
+	start := time.Now()
+	_, err := waiter.Exec(context.Background(), "SELECT 1").ReadAll()
+	if code := pgCode(err); code != "57014" || time.Since(start) > 3*time.Second {
+		t.Fatalf("waiting past wait_timeout: %v after %s, want 57014 after ~300ms", err, time.Since(start))
+	}
+
+	// One client waits; the next one is refused at once.
+	waiting := p.pgconnect(t, tenantB)
+	waited := make(chan struct{})
+	go func() {
+		defer close(waited)
+		_, _ = waiting.Exec(context.Background(), "SELECT 1").ReadAll()
+	}()
+	time.Sleep(50 * time.Millisecond)
+	third := p.pgconnect(t, tenantB)
+	_, err = third.Exec(context.Background(), "SELECT 1").ReadAll()
+	if code := pgCode(err); code != "53300" {
+		t.Fatalf("beyond max_waiting: %v, want 53300", err)
+	}
+	<-waited
+	if _, err := holder.Exec(context.Background(), "COMMIT").ReadAll(); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// A tenant never holds more connections than its cap, and clients waiting
+// are served across tenants, not first come first served: a tenant that
+// floods the queue does not starve another.
+func TestPoolFairness(t *testing.T) {
+	p := startProxy(t, func(c *config.Config) {
+		transactionPool(2)(c)
+		c.Pool.TenantMaxConnections = 1
+		c.Pool.Tenants = map[string]config.PoolTenant{tenantB.ID: {MaxConnections: 2}}
+		c.Pool.WaitTimeout = config.Duration{Duration: 20 * time.Second}
+	})
+	ctx := context.Background()
+	// Tenant A: five clients each holding a transaction open for a while.
+	var wg sync.WaitGroup
+	var mu sync.Mutex
+	var maxA int
+	for i := 0; i < 5; i++ {
+		c := p.pgconnect(t, tenantA)
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if _, err := c.Exec(ctx, "BEGIN; SELECT pg_sleep(0.2); COMMIT").ReadAll(); err != nil {
+				t.Error(err)
+			}
+		}()
+	}
+	// Meanwhile tenant B gets through in less than A's queue takes.
+	time.Sleep(50 * time.Millisecond)
+	stop := make(chan struct{})
+	sampled := make(chan struct{})
+	go func() {
+		defer close(sampled)
+		for {
+			select {
+			case <-stop:
+				return
+			case <-time.After(20 * time.Millisecond):
+			}
+			n := len(superQuery(t, "SELECT pid FROM pg_stat_activity WHERE query = 'BEGIN; SELECT pg_sleep(0.2); COMMIT' AND state = 'active'"))
+			mu.Lock()
+			maxA = max(maxA, n)
+			mu.Unlock()
+		}
+	}()
+	b := p.pgconnect(t, tenantB)
+	start := time.Now()
+	if got := queryOne(t, b, "SELECT current_setting('app.tenant_id')"); got != tenantB.ID {
+		t.Fatalf("B runs as %q", got)
+	}
+	waitedB := time.Since(start)
+	wg.Wait()
+	close(stop)
+	<-sampled
+	if maxA > 1 {
+		t.Fatalf("tenant A held %d connections at once, cap 1", maxA)
+	}
+	if waitedB > 600*time.Millisecond {
+		t.Fatalf("tenant B waited %s behind tenant A's queue (A's five transactions take ~1s)", waitedB)
+	}
+}
+
+// A client that goes away mid-transaction, mid-COPY or mid-pipeline leaves
+// nothing behind: its connection is discarded, its work rolled back, and
+// the next client gets a clean connection with its own context.
+func TestPoolClientDisconnects(t *testing.T) {
+	p := startProxy(t, transactionPool(1))
+	superQuery(t, "DELETE FROM projects WHERE name LIKE 'pool-abandoned%'")
+	for _, tc := range []struct {
+		name string
+		send func(c *pgconn.PgConn)
+	}{
+		{"transaction", func(c *pgconn.PgConn) {
+			_, err := c.Exec(context.Background(), "BEGIN; INSERT INTO projects (tenant_id, name) VALUES ('"+tenantA.ID+"', 'pool-abandoned-tx')").ReadAll()
+			if err != nil {
+				t.Fatal(err)
+			}
+		}},
+		{"copy", func(c *pgconn.PgConn) {
+			conn := c.Conn()
+			msg := []byte("Q\x00\x00\x00\x00COPY projects (tenant_id, name) FROM STDIN\x00")
+			msg[4] = byte(len(msg) - 1)
+			if _, err := conn.Write(msg); err != nil {
+				t.Fatal(err)
+			}
+			row := tenantA.ID + "\tpool-abandoned-copy\n"
+			data := append([]byte{'d', 0, 0, 0, byte(4 + len(row))}, row...)
+			if _, err := conn.Write(data); err != nil {
+				t.Fatal(err)
+			}
+		}},
+		{"pipeline", func(c *pgconn.PgConn) {
+			conn := c.Conn()
+			for _, q := range []string{"BEGIN", "INSERT INTO projects (tenant_id, name) VALUES ('" + tenantA.ID + "', 'pool-abandoned-pipeline')", "SELECT pg_sleep(0.2)"} {
+				msg := append([]byte{'Q', 0, 0, 0, byte(4 + len(q) + 1)}, q...)
+				if _, err := conn.Write(append(msg, 0)); err != nil {
+					t.Fatal(err)
+				}
+			}
+		}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			before := upstreamPIDs(t)
+			a := p.pgconnect(t, tenantA)
+			tc.send(a)
+			time.Sleep(100 * time.Millisecond)
+			a.Conn().(*net.TCPConn).SetLinger(0)
+			a.Conn().Close()
+			b := p.pgconnect(t, tenantB)
+			if got := queryRows(t, b, "SELECT current_setting('app.tenant_id'), txid_current_if_assigned() IS NULL")[0]; got[0] != tenantB.ID || got[1] != "t" {
+				t.Fatalf("next client: %v", got)
+			}
+			if n := superQuery(t, "SELECT count(*) FROM projects WHERE name LIKE 'pool-abandoned%'")[0][0]; n != "0" {
+				t.Fatalf("%s rows of the abandoned client committed", n)
+			}
+			eventually(t, 5*time.Second, "abandoned connection closed", func() bool {
+				return !strings.Contains(strings.Join(upstreamPIDs(t), ","), "idle in transaction")
+			})
+			_ = before
+		})
+	}
+}
+
+func upstreamPIDs(t *testing.T) []string {
+	var out []string
+	for _, r := range superQuery(t, "SELECT pid::text || ' ' || coalesce(state, '') FROM pg_stat_activity WHERE usename = '"+demo.RLSRole+"' AND backend_type = 'client backend'") {
+		out = append(out, r[0])
+	}
+	return out
+}
+
+// Pooled connections are recycled after max_lifetime, and one that died
+// while idle is noticed by the health check and replaced before a client
+// gets it.
+func TestPoolRecycling(t *testing.T) {
+	p := startProxy(t, func(c *config.Config) {
+		transactionPool(1)(c)
+		c.Pool.HealthCheckAfter = config.Duration{Duration: time.Millisecond}
+	})
+	a := p.pgconnect(t, tenantA)
+	pid := queryOne(t, a, "SELECT pg_backend_pid()")
+	superQuery(t, "SELECT pg_terminate_backend("+pid+")")
+	time.Sleep(50 * time.Millisecond)
+	next := queryOne(t, a, "SELECT pg_backend_pid()")
+	if next == pid {
+		t.Fatal("the terminated connection was handed out again")
+	}
+
+	p2 := startProxy(t, func(c *config.Config) {
+		transactionPool(1)(c)
+		c.Pool.MaxLifetime = config.Duration{Duration: 100 * time.Millisecond}
+	})
+	b := p2.pgconnect(t, tenantB)
+	first := queryOne(t, b, "SELECT pg_backend_pid()")
+	time.Sleep(200 * time.Millisecond)
+	queryOne(t, b, "SELECT 1") // released past its lifetime: closed
+	if again := queryOne(t, b, "SELECT pg_backend_pid()"); again == first {
+		t.Fatal("connection used past max_lifetime")
+	}
+}
+
+// Shutdown in transaction mode: an idle client is told 57P01 at once.
+func TestPoolDrain(t *testing.T) {
+	p := startProxy(t, transactionPool(1))
+	a := p.pgconnect(t, tenantA)
+	queryOne(t, a, "SELECT 1")
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if err := p.srv.Shutdown(ctx); err != nil {
+		t.Fatal(err)
+	}
+	_, err := a.Exec(context.Background(), "SELECT 1").ReadAll()
+	if err == nil {
+		t.Fatal("query after shutdown succeeded")
+	}
+}
