@@ -250,6 +250,29 @@ func (m *Metrics) Statements(tenant string, n int64) {
 // Error implements proxy.Observer.
 func (m *Metrics) Error(tenant string) { m.tenant(tenant).errors.Inc() }
 
+// WatchPool exports the transaction pool's state, read from stats at each
+// scrape: pgtenant_pool_connections{state="idle"|"active"} and
+// pgtenant_pool_waiting_clients.
+func (m *Metrics) WatchPool(stats func() (open, idle, waiting int)) {
+	conns := func(active bool) func() float64 {
+		return func() float64 {
+			open, idle, _ := stats()
+			if active {
+				return float64(open - idle)
+			}
+			return float64(idle)
+		}
+	}
+	m.reg.MustRegister(
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "pgtenant_pool_connections", Help: "Upstream connections of the transaction pool, by state.", ConstLabels: prometheus.Labels{"state": "idle"}}, conns(false)),
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "pgtenant_pool_connections", Help: "Upstream connections of the transaction pool, by state.", ConstLabels: prometheus.Labels{"state": "active"}}, conns(true)),
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "pgtenant_pool_waiting_clients", Help: "Clients waiting for a pooled upstream connection."}, func() float64 {
+			_, _, waiting := stats()
+			return float64(waiting)
+		}),
+	)
+}
+
 // PoolWait implements proxy.Observer.
 func (m *Metrics) PoolWait(string) { m.poolWaits.Inc() }
 

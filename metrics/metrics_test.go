@@ -391,3 +391,31 @@ func BenchmarkTransactionOverBudget(b *testing.B) {
 		m.Transaction("initech")
 	}
 }
+
+func TestWatchPool(t *testing.T) {
+	m := New(Options{})
+	m.WatchPool(func() (int, int, int) { return 7, 3, 2 })
+	fams, err := m.Registry().Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := map[string]float64{}
+	for _, f := range fams {
+		for _, mt := range f.GetMetric() {
+			name := f.GetName()
+			for _, l := range mt.GetLabel() {
+				name += "/" + l.GetValue()
+			}
+			if g := mt.GetGauge(); g != nil {
+				got[name] = g.GetValue()
+			}
+		}
+	}
+	for name, want := range map[string]float64{
+		"pgtenant_pool_connections/idle": 3, "pgtenant_pool_connections/active": 4, "pgtenant_pool_waiting_clients": 2,
+	} {
+		if got[name] != want {
+			t.Errorf("%s = %v, want %v", name, got[name], want)
+		}
+	}
+}

@@ -402,6 +402,15 @@ func (s *Server) Sessions() []SessionInfo {
 	return out
 }
 
+// PoolStats reports the transaction pool's upstream connections (open, of
+// them idle) and the clients waiting for one; zeros without a pool.
+func (s *Server) PoolStats() (open, idle, waiting int) {
+	if p := s.rt.Load().pool; p != nil {
+		return p.stats()
+	}
+	return 0, 0, 0
+}
+
 // Ready reports whether the server accepts sessions: not draining, and the
 // upstream accepting TCP connections.
 func (s *Server) Ready(ctx context.Context) error {

@@ -29,6 +29,7 @@ import (
 	"fmt"
 	"os"
 	"os/signal"
+	"runtime/pprof"
 	"slices"
 	"strconv"
 	"strings"
@@ -47,6 +48,7 @@ type options struct {
 	out       string
 	idle      int
 	idleMode  string
+	only      []string // targets to run; all when empty
 }
 
 func main() {
@@ -60,6 +62,8 @@ func main() {
 	quick := flag.Bool("quick", false, "smoke run: 1 round of 2s (unless -rounds or -duration are given)")
 	idle := flag.Int("idle", 10000, "idle client connections for the memory check; 0 skips it")
 	idleMode := flag.String("idle-mode", "transaction", "pool mode of the memory check: transaction or session")
+	only := flag.String("only", "", "comma-separated targets to run (direct, pgbouncer, pgtenant); default all")
+	cpuProfile := flag.String("cpuprofile", "", "write a CPU profile of this process (which runs pgtenant in-process) to this file")
 	flag.Parse()
 
 	o := options{rounds: *rounds, duration: *duration, poolSize: *poolSize, out: *out, idle: *idle, idleMode: *idleMode}
@@ -84,6 +88,11 @@ func main() {
 	if o.modes, err = parseList(*modes, "session", "transaction"); err != nil {
 		fatal(fmt.Errorf("-modes: %w", err))
 	}
+	if *only != "" {
+		if o.only, err = parseList(*only, "direct", "pgbouncer", "pgtenant"); err != nil {
+			fatal(fmt.Errorf("-only: %w", err))
+		}
+	}
 	if _, err := parseList(o.idleMode, "session", "transaction"); err != nil {
 		fatal(fmt.Errorf("-idle-mode: %w", err))
 	}
@@ -102,6 +111,16 @@ func main() {
 	// run returns through its deferred cleanups (proxies, PgBouncer, the
 	// cluster, temp dirs).
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	if *cpuProfile != "" {
+		f, err := os.Create(*cpuProfile)
+		if err != nil {
+			fatal(err)
+		}
+		if err := pprof.StartCPUProfile(f); err != nil {
+			fatal(err)
+		}
+		defer pprof.StopCPUProfile()
+	}
 	err = run(ctx, o)
 	interrupted := ctx.Err() != nil // before stop(), which cancels ctx too
 	stop()

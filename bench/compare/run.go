@@ -194,6 +194,10 @@ func run(ctx context.Context, o options) error {
 		}
 		targets = append(targets, bt, pt)
 	}
+	if len(o.only) > 0 {
+		// Profiling one target: leave the others out.
+		targets = slices.DeleteFunc(targets, func(t *target) bool { return !slices.Contains(o.only, t.name) })
+	}
 	for _, t := range targets {
 		for _, reason := range uniqueValues(t.skip) {
 			m.Notes = append(m.Notes, reason)

@@ -23,6 +23,7 @@ import (
 func startAdmin(cfg *config.Config, srv *proxy.Server, log *slog.Logger) (func(), error) {
 	m := metrics.New(metrics.Options{MaxTenantLabels: cfg.MetricsTenantLabels})
 	srv.SetObserver(m)
+	m.WatchPool(srv.PoolStats)
 	if cfg.AdminListen == "" {
 		return func() {}, nil
 	}
