@@ -8,6 +8,7 @@ import (
 	"net"
 	"slices"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/jackc/pgx/v5/pgconn"
@@ -50,6 +51,12 @@ type serverConn struct {
 	// flight, so the connection cannot go to another client before the
 	// upstream has acted on it.
 	cancelMu sync.Mutex
+
+	// The connection's reader (txPool.serve) hands what it reads to the
+	// client holding the connection, or to one of pgtenant's own round trips.
+	holder atomic.Pointer[relay]
+	coll   atomic.Pointer[collector]
+	dead   atomic.Bool // closed or failed: never hand it out again
 }
 
 func (sc *serverConn) cancelTarget() cancelTarget {
@@ -76,6 +83,7 @@ type txPool struct {
 	statuses map[string]map[string]string // parameter statuses by startup parameters
 	stop     chan struct{}
 	done     chan struct{}
+	readers  sync.WaitGroup // one per open connection
 }
 
 type poolWaiter struct {
@@ -108,14 +116,14 @@ var errPoolClosed = fatalf(codeAdminShutdown, "terminating connection due to adm
 // acquire returns a connection for a client of tenant whose context
 // settings are key: clean for it (see serverConn.dirtyKey), checked if it
 // sat idle long, and with no cancel request in flight.
-func (p *txPool) acquire(ctx context.Context, tenant, key string) (*serverConn, error) {
-	sc, open, err := p.reserve(ctx, tenant, key)
+func (p *txPool) acquire(cancel <-chan struct{}, tenant, key string) (*serverConn, error) {
+	sc, open, err := p.reserve(cancel, tenant, key)
 	if err != nil {
 		return nil, err
 	}
 	for {
 		if open {
-			if sc, err = p.connect(ctx); err != nil {
+			if sc, err = p.dial(context.Background()); err != nil {
 				p.mu.Lock()
 				p.open--
 				p.active[tenant]--
@@ -128,6 +136,7 @@ func (p *txPool) acquire(ctx context.Context, tenant, key string) (*serverConn, 
 			return sc, nil
 		}
 		// A broken connection: replace it, keeping the slot.
+		sc.dead.Store(true)
 		sc.conn.Close()
 		open = true
 	}
@@ -135,7 +144,7 @@ func (p *txPool) acquire(ctx context.Context, tenant, key string) (*serverConn, 
 
 // reserve takes an idle connection or the right to open one, waiting in
 // the tenant's queue when neither is possible now.
-func (p *txPool) reserve(ctx context.Context, tenant, key string) (*serverConn, bool, error) {
+func (p *txPool) reserve(cancel <-chan struct{}, tenant, key string) (*serverConn, bool, error) {
 	p.mu.Lock()
 	if p.closed {
 		p.mu.Unlock()
@@ -173,7 +182,7 @@ func (p *txPool) reserve(ctx context.Context, tenant, key string) (*serverConn, 
 	case g := <-w.got:
 		return g.sc, g.open, nil
 	case <-timer.C:
-	case <-ctx.Done():
+	case <-cancel:
 	case <-p.stop:
 	}
 	p.mu.Lock()
@@ -264,6 +273,9 @@ func (p *txPool) dispatch() {
 func (p *txPool) prepare(sc *serverConn, key string) error {
 	sc.cancelMu.Lock()
 	sc.cancelMu.Unlock() //nolint:staticcheck // waiting for an in-flight cancel is the point
+	if sc.dead.Load() {
+		return errors.New("connection lost while idle")
+	}
 	needReset := sc.dirtyKey != "" && sc.dirtyKey != key
 	if !needReset && time.Since(sc.used) < p.cfg.HealthCheckAfter.Duration {
 		return nil
@@ -272,7 +284,7 @@ func (p *txPool) prepare(sc *serverConn, key string) error {
 	if needReset {
 		query = sc.dirtyReset
 	}
-	if _, err := roundTrip(sc, query, p.cfg.WaitTimeout.Duration); err != nil {
+	if _, err := p.roundTrip(sc, query, p.cfg.WaitTimeout.Duration); err != nil {
 		return err
 	}
 	if needReset {
@@ -284,44 +296,156 @@ func (p *txPool) prepare(sc *serverConn, key string) error {
 // emptyQuery is the health check: a Query with an empty string.
 var emptyQuery = []byte{'Q', 0, 0, 0, 5, 0}
 
-// roundTrip sends query (a Query, or messages ending with Sync) on an idle
-// connection and reads the replies up to ReadyForQuery, collecting the
-// ParameterStatus values; an error fails it.
-func roundTrip(sc *serverConn, query []byte, timeout time.Duration) (map[string]string, error) {
-	_ = sc.conn.SetDeadline(time.Now().Add(timeout))
-	defer sc.conn.SetDeadline(time.Time{})
-	if _, err := sc.w.Write(query); err != nil {
+// roundTrip sends query (a Query, or messages ending with Sync) on a
+// connection nobody else is using and waits for the replies up to
+// ReadyForQuery, collecting the ParameterStatus values; an error fails it.
+func (p *txPool) roundTrip(sc *serverConn, query []byte, timeout time.Duration) (map[string]string, error) {
+	c := &collector{sc: sc, statuses: map[string]string{}, done: make(chan error, 1)}
+	sc.coll.Store(c)
+	defer sc.coll.Store(nil)
+	// A simple query drops the unnamed statement, whoever's it was.
+	sc.mu.Lock()
+	sc.unnamed = nil
+	sc.mu.Unlock()
+	_ = sc.conn.SetWriteDeadline(time.Now().Add(timeout))
+	_, err := sc.w.Write(query)
+	if err == nil {
+		err = sc.w.Flush()
+	}
+	_ = sc.conn.SetWriteDeadline(time.Time{})
+	if err != nil {
 		return nil, err
 	}
-	if err := sc.w.Flush(); err != nil {
-		return nil, err
+	timer := time.NewTimer(timeout)
+	defer timer.Stop()
+	select {
+	case err := <-c.done:
+		return c.statuses, err
+	case <-timer.C:
+		sc.dead.Store(true)
+		sc.conn.Close()
+		return nil, fmt.Errorf("no reply from the upstream within %s", timeout)
 	}
-	var failed error
-	statuses := map[string]string{}
+}
+
+// collector reads the replies to one of pgtenant's own round trips.
+type collector struct {
+	sc       *serverConn
+	statuses map[string]string
+	failed   error
+	done     chan error
+}
+
+func (c *collector) reply(typ byte, size int) error {
+	msg, err := readMessage(c.sc.r, size)
+	if err != nil {
+		return err
+	}
+	switch typ {
+	case 'E':
+		c.failed = decodeError(msg)
+	case 'S':
+		var ps pgproto3.ParameterStatus
+		if ps.Decode(msg[5:]) == nil {
+			c.statuses[ps.Name] = ps.Value
+		}
+	case 'Z':
+		if c.failed == nil && msg[5] != 'I' {
+			c.failed = fmt.Errorf("upstream not idle after a round trip of pgtenant's (status %q)", msg[5])
+		}
+		c.done <- c.failed
+	}
+	return nil
+}
+
+// serve is a pooled connection's reader, for as long as the connection
+// lives. It is already waiting for the upstream's reply when a client's
+// messages go out, and hands what it reads to the client holding the
+// connection: one wake-up per reply, and no goroutine of its own for an
+// idle client.
+func (p *txPool) serve(sc *serverConn) {
+	defer p.readers.Done()
+	defer p.gone(sc)
 	for {
+		if r := sc.holder.Load(); r != nil && sc.r.Buffered() < 5 {
+			if err := r.flushClient(); err != nil {
+				p.fail(sc, r, err)
+				return
+			}
+		}
 		typ, size, err := readHeader(sc.r)
 		if err != nil {
-			return nil, err
-		}
-		msg, err := readMessage(sc.r, size)
-		if err != nil {
-			return nil, err
-		}
-		switch typ {
-		case 'E':
-			failed = decodeError(msg)
-		case 'S':
-			var ps pgproto3.ParameterStatus
-			if ps.Decode(msg[5:]) == nil {
-				statuses[ps.Name] = ps.Value
+			sc.dead.Store(true)
+			sc.conn.Close()
+			if r := sc.holder.Load(); r != nil {
+				r.failResponse(r.upstreamReadError(err))
 			}
-		case 'Z':
-			if failed == nil && msg[5] != 'I' {
-				failed = fmt.Errorf("upstream not idle after a round trip of pgtenant's (status %q)", msg[5])
+			if c := sc.coll.Load(); c != nil {
+				select {
+				case c.done <- err:
+				default:
+				}
 			}
-			return statuses, failed
+			return
 		}
+		if r := sc.holder.Load(); r != nil {
+			if err := r.reply(typ, size); err != nil {
+				if errors.Is(err, errDraining) {
+					// The session ends at an idle point (the lease is over); the
+					// connection is fine.
+					r.failResponse(err)
+					continue
+				}
+				p.fail(sc, r, err)
+				return
+			}
+			continue
+		}
+		if c := sc.coll.Load(); c != nil {
+			if err := c.reply(typ, size); err != nil {
+				sc.dead.Store(true)
+				sc.conn.Close()
+				return
+			}
+			continue
+		}
+		// Nobody asked: the FATAL a backend sends before it exits, or worse.
+		// The connection is not to be trusted any more.
+		sc.dead.Store(true)
+		sc.conn.Close()
+		return
 	}
+}
+
+// fail ends the holder's session with err and the connection with it: its
+// state is unknown.
+func (p *txPool) fail(sc *serverConn, r *relay, err error) {
+	sc.dead.Store(true)
+	sc.conn.Close()
+	r.failResponse(err)
+}
+
+// gone forgets a connection whose reader has stopped, if it is idle; a
+// held one is closed when its holder releases it.
+func (p *txPool) gone(sc *serverConn) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if i := slices.Index(p.idle, sc); i >= 0 {
+		p.idle = slices.Delete(p.idle, i, i+1)
+		p.open--
+		p.dispatch()
+	}
+}
+
+// dial connects a new pooled connection and starts its reader.
+func (p *txPool) dial(ctx context.Context) (*serverConn, error) {
+	sc, err := p.connect(ctx)
+	if err != nil {
+		return nil, err
+	}
+	p.readers.Add(1)
+	go p.serve(sc)
+	return sc, nil
 }
 
 // statusCacheLimit bounds the distinct startup-parameter sets remembered.
@@ -347,14 +471,12 @@ func (p *txPool) cacheStatuses(paramsKey string, m map[string]string) {
 // checks that the settings apply and returns the parameter statuses a
 // client with those settings is to be told.
 func (p *txPool) learnStatuses(tenant, ctxKey string, resetQuery, assertion []byte, timeout time.Duration) (map[string]string, error) {
-	ctx, cancel := context.WithTimeout(context.Background(), p.cfg.WaitTimeout.Duration+timeout)
-	defer cancel()
-	sc, err := p.acquire(ctx, tenant, ctxKey)
+	sc, err := p.acquire(nil, tenant, ctxKey)
 	if err != nil {
 		return nil, err
 	}
 	sc.dirtyKey, sc.dirtyReset = ctxKey, resetQuery
-	statuses, err := roundTrip(sc, assertion, timeout)
+	statuses, err := p.roundTrip(sc, assertion, timeout)
 	p.release(sc, tenant, err == nil)
 	if err != nil {
 		var pgErr *pgconn.PgError
@@ -384,7 +506,8 @@ func (p *txPool) release(sc *serverConn, tenant string, reusable bool) {
 	if p.active[tenant] <= 0 {
 		delete(p.active, tenant)
 	}
-	if !reusable || p.closed || now.Sub(sc.created) > p.cfg.MaxLifetime.Duration {
+	if !reusable || sc.dead.Load() || p.closed || now.Sub(sc.created) > p.cfg.MaxLifetime.Duration {
+		sc.dead.Store(true)
 		sc.conn.Close()
 		p.open--
 	} else {
@@ -430,6 +553,7 @@ func (p *txPool) maintain() {
 		p.dispatch()
 		p.mu.Unlock()
 		for _, sc := range stale {
+			sc.dead.Store(true)
 			sc.conn.Close()
 		}
 		for ; missing > 0; missing-- {
@@ -441,12 +565,13 @@ func (p *txPool) maintain() {
 				case <-ctx.Done():
 				}
 			}()
-			sc, err := p.connect(ctx)
+			sc, err := p.dial(ctx)
 			cancel()
 			p.mu.Lock()
 			if err != nil || p.closed {
 				p.open--
 				if sc != nil {
+					sc.dead.Store(true)
 					sc.conn.Close()
 				}
 			} else {
@@ -481,9 +606,11 @@ func (p *txPool) close() {
 	close(p.stop)
 	p.mu.Unlock()
 	for _, sc := range idle {
+		sc.dead.Store(true)
 		sc.conn.Close()
 	}
 	<-p.done
+	p.readers.Wait()
 }
 
 // dialPooled opens an upstream connection for the pool: no client

@@ -3,6 +3,7 @@ package proxy
 import (
 	"context"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/jackc/pgx/v5/pgproto3"
@@ -26,14 +27,14 @@ type pooledState struct {
 
 	// Guarded by leaseMu (with pending, when the response side detaches).
 	sc       *serverConn // held connection, nil between transactions
-	attached bool        // the response side reads sc
+	attached bool        // sc's reader hands its replies to this relay
 	writing  bool        // the request side writes to sc
 	broken   bool        // sc must not be reused
+	stopping bool        // the request side has ended
 
-	leases chan *serverConn // request side → response side
-	quit   chan struct{}    // closed when the request side has ended
-	wake   chan struct{}    // drain: the idle response side should look
-	stmts  statements
+	failOnce sync.Once
+	respErr  error // why the response side ended, once done is closed
+	stmts    statements
 }
 
 // pooled reports whether the relay runs in transaction mode.
@@ -76,24 +77,17 @@ func (r *relay) leaseFor(typ byte) (bool, error) {
 	if r.draining.Load() {
 		return false, errDraining
 	}
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
-	go func() {
-		// A client that hangs up while waiting gives up its place.
-		select {
-		case <-r.quit:
-		case <-r.done:
-		case <-ctx.Done():
-			return
-		}
-		cancel()
-	}()
-	sc, err := r.pool.acquire(ctx, r.tenant, r.ctxKey)
+	sc, err := r.pool.acquire(r.done, r.tenant, r.ctxKey)
 	if err != nil {
 		return false, err
 	}
 	sc.dirtyKey, sc.dirtyReset = r.ctxKey, r.resetQuery
 	r.leaseMu.Lock()
+	if r.draining.Load() {
+		r.leaseMu.Unlock()
+		r.pool.release(sc, r.tenant, true)
+		return false, errDraining
+	}
 	r.sc, r.writing, r.broken = sc, true, false
 	r.leaseMu.Unlock()
 	r.uw = sc.w
@@ -102,12 +96,13 @@ func (r *relay) leaseFor(typ byte) (bool, error) {
 	return true, nil
 }
 
-// attachLocked hands the lease to the response side if it is not reading
-// it already. Caller holds leaseMu and has just counted a pending unit.
+// attachLocked makes the held connection's reader hand its replies to this
+// relay. Caller holds leaseMu and has just counted a pending unit.
 func (r *relay) attachLocked() {
 	if !r.attached {
 		r.attached = true
-		r.leases <- r.sc
+		r.ur, r.rconn, r.rsc = r.sc.r, r.sc.conn, r.sc
+		r.sc.holder.Store(r)
 	}
 }
 
@@ -126,11 +121,16 @@ func (r *relay) endWrite() {
 // that leaves nothing outstanding and the upstream idle. Caller holds leaseMu.
 func (r *relay) detachLocked() {
 	r.attached = false
+	r.rsc.holder.Store(nil)
 	if r.upstreamTimeout > 0 {
 		_ = r.rconn.SetReadDeadline(time.Time{})
 	}
 	if !r.writing {
 		r.releaseLocked()
+	}
+	if r.stopping {
+		// The session is ending and waits for the response side.
+		r.failResponse(nil)
 	}
 }
 
@@ -158,42 +158,50 @@ func (r *relay) endLease() {
 	r.releaseLocked()
 }
 
-// waitLease is the response side between transactions: it waits for the
-// next lease, or for the session to end.
-func (r *relay) waitLease() (bool, error) {
-	if err := r.cw.Flush(); err != nil {
-		return false, err
-	}
-	for {
-		select {
-		case sc := <-r.leases:
-			r.ur, r.rconn, r.rsc = sc.r, sc.conn, sc
-			return true, nil
-		case <-r.quit:
-			return false, nil
-		case <-r.wake:
-			if r.draining.Load() {
-				r.leaseMu.Lock()
-				idle := r.sc == nil
-				r.leaseMu.Unlock()
-				if idle {
-					return false, errDraining
-				}
-			}
-		}
-	}
-}
-
-// stopPooled unblocks the response side when the request side ends: a held
-// connection is closed if replies are still being read from it.
-func (r *relay) stopPooled() {
+// stopPooled is the request side's end: a connection whose replies are
+// still being read is closed, and stopPooled reports whether the caller
+// must wait for its reader to let go of the relay (done).
+func (r *relay) stopPooled() bool {
 	r.leaseMu.Lock()
+	defer r.leaseMu.Unlock()
+	r.stopping = true
 	if r.attached {
 		r.broken = true
 		r.sc.conn.Close()
+		return true
 	}
-	r.leaseMu.Unlock()
-	close(r.quit)
+	return false
+}
+
+// failResponse ends the response side with err (nil: a clean end): the
+// client is told why, unless the request side ended first, and its
+// connection is closed so that the request side stops too.
+func (r *relay) failResponse(err error) {
+	r.failOnce.Do(func() {
+		r.respErr = err
+		if !r.closing.Swap(true) {
+			r.reportEnd(err)
+			_ = r.cw.Flush()
+			r.client.Close()
+		}
+		close(r.done)
+	})
+}
+
+// reply, flushClient and lost make the relay the reply handler of a pooled
+// connection while it holds one (see txPool.serve).
+func (r *relay) flushClient() error { return r.cw.Flush() }
+
+// endPooledIdle ends an idle transaction-mode session (drain, terminate):
+// with no connection held, nobody else writes to the client.
+func (r *relay) endPooledIdle() bool {
+	r.leaseMu.Lock()
+	defer r.leaseMu.Unlock()
+	if r.sc != nil {
+		return false
+	}
+	r.failResponse(errDraining)
+	return true
 }
 
 // cancelPooled forwards a cancel request to the connection the client
@@ -530,11 +538,3 @@ func (r *relay) forgetUnnamed() {
 	r.sc.mu.Unlock()
 }
 
-// wakeResponseSide makes a response side waiting between leases look at
-// the draining flag.
-func (r *relay) wakeResponseSide() {
-	select {
-	case r.wake <- struct{}{}:
-	default:
-	}
-}

@@ -94,6 +94,7 @@ type relay struct {
 	wconn   net.Conn
 	rconn   net.Conn
 	rsc     *serverConn
+	resp    respState // response side only
 }
 
 type relayStats struct {
@@ -691,19 +692,7 @@ var errUpstreamLost = errors.New("upstream connection lost")
 // own assertions and forwards everything else as bytes.
 func (r *relay) upstreamToClient() (err error) {
 	defer close(r.done)
-	var cur unit
-	inUnit := false
-	assertLeft := 0                   // assertion replies still to hide
-	var standaloneErr *pgconn.PgError // failure of the current standalone assertion
-	leased := !r.pooled()             // in transaction mode, between leases there is nothing to read
 	for {
-		if !leased {
-			ok, err := r.waitLease()
-			if !ok {
-				return err
-			}
-			leased = true
-		}
 		if r.ur.Buffered() < 5 {
 			if err := r.cw.Flush(); err != nil {
 				return err
@@ -711,214 +700,249 @@ func (r *relay) upstreamToClient() (err error) {
 		}
 		typ, size, err := readHeader(r.ur)
 		if err != nil {
-			if errors.Is(err, io.EOF) || errors.Is(err, net.ErrClosed) {
-				return errUpstreamLost
-			}
-			var ne net.Error
-			if r.upstreamTimeout > 0 && errors.As(err, &ne) && ne.Timeout() {
-				return fatalf(codeConnectionFailure, "pgtenant: no reply from the upstream server within upstream_timeout (%s)", r.upstreamTimeout)
-			}
+			return r.upstreamReadError(err)
+		}
+		if err := r.reply(typ, size); err != nil {
 			return err
 		}
-		r.armUpstreamTimeout(r.rconn)
-		r.stats.toClient += int64(size)
-		switch typ {
-		case 'A', 'N', 'S':
-			if typ == 'S' && assertLeft > 0 && r.pooled() {
-				// A setting the assertion re-applied: the client knows it already.
-				if _, err := r.ur.Discard(size); err != nil {
-					return err
-				}
-				continue
-			}
-			// NotificationResponse, NoticeResponse, ParameterStatus may come at any time.
-			if typ == 'S' && r.guard != nil {
-				r.watchParameter(size)
-			}
-			if err := forward(r.cw, r.ur, size); err != nil {
-				return err
-			}
-			continue
-		}
-		if !inUnit {
-			var found bool
-			switch cur, found = r.nextUnit(); {
-			case found:
-				inUnit = true
-				assertLeft = 0
-				if cur.assert || cur.standalone {
-					assertLeft = len(r.assertion.replies)
-				}
-			default:
-				// Nothing outstanding: an asynchronous error such as a FATAL on
-				// shutdown. Pass it on.
-				if typ == 'E' {
-					r.noteFatal(size)
-				}
-				if err := forward(r.cw, r.ur, size); err != nil {
-					return err
-				}
-				continue
-			}
-		}
-		if assertLeft > 0 {
-			if typ == r.assertion.replies[len(r.assertion.replies)-assertLeft] {
-				assertLeft--
-				if _, err := r.ur.Discard(size); err != nil {
-					return err
-				}
-				continue
-			}
-			if typ != 'E' {
-				return fatalf(codeProtocolViolation, "pgtenant: unexpected reply %q to the tenant assertion", typ)
-			}
-			assertLeft = 0
-			msg, err := readMessage(r.ur, size)
-			if err != nil {
-				return err
-			}
-			if r.pooled() {
-				r.stmts.dropUnit(cur.seq, r.rsc)
-			}
-			upstreamErr := decodeError(msg)
-			switch {
-			case cur.standalone:
-				standaloneErr = upstreamErr
-			case cur.simple:
-				// The server skipped the client's Query and waits for a Sync that
-				// will never come: end the session rather than misreport.
-				return assertionFailed(upstreamErr)
-			case upstreamErr.Severity == severityFatal || upstreamErr.Severity == "PANIC":
-				r.sawFatal = true
-				return assertionFailed(upstreamErr)
-			default:
-				// The server skips the client's group until its Sync and then
-				// sends ReadyForQuery: report the failure in its place.
-				e := assertionFailed(upstreamErr)
-				e.Severity = severityError
-				if err := r.writeClient(errorResponse(e)); err != nil {
-					return err
-				}
-			}
-			continue
-		}
-		if r.pooled() {
-			switch typ {
-			case '1', '3':
-				switch r.stmts.reply() {
-				case replyHide:
-					if _, err := r.ur.Discard(size); err != nil {
-						return err
-					}
-					continue
-				case replyAsParse:
-					if _, err := r.ur.Discard(size); err != nil {
-						return err
-					}
-					if _, err := r.cw.Write(parseComplete); err != nil {
-						return err
-					}
-					continue
-				}
-			case 'E':
-				r.stmts.dropUnit(cur.seq, r.rsc)
-			}
-		}
-		if typ == 'E' && r.refusals.outstanding.Load() > 0 {
-			msg, err := readMessage(r.ur, size)
-			if err != nil {
-				return err
-			}
-			upstreamErr := decodeError(msg)
-			if upstreamErr.Severity == severityFatal || upstreamErr.Severity == "PANIC" {
-				r.sawFatal = true
-			}
-			r.obs.Error(r.tenant)
-			if refusal := r.refusals.match(upstreamErr); refusal != nil {
-				if err := r.writeClient(errorResponse(refusal)); err != nil {
-					return err
-				}
-			} else if _, err := r.cw.Write(msg); err != nil {
-				return err
-			}
-			continue
-		}
-		if typ == 'G' || typ == 'W' {
-			// CopyInResponse, CopyBothResponse: the upstream now reads copy data.
-			r.copyInUpstream.Store(true)
-			r.signalCopy()
-		}
-		if typ == 'Z' {
-			if size != 6 {
-				return fatalf(codeProtocolViolation, "pgtenant: invalid ReadyForQuery from upstream")
-			}
-			// Read it out before the pending count drops: in transaction mode
-			// that may give the connection to another client.
-			var z [6]byte
-			if _, err := io.ReadFull(r.ur, z[:]); err != nil {
-				return err
-			}
-			status := z[5]
-			r.copyInUpstream.Store(false)
-			r.txStatus.Store(uint32(status))
-			if r.pooled() {
-				r.stmts.dropUnit(cur.seq, r.rsc)
-				r.leaseMu.Lock()
-			}
-			left := r.pending.Add(-1)
-			if left == 0 {
-				select {
-				case r.drained <- struct{}{}:
-				default:
-				}
-				r.armIdleTimeout()
-				r.armUpstreamTimeout(r.rconn)
-			}
-			if r.pooled() {
-				if left == 0 && status == 'I' {
-					r.detachLocked()
-					leased = false
-				}
-				r.leaseMu.Unlock()
-			}
-			r.signalCopy()
-			inUnit = false
-			if r.draining.Load() && left == 0 && status == 'I' && !cur.standalone {
-				// Shutting down and outside a transaction: this is the moment.
-				if _, err := r.cw.Write(z[:]); err != nil {
-					return err
-				}
-				return errDraining
-			}
-			if cur.standalone {
-				if cur.afterReset {
-					if standaloneErr != nil {
-						return assertionFailed(standaloneErr)
-					}
-					continue
-				}
-				r.standaloneDone <- standaloneErr
-				standaloneErr = nil
-				continue
-			}
-			if _, err := r.cw.Write(z[:]); err != nil {
-				return err
-			}
-			continue
-		} else if cur.standalone {
+	}
+}
+
+// upstreamReadError names why reading from the upstream failed.
+func (r *relay) upstreamReadError(err error) error {
+	if errors.Is(err, io.EOF) || errors.Is(err, net.ErrClosed) {
+		return errUpstreamLost
+	}
+	var ne net.Error
+	if r.upstreamTimeout > 0 && errors.As(err, &ne) && ne.Timeout() {
+		return fatalf(codeConnectionFailure, "pgtenant: no reply from the upstream server within upstream_timeout (%s)", r.upstreamTimeout)
+	}
+	return err
+}
+
+// respState is where the response side is in the reply stream.
+type respState struct {
+	cur           unit
+	inUnit        bool
+	assertLeft    int             // assertion replies still to hide
+	standaloneErr *pgconn.PgError // failure of the current standalone assertion
+}
+
+// reply handles one upstream message whose header is at the head of r.ur:
+// hides the replies to the relay's own messages and forwards everything
+// else as bytes.
+func (r *relay) reply(typ byte, size int) error {
+	r.armUpstreamTimeout(r.rconn)
+	r.stats.toClient += int64(size)
+	switch typ {
+	case 'A', 'N', 'S':
+		if typ == 'S' && r.resp.assertLeft > 0 && r.pooled() {
+			// A setting the assertion re-applied: the client knows it already.
 			if _, err := r.ur.Discard(size); err != nil {
 				return err
 			}
-			continue
+			return nil
 		}
-		if typ == 'E' {
-			r.noteFatal(size)
-			r.obs.Error(r.tenant)
+		// NotificationResponse, NoticeResponse, ParameterStatus may come at any time.
+		if typ == 'S' && r.guard != nil {
+			r.watchParameter(size)
 		}
 		if err := forward(r.cw, r.ur, size); err != nil {
 			return err
 		}
+		return nil
 	}
+	if !r.resp.inUnit {
+		var found bool
+		switch r.resp.cur, found = r.nextUnit(); {
+		case found:
+			r.resp.inUnit = true
+			r.resp.assertLeft = 0
+			if r.resp.cur.assert || r.resp.cur.standalone {
+				r.resp.assertLeft = len(r.assertion.replies)
+			}
+		default:
+			// Nothing outstanding: an asynchronous error such as a FATAL on
+			// shutdown. Pass it on.
+			if typ == 'E' {
+				r.noteFatal(size)
+			}
+			if err := forward(r.cw, r.ur, size); err != nil {
+				return err
+			}
+			return nil
+		}
+	}
+	if r.resp.assertLeft > 0 {
+		if typ == r.assertion.replies[len(r.assertion.replies)-r.resp.assertLeft] {
+			r.resp.assertLeft--
+			if _, err := r.ur.Discard(size); err != nil {
+				return err
+			}
+			return nil
+		}
+		if typ != 'E' {
+			return fatalf(codeProtocolViolation, "pgtenant: unexpected reply %q to the tenant assertion", typ)
+		}
+		r.resp.assertLeft = 0
+		msg, err := readMessage(r.ur, size)
+		if err != nil {
+			return err
+		}
+		if r.pooled() {
+			r.stmts.dropUnit(r.resp.cur.seq, r.rsc)
+		}
+		upstreamErr := decodeError(msg)
+		switch {
+		case r.resp.cur.standalone:
+			r.resp.standaloneErr = upstreamErr
+		case r.resp.cur.simple:
+			// The server skipped the client's Query and waits for a Sync that
+			// will never come: end the session rather than misreport.
+			return assertionFailed(upstreamErr)
+		case upstreamErr.Severity == severityFatal || upstreamErr.Severity == "PANIC":
+			r.sawFatal = true
+			return assertionFailed(upstreamErr)
+		default:
+			// The server skips the client's group until its Sync and then
+			// sends ReadyForQuery: report the failure in its place.
+			e := assertionFailed(upstreamErr)
+			e.Severity = severityError
+			if err := r.writeClient(errorResponse(e)); err != nil {
+				return err
+			}
+		}
+		return nil
+	}
+	if r.pooled() {
+		switch typ {
+		case '1', '3':
+			switch r.stmts.reply() {
+			case replyHide:
+				if _, err := r.ur.Discard(size); err != nil {
+					return err
+				}
+				return nil
+			case replyAsParse:
+				if _, err := r.ur.Discard(size); err != nil {
+					return err
+				}
+				if _, err := r.cw.Write(parseComplete); err != nil {
+					return err
+				}
+				return nil
+			}
+		case 'E':
+			r.stmts.dropUnit(r.resp.cur.seq, r.rsc)
+		}
+	}
+	if typ == 'E' && r.refusals.outstanding.Load() > 0 {
+		msg, err := readMessage(r.ur, size)
+		if err != nil {
+			return err
+		}
+		upstreamErr := decodeError(msg)
+		if upstreamErr.Severity == severityFatal || upstreamErr.Severity == "PANIC" {
+			r.sawFatal = true
+		}
+		r.obs.Error(r.tenant)
+		if refusal := r.refusals.match(upstreamErr); refusal != nil {
+			if err := r.writeClient(errorResponse(refusal)); err != nil {
+				return err
+			}
+		} else if _, err := r.cw.Write(msg); err != nil {
+			return err
+		}
+		return nil
+	}
+	if typ == 'G' || typ == 'W' {
+		// CopyInResponse, CopyBothResponse: the upstream now reads copy data.
+		r.copyInUpstream.Store(true)
+		r.signalCopy()
+	}
+	if typ == 'Z' {
+		if size != 6 {
+			return fatalf(codeProtocolViolation, "pgtenant: invalid ReadyForQuery from upstream")
+		}
+		// Read it out before the pending count drops: in transaction mode
+		// that may give the connection to another client.
+		var z [6]byte
+		if _, err := io.ReadFull(r.ur, z[:]); err != nil {
+			return err
+		}
+		status := z[5]
+		r.copyInUpstream.Store(false)
+		r.txStatus.Store(uint32(status))
+		cur, standaloneErr := r.resp.cur, r.resp.standaloneErr
+		r.resp.inUnit, r.resp.standaloneErr = false, nil
+		if r.pooled() {
+			r.stmts.dropUnit(cur.seq, r.rsc)
+			if !cur.standalone {
+				// The client gets everything before the lease can end: the next
+				// lease's reader may write to it.
+				if _, err := r.cw.Write(z[:]); err != nil {
+					return err
+				}
+				if err := r.cw.Flush(); err != nil {
+					return err
+				}
+			}
+			r.leaseMu.Lock()
+		}
+		left := r.pending.Add(-1)
+		if left == 0 {
+			select {
+			case r.drained <- struct{}{}:
+			default:
+			}
+			r.armIdleTimeout()
+			r.armUpstreamTimeout(r.rconn)
+		}
+		if r.pooled() {
+			if left == 0 && status == 'I' {
+				// From here on another connection's reader may serve this relay:
+				// nothing below touches the response side's state.
+				r.detachLocked()
+			}
+			r.leaseMu.Unlock()
+		}
+		r.signalCopy()
+		if r.draining.Load() && left == 0 && status == 'I' && !cur.standalone {
+			// Shutting down and outside a transaction: this is the moment.
+			if !r.pooled() {
+				if _, err := r.cw.Write(z[:]); err != nil {
+					return err
+				}
+			}
+			return errDraining
+		}
+		if cur.standalone {
+			if cur.afterReset {
+				if standaloneErr != nil {
+					return assertionFailed(standaloneErr)
+				}
+				return nil
+			}
+			r.standaloneDone <- standaloneErr
+			return nil
+		}
+		if !r.pooled() {
+			if _, err := r.cw.Write(z[:]); err != nil {
+				return err
+			}
+		}
+		return nil
+	} else if r.resp.cur.standalone {
+		if _, err := r.ur.Discard(size); err != nil {
+			return err
+		}
+		return nil
+	}
+	if typ == 'E' {
+		r.noteFatal(size)
+		r.obs.Error(r.tenant)
+	}
+	return forward(r.cw, r.ur, size)
 }
 
 // watchParameter notes a ParameterStatus that would make the upstream read

@@ -282,9 +282,6 @@ func (s *Server) startPooledSession(rt *runtime, st *startup, cr *bufio.Reader, 
 		pool:       rt.pool,
 		ctxKey:     a.statements,
 		resetQuery: resetQueryFor(settings),
-		leases:     make(chan *serverConn, 1),
-		quit:       make(chan struct{}),
-		wake:       make(chan struct{}, 1),
 		stmts:      statements{byName: map[string]*clientStmt{}},
 	}
 
@@ -320,43 +317,60 @@ func (s *Server) startPooledSession(rt *runtime, st *startup, cr *bufio.Reader, 
 // Whichever side ends first reports to the client, once.
 func (ss *session) run() {
 	r := ss.relay
+	if r.pooled() {
+		ss.runPooled()
+		return
+	}
 	respErr := make(chan error, 1)
 	go func() {
 		err := r.upstreamToClient()
 		if !r.closing.Swap(true) {
-			var pgErr *pgconn.PgError
-			switch {
-			case errors.As(err, &pgErr):
-				_ = r.writeClient(errorResponse(pgErr))
-			case r.draining.Load():
-				_ = r.writeClient(errorResponse(fatalf(codeAdminShutdown, "terminating connection due to administrator command")))
-			case errors.Is(err, errUpstreamLost) && !r.sawFatal:
-				// The upstream said nothing (a FATAL it sent was forwarded already).
-				_ = r.writeClient(errorResponse(fatalf(codeConnectionFailure, "pgtenant: the upstream server closed the connection unexpectedly")))
-			}
+			r.reportEnd(err)
 			_ = r.cw.Flush()
 			// Unblock the request side, which is reading from the client.
 			ss.client.Close()
 		}
-		if ss.upstream != nil {
-			ss.upstream.Close()
-		}
+		ss.upstream.Close()
 		respErr <- err
 	}()
 
 	reqErr := r.clientToUpstream()
 	first := !r.closing.Swap(true)
-	if r.pooled() {
-		r.stopPooled()
-	} else {
-		ss.upstream.Close()
-	}
+	ss.upstream.Close()
 	if first {
 		// The response side may be blocked writing to a client that no longer
 		// reads; what it still has to say does not matter now.
 		_ = ss.client.SetWriteDeadline(time.Now().Add(time.Second))
 	}
-	err := <-respErr
+	ss.finish(reqErr, <-respErr, first)
+}
+
+// runPooled is run in transaction mode: the request side runs here, the
+// response side in the reader of whichever pooled connection the session
+// holds.
+func (ss *session) runPooled() {
+	r := ss.relay
+	reqErr := r.clientToUpstream()
+	first := !r.closing.Swap(true)
+	if first {
+		_ = ss.client.SetWriteDeadline(time.Now().Add(time.Second))
+	}
+	if r.stopPooled() {
+		<-r.done
+	}
+	var respErr error
+	select {
+	case <-r.done:
+		respErr = r.respErr
+	default:
+	}
+	ss.finish(reqErr, respErr, first)
+}
+
+// finish reports the request side's error to the client if it ended the
+// session, and logs and counts the session's end. Both sides are done.
+func (ss *session) finish(reqErr, respErr error, first bool) {
+	r := ss.relay
 	var pgErr *pgconn.PgError
 	if first && errors.As(reqErr, &pgErr) {
 		// The response side has returned: the client writer is ours now.
@@ -364,11 +378,25 @@ func (ss *session) run() {
 		_ = r.writeClient(errorResponse(pgErr))
 		_ = r.cw.Flush()
 	}
-	ss.log.Info("session ended", "client", describeEnd(reqErr), "upstream", describeEnd(err),
+	ss.log.Info("session ended", "client", describeEnd(reqErr), "upstream", describeEnd(respErr),
 		"assertions", r.stats.assertions.Load(), "refusals", r.stats.refusals.Load(),
 		"bytes_from_client", r.stats.fromClient, "bytes_to_client", r.stats.toClient)
 	ss.s.observer().Statements(ss.ident.Tenant, r.stats.statements)
 	ss.s.observer().SessionEnd(ss.ident.Tenant, r.stats.fromClient, r.stats.toClient)
+}
+
+// reportEnd tells the client why the response side ended the session.
+func (r *relay) reportEnd(err error) {
+	var pgErr *pgconn.PgError
+	switch {
+	case errors.As(err, &pgErr):
+		_ = r.writeClient(errorResponse(pgErr))
+	case r.draining.Load():
+		_ = r.writeClient(errorResponse(fatalf(codeAdminShutdown, "terminating connection due to administrator command")))
+	case errors.Is(err, errUpstreamLost) && !r.sawFatal:
+		// The upstream said nothing (a FATAL it sent was forwarded already).
+		_ = r.writeClient(errorResponse(fatalf(codeConnectionFailure, "pgtenant: the upstream server closed the connection unexpectedly")))
+	}
 }
 
 // drain ends the session at its next moment outside a transaction block:
@@ -377,7 +405,7 @@ func (ss *session) drain() {
 	r := ss.relay
 	r.draining.Store(true)
 	if r.pooled() {
-		r.wakeResponseSide()
+		r.endPooledIdle()
 		return
 	}
 	if r.pending.Load() == 0 && byte(r.txStatus.Load()) == 'I' {
@@ -390,13 +418,14 @@ func (ss *session) terminate() {
 	r := ss.relay
 	r.draining.Store(true)
 	if r.pooled() {
-		r.leaseMu.Lock()
-		if r.attached {
-			r.broken = true
-			r.sc.conn.Close()
+		if !r.endPooledIdle() {
+			r.leaseMu.Lock()
+			if r.attached {
+				r.broken = true
+				r.sc.conn.Close()
+			}
+			r.leaseMu.Unlock()
 		}
-		r.leaseMu.Unlock()
-		r.wakeResponseSide()
 		return
 	}
 	ss.upstream.Close()
