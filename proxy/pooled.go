@@ -537,4 +537,3 @@ func (r *relay) forgetUnnamed() {
 	r.sc.unnamed = nil
 	r.sc.mu.Unlock()
 }
-
