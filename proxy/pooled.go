@@ -2,6 +2,7 @@ package proxy
 
 import (
 	"context"
+	"io"
 	"strings"
 	"sync"
 	"time"
@@ -229,6 +230,12 @@ func (r *relay) relayStatementMessage(typ byte, size int, msg []byte, peeked boo
 	sc := r.sc
 	st := &r.stmts
 	seq := r.seq
+	// Decisions rest on what the connection and the client have prepared;
+	// an earlier Sync group whose Parse or Close is still unanswered may be
+	// undone (an error), so wait for it. Drivers do not pipeline that way.
+	if err := r.waitStatements(seq); err != nil {
+		return err
+	}
 	switch typ {
 	case 'P':
 		name, rest, ok := splitName(msg[5:])
@@ -236,12 +243,14 @@ func (r *relay) relayStatementMessage(typ byte, size int, msg []byte, peeked boo
 			return fatalf(codeProtocolViolation, "invalid Parse message")
 		}
 		if len(name) == 0 {
+			st.mu.Lock()
 			st.gen++
-			st.unnamed = append(st.unnamed[:0], msg...)
+			st.unnamed = append(st.unnamed[:0:0], msg...)
+			st.mu.Unlock()
 			sc.mu.Lock()
 			sc.unnamed, sc.unnamedN = r, st.gen
 			sc.mu.Unlock()
-			st.record(replyEntry{seq: seq, kind: effectUnnamed})
+			st.record(replyEntry{seq: seq, kind: effectClientUnnamed})
 			return r.writeClientMessage(msg, peeked)
 		}
 		st.mu.Lock()
@@ -266,19 +275,23 @@ func (r *relay) relayStatementMessage(typ byte, size int, msg []byte, peeked boo
 		sc.tick++
 		sc.prepared[server] = sc.tick
 		sc.mu.Unlock()
-		if had {
-			// Prepared on this connection already: answer from the cache.
+		if had && r.pending.Load() <= 1 && byte(r.txStatus.Load()) != 'E' {
+			// Prepared on this connection already: answer from the cache. (Not
+			// in a failed transaction block, where PostgreSQL refuses the Parse
+			// but would accept the stand-in Close.)
 			st.scratch = appendClose(st.scratch[:0], 'P', noPortal)
 			st.record(replyEntry{seq: seq, action: replyAsParse, kind: effectClientAdd, client: string(name)})
 			return r.writeRewritten(len(msg), peeked)
 		}
-		st.scratch = appendClose(st.scratch[:0], 'S', server) // in case it is there after all
-		st.record(replyEntry{seq: seq, action: replyHide})
-		st.scratch = append(st.scratch, cs.parse...)
-		st.record(replyEntry{seq: seq, kind: effectClientAddServer, server: server, client: string(name)})
 		if err := r.evict(server, seq); err != nil {
 			return err
 		}
+		// Closed first in case it is there after all. If the Parse then
+		// fails, the statement is gone; if both are skipped, nothing changed.
+		st.scratch = appendClose(st.scratch[:0], 'S', server)
+		st.record(replyEntry{seq: seq, action: replyHide, kind: effectServerRemove, server: server, had: had})
+		st.scratch = append(st.scratch, cs.parse...)
+		st.record(replyEntry{seq: seq, kind: effectClientAddServer, server: server, client: string(name)})
 		return r.writeRewritten(len(msg), peeked)
 	case 'B':
 		return r.relayBind(size)
@@ -306,11 +319,14 @@ func (r *relay) relayStatementMessage(typ byte, size int, msg []byte, peeked boo
 					return err
 				}
 			} else {
+				st.mu.Lock()
+				prev := st.unnamed
 				st.unnamed = nil
+				st.mu.Unlock()
 				sc.mu.Lock()
 				sc.unnamed = nil
 				sc.mu.Unlock()
-				st.record(replyEntry{seq: seq})
+				st.record(replyEntry{seq: seq, kind: effectClientUnnamedClose, prev: prev})
 			}
 			return r.writeClientMessage(msg, peeked)
 		}
@@ -357,6 +373,22 @@ func (r *relay) relayStatementMessage(typ byte, size int, msg []byte, peeked boo
 
 func binary32(b []byte, n int) {
 	b[0], b[1], b[2], b[3] = byte(n>>24), byte(n>>16), byte(n>>8), byte(n)
+}
+
+// waitStatements waits until no Parse or Close of a unit before seq is
+// unanswered.
+func (r *relay) waitStatements(seq uint64) error {
+	for r.stmts.pendingBefore(seq) {
+		if err := r.uw.Flush(); err != nil {
+			return err
+		}
+		select {
+		case <-r.stmts.changed:
+		case <-r.done:
+			return io.ErrUnexpectedEOF
+		}
+	}
+	return nil
 }
 
 // relayBind sends a Bind under the upstream statement name. Only the head
@@ -439,7 +471,7 @@ func (r *relay) ensurePrepared(cs *clientStmt, seq uint64) error {
 	}
 	st := &r.stmts
 	buf := appendClose(nil, 'S', cs.server)
-	st.record(replyEntry{seq: seq, action: replyHide})
+	st.record(replyEntry{seq: seq, action: replyHide, kind: effectServerRemove, server: cs.server})
 	buf = append(buf, cs.parse...)
 	st.record(replyEntry{seq: seq, action: replyHide, kind: effectServerAdd, server: cs.server})
 	if _, err := r.uw.Write(buf); err != nil {
@@ -452,17 +484,29 @@ func (r *relay) ensurePrepared(cs *clientStmt, seq uint64) error {
 // connection if the connection's unnamed statement is not the client's.
 func (r *relay) ensureUnnamed(seq uint64) error {
 	sc, st := r.sc, &r.stmts
+	st.mu.Lock()
+	unnamed, gen := st.unnamed, st.gen
+	st.mu.Unlock()
 	sc.mu.Lock()
-	mine := sc.unnamed == r && sc.unnamedN == st.gen
-	if !mine && st.unnamed != nil {
-		sc.unnamed, sc.unnamedN = r, st.gen
+	mine := sc.unnamed == r && sc.unnamedN == gen
+	if !mine {
+		sc.unnamed, sc.unnamedN = nil, 0
+		if unnamed != nil {
+			sc.unnamed, sc.unnamedN = r, gen
+		}
 	}
 	sc.mu.Unlock()
-	if mine || st.unnamed == nil {
+	switch {
+	case mine:
 		return nil
+	case unnamed == nil:
+		// The client has none; whatever the connection has is not its own.
+		st.record(replyEntry{seq: seq, action: replyHide})
+		_, err := r.uw.Write(appendClose(nil, 'S', ""))
+		return err
 	}
 	st.record(replyEntry{seq: seq, action: replyHide, kind: effectUnnamed})
-	_, err := r.uw.Write(st.unnamed)
+	_, err := r.uw.Write(unnamed)
 	return err
 }
 
@@ -520,9 +564,13 @@ func (r *relay) writeClientMessage(msg []byte, peeked bool) error {
 // deallocateAll follows a DEALLOCATE ALL or DISCARD ALL the client sent:
 // its statements are gone, and so is everything prepared on the connection.
 func (r *relay) deallocateAll() {
+	// The client's names go when the unit ends without an error: a
+	// DEALLOCATE ALL in a failed block or behind a failed statement does
+	// not run. What the connection has is forgotten now (forgetting too
+	// much is safe: statements are closed before they are prepared again).
 	st := &r.stmts
 	st.mu.Lock()
-	clear(st.byName)
+	st.deallocSeq = r.seq
 	st.mu.Unlock()
 	r.sc.mu.Lock()
 	clear(r.sc.prepared)

@@ -355,6 +355,9 @@ func (r *relay) clientToUpstream() error {
 			return errClientTerminated
 		}
 		if r.pooled() && substitute == nil && (typ == 'P' || typ == 'B' || typ == 'D' || typ == 'C') {
+			if deallocates {
+				r.deallocateAll()
+			}
 			if err := r.relayStatementMessage(typ, size, msg, peeked); err != nil {
 				return err
 			}
@@ -726,6 +729,7 @@ type respState struct {
 	inUnit        bool
 	assertLeft    int             // assertion replies still to hide
 	standaloneErr *pgconn.PgError // failure of the current standalone assertion
+	failed        bool            // an ErrorResponse came in the current unit
 }
 
 // reply handles one upstream message whose header is at the head of r.ur:
@@ -757,6 +761,7 @@ func (r *relay) reply(typ byte, size int) error {
 		switch r.resp.cur, found = r.nextUnit(); {
 		case found:
 			r.resp.inUnit = true
+			r.resp.failed = false
 			r.resp.assertLeft = 0
 			if r.resp.cur.assert || r.resp.cur.standalone {
 				r.resp.assertLeft = len(r.assertion.replies)
@@ -772,6 +777,9 @@ func (r *relay) reply(typ byte, size int) error {
 			}
 			return nil
 		}
+	}
+	if typ == 'E' {
+		r.resp.failed = true
 	}
 	if r.resp.assertLeft > 0 {
 		if typ == r.assertion.replies[len(r.assertion.replies)-r.resp.assertLeft] {
@@ -877,6 +885,7 @@ func (r *relay) reply(typ byte, size int) error {
 		r.resp.inUnit, r.resp.standaloneErr = false, nil
 		if r.pooled() {
 			r.stmts.dropUnit(cur.seq, r.rsc)
+			r.stmts.unitEnded(cur.seq, r.resp.failed)
 			if !cur.standalone {
 				// The client gets everything before the lease can end: the next
 				// lease's reader may write to it.

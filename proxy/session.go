@@ -282,7 +282,7 @@ func (s *Server) startPooledSession(rt *runtime, st *startup, cr *bufio.Reader, 
 		pool:       rt.pool,
 		ctxKey:     a.statements,
 		resetQuery: resetQueryFor(settings),
-		stmts:      statements{byName: map[string]*clientStmt{}},
+		stmts:      statements{byName: map[string]*clientStmt{}, changed: make(chan struct{}, 1)},
 	}
 
 	// The parameter statuses to report depend on the startup parameters

@@ -45,13 +45,15 @@ const (
 type effectKind uint8
 
 const (
-	effectNone            effectKind = iota
-	effectServerAdd                  // a Parse of a server statement
-	effectServerRemove               // a Close of a server statement
-	effectUnnamed                    // a Parse of the unnamed statement
-	effectClientAdd                  // a client's Parse: undo removes its name
-	effectClientRemove               // a client's Close: undo brings its name back
-	effectClientAddServer            // a client's Parse of a new server statement: both
+	effectNone               effectKind = iota
+	effectServerAdd                     // a Parse of a server statement
+	effectServerRemove                  // a Close of a server statement
+	effectUnnamed                       // a Parse of the unnamed statement
+	effectClientAdd                     // a client's Parse: undo removes its name
+	effectClientRemove                  // a client's Close: undo brings its name back
+	effectClientAddServer               // a client's Parse of a new server statement: both
+	effectClientUnnamed                 // a client's Parse of the unnamed statement
+	effectClientUnnamedClose            // a client's Close of the unnamed statement
 )
 
 // replyEntry is one Parse or Close sent upstream, waiting for its reply.
@@ -63,6 +65,7 @@ type replyEntry struct {
 	had    bool        // the connection had it before
 	client string      // client statement name
 	stmt   *clientStmt // for effectClientRemove
+	prev   []byte      // for effectClientUnnamedClose: the unnamed Parse it closed
 }
 
 // clientStmt is a client's named statement.
@@ -77,10 +80,14 @@ type statements struct {
 	unnamed []byte // the client's last unnamed Parse, nil when it has none
 	gen     uint64 // which unnamed Parse that was
 
-	mu      sync.Mutex // guards replies, and byName against undo by the response side
-	replies []replyEntry
-	head    int
-	scratch []byte // request side: message being rewritten
+	// mu guards replies, and byName and unnamed against undo by the
+	// response side; changed signals that replies were resolved.
+	mu         sync.Mutex
+	changed    chan struct{}
+	deallocSeq uint64 // the unit with a DEALLOCATE ALL, if any
+	replies    []replyEntry
+	head       int
+	scratch    []byte // request side: message being rewritten
 }
 
 // serverStmtName derives the upstream name of a statement: a hash of the
@@ -135,7 +142,23 @@ func (st *statements) reply() replyAction {
 	a := st.replies[st.head].action
 	st.replies[st.head] = replyEntry{}
 	st.head++
+	st.signal()
 	return a
+}
+
+func (st *statements) signal() {
+	select {
+	case st.changed <- struct{}{}:
+	default:
+	}
+}
+
+// pendingBefore reports whether Parse or Close messages of units before seq
+// still wait for their replies.
+func (st *statements) pendingBefore(seq uint64) bool {
+	st.mu.Lock()
+	defer st.mu.Unlock()
+	return st.head < len(st.replies) && st.replies[st.head].seq < seq
 }
 
 // dropUnit undoes, newest first, the bookkeeping of the unit's Parse and
@@ -160,19 +183,38 @@ func (st *statements) dropUnit(seq uint64, sc *serverConn) {
 			} else {
 				delete(sc.prepared, e.server)
 			}
-		case effectUnnamed:
-			sc.unnamed = nil
+		case effectUnnamed, effectClientUnnamed, effectClientUnnamedClose:
+			sc.unnamed = nil // unknown: the next use prepares the client's again
 		}
 		switch e.kind {
 		case effectClientAdd, effectClientAddServer:
 			delete(st.byName, e.client)
 		case effectClientRemove:
 			st.byName[e.client] = e.stmt
+		case effectClientUnnamed:
+			// Failed (or skipped): PostgreSQL drops the unnamed statement
+			// before it parses, so there is none now.
+			st.unnamed = nil
+		case effectClientUnnamedClose:
+			st.unnamed = e.prev
 		}
 		st.replies[i] = replyEntry{}
 	}
 	sc.mu.Unlock()
 	st.head = end
+	st.signal()
+}
+
+// unitEnded applies a DEALLOCATE ALL of unit seq once it has succeeded.
+func (st *statements) unitEnded(seq uint64, failed bool) {
+	st.mu.Lock()
+	defer st.mu.Unlock()
+	if st.deallocSeq != 0 && st.deallocSeq == seq {
+		st.deallocSeq = 0
+		if !failed {
+			clear(st.byName)
+		}
+	}
 }
 
 // reset forgets the replies of a connection that is gone.
