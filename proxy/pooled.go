@@ -1,8 +1,10 @@
 package proxy
 
 import (
+	"bufio"
 	"context"
 	"io"
+	"net"
 	"strings"
 	"sync"
 	"time"
@@ -36,6 +38,58 @@ type pooledState struct {
 	failOnce sync.Once
 	respErr  error // why the response side ended, once done is closed
 	stmts    statements
+
+	// An idle transaction-mode client holds no read or write buffer: the
+	// request side waits for its next bytes in park, the response side
+	// takes a writer for the length of a lease.
+	park   [256]byte
+	prefix prefixReader
+}
+
+// Buffers of idle clients go back to these pools.
+var (
+	readerPool = sync.Pool{New: func() any { return bufio.NewReaderSize(nil, relayBufSize) }}
+	writerPool = sync.Pool{New: func() any { return bufio.NewWriterSize(nil, relayBufSize) }}
+)
+
+// prefixReader reads what parkReader already read, then the connection.
+type prefixReader struct {
+	rest []byte
+	conn net.Conn
+}
+
+func (p *prefixReader) Read(b []byte) (int, error) {
+	if len(p.rest) > 0 {
+		n := copy(b, p.rest)
+		p.rest = p.rest[n:]
+		return n, nil
+	}
+	return p.conn.Read(b)
+}
+
+// parkReader waits for the client's next bytes with its read buffer given
+// back, and takes one again when they come. Called with nothing buffered.
+func (r *relay) parkReader() error {
+	readerPool.Put(r.cr)
+	r.cr = nil
+	n, err := r.client.Read(r.park[:])
+	r.cr = readerPool.Get().(*bufio.Reader)
+	r.prefix = prefixReader{rest: r.park[:n], conn: r.client}
+	r.cr.Reset(&r.prefix)
+	if n > 0 {
+		return nil // an error comes again on the next read
+	}
+	return err
+}
+
+// clientWriter returns the client writer, taking one if the client has
+// none (between leases).
+func (r *relay) clientWriter() *bufio.Writer {
+	if r.cw == nil {
+		r.cw = writerPool.Get().(*bufio.Writer)
+		r.cw.Reset(r.client)
+	}
+	return r.cw
 }
 
 // pooled reports whether the relay runs in transaction mode.
@@ -102,6 +156,7 @@ func (r *relay) leaseFor(typ byte) (bool, error) {
 func (r *relay) attachLocked() {
 	if !r.attached {
 		r.attached = true
+		r.clientWriter()
 		r.ur, r.rconn, r.rsc = r.sc.r, r.sc.conn, r.sc
 		r.sc.holder.Store(r)
 	}
@@ -123,6 +178,11 @@ func (r *relay) endWrite() {
 func (r *relay) detachLocked() {
 	r.attached = false
 	r.rsc.holder.Store(nil)
+	if r.cw.Buffered() == 0 {
+		// Flushed at the ReadyForQuery that ended the lease.
+		writerPool.Put(r.cw)
+		r.cw = nil
+	}
 	if r.upstreamTimeout > 0 {
 		_ = r.rconn.SetReadDeadline(time.Time{})
 	}
@@ -181,6 +241,7 @@ func (r *relay) failResponse(err error) {
 	r.failOnce.Do(func() {
 		r.respErr = err
 		if !r.closing.Swap(true) {
+			r.clientWriter()
 			r.reportEnd(err)
 			_ = r.cw.Flush()
 			r.client.Close()

@@ -25,7 +25,7 @@ const (
 	maxMessageLen = 1 << 30
 	// maxUnitsInFlight bounds how far a pipelining client may run ahead of
 	// the upstream's replies before the relay stops reading from it.
-	maxUnitsInFlight = 4096
+	maxUnitsInFlight = 64
 	// screenPeekLen is how much of a statement's text the relay looks at to
 	// choose how to assert ahead of it.
 	screenPeekLen = 1024
@@ -237,6 +237,11 @@ func (r *relay) clientToUpstream() error {
 				return err
 			}
 			r.armIdleTimeout()
+			if r.pooled() && r.cr.Buffered() == 0 {
+				if err := r.parkReader(); err != nil {
+					return r.idleError(err)
+				}
+			}
 		}
 		typ, size, err := readHeader(r.cr)
 		if err != nil {

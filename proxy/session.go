@@ -29,42 +29,62 @@ func (s *Server) serveConn(conn net.Conn) {
 	obs.ConnState("", "startup")
 	state := "startup"
 	defer func() { obs.ConnState(state, "closed") }()
-	_ = conn.SetDeadline(time.Now().Add(rt.startupTimeout))
 
-	st, err := readStartup(conn, rt.tlsConfig)
-	if err != nil {
-		// st.conn is the TLS connection when the error came after the upgrade.
-		s.refuse(st.conn, err, log)
-		st.conn.Close()
+	// TLS, authentication and the upstream connect run on a goroutine of
+	// their own: the deep stack they grow goes with it, and the goroutine
+	// that then waits for the client (for hours, in transaction mode with
+	// nothing else held) stays small.
+	established := make(chan *session, 1)
+	go func() { established <- s.establish(conn, rt, log) }()
+	sess := <-established
+	if sess == nil {
 		return
 	}
-	defer st.conn.Close()
-	if st.cancel != nil {
-		s.handleCancel(st.cancel, log)
-		return
-	}
-	if n := s.clients.Add(1); rt.cfg.Limits.MaxClients > 0 && n > int64(rt.cfg.Limits.MaxClients) {
-		s.clients.Add(-1)
-		s.refuse(st.conn, fatalf(codeTooManyConnections, "sorry, too many clients already"), log)
-		return
-	}
+	defer sess.client.Close()
 	defer s.clients.Add(-1)
-
-	cw := bufio.NewWriterSize(st.conn, relayBufSize)
-	cr := bufio.NewReaderSize(st.conn, relayBufSize)
-	sess, err := s.startSession(rt, st, cr, cw, log)
-	if err != nil {
-		s.refuse(cw, err, log)
-		return
-	}
 	defer sess.close()
-	_ = st.conn.SetDeadline(time.Time{})
 	sess.id = id
 	obs.ConnState(state, "active")
 	state = "active"
 	s.addSession(sess)
 	defer s.removeSession(sess)
 	sess.run()
+}
+
+// establish reads the startup packet, authenticates the client and starts
+// its session. On failure it tells the client, closes the connection and
+// returns nil.
+func (s *Server) establish(conn net.Conn, rt *runtime, log *slog.Logger) *session {
+	_ = conn.SetDeadline(time.Now().Add(rt.startupTimeout))
+	st, err := readStartup(conn, rt.tlsConfig)
+	if err != nil {
+		// st.conn is the TLS connection when the error came after the upgrade.
+		s.refuse(st.conn, err, log)
+		st.conn.Close()
+		return nil
+	}
+	if st.cancel != nil {
+		s.handleCancel(st.cancel, log)
+		st.conn.Close()
+		return nil
+	}
+	if n := s.clients.Add(1); rt.cfg.Limits.MaxClients > 0 && n > int64(rt.cfg.Limits.MaxClients) {
+		s.clients.Add(-1)
+		s.refuse(st.conn, fatalf(codeTooManyConnections, "sorry, too many clients already"), log)
+		st.conn.Close()
+		return nil
+	}
+	cw := bufio.NewWriterSize(st.conn, relayBufSize)
+	cr := bufio.NewReaderSize(st.conn, relayBufSize)
+	sess, err := s.startSession(rt, st, cr, cw, log)
+	if err != nil {
+		s.refuse(cw, err, log)
+		s.clients.Add(-1)
+		st.conn.Close()
+		return nil
+	}
+	_ = st.conn.SetDeadline(time.Time{})
+	return sess
 }
 
 // refuse reports err to the client as an ErrorResponse and logs it.
@@ -303,6 +323,9 @@ func (s *Server) startPooledSession(rt *runtime, st *startup, cr *bufio.Reader, 
 		s.cancels.unregister(key)
 		return nil, err
 	}
+	// Until its first transaction the client needs no write buffer.
+	writerPool.Put(cw)
+	rl.cw = nil
 	log.Info("session started", "pool_mode", config.PoolModeTransaction, "startup_ms", time.Since(start).Milliseconds())
 	rl.obs, rl.tenant = s.observer(), ident.Tenant
 	lim := rt.cfg.Limits
@@ -372,6 +395,9 @@ func (ss *session) runPooled() {
 func (ss *session) finish(reqErr, respErr error, first bool) {
 	r := ss.relay
 	var pgErr *pgconn.PgError
+	if r.pooled() {
+		r.clientWriter()
+	}
 	if first && errors.As(reqErr, &pgErr) {
 		// The response side has returned: the client writer is ours now.
 		_ = ss.client.SetWriteDeadline(time.Now().Add(time.Second))
