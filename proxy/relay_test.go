@@ -32,12 +32,20 @@ func clientStream(t testing.TB, n int, msgs ...pgproto3.FrontendMessage) []byte 
 // bytes sent upstream.
 func requestSide(t testing.TB, stream []byte, g *guard.Guard) []byte {
 	var upstream bytes.Buffer
+	requestSideTo(t, stream, g, 'T', &upstream)
+	return upstream.Bytes()
+}
+
+// requestSideTo runs the request side with the upstream in transaction
+// status txStatus after every unit: 'T' (no assertion due) or 'I' (an
+// assertion ahead of every unit).
+func requestSideTo(t testing.TB, stream []byte, g *guard.Guard, txStatus byte, upstream io.Writer) {
 	r := newRelay(nil, bufio.NewReaderSize(bytes.NewReader(stream), relayBufSize), nil, nil,
 		newAssertion([]setting{{"app.tenant_id", "t1"}}), g, zeroTime)
-	r.uw = bufio.NewWriterSize(&upstream, relayBufSize)
-	// Every unit is settled at once, inside a transaction block, so no
+	r.uw = bufio.NewWriterSize(upstream, relayBufSize)
+	// Every unit is settled at once; inside a transaction block no
 	// assertion is due and the upstream bytes equal the client's.
-	r.txStatus.Store('T')
+	r.txStatus.Store(uint32(txStatus))
 	r.pending.Store(0)
 	go func() {
 		for range r.units {
@@ -56,7 +64,31 @@ func requestSide(t testing.TB, stream []byte, g *guard.Guard) []byte {
 		t.Fatalf("request side: %v", err)
 	}
 	_ = r.uw.Flush()
-	return upstream.Bytes()
+}
+
+// countingWriter counts Write calls: system calls, for a socket.
+type countingWriter struct{ writes, bytes int }
+
+func (w *countingWriter) Write(p []byte) (int, error) {
+	w.writes++
+	w.bytes += len(p)
+	return len(p), nil
+}
+
+// Messages that arrive together leave together: one write upstream for a
+// batch, not one per message.
+func TestRequestSideOneWritePerBatch(t *testing.T) {
+	batch := clientStream(t, 20, &pgproto3.Parse{Name: "s", Query: "SELECT 1"}, &pgproto3.Bind{PreparedStatement: "s"}, &pgproto3.Execute{}, &pgproto3.Sync{})
+	if len(batch) >= relayBufSize {
+		t.Fatalf("batch of %d bytes does not fit one read", len(batch))
+	}
+	for _, status := range []byte{'T', 'I'} {
+		var w countingWriter
+		requestSideTo(t, batch, guard.New(guard.Policy{TenantSetting: "app.tenant_id"}), status, &w)
+		if w.writes != 1 {
+			t.Errorf("status %c: %d writes for 80 messages that arrived together, want 1", status, w.writes)
+		}
+	}
 }
 
 func TestRequestSideForwardsBytes(t *testing.T) {
@@ -92,20 +124,80 @@ func TestRequestSideAllocatesNothing(t *testing.T) {
 	}
 }
 
+// Relaying a Query message: inside a transaction block (bytes only, with
+// and without the guard's check), and at a transaction start (with the
+// tenant assertion written ahead of it).
 func BenchmarkRequestSide(b *testing.B) {
 	const n = 1000
 	stream := clientStream(b, n, &pgproto3.Query{String: "SELECT abalance FROM pgbench_accounts WHERE aid = 48213;"})
+	guarded := guard.New(guard.Policy{TenantSetting: "app.tenant_id"})
 	for _, tc := range []struct {
-		name string
-		g    *guard.Guard
-	}{{"guard off", nil}, {"guard on", guard.New(guard.Policy{TenantSetting: "app.tenant_id"})}} {
+		name   string
+		g      *guard.Guard
+		status byte
+	}{{"guard off", nil, 'T'}, {"guard on", guarded, 'T'}, {"guard on, assertion", guarded, 'I'}} {
 		b.Run(tc.name, func(b *testing.B) {
 			b.ReportAllocs()
 			b.SetBytes(int64(len(stream)))
 			for b.Loop() {
-				requestSide(b, stream, tc.g)
+				requestSideTo(b, stream, tc.g, tc.status, io.Discard)
 			}
 			b.ReportMetric(float64(b.Elapsed().Nanoseconds())/float64(b.N*n), "ns/msg")
 		})
 	}
+}
+
+// responseSide runs the response side over an in-memory upstream stream of
+// n units, each ending with ReadyForQuery, writing to the client writer w.
+func responseSide(t testing.TB, stream []byte, n int, w io.Writer) {
+	r := newRelay(nil, nil, bufio.NewWriterSize(w, relayBufSize), nil,
+		newAssertion([]setting{{"app.tenant_id", "t1"}}), nil, zeroTime)
+	r.ur = bufio.NewReaderSize(bytes.NewReader(stream), relayBufSize)
+	go func() {
+		for i := 0; i < n; i++ {
+			r.pending.Add(1)
+			r.units <- unit{seq: uint64(i + 1)}
+		}
+	}()
+	if err := r.upstreamToClient(); !errors.Is(err, errUpstreamLost) {
+		t.Fatalf("response side: %v", err)
+	}
+}
+
+// Forwarding replies allocates nothing per message.
+func TestResponseSideAllocatesNothing(t *testing.T) {
+	const n = 1000
+	replies := []pgproto3.BackendMessage{
+		&pgproto3.RowDescription{Fields: []pgproto3.FieldDescription{{Name: []byte("abalance"), DataTypeOID: 23, DataTypeSize: 4, TypeModifier: -1}}},
+		&pgproto3.DataRow{Values: [][]byte{[]byte("0")}}, &pgproto3.CommandComplete{CommandTag: []byte("SELECT 1")}, &pgproto3.ReadyForQuery{TxStatus: 'I'},
+	}
+	var one []byte
+	for _, m := range replies {
+		one, _ = m.Encode(one)
+	}
+	short, long := bytes.Repeat(one, n), bytes.Repeat(one, 2*n)
+	base := testing.AllocsPerRun(5, func() { responseSide(t, short, n, io.Discard) })
+	more := testing.AllocsPerRun(5, func() { responseSide(t, long, 2*n, io.Discard) })
+	if perMessage := (more - base) / (4 * n); perMessage > 0.001 {
+		t.Fatalf("%.3f allocations per reply message", perMessage)
+	}
+}
+
+func BenchmarkResponseSide(b *testing.B) {
+	const n = 1000
+	replies := []pgproto3.BackendMessage{
+		&pgproto3.RowDescription{Fields: []pgproto3.FieldDescription{{Name: []byte("abalance"), DataTypeOID: 23, DataTypeSize: 4, TypeModifier: -1}}},
+		&pgproto3.DataRow{Values: [][]byte{[]byte("0")}}, &pgproto3.CommandComplete{CommandTag: []byte("SELECT 1")}, &pgproto3.ReadyForQuery{TxStatus: 'I'},
+	}
+	var one []byte
+	for _, m := range replies {
+		one, _ = m.Encode(one)
+	}
+	stream := bytes.Repeat(one, n)
+	b.ReportAllocs()
+	b.SetBytes(int64(len(stream)))
+	for b.Loop() {
+		responseSide(b, stream, n, io.Discard)
+	}
+	b.ReportMetric(float64(b.Elapsed().Nanoseconds())/float64(b.N*4*n), "ns/msg")
 }
