@@ -25,7 +25,7 @@ const (
 	maxMessageLen = 1 << 30
 	// maxUnitsInFlight bounds how far a pipelining client may run ahead of
 	// the upstream's replies before the relay stops reading from it.
-	maxUnitsInFlight = 64
+	maxUnitsInFlight = 32
 	// screenPeekLen is how much of a statement's text the relay looks at to
 	// choose how to assert ahead of it.
 	screenPeekLen = 1024
