@@ -85,7 +85,7 @@ func (b *syncBuffer) String() string {
 // startProxy starts a proxy for the test with the demo tenants as users;
 // mutate may change the config before it starts. It checks for leaked
 // goroutines when the test ends.
-func startProxy(t *testing.T, mutate func(*config.Config)) *testProxy {
+func startProxy(t testing.TB, mutate func(*config.Config)) *testProxy {
 	t.Helper()
 	noLeaks(t)
 	c := pgcluster.Shared()
@@ -133,7 +133,7 @@ func startProxy(t *testing.T, mutate func(*config.Config)) *testProxy {
 
 // noLeaks fails the test if it leaves goroutines behind. Registered first, its
 // cleanup runs last, after the proxies and connections are closed.
-func noLeaks(t *testing.T) {
+func noLeaks(t testing.TB) {
 	if _, ok := leakChecked.Load(t.Name()); ok {
 		return
 	}
@@ -253,7 +253,7 @@ func eventually(t *testing.T, timeout time.Duration, what string, cond func() bo
 	}
 }
 
-type testWriter struct{ t *testing.T }
+type testWriter struct{ t testing.TB }
 
 func (w testWriter) Write(p []byte) (int, error) {
 	w.t.Log(strings.TrimRight(string(p), "\n"))

@@ -17,7 +17,7 @@ import (
 //	go test -run XXX -bench IdleClientMemory -benchtime 1x ./e2e
 func BenchmarkIdleClientMemory(b *testing.B) {
 	const clients = 2000
-	p := startProxy(&testing.T{}, transactionPool(2))
+	p := startProxy(b, transactionPool(2))
 	for b.Loop() {
 		before := liveBytes()
 		conns := make([]net.Conn, 0, clients)
