@@ -271,9 +271,11 @@ func (p *txPool) dispatch() {
 // prepare makes a connection ready for a client: no cancel in flight, alive
 // if it sat idle long, and reset if another context may be committed on it.
 func (p *txPool) prepare(sc *serverConn, key string) error {
+	// Taking cancelMu waits for a cancel request still in flight.
 	sc.cancelMu.Lock()
-	sc.cancelMu.Unlock() //nolint:staticcheck // waiting for an in-flight cancel is the point
-	if sc.dead.Load() {
+	dead := sc.dead.Load()
+	sc.cancelMu.Unlock()
+	if dead {
 		return errors.New("connection lost while idle")
 	}
 	needReset := sc.dirtyKey != "" && sc.dirtyKey != key
