@@ -164,18 +164,22 @@ func responseSide(t testing.TB, stream []byte, n int, w io.Writer) {
 	}
 }
 
+// selectReplies is n replies to a one-row SELECT, as an upstream sends them.
+func selectReplies(n int) []byte {
+	var one []byte
+	for _, m := range []pgproto3.BackendMessage{
+		&pgproto3.RowDescription{Fields: []pgproto3.FieldDescription{{Name: []byte("abalance"), DataTypeOID: 23, DataTypeSize: 4, TypeModifier: -1}}},
+		&pgproto3.DataRow{Values: [][]byte{[]byte("0")}}, &pgproto3.CommandComplete{CommandTag: []byte("SELECT 1")}, &pgproto3.ReadyForQuery{TxStatus: 'I'},
+	} {
+		one, _ = m.Encode(one)
+	}
+	return bytes.Repeat(one, n)
+}
+
 // Forwarding replies allocates nothing per message.
 func TestResponseSideAllocatesNothing(t *testing.T) {
 	const n = 1000
-	replies := []pgproto3.BackendMessage{
-		&pgproto3.RowDescription{Fields: []pgproto3.FieldDescription{{Name: []byte("abalance"), DataTypeOID: 23, DataTypeSize: 4, TypeModifier: -1}}},
-		&pgproto3.DataRow{Values: [][]byte{[]byte("0")}}, &pgproto3.CommandComplete{CommandTag: []byte("SELECT 1")}, &pgproto3.ReadyForQuery{TxStatus: 'I'},
-	}
-	var one []byte
-	for _, m := range replies {
-		one, _ = m.Encode(one)
-	}
-	short, long := bytes.Repeat(one, n), bytes.Repeat(one, 2*n)
+	short, long := selectReplies(n), selectReplies(2*n)
 	base := testing.AllocsPerRun(5, func() { responseSide(t, short, n, io.Discard) })
 	more := testing.AllocsPerRun(5, func() { responseSide(t, long, 2*n, io.Discard) })
 	if perMessage := (more - base) / (4 * n); perMessage > 0.001 {
@@ -185,15 +189,7 @@ func TestResponseSideAllocatesNothing(t *testing.T) {
 
 func BenchmarkResponseSide(b *testing.B) {
 	const n = 1000
-	replies := []pgproto3.BackendMessage{
-		&pgproto3.RowDescription{Fields: []pgproto3.FieldDescription{{Name: []byte("abalance"), DataTypeOID: 23, DataTypeSize: 4, TypeModifier: -1}}},
-		&pgproto3.DataRow{Values: [][]byte{[]byte("0")}}, &pgproto3.CommandComplete{CommandTag: []byte("SELECT 1")}, &pgproto3.ReadyForQuery{TxStatus: 'I'},
-	}
-	var one []byte
-	for _, m := range replies {
-		one, _ = m.Encode(one)
-	}
-	stream := bytes.Repeat(one, n)
+	stream := selectReplies(n)
 	b.ReportAllocs()
 	b.SetBytes(int64(len(stream)))
 	for b.Loop() {
