@@ -370,3 +370,65 @@ func TestPoolDrain(t *testing.T) {
 		t.Fatal("query after shutdown succeeded")
 	}
 }
+
+// When the context cannot be asserted on a handed-out connection, the
+// client's statement does not run and the connection is not used again.
+func TestPoolAssertionFailureDiscardsConnection(t *testing.T) {
+	superQuery(t, "DROP TEXT SEARCH CONFIGURATION IF EXISTS public.pool_tsc; CREATE TEXT SEARCH CONFIGURATION public.pool_tsc (COPY = pg_catalog.english)")
+	t.Cleanup(func() { superQuery(t, "DROP TEXT SEARCH CONFIGURATION IF EXISTS public.pool_tsc") })
+	p := startProxy(t, transactionPool(1))
+	ctx := context.Background()
+	// A startup setting that applies at login and stops applying later.
+	a := p.pgconnect(t, tenantA, "options='-c default_text_search_config=public.pool_tsc'")
+	b := p.pgconnect(t, tenantB)
+	first := queryOne(t, a, "SELECT pg_backend_pid()")
+	superQuery(t, "DROP TEXT SEARCH CONFIGURATION public.pool_tsc")
+	superQuery(t, "DELETE FROM projects WHERE name = 'pool-assert-failed'")
+
+	// Extended protocol: an error in place of the statement, which did not run.
+	res := a.ExecParams(ctx, "INSERT INTO projects (tenant_id, name) VALUES ($1, 'pool-assert-failed')", [][]byte{[]byte(tenantA.ID)}, nil, nil, nil).Read()
+	if res.Err == nil || !strings.Contains(res.Err.Error(), "could not assert the tenant context") {
+		t.Fatalf("statement after a failed assertion: %v", res.Err)
+	}
+	if n := superQuery(t, "SELECT count(*) FROM projects WHERE name = 'pool-assert-failed'")[0][0]; n != "0" {
+		t.Fatal("the statement ran without its context")
+	}
+	// The next client gets another connection.
+	if got := queryOne(t, b, "SELECT pg_backend_pid()"); got == first {
+		t.Fatal("the connection that refused the context was handed out again")
+	}
+	// Simple protocol: the session ends with the reason.
+	_, err := a.Exec(ctx, "SELECT 1").ReadAll()
+	if err == nil || !strings.Contains(err.Error(), "could not assert the tenant context") {
+		t.Fatalf("simple query after a failed assertion: %v", err)
+	}
+}
+
+// Connections unused for pool.idle_timeout are closed, down to min_idle.
+func TestPoolIdleTimeout(t *testing.T) {
+	for _, minIdle := range []int{0, 1} {
+		p := startProxy(t, func(c *config.Config) {
+			transactionPool(3)(c)
+			c.Pool.IdleTimeout = config.Duration{Duration: 200 * time.Millisecond}
+			c.Pool.MinIdle = minIdle
+		})
+		// Three clients in transactions at once make the pool open three.
+		var conns []*pgconn.PgConn
+		for i := 0; i < 3; i++ {
+			c := p.pgconnect(t, tenantA)
+			if _, err := c.Exec(context.Background(), "BEGIN").ReadAll(); err != nil {
+				t.Fatal(err)
+			}
+			conns = append(conns, c)
+		}
+		for _, c := range conns {
+			if _, err := c.Exec(context.Background(), "COMMIT").ReadAll(); err != nil {
+				t.Fatal(err)
+			}
+		}
+		eventually(t, 5*time.Second, "idle connections closed", func() bool {
+			open, _, _ := p.srv.PoolStats()
+			return open == minIdle
+		})
+	}
+}

@@ -806,6 +806,10 @@ func (r *relay) reply(typ byte, size int) error {
 			r.stmts.dropUnit(r.resp.cur.seq, r.rsc)
 		}
 		upstreamErr := decodeError(msg)
+		if r.pooled() {
+			// A connection that refused the context is not handed out again.
+			r.rsc.dead.Store(true)
+		}
 		switch {
 		case r.resp.cur.standalone:
 			r.resp.standaloneErr = upstreamErr
