@@ -111,9 +111,11 @@ func TestPoolCarriesStartupParameters(t *testing.T) {
 			t.Fatalf("B sees %v", got)
 		}
 	}
-	_, err := pgconn.Connect(context.Background(), p.connString(tenantA, "options='-c search_path=pg_temp,public'"))
-	if code := pgCode(err); code != "0A000" {
-		t.Fatalf("search_path with pg_temp: %v, want 0A000", err)
+	for _, opt := range []string{"options='-c search_path=pg_temp,public'", "options='-c SEARCH_PATH=pg_temp'", "options='-c Search_Path=public,PG_TEMP'"} {
+		_, err := pgconn.Connect(context.Background(), p.connString(tenantA, opt))
+		if code := pgCode(err); code != "0A000" {
+			t.Fatalf("%s: %v, want 0A000", opt, err)
+		}
 	}
 }
 

@@ -126,10 +126,6 @@ func TestInjectionIsInvisible(t *testing.T) {
 		{q("LISTEN trace_channel")},
 		{q("SELECT pg_notify('trace_channel', 'payload')")},
 		{q("SET statement_timeout = '5s'; " + setting)},
-		// FunctionCall, as libpq's large-object API uses it: lo_unlink (964)
-		// of a missing object at idle, lo_creat (957) inside a block.
-		{&pgproto3.FunctionCall{Function: 964, ArgFormatCodes: []uint16{0}, Arguments: [][]byte{[]byte("4242")}}},
-		{q("BEGIN"), &pgproto3.FunctionCall{Function: 957, ArgFormatCodes: []uint16{0}, Arguments: [][]byte{[]byte("-1")}}, q("ROLLBACK")},
 		// A row far larger than the relay's buffers streams through.
 		{q("SELECT md5(repeat('x', 300000)), length(repeat('y', 300000)), repeat('z', 300000) = repeat('z', 300000)")},
 		{q("SELECT i, repeat('r', 100) FROM generate_series(1, 2000) i WHERE i % 500 = 0")},
@@ -142,7 +138,7 @@ func TestInjectionIsInvisible(t *testing.T) {
 	}
 	// Sanity: the workload did reach the interesting states.
 	joined := strings.Join(proxied, "\n")
-	for _, want := range []string{"ReadyForQuery E", "PortalSuspended", "NotificationResponse trace_channel payload", "CopyData anvil", "DataRow 2", "skipping \"projects\"", "FunctionCallResponse ", "large object 4242 does not exist"} {
+	for _, want := range []string{"ReadyForQuery E", "PortalSuspended", "NotificationResponse trace_channel payload", "CopyData anvil", "DataRow 2", "skipping \"projects\""} {
 		if !strings.Contains(joined, want) {
 			t.Errorf("trace lacks %q", want)
 		}

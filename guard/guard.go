@@ -117,32 +117,12 @@ func (g *Guard) CheckParse(sql []byte) Verdict {
 }
 
 // CheckFunctionCall checks a FunctionCall message, which names a function by
-// OID and so bypasses any text check. Only the large-object functions that
-// libpq and JDBC call this way are allowed.
+// OID and so bypasses any text check: none is relayed. (libpq and JDBC use
+// it for large objects, which pgtenant refuses anyway: they have no
+// row-level security.)
 func (g *Guard) CheckFunctionCall(oid uint32) *pgconn.PgError {
-	if largeObjectFunctions[oid] {
-		return nil
-	}
-	return refused(fmt.Sprintf("permission denied: pgtenant does not relay FunctionCall messages for function %d", oid),
-		"Only large-object functions may be called with the FunctionCall protocol message; call other functions from SQL.")
-}
-
-// largeObjectFunctions are the pg_proc OIDs of the server-side large-object
-// functions (fixed in PostgreSQL's catalog since 7.x / 9.3 for the 64-bit ones).
-var largeObjectFunctions = map[uint32]bool{
-	715:  true, // lo_create
-	952:  true, // lo_open
-	953:  true, // lo_close
-	954:  true, // loread
-	955:  true, // lowrite
-	956:  true, // lo_lseek
-	957:  true, // lo_creat
-	958:  true, // lo_tell
-	964:  true, // lo_unlink
-	1004: true, // lo_truncate
-	3170: true, // lo_lseek64
-	3171: true, // lo_tell64
-	3172: true, // lo_truncate64
+	return refused(fmt.Sprintf("permission denied: pgtenant does not relay FunctionCall messages (function %d)", oid),
+		"Call functions from SQL.")
 }
 
 func refused(msg, hint string) *pgconn.PgError {
@@ -248,6 +228,8 @@ func (c *checker) visit(m protoreflect.Message) bool {
 		if name := strings.ToLower(n.Sval); isDangerousFunction(name) {
 			return c.refuse(fmt.Sprintf("permission denied for function %s", name),
 				"pgtenant does not relay calls that change settings or run SQL from text.")
+		} else if why := crossTenantFunction(name); why != "" {
+			return c.refuse(fmt.Sprintf("permission denied for function %s", name), why)
 		}
 	case *pg_query.VariableSetStmt:
 		return c.variableSet(n)
@@ -366,4 +348,18 @@ var dangerousFunctions = map[string]bool{
 
 func isDangerousFunction(name string) bool {
 	return dangerousFunctions[name] || strings.HasPrefix(name, "dblink")
+}
+
+// crossTenantFunction says why a function reaches across tenants when all
+// of them share one database role: large objects have no row-level
+// security (every tenant owns every one), and any backend of the role can
+// be signalled.
+func crossTenantFunction(name string) string {
+	switch {
+	case strings.HasPrefix(name, "lo_") || name == "loread" || name == "lowrite":
+		return "Large objects have no row-level security: through pgtenant every tenant would own every large object. Store the data in a table with a tenant_id column."
+	case name == "pg_cancel_backend" || name == "pg_terminate_backend":
+		return "Every tenant's sessions run as the same database role; signalling them would reach other tenants' queries."
+	}
+	return ""
 }

@@ -167,8 +167,20 @@ func TestFunctionCall(t *testing.T) {
 	if err := g.CheckFunctionCall(2078); err == nil || err.Code != CodeRefused { // set_config
 		t.Fatalf("FunctionCall of set_config: %v", err)
 	}
-	if err := g.CheckFunctionCall(952); err != nil { // lo_open
+	// Large objects have no row-level security: refused too.
+	if err := g.CheckFunctionCall(952); err == nil || err.Code != CodeRefused { // lo_open
 		t.Fatalf("FunctionCall of lo_open: %v", err)
+	}
+	for _, sql := range []string{
+		"SELECT lo_from_bytea(0, 'x')", "SELECT lo_get(16400)", "SELECT LO_IMPORT('/etc/passwd')", "SELECT loread(0, 10)",
+		"SELECT pg_cancel_backend(1234)", "SELECT pg_terminate_backend(pid) FROM pg_stat_activity",
+	} {
+		if v := g.CheckQuery([]byte(sql)); v.Err == nil || v.Err.Code != CodeRefused {
+			t.Errorf("%s: %v, want refused", sql, v.Err)
+		}
+	}
+	if v := g.CheckQuery([]byte("SELECT lock_timeout, log_min FROM t")); v.Err != nil {
+		t.Errorf("words merely starting with lo: %v", v.Err)
 	}
 }
 
@@ -264,6 +276,12 @@ var pooledCases = []struct {
 	plain       string
 	deallocates bool
 }{
+	// Reading the connection's views through a regclass, and the shared seed.
+	{sql: "SELECT table_to_xml('pg_prepared_statements'::regclass, true, false, '')", pooled: CodeRefused},
+	{sql: "SELECT TABLE_TO_XML_AND_XMLSCHEMA('pg_catalog.pg_cursors', true, false, '')", pooled: CodeRefused},
+	{sql: "SELECT schema_to_xml('pg_catalog', true, false, '')", pooled: CodeRefused},
+	{sql: "SELECT setseed(0.42)", pooled: CodeNotSupported},
+	{sql: "SELECT random()"},
 	// 1. Session-level SET.
 	{sql: "SET statement_timeout = '5s'", pooled: CodeNotSupported},
 	{sql: "SET SESSION statement_timeout = '5s'", pooled: CodeNotSupported},

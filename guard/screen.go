@@ -58,6 +58,7 @@ var screenWords = map[string]bool{
 	"rule": true, "pg_settings": true,
 	"set_config": true, "query_to_xml": true, "query_to_xml_and_xmlschema": true,
 	"query_to_xmlschema": true, "ts_stat": true, "ts_rewrite": true,
+	"loread": true, "lowrite": true, "pg_cancel_backend": true, "pg_terminate_backend": true,
 }
 
 // pooledScreenWords are, for pooled guards, the further words without which
@@ -71,7 +72,11 @@ var screenWords = map[string]bool{
 var pooledScreenWords = map[string]bool{
 	"listen": true, "temp": true, "temporary": true, "hold": true,
 	"prepare": true, "deallocate": true, "discard": true,
-	"pg_prepared_statements": true, "pg_prepared_statement": true,
+	"pg_prepared_statements": true, "pg_prepared_statement": true, "setseed": true,
+	"table_to_xml": true, "table_to_xmlschema": true, "table_to_xml_and_xmlschema": true,
+	"schema_to_xml": true, "schema_to_xmlschema": true, "schema_to_xml_and_xmlschema": true,
+	"database_to_xml": true, "database_to_xmlschema": true, "database_to_xml_and_xmlschema": true,
+	"cursor_to_xml": true, "cursor_to_xmlschema": true,
 	"pg_cursors": true, "pg_cursor": true,
 }
 
@@ -79,7 +84,7 @@ var pooledScreenWords = map[string]bool{
 const longestScreenWord = len("query_to_xml_and_xmlschema")
 
 func dangerousWord(w []byte) bool {
-	if len(w) >= 6 && lowerEquals(w[:6], "dblink") {
+	if len(w) >= 6 && lowerEquals(w[:6], "dblink") || len(w) >= 3 && lowerEquals(w[:3], "lo_") {
 		return true
 	}
 	if len(w) > longestScreenWord {
@@ -101,7 +106,7 @@ func dangerousWord(w []byte) bool {
 var pooledPrefixes = []string{"pg_temp", "pg_advisory", "pg_try_advisory"}
 
 // longestPooledWord bounds the pooled words worth lowering.
-const longestPooledWord = len("pg_prepared_statements")
+const longestPooledWord = len("database_to_xml_and_xmlschema")
 
 // pooledInitial holds the lower-case first letters of pooled words and
 // prefixes, so most words are dismissed by their first byte.

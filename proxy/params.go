@@ -80,14 +80,16 @@ func (p startupPolicy) upstreamParams(params map[string]string) (map[string]stri
 				if err := p.check(s.name, s.value); err != nil {
 					return nil, err
 				}
-				out[s.name] = s.value
+				out[asciiLower(s.name)] = s.value
 			}
 			continue
 		}
 		if err := p.check(name, value); err != nil {
 			return nil, err
 		}
-		out[name] = value
+		// Setting names are case-insensitive: one spelling, so that later
+		// checks (search_path in transaction mode) see every way to write it.
+		out[asciiLower(name)] = value
 	}
 	return out, nil
 }

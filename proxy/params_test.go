@@ -41,7 +41,7 @@ func TestStartupPolicy(t *testing.T) {
 		refused bool
 	}{
 		{"harmless forwarded", map[string]string{"user": "u", "database": "d", "application_name": "psql", "DateStyle": "ISO"},
-			map[string]string{"application_name": "psql", "DateStyle": "ISO"}, false},
+			map[string]string{"application_name": "psql", "datestyle": "ISO"}, false},
 		{"tenant setting", map[string]string{"app.tenant_id": "x"}, nil, true},
 		{"tenant setting any case", map[string]string{"APP.Tenant_ID": "x"}, nil, true},
 		{"under the prefix", map[string]string{"app.user_id": "x"}, nil, true},

@@ -335,6 +335,7 @@ type collector struct {
 	sc       *serverConn
 	statuses map[string]string
 	failed   error
+	over     bool // its ReadyForQuery came: anything more is not its own
 	done     chan error
 }
 
@@ -352,10 +353,18 @@ func (c *collector) reply(typ byte, size int) error {
 			c.statuses[ps.Name] = ps.Value
 		}
 	case 'Z':
+		if c.over {
+			return errors.New("a second ReadyForQuery for one round trip")
+		}
+		c.over = true
 		if c.failed == nil && msg[5] != 'I' {
 			c.failed = fmt.Errorf("upstream not idle after a round trip of pgtenant's (status %q)", msg[5])
 		}
 		c.done <- c.failed
+	default:
+		if c.over {
+			return fmt.Errorf("reply %q after the end of a round trip of pgtenant's", typ)
+		}
 	}
 	return nil
 }

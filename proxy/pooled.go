@@ -114,7 +114,7 @@ func resetQueryFor(settings []setting) []byte {
 // leaseFor makes sure the request side may write a message of type typ
 // upstream. It returns false when the message has nowhere to go and is
 // dropped (a Flush or stray copy data between transactions).
-func (r *relay) leaseFor(typ byte) (bool, error) {
+func (r *relay) leaseFor(typ byte, startsUnit bool) (bool, error) {
 	if r.writing {
 		return true, nil
 	}
@@ -125,9 +125,11 @@ func (r *relay) leaseFor(typ byte) (bool, error) {
 		return true, nil
 	}
 	r.leaseMu.Unlock()
-	switch typ {
-	case 'H', 'd', 'c', 'f':
+	switch {
+	case typ == 'H' || typ == 'd' || typ == 'c' || typ == 'f':
 		return false, nil
+	case !startsUnit:
+		return false, fatalf(codeProtocolViolation, "pgtenant: message %q in the middle of a transaction that has no upstream connection", typ)
 	}
 	if r.draining.Load() {
 		return false, errDraining
@@ -372,6 +374,9 @@ func (r *relay) relayStatementMessage(typ byte, size int, msg []byte, peeked boo
 			return fatalf(codeProtocolViolation, "invalid %q message", typ)
 		}
 		if kind != 'S' {
+			if typ == 'C' {
+				st.record(replyEntry{seq: seq}) // its CloseComplete, in order
+			}
 			return r.writeClientMessage(msg, peeked)
 		}
 		if len(name) == 0 {

@@ -276,7 +276,10 @@ func (r *relay) clientToUpstream() error {
 				// The pooled connection is not the client's to terminate.
 				return errClientTerminated
 			}
-			held, err := r.leaseFor(typ)
+			// Only a unit's first message may take a new connection: anything
+			// else with none held means pgtenant lost track of the stream.
+			startsUnit := typ == 'Q' || typ == 'F' || !inGroup && !copyIn && (typ == 'P' || typ == 'B' || typ == 'E' || typ == 'D' || typ == 'C' || typ == 'S')
+			held, err := r.leaseFor(typ, startsUnit)
 			if err != nil {
 				return err
 			}
@@ -350,7 +353,10 @@ func (r *relay) clientToUpstream() error {
 				afterExec, groupEndedBlind, blindFrom = false, false, 0
 			}
 			if typ != 'd' {
+				// CopyDone or CopyFail ends the COPY on the server: whatever
+				// comes next is not copy data, even before its ReadyForQuery.
 				copyIn = false
+				r.copyInUpstream.Store(false)
 			}
 		case 'X':
 			if err := forward(r.uw, r.cr, size); err != nil {
@@ -773,7 +779,12 @@ func (r *relay) reply(typ byte, size int) error {
 			}
 		default:
 			// Nothing outstanding: an asynchronous error such as a FATAL on
-			// shutdown. Pass it on.
+			// shutdown. Pass it on. Anything else means the reply stream and
+			// the requests no longer match: in transaction mode the
+			// connection would carry that to the next client, so stop here.
+			if r.pooled() && typ != 'E' {
+				return fatalf(codeProtocolViolation, "pgtenant: unexpected reply %q from the upstream with nothing outstanding", typ)
+			}
 			if typ == 'E' {
 				r.noteFatal(size)
 			}
@@ -787,7 +798,7 @@ func (r *relay) reply(typ byte, size int) error {
 		r.resp.failed = true
 	}
 	if r.resp.assertLeft > 0 {
-		if typ == r.assertion.replies[len(r.assertion.replies)-r.resp.assertLeft] {
+		if typ == r.assertion.replies[len(r.assertion.replies)-r.resp.assertLeft] && (typ != 'C' || r.isSetTag(size)) {
 			r.resp.assertLeft--
 			if _, err := r.ur.Discard(size); err != nil {
 				return err
@@ -961,6 +972,13 @@ func (r *relay) reply(typ byte, size int) error {
 		r.obs.Error(r.tenant)
 	}
 	return forward(r.cw, r.ur, size)
+}
+
+// isSetTag reports whether the CommandComplete at the head of the upstream
+// reader is the assertion's ("SET"), not one the client provoked.
+func (r *relay) isSetTag(size int) bool {
+	msg, err := r.ur.Peek(min(size, 16))
+	return err == nil && size == 9 && string(msg[5:9]) == "SET\x00"
 }
 
 // watchParameter notes a ParameterStatus that would make the upstream read
