@@ -88,26 +88,7 @@ func (b *syncBuffer) String() string {
 func startProxy(t testing.TB, mutate func(*config.Config)) *testProxy {
 	t.Helper()
 	noLeaks(t)
-	c := pgcluster.Shared()
-	cfg := &config.Config{
-		Listen:         "127.0.0.1:0",
-		Upstream:       c.URL(demo.RLSRole, demo.RLSPassword, demo.Database),
-		TenantSetting:  "app.tenant_id",
-		ConnectTimeout: config.Duration{Duration: 5 * time.Second},
-		LogLevel:       "debug",
-		LogFormat:      "text",
-		// Tests log in wrongly on purpose; TestLoginThrottle turns the back-off on.
-		Auth: config.Auth{Throttle: config.Throttle{Initial: config.Duration{Duration: time.Nanosecond}, Max: config.Duration{Duration: time.Nanosecond}}},
-	}
-	for _, tn := range []demo.Tenant{tenantA, tenantB} {
-		cfg.Users = append(cfg.Users, config.User{Name: tn.User, Password: tn.Password, Tenant: tn.ID})
-	}
-	if mutate != nil {
-		mutate(cfg)
-	}
-	if err := cfg.Validate(); err != nil {
-		t.Fatalf("config: %v", err)
-	}
+	cfg := proxyConfig(t, mutate)
 	logs := &syncBuffer{}
 	log := slog.New(slog.NewTextHandler(io.MultiWriter(testWriter{t}, logs), &slog.HandlerOptions{Level: slog.LevelDebug}))
 	srv, err := cli.NewServer(cfg, log)
@@ -129,6 +110,33 @@ func startProxy(t testing.TB, mutate func(*config.Config)) *testProxy {
 	})
 	host, port, _ := net.SplitHostPort(ln.Addr().String())
 	return &testProxy{srv: srv, addr: ln.Addr().String(), host: host, port: port, logs: logs}
+}
+
+// proxyConfig is the tests' configuration: the shared cluster as upstream,
+// tenants A and B as users, changed by mutate, validated.
+func proxyConfig(t testing.TB, mutate func(*config.Config)) *config.Config {
+	t.Helper()
+	c := pgcluster.Shared()
+	cfg := &config.Config{
+		Listen:         "127.0.0.1:0",
+		Upstream:       c.URL(demo.RLSRole, demo.RLSPassword, demo.Database),
+		TenantSetting:  "app.tenant_id",
+		ConnectTimeout: config.Duration{Duration: 5 * time.Second},
+		LogLevel:       "debug",
+		LogFormat:      "text",
+		// Tests log in wrongly on purpose; TestLoginThrottle turns the back-off on.
+		Auth: config.Auth{Throttle: config.Throttle{Initial: config.Duration{Duration: time.Nanosecond}, Max: config.Duration{Duration: time.Nanosecond}}},
+	}
+	for _, tn := range []demo.Tenant{tenantA, tenantB} {
+		cfg.Users = append(cfg.Users, config.User{Name: tn.User, Password: tn.Password, Tenant: tn.ID})
+	}
+	if mutate != nil {
+		mutate(cfg)
+	}
+	if err := cfg.Validate(); err != nil {
+		t.Fatalf("config: %v", err)
+	}
+	return cfg
 }
 
 // noLeaks fails the test if it leaves goroutines behind. Registered first, its

@@ -22,7 +22,6 @@ import (
 	"github.com/pgtenant/pgtenant/config"
 	"github.com/pgtenant/pgtenant/internal/cli"
 	"github.com/pgtenant/pgtenant/internal/demo"
-	"github.com/pgtenant/pgtenant/internal/pgcluster"
 )
 
 // rtStartProxy is startProxy for tests that can wedge the proxy: its
@@ -31,25 +30,7 @@ import (
 // later tests' leak checks ignore goroutines that predate them).
 func rtStartProxy(t *testing.T, mutate func(*config.Config)) *testProxy {
 	t.Helper()
-	c := pgcluster.Shared()
-	cfg := &config.Config{
-		Listen:         "127.0.0.1:0",
-		Upstream:       c.URL(demo.RLSRole, demo.RLSPassword, demo.Database),
-		TenantSetting:  "app.tenant_id",
-		ConnectTimeout: config.Duration{Duration: 5 * time.Second},
-		LogLevel:       "debug",
-		LogFormat:      "text",
-		Auth:           config.Auth{Throttle: config.Throttle{Initial: config.Duration{Duration: time.Nanosecond}, Max: config.Duration{Duration: time.Nanosecond}}},
-	}
-	for _, tn := range []demo.Tenant{tenantA, tenantB} {
-		cfg.Users = append(cfg.Users, config.User{Name: tn.User, Password: tn.Password, Tenant: tn.ID})
-	}
-	if mutate != nil {
-		mutate(cfg)
-	}
-	if err := cfg.Validate(); err != nil {
-		t.Fatalf("config: %v", err)
-	}
+	cfg := proxyConfig(t, mutate)
 	logs := &syncBuffer{}
 	tw := &rtLogWriter{t: t}
 	log := slog.New(slog.NewTextHandler(io.MultiWriter(tw, logs), &slog.HandlerOptions{Level: slog.LevelDebug}))
