@@ -26,7 +26,7 @@ func TestDemoCommand(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	cmd.Stderr = testWriter{t}
+	cmd.Stderr = &testWriter{t: t}
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}

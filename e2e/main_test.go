@@ -13,6 +13,7 @@ import (
 	"os"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -90,7 +91,8 @@ func startProxy(t testing.TB, mutate func(*config.Config)) *testProxy {
 	noLeaks(t)
 	cfg := proxyConfig(t, mutate)
 	logs := &syncBuffer{}
-	log := slog.New(slog.NewTextHandler(io.MultiWriter(testWriter{t}, logs), &slog.HandlerOptions{Level: slog.LevelDebug}))
+	tw := &testWriter{t: t}
+	log := slog.New(slog.NewTextHandler(io.MultiWriter(tw, logs), &slog.HandlerOptions{Level: slog.LevelDebug}))
 	srv, err := cli.NewServer(cfg, log)
 	if err != nil {
 		t.Fatal(err)
@@ -105,8 +107,19 @@ func startProxy(t testing.TB, mutate func(*config.Config)) *testProxy {
 		_ = srv.Serve(ln)
 	}()
 	t.Cleanup(func() {
-		srv.Close()
-		<-done
+		// A wedged proxy fails the test rather than hanging the binary.
+		closed := make(chan struct{})
+		go func() {
+			srv.Close()
+			<-done
+			close(closed)
+		}()
+		select {
+		case <-closed:
+		case <-time.After(10 * time.Second):
+			t.Errorf("HANG: Server.Close did not return within 10s (a pooled connection's reader or a session is wedged)")
+		}
+		tw.done.Store(true) // wedged goroutines must not log to a finished test
 	})
 	host, port, _ := net.SplitHostPort(ln.Addr().String())
 	return &testProxy{srv: srv, addr: ln.Addr().String(), host: host, port: port, logs: logs}
@@ -261,14 +274,20 @@ func eventually(t *testing.T, timeout time.Duration, what string, cond func() bo
 	}
 }
 
-type testWriter struct{ t testing.TB }
+// testWriter logs to the test until done.
+type testWriter struct {
+	t    testing.TB
+	done atomic.Bool
+}
 
-func (w testWriter) Write(p []byte) (int, error) {
-	w.t.Log(strings.TrimRight(string(p), "\n"))
+func (w *testWriter) Write(p []byte) (int, error) {
+	if !w.done.Load() {
+		w.t.Log(strings.TrimRight(string(p), "\n"))
+	}
 	return len(p), nil
 }
 
-var _ io.Writer = testWriter{}
+var _ io.Writer = &testWriter{}
 
 func init() {
 	// A leftover PGPASSWORD or PGSSLMODE in the environment must not change the tests.

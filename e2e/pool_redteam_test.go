@@ -8,11 +8,8 @@ package e2e
 
 import (
 	"context"
-	"io"
-	"log/slog"
 	"net"
 	"strings"
-	"sync/atomic"
 	"testing"
 	"time"
 
@@ -20,63 +17,8 @@ import (
 	"github.com/jackc/pgx/v5/pgproto3"
 
 	"github.com/pgtenant/pgtenant/config"
-	"github.com/pgtenant/pgtenant/internal/cli"
 	"github.com/pgtenant/pgtenant/internal/demo"
 )
-
-// rtStartProxy is startProxy for tests that can wedge the proxy: its
-// cleanup gives Server.Close ten seconds and reports a hang as a failure
-// instead of hanging the test binary (the wedged goroutines are left behind;
-// later tests' leak checks ignore goroutines that predate them).
-func rtStartProxy(t *testing.T, mutate func(*config.Config)) *testProxy {
-	t.Helper()
-	cfg := proxyConfig(t, mutate)
-	logs := &syncBuffer{}
-	tw := &rtLogWriter{t: t}
-	log := slog.New(slog.NewTextHandler(io.MultiWriter(tw, logs), &slog.HandlerOptions{Level: slog.LevelDebug}))
-	srv, err := cli.NewServer(cfg, log)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	served := make(chan struct{})
-	go func() {
-		defer close(served)
-		_ = srv.Serve(ln)
-	}()
-	t.Cleanup(func() {
-		closed := make(chan struct{})
-		go func() {
-			srv.Close()
-			<-served
-			close(closed)
-		}()
-		select {
-		case <-closed:
-		case <-time.After(10 * time.Second):
-			t.Errorf("HANG: Server.Close did not return within 10s (a pooled connection's reader or a session is wedged)")
-		}
-		tw.done.Store(true) // wedged goroutines must not log to a finished test
-	})
-	host, port, _ := net.SplitHostPort(ln.Addr().String())
-	return &testProxy{srv: srv, addr: ln.Addr().String(), host: host, port: port, logs: logs}
-}
-
-// rtLogWriter logs to the test until done.
-type rtLogWriter struct {
-	t    *testing.T
-	done atomic.Bool
-}
-
-func (w *rtLogWriter) Write(p []byte) (int, error) {
-	if !w.done.Load() {
-		w.t.Log(strings.TrimRight(string(p), "\n"))
-	}
-	return len(p), nil
-}
 
 // rtSend writes msgs to a raw connection in one flush.
 func rtSend(t *testing.T, c *ppConn, msgs ...pgproto3.FrontendMessage) {
@@ -153,7 +95,7 @@ func rtGrantTemp(t *testing.T) {
 // gets rows of tenant A's choosing as the answer to its query; and A, queued
 // behind B, usually gets B's replies, B's rows, as the answer to its own.
 func TestPoolRedTeamCopyDesync(t *testing.T) {
-	p := rtStartProxy(t, transactionPool(1))
+	p := startProxy(t, transactionPool(1))
 	a := ppHijack(t, p.pgconnect(t, tenantA))
 	b := ppHijack(t, p.pgconnect(t, tenantB))
 
@@ -210,7 +152,7 @@ func TestPoolRedTeamCopyDesync(t *testing.T) {
 // query never gets an answer, the pool slot is gone for good, and
 // Server.Close never returns.
 func TestPoolRedTeamCopyDesyncWedgesPool(t *testing.T) {
-	p := rtStartProxy(t, transactionPool(1))
+	p := startProxy(t, transactionPool(1))
 	a := ppHijack(t, p.pgconnect(t, tenantA))
 	b := ppHijack(t, p.pgconnect(t, tenantB))
 	rtSend(t, a, ppParse("", "COPY copy_sink (line) FROM STDIN"), ppBind(""), ppExec(), ppSync())
