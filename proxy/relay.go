@@ -741,6 +741,7 @@ type respState struct {
 	assertLeft    int             // assertion replies still to hide
 	standaloneErr *pgconn.PgError // failure of the current standalone assertion
 	failed        bool            // an ErrorResponse came in the current unit
+	z             [6]byte         // the ReadyForQuery being handled
 }
 
 // reply handles one upstream message whose header is at the head of r.ur:
@@ -894,8 +895,8 @@ func (r *relay) reply(typ byte, size int) error {
 		}
 		// Read it out before the pending count drops: in transaction mode
 		// that may give the connection to another client.
-		var z [6]byte
-		if _, err := io.ReadFull(r.ur, z[:]); err != nil {
+		z := r.resp.z[:] // in the relay, not on the stack: it would escape to the heap
+		if _, err := io.ReadFull(r.ur, z); err != nil {
 			return err
 		}
 		status := z[5]
@@ -909,7 +910,7 @@ func (r *relay) reply(typ byte, size int) error {
 			if !cur.standalone {
 				// The client gets everything before the lease can end: the next
 				// lease's reader may write to it.
-				if _, err := r.cw.Write(z[:]); err != nil {
+				if _, err := r.cw.Write(z); err != nil {
 					return err
 				}
 				if err := r.cw.Flush(); err != nil {
@@ -939,7 +940,7 @@ func (r *relay) reply(typ byte, size int) error {
 		if r.draining.Load() && left == 0 && status == 'I' && !cur.standalone {
 			// Shutting down and outside a transaction: this is the moment.
 			if !r.pooled() {
-				if _, err := r.cw.Write(z[:]); err != nil {
+				if _, err := r.cw.Write(z); err != nil {
 					return err
 				}
 			}
@@ -956,7 +957,7 @@ func (r *relay) reply(typ byte, size int) error {
 			return nil
 		}
 		if !r.pooled() {
-			if _, err := r.cw.Write(z[:]); err != nil {
+			if _, err := r.cw.Write(z); err != nil {
 				return err
 			}
 		}

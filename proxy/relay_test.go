@@ -153,12 +153,13 @@ func responseSide(t testing.TB, stream []byte, n int, w io.Writer) {
 	r := newRelay(nil, nil, bufio.NewWriterSize(w, relayBufSize), nil,
 		newAssertion([]setting{{"app.tenant_id", "t1"}}), nil, zeroTime)
 	r.ur = bufio.NewReaderSize(bytes.NewReader(stream), relayBufSize)
-	go func() {
-		for i := 0; i < n; i++ {
-			r.pending.Add(1)
-			r.units <- unit{seq: uint64(i + 1)}
-		}
-	}()
+	// Every unit queued up front: no goroutine, nothing but the response
+	// side allocating.
+	r.units = make(chan unit, n)
+	for i := 0; i < n; i++ {
+		r.pending.Add(1)
+		r.units <- unit{seq: uint64(i + 1)}
+	}
 	if err := r.upstreamToClient(); !errors.Is(err, errUpstreamLost) {
 		t.Fatalf("response side: %v", err)
 	}
