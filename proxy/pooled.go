@@ -17,10 +17,16 @@ import (
 // ReadyForQuery that leaves the upstream idle ('I') with nothing else
 // outstanding.
 //
-// The request side acquires; the response side is attached to the lease
-// while replies are owed and detaches at that idle point. The connection
-// goes back to the pool when both are done with it: the response side
+// The request side (this client's goroutine) acquires. The response side
+// is not a goroutine of the client's: it is the pooled connection's reader
+// (txPool.serve), which hands its replies to the relay while the relay is
+// attached, from the first unit of a lease until that idle point. The
+// connection goes back to the pool when both are done with it: the relay
 // detached and the request side not in the middle of writing to it.
+// Anything the relay cannot place (a reply with nothing outstanding, a
+// message in the middle of a transaction with no connection held) ends the
+// session and the connection: a desynchronised connection must never reach
+// another client.
 
 // pooledState is the relay's transaction-mode state.
 type pooledState struct {
