@@ -19,7 +19,7 @@ func BenchmarkIdleClientMemory(b *testing.B) {
 	const clients = 2000
 	p := startProxy(b, transactionPool(2))
 	for b.Loop() {
-		before := liveBytes()
+		before, beforeStack := liveBytes()
 		conns := make([]net.Conn, 0, clients)
 		for i := 0; i < clients; i++ {
 			c, err := pgconn.Connect(context.Background(), p.connString(tenantA))
@@ -35,18 +35,21 @@ func BenchmarkIdleClientMemory(b *testing.B) {
 			}
 			conns = append(conns, hc.Conn)
 		}
-		after := liveBytes()
+		after, afterStack := liveBytes()
 		b.ReportMetric(float64(after-before)/clients, "B/idle-client")
+		b.ReportMetric(float64(afterStack-beforeStack)/clients, "stack-B/idle-client")
 		for _, c := range conns {
 			c.Close()
 		}
 	}
 }
 
-func liveBytes() uint64 {
+// liveBytes returns the heap and stacks in use after a GC, and of that the
+// stacks.
+func liveBytes() (total, stacks uint64) {
 	runtime.GC()
 	runtime.GC()
 	var ms runtime.MemStats
 	runtime.ReadMemStats(&ms)
-	return ms.HeapInuse + ms.StackInuse
+	return ms.HeapInuse + ms.StackInuse, ms.StackInuse
 }
