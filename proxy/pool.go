@@ -81,7 +81,8 @@ type txPool struct {
 	nwaiting int
 	closed   bool
 	statuses map[string]map[string]string // parameter statuses by startup parameters
-	stop     chan struct{}
+	ctx      context.Context              // done when the pool closes: waits and dials end
+	stop     context.CancelFunc
 	done     chan struct{}
 	readers  sync.WaitGroup // one per open connection
 }
@@ -104,9 +105,9 @@ func newTxPool(cfg config.Pool, connect func(context.Context) (*serverConn, erro
 		obs:     obs,
 		active:  map[string]int{},
 		waiters: map[string][]*poolWaiter{},
-		stop:    make(chan struct{}),
 		done:    make(chan struct{}),
 	}
+	p.ctx, p.stop = context.WithCancel(context.Background())
 	go p.maintain()
 	return p
 }
@@ -123,7 +124,7 @@ func (p *txPool) acquire(cancel <-chan struct{}, tenant, key string) (*serverCon
 	}
 	for {
 		if open {
-			if sc, err = p.dial(context.Background()); err != nil {
+			if sc, err = p.dial(p.ctx); err != nil {
 				p.mu.Lock()
 				p.open--
 				p.active[tenant]--
@@ -183,7 +184,7 @@ func (p *txPool) reserve(cancel <-chan struct{}, tenant, key string) (*serverCon
 		return g.sc, g.open, nil
 	case <-timer.C:
 	case <-cancel:
-	case <-p.stop:
+	case <-p.ctx.Done():
 	}
 	p.mu.Lock()
 	defer p.mu.Unlock()
@@ -540,7 +541,7 @@ func (p *txPool) maintain() {
 	defer t.Stop()
 	for {
 		select {
-		case <-p.stop:
+		case <-p.ctx.Done():
 			return
 		case <-t.C:
 		}
@@ -568,16 +569,7 @@ func (p *txPool) maintain() {
 			sc.conn.Close()
 		}
 		for ; missing > 0; missing-- {
-			ctx, cancel := context.WithCancel(context.Background())
-			go func() {
-				select {
-				case <-p.stop:
-					cancel()
-				case <-ctx.Done():
-				}
-			}()
-			sc, err := p.dial(ctx)
-			cancel()
+			sc, err := p.dial(p.ctx)
 			p.mu.Lock()
 			if err != nil || p.closed {
 				p.open--
@@ -614,7 +606,7 @@ func (p *txPool) close() {
 	idle := p.idle
 	p.idle = nil
 	p.open -= len(idle)
-	close(p.stop)
+	p.stop()
 	p.mu.Unlock()
 	for _, sc := range idle {
 		sc.dead.Store(true)

@@ -3,6 +3,7 @@ package proxy
 import (
 	"bufio"
 	"context"
+	"encoding/binary"
 	"io"
 	"net"
 	"strings"
@@ -339,11 +340,7 @@ func (r *relay) relayStatementMessage(typ byte, size int, msg []byte, peeked boo
 		st.mu.Lock()
 		st.byName[string(name)] = cs
 		st.mu.Unlock()
-		sc.mu.Lock()
-		_, had := sc.prepared[server]
-		sc.tick++
-		sc.prepared[server] = sc.tick
-		sc.mu.Unlock()
+		had := sc.touch(server)
 		if had && r.pending.Load() <= 1 && byte(r.txStatus.Load()) != 'E' {
 			// Prepared on this connection already: answer from the cache. (Not
 			// in a failed transaction block, where PostgreSQL refuses the Parse
@@ -415,9 +412,7 @@ func (r *relay) relayStatementMessage(typ byte, size int, msg []byte, peeked boo
 				st.scratch = appendClose(st.scratch[:0], 'P', noPortal)
 				st.record(replyEntry{seq: seq})
 			} else {
-				st.scratch = append(st.scratch[:0], 'D', 0, 0, 0, 0, 'S')
-				st.scratch = append(append(st.scratch, serverStmtPrefix+"unknown"...), 0)
-				binary32(st.scratch[1:], len(st.scratch)-1)
+				st.scratch = appendDescribe(st.scratch[:0], 'S', serverStmtPrefix+"unknown")
 			}
 			return r.writeRewritten(len(msg), peeked)
 		case cs == nil:
@@ -434,17 +429,11 @@ func (r *relay) relayStatementMessage(typ byte, size int, msg []byte, peeked boo
 			if err := r.ensurePrepared(cs, seq); err != nil {
 				return err
 			}
-			st.scratch = append(st.scratch[:0], 'D', 0, 0, 0, 0, 'S')
-			st.scratch = append(append(st.scratch, cs.server...), 0)
-			binary32(st.scratch[1:], len(st.scratch)-1)
+			st.scratch = appendDescribe(st.scratch[:0], 'S', cs.server)
 			return r.writeRewritten(len(msg), peeked)
 		}
 	}
 	return nil
-}
-
-func binary32(b []byte, n int) {
-	b[0], b[1], b[2], b[3] = byte(n>>24), byte(n>>16), byte(n>>8), byte(n)
 }
 
 // waitStatements waits until no Parse or Close of a unit before seq is
@@ -506,7 +495,7 @@ func (r *relay) relayBind(size int) error {
 	out = append(out, 'B', 0, 0, 0, 0)
 	out = append(append(out, portal...), 0)
 	out = append(append(out, server...), 0)
-	binary32(out[1:], size-headLen+len(out)-1)
+	binary.BigEndian.PutUint32(out[1:], uint32(size-headLen+len(out)-1))
 	st.scratch = out
 	if _, err := r.uw.Write(out); err != nil {
 		return err
@@ -532,13 +521,7 @@ func (r *relay) peekHead(size int) ([]byte, error) {
 // ensurePrepared prepares a client statement on the held connection if it
 // lacks it, with hidden replies.
 func (r *relay) ensurePrepared(cs *clientStmt, seq uint64) error {
-	sc := r.sc
-	sc.mu.Lock()
-	_, had := sc.prepared[cs.server]
-	sc.tick++
-	sc.prepared[cs.server] = sc.tick
-	sc.mu.Unlock()
-	if had {
+	if r.sc.touch(cs.server) {
 		return nil
 	}
 	st := &r.stmts

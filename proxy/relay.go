@@ -48,21 +48,21 @@ type unit struct {
 // goroutine per direction, and asserts the tenant context at every point where
 // the upstream may be outside a transaction block.
 type relay struct {
-	client, upstream net.Conn
-	cr               *bufio.Reader // client reader (shared with startup)
-	cw               *bufio.Writer // client writer, used only by the response side
-	ur               *bufio.Reader
-	uw               *bufio.Writer // upstream writer, used only by the request side
-	assertion        assertion
-	guard            *guard.Guard // nil when the guard is off for this user
-	refusals         refusals
-	expires          time.Time // no transaction may start after this (token expiry); zero: never
-	maxMessage       int       // largest client message accepted
-	idleTimeout      time.Duration
-	idleInTxTimeout  time.Duration
-	upstreamTimeout  time.Duration // no byte from the upstream for this long while a reply is owed ends the session
-	obs              Observer
-	tenant           string
+	client          net.Conn
+	cr              *bufio.Reader // client reader (shared with startup)
+	cw              *bufio.Writer // client writer, used only by the response side
+	ur              *bufio.Reader
+	uw              *bufio.Writer // upstream writer, used only by the request side
+	assertion       assertion
+	guard           *guard.Guard // nil when the guard is off for this user
+	refusals        refusals
+	expires         time.Time // no transaction may start after this (token expiry); zero: never
+	maxMessage      int       // largest client message accepted
+	idleTimeout     time.Duration
+	idleInTxTimeout time.Duration
+	upstreamTimeout time.Duration // no byte from the upstream for this long while a reply is owed ends the session
+	obs             Observer
+	tenant          string
 
 	units    chan unit
 	pending  atomic.Int32  // units sent upstream whose ReadyForQuery has not come back
@@ -115,7 +115,6 @@ func newRelay(client net.Conn, cr *bufio.Reader, cw *bufio.Writer, upstream net.
 		guard:          g,
 		refusals:       refusals{pending: map[uint64]*pgconn.PgError{}},
 		client:         client,
-		upstream:       upstream,
 		cr:             cr,
 		cw:             cw,
 		assertion:      a,
@@ -365,10 +364,10 @@ func (r *relay) clientToUpstream() error {
 			_ = r.uw.Flush()
 			return errClientTerminated
 		}
+		if r.pooled() && deallocates {
+			r.deallocateAll()
+		}
 		if r.pooled() && substitute == nil && (typ == 'P' || typ == 'B' || typ == 'D' || typ == 'C') {
-			if deallocates {
-				r.deallocateAll()
-			}
 			if err := r.relayStatementMessage(typ, size, msg, peeked); err != nil {
 				return err
 			}
@@ -384,9 +383,6 @@ func (r *relay) clientToUpstream() error {
 			}
 			if r.pooled() && typ == 'Q' {
 				r.forgetUnnamed()
-			}
-			if r.pooled() && deallocates {
-				r.deallocateAll()
 			}
 			if _, err := r.uw.Write(out); err != nil {
 				return err

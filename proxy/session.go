@@ -17,7 +17,6 @@ import (
 
 	"github.com/pgtenant/pgtenant/auth"
 	"github.com/pgtenant/pgtenant/config"
-	"github.com/pgtenant/pgtenant/internal/lexsafe"
 )
 
 // serveConn runs one client connection from the first byte to the close.
@@ -210,11 +209,9 @@ func (s *Server) startSession(rt *runtime, st *startup, cr *bufio.Reader, cw *bu
 		g = nil
 	}
 	if g != nil {
-		for name, value := range hc.ParameterStatuses {
-			if !lexsafe.Safe(name, value) {
-				hc.Conn.Close()
-				return nil, fatalf(codeInsufficientPrivilege, "pgtenant cannot guard statements on this upstream: %s is %s", name, value)
-			}
+		if err := checkUpstreamLexing(hc.ParameterStatuses); err != nil {
+			hc.Conn.Close()
+			return nil, err
 		}
 	}
 	if !s.track(hc.Conn) {

@@ -104,12 +104,31 @@ func serverStmtName(ctxKey string, parseRest []byte) string {
 
 // appendParse encodes a Parse of rest (text, NUL, parameter types) as name.
 func appendParse(buf []byte, name string, rest []byte) []byte {
-	buf = append(buf, 'P', 0, 0, 0, 0)
+	buf = append(buf, 'P')
+	buf = binary.BigEndian.AppendUint32(buf, uint32(4+len(name)+1+len(rest)))
 	buf = append(buf, name...)
 	buf = append(buf, 0)
-	buf = append(buf, rest...)
-	binary.BigEndian.PutUint32(buf[len(buf)-(len(name)+1+len(rest))-4:], uint32(4+len(name)+1+len(rest)))
-	return buf
+	return append(buf, rest...)
+}
+
+// appendDescribe encodes a Describe of a statement ('S') or portal ('P').
+func appendDescribe(buf []byte, kind byte, name string) []byte {
+	buf = append(buf, 'D')
+	buf = binary.BigEndian.AppendUint32(buf, uint32(4+1+len(name)+1))
+	buf = append(buf, kind)
+	buf = append(buf, name...)
+	return append(buf, 0)
+}
+
+// touch marks a server statement as prepared and just used on sc, and
+// reports whether sc had it before.
+func (sc *serverConn) touch(name string) (had bool) {
+	sc.mu.Lock()
+	defer sc.mu.Unlock()
+	_, had = sc.prepared[name]
+	sc.tick++
+	sc.prepared[name] = sc.tick
+	return had
 }
 
 // appendClose encodes a Close of a statement ('S') or portal ('P').
