@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/pgtenant/pgtenant/config"
+	"github.com/pgtenant/pgtenant/internal/testutil"
 )
 
 // fakeDB is an injectable lookup query with a controllable clock.
@@ -207,7 +208,7 @@ func TestDBDirectoryInvalidRows(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			f := newFakeDB()
-			var logBuf syncBuffer
+			var logBuf testutil.SyncBuffer
 			d := newTestDBDirectory(t, f, slog.New(slog.NewTextHandler(&logBuf, nil)))
 			f.set("u", tc.verifier, tc.tenant)
 			wantLookup(t, d, "u", false, "")
@@ -231,7 +232,7 @@ func TestDBDirectoryInvalidRows(t *testing.T) {
 
 func TestDBDirectoryErrorNotCached(t *testing.T) {
 	f := newFakeDB()
-	var logBuf syncBuffer
+	var logBuf testutil.SyncBuffer
 	d := newTestDBDirectory(t, f, slog.New(slog.NewTextHandler(&logBuf, nil)))
 	v := testVerifier(t)
 	f.set("alice", v, "t1")
@@ -434,7 +435,7 @@ func TestNewDBDirectory(t *testing.T) {
 
 	// A server that refuses connections: not found, not cached, no panic;
 	// NewDBDirectory itself does not connect.
-	var logBuf syncBuffer
+	var logBuf testutil.SyncBuffer
 	d, err := NewDBDirectory(&config.DBUsers{
 		Connection: "postgres://u:pw@127.0.0.1:1/db?sslmode=disable&connect_timeout=2",
 		Query:      "SELECT verifier, tenant FROM users WHERE name = $1",
@@ -475,22 +476,4 @@ func TestChain(t *testing.T) {
 	wantLookup(t, c, "bob", true, "db")
 	wantLookup(t, c, "carol", false, "")
 	wantLookup(t, Chain(), "alice", false, "")
-}
-
-// syncBuffer is a bytes.Buffer safe for a logger used from several goroutines.
-type syncBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *syncBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *syncBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
 }

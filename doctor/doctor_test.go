@@ -9,10 +9,10 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5/pgconn"
-	"go.uber.org/goleak"
 
 	"github.com/pgtenant/pgtenant/internal/demo"
 	"github.com/pgtenant/pgtenant/internal/pgcluster"
+	"github.com/pgtenant/pgtenant/internal/testutil"
 )
 
 func TestMain(m *testing.M) {
@@ -23,20 +23,9 @@ func TestMain(m *testing.M) {
 	})
 }
 
-func ctxT(t *testing.T) context.Context {
-	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
-	t.Cleanup(cancel)
-	return ctx
-}
-
-func noLeaks(t *testing.T) {
-	opt := goleak.IgnoreCurrent()
-	t.Cleanup(func() { goleak.VerifyNone(t, opt) })
-}
-
 func connect(t *testing.T, url string) *pgconn.PgConn {
 	t.Helper()
-	conn, err := pgconn.Connect(ctxT(t), url)
+	conn, err := pgconn.Connect(testutil.Context(t), url)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -45,10 +34,10 @@ func connect(t *testing.T, url string) *pgconn.PgConn {
 }
 
 func TestDemoSchemaIsClean(t *testing.T) {
-	noLeaks(t)
+	testutil.NoLeaks(t)
 	c := pgcluster.Shared()
 	conn := connect(t, c.URL(demo.RLSRole, demo.RLSPassword, demo.Database))
-	findings, err := Run(ctxT(t), conn, Options{})
+	findings, err := Run(testutil.Context(t), conn, Options{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -61,16 +50,16 @@ func TestDemoSchemaIsClean(t *testing.T) {
 	}
 	// A second run on the same session (the setting's placeholder now
 	// exists, empty) finds nothing either.
-	if findings, err := Run(ctxT(t), conn, Options{}); err != nil || len(findings) != 0 {
+	if findings, err := Run(testutil.Context(t), conn, Options{}); err != nil || len(findings) != 0 {
 		t.Fatalf("second run: %v\n%s", err, dump(findings))
 	}
 }
 
 func TestSuperuserConnectionIsReported(t *testing.T) {
-	noLeaks(t)
+	testutil.NoLeaks(t)
 	c := pgcluster.Shared()
 	conn := connect(t, c.SuperURL(demo.Database))
-	findings, err := Run(ctxT(t), conn, Options{})
+	findings, err := Run(testutil.Context(t), conn, Options{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -108,7 +97,7 @@ INSERT INTO items (tenant_id, name) VALUES
 `
 
 func TestBadSchemas(t *testing.T) {
-	noLeaks(t)
+	testutil.NoLeaks(t)
 	tests := []struct {
 		name string
 		// sql runs after baseSchema; %[1]s is the database, %[2]s the role.
@@ -266,7 +255,7 @@ func TestBadSchemas(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			t.Parallel()
-			ctx := ctxT(t)
+			ctx := testutil.Context(t)
 			db, role := "doc_"+tt.name, "doc_"+tt.name
 			// Start afresh (go test -count=N reuses the cluster): the
 			// database, the role and the test's helper roles (role_*).

@@ -3,7 +3,6 @@
 package e2e
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -24,6 +23,7 @@ import (
 	"github.com/pgtenant/pgtenant/internal/cli"
 	"github.com/pgtenant/pgtenant/internal/demo"
 	"github.com/pgtenant/pgtenant/internal/pgcluster"
+	"github.com/pgtenant/pgtenant/internal/testutil"
 	"github.com/pgtenant/pgtenant/proxy"
 )
 
@@ -62,25 +62,7 @@ type testProxy struct {
 	addr string
 	host string
 	port string
-	logs *syncBuffer // everything the proxy logged
-}
-
-// syncBuffer is a bytes.Buffer safe for the proxy's concurrent logging.
-type syncBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *syncBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *syncBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
+	logs *testutil.SyncBuffer // everything the proxy logged
 }
 
 // startProxy starts a proxy for the test with the demo tenants as users;
@@ -90,7 +72,7 @@ func startProxy(t testing.TB, mutate func(*config.Config)) *testProxy {
 	t.Helper()
 	noLeaks(t)
 	cfg := proxyConfig(t, mutate)
-	logs := &syncBuffer{}
+	logs := &testutil.SyncBuffer{}
 	tw := &testWriter{t: t}
 	log := slog.New(slog.NewTextHandler(io.MultiWriter(tw, logs), &slog.HandlerOptions{Level: slog.LevelDebug}))
 	srv, err := cli.NewServer(cfg, log)

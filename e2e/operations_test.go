@@ -18,6 +18,7 @@ import (
 
 	"github.com/pgtenant/pgtenant/internal/demo"
 	"github.com/pgtenant/pgtenant/internal/pgcluster"
+	"github.com/pgtenant/pgtenant/internal/testutil"
 )
 
 // runningProxy is the pgtenant binary running with a config file.
@@ -27,7 +28,7 @@ type runningProxy struct {
 	pidFile string
 	port    string
 	done    chan error
-	logs    *syncBuffer
+	logs    *testutil.SyncBuffer
 }
 
 // extraConfig is appended to the config startBinary writes.
@@ -61,7 +62,7 @@ func startBinaryAt(t *testing.T, addr string, users ...demo.Tenant) *runningProx
 	t.Helper()
 	bin := buildBinary(t)
 	dir := t.TempDir()
-	rp := &runningProxy{config: filepath.Join(dir, "pgtenant.yaml"), pidFile: filepath.Join(dir, "pgtenant.pid"), done: make(chan error, 1), logs: &syncBuffer{}}
+	rp := &runningProxy{config: filepath.Join(dir, "pgtenant.yaml"), pidFile: filepath.Join(dir, "pgtenant.pid"), done: make(chan error, 1), logs: &testutil.SyncBuffer{}}
 	_, rp.port, _ = net.SplitHostPort(addr)
 	writeConfig(t, rp.config, addr, users...)
 	rp.cmd = exec.Command(bin, "--config", rp.config, "--pid-file", rp.pidFile)

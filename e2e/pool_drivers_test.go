@@ -23,6 +23,7 @@ import (
 	"github.com/jackc/pgx/v5/pgproto3"
 
 	"github.com/pgtenant/pgtenant/internal/demo"
+	"github.com/pgtenant/pgtenant/internal/testutil"
 )
 
 // pdProbe names the tenant context and the projects a statement sees. Its
@@ -209,7 +210,7 @@ func TestPoolDriverPgx(t *testing.T) {
 		p := startProxy(t, transactionPool(1))
 		ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 		defer cancel()
-		var traced syncBuffer
+		var traced testutil.SyncBuffer
 		a := pdConnectPgx(t, p, tenantA, func(c *pgx.ConnConfig) {
 			c.DefaultQueryExecMode = pgx.QueryExecModeCacheStatement
 			c.StatementCacheCapacity = 2

@@ -8,15 +8,13 @@ import (
 	"log/slog"
 	"os"
 	"strings"
-	"sync"
 	"testing"
 	"time"
-
-	"go.uber.org/goleak"
 
 	"github.com/pgtenant/pgtenant/auth"
 	"github.com/pgtenant/pgtenant/config"
 	"github.com/pgtenant/pgtenant/internal/pgcluster"
+	"github.com/pgtenant/pgtenant/internal/testutil"
 )
 
 const (
@@ -44,20 +42,9 @@ REVOKE ALL ON secrets FROM PUBLIC;
 	})
 }
 
-func ctxT(t *testing.T) context.Context {
-	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
-	t.Cleanup(cancel)
-	return ctx
-}
-
-func noLeaks(t *testing.T) {
-	opt := goleak.IgnoreCurrent()
-	t.Cleanup(func() { goleak.VerifyNone(t, opt) })
-}
-
 func exec(t *testing.T, sql string) {
 	t.Helper()
-	if err := pgcluster.Shared().Exec(ctxT(t), database, sql); err != nil {
+	if err := pgcluster.Shared().Exec(testutil.Context(t), database, sql); err != nil {
 		t.Fatalf("%s: %v", sql, err)
 	}
 }
@@ -81,27 +68,9 @@ func verifier(t *testing.T) string {
 	return v
 }
 
-// syncBuffer collects log output written from several goroutines.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  strings.Builder
-}
-
-func (b *syncBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.b.Write(p)
-}
-
-func (b *syncBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.b.String()
-}
-
-func newDir(t *testing.T, query string, cacheTTL, negativeTTL time.Duration) (*auth.DBDirectory, *syncBuffer) {
+func newDir(t *testing.T, query string, cacheTTL, negativeTTL time.Duration) (*auth.DBDirectory, *testutil.SyncBuffer) {
 	t.Helper()
-	logs := &syncBuffer{}
+	logs := &testutil.SyncBuffer{}
 	log := slog.New(slog.NewTextHandler(logs, nil))
 	d, err := auth.NewDBDirectory(&config.DBUsers{
 		Connection:  pgcluster.Shared().URL(lookupRole, lookupPassword, database),
@@ -142,7 +111,7 @@ func found(d auth.Directory, user string) bool {
 }
 
 func TestLookup(t *testing.T) {
-	noLeaks(t)
+	testutil.NoLeaks(t)
 	v := verifier(t)
 	addUser(t, "alice", v, "11111111-1111-1111-1111-111111111111")
 	addUser(t, "o'brien", v, "tenant-b")
@@ -185,7 +154,7 @@ func TestLookup(t *testing.T) {
 }
 
 func TestUserAddedAndRemoved(t *testing.T) {
-	noLeaks(t)
+	testutil.NoLeaks(t)
 	const ttl, negativeTTL = 200 * time.Millisecond, time.Second
 	d, _ := newDir(t, lookupQuery, ttl, negativeTTL)
 	v := verifier(t)
@@ -222,7 +191,7 @@ func TestUserAddedAndRemoved(t *testing.T) {
 }
 
 func TestBrokenQuery(t *testing.T) {
-	noLeaks(t)
+	testutil.NoLeaks(t)
 	addUser(t, "dave", verifier(t), "t")
 	addUser(t, "dave2", verifier(t), "t")
 	for _, q := range []string{
@@ -244,7 +213,7 @@ func TestBrokenQuery(t *testing.T) {
 // TestDatabaseDown stops the shared server; it must stay the last test that
 // needs the server, or restore it (it does, in a cleanup).
 func TestDatabaseDown(t *testing.T) {
-	noLeaks(t)
+	testutil.NoLeaks(t)
 	c := pgcluster.Shared()
 	const ttl = 200 * time.Millisecond
 	d, logs := newDir(t, lookupQuery, ttl, ttl)
@@ -278,7 +247,7 @@ func TestDatabaseDown(t *testing.T) {
 		t.Errorf("no warning while the database is down:\n%s", logs)
 	}
 
-	if err := c.StartServer(ctxT(t)); err != nil {
+	if err := c.StartServer(testutil.Context(t)); err != nil {
 		t.Fatal(err)
 	}
 	restarted = true

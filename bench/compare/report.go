@@ -6,9 +6,10 @@ import (
 	"math"
 	"os"
 	"path/filepath"
-	"slices"
 	"strconv"
 	"strings"
+
+	"github.com/pgtenant/pgtenant/bench/internal/benchutil"
 )
 
 // cellKey names one median: a target in a pool mode ("" for direct) with a
@@ -47,18 +48,9 @@ func medians(results []result) map[cellKey]stat {
 		out[k] = stat{failed: n}
 	}
 	for k, v := range tps {
-		out[k] = stat{tps: median(v), latencyMS: median(lat[k]), runs: len(v), failed: failed[k]}
+		out[k] = stat{tps: benchutil.Median(v), latencyMS: benchutil.Median(lat[k]), runs: len(v), failed: failed[k]}
 	}
 	return out
-}
-
-func median(xs []float64) float64 {
-	s := slices.Clone(xs)
-	slices.Sort(s)
-	if len(s)%2 == 1 {
-		return s[len(s)/2]
-	}
-	return (s[len(s)/2-1] + s[len(s)/2]) / 2
 }
 
 // row is one line of the table: the three targets for a mode, protocol and

@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"os"
-	"os/exec"
 	"runtime"
 	"slices"
 	"strconv"
@@ -13,6 +12,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/pgtenant/pgtenant/bench/internal/benchutil"
 	"github.com/pgtenant/pgtenant/internal/cli"
 	"github.com/pgtenant/pgtenant/internal/demo"
 	"github.com/pgtenant/pgtenant/internal/pgcluster"
@@ -237,22 +237,13 @@ func run(ctx context.Context, o options) error {
 	return idleErr
 }
 
-// setupData installs the demo schema (as guardbench does), pgbench's tables
-// at scale 10, and lets the RLS role read them: pgbench's tables have no
-// policies, so the same queries are valid with or without a tenant setting.
+// setupData installs the demo schema and pgbench's tables as guardbench does
+// (see benchutil.SetupPgbench), then vacuums and analyzes them.
 func setupData(ctx context.Context, c *pgcluster.Cluster) error {
-	if err := demo.Setup(ctx, c); err != nil {
+	if err := benchutil.SetupPgbench(ctx, c); err != nil {
 		return err
 	}
-	init := exec.CommandContext(ctx, "pgbench", "-i", "-q", "-s", "10", "-h", c.Host, "-p", strconv.Itoa(c.Port), "-U", pgcluster.SuperUser, demo.Database)
-	init.Env = append(os.Environ(), "PGPASSWORD="+pgcluster.SuperPassword)
-	if out, err := init.CombinedOutput(); err != nil {
-		return fmt.Errorf("pgbench -i: %v\n%s", err, out)
-	}
-	if err := c.Exec(ctx, demo.Database, "VACUUM ANALYZE"); err != nil {
-		return err
-	}
-	return c.Exec(ctx, demo.Database, "GRANT SELECT ON ALL TABLES IN SCHEMA public TO "+demo.RLSRole)
+	return c.Exec(ctx, demo.Database, "VACUUM ANALYZE")
 }
 
 // benchmark runs every (protocol, clients) cell against every target, round

@@ -17,10 +17,10 @@ import (
 	"os"
 	"os/exec"
 	"regexp"
-	"slices"
 	"strconv"
 	"time"
 
+	"github.com/pgtenant/pgtenant/bench/internal/benchutil"
 	"github.com/pgtenant/pgtenant/config"
 	"github.com/pgtenant/pgtenant/internal/cli"
 	"github.com/pgtenant/pgtenant/internal/demo"
@@ -46,15 +46,7 @@ func run(rounds int, duration time.Duration, clients int, protocol string) error
 		return err
 	}
 	defer c.Stop()
-	if err := demo.Setup(ctx, c); err != nil {
-		return err
-	}
-	init := exec.Command("pgbench", "-i", "-q", "-s", "10", "-h", c.Host, "-p", strconv.Itoa(c.Port), "-U", pgcluster.SuperUser, demo.Database)
-	init.Env = append(os.Environ(), "PGPASSWORD="+pgcluster.SuperPassword)
-	if out, err := init.CombinedOutput(); err != nil {
-		return fmt.Errorf("pgbench -i: %v\n%s", err, out)
-	}
-	if err := c.Exec(ctx, demo.Database, "GRANT SELECT ON ALL TABLES IN SCHEMA public TO "+demo.RLSRole); err != nil {
+	if err := benchutil.SetupPgbench(ctx, c); err != nil {
 		return err
 	}
 
@@ -90,7 +82,7 @@ func run(rounds int, duration time.Duration, clients int, protocol string) error
 	fmt.Printf("pgbench -S -M %s -c %d, %d rounds of %s, medians:\n", protocol, clients, rounds, duration)
 	med := make([]float64, len(targets))
 	for i, t := range targets {
-		med[i] = median(results[i])
+		med[i] = benchutil.Median(results[i])
 		fmt.Printf("  %-20s %8.0f tps\n", t.name, med[i])
 	}
 	fmt.Printf("guard on / guard off: %.3f (guard overhead %.1f%%)\n", med[2]/med[1], 100*(1-med[2]/med[1]))
@@ -138,13 +130,4 @@ func pgbench(port int, user, password string, clients int, duration time.Duratio
 		return 0, fmt.Errorf("no tps in pgbench output:\n%s", out)
 	}
 	return strconv.ParseFloat(string(m[1]), 64)
-}
-
-func median(xs []float64) float64 {
-	s := slices.Clone(xs)
-	slices.Sort(s)
-	if len(s)%2 == 1 {
-		return s[len(s)/2]
-	}
-	return (s[len(s)/2-1] + s[len(s)/2]) / 2
 }

@@ -10,6 +10,7 @@ import (
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/pgtenant/pgtenant/internal/pgcluster"
+	"github.com/pgtenant/pgtenant/internal/testutil"
 	"go.uber.org/goleak"
 )
 
@@ -19,12 +20,6 @@ func TestMain(m *testing.M) {
 		defer cancel()
 		return Setup(ctx, c)
 	})
-}
-
-func ctxT(t *testing.T) context.Context {
-	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
-	t.Cleanup(cancel)
-	return ctx
 }
 
 // connectRLS connects as the proxy's role, optionally as a tenant.
@@ -63,7 +58,7 @@ func wantCode(t *testing.T, err error, code, what string) {
 
 func TestTenantSeesOnlyOwnRows(t *testing.T) {
 	defer goleak.VerifyNone(t)
-	ctx := ctxT(t)
+	ctx := testutil.Context(t)
 	for _, tn := range []Tenant{TenantA, TenantB} {
 		conn := connectRLS(ctx, t, tn.ID)
 		if got := projectNames(ctx, t, conn); !slices.Equal(got, Projects[tn.ID]) {
@@ -83,7 +78,7 @@ func TestTenantSeesOnlyOwnRows(t *testing.T) {
 
 func TestWritesAreConfined(t *testing.T) {
 	defer goleak.VerifyNone(t)
-	ctx := ctxT(t)
+	ctx := testutil.Context(t)
 	conn := connectRLS(ctx, t, TenantA.ID)
 	tx, err := conn.Begin(ctx)
 	if err != nil {
@@ -117,7 +112,7 @@ func TestWritesAreConfined(t *testing.T) {
 
 func TestNoTenantSettingErrors(t *testing.T) {
 	defer goleak.VerifyNone(t)
-	ctx := ctxT(t)
+	ctx := testutil.Context(t)
 	conn := connectRLS(ctx, t, "")
 	_, err := conn.Exec(ctx, "SELECT * FROM projects")
 	wantCode(t, err, "42704", "select without app.tenant_id") // undefined_object
@@ -127,7 +122,7 @@ func TestNoTenantSettingErrors(t *testing.T) {
 
 func TestRoleCannotEscape(t *testing.T) {
 	defer goleak.VerifyNone(t)
-	ctx := ctxT(t)
+	ctx := testutil.Context(t)
 	conn := connectRLS(ctx, t, TenantA.ID)
 
 	_, err := conn.Exec(ctx, "CREATE TABLE mine (x int)")
@@ -153,7 +148,7 @@ func TestRoleCannotEscape(t *testing.T) {
 
 func TestSetupIdempotent(t *testing.T) {
 	defer goleak.VerifyNone(t)
-	ctx := ctxT(t)
+	ctx := testutil.Context(t)
 	if err := Setup(ctx, pgcluster.Shared()); err != nil {
 		t.Fatal(err)
 	}

@@ -17,6 +17,8 @@ import (
 
 	"github.com/jackc/pgx/v5/pgconn"
 	"go.uber.org/goleak"
+
+	"github.com/pgtenant/pgtenant/internal/testutil"
 )
 
 const helperEnv = "PGCLUSTER_TEST_HELPER"
@@ -43,12 +45,6 @@ func helperMain() {
 	select {} // wait to be killed
 }
 
-func ctxT(t *testing.T) context.Context {
-	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
-	t.Cleanup(cancel)
-	return ctx
-}
-
 func queryOne(ctx context.Context, t *testing.T, url, sql string) string {
 	t.Helper()
 	conn, err := pgconn.Connect(ctx, url)
@@ -68,7 +64,7 @@ func queryOne(ctx context.Context, t *testing.T, url, sql string) string {
 
 func TestShared(t *testing.T) {
 	defer goleak.VerifyNone(t)
-	ctx := ctxT(t)
+	ctx := testutil.Context(t)
 	c := Shared()
 	if got := queryOne(ctx, t, c.SuperURL("postgres"), "SELECT count(*) FROM setup_marker"); got != "0" {
 		t.Fatalf("setup did not run: %s", got)
@@ -87,7 +83,7 @@ func TestShared(t *testing.T) {
 
 func TestLifecycle(t *testing.T) {
 	defer goleak.VerifyNone(t)
-	ctx := ctxT(t)
+	ctx := testutil.Context(t)
 	c, err := Start(ctx, Options{ExtraConf: []string{"application_name = 'from_extra_conf'"}})
 	if err != nil {
 		t.Fatal(err)
@@ -191,7 +187,7 @@ func TestLifecycle(t *testing.T) {
 func TestStartFailureCleansUp(t *testing.T) {
 	defer goleak.VerifyNone(t)
 	before, _ := filepath.Glob(filepath.Join(os.TempDir(), dirPrefix+"*"))
-	_, err := Start(ctxT(t), Options{ExtraConf: []string{"no_such_setting = 1"}})
+	_, err := Start(testutil.Context(t), Options{ExtraConf: []string{"no_such_setting = 1"}})
 	if err == nil {
 		t.Fatal("Start with a bad setting succeeded")
 	}
@@ -212,7 +208,7 @@ func TestServerDiesWithOwner(t *testing.T) {
 		t.Skip("parent-death signal is Linux-only")
 	}
 	defer goleak.VerifyNone(t)
-	ctx := ctxT(t)
+	ctx := testutil.Context(t)
 	cmd := exec.CommandContext(ctx, os.Args[0], "-test.run=^$")
 	cmd.Env = append(os.Environ(), helperEnv+"=1")
 	cmd.Stderr = os.Stderr
