@@ -40,12 +40,24 @@ type assertion struct {
 // setting is one name and value the assertion sets.
 type setting struct{ name, value string }
 
+// setStatement is the statement that sets one setting.
+func setStatement(st setting) string {
+	return "SET " + st.name + " TO " + quoteLiteral(st.value)
+}
+
+// setStatements is settings as one simple-query string.
+func setStatements(settings []setting) string {
+	stmts := make([]string, len(settings))
+	for i, st := range settings {
+		stmts[i] = setStatement(st)
+	}
+	return strings.Join(stmts, "; ")
+}
+
 func newAssertion(settings []setting) assertion {
 	var a assertion
-	var stmts []string
 	for _, st := range settings {
-		stmt := "SET " + st.name + " TO " + quoteLiteral(st.value)
-		stmts = append(stmts, stmt)
+		stmt := setStatement(st)
 		msgs := []pgproto3.FrontendMessage{
 			&pgproto3.Parse{Name: assertName, Query: stmt},
 			&pgproto3.Bind{DestinationPortal: assertName, PreparedStatement: assertName},
@@ -61,7 +73,7 @@ func newAssertion(settings []setting) assertion {
 		}
 		a.replies = append(a.replies, '1', '2', 'C', '3', '3')
 	}
-	a.statements = strings.Join(stmts, "; ")
+	a.statements = setStatements(settings)
 	var err error
 	if a.standalone, err = (&pgproto3.Sync{}).Encode(append([]byte(nil), a.inline...)); err != nil {
 		panic(err)

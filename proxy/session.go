@@ -229,11 +229,7 @@ func (s *Server) startSession(rt *runtime, st *startup, cr *bufio.Reader, cw *bu
 	}
 	log.Info("session started", "upstream_pid", hc.PID, "connect_ms", time.Since(start).Milliseconds(), "guard", g != nil)
 	rl := newRelay(st.conn, cr, cw, hc.Conn, a, g, ident.Expires)
-	rl.obs, rl.tenant = s.observer(), ident.Tenant
-	lim := rt.cfg.Limits
-	rl.maxMessage = lim.MaxMessageSize
-	rl.idleTimeout, rl.idleInTxTimeout = lim.IdleTimeout.Duration, lim.IdleInTransactionTimeout.Duration
-	rl.upstreamTimeout = lim.UpstreamTimeout.Duration
+	s.configureRelay(rt, rl, ident.Tenant)
 	return &session{
 		s:        s,
 		log:      log,
@@ -246,6 +242,15 @@ func (s *Server) startSession(rt *runtime, st *startup, cr *bufio.Reader, cw *bu
 		upstreamPID: hc.PID,
 		started:     time.Now(),
 	}, nil
+}
+
+// configureRelay gives a session's relay its tenant, observer and limits.
+func (s *Server) configureRelay(rt *runtime, rl *relay, tenant string) {
+	rl.obs, rl.tenant = s.observer(), tenant
+	lim := rt.cfg.Limits
+	rl.maxMessage = lim.MaxMessageSize
+	rl.idleTimeout, rl.idleInTxTimeout = lim.IdleTimeout.Duration, lim.IdleInTransactionTimeout.Duration
+	rl.upstreamTimeout = lim.UpstreamTimeout.Duration
 }
 
 // writeSessionStart sends what PostgreSQL sends after authentication:
@@ -306,7 +311,7 @@ func (s *Server) startPooledSession(rt *runtime, st *startup, cr *bufio.Reader, 
 	// only: learned once per distinct set, so that logging in does not need
 	// a pooled connection (the pool may be busy with long transactions).
 	start := time.Now()
-	paramsKey := newAssertion(settings[:len(names)]).statements
+	paramsKey := setStatements(settings[:len(names)])
 	merged, ok := rt.pool.cachedStatuses(paramsKey)
 	if !ok {
 		var err error
@@ -324,11 +329,7 @@ func (s *Server) startPooledSession(rt *runtime, st *startup, cr *bufio.Reader, 
 	writerPool.Put(cw)
 	rl.cw = nil
 	log.Info("session started", "pool_mode", config.PoolModeTransaction, "startup_ms", time.Since(start).Milliseconds())
-	rl.obs, rl.tenant = s.observer(), ident.Tenant
-	lim := rt.cfg.Limits
-	rl.maxMessage = lim.MaxMessageSize
-	rl.idleTimeout, rl.idleInTxTimeout = lim.IdleTimeout.Duration, lim.IdleInTransactionTimeout.Duration
-	rl.upstreamTimeout = lim.UpstreamTimeout.Duration
+	s.configureRelay(rt, rl, ident.Tenant)
 	return &session{s: s, log: log, client: st.conn, relay: rl, key: key, ident: ident, started: time.Now()}, nil
 }
 
