@@ -119,6 +119,14 @@ func newRuntime(cfg *config.Config, authn Authenticator, old *runtime, log *slog
 	if err != nil {
 		return nil, fmt.Errorf("upstream: %w", err)
 	}
+	dial := upstreamConfig.DialFunc
+	upstreamConfig.DialFunc = func(ctx context.Context, network, addr string) (net.Conn, error) {
+		conn, err := dial(ctx, network, addr)
+		if err != nil {
+			return nil, err
+		}
+		return newDirectConn(conn), nil
+	}
 	rt := &runtime{
 		cfg:            cfg,
 		auth:           authn,
@@ -241,6 +249,7 @@ func (s *Server) Serve(ln net.Listener) error {
 			}
 			return err
 		}
+		conn = newDirectConn(conn)
 		if !s.track(conn) {
 			conn.Close()
 			return ErrServerClosed

@@ -1,0 +1,9 @@
+//go:build !linux
+
+package proxy
+
+import "net"
+
+// newDirectConn is the identity outside Linux, where the raw read and write
+// system calls of directconn_linux.go are not available.
+func newDirectConn(conn net.Conn) net.Conn { return conn }
