@@ -74,7 +74,8 @@ func hintOf(err error) string {
 
 // A ROLLBACK takes back the transaction's own assertion. On a connection
 // that served another tenant, what it falls back to must never be that
-// tenant's context: the pool resets it before handing the connection over.
+// tenant's context: the pool resets the connection and commits the new
+// holder's own context before handing it over.
 func TestPoolRollbackNeverRevealsPreviousTenant(t *testing.T) {
 	p := startProxy(t, transactionPool(1))
 	a := p.pgconnect(t, tenantA)
@@ -82,13 +83,12 @@ func TestPoolRollbackNeverRevealsPreviousTenant(t *testing.T) {
 	for i := 0; i < 3; i++ {
 		queryOne(t, a, "SELECT count(*) FROM projects") // commits A's context on the connection
 		rows := queryRows(t, b, "BEGIN; ROLLBACK; SELECT current_setting('app.tenant_id', true)")
-		if got := rows[len(rows)-1][0]; got == tenantA.ID {
-			t.Fatalf("after ROLLBACK tenant B's statement ran as tenant A")
+		if got := rows[len(rows)-1][0]; got != tenantB.ID {
+			t.Fatalf("after ROLLBACK tenant B's statement ran as %q", got)
 		}
-		// The policy fails closed on the empty setting rather than showing rows.
-		_, err := b.Exec(context.Background(), "BEGIN; ROLLBACK; SELECT count(*) FROM projects").ReadAll()
-		if code := pgCode(err); code != "22P02" {
-			t.Fatalf("query after ROLLBACK: %v, want 22P02 (invalid uuid: the policy fails closed)", err)
+		rows = queryRows(t, b, "BEGIN; ROLLBACK; SELECT string_agg(name, ',' ORDER BY name) FROM projects")
+		if got, want := rows[len(rows)-1][0], queryOne(t, b, "SELECT string_agg(name, ',' ORDER BY name) FROM projects"); got != want {
+			t.Fatalf("after ROLLBACK tenant B sees %q, want its own %q", got, want)
 		}
 	}
 }
@@ -115,6 +115,46 @@ func TestPoolCarriesStartupParameters(t *testing.T) {
 		_, err := pgconn.Connect(context.Background(), p.connString(tenantA, opt))
 		if code := pgCode(err); code != "0A000" {
 			t.Fatalf("%s: %v, want 0A000", opt, err)
+		}
+	}
+}
+
+// A connection keeps its holder's startup parameters committed, so that a
+// transaction asserts only the tenant. A RESET, in any form, changes what is
+// committed: the next transaction must see the startup values again, as a
+// PostgreSQL session would (RESET goes back to the startup value).
+func TestPoolResetRestoresStartupParameters(t *testing.T) {
+	p := startProxy(t, transactionPool(1))
+	ctx := context.Background()
+	a := p.pgconnect(t, tenantA, "application_name=alpha", "options='-c statement_timeout=1234'")
+	if _, err := a.Prepare(ctx, "reset_app", "RESET application_name", nil); err != nil {
+		t.Fatal(err)
+	}
+	resets := []struct {
+		name string
+		run  func() error
+	}{
+		{"simple RESET", func() error { _, err := a.Exec(ctx, "RESET application_name; RESET statement_timeout").ReadAll(); return err }},
+		{"RESET in a block", func() error { _, err := a.Exec(ctx, "BEGIN; RESET statement_timeout; COMMIT").ReadAll(); return err }},
+		{"extended unnamed", func() error { return a.ExecParams(ctx, "RESET application_name", nil, nil, nil, nil).Read().Err }},
+		{"prepared, first run", func() error { return a.ExecPrepared(ctx, "reset_app", nil, nil, nil).Read().Err }},
+		{"prepared, run again", func() error { return a.ExecPrepared(ctx, "reset_app", nil, nil, nil).Read().Err }},
+		{"RESET ALL", func() error { _, err := a.Exec(ctx, "RESET ALL").ReadAll(); return err }},
+		{"DISCARD ALL", func() error { _, err := a.Exec(ctx, "DISCARD ALL").ReadAll(); return err }},
+	}
+	for _, r := range resets {
+		queryOne(t, a, "SELECT 1") // the connection's committed settings are A's
+		if err := r.run(); err != nil {
+			t.Fatalf("%s: %v", r.name, err)
+		}
+		for i := 0; i < 2; i++ {
+			got := queryRows(t, a, "SELECT current_setting('application_name'), current_setting('statement_timeout'), current_setting('app.tenant_id')")[0]
+			if got[0] != "alpha" || got[1] != "1234ms" || got[2] != tenantA.ID {
+				t.Fatalf("after %s, transaction %d sees %v", r.name, i, got)
+			}
+		}
+		if r.name == "DISCARD ALL" {
+			break // the prepared statement is gone with it
 		}
 	}
 }
@@ -386,6 +426,10 @@ func TestPoolAssertionFailureDiscardsConnection(t *testing.T) {
 	first := queryOne(t, a, "SELECT pg_backend_pid()")
 	superQuery(t, "DROP TEXT SEARCH CONFIGURATION public.pool_tsc")
 	superQuery(t, "DELETE FROM projects WHERE name = 'pool-assert-failed'")
+	// B takes the connection in between, so that A's settings must be
+	// applied again (a connection that kept A's committed settings would
+	// need only the tenant, which still applies).
+	queryOne(t, b, "SELECT 1")
 
 	// Extended protocol: an error in place of the statement, which did not run.
 	res := a.ExecParams(ctx, "INSERT INTO projects (tenant_id, name) VALUES ($1, 'pool-assert-failed')", [][]byte{[]byte(tenantA.ID)}, nil, nil, nil).Read()

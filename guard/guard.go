@@ -50,6 +50,11 @@ type Verdict struct {
 	// contains DEALLOCATE ALL or DISCARD ALL: afterwards the upstream
 	// connection holds no prepared statements, whoever prepared them.
 	DeallocatesAll bool
+	// ChangesSettings is set, by pooled guards only, when an allowed text
+	// may reset session-level settings (RESET, RESET ALL, DISCARD ALL): the
+	// connection's committed settings are then no longer the ones pgtenant
+	// applied for its holder.
+	ChangesSettings bool
 }
 
 // Guard checks statement texts against a Policy. It is safe for concurrent use.
@@ -161,6 +166,7 @@ func (g *Guard) full(sql string, simple bool) Verdict {
 			pooledErr = c.pooledErr
 		}
 		v.DeallocatesAll = v.DeallocatesAll || c.deallocatesAll
+		v.ChangesSettings = v.ChangesSettings || c.changesSettings
 	}
 	if pooledErr != nil {
 		return Verdict{Err: pooledErr}
@@ -196,9 +202,10 @@ type checker struct {
 	resetName string
 
 	// Transaction pool mode (see pooled.go).
-	pooledErr      *pgconn.PgError
-	deallocatesAll bool
-	dropsOnCommit  *pg_query.RangeVar // the temporary table an ON COMMIT DROP creates
+	pooledErr       *pgconn.PgError
+	deallocatesAll  bool
+	changesSettings bool
+	dropsOnCommit   *pg_query.RangeVar // the temporary table an ON COMMIT DROP creates
 }
 
 func (c *checker) refuse(msg, hint string) bool {

@@ -268,13 +268,14 @@ func newPooledGuard() *Guard {
 
 // pooledCases are statements whose verdict transaction pool mode may change:
 // pooled is the SQLSTATE a pooled guard answers, plain the one a guard not in
-// pool mode answers ("" for allowed), and deallocates the expected
-// DeallocatesAll of a pooled guard.
+// pool mode answers ("" for allowed), and deallocates and changes the
+// expected DeallocatesAll and ChangesSettings of a pooled guard.
 var pooledCases = []struct {
 	sql         string
 	pooled      string
 	plain       string
 	deallocates bool
+	changes     bool
 }{
 	// Reading the connection's views through a regclass, and the shared seed.
 	{sql: "SELECT table_to_xml('pg_prepared_statements'::regclass, true, false, '')", pooled: CodeRefused},
@@ -306,7 +307,9 @@ var pooledCases = []struct {
 	{sql: "SET TRANSACTION ISOLATION LEVEL SERIALIZABLE"},
 	{sql: "SET TRANSACTION SNAPSHOT '00000003-0000001B-1'"},
 	{sql: "SET CONSTRAINTS ALL DEFERRED"},
-	{sql: "RESET statement_timeout"},
+	{sql: "RESET statement_timeout", changes: true},
+	{sql: "BEGIN; reset work_mem; COMMIT", changes: true},
+	{sql: "RESET TIME ZONE", changes: true},
 	{sql: "UPDATE projects SET name = 'x' WHERE id = 1"},
 	{sql: "SELECT 'SET work_mem = 1'"},
 	// The existing refusals take precedence, within a statement and across.
@@ -414,11 +417,12 @@ func TestPooled(t *testing.T) {
 			f       func([]byte) Verdict
 			want    string
 			dealloc bool
+			changes bool
 		}{
-			{"pooled CheckQuery", pooled.CheckQuery, tc.pooled, tc.deallocates},
-			{"pooled CheckParse", pooled.CheckParse, tc.pooled, tc.deallocates},
-			{"plain CheckQuery", plain.CheckQuery, tc.plain, false},
-			{"plain CheckParse", plain.CheckParse, tc.plain, false},
+			{"pooled CheckQuery", pooled.CheckQuery, tc.pooled, tc.deallocates, tc.changes},
+			{"pooled CheckParse", pooled.CheckParse, tc.pooled, tc.deallocates, tc.changes},
+			{"plain CheckQuery", plain.CheckQuery, tc.plain, false, false},
+			{"plain CheckParse", plain.CheckParse, tc.plain, false, false},
 		} {
 			v := check.f([]byte(tc.sql))
 			switch {
@@ -430,6 +434,8 @@ func TestPooled(t *testing.T) {
 				t.Errorf("%s %q: got %s %s %q, want ERROR %s", check.name, tc.sql, v.Err.Severity, v.Err.Code, v.Err.Message, check.want)
 			case v.DeallocatesAll != check.dealloc:
 				t.Errorf("%s %q: DeallocatesAll %v, want %v", check.name, tc.sql, v.DeallocatesAll, check.dealloc)
+			case v.Err == nil && v.ChangesSettings != check.changes:
+				t.Errorf("%s %q: ChangesSettings %v, want %v", check.name, tc.sql, v.ChangesSettings, check.changes)
 			case v.ResetsContext:
 				t.Errorf("%s %q: ResetsContext", check.name, tc.sql)
 			}
@@ -466,8 +472,8 @@ func TestPooledResets(t *testing.T) {
 		deallocates bool
 	}{{"RESET ALL", false}, {"discard all", true}, {"DISCARD ALL;", true}} {
 		v := g.CheckQuery([]byte(tc.sql))
-		if v.Err != nil || !v.ResetsContext || v.DeallocatesAll != tc.deallocates {
-			t.Errorf("%s as a simple query: %+v, want allowed with ResetsContext, DeallocatesAll %v", tc.sql, v, tc.deallocates)
+		if v.Err != nil || !v.ResetsContext || !v.ChangesSettings || v.DeallocatesAll != tc.deallocates {
+			t.Errorf("%s as a simple query: %+v, want allowed with ResetsContext, ChangesSettings, DeallocatesAll %v", tc.sql, v, tc.deallocates)
 		}
 		if pv := g.CheckParse([]byte(tc.sql)); pv.Err == nil || pv.Err.Code != CodeRefused {
 			t.Errorf("%s through Parse: %+v, want refused", tc.sql, pv)

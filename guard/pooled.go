@@ -133,7 +133,7 @@ func (c *checker) visitPooled(m protoreflect.Message) {
 		}
 	case *pg_query.DiscardStmt:
 		if n.Target == pg_query.DiscardMode_DISCARD_ALL {
-			c.deallocatesAll = true
+			c.deallocatesAll, c.changesSettings = true, true
 		}
 	}
 	c.pgTempNames(m)
@@ -142,6 +142,10 @@ func (c *checker) visitPooled(m protoreflect.Message) {
 // pooledSet refuses SETs whose effect outlives the transaction.
 func (c *checker) pooledSet(n *pg_query.VariableSetStmt) {
 	switch n.Kind {
+	case pg_query.VariableSetKind_VAR_RESET, pg_query.VariableSetKind_VAR_RESET_ALL:
+		// Allowed (the next transaction's settings are applied again), but
+		// what is committed on the connection changes.
+		c.changesSettings = true
 	case pg_query.VariableSetKind_VAR_SET_VALUE, pg_query.VariableSetKind_VAR_SET_DEFAULT, pg_query.VariableSetKind_VAR_SET_CURRENT:
 		if !n.IsLocal {
 			c.notSupported("SET without LOCAL is not supported in transaction pool mode", setHint)

@@ -37,7 +37,15 @@ type serverConn struct {
 	// connection only after that reset has committed: otherwise a ROLLBACK
 	// of its own assertion would bring the previous holder's tenant back.
 	dirtyKey   string
-	dirtyReset []byte
+	dirtyReset string
+
+	// settled is the context key whose settings pgtenant itself committed on
+	// the connection, in a round trip of its own, with nothing since that
+	// could have changed them ("" otherwise). A holder with that key then
+	// asserts only its context settings (the tenant's) per transaction: its
+	// startup parameters are already the connection's, and a ROLLBACK falls
+	// back to them.
+	settled string
 
 	// mu guards the prepared-statement bookkeeping, which the response side
 	// corrects when the upstream skips or fails a Parse or Close.
@@ -280,20 +288,49 @@ func (p *txPool) prepare(sc *serverConn, key string) error {
 		return errors.New("connection lost while idle")
 	}
 	needReset := sc.dirtyKey != "" && sc.dirtyKey != key
-	if !needReset && time.Since(sc.used) < p.cfg.HealthCheckAfter.Duration {
+	needSettle := sc.settled != key
+	if !needReset && !needSettle && time.Since(sc.used) < p.cfg.HealthCheckAfter.Duration {
 		return nil
 	}
-	query := emptyQuery
-	if needReset {
-		query = sc.dirtyReset
-	}
-	if _, err := p.roundTrip(sc, query, p.cfg.WaitTimeout.Duration); err != nil {
+	if !needReset && !needSettle {
+		_, err := p.roundTrip(sc, emptyQuery, p.cfg.WaitTimeout.Duration)
 		return err
 	}
+	// One round trip resets the last holder's settings if they differ and
+	// commits this key's (key is its SET statements).
+	sql := key
 	if needReset {
-		sc.dirtyKey, sc.dirtyReset = "", nil
+		sql = sc.dirtyReset + "; " + key
+	}
+	_, err := p.roundTrip(sc, encodeQuery(sql), p.cfg.WaitTimeout.Duration)
+	var pgErr *pgconn.PgError
+	switch {
+	case err == nil:
+		sc.dirtyKey, sc.dirtyReset, sc.settled = key, "", key
+		return nil
+	case !errors.As(err, &pgErr):
+		return err
+	}
+	// The settings do not apply: the statement rolled back whole. The
+	// client's inline assertion will fail the same way and tell it why; the
+	// connection still needs the reset.
+	sc.settled = ""
+	if needReset {
+		if _, err := p.roundTrip(sc, encodeQuery(sc.dirtyReset), p.cfg.WaitTimeout.Duration); err != nil {
+			return err
+		}
+		sc.dirtyKey, sc.dirtyReset = "", ""
 	}
 	return nil
+}
+
+// encodeQuery is sql as a Query message.
+func encodeQuery(sql string) []byte {
+	msg, err := (&pgproto3.Query{String: sql}).Encode(nil)
+	if err != nil {
+		panic(err) // cannot fail for a string
+	}
+	return msg
 }
 
 // emptyQuery is the health check: a Query with an empty string.
@@ -482,13 +519,20 @@ func (p *txPool) cacheStatuses(paramsKey string, m map[string]string) {
 // learnStatuses runs a client's assertion once on a pooled connection: it
 // checks that the settings apply and returns the parameter statuses a
 // client with those settings is to be told.
-func (p *txPool) learnStatuses(tenant, ctxKey string, resetQuery, assertion []byte, timeout time.Duration) (map[string]string, error) {
+func (p *txPool) learnStatuses(tenant, ctxKey, resetQuery string, assertion []byte, timeout time.Duration) (map[string]string, error) {
 	sc, err := p.acquire(nil, tenant, ctxKey)
 	if err != nil {
 		return nil, err
 	}
 	sc.dirtyKey, sc.dirtyReset = ctxKey, resetQuery
-	statuses, err := p.roundTrip(sc, assertion, timeout)
+	// The server reports a setting only when its value changes, and acquire
+	// may have committed these settings already: take them back first, so
+	// that the assertion reports every one of them.
+	_, err = p.roundTrip(sc, encodeQuery(resetQuery), timeout)
+	var statuses map[string]string
+	if err == nil {
+		statuses, err = p.roundTrip(sc, assertion, timeout)
+	}
 	p.release(sc, tenant, err == nil)
 	if err != nil {
 		var pgErr *pgconn.PgError

@@ -9,8 +9,6 @@ import (
 	"strings"
 	"sync"
 	"time"
-
-	"github.com/jackc/pgx/v5/pgproto3"
 )
 
 // Transaction mode: the relay leases an upstream connection from the pool
@@ -33,7 +31,11 @@ import (
 type pooledState struct {
 	pool       *txPool
 	ctxKey     string // this client's context settings (serverConn.dirtyKey)
-	resetQuery []byte // resets them, for a holder with other settings
+	resetQuery string // resets them, for a holder with other settings
+	// settled is the assertion of the context settings alone, for a
+	// connection whose committed settings are this client's (serverConn.settled).
+	settled assertion
+	changes bool // the guard's ChangesSettings for the message being relayed
 
 	// Guarded by leaseMu (with pending, when the response side detaches).
 	sc       *serverConn // held connection, nil between transactions
@@ -102,8 +104,8 @@ func (r *relay) clientWriter() *bufio.Writer {
 // pooled reports whether the relay runs in transaction mode.
 func (r *relay) pooled() bool { return r.pool != nil }
 
-// resetQueryFor builds the simple query that resets settings.
-func resetQueryFor(settings []setting) []byte {
+// resetQueryFor builds the SQL that resets settings.
+func resetQueryFor(settings []setting) string {
 	stmts := make([]string, 0, len(settings)+1)
 	for _, st := range settings {
 		stmts = append(stmts, "RESET "+st.name)
@@ -111,11 +113,7 @@ func resetQueryFor(settings []setting) []byte {
 	// lastval() and currval() would show the next holder this client's
 	// sequence values.
 	stmts = append(stmts, "DISCARD SEQUENCES")
-	msg, err := (&pgproto3.Query{String: strings.Join(stmts, "; ")}).Encode(nil)
-	if err != nil {
-		panic(err) // a static message; cannot fail
-	}
-	return msg
+	return strings.Join(stmts, "; ")
 }
 
 // leaseFor makes sure the request side may write a message of type typ
@@ -316,6 +314,7 @@ func (r *relay) relayStatementMessage(typ byte, size int, msg []byte, peeked boo
 			st.mu.Lock()
 			st.gen++
 			st.unnamed = append(st.unnamed[:0:0], msg...)
+			st.unnamedChanges = r.changes
 			st.mu.Unlock()
 			sc.mu.Lock()
 			sc.unnamed, sc.unnamedN = r, st.gen
@@ -336,7 +335,7 @@ func (r *relay) relayStatementMessage(typ byte, size int, msg []byte, peeked boo
 			return r.writeRewritten(len(msg), peeked)
 		}
 		server := serverStmtName(r.ctxKey, rest)
-		cs := &clientStmt{server: server, parse: appendParse(nil, server, rest)}
+		cs := &clientStmt{server: server, parse: appendParse(nil, server, rest), changes: r.changes}
 		st.mu.Lock()
 		st.byName[string(name)] = cs
 		st.mu.Unlock()
@@ -472,6 +471,12 @@ func (r *relay) relayBind(size int) error {
 	seq := r.seq
 	server := string(stmt)
 	if len(stmt) == 0 {
+		st.mu.Lock()
+		changes := st.unnamedChanges && st.unnamed != nil
+		st.mu.Unlock()
+		if changes {
+			r.sc.settled = ""
+		}
 		if err := r.ensureUnnamed(seq); err != nil {
 			return err
 		}
@@ -482,6 +487,9 @@ func (r *relay) relayBind(size int) error {
 	st.mu.Unlock()
 	switch {
 	case cs != nil:
+		if cs.changes {
+			r.sc.settled = ""
+		}
 		if err := r.ensurePrepared(cs, seq); err != nil {
 			return err
 		}

@@ -108,15 +108,19 @@ func (r *relay) check(msg []byte) (substitute []byte, resets, deallocates bool, 
 	case 'Q':
 		v := r.guard.CheckQuery(statementText(msg))
 		verdictErr, resets, deallocates = v.Err, v.ResetsContext, v.DeallocatesAll
+		r.changes = v.ChangesSettings
 	case 'P':
 		body := msg[5:]
 		nul := bytes.IndexByte(body, 0)
 		if nul < 0 {
 			return nil, false, false, fatalf(codeProtocolViolation, "invalid Parse message")
 		}
-		name = string(body[:nul])
 		v := r.guard.CheckParse(statementText(msg))
 		verdictErr, deallocates = v.Err, v.DeallocatesAll
+		r.changes = v.ChangesSettings
+		if verdictErr != nil {
+			name = string(body[:nul])
+		}
 	}
 	if verdictErr == nil {
 		return nil, resets, deallocates, nil

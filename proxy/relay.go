@@ -38,6 +38,7 @@ const (
 // relay's own and must be hidden.
 type unit struct {
 	assert     bool // the inline assertion was sent ahead of the unit
+	short      bool // and it was the context settings' alone (pooledState.settled)
 	simple     bool // a Query or FunctionCall: an assertion failure cannot be reported in-band
 	standalone bool // the relay's own standalone assertion; every reply is hidden
 	afterReset bool // a standalone assertion behind RESET ALL / DISCARD ALL: nobody waits for it
@@ -256,6 +257,7 @@ func (r *relay) clientToUpstream() error {
 		var msg []byte // the whole message, when the guard needs to read it
 		var substitute []byte
 		peeked, resets, deallocates := false, false, false
+		r.changes = false
 		if r.guard != nil && (typ == 'Q' || typ == 'P' || typ == 'F') {
 			if why, _ := r.unsafeLexing.Load().(string); why != "" {
 				return fatalf(codeInsufficientPrivilege, "pgtenant cannot guard this session's statements: %s", why)
@@ -281,6 +283,10 @@ func (r *relay) clientToUpstream() error {
 			held, err := r.leaseFor(typ, startsUnit)
 			if err != nil {
 				return err
+			}
+			if held && r.changes {
+				// The connection's committed settings may not stay this client's.
+				r.sc.settled = ""
 			}
 			if !held {
 				// Nothing to flush, no COPY in progress: PostgreSQL would ignore it too.
@@ -457,13 +463,18 @@ func (r *relay) startUnit(typ byte, size int, msg []byte, refused, simple bool) 
 		return nil
 	}
 	need := r.mayNeedAssertion()
-	r.queueUnit(unit{assert: need, simple: simple})
+	short := need && r.pooled() && r.sc.settled == r.ctxKey
+	r.queueUnit(unit{assert: need, short: short, simple: simple})
 	if need {
 		r.stats.assertions.Add(1)
 		r.obs.Transaction(r.tenant)
 		r.obs.Statements(r.tenant, r.stats.statements)
 		r.stats.statements = 0
-		if _, err := r.uw.Write(r.assertion.inline); err != nil {
+		inline := r.assertion.inline
+		if short {
+			inline = r.settled.inline
+		}
+		if _, err := r.uw.Write(inline); err != nil {
 			return err
 		}
 	}
@@ -735,6 +746,7 @@ type respState struct {
 	cur           unit
 	inUnit        bool
 	assertLeft    int             // assertion replies still to hide
+	assertReplies []byte          // the types of the assertion's replies
 	standaloneErr *pgconn.PgError // failure of the current standalone assertion
 	failed        bool            // an ErrorResponse came in the current unit
 	z             [6]byte         // the ReadyForQuery being handled
@@ -772,7 +784,11 @@ func (r *relay) reply(typ byte, size int) error {
 			r.resp.failed = false
 			r.resp.assertLeft = 0
 			if r.resp.cur.assert || r.resp.cur.standalone {
-				r.resp.assertLeft = len(r.assertion.replies)
+				r.resp.assertReplies = r.assertion.replies
+				if r.resp.cur.short {
+					r.resp.assertReplies = r.settled.replies
+				}
+				r.resp.assertLeft = len(r.resp.assertReplies)
 			}
 		default:
 			// Nothing outstanding: an asynchronous error such as a FATAL on
@@ -795,7 +811,7 @@ func (r *relay) reply(typ byte, size int) error {
 		r.resp.failed = true
 	}
 	if r.resp.assertLeft > 0 {
-		if typ == r.assertion.replies[len(r.assertion.replies)-r.resp.assertLeft] && (typ != 'C' || r.isSetTag(size)) {
+		if typ == r.resp.assertReplies[len(r.resp.assertReplies)-r.resp.assertLeft] && (typ != 'C' || r.isSetTag(size)) {
 			r.resp.assertLeft--
 			if _, err := r.ur.Discard(size); err != nil {
 				return err

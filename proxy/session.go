@@ -304,6 +304,7 @@ func (s *Server) startPooledSession(rt *runtime, st *startup, cr *bufio.Reader, 
 		pool:       rt.pool,
 		ctxKey:     a.statements,
 		resetQuery: resetQueryFor(settings),
+		settled:    newAssertion(settings[len(names):]),
 		stmts:      statements{byName: map[string]*clientStmt{}, changed: make(chan struct{}, 1)},
 	}
 

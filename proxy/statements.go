@@ -70,15 +70,17 @@ type replyEntry struct {
 
 // clientStmt is a client's named statement.
 type clientStmt struct {
-	server string // name upstream
-	parse  []byte // the Parse message under that name, to prepare it again
+	server  string // name upstream
+	parse   []byte // the Parse message under that name, to prepare it again
+	changes bool   // running it may change the connection's settings (guard.Verdict.ChangesSettings)
 }
 
 // statements is a client's prepared-statement state in transaction mode.
 type statements struct {
-	byName  map[string]*clientStmt
-	unnamed []byte // the client's last unnamed Parse, nil when it has none
-	gen     uint64 // which unnamed Parse that was
+	byName         map[string]*clientStmt
+	unnamed        []byte // the client's last unnamed Parse, nil when it has none
+	unnamedChanges bool   // like clientStmt.changes
+	gen            uint64 // which unnamed Parse that was
 
 	// mu guards replies, and byName and unnamed against undo by the
 	// response side; changed signals that replies were resolved.
