@@ -119,10 +119,12 @@ func TestPoolCarriesStartupParameters(t *testing.T) {
 	}
 }
 
-// A connection keeps its holder's startup parameters committed, so that a
-// transaction asserts only the tenant. A RESET, in any form, changes what is
-// committed: the next transaction must see the startup values again, as a
-// PostgreSQL session would (RESET goes back to the startup value).
+// A connection keeps its holder's startup parameters committed and its
+// context statements prepared, so that a transaction asserts only the
+// tenant, through them. A RESET, in any form, changes what is committed, and
+// DEALLOCATE ALL drops the statements: the next transaction must still see
+// the startup values and its tenant, as a PostgreSQL session would (RESET
+// goes back to the startup value).
 func TestPoolResetRestoresStartupParameters(t *testing.T) {
 	p := startProxy(t, transactionPool(1))
 	ctx := context.Background()
@@ -130,15 +132,21 @@ func TestPoolResetRestoresStartupParameters(t *testing.T) {
 	if _, err := a.Prepare(ctx, "reset_app", "RESET application_name", nil); err != nil {
 		t.Fatal(err)
 	}
+
 	resets := []struct {
 		name string
 		run  func() error
 	}{
-		{"simple RESET", func() error { _, err := a.Exec(ctx, "RESET application_name; RESET statement_timeout").ReadAll(); return err }},
+		{"simple RESET", func() error {
+			_, err := a.Exec(ctx, "RESET application_name; RESET statement_timeout").ReadAll()
+			return err
+		}},
 		{"RESET in a block", func() error { _, err := a.Exec(ctx, "BEGIN; RESET statement_timeout; COMMIT").ReadAll(); return err }},
 		{"extended unnamed", func() error { return a.ExecParams(ctx, "RESET application_name", nil, nil, nil, nil).Read().Err }},
 		{"prepared, first run", func() error { return a.ExecPrepared(ctx, "reset_app", nil, nil, nil).Read().Err }},
 		{"prepared, run again", func() error { return a.ExecPrepared(ctx, "reset_app", nil, nil, nil).Read().Err }},
+		{"DEALLOCATE ALL", func() error { _, err := a.Exec(ctx, "DEALLOCATE ALL").ReadAll(); return err }},
+		{"extended DEALLOCATE ALL", func() error { return a.ExecParams(ctx, "DEALLOCATE ALL", nil, nil, nil, nil).Read().Err }},
 		{"RESET ALL", func() error { _, err := a.Exec(ctx, "RESET ALL").ReadAll(); return err }},
 		{"DISCARD ALL", func() error { _, err := a.Exec(ctx, "DISCARD ALL").ReadAll(); return err }},
 	}
@@ -153,8 +161,9 @@ func TestPoolResetRestoresStartupParameters(t *testing.T) {
 				t.Fatalf("after %s, transaction %d sees %v", r.name, i, got)
 			}
 		}
-		if r.name == "DISCARD ALL" {
-			break // the prepared statement is gone with it
+		if r.name == "prepared, run again" {
+			// DEALLOCATE ALL and DISCARD ALL below drop it.
+			continue
 		}
 	}
 }

@@ -1,6 +1,7 @@
 package proxy
 
 import (
+	"strconv"
 	"strings"
 
 	"github.com/jackc/pgx/v5/pgproto3"
@@ -11,6 +12,12 @@ import (
 // closed explicitly: inside a transaction block a finished portal would
 // otherwise live on until the block ends.
 const assertName = "pgtenant_assert"
+
+// contextStmtPrefix names the statements a pooled connection keeps prepared
+// for its settled holder's context settings (serverConn.settled), one per
+// setting: pgtenant_ctx0, pgtenant_ctx1... Client statement names never
+// reach the upstream as such (statements.go), so clients cannot touch them.
+const contextStmtPrefix = "pgtenant_ctx"
 
 // assertion holds the pre-encoded messages that assert one tenant context, so
 // that asserting costs a buffer copy and no allocation.
@@ -35,6 +42,41 @@ type assertion struct {
 	// replies are the backend message types inline produces, in order:
 	// per setting ParseComplete, BindComplete, CommandComplete, CloseComplete x2.
 	replies []byte
+}
+
+// newPreparedAssertion asserts settings through statements prepared on the
+// connection beforehand (prepare, sent once per connection and context): per
+// transaction only Bind, Execute and Close of the portal, which spares the
+// server parsing the SET each time.
+func newPreparedAssertion(settings []setting) (a assertion, prepare []byte) {
+	for i, st := range settings {
+		stmt := contextStmtPrefix + strconv.Itoa(i)
+		for _, m := range []pgproto3.FrontendMessage{
+			&pgproto3.Close{ObjectType: 'S', Name: stmt},
+			&pgproto3.Parse{Name: stmt, Query: setStatement(st)},
+		} {
+			prepare = mustEncode(prepare, m)
+		}
+		for _, m := range []pgproto3.FrontendMessage{
+			&pgproto3.Bind{DestinationPortal: assertName, PreparedStatement: stmt},
+			&pgproto3.Execute{Portal: assertName},
+			&pgproto3.Close{ObjectType: 'P', Name: assertName},
+		} {
+			a.inline = mustEncode(a.inline, m)
+		}
+		a.replies = append(a.replies, '2', 'C', '3')
+	}
+	a.statements = setStatements(settings)
+	return a, prepare
+}
+
+// mustEncode appends m, a message built from static parts, to buf.
+func mustEncode(buf []byte, m pgproto3.FrontendMessage) []byte {
+	buf, err := m.Encode(buf)
+	if err != nil {
+		panic(err) // static messages; cannot fail
+	}
+	return buf
 }
 
 // setting is one name and value the assertion sets.

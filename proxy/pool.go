@@ -41,10 +41,11 @@ type serverConn struct {
 
 	// settled is the context key whose settings pgtenant itself committed on
 	// the connection, in a round trip of its own, with nothing since that
-	// could have changed them ("" otherwise). A holder with that key then
-	// asserts only its context settings (the tenant's) per transaction: its
-	// startup parameters are already the connection's, and a ROLLBACK falls
-	// back to them.
+	// could have changed them or dropped its prepared context statements
+	// ("" otherwise). A holder with that key then asserts only its context
+	// settings (the tenant's), through those statements, per transaction:
+	// its startup parameters are already the connection's, and a ROLLBACK
+	// falls back to them.
 	settled string
 
 	// mu guards the prepared-statement bookkeeping, which the response side
@@ -125,7 +126,7 @@ var errPoolClosed = fatalf(codeAdminShutdown, "terminating connection due to adm
 // acquire returns a connection for a client of tenant whose context
 // settings are key: clean for it (see serverConn.dirtyKey), checked if it
 // sat idle long, and with no cancel request in flight.
-func (p *txPool) acquire(cancel <-chan struct{}, tenant, key string) (*serverConn, error) {
+func (p *txPool) acquire(cancel <-chan struct{}, tenant, key string, ctxPrepare []byte) (*serverConn, error) {
 	sc, open, err := p.reserve(cancel, tenant, key)
 	if err != nil {
 		return nil, err
@@ -141,7 +142,7 @@ func (p *txPool) acquire(cancel <-chan struct{}, tenant, key string) (*serverCon
 				return nil, err
 			}
 		}
-		if err = p.prepare(sc, key); err == nil {
+		if err = p.prepare(sc, key, ctxPrepare); err == nil {
 			return sc, nil
 		}
 		// A broken connection: replace it, keeping the slot.
@@ -279,7 +280,7 @@ func (p *txPool) dispatch() {
 
 // prepare makes a connection ready for a client: no cancel in flight, alive
 // if it sat idle long, and reset if another context may be committed on it.
-func (p *txPool) prepare(sc *serverConn, key string) error {
+func (p *txPool) prepare(sc *serverConn, key string, ctxPrepare []byte) error {
 	// Taking cancelMu waits for a cancel request still in flight.
 	sc.cancelMu.Lock()
 	dead := sc.dead.Load()
@@ -296,13 +297,15 @@ func (p *txPool) prepare(sc *serverConn, key string) error {
 		_, err := p.roundTrip(sc, emptyQuery, p.cfg.WaitTimeout.Duration)
 		return err
 	}
-	// One round trip resets the last holder's settings if they differ and
-	// commits this key's (key is its SET statements).
+	// One round trip resets the last holder's settings if they differ,
+	// commits this key's (key is its SET statements) and prepares the
+	// context statements.
 	sql := key
 	if needReset {
 		sql = sc.dirtyReset + "; " + key
 	}
-	_, err := p.roundTrip(sc, encodeQuery(sql), p.cfg.WaitTimeout.Duration)
+	msgs := append(append(encodeQuery(sql), ctxPrepare...), syncMessage...)
+	_, err := p.roundTripN(sc, msgs, 2, p.cfg.WaitTimeout.Duration)
 	var pgErr *pgconn.PgError
 	switch {
 	case err == nil:
@@ -324,6 +327,8 @@ func (p *txPool) prepare(sc *serverConn, key string) error {
 	return nil
 }
 
+var syncMessage = []byte{'S', 0, 0, 0, 4}
+
 // encodeQuery is sql as a Query message.
 func encodeQuery(sql string) []byte {
 	msg, err := (&pgproto3.Query{String: sql}).Encode(nil)
@@ -340,7 +345,13 @@ var emptyQuery = []byte{'Q', 0, 0, 0, 5, 0}
 // connection nobody else is using and waits for the replies up to
 // ReadyForQuery, collecting the ParameterStatus values; an error fails it.
 func (p *txPool) roundTrip(sc *serverConn, query []byte, timeout time.Duration) (map[string]string, error) {
-	c := &collector{sc: sc, statuses: map[string]string{}, done: make(chan error, 1)}
+	return p.roundTripN(sc, query, 1, timeout)
+}
+
+// roundTripN is roundTrip for messages that end in n ReadyForQuery; it
+// fails if any part does.
+func (p *txPool) roundTripN(sc *serverConn, query []byte, n int, timeout time.Duration) (map[string]string, error) {
+	c := &collector{sc: sc, statuses: map[string]string{}, want: n, done: make(chan error, 1)}
 	sc.coll.Store(c)
 	defer sc.coll.Store(nil)
 	// A simple query drops the unnamed statement, whoever's it was.
@@ -373,7 +384,8 @@ type collector struct {
 	sc       *serverConn
 	statuses map[string]string
 	failed   error
-	over     bool // its ReadyForQuery came: anything more is not its own
+	want     int  // ReadyForQuery messages that end it
+	over     bool // its last ReadyForQuery came: anything more is not its own
 	done     chan error
 }
 
@@ -392,13 +404,15 @@ func (c *collector) reply(typ byte, size int) error {
 		}
 	case 'Z':
 		if c.over {
-			return errors.New("a second ReadyForQuery for one round trip")
+			return errors.New("an extra ReadyForQuery for one round trip")
 		}
-		c.over = true
 		if c.failed == nil && msg[5] != 'I' {
 			c.failed = fmt.Errorf("upstream not idle after a round trip of pgtenant's (status %q)", msg[5])
 		}
-		c.done <- c.failed
+		if c.want--; c.want == 0 {
+			c.over = true
+			c.done <- c.failed
+		}
 	default:
 		if c.over {
 			return fmt.Errorf("reply %q after the end of a round trip of pgtenant's", typ)
@@ -519,8 +533,8 @@ func (p *txPool) cacheStatuses(paramsKey string, m map[string]string) {
 // learnStatuses runs a client's assertion once on a pooled connection: it
 // checks that the settings apply and returns the parameter statuses a
 // client with those settings is to be told.
-func (p *txPool) learnStatuses(tenant, ctxKey, resetQuery string, assertion []byte, timeout time.Duration) (map[string]string, error) {
-	sc, err := p.acquire(nil, tenant, ctxKey)
+func (p *txPool) learnStatuses(tenant, ctxKey, resetQuery string, ctxPrepare, assertion []byte, timeout time.Duration) (map[string]string, error) {
+	sc, err := p.acquire(nil, tenant, ctxKey, ctxPrepare)
 	if err != nil {
 		return nil, err
 	}

@@ -32,10 +32,12 @@ type pooledState struct {
 	pool       *txPool
 	ctxKey     string // this client's context settings (serverConn.dirtyKey)
 	resetQuery string // resets them, for a holder with other settings
-	// settled is the assertion of the context settings alone, for a
-	// connection whose committed settings are this client's (serverConn.settled).
-	settled assertion
-	changes bool // the guard's ChangesSettings for the message being relayed
+	// settled is the assertion of the context settings alone, through the
+	// statements ctxPrepare prepares, for a connection whose committed
+	// settings are this client's (serverConn.settled).
+	settled    assertion
+	ctxPrepare []byte
+	changes    bool // the guard's ChangesSettings for the message being relayed
 
 	// Guarded by leaseMu (with pending, when the response side detaches).
 	sc       *serverConn // held connection, nil between transactions
@@ -139,7 +141,7 @@ func (r *relay) leaseFor(typ byte, startsUnit bool) (bool, error) {
 	if r.draining.Load() {
 		return false, errDraining
 	}
-	sc, err := r.pool.acquire(r.done, r.tenant, r.ctxKey)
+	sc, err := r.pool.acquire(r.done, r.tenant, r.ctxKey, r.ctxPrepare)
 	if err != nil {
 		return false, err
 	}

@@ -268,6 +268,8 @@ func (r *relay) clientToUpstream() error {
 			if substitute, resets, deallocates, err = r.check(msg); err != nil {
 				return err
 			}
+			// DEALLOCATE ALL drops the prepared context statements too.
+			r.changes = r.changes || deallocates
 		}
 		if copyIn && typ != 'd' && typ != 'c' && typ != 'f' && typ != 'S' && typ != 'H' {
 			return fatalf(codeProtocolViolation, "unexpected message type %q during COPY from stdin", typ)

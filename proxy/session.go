@@ -299,12 +299,14 @@ func (s *Server) startPooledSession(rt *runtime, st *startup, cr *bufio.Reader, 
 	// The tenant's settings last, the role at the very end.
 	settings = append(settings, rt.contextSettings(ident)...)
 	a := newAssertion(settings)
+	settled, ctxPrepare := newPreparedAssertion(settings[len(names):])
 	rl := newRelay(st.conn, cr, cw, nil, a, rt.pooledGuard, ident.Expires)
 	rl.pooledState = pooledState{
 		pool:       rt.pool,
 		ctxKey:     a.statements,
 		resetQuery: resetQueryFor(settings),
-		settled:    newAssertion(settings[len(names):]),
+		settled:    settled,
+		ctxPrepare: ctxPrepare,
 		stmts:      statements{byName: map[string]*clientStmt{}, changed: make(chan struct{}, 1)},
 	}
 
@@ -316,7 +318,7 @@ func (s *Server) startPooledSession(rt *runtime, st *startup, cr *bufio.Reader, 
 	merged, ok := rt.pool.cachedStatuses(paramsKey)
 	if !ok {
 		var err error
-		if merged, err = rt.pool.learnStatuses(ident.Tenant, rl.ctxKey, rl.resetQuery, a.standalone, rt.cfg.ConnectTimeout.Duration); err != nil {
+		if merged, err = rt.pool.learnStatuses(ident.Tenant, rl.ctxKey, rl.resetQuery, ctxPrepare, a.standalone, rt.cfg.ConnectTimeout.Duration); err != nil {
 			return nil, err
 		}
 		rt.pool.cacheStatuses(paramsKey, merged)
