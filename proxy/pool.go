@@ -94,6 +94,49 @@ type txPool struct {
 	stop     context.CancelFunc
 	done     chan struct{}
 	readers  sync.WaitGroup // one per open connection
+
+	ctxMu    sync.Mutex
+	contexts map[string]*poolContext // by key, while a session uses it
+}
+
+// poolContext is what the sessions with one set of settings (startup
+// parameters and tenant context) have in common: the same pre-encoded
+// assertions, kept once rather than per idle client.
+type poolContext struct {
+	key        string    // the SET statements (serverConn.dirtyKey, settled)
+	assertion  assertion // every setting
+	settled    assertion // the context settings, through ctxPrepare's statements
+	ctxPrepare []byte
+	resetQuery string
+	refs       int // sessions using it
+}
+
+// takeContext returns the shared context of settings, whose first
+// startupN are startup parameters and the rest the tenant context.
+// Each session drops it when it ends.
+func (p *txPool) takeContext(settings []setting, startupN int) *poolContext {
+	key := setStatements(settings)
+	p.ctxMu.Lock()
+	defer p.ctxMu.Unlock()
+	if pc := p.contexts[key]; pc != nil {
+		pc.refs++
+		return pc
+	}
+	pc := &poolContext{key: key, assertion: newAssertion(settings), resetQuery: resetQueryFor(settings), refs: 1}
+	pc.settled, pc.ctxPrepare = newPreparedAssertion(settings[startupN:])
+	p.contexts[key] = pc
+	return pc
+}
+
+// dropContext ends a session's use of the context of key.
+func (p *txPool) dropContext(key string) {
+	p.ctxMu.Lock()
+	defer p.ctxMu.Unlock()
+	if pc := p.contexts[key]; pc != nil {
+		if pc.refs--; pc.refs <= 0 {
+			delete(p.contexts, key)
+		}
+	}
 }
 
 type poolWaiter struct {
@@ -115,6 +158,8 @@ func newTxPool(cfg config.Pool, connect func(context.Context) (*serverConn, erro
 		active:  map[string]int{},
 		waiters: map[string][]*poolWaiter{},
 		done:    make(chan struct{}),
+
+		contexts: map[string]*poolContext{},
 	}
 	p.ctx, p.stop = context.WithCancel(context.Background())
 	go p.maintain()

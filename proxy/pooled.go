@@ -339,6 +339,9 @@ func (r *relay) relayStatementMessage(typ byte, size int, msg []byte, peeked boo
 		server := serverStmtName(r.ctxKey, rest)
 		cs := &clientStmt{server: server, parse: appendParse(nil, server, rest), changes: r.changes}
 		st.mu.Lock()
+		if st.byName == nil {
+			st.byName = map[string]*clientStmt{} // most clients never prepare by name
+		}
 		st.byName[string(name)] = cs
 		st.mu.Unlock()
 		had := sc.touch(server)

@@ -36,6 +36,9 @@ func (rf *refusals) add(e *pgconn.PgError) uint64 {
 	rf.mu.Lock()
 	defer rf.mu.Unlock()
 	rf.next++
+	if rf.pending == nil {
+		rf.pending = map[uint64]*pgconn.PgError{} // most sessions never need it
+	}
 	rf.pending[rf.next] = e
 	rf.outstanding.Store(int32(len(rf.pending)))
 	return rf.next

@@ -114,7 +114,6 @@ func newRelay(client net.Conn, cr *bufio.Reader, cw *bufio.Writer, upstream net.
 		obs:            nopObserver{},
 		expires:        expires,
 		guard:          g,
-		refusals:       refusals{pending: map[uint64]*pgconn.PgError{}},
 		client:         client,
 		cr:             cr,
 		cw:             cw,

@@ -298,17 +298,23 @@ func (s *Server) startPooledSession(rt *runtime, st *startup, cr *bufio.Reader, 
 	}
 	// The tenant's settings last, the role at the very end.
 	settings = append(settings, rt.contextSettings(ident)...)
-	a := newAssertion(settings)
-	settled, ctxPrepare := newPreparedAssertion(settings[len(names):])
+	pc := rt.pool.takeContext(settings, len(names))
+	a := pc.assertion
 	rl := newRelay(st.conn, cr, cw, nil, a, rt.pooledGuard, ident.Expires)
 	rl.pooledState = pooledState{
 		pool:       rt.pool,
-		ctxKey:     a.statements,
-		resetQuery: resetQueryFor(settings),
-		settled:    settled,
-		ctxPrepare: ctxPrepare,
-		stmts:      statements{byName: map[string]*clientStmt{}, changed: make(chan struct{}, 1)},
+		ctxKey:     pc.key,
+		resetQuery: pc.resetQuery,
+		settled:    pc.settled,
+		ctxPrepare: pc.ctxPrepare,
+		stmts:      statements{changed: make(chan struct{}, 1)},
 	}
+	started := false
+	defer func() {
+		if !started {
+			rt.pool.dropContext(pc.key)
+		}
+	}()
 
 	// The parameter statuses to report depend on the startup parameters
 	// only: learned once per distinct set, so that logging in does not need
@@ -318,7 +324,7 @@ func (s *Server) startPooledSession(rt *runtime, st *startup, cr *bufio.Reader, 
 	merged, ok := rt.pool.cachedStatuses(paramsKey)
 	if !ok {
 		var err error
-		if merged, err = rt.pool.learnStatuses(ident.Tenant, rl.ctxKey, rl.resetQuery, ctxPrepare, a.standalone, rt.cfg.ConnectTimeout.Duration); err != nil {
+		if merged, err = rt.pool.learnStatuses(ident.Tenant, rl.ctxKey, rl.resetQuery, rl.ctxPrepare, a.standalone, rt.cfg.ConnectTimeout.Duration); err != nil {
 			return nil, err
 		}
 		rt.pool.cacheStatuses(paramsKey, merged)
@@ -333,6 +339,7 @@ func (s *Server) startPooledSession(rt *runtime, st *startup, cr *bufio.Reader, 
 	rl.cw = nil
 	log.Info("session started", "pool_mode", config.PoolModeTransaction, "startup_ms", time.Since(start).Milliseconds())
 	s.configureRelay(rt, rl, ident.Tenant)
+	started = true // session.close drops the context
 	return &session{s: s, log: log, client: st.conn, relay: rl, key: key, ident: ident, started: time.Now()}, nil
 }
 
@@ -463,6 +470,7 @@ func (ss *session) close() {
 	ss.s.cancels.unregister(ss.key)
 	if ss.relay != nil && ss.relay.pooled() {
 		ss.relay.endLease()
+		ss.relay.pool.dropContext(ss.relay.ctxKey)
 		return
 	}
 	ss.upstream.Close()

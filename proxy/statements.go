@@ -211,6 +211,9 @@ func (st *statements) dropUnit(seq uint64, sc *serverConn) {
 		case effectClientAdd, effectClientAddServer:
 			delete(st.byName, e.client)
 		case effectClientRemove:
+			if st.byName == nil {
+				st.byName = map[string]*clientStmt{}
+			}
 			st.byName[e.client] = e.stmt
 		case effectClientUnnamed:
 			// Failed (or skipped): PostgreSQL drops the unnamed statement
