@@ -4,8 +4,10 @@ import (
 	"bufio"
 	"context"
 	"encoding/binary"
+	"errors"
 	"io"
 	"net"
+	"os"
 	"strings"
 	"sync"
 	"time"
@@ -55,7 +57,26 @@ type pooledState struct {
 	// takes a writer for the length of a lease.
 	park   [256]byte
 	prefix prefixReader
+
+	// A client idle longer than parkAfter leaves its goroutine and waits in
+	// the parker (parker_linux.go); parker is nil for clients that cannot.
+	parker    *parker
+	parkFD    int32
+	resume    func() // the session's way back from the parker
+	parkMu    sync.Mutex
+	parkState uint8 // parkNone, parkWaiting (in parkReader), parkTaken
+	parkSince int64 // when it started waiting, UnixNano
 }
+
+const (
+	parkNone    = iota
+	parkWaiting // blocked in parkReader's read, holding nothing
+	parkTaken   // the parker ended that read with a deadline, to park it
+)
+
+// errParked means the request side has left its goroutine: the client
+// waits in the parker, and resume goes on.
+var errParked = errors.New("parked")
 
 // Buffers of idle clients go back to these pools.
 var (
@@ -80,10 +101,33 @@ func (p *prefixReader) Read(b []byte) (int, error) {
 
 // parkReader waits for the client's next bytes with its read buffer given
 // back, and takes one again when they come. Called with nothing buffered.
-func (r *relay) parkReader() error {
-	readerPool.Put(r.cr)
-	r.cr = nil
+// mayLeave says the request side holds no state of its own here (not in an
+// extended-protocol group or a COPY), so the parker may take the client:
+// then it returns errParked.
+func (r *relay) parkReader(mayLeave bool) error {
+	if r.cr != nil {
+		readerPool.Put(r.cr)
+		r.cr = nil
+	}
+	leave := mayLeave && r.parker != nil
+	if leave {
+		r.parkMu.Lock()
+		r.parkState, r.parkSince = parkWaiting, time.Now().UnixNano()
+		r.parkMu.Unlock()
+	}
 	n, err := r.client.Read(r.park[:])
+	if leave {
+		r.parkMu.Lock()
+		taken := r.parkState == parkTaken
+		r.parkState = parkNone
+		if taken {
+			_ = r.client.SetReadDeadline(time.Time{})
+		}
+		r.parkMu.Unlock()
+		if taken && n == 0 && errors.Is(err, os.ErrDeadlineExceeded) {
+			return errParked
+		}
+	}
 	r.cr = readerPool.Get().(*bufio.Reader)
 	r.prefix = prefixReader{rest: r.park[:n], conn: r.client}
 	r.cr.Reset(&r.prefix)
@@ -91,6 +135,23 @@ func (r *relay) parkReader() error {
 		return nil // an error comes again on the next read
 	}
 	return err
+}
+
+// takeIfIdle ends the read of a client that has waited in parkReader since
+// before idleSince with no connection held, so that the parker can take it.
+func (r *relay) takeIfIdle(idleSince int64) {
+	r.parkMu.Lock()
+	defer r.parkMu.Unlock()
+	if r.parker == nil || r.parkState != parkWaiting || r.parkSince > idleSince {
+		return
+	}
+	r.leaseMu.Lock()
+	free := r.sc == nil && !r.stopping
+	r.leaseMu.Unlock()
+	if free {
+		r.parkState = parkTaken
+		_ = r.client.SetReadDeadline(time.Unix(1, 0))
+	}
 }
 
 // clientWriter returns the client writer, taking one if the client has
@@ -248,6 +309,10 @@ func (r *relay) stopPooled() bool {
 // connection is closed so that the request side stops too.
 func (r *relay) failResponse(err error) {
 	r.failOnce.Do(func() {
+		if r.parker != nil {
+			// A parked client gets its goroutine back to see the close.
+			r.parker.unpark(r)
+		}
 		r.respErr = err
 		if !r.closing.Swap(true) {
 			r.clientWriter()

@@ -237,7 +237,10 @@ func (r *relay) clientToUpstream() error {
 			}
 			r.armIdleTimeout()
 			if r.pooled() && r.cr.Buffered() == 0 {
-				if err := r.parkReader(); err != nil {
+				if err := r.parkReader(!inGroup && !copyIn); err != nil {
+					if err == errParked {
+						return err
+					}
 					return r.idleError(err)
 				}
 			}

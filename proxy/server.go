@@ -55,6 +55,7 @@ type Server struct {
 	draining   bool
 	onClose    []func()
 	wg         sync.WaitGroup
+	parker     *parker // made with the first client it may park; nil until then
 }
 
 // runtime is everything a session takes from the configuration. A session
@@ -255,11 +256,7 @@ func (s *Server) Serve(ln net.Listener) error {
 			return ErrServerClosed
 		}
 		s.wg.Add(1)
-		go func() {
-			defer s.wg.Done()
-			defer s.untrack(conn)
-			s.serveConn(conn)
-		}()
+		go s.serveConn(conn) // which calls connDone when the connection ends
 	}
 }
 
@@ -271,6 +268,12 @@ func (s *Server) track(c net.Conn) bool {
 	}
 	s.conns[c] = struct{}{}
 	return true
+}
+
+// connDone is the end of a client connection that Serve counted.
+func (s *Server) connDone(c net.Conn) {
+	s.untrack(c)
+	s.wg.Done()
 }
 
 func (s *Server) untrack(c net.Conn) {
@@ -287,6 +290,12 @@ func (s *Server) Close() error {
 	for ln := range s.listeners {
 		ln.Close()
 	}
+	pk := s.parker
+	s.mu.Unlock()
+	if pk != nil {
+		pk.close() // parked clients get their goroutines back, to see the close
+	}
+	s.mu.Lock()
 	for c := range s.conns {
 		c.Close()
 	}
@@ -367,6 +376,30 @@ func (s *Server) releaseTenant(tenant string) {
 		return
 	}
 	s.perTenant[tenant]--
+}
+
+// parkerFor returns the server's parker, starting it if need be; nil when
+// the server is closed or the system has none.
+func (s *Server) parkerFor() *parker {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.parker == nil && !s.closed {
+		s.parker = newParker(s.takeIdle)
+	}
+	return s.parker
+}
+
+// takeIdle is the parker's sweep: it hands over the clients that have
+// waited since before idleSince.
+func (s *Server) takeIdle(idleSince time.Time) {
+	since := idleSince.UnixNano()
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for ss := range s.sessions {
+		if r := ss.relay; r.pooled() {
+			r.takeIfIdle(since)
+		}
+	}
 }
 
 func (s *Server) addSession(ss *session) {

@@ -37,16 +37,23 @@ func (s *Server) serveConn(conn net.Conn) {
 	go func() { established <- s.establish(conn, rt, log) }()
 	sess := <-established
 	if sess == nil {
+		obs.ConnState(state, "closed")
+		s.connDone(conn)
 		return
 	}
-	defer sess.client.Close()
-	defer s.clients.Add(-1)
-	defer sess.close()
 	sess.id = id
 	obs.ConnState(state, "active")
-	state = "active"
+	// In transaction mode the session may outlive this goroutine (parker):
+	// whichever goroutine ends it cleans up.
+	sess.ended = func() {
+		s.removeSession(sess)
+		sess.close()
+		s.clients.Add(-1)
+		sess.client.Close()
+		obs.ConnState("active", "closed")
+		s.connDone(conn)
+	}
 	s.addSession(sess)
-	defer s.removeSession(sess)
 	sess.run()
 }
 
@@ -114,6 +121,7 @@ type session struct {
 	relay    *relay
 	key      cancelKey
 
+	ended       func() // cleans up once the session is over
 	id          uint64
 	ident       auth.Identity
 	upstreamPID uint32
@@ -339,8 +347,16 @@ func (s *Server) startPooledSession(rt *runtime, st *startup, cr *bufio.Reader, 
 	rl.cw = nil
 	log.Info("session started", "pool_mode", config.PoolModeTransaction, "startup_ms", time.Since(start).Milliseconds())
 	s.configureRelay(rt, rl, ident.Tenant)
+	if lim := rt.cfg.Limits; lim.IdleTimeout.Duration == 0 && lim.IdleInTransactionTimeout.Duration == 0 {
+		// Idle timeouts are read deadlines: a parked client has no read.
+		if fd := connFD(st.conn); fd >= 0 {
+			rl.parker, rl.parkFD = s.parkerFor(), fd
+		}
+	}
 	started = true // session.close drops the context
-	return &session{s: s, log: log, client: st.conn, relay: rl, key: key, ident: ident, started: time.Now()}, nil
+	ss := &session{s: s, log: log, client: st.conn, relay: rl, key: key, ident: ident, started: time.Now()}
+	rl.resume = ss.resume
+	return ss, nil
 }
 
 // run relays until either side ends, then tears both down. A client that goes
@@ -374,14 +390,48 @@ func (ss *session) run() {
 		_ = ss.client.SetWriteDeadline(time.Now().Add(time.Second))
 	}
 	ss.finish(reqErr, <-respErr, first)
+	ss.ended()
 }
 
 // runPooled is run in transaction mode: the request side runs here, the
 // response side in the reader of whichever pooled connection the session
 // holds.
 func (ss *session) runPooled() {
+	ss.endPooled(ss.relay.clientToUpstream())
+}
+
+// resume goes on with a session that the parker held, on a new goroutine.
+func (ss *session) resume() {
 	r := ss.relay
-	reqErr := r.clientToUpstream()
+	err := r.parkReader(true)
+	if err == nil {
+		// Into the read buffer, so that the relay loop does not wait again.
+		_, err = r.cr.Peek(1)
+	}
+	switch {
+	case err == nil:
+		err = r.clientToUpstream()
+	case err != errParked:
+		err = r.idleError(err)
+	}
+	ss.endPooled(err)
+}
+
+// endPooled ends the session when its request side has ended with reqErr,
+// unless it has only left for the parker.
+func (ss *session) endPooled(reqErr error) {
+	r := ss.relay
+	if reqErr == errParked {
+		if r.parker.park(r) {
+			return
+		}
+		// Not parked after all: never try again, and go on here.
+		r.parkMu.Lock()
+		r.parker = nil
+		r.parkMu.Unlock()
+		ss.resume()
+		return
+	}
 	first := !r.closing.Swap(true)
 	if first {
 		_ = ss.client.SetWriteDeadline(time.Now().Add(time.Second))
@@ -396,6 +446,7 @@ func (ss *session) runPooled() {
 	default:
 	}
 	ss.finish(reqErr, respErr, first)
+	ss.ended()
 }
 
 // finish reports the request side's error to the client if it ended the

@@ -1,0 +1,81 @@
+package e2e
+
+import (
+	"context"
+	"runtime"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5/pgconn"
+)
+
+// A transaction-mode client idle for more than a second leaves its goroutine
+// for the parker and gets one again when it sends something. Parked clients
+// that hang up, are drained or are closed end like any other.
+func TestPoolParksIdleClients(t *testing.T) {
+	p := startProxy(t, transactionPool(2))
+	const n = 40
+	conns := make([]*pgconn.PgConn, n)
+	ids := make([]string, n)
+	for i := range conns {
+		tn := tenantA
+		if i%2 == 1 {
+			tn = tenantB
+		}
+		conns[i], ids[i] = p.pgconnect(t, tn), tn.ID
+	}
+	check := func(round string, from int) {
+		t.Helper()
+		for i := from; i < n; i++ {
+			if got := queryOne(t, conns[i], "SELECT current_setting('app.tenant_id')"); got != ids[i] {
+				t.Fatalf("%s: client %d ran as %q, want %q", round, i, got, ids[i])
+			}
+		}
+	}
+	check("before parking", 0)
+	busy := runtime.NumGoroutine()
+	waitParked := func(round string, clients int) {
+		t.Helper()
+		deadline := time.Now().Add(10 * time.Second)
+		for runtime.NumGoroutine() > busy-clients*3/4 {
+			if time.Now().After(deadline) {
+				t.Fatalf("%s: %d goroutines with %d idle clients, %d while they were busy: not parked", round, runtime.NumGoroutine(), clients, busy)
+			}
+			time.Sleep(50 * time.Millisecond)
+		}
+	}
+	waitParked("first wait", n)
+	check("back from the parker", 0)
+	check("again", 0)
+
+	waitParked("second wait", n)
+	ctx := context.Background()
+	for i := 0; i < n/2; i++ {
+		conns[i].Close(ctx)
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for len(p.srv.Sessions()) != n-n/2 {
+		if time.Now().After(deadline) {
+			t.Fatalf("%d sessions after %d of %d parked clients hung up", len(p.srv.Sessions()), n/2, n)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	check("the others, after the hang-ups", n/2)
+
+	waitParked("third wait", n-n/2)
+	sctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	start := time.Now()
+	if err := p.srv.Shutdown(sctx); err != nil {
+		t.Fatalf("drain with parked clients: %v", err)
+	}
+	if d := time.Since(start); d > 2*time.Second {
+		t.Errorf("drain with parked clients took %s", d)
+	}
+	for i := n / 2; i < n; i++ {
+		_, err := conns[i].Exec(ctx, "SELECT 1").ReadAll()
+		if code := pgCode(err); code != "57P01" && !conns[i].IsClosed() {
+			t.Fatalf("parked client %d after the drain: %v, want 57P01", i, err)
+		}
+	}
+}

@@ -1,0 +1,161 @@
+package proxy
+
+import (
+	"errors"
+	"net"
+	"sync"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+// parker holds transaction-mode clients that have been idle for a while
+// without a goroutine each. Their sockets wait in an epoll set of the
+// parker's own; one goroutine waits on it, and a client that sends
+// something (or goes away) gets a goroutine again.
+//
+// Why: an idle client otherwise costs a goroutine blocked in a read, and a
+// goroutine that has relayed queries keeps a stack of 4 KiB or more — the
+// largest part of what an idle client costs. Only clients idle for longer
+// than parkAfter are parked, so a busy client never pays for the hand-over.
+type parker struct {
+	epfd   int
+	wakefd int // eventfd: tells the loop to stop
+	sweep  func(idleSince time.Time)
+
+	mu     sync.Mutex
+	parked map[int32]*relay
+	closed bool
+	done   chan struct{}
+}
+
+// parkAfter is how long a client waits in a read before it is parked.
+const parkAfter = time.Second
+
+// newParker starts a parker whose loop calls sweep every parkAfter/2 to
+// find clients to park. It returns nil if the system refuses (the clients
+// then simply keep their goroutines).
+func newParker(sweep func(idleSince time.Time)) *parker {
+	epfd, err := unix.EpollCreate1(unix.EPOLL_CLOEXEC)
+	if err != nil {
+		return nil
+	}
+	wakefd, err := unix.Eventfd(0, unix.EFD_CLOEXEC|unix.EFD_NONBLOCK)
+	if err != nil {
+		unix.Close(epfd)
+		return nil
+	}
+	if err := unix.EpollCtl(epfd, unix.EPOLL_CTL_ADD, wakefd, &unix.EpollEvent{Events: unix.EPOLLIN, Fd: int32(wakefd)}); err != nil {
+		unix.Close(epfd)
+		unix.Close(wakefd)
+		return nil
+	}
+	p := &parker{epfd: epfd, wakefd: wakefd, sweep: sweep, parked: map[int32]*relay{}, done: make(chan struct{})}
+	go p.loop()
+	return p
+}
+
+// park hands over a client whose request side has just left (errParked).
+// It reports false if the client cannot be parked; the caller then goes on
+// serving it.
+func (p *parker) park(r *relay) bool {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.closed {
+		return false
+	}
+	// Level-triggered and one-shot: bytes that came before this call wake
+	// it at once, and one wake-up is all it gets.
+	ev := unix.EpollEvent{Events: unix.EPOLLIN | unix.EPOLLRDHUP | unix.EPOLLONESHOT, Fd: r.parkFD}
+	if unix.EpollCtl(p.epfd, unix.EPOLL_CTL_ADD, int(r.parkFD), &ev) != nil {
+		return false
+	}
+	p.parked[r.parkFD] = r
+	return true
+}
+
+// unpark takes a parked client back, before anyone closes its connection
+// (the descriptor must not be reused while it is in the set), and resumes
+// it on a goroutine of its own. Not parked, it does nothing.
+func (p *parker) unpark(r *relay) {
+	p.mu.Lock()
+	parked := p.parked[r.parkFD] == r
+	if parked {
+		delete(p.parked, r.parkFD)
+		_ = unix.EpollCtl(p.epfd, unix.EPOLL_CTL_DEL, int(r.parkFD), nil)
+	}
+	p.mu.Unlock()
+	if parked {
+		go r.resume()
+	}
+}
+
+func (p *parker) loop() {
+	defer close(p.done)
+	events := make([]unix.EpollEvent, 128)
+	lastSweep := time.Now()
+	for {
+		n, err := unix.EpollWait(p.epfd, events, int(parkAfter/2/time.Millisecond))
+		if err != nil && !errors.Is(err, unix.EINTR) {
+			return
+		}
+		for _, ev := range events[:max(n, 0)] {
+			if int(ev.Fd) == p.wakefd {
+				return
+			}
+			p.mu.Lock()
+			r := p.parked[ev.Fd]
+			delete(p.parked, ev.Fd)
+			if r != nil {
+				_ = unix.EpollCtl(p.epfd, unix.EPOLL_CTL_DEL, int(ev.Fd), nil)
+			}
+			p.mu.Unlock()
+			if r != nil {
+				go r.resume()
+			}
+		}
+		if now := time.Now(); now.Sub(lastSweep) >= parkAfter/2 {
+			lastSweep = now
+			p.sweep(now.Add(-parkAfter))
+		}
+	}
+}
+
+// close stops the loop and resumes every parked client; closing their
+// connections then ends them. It is idempotent.
+func (p *parker) close() {
+	p.mu.Lock()
+	if p.closed {
+		p.mu.Unlock()
+		return
+	}
+	p.closed = true
+	parked := make([]*relay, 0, len(p.parked))
+	for fd, r := range p.parked {
+		_ = unix.EpollCtl(p.epfd, unix.EPOLL_CTL_DEL, int(fd), nil)
+		parked = append(parked, r)
+	}
+	clear(p.parked)
+	p.mu.Unlock()
+	one := []byte{1, 0, 0, 0, 0, 0, 0, 0}
+	_, _ = unix.Write(p.wakefd, one)
+	<-p.done
+	unix.Close(p.epfd)
+	unix.Close(p.wakefd)
+	for _, r := range parked {
+		go r.resume()
+	}
+}
+
+// connFD returns the descriptor of a plain (not TLS) client connection, or
+// -1: only those can wait in the parker's set, which sees the socket, not
+// what a TLS layer may have buffered.
+func connFD(conn net.Conn) int32 {
+	dc, ok := conn.(*directConn)
+	if !ok {
+		return -1
+	}
+	fd := int32(-1)
+	_ = dc.raw.Control(func(f uintptr) { fd = int32(f) })
+	return fd
+}
