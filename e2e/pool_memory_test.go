@@ -5,6 +5,7 @@ import (
 	"net"
 	"runtime"
 	"testing"
+	"time"
 
 	"github.com/jackc/pgx/v5/pgconn"
 )
@@ -35,6 +36,8 @@ func BenchmarkIdleClientMemory(b *testing.B) {
 			}
 			conns = append(conns, hc.Conn)
 		}
+		// Idle clients are parked after a second without a goroutine.
+		time.Sleep(3 * time.Second)
 		after, afterStack := liveBytes()
 		b.ReportMetric(float64(after-before)/clients, "B/idle-client")
 		b.ReportMetric(float64(afterStack-beforeStack)/clients, "stack-B/idle-client")

@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/pgtenant/pgtenant/metrics"
 )
 
 // A transaction-mode client idle for more than a second leaves its goroutine
@@ -14,6 +15,8 @@ import (
 // that hang up, are drained or are closed end like any other.
 func TestPoolParksIdleClients(t *testing.T) {
 	p := startProxy(t, transactionPool(2))
+	m := metrics.New(metrics.Options{})
+	p.srv.SetObserver(m)
 	const n = 40
 	conns := make([]*pgconn.PgConn, n)
 	ids := make([]string, n)
@@ -45,6 +48,10 @@ func TestPoolParksIdleClients(t *testing.T) {
 		}
 	}
 	waitParked("first wait", n)
+	// Parked clients are still active connections.
+	if got := connMetrics(t, m); got != [3]float64{0, n, 0} {
+		t.Fatalf("connections (startup, active, closed) while parked: %v, want [0 %d 0]", got, n)
+	}
 	check("back from the parker", 0)
 	check("again", 0)
 
@@ -61,6 +68,9 @@ func TestPoolParksIdleClients(t *testing.T) {
 		time.Sleep(20 * time.Millisecond)
 	}
 	check("the others, after the hang-ups", n/2)
+	if got := connMetrics(t, m); got != [3]float64{0, n - n/2, n / 2} {
+		t.Fatalf("connections (startup, active, closed) after %d parked clients hung up: %v", n/2, got)
+	}
 
 	waitParked("third wait", n-n/2)
 	sctx, cancel := context.WithTimeout(ctx, 5*time.Second)
@@ -78,4 +88,32 @@ func TestPoolParksIdleClients(t *testing.T) {
 			t.Fatalf("parked client %d after the drain: %v, want 57P01", i, err)
 		}
 	}
+}
+
+// connMetrics reads the client connection gauge (startup, active) and the
+// closed counter from m.
+func connMetrics(t *testing.T, m *metrics.Metrics) [3]float64 {
+	t.Helper()
+	families, err := m.Registry().Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out [3]float64
+	for _, f := range families {
+		for _, mt := range f.GetMetric() {
+			switch f.GetName() {
+			case "pgtenant_client_connections":
+				for _, l := range mt.GetLabel() {
+					if l.GetName() == "state" && l.GetValue() == "startup" {
+						out[0] = mt.GetGauge().GetValue()
+					} else if l.GetName() == "state" && l.GetValue() == "active" {
+						out[1] = mt.GetGauge().GetValue()
+					}
+				}
+			case "pgtenant_client_connections_closed_total":
+				out[2] = mt.GetCounter().GetValue()
+			}
+		}
+	}
+	return out
 }

@@ -25,8 +25,10 @@ type parker struct {
 
 	mu     sync.Mutex
 	parked map[int32]*relay
-	closed bool
+	closed bool // no more parking
 	done   chan struct{}
+
+	closeOnce sync.Once
 }
 
 // parkAfter is how long a client waits in a read before it is parked.
@@ -61,7 +63,9 @@ func newParker(sweep func(idleSince time.Time)) *parker {
 func (p *parker) park(r *relay) bool {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	if p.closed {
+	if p.closed || r.noPark.Load() {
+		// Closed, or the session is ending: unpark, which comes before its
+		// connection is closed, has already been and gone.
 		return false
 	}
 	// Level-triggered and one-shot: bytes that came before this call wake
@@ -76,9 +80,11 @@ func (p *parker) park(r *relay) bool {
 
 // unpark takes a parked client back, before anyone closes its connection
 // (the descriptor must not be reused while it is in the set), and resumes
-// it on a goroutine of its own. Not parked, it does nothing.
+// it on a goroutine of its own. Either way the client is never parked again:
+// a request side on its way to park finds that out under the same lock.
 func (p *parker) unpark(r *relay) {
 	p.mu.Lock()
+	r.noPark.Store(true)
 	parked := p.parked[r.parkFD] == r
 	if parked {
 		delete(p.parked, r.parkFD)
@@ -97,6 +103,7 @@ func (p *parker) loop() {
 	for {
 		n, err := unix.EpollWait(p.epfd, events, int(parkAfter/2/time.Millisecond))
 		if err != nil && !errors.Is(err, unix.EINTR) {
+			p.resumeAll() // no more parking: nothing would wake them
 			return
 		}
 		for _, ev := range events[:max(n, 0)] {
@@ -124,11 +131,20 @@ func (p *parker) loop() {
 // close stops the loop and resumes every parked client; closing their
 // connections then ends them. It is idempotent.
 func (p *parker) close() {
+	p.closeOnce.Do(func() {
+		one := []byte{1, 0, 0, 0, 0, 0, 0, 0}
+		_, _ = unix.Write(p.wakefd, one)
+		<-p.done
+		p.resumeAll()
+		unix.Close(p.epfd)
+		unix.Close(p.wakefd)
+	})
+}
+
+// resumeAll ends parking: every parked client gets a goroutine again and
+// park refuses from now on.
+func (p *parker) resumeAll() {
 	p.mu.Lock()
-	if p.closed {
-		p.mu.Unlock()
-		return
-	}
 	p.closed = true
 	parked := make([]*relay, 0, len(p.parked))
 	for fd, r := range p.parked {
@@ -137,11 +153,6 @@ func (p *parker) close() {
 	}
 	clear(p.parked)
 	p.mu.Unlock()
-	one := []byte{1, 0, 0, 0, 0, 0, 0, 0}
-	_, _ = unix.Write(p.wakefd, one)
-	<-p.done
-	unix.Close(p.epfd)
-	unix.Close(p.wakefd)
 	for _, r := range parked {
 		go r.resume()
 	}

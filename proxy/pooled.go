@@ -10,6 +10,7 @@ import (
 	"os"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 )
 
@@ -62,7 +63,8 @@ type pooledState struct {
 	// the parker (parker_linux.go); parker is nil for clients that cannot.
 	parker    *parker
 	parkFD    int32
-	resume    func() // the session's way back from the parker
+	noPark    atomic.Bool // set for good once the session ends or parking failed
+	resume    func()      // the session's way back from the parker
 	parkMu    sync.Mutex
 	parkState uint8 // parkNone, parkWaiting (in parkReader), parkTaken
 	parkSince int64 // when it started waiting, UnixNano
@@ -109,7 +111,7 @@ func (r *relay) parkReader(mayLeave bool) error {
 		readerPool.Put(r.cr)
 		r.cr = nil
 	}
-	leave := mayLeave && r.parker != nil
+	leave := mayLeave && r.parker != nil && !r.noPark.Load()
 	if leave {
 		r.parkMu.Lock()
 		r.parkState, r.parkSince = parkWaiting, time.Now().UnixNano()
@@ -142,7 +144,7 @@ func (r *relay) parkReader(mayLeave bool) error {
 func (r *relay) takeIfIdle(idleSince int64) {
 	r.parkMu.Lock()
 	defer r.parkMu.Unlock()
-	if r.parker == nil || r.parkState != parkWaiting || r.parkSince > idleSince {
+	if r.parker == nil || r.noPark.Load() || r.parkState != parkWaiting || r.parkSince > idleSince {
 		return
 	}
 	r.leaseMu.Lock()

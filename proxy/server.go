@@ -394,11 +394,15 @@ func (s *Server) parkerFor() *parker {
 func (s *Server) takeIdle(idleSince time.Time) {
 	since := idleSince.UnixNano()
 	s.mu.Lock()
-	defer s.mu.Unlock()
+	relays := make([]*relay, 0, len(s.sessions))
 	for ss := range s.sessions {
-		if r := ss.relay; r.pooled() {
-			r.takeIfIdle(since)
+		if r := ss.relay; r != nil && r.pooled() {
+			relays = append(relays, r)
 		}
+	}
+	s.mu.Unlock()
+	for _, r := range relays {
+		r.takeIfIdle(since)
 	}
 }
 

@@ -26,8 +26,6 @@ func (s *Server) serveConn(conn net.Conn) {
 	rt := s.rt.Load()
 	obs := s.observer()
 	obs.ConnState("", "startup")
-	state := "startup"
-	defer func() { obs.ConnState(state, "closed") }()
 
 	// TLS, authentication and the upstream connect run on a goroutine of
 	// their own: the deep stack they grow goes with it, and the goroutine
@@ -37,12 +35,12 @@ func (s *Server) serveConn(conn net.Conn) {
 	go func() { established <- s.establish(conn, rt, log) }()
 	sess := <-established
 	if sess == nil {
-		obs.ConnState(state, "closed")
+		obs.ConnState("startup", "closed")
 		s.connDone(conn)
 		return
 	}
 	sess.id = id
-	obs.ConnState(state, "active")
+	obs.ConnState("startup", "active")
 	// In transaction mode the session may outlive this goroutine (parker):
 	// whichever goroutine ends it cleans up.
 	sess.ended = func() {
@@ -425,10 +423,9 @@ func (ss *session) endPooled(reqErr error) {
 		if r.parker.park(r) {
 			return
 		}
-		// Not parked after all: never try again, and go on here.
-		r.parkMu.Lock()
-		r.parker = nil
-		r.parkMu.Unlock()
+		// Not parked (ending, or the system refused): go on here, and do
+		// not try again.
+		r.noPark.Store(true)
 		ss.resume()
 		return
 	}

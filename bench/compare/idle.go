@@ -87,8 +87,7 @@ func measureIdle(ctx context.Context, c *pgcluster.Cluster, name string, o optio
 		return r, err
 	}
 	r.Elapsed = time.Since(start).Round(100 * time.Millisecond)
-	time.Sleep(settle)
-	if r.RSSAfter, err = rss(pid); err != nil {
+	if r.RSSAfter, err = settledRSS(pid, 30*time.Second); err != nil {
 		return r, err
 	}
 	if r.UpAfter, err = upstreamConns(ctx, c); err != nil {
@@ -171,6 +170,32 @@ func closeClients(conns []*pgconn.PgConn) {
 	}
 	close(ch)
 	wg.Wait()
+}
+
+// settledRSS waits until pid's RSS has stopped falling (by less than 1% in
+// two seconds), at most max, and returns it. Logging in thousands of clients
+// takes memory that is free again afterwards, and the Go runtime gives free
+// memory back to the system gradually; pgtenant also parks clients idle for
+// over a second, which frees their goroutines. What stays is what idle
+// clients cost.
+func settledRSS(pid int, max time.Duration) (int64, error) {
+	time.Sleep(settle)
+	prev, err := rss(pid)
+	if err != nil {
+		return 0, err
+	}
+	for deadline := time.Now().Add(max); time.Now().Before(deadline); {
+		time.Sleep(2 * time.Second)
+		cur, err := rss(pid)
+		if err != nil {
+			return 0, err
+		}
+		if cur > prev*99/100 {
+			return cur, nil
+		}
+		prev = cur
+	}
+	return prev, nil
 }
 
 // rss returns the resident set size of pid in bytes (VmRSS).
