@@ -56,7 +56,6 @@ type pooledState struct {
 	// An idle transaction-mode client holds no read or write buffer: the
 	// request side waits for its next bytes in park, the response side
 	// takes a writer for the length of a lease.
-	park   [256]byte
 	prefix prefixReader
 
 	// A client idle longer than parkAfter leaves its goroutine and waits in
@@ -80,14 +79,23 @@ const (
 // waits in the parker, and resume goes on.
 var errParked = errors.New("parked")
 
-// Buffers of idle clients go back to these pools.
+// Buffers of idle clients go back to these pools, and so does the queue of
+// units between a transaction-mode client's two sides between leases.
 var (
 	readerPool = sync.Pool{New: func() any { return bufio.NewReaderSize(nil, relayBufSize) }}
 	writerPool = sync.Pool{New: func() any { return bufio.NewWriterSize(nil, relayBufSize) }}
+	parkPool   = sync.Pool{New: func() any { return new([parkSize]byte) }}
+	unitsPool  = sync.Pool{New: func() any { return make(chan unit, maxUnitsInFlight) }}
 )
 
+// parkSize is what a waiting client's first read takes: a statement or
+// two; the read buffer takes the rest.
+const parkSize = 256
+
 // prefixReader reads what parkReader already read, then the connection.
+// The buffer that held it goes back to parkPool once read.
 type prefixReader struct {
+	buf  *[parkSize]byte
 	rest []byte
 	conn net.Conn
 }
@@ -96,9 +104,19 @@ func (p *prefixReader) Read(b []byte) (int, error) {
 	if len(p.rest) > 0 {
 		n := copy(b, p.rest)
 		p.rest = p.rest[n:]
+		if len(p.rest) == 0 {
+			p.release()
+		}
 		return n, nil
 	}
 	return p.conn.Read(b)
+}
+
+func (p *prefixReader) release() {
+	if p.buf != nil {
+		parkPool.Put(p.buf)
+		p.buf, p.rest = nil, nil
+	}
 }
 
 // parkReader waits for the client's next bytes with its read buffer given
@@ -117,7 +135,9 @@ func (r *relay) parkReader(mayLeave bool) error {
 		r.parkState, r.parkSince = parkWaiting, time.Now().UnixNano()
 		r.parkMu.Unlock()
 	}
-	n, err := r.client.Read(r.park[:])
+	r.prefix.release()
+	buf := parkPool.Get().(*[parkSize]byte)
+	n, err := r.client.Read(buf[:])
 	if leave {
 		r.parkMu.Lock()
 		taken := r.parkState == parkTaken
@@ -127,11 +147,15 @@ func (r *relay) parkReader(mayLeave bool) error {
 		}
 		r.parkMu.Unlock()
 		if taken && n == 0 && errors.Is(err, os.ErrDeadlineExceeded) {
+			parkPool.Put(buf)
 			return errParked
 		}
 	}
 	r.cr = readerPool.Get().(*bufio.Reader)
-	r.prefix = prefixReader{rest: r.park[:n], conn: r.client}
+	r.prefix = prefixReader{buf: buf, rest: buf[:n], conn: r.client}
+	if n == 0 {
+		r.prefix.release()
+	}
 	r.cr.Reset(&r.prefix)
 	if n > 0 {
 		return nil // an error comes again on the next read
@@ -216,6 +240,7 @@ func (r *relay) leaseFor(typ byte, startsUnit bool) (bool, error) {
 		return false, errDraining
 	}
 	r.sc, r.writing, r.broken = sc, true, false
+	r.units = unitsPool.Get().(chan unit)
 	r.leaseMu.Unlock()
 	r.uw = sc.w
 	r.wconn = sc.conn
@@ -271,6 +296,15 @@ func (r *relay) releaseLocked() {
 	sc := r.sc
 	r.sc = nil
 	r.stmts.reset()
+	// Both sides are done with the lease: what is left in the queue are
+	// void units (lone Syncs the server ignored), if anything.
+	if r.units != nil {
+		for len(r.units) > 0 {
+			<-r.units
+		}
+		unitsPool.Put(r.units)
+		r.units = nil
+	}
 	r.pool.release(sc, r.tenant, !r.broken)
 }
 

@@ -307,6 +307,9 @@ func (s *Server) startPooledSession(rt *runtime, st *startup, cr *bufio.Reader, 
 	pc := rt.pool.takeContext(settings, len(names))
 	a := pc.assertion
 	rl := newRelay(st.conn, cr, cw, nil, a, rt.pooledGuard, ident.Expires)
+	// The unit queue is taken per lease (leaseFor): an idle client has none.
+	unitsPool.Put(rl.units)
+	rl.units = nil
 	rl.pooledState = pooledState{
 		pool:       rt.pool,
 		ctxKey:     pc.key,
