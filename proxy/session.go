@@ -113,7 +113,7 @@ func (s *Server) refuse(w io.Writer, err error, log *slog.Logger) {
 // session is an authenticated client with its upstream connection.
 type session struct {
 	s        *Server
-	log      *slog.Logger
+	user     string // from the startup packet
 	client   net.Conn
 	upstream net.Conn
 	relay    *relay
@@ -238,7 +238,7 @@ func (s *Server) startSession(rt *runtime, st *startup, cr *bufio.Reader, cw *bu
 	s.configureRelay(rt, rl, ident.Tenant)
 	return &session{
 		s:        s,
-		log:      log,
+		user:     st.params["user"],
 		client:   st.conn,
 		upstream: hc.Conn,
 		relay:    rl,
@@ -355,7 +355,7 @@ func (s *Server) startPooledSession(rt *runtime, st *startup, cr *bufio.Reader, 
 		}
 	}
 	started = true // session.close drops the context
-	ss := &session{s: s, log: log, client: st.conn, relay: rl, key: key, ident: ident, started: time.Now()}
+	ss := &session{s: s, user: st.params["user"], client: st.conn, relay: rl, key: key, ident: ident, started: time.Now()}
 	rl.resume = ss.resume
 	return ss, nil
 }
@@ -463,7 +463,10 @@ func (ss *session) finish(reqErr, respErr error, first bool) {
 		_ = r.writeClient(errorResponse(pgErr))
 		_ = r.cw.Flush()
 	}
-	ss.log.Info("session ended", "client", describeEnd(reqErr), "upstream", describeEnd(respErr),
+	// The attributes of the login's logger, built again rather than kept:
+	// an idle client should cost little.
+	ss.s.log.Info("session ended", "conn", ss.id, "remote", ss.client.RemoteAddr().String(), "user", ss.user, "tenant", ss.ident.Tenant,
+		"client", describeEnd(reqErr), "upstream", describeEnd(respErr),
 		"assertions", r.stats.assertions.Load(), "refusals", r.stats.refusals.Load(),
 		"bytes_from_client", r.stats.fromClient, "bytes_to_client", r.stats.toClient)
 	ss.s.observer().Statements(ss.ident.Tenant, r.stats.statements)
