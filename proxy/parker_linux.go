@@ -3,6 +3,7 @@ package proxy
 import (
 	"errors"
 	"net"
+	"runtime/debug"
 	"sync"
 	"time"
 
@@ -23,9 +24,17 @@ type parker struct {
 	wakefd int // eventfd: tells the loop to stop
 	sweep  func(idleSince time.Time)
 
+	// After freeAfter parks, when parking has stopped, free (at most every
+	// freeEvery): freeAfterParks, freeEvery and debug.FreeOSMemory, which
+	// collects garbage and gives every free page back to the system.
+	freeAfter uint64
+	freeEvery time.Duration
+	free      func()
+
 	mu     sync.Mutex
 	parked map[int32]*relay
-	closed bool // no more parking
+	closed bool   // no more parking
+	parks  uint64 // clients parked so far
 	done   chan struct{}
 
 	closeOnce sync.Once
@@ -34,10 +43,21 @@ type parker struct {
 // parkAfter is how long a client waits in a read before it is parked.
 const parkAfter = time.Second
 
+// After freeAfterParks clients were parked, the parker returns free memory
+// to the system once parking has stopped, at most every freeEvery.
+const (
+	freeAfterParks = 1000
+	freeEvery      = 10 * time.Second
+)
+
 // newParker starts a parker whose loop calls sweep every parkAfter/2 to
 // find clients to park. It returns nil if the system refuses (the clients
 // then simply keep their goroutines).
 func newParker(sweep func(idleSince time.Time)) *parker {
+	return newParkerFreeing(sweep, freeAfterParks, freeEvery, debug.FreeOSMemory)
+}
+
+func newParkerFreeing(sweep func(idleSince time.Time), after uint64, every time.Duration, free func()) *parker {
 	epfd, err := unix.EpollCreate1(unix.EPOLL_CLOEXEC)
 	if err != nil {
 		return nil
@@ -52,7 +72,8 @@ func newParker(sweep func(idleSince time.Time)) *parker {
 		unix.Close(wakefd)
 		return nil
 	}
-	p := &parker{epfd: epfd, wakefd: wakefd, sweep: sweep, parked: map[int32]*relay{}, done: make(chan struct{})}
+	p := &parker{epfd: epfd, wakefd: wakefd, sweep: sweep, parked: map[int32]*relay{}, done: make(chan struct{}),
+		freeAfter: after, freeEvery: every, free: free}
 	go p.loop()
 	return p
 }
@@ -75,6 +96,7 @@ func (p *parker) park(r *relay) bool {
 		return false
 	}
 	p.parked[r.parkFD] = r
+	p.parks++
 	return true
 }
 
@@ -100,6 +122,8 @@ func (p *parker) loop() {
 	defer close(p.done)
 	events := make([]unix.EpollEvent, 128)
 	lastSweep := time.Now()
+	var lastFree time.Time
+	var parksBefore, parksAtFree uint64
 	for {
 		n, err := unix.EpollWait(p.epfd, events, int(parkAfter/2/time.Millisecond))
 		if err != nil && !errors.Is(err, unix.EINTR) {
@@ -124,6 +148,18 @@ func (p *parker) loop() {
 		if now := time.Now(); now.Sub(lastSweep) >= parkAfter/2 {
 			lastSweep = now
 			p.sweep(now.Add(-parkAfter))
+			p.mu.Lock()
+			parks := p.parks
+			p.mu.Unlock()
+			// Many clients went idle and nobody since: the stacks of their
+			// goroutines and what their logins used are free memory now.
+			// Give it back to the system rather than keep it for a heap that
+			// idle clients do not need (at most every freeEvery).
+			if parks == parksBefore && parks-parksAtFree >= p.freeAfter && now.Sub(lastFree) >= p.freeEvery {
+				parksAtFree, lastFree = parks, now
+				go p.free()
+			}
+			parksBefore = parks
 		}
 	}
 }

@@ -1,6 +1,7 @@
 package proxy
 
 import (
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -104,6 +105,39 @@ func TestParker(t *testing.T) {
 			}
 			defer p.close()
 			tt.run(t, p)
+		})
+	}
+}
+
+// Once many clients were parked and parking has stopped, the parker gives
+// free memory back to the system, once; not while clients keep going idle,
+// and not for a few.
+func TestParkerFreesMemoryAfterABurst(t *testing.T) {
+	for _, tt := range []struct {
+		name  string
+		parks int
+		want  int32
+	}{
+		{"a burst", 3, 1},
+		{"a few", 2, 0},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			testutil.NoLeaks(t)
+			var frees atomic.Int32
+			p := newParkerFreeing(func(time.Time) {}, 3, time.Hour, func() { frees.Add(1) })
+			defer p.close()
+			for i := 0; i < tt.parks; i++ {
+				r, _, _ := parkedRelay(t)
+				if !p.park(r) {
+					t.Fatal("not parked")
+				}
+			}
+			// Sweeps come every parkAfter/2; the first sees the parks, the
+			// next sees no more.
+			time.Sleep(2 * parkAfter)
+			if got := frees.Load(); got != tt.want {
+				t.Fatalf("memory freed %d times, want %d", got, tt.want)
+			}
 		})
 	}
 }
