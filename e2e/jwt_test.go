@@ -143,7 +143,7 @@ type jwtEnv struct {
 	cert   string
 }
 
-func startJWTProxy(t *testing.T) *jwtEnv {
+func startJWTProxy(t *testing.T, mutate ...func(*config.Config)) *jwtEnv {
 	t.Helper()
 	if err := pgcluster.Shared().Exec(context.Background(), demo.Database, jwtSchemaSQL); err != nil {
 		t.Fatal(err)
@@ -177,6 +177,9 @@ func startJWTProxy(t *testing.T) *jwtEnv {
 			UserClaim:   "sub",
 			Settings:    map[string]string{"app.user_id": "sub", "app.roles": "roles"},
 			RoleClaim:   "db_role", AllowedRoles: []string{"app_rls", "analyst_ro"},
+		}
+		for _, m := range mutate {
+			m(c)
 		}
 	})
 	return env

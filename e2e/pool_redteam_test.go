@@ -8,11 +8,13 @@ package e2e
 
 import (
 	"context"
+	"fmt"
 	"net"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/golang-jwt/jwt/v5"
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgproto3"
 
@@ -722,5 +724,49 @@ func TestPoolRedTeamSignalOtherBackends(t *testing.T) {
 	}
 	if err := <-bdone; err != nil {
 		t.Errorf("DoS: tenant B's statement was cancelled by tenant A's pg_cancel_backend: %v", err)
+	}
+}
+
+// The context statements pgtenant prepares on a pooled connection are its
+// own. A client cannot EXECUTE them (SQL EXECUTE is refused in transaction
+// mode), and a holder whose context is shorter than the previous holder's
+// (a password user after a JWT user with claim settings, claims and a role)
+// inherits none of it, not even after a ROLLBACK, and neither does the next.
+func TestPoolContextStatementsStayPgtenants(t *testing.T) {
+	e := startJWTProxy(t, func(c *config.Config) {
+		c.Pool = config.Pool{Mode: config.PoolModeTransaction, Size: 1}
+		c.JWT.ClaimsSetting = "request.jwt.claims"
+	})
+	ctx := context.Background()
+	claims := claimsFor(tenantA.ID, "alice@acme", time.Hour)
+	claims["db_role"] = "analyst_ro"
+	a, err := e.connect("alice@acme", sign(t, jwt.SigningMethodHS256, []byte(hmacSecret), "", claims))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer a.Close(ctx)
+	if got := queryRows(t, a, "SELECT current_setting('app.user_id'), current_user::text")[0]; got[0] != "alice@acme" || got[1] != "analyst_ro" {
+		t.Fatalf("A runs with %v", got)
+	}
+
+	b := e.p.pgconnect(t, tenantB)
+	for i := 0; i < 6; i++ {
+		for _, sql := range []string{"EXECUTE pgtenant_ctx%d", "explain execute pgtenant_ctx%d", "CREATE TEMP TABLE x AS EXECUTE pgtenant_ctx%d"} {
+			sql = fmt.Sprintf(sql, i)
+			if _, err := b.Exec(ctx, sql).ReadAll(); pgCode(err) != "0A000" {
+				t.Fatalf("%s: %v, want 0A000", sql, err)
+			}
+			if err := b.ExecParams(ctx, sql, nil, nil, nil, nil).Read().Err; pgCode(err) != "0A000" {
+				t.Fatalf("%s (extended): %v, want 0A000", sql, err)
+			}
+		}
+	}
+	next := e.p.pgconnect(t, tenantB)
+	for name, c := range map[string]*pgconn.PgConn{"B": b, "the next holder": next} {
+		rows := queryRows(t, c, `BEGIN; ROLLBACK; SELECT current_setting('app.tenant_id'), coalesce(current_setting('app.user_id', true), ''),
+			coalesce(current_setting('app.roles', true), ''), coalesce(current_setting('request.jwt.claims', true), ''), current_user::text`)
+		if got := rows[len(rows)-1]; got[0] != tenantB.ID || got[1] != "" || got[2] != "" || got[3] != "" || got[4] != demo.RLSRole {
+			t.Fatalf("%s after A: tenant, user id, roles, claims, role = %q", name, got)
+		}
 	}
 }

@@ -381,7 +381,10 @@ var pooledCases = []struct {
 	{sql: "deallocate prepare all", deallocates: true},
 	{sql: "SELECT 1; DEALLOCATE ALL; SELECT 2", deallocates: true},
 	{sql: "DEALLOCATE ALL; DEALLOCATE p", pooled: CodeNotSupported},
-	{sql: "EXECUTE s1 (1)"},
+	{sql: "EXECUTE s1 (1)", pooled: CodeNotSupported},
+	{sql: "execute pgtenant_ctx2", pooled: CodeNotSupported},
+	{sql: "EXPLAIN EXECUTE pgtenant_ctx0", pooled: CodeNotSupported},
+	{sql: "CREATE TABLE t AS EXECUTE pgtenant_ctx1", pooled: CodeNotSupported},
 	{sql: "PREPARE TRANSACTION 'x'"},
 	{sql: "DISCARD PLANS"},
 

@@ -122,6 +122,13 @@ func (c *checker) visitPooled(m protoreflect.Message) {
 	case *pg_query.PrepareStmt:
 		c.notSupported("PREPARE is not supported in transaction pool mode",
 			"Use protocol-level prepared statements (Parse/Bind), which pgtenant carries across connections.")
+	case *pg_query.ExecuteStmt:
+		// With PREPARE refused, EXECUTE could only reach statements the
+		// client did not prepare in SQL: pgtenant's own on the shared
+		// connection (the context statements of whoever holds it) or
+		// protocol-level ones under their upstream names.
+		c.notSupported("EXECUTE is not supported in transaction pool mode",
+			"Use protocol-level prepared statements (Parse/Bind), which pgtenant carries across connections.")
 	case *pg_query.DeallocateStmt:
 		// pg_query 6 marks DEALLOCATE ALL with isall; older trees left the
 		// name empty, and a real name cannot be empty.

@@ -63,7 +63,7 @@ var screenWords = map[string]bool{
 
 // pooledScreenWords are, for pooled guards, the further words without which
 // no construct refused in transaction pool mode can be written: LISTEN,
-// TEMP/TEMPORARY, WITH HOLD, PREPARE/DEALLOCATE, and the views and functions
+// TEMP/TEMPORARY, WITH HOLD, PREPARE/EXECUTE/DEALLOCATE, and the views and functions
 // listing the connection's statements and cursors; and the words of
 // DEALLOCATE ALL and DISCARD ALL, which set Verdict.DeallocatesAll ("discard"
 // is in screenWords too; it is repeated so this set stands on its own).
@@ -71,7 +71,7 @@ var screenWords = map[string]bool{
 // functions are caught by prefix (pooledWord).
 var pooledScreenWords = map[string]bool{
 	"listen": true, "temp": true, "temporary": true, "hold": true,
-	"prepare": true, "deallocate": true, "discard": true,
+	"prepare": true, "execute": true, "deallocate": true, "discard": true,
 	"pg_prepared_statements": true, "pg_prepared_statement": true, "setseed": true,
 	"table_to_xml": true, "table_to_xmlschema": true, "table_to_xml_and_xmlschema": true,
 	"schema_to_xml": true, "schema_to_xmlschema": true, "schema_to_xml_and_xmlschema": true,

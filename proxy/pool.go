@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"net"
 	"slices"
+	"strconv"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -47,6 +48,9 @@ type serverConn struct {
 	// its startup parameters are already the connection's, and a ROLLBACK
 	// falls back to them.
 	settled string
+	// ctxCount bounds the context statements (pgtenant_ctx0...) that may
+	// exist on the connection.
+	ctxCount int
 
 	// mu guards the prepared-statement bookkeeping, which the response side
 	// corrects when the upstream skips or fails a Parse or Close.
@@ -107,6 +111,7 @@ type poolContext struct {
 	assertion  assertion // every setting
 	settled    assertion // the context settings, through ctxPrepare's statements
 	ctxPrepare []byte
+	ctxCount   int // statements ctxPrepare prepares
 	resetQuery string
 	refs       int // sessions using it
 }
@@ -114,7 +119,11 @@ type poolContext struct {
 // takeContext returns the shared context of settings, whose first
 // startupN are startup parameters and the rest the tenant context.
 // Each session drops it when it ends.
-func (p *txPool) takeContext(settings []setting, startupN int) *poolContext {
+//
+// protected names the settings any holder's reset covers besides its own
+// (the tenant setting, signature, claim settings, role), so that nothing a
+// holder managed to set under those names survives it.
+func (p *txPool) takeContext(settings []setting, startupN int, protected []string) *poolContext {
 	key := setStatements(settings)
 	p.ctxMu.Lock()
 	defer p.ctxMu.Unlock()
@@ -122,8 +131,9 @@ func (p *txPool) takeContext(settings []setting, startupN int) *poolContext {
 		pc.refs++
 		return pc
 	}
-	pc := &poolContext{key: key, assertion: newAssertion(settings), resetQuery: resetQueryFor(settings), refs: 1}
+	pc := &poolContext{key: key, assertion: newAssertion(settings), resetQuery: resetQueryFor(settings, protected), refs: 1}
 	pc.settled, pc.ctxPrepare = newPreparedAssertion(settings[startupN:])
+	pc.ctxCount = len(settings) - startupN
 	p.contexts[key] = pc
 	return pc
 }
@@ -171,7 +181,8 @@ var errPoolClosed = fatalf(codeAdminShutdown, "terminating connection due to adm
 // acquire returns a connection for a client of tenant whose context
 // settings are key: clean for it (see serverConn.dirtyKey), checked if it
 // sat idle long, and with no cancel request in flight.
-func (p *txPool) acquire(cancel <-chan struct{}, tenant, key string, ctxPrepare []byte) (*serverConn, error) {
+func (p *txPool) acquire(cancel <-chan struct{}, tenant string, pc *poolContext) (*serverConn, error) {
+	key := pc.key
 	sc, open, err := p.reserve(cancel, tenant, key)
 	if err != nil {
 		return nil, err
@@ -187,7 +198,7 @@ func (p *txPool) acquire(cancel <-chan struct{}, tenant, key string, ctxPrepare 
 				return nil, err
 			}
 		}
-		if err = p.prepare(sc, key, ctxPrepare); err == nil {
+		if err = p.prepare(sc, pc); err == nil {
 			return sc, nil
 		}
 		// A broken connection: replace it, keeping the slot.
@@ -325,7 +336,8 @@ func (p *txPool) dispatch() {
 
 // prepare makes a connection ready for a client: no cancel in flight, alive
 // if it sat idle long, and reset if another context may be committed on it.
-func (p *txPool) prepare(sc *serverConn, key string, ctxPrepare []byte) error {
+func (p *txPool) prepare(sc *serverConn, pc *poolContext) error {
+	key := pc.key
 	// Taking cancelMu waits for a cancel request still in flight.
 	sc.cancelMu.Lock()
 	dead := sc.dead.Load()
@@ -349,12 +361,19 @@ func (p *txPool) prepare(sc *serverConn, key string, ctxPrepare []byte) error {
 	if needReset {
 		sql = sc.dirtyReset + "; " + key
 	}
-	msgs := append(append(encodeQuery(sql), ctxPrepare...), syncMessage...)
+	// Every context statement a previous holder had is closed first: one it
+	// had and this holder has not must not stay behind.
+	msgs := encodeQuery(sql)
+	for i := range sc.ctxCount {
+		msgs = appendClose(msgs, 'S', contextStmtPrefix+strconv.Itoa(i))
+	}
+	msgs = append(append(msgs, pc.ctxPrepare...), syncMessage...)
+	sc.ctxCount = max(sc.ctxCount, pc.ctxCount) // until the round trip tells
 	_, err := p.roundTripN(sc, msgs, 2, p.cfg.WaitTimeout.Duration)
 	var pgErr *pgconn.PgError
 	switch {
 	case err == nil:
-		sc.dirtyKey, sc.dirtyReset, sc.settled = key, "", key
+		sc.dirtyKey, sc.dirtyReset, sc.settled, sc.ctxCount = key, "", key, pc.ctxCount
 		return nil
 	case !errors.As(err, &pgErr):
 		return err
@@ -578,8 +597,9 @@ func (p *txPool) cacheStatuses(paramsKey string, m map[string]string) {
 // learnStatuses runs a client's assertion once on a pooled connection: it
 // checks that the settings apply and returns the parameter statuses a
 // client with those settings is to be told.
-func (p *txPool) learnStatuses(tenant, ctxKey, resetQuery string, ctxPrepare, assertion []byte, timeout time.Duration) (map[string]string, error) {
-	sc, err := p.acquire(nil, tenant, ctxKey, ctxPrepare)
+func (p *txPool) learnStatuses(tenant string, pc *poolContext, assertion []byte, timeout time.Duration) (map[string]string, error) {
+	ctxKey, resetQuery := pc.key, pc.resetQuery
+	sc, err := p.acquire(nil, tenant, pc)
 	if err != nil {
 		return nil, err
 	}

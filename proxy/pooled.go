@@ -38,9 +38,9 @@ type pooledState struct {
 	// settled is the assertion of the context settings alone, through the
 	// statements ctxPrepare prepares, for a connection whose committed
 	// settings are this client's (serverConn.settled).
-	settled    assertion
-	ctxPrepare []byte
-	changes    bool // the guard's ChangesSettings for the message being relayed
+	settled assertion
+	pctx    *poolContext // shared by the sessions with the same settings
+	changes bool         // the guard's ChangesSettings for the message being relayed
 
 	// Guarded by leaseMu (with pending, when the response side detaches).
 	sc       *serverConn // held connection, nil between transactions
@@ -193,11 +193,20 @@ func (r *relay) clientWriter() *bufio.Writer {
 // pooled reports whether the relay runs in transaction mode.
 func (r *relay) pooled() bool { return r.pool != nil }
 
-// resetQueryFor builds the SQL that resets settings.
-func resetQueryFor(settings []setting) string {
-	stmts := make([]string, 0, len(settings)+1)
+// resetQueryFor builds the SQL that resets settings and the protected
+// names.
+func resetQueryFor(settings []setting, protected []string) string {
+	stmts := make([]string, 0, len(settings)+len(protected)+1)
+	seen := map[string]bool{}
 	for _, st := range settings {
 		stmts = append(stmts, "RESET "+st.name)
+		seen[strings.ToLower(st.name)] = true
+	}
+	for _, name := range protected {
+		if !seen[strings.ToLower(name)] {
+			stmts = append(stmts, "RESET "+name)
+			seen[strings.ToLower(name)] = true
+		}
 	}
 	// lastval() and currval() would show the next holder this client's
 	// sequence values.
@@ -228,7 +237,7 @@ func (r *relay) leaseFor(typ byte, startsUnit bool) (bool, error) {
 	if r.draining.Load() {
 		return false, errDraining
 	}
-	sc, err := r.pool.acquire(r.done, r.tenant, r.ctxKey, r.ctxPrepare)
+	sc, err := r.pool.acquire(r.done, r.tenant, r.pctx)
 	if err != nil {
 		return false, err
 	}

@@ -486,6 +486,11 @@ func (s *Server) OnClose(f func()) {
 
 // contextSettings are the settings asserted for an identity: the tenant,
 // its signature, the settings from its claims, and its role last.
+// protectedNames are the settings a context may set, for any identity.
+func (rt *runtime) protectedNames() []string {
+	return append([]string{rt.cfg.TenantSetting, "role"}, rt.cfg.ProtectedSettings()...)
+}
+
 func (rt *runtime) contextSettings(ident auth.Identity) []setting {
 	settings := []setting{{name: rt.cfg.TenantSetting, value: ident.Tenant}}
 	if rt.signingKey != nil {

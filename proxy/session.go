@@ -304,7 +304,7 @@ func (s *Server) startPooledSession(rt *runtime, st *startup, cr *bufio.Reader, 
 	}
 	// The tenant's settings last, the role at the very end.
 	settings = append(settings, rt.contextSettings(ident)...)
-	pc := rt.pool.takeContext(settings, len(names))
+	pc := rt.pool.takeContext(settings, len(names), rt.protectedNames())
 	a := pc.assertion
 	rl := newRelay(st.conn, cr, cw, nil, a, rt.pooledGuard, ident.Expires)
 	// The unit queue is taken per lease (leaseFor): an idle client has none.
@@ -315,7 +315,7 @@ func (s *Server) startPooledSession(rt *runtime, st *startup, cr *bufio.Reader, 
 		ctxKey:     pc.key,
 		resetQuery: pc.resetQuery,
 		settled:    pc.settled,
-		ctxPrepare: pc.ctxPrepare,
+		pctx:       pc,
 		stmts:      statements{changed: make(chan struct{}, 1)},
 	}
 	started := false
@@ -333,7 +333,7 @@ func (s *Server) startPooledSession(rt *runtime, st *startup, cr *bufio.Reader, 
 	merged, ok := rt.pool.cachedStatuses(paramsKey)
 	if !ok {
 		var err error
-		if merged, err = rt.pool.learnStatuses(ident.Tenant, rl.ctxKey, rl.resetQuery, rl.ctxPrepare, a.standalone, rt.cfg.ConnectTimeout.Duration); err != nil {
+		if merged, err = rt.pool.learnStatuses(ident.Tenant, pc, a.standalone, rt.cfg.ConnectTimeout.Duration); err != nil {
 			return nil, err
 		}
 		rt.pool.cacheStatuses(paramsKey, merged)
