@@ -436,7 +436,9 @@ func (ss *session) endPooled(reqErr error) {
 	if first {
 		_ = ss.client.SetWriteDeadline(time.Now().Add(time.Second))
 	}
-	if r.stopPooled() {
+	if r.stopPooled() || !first {
+		// Not first: failResponse is ending the session and may still be
+		// writing to the client; it closes done when it is through.
 		<-r.done
 	}
 	var respErr error
