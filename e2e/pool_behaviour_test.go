@@ -368,6 +368,41 @@ func TestPoolClientDisconnects(t *testing.T) {
 	}
 }
 
+// A client that goes away in the middle of a message that pgtenant was
+// forwarding leaves the upstream connection expecting the rest: that
+// connection is never handed to the next client, whose bytes PostgreSQL
+// would otherwise read as the rest of the message.
+func TestPoolHalfAMessageNeverReachesTheNextClient(t *testing.T) {
+	p := startProxy(t, transactionPool(1))
+	a := p.pgconnect(t, tenantA)
+	pidA := queryOne(t, a, "SELECT pg_backend_pid()")
+	q := "SELECT 1"
+	msg := append([]byte{'Q', 0, 0, 0, byte(4 + len(q) + 1)}, q...)
+	msg = append(msg, 0)
+	// A CopyData that announces 1000 bytes and brings 50.
+	msg = append(msg, 'd', 0, 0, 0x03, 0xec)
+	msg = append(msg, strings.Repeat("x", 50)...)
+	if _, err := a.Conn().Write(msg); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(200 * time.Millisecond)
+	a.Conn().(*net.TCPConn).SetLinger(0)
+	a.Conn().Close()
+
+	// Same tenant and settings: the connection would go to it as it is.
+	next := p.pgconnect(t, tenantA)
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
+	defer cancel()
+	res, err := next.Exec(ctx, "SELECT pg_backend_pid()::text, current_setting('app.tenant_id')").ReadAll()
+	if err != nil {
+		t.Fatalf("the next client's query: %v (swallowed by the connection the last client left mid-message?)", err)
+	}
+	row := res[0].Rows[0]
+	if string(row[0]) == pidA || string(row[1]) != tenantA.ID {
+		t.Fatalf("next client ran on backend %s (the abandoned one was %s) as %q", row[0], pidA, row[1])
+	}
+}
+
 func upstreamPIDs(t *testing.T) []string {
 	var out []string
 	for _, r := range superQuery(t, "SELECT pid::text || ' ' || coalesce(state, '') FROM pg_stat_activity WHERE usename = '"+demo.RLSRole+"' AND backend_type = 'client backend'") {

@@ -325,9 +325,11 @@ func (r *relay) endLease() {
 	if r.sc == nil {
 		return
 	}
-	if r.attached || r.pending.Load() != 0 || byte(r.txStatus.Load()) != 'I' {
-		// Mid-transaction, mid-COPY or with replies owed: the state of the
-		// connection is unknown. Closing it makes the upstream roll back.
+	if r.attached || r.writing || r.pending.Load() != 0 || byte(r.txStatus.Load()) != 'I' {
+		// Mid-transaction, mid-COPY, with replies owed, or inside a write
+		// section (part of a message may have gone out, or be waiting in
+		// the connection's write buffer): the state of the connection is
+		// unknown. Closing it makes the upstream roll back.
 		r.broken = true
 	}
 	r.attached, r.writing = false, false

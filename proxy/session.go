@@ -433,9 +433,9 @@ func (ss *session) endPooled(reqErr error) {
 		return
 	}
 	first := !r.closing.Swap(true)
-	if first {
-		_ = ss.client.SetWriteDeadline(time.Now().Add(time.Second))
-	}
+	// Whoever writes to the client now (finish, or failResponse) must not
+	// wait long for a client that does not read.
+	_ = ss.client.SetWriteDeadline(time.Now().Add(time.Second))
 	if r.stopPooled() || !first {
 		// Not first: failResponse is ending the session and may still be
 		// writing to the client; it closes done when it is through.
