@@ -770,3 +770,47 @@ func TestPoolContextStatementsStayPgtenants(t *testing.T) {
 		}
 	}
 }
+
+// A client in COPY FROM STDIN whose COPY has failed on the server, and that
+// goes on sending copy data and Syncs, gets ReadyForQuery replies pgtenant
+// does not wait for (the server ignores Syncs during COPY, and answers them
+// after it). Its connection is closed after the lease: those replies must
+// never reach the next holder, whose own round trip would take them for its
+// own (found by the red team: the pool froze). Deterministic check: the
+// next client runs on another backend.
+func TestPoolSyncsDuringAFailedCopyCloseTheConnection(t *testing.T) {
+	p := startProxy(t, transactionPool(1))
+	pa := p.pgconnect(t, tenantA)
+	pidA := queryOne(t, pa, "SELECT pg_backend_pid()")
+	a := ppHijack(t, pa)
+	rtSend(t, a, ppQuery("COPY copy_sink (tenant_id, line) FROM STDIN"))
+	if got, err := rtRead(a, 5*time.Second, func(m pgproto3.BackendMessage) bool {
+		_, ok := m.(*pgproto3.CopyInResponse)
+		return ok
+	}); err != nil {
+		t.Fatalf("COPY did not start: %v %v", got, err)
+	}
+	// A bad row, then 16 MB of copy data and three Syncs in one go: the
+	// server fails the COPY at the bad row while pgtenant is still
+	// forwarding the rest.
+	batch := []pgproto3.FrontendMessage{&pgproto3.CopyData{Data: []byte("not-a-uuid\tbad\n")}}
+	for i := 0; i < 2000; i++ {
+		batch = append(batch, &pgproto3.CopyData{Data: []byte(strings.Repeat("x", 8000))})
+	}
+	rtSend(t, a, append(batch, ppSync(), ppSync(), ppSync())...)
+	if got, err := rtRead(a, 5*time.Second, rtIsRFQ); err != nil {
+		t.Fatalf("COPY did not fail: %v %v", got, err)
+	}
+	time.Sleep(300 * time.Millisecond)
+
+	b := p.pgconnect(t, tenantB)
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	res, err := b.Exec(ctx, "SELECT pg_backend_pid()::text, current_setting('app.tenant_id')").ReadAll()
+	if err != nil {
+		t.Fatalf("next client: %v", err)
+	}
+	if row := res[0].Rows[0]; string(row[0]) == pidA || string(row[1]) != tenantB.ID {
+		t.Fatalf("next client ran on backend %s (the one with the stray Syncs was %s) as %q", row[0], pidA, row[1])
+	}
+}

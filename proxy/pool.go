@@ -70,6 +70,8 @@ type serverConn struct {
 	holder atomic.Pointer[relay]
 	coll   atomic.Pointer[collector]
 	dead   atomic.Bool // closed or failed: never hand it out again
+	// readerGone is set when serve has returned.
+	readerGone atomic.Bool
 }
 
 func (sc *serverConn) cancelTarget() cancelTarget {
@@ -530,17 +532,27 @@ func (p *txPool) serve(sc *serverConn) {
 		}
 		if c := sc.coll.Load(); c != nil {
 			if err := c.reply(typ, size); err != nil {
-				sc.dead.Store(true)
-				sc.conn.Close()
+				p.distrust(sc, err)
 				return
 			}
 			continue
 		}
 		// Nobody asked: the FATAL a backend sends before it exits, or worse.
 		// The connection is not to be trusted any more.
-		sc.dead.Store(true)
-		sc.conn.Close()
+		p.distrust(sc, errors.New("a reply nobody asked for"))
 		return
+	}
+}
+
+// distrust closes a connection whose replies do not match what was sent.
+// A client may have become its holder since the reader looked (a round trip
+// of pgtenant's that took a stray reply for its own ends early): that
+// client's session ends too rather than wait for replies that will not come.
+func (p *txPool) distrust(sc *serverConn, err error) {
+	sc.dead.Store(true)
+	sc.conn.Close()
+	if r := sc.holder.Load(); r != nil {
+		r.failResponse(fatalf(codeProtocolViolation, "pgtenant: the upstream connection went out of step (%v)", err))
 	}
 }
 
@@ -555,6 +567,14 @@ func (p *txPool) fail(sc *serverConn, r *relay, err error) {
 // gone forgets a connection whose reader has stopped, if it is idle; a
 // held one is closed when its holder releases it.
 func (p *txPool) gone(sc *serverConn) {
+	// Nobody reads the connection now: a client that holds it, or takes it
+	// hereafter (attachLocked checks readerGone after it stores itself),
+	// is ended rather than left waiting for replies.
+	sc.dead.Store(true)
+	sc.readerGone.Store(true)
+	if r := sc.holder.Load(); r != nil {
+		r.failResponse(errUpstreamLost)
+	}
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	if i := slices.Index(p.idle, sc); i >= 0 {

@@ -265,6 +265,10 @@ func (r *relay) attachLocked() {
 		r.clientWriter()
 		r.ur, r.rconn, r.rsc = r.sc.r, r.sc.conn, r.sc
 		r.sc.holder.Store(r)
+		if r.sc.readerGone.Load() {
+			// Its reader has returned (txPool.gone): no reply will come.
+			r.failResponse(errUpstreamLost)
+		}
 	}
 }
 

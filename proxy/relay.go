@@ -326,7 +326,16 @@ func (r *relay) clientToUpstream() error {
 			}
 		case 'S':
 			if copyIn {
-				break // ignored by the server while it reads copy data
+				// Ignored by the server while it reads copy data, but answered
+				// if the COPY has failed meanwhile, with a ReadyForQuery nobody
+				// waits for. In transaction mode that reply could reach whoever
+				// uses the connection next: it is closed after this lease.
+				if r.pooled() {
+					r.leaseMu.Lock()
+					r.broken = true
+					r.leaseMu.Unlock()
+				}
+				break
 			}
 			if !inGroup {
 				// A lone Sync still yields a ReadyForQuery.
