@@ -10,6 +10,7 @@ import (
 	"context"
 	"fmt"
 	"net"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -812,5 +813,48 @@ func TestPoolSyncsDuringAFailedCopyCloseTheConnection(t *testing.T) {
 	}
 	if row := res[0].Rows[0]; string(row[0]) == pidA || string(row[1]) != tenantB.ID {
 		t.Fatalf("next client ran on backend %s (the one with the stray Syncs was %s) as %q", row[0], pidA, row[1])
+	}
+}
+
+// DEALLOCATE ALL takes effect where and when it is executed: parsed in one
+// transaction and executed in a later one, on another connection or the
+// same, it must leave pgtenant's record of what each connection holds right,
+// or another tenant's prepared statements would fail there for good (found
+// by the red team). Its Parse alone drops nothing, as in PostgreSQL.
+func TestPoolDeallocateAllExecutedLater(t *testing.T) {
+	for _, name := range []string{"d", ""} {
+		t.Run("statement "+strconv.Quote(name), func(t *testing.T) {
+			p := startProxy(t, transactionPool(1))
+			a := ppHijack(t, p.pgconnect(t, tenantA))
+			b := ppHijack(t, p.pgconnect(t, tenantB))
+			step := func(who string, c *ppConn, msgs []pgproto3.FrontendMessage) []string {
+				t.Helper()
+				got, err := c.exchange(msgs, 0)
+				if err != nil {
+					t.Fatalf("%s: %v", who, err)
+				}
+				return got
+			}
+			noError := func(who string, got []string) {
+				t.Helper()
+				if strings.Contains(strings.Join(got, " "), "ErrorResponse") {
+					t.Fatalf("%s: %q", who, got)
+				}
+			}
+			noError("A prepares s", step("A prepares s", a, ppRun("s", "SELECT 1")))
+			noError("A parses DEALLOCATE ALL", step("A parses DEALLOCATE ALL", a, []pgproto3.FrontendMessage{ppParse(name, "DEALLOCATE ALL"), ppSync()}))
+			noError("A's s after only a Parse of DEALLOCATE ALL", step("A runs s", a, ppRun("s", "")))
+			noError("B prepares q", step("B prepares q", b, ppRun("q", rtWho)))
+			noError("A executes DEALLOCATE ALL", step("A executes it", a, []pgproto3.FrontendMessage{ppBind(name), ppExec(), ppSync()}))
+			for i := 0; i < 2; i++ {
+				noError("B runs q again", step("B runs q", b, ppRun("q", "")))
+			}
+			b2 := ppHijack(t, p.pgconnect(t, tenantB))
+			noError("another B prepares q", step("B2", b2, ppRun("q", rtWho)))
+			// A's own statements are gone, as in PostgreSQL.
+			if got := step("A runs s after", a, ppRun("s", "")); !strings.Contains(strings.Join(got, " "), "ErrorResponse 26000") {
+				t.Fatalf("A's s after DEALLOCATE ALL ran: %q", got)
+			}
+		})
 	}
 }

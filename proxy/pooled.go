@@ -38,9 +38,10 @@ type pooledState struct {
 	// settled is the assertion of the context settings alone, through the
 	// statements ctxPrepare prepares, for a connection whose committed
 	// settings are this client's (serverConn.settled).
-	settled assertion
-	pctx    *poolContext // shared by the sessions with the same settings
-	changes bool         // the guard's ChangesSettings for the message being relayed
+	settled  assertion
+	pctx     *poolContext // shared by the sessions with the same settings
+	changes  bool         // the guard's ChangesSettings for the message being relayed
+	deallocs bool         // and its DeallocatesAll
 
 	// Guarded by leaseMu (with pending, when the response side detaches).
 	sc       *serverConn // held connection, nil between transactions
@@ -432,7 +433,7 @@ func (r *relay) relayStatementMessage(typ byte, size int, msg []byte, peeked boo
 			st.mu.Lock()
 			st.gen++
 			st.unnamed = append(st.unnamed[:0:0], msg...)
-			st.unnamedChanges = r.changes
+			st.unnamedChanges, st.unnamedDeallocates = r.changes, r.deallocs
 			st.mu.Unlock()
 			sc.mu.Lock()
 			sc.unnamed, sc.unnamedN = r, st.gen
@@ -453,7 +454,7 @@ func (r *relay) relayStatementMessage(typ byte, size int, msg []byte, peeked boo
 			return r.writeRewritten(len(msg), peeked)
 		}
 		server := serverStmtName(r.ctxKey, rest)
-		cs := &clientStmt{server: server, parse: appendParse(nil, server, rest), changes: r.changes}
+		cs := &clientStmt{server: server, parse: appendParse(nil, server, rest), changes: r.changes, deallocates: r.deallocs}
 		st.mu.Lock()
 		if st.byName == nil {
 			st.byName = map[string]*clientStmt{} // most clients never prepare by name
@@ -594,12 +595,16 @@ func (r *relay) relayBind(size int) error {
 	if len(stmt) == 0 {
 		st.mu.Lock()
 		changes := st.unnamedChanges && st.unnamed != nil
+		deallocates := st.unnamedDeallocates && st.unnamed != nil
 		st.mu.Unlock()
 		if changes {
 			r.sc.settled = ""
 		}
 		if err := r.ensureUnnamed(seq); err != nil {
 			return err
+		}
+		if deallocates {
+			r.deallocateAll() // on the connection it runs on
 		}
 		return forward(r.uw, r.cr, size)
 	}
@@ -613,6 +618,9 @@ func (r *relay) relayBind(size int) error {
 		}
 		if err := r.ensurePrepared(cs, seq); err != nil {
 			return err
+		}
+		if cs.deallocates {
+			r.deallocateAll() // on the connection it runs on
 		}
 		server = cs.server
 	case strings.HasPrefix(server, serverStmtPrefix):

@@ -259,7 +259,7 @@ func (r *relay) clientToUpstream() error {
 		var msg []byte // the whole message, when the guard needs to read it
 		var substitute []byte
 		peeked, resets, deallocates := false, false, false
-		r.changes = false
+		r.changes, r.deallocs = false, false
 		if r.guard != nil && (typ == 'Q' || typ == 'P' || typ == 'F') {
 			if why, _ := r.unsafeLexing.Load().(string); why != "" {
 				return fatalf(codeInsufficientPrivilege, "pgtenant cannot guard this session's statements: %s", why)
@@ -272,6 +272,7 @@ func (r *relay) clientToUpstream() error {
 			}
 			// DEALLOCATE ALL drops the prepared context statements too.
 			r.changes = r.changes || deallocates
+			r.deallocs = deallocates
 		}
 		if copyIn && typ != 'd' && typ != 'c' && typ != 'f' && typ != 'S' && typ != 'H' {
 			return fatalf(codeProtocolViolation, "unexpected message type %q during COPY from stdin", typ)
@@ -383,7 +384,9 @@ func (r *relay) clientToUpstream() error {
 			_ = r.uw.Flush()
 			return errClientTerminated
 		}
-		if r.pooled() && deallocates {
+		if r.pooled() && deallocates && typ == 'Q' {
+			// A Parse of DEALLOCATE ALL runs nothing: its Bind does
+			// (relayBind), perhaps on another connection.
 			r.deallocateAll()
 		}
 		if r.pooled() && substitute == nil && (typ == 'P' || typ == 'B' || typ == 'D' || typ == 'C') {

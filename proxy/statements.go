@@ -73,14 +73,17 @@ type clientStmt struct {
 	server  string // name upstream
 	parse   []byte // the Parse message under that name, to prepare it again
 	changes bool   // running it may change the connection's settings (guard.Verdict.ChangesSettings)
+	// deallocates: it is DEALLOCATE ALL (guard.Verdict.DeallocatesAll)
+	deallocates bool
 }
 
 // statements is a client's prepared-statement state in transaction mode.
 type statements struct {
-	byName         map[string]*clientStmt
-	unnamed        []byte // the client's last unnamed Parse, nil when it has none
-	unnamedChanges bool   // like clientStmt.changes
-	gen            uint64 // which unnamed Parse that was
+	byName             map[string]*clientStmt
+	unnamed            []byte // the client's last unnamed Parse, nil when it has none
+	unnamedChanges     bool   // like clientStmt.changes
+	unnamedDeallocates bool   // like clientStmt.deallocates
+	gen                uint64 // which unnamed Parse that was
 
 	// mu guards replies, and byName and unnamed against undo by the
 	// response side; changed signals that replies were resolved.
