@@ -791,14 +791,11 @@ func TestPoolSyncsDuringAFailedCopyCloseTheConnection(t *testing.T) {
 	}); err != nil {
 		t.Fatalf("COPY did not start: %v %v", got, err)
 	}
-	// A bad row, then 16 MB of copy data and three Syncs in one go: the
-	// server fails the COPY at the bad row while pgtenant is still
-	// forwarding the rest.
-	batch := []pgproto3.FrontendMessage{&pgproto3.CopyData{Data: []byte("not-a-uuid\tbad\n")}}
-	for i := 0; i < 2000; i++ {
-		batch = append(batch, &pgproto3.CopyData{Data: []byte(strings.Repeat("x", 8000))})
-	}
-	rtSend(t, a, append(batch, ppSync(), ppSync(), ppSync())...)
+	// A bad row, more copy data and three Syncs in one write: pgtenant
+	// forwards them together, the server fails the COPY at the bad row,
+	// drops the copy data and answers the Syncs.
+	rtSend(t, a, &pgproto3.CopyData{Data: []byte("not-a-uuid\tbad\n")}, &pgproto3.CopyData{Data: []byte("more\n")},
+		ppSync(), ppSync(), ppSync())
 	if got, err := rtRead(a, 5*time.Second, rtIsRFQ); err != nil {
 		t.Fatalf("COPY did not fail: %v %v", got, err)
 	}
@@ -856,5 +853,44 @@ func TestPoolDeallocateAllExecutedLater(t *testing.T) {
 				t.Fatalf("A's s after DEALLOCATE ALL ran: %q", got)
 			}
 		})
+	}
+}
+
+// The same with a large batch and another tenant's pipeline arriving while
+// pgtenant forwards it: the race in which the stray replies reached that
+// tenant's reset round trip and froze the pool (the red team saw it in
+// about one round in five before the fix).
+func TestPoolSyncsDuringAFailedCopyUnderLoad(t *testing.T) {
+	for round := 0; round < 5; round++ {
+		p := startProxy(t, transactionPool(1))
+		a := ppHijack(t, p.pgconnect(t, tenantA))
+		b := ppHijack(t, p.pgconnect(t, tenantB))
+		rtSend(t, a, ppQuery("COPY copy_sink (tenant_id, line) FROM STDIN"))
+		if got, err := rtRead(a, 5*time.Second, func(m pgproto3.BackendMessage) bool {
+			_, ok := m.(*pgproto3.CopyInResponse)
+			return ok
+		}); err != nil {
+			t.Fatalf("COPY did not start: %v %v", got, err)
+		}
+		batch := []pgproto3.FrontendMessage{&pgproto3.CopyData{Data: []byte("zzz\tbad\n")}}
+		for i := 0; i < 2000; i++ {
+			batch = append(batch, &pgproto3.CopyData{Data: []byte(strings.Repeat("x", 8000))})
+		}
+		batch = append(batch, ppSync(), ppSync(), ppSync())
+		sent := make(chan struct{})
+		go func() {
+			defer close(sent)
+			time.Sleep(time.Duration(round%2) * 5 * time.Millisecond)
+			rtSend(t, b, ppParse("", rtWho), ppBind(""), ppDescribePortal(""), ppExec(), ppSync())
+		}()
+		rtSend(t, a, batch...)
+		<-sent
+		gotB, err := rtRead(b, 10*time.Second, rtIsRFQ)
+		if err != nil {
+			t.Fatalf("round %d: tenant B got no answer: %q %v", round, gotB, err)
+		}
+		if all := strings.Join(gotB, " "); strings.Contains(all, tenantA.ID) || !strings.Contains(all, tenantB.ID) && !strings.Contains(all, "ErrorResponse") {
+			t.Fatalf("round %d: tenant B got %q", round, gotB)
+		}
 	}
 }
