@@ -784,13 +784,7 @@ func TestPoolSyncsDuringAFailedCopyCloseTheConnection(t *testing.T) {
 	pa := p.pgconnect(t, tenantA)
 	pidA := queryOne(t, pa, "SELECT pg_backend_pid()")
 	a := ppHijack(t, pa)
-	rtSend(t, a, ppQuery("COPY copy_sink (tenant_id, line) FROM STDIN"))
-	if got, err := rtRead(a, 5*time.Second, func(m pgproto3.BackendMessage) bool {
-		_, ok := m.(*pgproto3.CopyInResponse)
-		return ok
-	}); err != nil {
-		t.Fatalf("COPY did not start: %v %v", got, err)
-	}
+	rtStartCopy(t, a)
 	// A bad row, more copy data and three Syncs in one write: pgtenant
 	// forwards them together, the server fails the COPY at the bad row,
 	// drops the copy data and answers the Syncs.
@@ -865,13 +859,7 @@ func TestPoolSyncsDuringAFailedCopyUnderLoad(t *testing.T) {
 		p := startProxy(t, transactionPool(1))
 		a := ppHijack(t, p.pgconnect(t, tenantA))
 		b := ppHijack(t, p.pgconnect(t, tenantB))
-		rtSend(t, a, ppQuery("COPY copy_sink (tenant_id, line) FROM STDIN"))
-		if got, err := rtRead(a, 5*time.Second, func(m pgproto3.BackendMessage) bool {
-			_, ok := m.(*pgproto3.CopyInResponse)
-			return ok
-		}); err != nil {
-			t.Fatalf("COPY did not start: %v %v", got, err)
-		}
+		rtStartCopy(t, a)
 		batch := []pgproto3.FrontendMessage{&pgproto3.CopyData{Data: []byte("zzz\tbad\n")}}
 		for i := 0; i < 2000; i++ {
 			batch = append(batch, &pgproto3.CopyData{Data: []byte(strings.Repeat("x", 8000))})
@@ -892,5 +880,18 @@ func TestPoolSyncsDuringAFailedCopyUnderLoad(t *testing.T) {
 		if all := strings.Join(gotB, " "); strings.Contains(all, tenantA.ID) || !strings.Contains(all, tenantB.ID) && !strings.Contains(all, "ErrorResponse") {
 			t.Fatalf("round %d: tenant B got %q", round, gotB)
 		}
+	}
+}
+
+// rtStartCopy starts a COPY FROM STDIN into copy_sink on c and waits until
+// the server is reading copy data.
+func rtStartCopy(t *testing.T, c *ppConn) {
+	t.Helper()
+	rtSend(t, c, ppQuery("COPY copy_sink (tenant_id, line) FROM STDIN"))
+	if got, err := rtRead(c, 5*time.Second, func(m pgproto3.BackendMessage) bool {
+		_, ok := m.(*pgproto3.CopyInResponse)
+		return ok
+	}); err != nil {
+		t.Fatalf("COPY did not start: %v %v", got, err)
 	}
 }
