@@ -109,13 +109,23 @@ func (p *parker) unpark(r *relay) {
 	r.noPark.Store(true)
 	parked := p.parked[r.parkFD] == r
 	if parked {
-		delete(p.parked, r.parkFD)
-		_ = unix.EpollCtl(p.epfd, unix.EPOLL_CTL_DEL, int(r.parkFD), nil)
+		p.takeLocked(r.parkFD)
 	}
 	p.mu.Unlock()
 	if parked {
 		go r.resume()
 	}
+}
+
+// takeLocked removes the client parked on fd, if any, from the set and
+// returns it. Caller holds p.mu.
+func (p *parker) takeLocked(fd int32) *relay {
+	r := p.parked[fd]
+	if r != nil {
+		delete(p.parked, fd)
+		_ = unix.EpollCtl(p.epfd, unix.EPOLL_CTL_DEL, int(fd), nil)
+	}
+	return r
 }
 
 func (p *parker) loop() {
@@ -135,11 +145,7 @@ func (p *parker) loop() {
 				return
 			}
 			p.mu.Lock()
-			r := p.parked[ev.Fd]
-			delete(p.parked, ev.Fd)
-			if r != nil {
-				_ = unix.EpollCtl(p.epfd, unix.EPOLL_CTL_DEL, int(ev.Fd), nil)
-			}
+			r := p.takeLocked(ev.Fd)
 			p.mu.Unlock()
 			if r != nil {
 				go r.resume()
@@ -183,11 +189,9 @@ func (p *parker) resumeAll() {
 	p.mu.Lock()
 	p.closed = true
 	parked := make([]*relay, 0, len(p.parked))
-	for fd, r := range p.parked {
-		_ = unix.EpollCtl(p.epfd, unix.EPOLL_CTL_DEL, int(fd), nil)
-		parked = append(parked, r)
+	for fd := range p.parked {
+		parked = append(parked, p.takeLocked(fd))
 	}
-	clear(p.parked)
 	p.mu.Unlock()
 	for _, r := range parked {
 		go r.resume()

@@ -32,16 +32,12 @@ import (
 
 // pooledState is the relay's transaction-mode state.
 type pooledState struct {
-	pool       *txPool
-	ctxKey     string // this client's context settings (serverConn.dirtyKey)
-	resetQuery string // resets them, for a holder with other settings
-	// settled is the assertion of the context settings alone, through the
-	// statements ctxPrepare prepares, for a connection whose committed
-	// settings are this client's (serverConn.settled).
-	settled  assertion
-	pctx     *poolContext // shared by the sessions with the same settings
-	changes  bool         // the guard's ChangesSettings for the message being relayed
-	deallocs bool         // and its DeallocatesAll
+	pool *txPool
+	// pctx is this client's settings, shared with the sessions that have the
+	// same: pctx.key names them (serverConn.dirtyKey, settled).
+	pctx     *poolContext
+	changes  bool // the guard's ChangesSettings for the message being relayed
+	deallocs bool // and its DeallocatesAll
 
 	// Guarded by leaseMu (with pending, when the response side detaches).
 	sc       *serverConn // held connection, nil between transactions
@@ -242,7 +238,7 @@ func (r *relay) leaseFor(typ byte, startsUnit bool) (bool, error) {
 	if err != nil {
 		return false, err
 	}
-	sc.dirtyKey, sc.dirtyReset = r.ctxKey, r.resetQuery
+	sc.dirtyKey, sc.dirtyReset = r.pctx.key, r.pctx.resetQuery
 	r.leaseMu.Lock()
 	if r.draining.Load() {
 		r.leaseMu.Unlock()
@@ -453,7 +449,7 @@ func (r *relay) relayStatementMessage(typ byte, size int, msg []byte, peeked boo
 			st.record(replyEntry{seq: seq})
 			return r.writeRewritten(len(msg), peeked)
 		}
-		server := serverStmtName(r.ctxKey, rest)
+		server := serverStmtName(r.pctx.key, rest)
 		cs := &clientStmt{server: server, parse: appendParse(nil, server, rest), changes: r.changes, deallocates: r.deallocs}
 		st.mu.Lock()
 		if st.byName == nil {

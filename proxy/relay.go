@@ -38,7 +38,7 @@ const (
 // relay's own and must be hidden.
 type unit struct {
 	assert     bool // the inline assertion was sent ahead of the unit
-	short      bool // and it was the context settings' alone (pooledState.settled)
+	short      bool // and it was the context settings' alone (poolContext.settled)
 	simple     bool // a Query or FunctionCall: an assertion failure cannot be reported in-band
 	standalone bool // the relay's own standalone assertion; every reply is hidden
 	afterReset bool // a standalone assertion behind RESET ALL / DISCARD ALL: nobody waits for it
@@ -479,7 +479,7 @@ func (r *relay) startUnit(typ byte, size int, msg []byte, refused, simple bool) 
 		return nil
 	}
 	need := r.mayNeedAssertion()
-	short := need && r.pooled() && r.sc.settled == r.ctxKey
+	short := need && r.pooled() && r.sc.settled == r.pctx.key
 	r.queueUnit(unit{assert: need, short: short, simple: simple})
 	if need {
 		r.stats.assertions.Add(1)
@@ -488,7 +488,7 @@ func (r *relay) startUnit(typ byte, size int, msg []byte, refused, simple bool) 
 		r.stats.statements = 0
 		inline := r.assertion.inline
 		if short {
-			inline = r.settled.inline
+			inline = r.pctx.settled.inline
 		}
 		if _, err := r.uw.Write(inline); err != nil {
 			return err
@@ -802,7 +802,7 @@ func (r *relay) reply(typ byte, size int) error {
 			if r.resp.cur.assert || r.resp.cur.standalone {
 				r.resp.assertReplies = r.assertion.replies
 				if r.resp.cur.short {
-					r.resp.assertReplies = r.settled.replies
+					r.resp.assertReplies = r.pctx.settled.replies
 				}
 				r.resp.assertLeft = len(r.resp.assertReplies)
 			}

@@ -72,6 +72,7 @@ type runtime struct {
 	pooledGuard    *guard.Guard    // for transaction-mode sessions; nil when no user is in that mode
 	pool           *txPool         // transaction mode's upstream connections
 	unguarded      map[string]bool // users whose SQL the guard does not check
+	protected      []string        // the settings a context may set, for any identity
 	signingKey     []byte          // signed tenant context; nil when off
 	throttle       throttle.Service
 	// startupTimeout bounds the time from accept to the end of
@@ -136,6 +137,7 @@ func newRuntime(cfg *config.Config, authn Authenticator, old *runtime, log *slog
 		policy:         newStartupPolicy(cfg.TenantSetting),
 		guard:          guard.New(guard.Policy{TenantSetting: cfg.TenantSetting, ExtraSettings: cfg.ProtectedSettings()}),
 		unguarded:      make(map[string]bool),
+		protected:      append([]string{cfg.TenantSetting, "role"}, cfg.ProtectedSettings()...),
 		startupTimeout: cfg.Auth.Timeout.Duration,
 	}
 	if cfg.UsesTransactionPool() {
@@ -486,11 +488,6 @@ func (s *Server) OnClose(f func()) {
 
 // contextSettings are the settings asserted for an identity: the tenant,
 // its signature, the settings from its claims, and its role last.
-// protectedNames are the settings a context may set, for any identity.
-func (rt *runtime) protectedNames() []string {
-	return append([]string{rt.cfg.TenantSetting, "role"}, rt.cfg.ProtectedSettings()...)
-}
-
 func (rt *runtime) contextSettings(ident auth.Identity) []setting {
 	settings := []setting{{name: rt.cfg.TenantSetting, value: ident.Tenant}}
 	if rt.signingKey != nil {

@@ -304,19 +304,16 @@ func (s *Server) startPooledSession(rt *runtime, st *startup, cr *bufio.Reader, 
 	}
 	// The tenant's settings last, the role at the very end.
 	settings = append(settings, rt.contextSettings(ident)...)
-	pc := rt.pool.takeContext(settings, len(names), rt.protectedNames())
+	pc := rt.pool.takeContext(settings, len(names), rt.protected)
 	a := pc.assertion
 	rl := newRelay(st.conn, cr, cw, nil, a, rt.pooledGuard, ident.Expires)
 	// The unit queue is taken per lease (leaseFor): an idle client has none.
 	unitsPool.Put(rl.units)
 	rl.units = nil
 	rl.pooledState = pooledState{
-		pool:       rt.pool,
-		ctxKey:     pc.key,
-		resetQuery: pc.resetQuery,
-		settled:    pc.settled,
-		pctx:       pc,
-		stmts:      statements{changed: make(chan struct{}, 1)},
+		pool:  rt.pool,
+		pctx:  pc,
+		stmts: statements{changed: make(chan struct{}, 1)},
 	}
 	started := false
 	defer func() {
@@ -526,7 +523,7 @@ func (ss *session) close() {
 	ss.s.cancels.unregister(ss.key)
 	if ss.relay != nil && ss.relay.pooled() {
 		ss.relay.endLease()
-		ss.relay.pool.dropContext(ss.relay.ctxKey)
+		ss.relay.pool.dropContext(ss.relay.pctx.key)
 		return
 	}
 	ss.upstream.Close()
