@@ -65,6 +65,7 @@ type Metrics struct {
 	refusals     *prometheus.CounterVec
 	bytes        *prometheus.CounterVec
 	sessions     *prometheus.CounterVec
+	panics       *prometheus.CounterVec
 
 	maxTenants int
 	// tenants maps admitted tenants to their counters. The map is never
@@ -164,9 +165,14 @@ func New(opts Options) *Metrics {
 		Help: "Sessions ended, by tenant.",
 	}, []string{"tenant"})
 
+	m.panics = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "pgtenant_session_panics_total",
+		Help: "Bugs caught in a session (where: client, upstream); the session ended, its upstream connection was closed, the proxy went on.",
+	}, []string{"where"})
+
 	m.reg.MustRegister(
 		conns, m.connClosed, m.auth, upstream, m.upstreamLatency,
-		m.transactions, m.statements, m.errors, m.refusals, m.bytes, m.sessions, m.poolWaits,
+		m.transactions, m.statements, m.errors, m.refusals, m.bytes, m.sessions, m.poolWaits, m.panics,
 		collectors.NewGoCollector(),
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 	)
@@ -275,6 +281,9 @@ func (m *Metrics) WatchPool(stats func() (open, idle, waiting int)) {
 
 // PoolWait implements proxy.Observer.
 func (m *Metrics) PoolWait(string) { m.poolWaits.Inc() }
+
+// Panic implements proxy.Observer.
+func (m *Metrics) Panic(where string) { m.panics.WithLabelValues(where).Inc() }
 
 // SessionEnd counts an ended session and the bytes it relayed each way.
 // Negative byte counts are ignored.

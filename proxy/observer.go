@@ -31,6 +31,10 @@ type Observer interface {
 	PoolWait(tenant string)
 	// SessionEnd reports the bytes a session relayed each way.
 	SessionEnd(tenant string, fromClient, toClient int64)
+	// Panic reports a bug caught in one session (where: "client", the
+	// request side; "upstream", the reply side): that session ended and its
+	// upstream connection was closed, and the proxy went on.
+	Panic(where string)
 }
 
 // SessionInfo describes a live session for an admin view.
@@ -57,3 +61,4 @@ func (nopObserver) Statements(string, int64)             {}
 func (nopObserver) Error(string)                         {}
 func (nopObserver) SessionEnd(string, int64, int64)      {}
 func (nopObserver) PoolWait(string)                      {}
+func (nopObserver) Panic(string)                         {}

@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"net"
 	"slices"
 	"strconv"
@@ -86,6 +87,7 @@ type txPool struct {
 	cfg     config.Pool
 	connect func(context.Context) (*serverConn, error)
 	obs     func() Observer
+	log     *slog.Logger
 
 	mu       sync.Mutex
 	idle     []*serverConn // most recently released last
@@ -495,6 +497,24 @@ func (c *collector) reply(typ byte, size int) error {
 func (p *txPool) serve(sc *serverConn) {
 	defer p.readers.Done()
 	defer p.gone(sc)
+	defer func() {
+		if v := recover(); v != nil {
+			// A bug while handing replies to a client: that client's session
+			// ends with the connection, whose state is unknown.
+			r := sc.holder.Load()
+			tenant := ""
+			if r != nil {
+				tenant = r.tenant
+			}
+			logPanic(p.logger(), "upstream", v, "tenant", tenant, "upstream_pid", sc.pid)
+			p.obs().Panic("upstream")
+			sc.dead.Store(true)
+			sc.conn.Close()
+			if r != nil {
+				r.failResponse(errPanic)
+			}
+		}
+	}()
 	for {
 		if r := sc.holder.Load(); r != nil && sc.r.Buffered() < 5 {
 			if err := r.flushClient(); err != nil {
@@ -542,6 +562,13 @@ func (p *txPool) serve(sc *serverConn) {
 		p.distrust(sc, errors.New("a reply nobody asked for"))
 		return
 	}
+}
+
+func (p *txPool) logger() *slog.Logger {
+	if p.log == nil {
+		return slog.Default()
+	}
+	return p.log
 }
 
 // distrust closes a connection whose replies do not match what was sent.

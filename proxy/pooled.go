@@ -182,7 +182,7 @@ func (r *relay) takeIfIdle(idleSince int64) {
 func (r *relay) clientWriter() *bufio.Writer {
 	if r.cw == nil {
 		r.cw = writerPool.Get().(*bufio.Writer)
-		r.cw.Reset(r.client)
+		r.cw.Reset(r.clientOut)
 	}
 	return r.cw
 }
@@ -221,6 +221,7 @@ func (r *relay) leaseFor(typ byte, startsUnit bool) (bool, error) {
 	r.leaseMu.Lock()
 	if r.sc != nil {
 		r.writing = true
+		r.uw, r.wconn = r.sc.w, r.sc.conn
 		r.leaseMu.Unlock()
 		return true, nil
 	}
@@ -272,6 +273,9 @@ func (r *relay) attachLocked() {
 // endWrite ends the request side's write section after a flush; the
 // connection goes back to the pool if the response side is done with it.
 func (r *relay) endWrite() {
+	// Outside a write section the request side has no upstream writer: the
+	// connection may be another client's by the next message.
+	r.uw, r.wconn = nil, nil
 	r.leaseMu.Lock()
 	r.writing = false
 	if r.sc != nil && !r.attached {
@@ -557,7 +561,7 @@ func (r *relay) relayStatementMessage(typ byte, size int, msg []byte, peeked boo
 // unanswered.
 func (r *relay) waitStatements(seq uint64) error {
 	for r.stmts.pendingBefore(seq) {
-		if err := r.uw.Flush(); err != nil {
+		if err := r.flushUp(); err != nil {
 			return err
 		}
 		select {
@@ -644,7 +648,7 @@ func (r *relay) relayBind(size int) error {
 func (r *relay) peekHead(size int) ([]byte, error) {
 	n := min(size, r.cr.Size())
 	if r.cr.Buffered() < n {
-		if err := r.uw.Flush(); err != nil {
+		if err := r.flushUp(); err != nil {
 			return nil, err
 		}
 	}

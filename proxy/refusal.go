@@ -78,7 +78,7 @@ func (rf *refusals) match(upstream *pgconn.PgError) *pgconn.PgError {
 func (r *relay) wholeMessage(size int) (msg []byte, peeked bool, err error) {
 	if size <= r.cr.Size() {
 		if r.cr.Buffered() < size {
-			if err := r.uw.Flush(); err != nil {
+			if err := r.flushUp(); err != nil {
 				return nil, false, err
 			}
 		}
@@ -99,6 +99,9 @@ func (r *relay) wholeMessage(size int) (msg []byte, peeked bool, err error) {
 // the bytes to send upstream instead when the message is refused, and whether
 // the message resets the tenant context (RESET ALL, DISCARD ALL).
 func (r *relay) check(msg []byte) (substitute []byte, resets, deallocates bool, err error) {
+	if r.knobs != nil && r.knobs.OnStatement != nil {
+		r.knobs.OnStatement(statementText(msg))
+	}
 	var verdictErr *pgconn.PgError
 	var name string
 	switch msg[0] {

@@ -62,7 +62,9 @@ type relay struct {
 	idleTimeout     time.Duration
 	idleInTxTimeout time.Duration
 	upstreamTimeout time.Duration // no byte from the upstream for this long while a reply is owed ends the session
+	clientOut       io.Writer     // what cw writes to: the client, or a rearmingWriter with upstreamTimeout
 	obs             Observer
+	knobs           *TestingKnobs // nil outside tests
 	tenant          string
 
 	units    chan unit
@@ -78,6 +80,7 @@ type relay struct {
 
 	standaloneDone chan *pgconn.PgError // result of a standalone assertion
 	closing        atomic.Bool          // the session is ending; suppress "upstream lost"
+	panicked       atomic.Bool          // a bug ended the session (recover.go): the client is told so
 	draining       atomic.Bool          // the server is shutting down: end at the next idle point
 	unsafeLexing   atomic.Value         // string: why the upstream would not read SQL as the guard does
 	copyInUpstream atomic.Bool          // the upstream sent CopyInResponse and is reading copy data
@@ -126,6 +129,7 @@ func newRelay(client net.Conn, cr *bufio.Reader, cw *bufio.Writer, upstream net.
 		wconn:          upstream,
 		rconn:          upstream,
 	}
+	r.clientOut = client
 	if upstream != nil {
 		r.ur = bufio.NewReaderSize(upstream, relayBufSize)
 		r.uw = bufio.NewWriterSize(upstream, relayBufSize)
@@ -502,7 +506,7 @@ func (r *relay) startUnit(typ byte, size int, msg []byte, refused, simple bool) 
 // before that reply arrives (pgx does), so this waits until the reply comes
 // or every unit sent so far has completed, which means no COPY is waiting.
 func (r *relay) upstreamInCopy() (bool, error) {
-	if err := r.uw.Flush(); err != nil {
+	if err := r.flushUp(); err != nil {
 		return false, err
 	}
 	for {
@@ -570,6 +574,36 @@ func (r *relay) armUpstreamTimeout(conn net.Conn) {
 	}
 }
 
+// setUpstreamTimeout makes the reply side end the session when the upstream
+// says nothing for d while a reply is owed. Only time spent waiting on the
+// upstream counts: the deadline starts again after every write to the
+// client, which may block for as long as the client takes to read.
+func (r *relay) setUpstreamTimeout(d time.Duration) {
+	r.upstreamTimeout = d
+	if d == 0 {
+		return
+	}
+	r.clientOut = rearmingWriter{r}
+	if r.cw != nil {
+		_ = r.cw.Flush()
+		r.cw.Reset(r.clientOut)
+	}
+}
+
+// rearmingWriter writes to the client, then restarts the upstream read
+// deadline (setUpstreamTimeout).
+type rearmingWriter struct{ r *relay }
+
+func (w rearmingWriter) Write(p []byte) (int, error) {
+	n, err := w.r.client.Write(p)
+	if w.r.pending.Load() > 0 {
+		// Replies are owed, so the reply side is the writer and rconn is
+		// the connection it reads (in transaction mode: attached).
+		w.r.armUpstreamTimeout(w.r.rconn)
+	}
+	return n, err
+}
+
 // flushUpstream sends what the request side has buffered. In transaction
 // mode it also ends the write section, which may give the connection back.
 func (r *relay) flushUpstream() error {
@@ -584,6 +618,16 @@ func (r *relay) flushUpstream() error {
 	}
 	r.armUpstreamTimeout(r.wconn)
 	return nil
+}
+
+// flushUp sends what the request side has buffered for the upstream, if it
+// holds a writer: between leases it has none, and a flush must never reach a
+// connection that another client holds.
+func (r *relay) flushUp() error {
+	if r.uw == nil {
+		return nil
+	}
+	return r.uw.Flush()
 }
 
 // idleError turns a read timeout from armIdleTimeout into PostgreSQL's error.
@@ -611,7 +655,7 @@ func (r *relay) mayNeedAssertion() bool {
 // waitDrained sends what is buffered and waits until every unit sent so far
 // has its ReadyForQuery, so that the transaction status is exact.
 func (r *relay) waitDrained() error {
-	if err := r.uw.Flush(); err != nil {
+	if err := r.flushUp(); err != nil {
 		return err
 	}
 	for r.pending.Load() > 0 {
@@ -642,7 +686,7 @@ func (r *relay) queueUnit(u unit) uint64 {
 	default:
 		// Full: the response side is waiting for replies to units still in our
 		// write buffer. Send them before blocking, or both sides would wait.
-		_ = r.uw.Flush()
+		_ = r.flushUp()
 		select {
 		case r.units <- u:
 		case <-r.done:
@@ -772,6 +816,9 @@ type respState struct {
 // hides the replies to the relay's own messages and forwards everything
 // else as bytes.
 func (r *relay) reply(typ byte, size int) error {
+	if r.knobs != nil && r.knobs.OnReply != nil {
+		r.knobs.OnReply(typ)
+	}
 	r.armUpstreamTimeout(r.rconn)
 	r.stats.toClient += int64(size)
 	switch typ {

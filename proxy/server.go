@@ -42,6 +42,7 @@ type Server struct {
 	cancels *cancelRegistry
 	rt      atomic.Pointer[runtime] // what new sessions use; swapped by Reload
 	obs     atomic.Pointer[Observer]
+	knobs   knobsHolder
 
 	nextConnID atomic.Uint64
 	clients    atomic.Int64 // client connections past the startup packet
@@ -183,6 +184,7 @@ func (s *Server) adoptPool(rt, old *runtime) {
 		return
 	}
 	rt.pool = newTxPool(rt.cfg.Pool, rt.dialPooled, s.observer)
+	rt.pool.log = s.log
 	s.mu.Lock()
 	s.pools = append(s.pools, rt.pool)
 	s.mu.Unlock()

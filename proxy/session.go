@@ -32,7 +32,17 @@ func (s *Server) serveConn(conn net.Conn) {
 	// that then waits for the client (for hours, in transaction mode with
 	// nothing else held) stays small.
 	established := make(chan *session, 1)
-	go func() { established <- s.establish(conn, rt, log) }()
+	go func() {
+		defer func() {
+			if p := recover(); p != nil {
+				logPanic(log, "login", p)
+				s.observer().Panic("login")
+				conn.Close()
+				established <- nil
+			}
+		}()
+		established <- s.establish(conn, rt, log)
+	}()
 	sess := <-established
 	if sess == nil {
 		obs.ConnState("startup", "closed")
@@ -253,10 +263,11 @@ func (s *Server) startSession(rt *runtime, st *startup, cr *bufio.Reader, cw *bu
 // configureRelay gives a session's relay its tenant, observer and limits.
 func (s *Server) configureRelay(rt *runtime, rl *relay, tenant string) {
 	rl.obs, rl.tenant = s.observer(), tenant
+	rl.knobs = s.knobs.Load()
 	lim := rt.cfg.Limits
 	rl.maxMessage = lim.MaxMessageSize
 	rl.idleTimeout, rl.idleInTxTimeout = lim.IdleTimeout.Duration, lim.IdleInTransactionTimeout.Duration
-	rl.upstreamTimeout = lim.UpstreamTimeout.Duration
+	rl.setUpstreamTimeout(lim.UpstreamTimeout.Duration)
 }
 
 // writeSessionStart sends what PostgreSQL sends after authentication:
@@ -368,7 +379,7 @@ func (ss *session) run() {
 	}
 	respErr := make(chan error, 1)
 	go func() {
-		err := r.upstreamToClient()
+		err := ss.catchPanic("upstream", r.upstreamToClient)
 		if !r.closing.Swap(true) {
 			r.reportEnd(err)
 			_ = r.cw.Flush()
@@ -379,7 +390,7 @@ func (ss *session) run() {
 		respErr <- err
 	}()
 
-	reqErr := r.clientToUpstream()
+	reqErr := ss.catchPanic("client", r.clientToUpstream)
 	first := !r.closing.Swap(true)
 	ss.upstream.Close()
 	if first {
@@ -395,7 +406,7 @@ func (ss *session) run() {
 // response side in the reader of whichever pooled connection the session
 // holds.
 func (ss *session) runPooled() {
-	ss.endPooled(ss.relay.clientToUpstream())
+	ss.endPooled(ss.catchPanic("client", ss.relay.clientToUpstream))
 }
 
 // resume goes on with a session that the parker held, on a new goroutine.
@@ -408,7 +419,7 @@ func (ss *session) resume() {
 	}
 	switch {
 	case err == nil:
-		err = r.clientToUpstream()
+		err = ss.catchPanic("client", r.clientToUpstream)
 	case err != errParked:
 		err = r.idleError(err)
 	}
@@ -476,6 +487,8 @@ func (ss *session) finish(reqErr, respErr error, first bool) {
 func (r *relay) reportEnd(err error) {
 	var pgErr *pgconn.PgError
 	switch {
+	case r.panicked.Load():
+		_ = r.writeClient(errorResponse(errPanic))
 	case errors.As(err, &pgErr):
 		_ = r.writeClient(errorResponse(pgErr))
 	case r.draining.Load():
