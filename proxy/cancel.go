@@ -68,6 +68,14 @@ func (c *cancelRegistry) unregister(k cancelKey) {
 	c.mu.Unlock()
 }
 
+// targetOf returns the target of a key pgtenant issued.
+func (c *cancelRegistry) targetOf(k cancelKey) (cancelTarget, bool) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	t, ok := c.targets[k]
+	return t, ok
+}
+
 func (c *cancelRegistry) lookup(pid uint32, secret []byte) (cancelTarget, bool) {
 	if len(secret) != 4 {
 		return cancelTarget{}, false

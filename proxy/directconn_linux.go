@@ -151,3 +151,32 @@ func renameOp(err error, op string) error {
 	}
 	return err
 }
+
+// peerClosed reports whether the peer of a client connection has hung up
+// (or shut down its side), even with data of its own still unread: a
+// request side waiting on the upstream checks it now and then.
+func peerClosed(conn net.Conn) bool {
+	if tc, ok := conn.(interface{ NetConn() net.Conn }); ok {
+		conn = tc.NetConn()
+	}
+	var raw syscall.RawConn
+	switch c := conn.(type) {
+	case *directConn:
+		raw = c.raw
+	case syscall.Conn:
+		var err error
+		if raw, err = c.SyscallConn(); err != nil {
+			return false
+		}
+	default:
+		return false
+	}
+	closed := false
+	_ = raw.Control(func(fd uintptr) {
+		fds := []unix.PollFd{{Fd: int32(fd), Events: unix.POLLRDHUP}}
+		if n, err := unix.Poll(fds, 0); err == nil && n > 0 {
+			closed = fds[0].Revents&(unix.POLLRDHUP|unix.POLLHUP|unix.POLLERR) != 0
+		}
+	})
+	return closed
+}

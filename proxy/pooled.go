@@ -5,7 +5,6 @@ import (
 	"context"
 	"encoding/binary"
 	"errors"
-	"io"
 	"net"
 	"os"
 	"strings"
@@ -76,13 +75,12 @@ const (
 // waits in the parker, and resume goes on.
 var errParked = errors.New("parked")
 
-// Buffers of idle clients go back to these pools, and so does the queue of
-// units between a transaction-mode client's two sides between leases.
+// Buffers of idle clients go back to these pools (and the ledger's queue
+// to queuePool).
 var (
 	readerPool = sync.Pool{New: func() any { return bufio.NewReaderSize(nil, relayBufSize) }}
 	writerPool = sync.Pool{New: func() any { return bufio.NewWriterSize(nil, relayBufSize) }}
 	parkPool   = sync.Pool{New: func() any { return new([parkSize]byte) }}
-	unitsPool  = sync.Pool{New: func() any { return make(chan unit, maxUnitsInFlight) }}
 )
 
 // parkSize is what a waiting client's first read takes: a statement or
@@ -247,7 +245,6 @@ func (r *relay) leaseFor(typ byte, startsUnit bool) (bool, error) {
 		return false, errDraining
 	}
 	r.sc, r.writing, r.broken = sc, true, false
-	r.units = unitsPool.Get().(chan unit)
 	r.leaseMu.Unlock()
 	r.uw = sc.w
 	r.wconn = sc.conn
@@ -310,15 +307,9 @@ func (r *relay) releaseLocked() {
 	sc := r.sc
 	r.sc = nil
 	r.stmts.reset()
-	// Both sides are done with the lease: what is left in the queue are
-	// void units (lone Syncs the server ignored), if anything.
-	if r.units != nil {
-		for len(r.units) > 0 {
-			<-r.units
-		}
-		unitsPool.Put(r.units)
-		r.units = nil
-	}
+	// Both sides are done with the lease: whatever the ledger still holds
+	// (nothing, unless the session is ending) was this connection's.
+	r.ledger.reset()
 	r.pool.release(sc, r.tenant, !r.broken)
 }
 
@@ -330,7 +321,7 @@ func (r *relay) endLease() {
 	if r.sc == nil {
 		return
 	}
-	if r.attached || r.writing || r.pending.Load() != 0 || byte(r.txStatus.Load()) != 'I' {
+	if r.attached || r.writing || r.ledger.pending.Load() != 0 || byte(r.txStatus.Load()) != 'I' {
 		// Mid-transaction, mid-COPY, with replies owed, or inside a write
 		// section (part of a message may have gone out, or be waiting in
 		// the connection's write buffer): the state of the connection is
@@ -346,14 +337,31 @@ func (r *relay) endLease() {
 // must wait for its reader to let go of the relay (done).
 func (r *relay) stopPooled() bool {
 	r.leaseMu.Lock()
-	defer r.leaseMu.Unlock()
 	r.stopping = true
-	if r.attached {
-		r.broken = true
-		r.sc.conn.Close()
-		return true
+	if !r.attached {
+		r.leaseMu.Unlock()
+		return false
 	}
-	return false
+	r.broken = true
+	target, abandoned := r.sc.cancelTarget(), !r.ledger.quiet()
+	r.sc.conn.Close()
+	r.leaseMu.Unlock()
+	if abandoned {
+		cancelAbandoned(target)
+	}
+	return true
+}
+
+// abandonedCancelTimeout bounds the cancel sent for a statement whose
+// client has gone.
+const abandonedCancelTimeout = time.Second
+
+// cancelAbandoned cancels what an upstream backend runs for a client that
+// has gone: closing the connection alone would let a long statement run on
+// (PostgreSQL notices a closed client only when it next writes), holding
+// its locks and a backend that the pool no longer counts.
+func cancelAbandoned(t cancelTarget) {
+	_ = t.send(context.Background(), abandonedCancelTimeout)
 }
 
 // failResponse ends the response side with err (nil: a clean end): the
@@ -462,7 +470,7 @@ func (r *relay) relayStatementMessage(typ byte, size int, msg []byte, peeked boo
 		st.byName[string(name)] = cs
 		st.mu.Unlock()
 		had := sc.touch(server)
-		if had && r.pending.Load() <= 1 && byte(r.txStatus.Load()) != 'E' {
+		if had && r.ledger.pending.Load() <= 1 && byte(r.txStatus.Load()) != 'E' {
 			// Prepared on this connection already: answer from the cache. (Not
 			// in a failed transaction block, where PostgreSQL refuses the Parse
 			// but would accept the stand-in Close.)
@@ -560,17 +568,8 @@ func (r *relay) relayStatementMessage(typ byte, size int, msg []byte, peeked boo
 // waitStatements waits until no Parse or Close of a unit before seq is
 // unanswered.
 func (r *relay) waitStatements(seq uint64) error {
-	for r.stmts.pendingBefore(seq) {
-		if err := r.flushUp(); err != nil {
-			return err
-		}
-		select {
-		case <-r.stmts.changed:
-		case <-r.done:
-			return io.ErrUnexpectedEOF
-		}
-	}
-	return nil
+	r.waitSeq = seq
+	return r.await(untilStatements)
 }
 
 // relayBind sends a Bind under the upstream statement name. Only the head
@@ -606,7 +605,7 @@ func (r *relay) relayBind(size int) error {
 		if deallocates {
 			r.deallocateAll() // on the connection it runs on
 		}
-		return forward(r.uw, r.cr, size)
+		return r.forwardUp('B', size, false)
 	}
 	st.mu.Lock()
 	cs := st.byName[string(stmt)]
@@ -626,7 +625,7 @@ func (r *relay) relayBind(size int) error {
 	case strings.HasPrefix(server, serverStmtPrefix):
 		server = serverStmtPrefix + "unknown"
 	default:
-		return forward(r.uw, r.cr, size)
+		return r.forwardUp('B', size, false)
 	}
 	out := st.scratch[:0]
 	out = append(out, 'B', 0, 0, 0, 0)
@@ -634,6 +633,7 @@ func (r *relay) relayBind(size int) error {
 	out = append(append(out, server...), 0)
 	binary.BigEndian.PutUint32(out[1:], uint32(size-headLen+len(out)-1))
 	st.scratch = out
+	r.ledger.send(sentMsg{unit: r.seq, typ: 'B'}) // head and parameters are one message
 	if _, err := r.uw.Write(out); err != nil {
 		return err
 	}
@@ -666,7 +666,7 @@ func (r *relay) ensurePrepared(cs *clientStmt, seq uint64) error {
 	st.record(replyEntry{seq: seq, action: replyHide, kind: effectServerRemove, server: cs.server})
 	buf = append(buf, cs.parse...)
 	st.record(replyEntry{seq: seq, action: replyHide, kind: effectServerAdd, server: cs.server})
-	if _, err := r.uw.Write(buf); err != nil {
+	if err := r.sendMsgs(buf, fromClient); err != nil {
 		return err
 	}
 	return r.evict(cs.server, seq)
@@ -694,12 +694,10 @@ func (r *relay) ensureUnnamed(seq uint64) error {
 	case unnamed == nil:
 		// The client has none; whatever the connection has is not its own.
 		st.record(replyEntry{seq: seq, action: replyHide})
-		_, err := r.uw.Write(appendClose(nil, 'S', ""))
-		return err
+		return r.sendMsgs(appendClose(nil, 'S', ""), fromClient)
 	}
 	st.record(replyEntry{seq: seq, action: replyHide, kind: effectUnnamed})
-	_, err := r.uw.Write(unnamed)
-	return err
+	return r.sendMsgs(unnamed, fromClient)
 }
 
 // evict closes the connection's least recently used statements beyond
@@ -722,7 +720,7 @@ func (r *relay) evict(keep string, seq uint64) error {
 		delete(sc.prepared, oldest)
 		sc.mu.Unlock()
 		r.stmts.record(replyEntry{seq: seq, action: replyHide, kind: effectServerRemove, server: oldest, had: true})
-		if _, err := r.uw.Write(appendClose(nil, 'S', oldest)); err != nil {
+		if err := r.sendMsgs(appendClose(nil, 'S', oldest), fromClient); err != nil {
 			return err
 		}
 	}
@@ -731,7 +729,7 @@ func (r *relay) evict(keep string, seq uint64) error {
 // writeRewritten sends the scratch buffer in place of the client's message
 // of size bytes.
 func (r *relay) writeRewritten(size int, peeked bool) error {
-	if _, err := r.uw.Write(r.stmts.scratch); err != nil {
+	if err := r.sendMsgs(r.stmts.scratch, fromClient); err != nil {
 		return err
 	}
 	if peeked {
@@ -743,7 +741,7 @@ func (r *relay) writeRewritten(size int, peeked bool) error {
 
 // writeClientMessage sends a message that was read whole, unchanged.
 func (r *relay) writeClientMessage(msg []byte, peeked bool) error {
-	if _, err := r.uw.Write(msg); err != nil {
+	if err := r.sendClient(msg, false); err != nil {
 		return err
 	}
 	if peeked {

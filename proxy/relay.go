@@ -12,10 +12,8 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5/pgconn"
-	"github.com/jackc/pgx/v5/pgproto3"
 
 	"github.com/pgtenant/pgtenant/guard"
-	"github.com/pgtenant/pgtenant/internal/lexsafe"
 )
 
 const (
@@ -31,29 +29,26 @@ const (
 	screenPeekLen = 1024
 )
 
-// unit is one stretch of the client's stream that ends with a ReadyForQuery:
-// a simple Query, a FunctionCall, or an extended-protocol group up to its Sync.
-// The request side queues one per unit, in order; the response side takes it
-// when the unit's first reply arrives, so it knows which replies are the
-// relay's own and must be hidden.
-type unit struct {
-	assert     bool // the inline assertion was sent ahead of the unit
-	short      bool // and it was the context settings' alone (poolContext.settled)
-	simple     bool // a Query or FunctionCall: an assertion failure cannot be reported in-band
-	standalone bool // the relay's own standalone assertion; every reply is hidden
-	afterReset bool // a standalone assertion behind RESET ALL / DISCARD ALL: nobody waits for it
-	seq        uint64
-}
-
-// relay moves messages between a client and its upstream connection, one
-// goroutine per direction, and asserts the tenant context at every point where
-// the upstream may be outside a transaction block.
+// relay moves messages between a client and its upstream connection and
+// asserts the tenant context at every point where the upstream may be
+// outside a transaction block.
+//
+// The request side (relay.go) reads the client, asserts, guards and sends;
+// the reply side (reply.go) reads the upstream's replies against the ledger
+// (ledger.go), hides pgtenant's own and relays the rest. In session mode
+// each side is a goroutine of the session; in transaction mode the reply
+// side runs on the reader of whichever pooled connection the client holds
+// (pooled.go).
+//
+// Ownership: cr, uw, wconn, seq, inGroup and copyParsed are the request
+// side's; cw, ur, rconn, rsc and resp the reply side's; the ledger has its own
+// lock; the lease fields (pooledState) are under leaseMu.
 type relay struct {
 	client          net.Conn
 	cr              *bufio.Reader // client reader (shared with startup)
-	cw              *bufio.Writer // client writer, used only by the response side
+	cw              *bufio.Writer // client writer, used only by the reply side
 	ur              *bufio.Reader
-	uw              *bufio.Writer // upstream writer, used only by the request side
+	uw              *bufio.Writer // upstream writer, request side; nil between leases
 	assertion       assertion
 	guard           *guard.Guard // nil when the guard is off for this user
 	refusals        refusals
@@ -67,45 +62,50 @@ type relay struct {
 	knobs           *TestingKnobs // nil outside tests
 	tenant          string
 
-	units    chan unit
-	pending  atomic.Int32  // units sent upstream whose ReadyForQuery has not come back
+	ledger   ledger        // what the upstream owes, in order
 	txStatus atomic.Uint32 // status byte of the last ReadyForQuery
 
-	seq       uint64 // sequence number of the last queued unit (request side)
-	drained   chan struct{}
-	voidMu    sync.Mutex
-	void      [][2]uint64 // ranges of voided unit sequence numbers
-	voidCount atomic.Int32
-	sawFatal  bool // the upstream sent a FATAL or PANIC (response side)
+	seq        uint64 // the unit being sent (request side)
+	waitSeq    uint64 // request side: the unit untilStatements waits for
+	inGroup    bool   // request side: an extended-protocol group has no Sync yet
+	// Request side: the statements whose text mentions COPY, and the
+	// portals bound to them (nil for most sessions): an Execute of one may
+	// start a COPY.
+	copyStmts, copyPortals map[string]bool
 
-	standaloneDone chan *pgconn.PgError // result of a standalone assertion
-	closing        atomic.Bool          // the session is ending; suppress "upstream lost"
-	panicked       atomic.Bool          // a bug ended the session (recover.go): the client is told so
-	draining       atomic.Bool          // the server is shutting down: end at the next idle point
-	unsafeLexing   atomic.Value         // string: why the upstream would not read SQL as the guard does
-	copyInUpstream atomic.Bool          // the upstream sent CopyInResponse and is reading copy data
-	copySignal     chan struct{}        // the response side saw CopyInResponse or ReadyForQuery
-	done           chan struct{}        // closed when the response side returns
+	// notify wakes the request side when it waits on the reply side
+	// (await): set waiting first, and the reply side signals at every reply.
+	notify  chan struct{}
+	waiting atomic.Bool
+
+	standaloneErr  atomic.Pointer[pgconn.PgError] // result of the standalone assertion awaited
+	standaloneDone atomic.Bool
+	sawFatal       bool        // the upstream sent a FATAL or PANIC (reply side)
+	closing        atomic.Bool // the session is ending; suppress "upstream lost"
+	panicked       atomic.Bool // a bug ended the session (recover.go): the client is told so
+	draining       atomic.Bool // the server is shutting down: end at the next idle point
+	unsafeLexing   atomic.Value
+	done           chan struct{} // closed when the reply side returns
 
 	stats relayStats
 
 	// Transaction mode (pool != nil): the upstream is leased per transaction
 	// (pooled.go). wconn is the connection the request side writes, rconn
-	// (and rsc) the one the response side reads; in session mode both are
+	// (and rsc) the one the reply side reads; in session mode both are
 	// upstream for the whole session.
 	pooledState
 	leaseMu sync.Mutex
 	wconn   net.Conn
 	rconn   net.Conn
 	rsc     *serverConn
-	resp    respState // response side only
+	resp    respState // reply side only
 }
 
 type relayStats struct {
 	assertions atomic.Int64
 	refusals   atomic.Int64
 	fromClient int64 // written by the request side only; read after it ends
-	toClient   int64 // written by the response side only; read after it ends
+	toClient   int64 // written by the reply side only; read after it ends
 	statements int64 // request side: not yet reported to the observer
 }
 
@@ -113,21 +113,18 @@ var errClientTerminated = errors.New("client sent Terminate")
 
 func newRelay(client net.Conn, cr *bufio.Reader, cw *bufio.Writer, upstream net.Conn, a assertion, g *guard.Guard, expires time.Time) *relay {
 	r := &relay{
-		maxMessage:     maxMessageLen,
-		obs:            nopObserver{},
-		expires:        expires,
-		guard:          g,
-		client:         client,
-		cr:             cr,
-		cw:             cw,
-		assertion:      a,
-		units:          make(chan unit, maxUnitsInFlight),
-		standaloneDone: make(chan *pgconn.PgError, 1),
-		drained:        make(chan struct{}, 1),
-		copySignal:     make(chan struct{}, 1),
-		done:           make(chan struct{}),
-		wconn:          upstream,
-		rconn:          upstream,
+		maxMessage: maxMessageLen,
+		obs:        nopObserver{},
+		expires:    expires,
+		guard:      g,
+		client:     client,
+		cr:         cr,
+		cw:         cw,
+		assertion:  a,
+		notify:     make(chan struct{}, 1),
+		done:       make(chan struct{}),
+		wconn:      upstream,
+		rconn:      upstream,
 	}
 	r.clientOut = client
 	if upstream != nil {
@@ -220,19 +217,11 @@ func statementText(msg []byte) []byte {
 	return body
 }
 
+
 // clientToUpstream is the request side. It returns nil when the client sent
 // Terminate, the read error when the client went away, or a *pgconn.PgError
 // to report to the client as FATAL.
 func (r *relay) clientToUpstream() error {
-	inGroup := false // inside an extended-protocol group (no Sync yet)
-	// COPY FROM STDIN: the server ignores Sync and Flush while it reads copy
-	// data, and a client may send a Sync right behind the COPY command
-	// before it knows the command was a COPY (libpq does). Those Syncs yield
-	// no ReadyForQuery; they are told apart once copy data follows.
-	copyIn := false               // the client is sending copy data
-	afterExec := false            // an Execute or Query went out, no copy data since
-	groupEndedBlind := false      // the Sync that ended the group came after it
-	var blindFrom, blindTo uint64 // lone-Sync units queued after it
 	for {
 		if r.cr.Buffered() < 5 {
 			// Everything that arrived together has been relayed: one write.
@@ -241,7 +230,7 @@ func (r *relay) clientToUpstream() error {
 			}
 			r.armIdleTimeout()
 			if r.pooled() && r.cr.Buffered() == 0 {
-				if err := r.parkReader(!inGroup && !copyIn); err != nil {
+				if err := r.parkReader(!r.inGroup); err != nil {
 					if err == errParked {
 						return err
 					}
@@ -260,185 +249,293 @@ func (r *relay) clientToUpstream() error {
 		if typ == 'Q' || typ == 'E' {
 			r.stats.statements++
 		}
-		var msg []byte // the whole message, when the guard needs to read it
-		var substitute []byte
-		peeked, resets, deallocates := false, false, false
-		r.changes, r.deallocs = false, false
-		if r.guard != nil && (typ == 'Q' || typ == 'P' || typ == 'F') {
-			if why, _ := r.unsafeLexing.Load().(string); why != "" {
-				return fatalf(codeInsufficientPrivilege, "pgtenant cannot guard this session's statements: %s", why)
-			}
-			if msg, peeked, err = r.wholeMessage(size); err != nil {
-				return err
-			}
-			if substitute, resets, deallocates, err = r.check(msg); err != nil {
-				return err
-			}
-			// DEALLOCATE ALL drops the prepared context statements too.
-			r.changes = r.changes || deallocates
-			r.deallocs = deallocates
-		}
-		if copyIn && typ != 'd' && typ != 'c' && typ != 'f' && typ != 'S' && typ != 'H' {
-			return fatalf(codeProtocolViolation, "unexpected message type %q during COPY from stdin", typ)
-		}
-		if r.pooled() {
-			if typ == 'X' {
-				// The pooled connection is not the client's to terminate.
-				return errClientTerminated
-			}
-			// Only a unit's first message may take a new connection: anything
-			// else with none held means pgtenant lost track of the stream.
-			startsUnit := typ == 'Q' || typ == 'F' || !inGroup && !copyIn && (typ == 'P' || typ == 'B' || typ == 'E' || typ == 'D' || typ == 'C' || typ == 'S')
-			held, err := r.leaseFor(typ, startsUnit)
-			if err != nil {
-				return err
-			}
-			if held && r.changes {
-				// The connection's committed settings may not stay this client's.
-				r.sc.settled = ""
-			}
-			if !held {
-				// Nothing to flush, no COPY in progress: PostgreSQL would ignore it too.
-				if peeked || msg == nil {
-					if _, err := r.cr.Discard(size); err != nil {
-						return err
-					}
-				}
-				continue
-			}
-		}
-		switch typ {
-		case 'Q', 'F':
-			if inGroup {
-				// PostgreSQL skips it if the group failed, and runs it otherwise:
-				// which one happened is not visible in the replies, so pgtenant
-				// cannot relay it faithfully. No driver sends this.
-				return fatalf(codeProtocolViolation, "pgtenant does not relay a Query or FunctionCall inside an extended-protocol batch: send Sync first")
-			}
-			if err := r.startUnit(typ, size, msg, substitute != nil, true); err != nil {
-				return err
-			}
-			afterExec, groupEndedBlind, blindFrom = typ == 'Q', false, 0
-		case 'P', 'B', 'E', 'D', 'C':
-			if !inGroup {
-				inGroup = true
-				if err := r.startUnit(typ, size, msg, substitute != nil, false); err != nil {
-					return err
-				}
-			}
-			if typ == 'E' {
-				afterExec, groupEndedBlind, blindFrom = true, false, 0
-			}
-		case 'S':
-			if copyIn {
-				// Ignored by the server while it reads copy data, but answered
-				// if the COPY has failed meanwhile, with a ReadyForQuery nobody
-				// waits for. In transaction mode that reply could reach whoever
-				// uses the connection next: it is closed after this lease.
-				if r.pooled() {
-					r.leaseMu.Lock()
-					r.broken = true
-					r.leaseMu.Unlock()
-				}
-				break
-			}
-			if !inGroup {
-				// A lone Sync still yields a ReadyForQuery.
-				seq := r.queueUnit(unit{})
-				if afterExec {
-					if blindFrom == 0 {
-						blindFrom = seq
-					}
-					blindTo = seq
-				}
-			} else if afterExec {
-				groupEndedBlind = true
-			}
-			inGroup = false
-		case 'd', 'c', 'f':
-			if afterExec {
-				inCopy, err := r.upstreamInCopy()
-				if err != nil {
-					return err
-				}
-				if inCopy {
-					// The server is in COPY FROM STDIN: the Syncs since the command
-					// were ignored. The group goes on; the lone-Sync units are void.
-					if groupEndedBlind {
-						inGroup = true
-					}
-					if blindFrom != 0 {
-						r.voidUnits(blindFrom, blindTo)
-					}
-					copyIn = true
-				}
-				// Otherwise a stray copy message, which the server ignores.
-				afterExec, groupEndedBlind, blindFrom = false, false, 0
-			}
-			if typ != 'd' {
-				// CopyDone or CopyFail ends the COPY on the server: whatever
-				// comes next is not copy data, even before its ReadyForQuery.
-				copyIn = false
-				r.copyInUpstream.Store(false)
-			}
-		case 'X':
-			if err := forward(r.uw, r.cr, size); err != nil {
-				return err
-			}
-			_ = r.uw.Flush()
-			return errClientTerminated
-		}
-		if r.pooled() && deallocates && typ == 'Q' {
-			// A Parse of DEALLOCATE ALL runs nothing: its Bind does
-			// (relayBind), perhaps on another connection.
-			r.deallocateAll()
-		}
-		if r.pooled() && substitute == nil && (typ == 'P' || typ == 'B' || typ == 'D' || typ == 'C') {
-			if err := r.relayStatementMessage(typ, size, msg, peeked); err != nil {
-				return err
-			}
-			continue
-		}
-		if r.pooled() && typ == 'P' {
-			r.stmts.record(replyEntry{seq: r.seq}) // the refusal's failing Parse
-		}
-		if msg != nil {
-			out := msg
-			if substitute != nil {
-				out = substitute
-			}
-			if r.pooled() && typ == 'Q' {
-				r.forgetUnnamed()
-			}
-			if _, err := r.uw.Write(out); err != nil {
-				return err
-			}
-			if peeked {
-				if _, err := r.cr.Discard(len(msg)); err != nil {
-					return err
-				}
-			}
-			if resets {
-				// Re-assert right behind RESET ALL / DISCARD ALL, in a round trip of
-				// its own: committed before the client's next statement, so that
-				// not even a BEGIN; ROLLBACK can take it back. Nothing waits for it;
-				// if it fails, the session ends.
-				r.queueUnit(unit{standalone: true, afterReset: true})
-				r.stats.assertions.Add(1)
-				if _, err := r.uw.Write(r.assertion.standalone); err != nil {
-					return err
-				}
-			}
-			continue
-		}
-		if err := forward(r.uw, r.cr, size); err != nil {
+		if err := r.relayMessage(typ, size); err != nil {
 			return err
 		}
 	}
 }
 
-// startUnit decides whether and how to assert the tenant ahead of a unit.
-// msg is the whole message when already read, refused when the guard replaced it.
+// relayMessage guards, asserts ahead of and sends the client message of
+// size bytes whose header is at the head of the client reader.
+func (r *relay) relayMessage(typ byte, size int) error {
+	var msg []byte // the whole message, when the guard needs to read it
+	var substitute []byte
+	peeked, resets, deallocates := false, false, false
+	r.changes, r.deallocs = false, false
+	var err error
+	if r.guard != nil && (typ == 'Q' || typ == 'P' || typ == 'F') {
+		if why, _ := r.unsafeLexing.Load().(string); why != "" {
+			return fatalf(codeInsufficientPrivilege, "pgtenant cannot guard this session's statements: %s", why)
+		}
+		if msg, peeked, err = r.wholeMessage(size); err != nil {
+			return err
+		}
+		if substitute, resets, deallocates, err = r.check(msg); err != nil {
+			return err
+		}
+		// DEALLOCATE ALL drops the prepared context statements too.
+		r.changes = r.changes || deallocates
+		r.deallocs = deallocates
+	}
+	mayCopy, err := r.trackCopy(typ, size, msg, substitute != nil)
+	if err != nil {
+		return err
+	}
+	if r.pooled() {
+		if typ == 'X' {
+			// The pooled connection is not the client's to terminate.
+			return errClientTerminated
+		}
+		// Only a unit's first message may take a new connection: anything
+		// else with none held means pgtenant lost track of the stream.
+		startsUnit := typ == 'Q' || typ == 'F' || !r.inGroup && (typ == 'P' || typ == 'B' || typ == 'E' || typ == 'D' || typ == 'C' || typ == 'S')
+		held, err := r.leaseFor(typ, startsUnit)
+		if err != nil {
+			return err
+		}
+		if held && r.changes {
+			// The connection's committed settings may not stay this client's.
+			r.sc.settled = ""
+		}
+		if !held {
+			// Nothing to flush, no COPY in progress: PostgreSQL would ignore it too.
+			return r.discardClientMessage(size, msg, peeked)
+		}
+	}
+	if !isCopyStreamMessage(typ) && r.ledger.copyRisk() {
+		inCopy, err := r.serverInCopy()
+		if err != nil {
+			return err
+		}
+		if inCopy {
+			return r.relayIntoCopy(typ, size, msg, substitute, peeked)
+		}
+	}
+	switch typ {
+	case 'Q', 'F':
+		if r.inGroup {
+			// Sent before the group's Sync: PostgreSQL runs it in the group's
+			// implicit transaction, or skips it if the group failed. It ends
+			// the group's unit either way; the ledger tells which happened.
+			r.inGroup = false
+		} else if err := r.startUnit(typ, size, msg, substitute != nil, true); err != nil {
+			return err
+		}
+	case 'P', 'B', 'E', 'D', 'C':
+		if !r.inGroup {
+			r.inGroup = true
+			if err := r.startUnit(typ, size, msg, substitute != nil, false); err != nil {
+				return err
+			}
+		}
+	case 'S':
+		if !r.inGroup {
+			// A lone Sync still yields a ReadyForQuery.
+			if err := r.beginUnit(); err != nil {
+				return err
+			}
+		}
+		r.inGroup = false
+	case 'X':
+		if err := forward(r.uw, r.cr, size); err != nil {
+			return err
+		}
+		_ = r.uw.Flush()
+		return errClientTerminated
+	}
+	if r.pooled() && deallocates && typ == 'Q' {
+		// A Parse of DEALLOCATE ALL runs nothing: its Bind does
+		// (relayBind), perhaps on another connection.
+		r.deallocateAll()
+	}
+	if r.pooled() && substitute == nil && (typ == 'P' || typ == 'B' || typ == 'D' || typ == 'C') {
+		return r.relayStatementMessage(typ, size, msg, peeked)
+	}
+	if r.pooled() && typ == 'P' {
+		r.stmts.record(replyEntry{seq: r.seq}) // the refusal's failing Parse
+	}
+	if msg == nil {
+		return r.forwardUp(typ, size, mayCopy)
+	}
+	out := msg
+	if substitute != nil {
+		out = substitute
+	}
+	if r.pooled() && typ == 'Q' {
+		r.forgetUnnamed()
+	}
+	if err := r.sendClient(out, mayCopy); err != nil {
+		return err
+	}
+	if peeked {
+		if _, err := r.cr.Discard(len(msg)); err != nil {
+			return err
+		}
+	}
+	if resets {
+		// Re-assert right behind RESET ALL / DISCARD ALL, in a round trip of
+		// its own: committed before the client's next statement, so that
+		// not even a BEGIN; ROLLBACK can take it back. Nothing waits for it;
+		// if it fails, the session ends.
+		if err := r.beginUnit(); err != nil {
+			return err
+		}
+		r.stats.assertions.Add(1)
+		return r.sendMsgs(r.assertion.standalone, fromReassert)
+	}
+	return nil
+}
+
+// isCopyStreamMessage reports whether a client message is one the server
+// reads without error during COPY FROM STDIN.
+func isCopyStreamMessage(typ byte) bool {
+	switch typ {
+	case 'd', 'c', 'f', 'H', 'S', 'X':
+		return true
+	}
+	return false
+}
+
+// mayStartCopy reports whether a Query or Parse may be (or hold) a COPY:
+// a cheap look for the word; a long statement that was not read whole may.
+func (r *relay) mayStartCopy(typ byte, size int, msg []byte) bool {
+	var text []byte
+	if msg != nil {
+		text = statementText(msg)
+	} else {
+		text = peekStatementText(r.cr, typ, size)
+		if size > screenPeekLen+5 {
+			return true
+		}
+	}
+	return containsFold(text, "copy")
+}
+
+// trackCopy follows which statements and portals may be a COPY, and
+// reports whether the message may start one (a Query or Execute).
+func (r *relay) trackCopy(typ byte, size int, msg []byte, refused bool) (bool, error) {
+	switch typ {
+	case 'Q':
+		return !refused && r.mayStartCopy(typ, size, msg), nil
+	case 'P':
+		copyText := !refused && r.mayStartCopy(typ, size, msg)
+		if !copyText && len(r.copyStmts) == 0 {
+			return false, nil
+		}
+		head := msg // read whole, perhaps out of the reader already
+		if head == nil {
+			var err error
+			if head, err = r.peekHead(size); err != nil {
+				return false, err
+			}
+		}
+		name, _, _ := splitName(head[5:])
+		if copyText {
+			if r.copyStmts == nil {
+				r.copyStmts = map[string]bool{}
+			}
+			r.copyStmts[string(name)] = true
+		} else {
+			delete(r.copyStmts, string(name))
+		}
+	case 'B':
+		if len(r.copyStmts) == 0 && len(r.copyPortals) == 0 {
+			return false, nil
+		}
+		head, err := r.peekHead(size)
+		if err != nil {
+			return false, err
+		}
+		portal, rest, _ := splitName(head[5:])
+		stmt, _, _ := splitName(rest)
+		if r.copyStmts[string(stmt)] {
+			if r.copyPortals == nil {
+				r.copyPortals = map[string]bool{}
+			}
+			r.copyPortals[string(portal)] = true
+		} else {
+			delete(r.copyPortals, string(portal))
+		}
+	case 'E':
+		if len(r.copyPortals) == 0 {
+			return false, nil
+		}
+		head, err := r.peekHead(size)
+		if err != nil {
+			return false, err
+		}
+		portal, _, _ := splitName(head[5:])
+		return r.copyPortals[string(portal)], nil
+	}
+	return false, nil
+}
+
+// containsFold reports whether text contains word (lower case, ASCII)
+// in any case.
+func containsFold(text []byte, word string) bool {
+	for i := 0; i+len(word) <= len(text); i++ {
+		j := 0
+		for j < len(word) && text[i+j]|0x20 == word[j] {
+			j++
+		}
+		if j == len(word) {
+			return true
+		}
+	}
+	return false
+}
+
+// discardClientMessage drops a client message that goes nowhere.
+func (r *relay) discardClientMessage(size int, msg []byte, peeked bool) error {
+	if msg != nil && !peeked {
+		return nil // read out whole already
+	}
+	_, err := r.cr.Discard(size)
+	return err
+}
+
+// serverInCopy waits until the server has read everything sent so far, and
+// reports whether it is then reading COPY FROM STDIN data. Only asked when
+// a COPY may have started (ledger.copyRisk).
+func (r *relay) serverInCopy() (bool, error) {
+	if err := r.await(untilQuiet); err != nil {
+		return false, err
+	}
+	return r.ledger.inCopyIn(), nil
+}
+
+// relayIntoCopy sends a message that is not copy data while the server
+// reads COPY data. PostgreSQL takes it for bad COPY data: the COPY fails
+// (08P01) and, its place in the stream lost, the server ends the session
+// with a FATAL. pgtenant relays it as it is, with no assertion ahead of it
+// (the server never runs it), and lets that happen.
+func (r *relay) relayIntoCopy(typ byte, size int, msg, substitute []byte, peeked bool) error {
+	if typ == 'Q' || typ == 'F' {
+		// A unit of its own, which ends when the server reads it.
+		if err := r.beginUnit(); err != nil {
+			return err
+		}
+	}
+	if msg == nil {
+		return r.forwardUp(typ, size, false)
+	}
+	out := msg
+	if substitute != nil {
+		out = substitute
+	}
+	if err := r.sendClient(out, false); err != nil {
+		return err
+	}
+	if peeked {
+		_, err := r.cr.Discard(len(msg))
+		return err
+	}
+	return nil
+}
+
+// startUnit decides whether and how to assert the tenant ahead of a unit,
+// and begins it. msg is the whole message when already read, refused when
+// the guard replaced it.
 func (r *relay) startUnit(typ byte, size int, msg []byte, refused, simple bool) error {
 	// The text is only looked at when an assertion may be due: not on the
 	// common path of a statement inside a transaction block.
@@ -455,7 +552,7 @@ func (r *relay) startUnit(typ byte, size int, msg []byte, refused, simple bool) 
 	// block fails like the client's own statement would, and the group is
 	// skipped. A simple Query cannot be skipped that way, and a ROLLBACK must
 	// not be failed by an assertion, so those wait for the exact state.
-	if r.pending.Load() > 0 && (simple || text != nil && isTransactionEnd(text)) {
+	if r.ledger.pending.Load() > 0 && (simple || text != nil && isTransactionEnd(text)) {
 		if err := r.waitDrained(); err != nil {
 			return err
 		}
@@ -479,47 +576,167 @@ func (r *relay) startUnit(typ byte, size int, msg []byte, refused, simple bool) 
 				return err
 			}
 		}
-		r.queueUnit(unit{simple: simple})
-		return nil
+		return r.beginUnit()
 	}
 	need := r.mayNeedAssertion()
 	short := need && r.pooled() && r.sc.settled == r.pctx.key
-	r.queueUnit(unit{assert: need, short: short, simple: simple})
-	if need {
-		r.stats.assertions.Add(1)
-		r.obs.Transaction(r.tenant)
-		r.obs.Statements(r.tenant, r.stats.statements)
-		r.stats.statements = 0
-		inline := r.assertion.inline
-		if short {
-			inline = r.pctx.settled.inline
-		}
-		if _, err := r.uw.Write(inline); err != nil {
+	if err := r.beginUnit(); err != nil {
+		return err
+	}
+	if !need {
+		return nil
+	}
+	r.stats.assertions.Add(1)
+	r.obs.Transaction(r.tenant)
+	r.obs.Statements(r.tenant, r.stats.statements)
+	r.stats.statements = 0
+	inline := r.assertion.inline
+	if short {
+		inline = r.pctx.settled.inline
+	}
+	o := fromAssert
+	if simple {
+		o = fromAssertSimple
+	}
+	return r.sendMsgs(inline, o)
+}
+
+// beginUnit starts a unit (the messages up to a Query, FunctionCall or
+// Sync): in transaction mode the held connection's reader now hands its
+// replies to this relay.
+func (r *relay) beginUnit() error {
+	if r.ledger.pending.Load() >= maxUnitsInFlight {
+		if err := r.await(untilFewerUnits); err != nil {
 			return err
+		}
+	}
+	if r.pooled() {
+		r.leaseMu.Lock()
+		r.seq = r.ledger.begin()
+		r.attachLocked()
+		r.leaseMu.Unlock()
+		return nil
+	}
+	r.seq = r.ledger.begin()
+	return nil
+}
+
+// sendMsgs records msgs (whole messages, back to back) in the ledger and
+// writes them upstream.
+func (r *relay) sendMsgs(msgs []byte, o origin) error {
+	r.ledger.sendMsgs(msgs, r.seq, o)
+	_, err := r.uw.Write(msgs)
+	return err
+}
+
+// sendClient records and writes one whole client message.
+func (r *relay) sendClient(msg []byte, mayCopy bool) error {
+	m := sentMsg{unit: r.seq, typ: msg[0], mayCopy: mayCopy}
+	if (m.typ == 'D' || m.typ == 'C') && len(msg) > 5 {
+		m.kind = msg[5]
+	}
+	r.ledger.send(m)
+	_, err := r.uw.Write(msg)
+	return err
+}
+
+// forwardUp records the client message at the head of the client reader
+// and streams it upstream.
+func (r *relay) forwardUp(typ byte, size int, mayCopy bool) error {
+	m := sentMsg{unit: r.seq, typ: typ, mayCopy: mayCopy}
+	if (typ == 'D' || typ == 'C') && size > 5 {
+		if r.cr.Buffered() < 6 {
+			if err := r.flushUp(); err != nil {
+				return err
+			}
+		}
+		b, err := r.cr.Peek(6)
+		if err != nil {
+			return err
+		}
+		m.kind = b[5]
+	}
+	r.ledger.send(m)
+	return forward(r.uw, r.cr, size)
+}
+
+// flushMessage is a Flush: the server sends what it has, and reads on.
+var flushMessage = []byte{'H', 0, 0, 0, 4}
+
+// hangUpCheck is how often a request side that waits on the upstream looks
+// whether its client has hung up.
+const hangUpCheck = 200 * time.Millisecond
+
+// waitFor names what await waits for (a method value would allocate).
+type waitFor uint8
+
+const (
+	untilDrained    waitFor = iota // every unit ended, or the server needs the client
+	untilQuiet                     // everything sent answered (ledger.quiet)
+	untilFewerUnits                // fewer than maxUnitsInFlight units pending
+	untilStandalone                // the standalone assertion answered
+	untilStatements                // no Parse or Close of a unit before waitSeq unanswered
+)
+
+func (r *relay) holds(w waitFor) bool {
+	switch w {
+	case untilDrained:
+		return r.ledger.pending.Load() == 0 || r.ledger.quiet()
+	case untilQuiet:
+		return r.ledger.quiet()
+	case untilFewerUnits:
+		return r.ledger.pending.Load() < maxUnitsInFlight || r.ledger.quiet()
+	case untilStandalone:
+		return r.standaloneDone.Load()
+	default:
+		return !r.stmts.pendingBefore(r.waitSeq)
+	}
+}
+
+// await waits until cond holds. It first sends what is buffered upstream,
+// with a Flush of pgtenant's own so that the server sends what it has. It
+// gives up when the reply side ends or the client hangs up: a client that
+// has left must not keep an upstream connection while pgtenant waits.
+func (r *relay) await(cond waitFor) error {
+	if r.holds(cond) {
+		return nil
+	}
+	if r.uw != nil {
+		if err := r.sendMsgs(flushMessage, fromOwn); err != nil {
+			return err
+		}
+		if err := r.uw.Flush(); err != nil {
+			return err
+		}
+	}
+	r.waiting.Store(true)
+	defer r.waiting.Store(false)
+	var tick *time.Ticker
+	for !r.holds(cond) {
+		if tick == nil {
+			tick = time.NewTicker(hangUpCheck)
+			defer tick.Stop()
+		}
+		select {
+		case <-r.notify:
+		case <-r.stmts.changed:
+		case <-r.done:
+			return io.ErrUnexpectedEOF
+		case <-tick.C:
+			if peerClosed(r.client) {
+				return io.ErrUnexpectedEOF
+			}
 		}
 	}
 	return nil
 }
 
-// upstreamInCopy tells whether the upstream is reading COPY FROM STDIN data,
-// as the response side learns from CopyInResponse. A client may send copy data
-// before that reply arrives (pgx does), so this waits until the reply comes
-// or every unit sent so far has completed, which means no COPY is waiting.
-func (r *relay) upstreamInCopy() (bool, error) {
-	if err := r.flushUp(); err != nil {
-		return false, err
-	}
-	for {
-		if r.copyInUpstream.Load() {
-			return true, nil
-		}
-		if r.pending.Load() == 0 {
-			return false, nil
-		}
+// wake tells a waiting request side that the reply side moved on.
+func (r *relay) wake() {
+	if r.waiting.Load() {
 		select {
-		case <-r.copySignal:
-		case <-r.done:
-			return false, io.ErrUnexpectedEOF
+		case r.notify <- struct{}{}:
+		default:
 		}
 	}
 }
@@ -534,7 +751,7 @@ func (r *relay) armIdleTimeout() {
 		return
 	}
 	for {
-		pending := r.pending.Load()
+		pending := r.ledger.pending.Load()
 		var d time.Duration
 		if pending == 0 {
 			if byte(r.txStatus.Load()) == 'I' {
@@ -548,7 +765,7 @@ func (r *relay) armIdleTimeout() {
 		} else {
 			_ = r.client.SetReadDeadline(time.Time{})
 		}
-		if r.pending.Load() == pending {
+		if r.ledger.pending.Load() == pending {
 			return // nothing moved while the deadline was set
 		}
 	}
@@ -562,13 +779,13 @@ func (r *relay) armUpstreamTimeout(conn net.Conn) {
 		return
 	}
 	for {
-		pending := r.pending.Load()
+		pending := r.ledger.pending.Load()
 		if pending > 0 {
 			_ = conn.SetReadDeadline(time.Now().Add(r.upstreamTimeout))
 		} else {
 			_ = conn.SetReadDeadline(time.Time{})
 		}
-		if r.pending.Load() == pending {
+		if r.ledger.pending.Load() == pending {
 			return
 		}
 	}
@@ -596,7 +813,7 @@ type rearmingWriter struct{ r *relay }
 
 func (w rearmingWriter) Write(p []byte) (int, error) {
 	n, err := w.r.client.Write(p)
-	if w.r.pending.Load() > 0 {
+	if w.r.ledger.pending.Load() > 0 {
 		// Replies are owed, so the reply side is the writer and rconn is
 		// the connection it reads (in transaction mode: attached).
 		w.r.armUpstreamTimeout(w.r.rconn)
@@ -645,110 +862,39 @@ func (r *relay) idleError(err error) error {
 // mayNeedAssertion reports whether the upstream may be outside a
 // transaction block when the next unit arrives.
 func (r *relay) mayNeedAssertion() bool {
-	if r.pending.Load() > 0 {
+	if r.ledger.pending.Load() > 0 {
 		return true
 	}
 	s := byte(r.txStatus.Load())
 	return s != 'T' && s != 'E'
 }
 
-// waitDrained sends what is buffered and waits until every unit sent so far
-// has its ReadyForQuery, so that the transaction status is exact.
+// waitDrained waits until every unit sent so far has ended, so that the
+// transaction status is exact, or until the server needs the client to go
+// on (an unsynced group, a COPY).
 func (r *relay) waitDrained() error {
-	if err := r.flushUp(); err != nil {
-		return err
-	}
-	for r.pending.Load() > 0 {
-		select {
-		case <-r.drained:
-		case <-r.done:
-			return io.ErrUnexpectedEOF
-		}
-	}
-	return nil
-}
-
-// queueUnit tells the response side about a unit before its bytes go out,
-// and returns the unit's sequence number.
-func (r *relay) queueUnit(u unit) uint64 {
-	r.seq++
-	u.seq = r.seq
-	if r.pooled() {
-		r.leaseMu.Lock()
-		r.pending.Add(1)
-		r.attachLocked()
-		r.leaseMu.Unlock()
-	} else {
-		r.pending.Add(1)
-	}
-	select {
-	case r.units <- u:
-	default:
-		// Full: the response side is waiting for replies to units still in our
-		// write buffer. Send them before blocking, or both sides would wait.
-		_ = r.flushUp()
-		select {
-		case r.units <- u:
-		case <-r.done:
-		}
-	}
-	return u.seq
-}
-
-// voidUnits marks queued units that will get no ReadyForQuery (lone Syncs
-// the server ignored during COPY FROM STDIN).
-func (r *relay) voidUnits(from, to uint64) {
-	r.voidMu.Lock()
-	r.void = append(r.void, [2]uint64{from, to})
-	r.voidCount.Store(int32(len(r.void)))
-	r.voidMu.Unlock()
-	r.pending.Add(-int32(to - from + 1))
-}
-
-// isVoid reports whether the unit with seq was voided, forgetting ranges
-// that are behind it.
-func (r *relay) isVoid(seq uint64) bool {
-	if r.voidCount.Load() == 0 {
-		return false
-	}
-	r.voidMu.Lock()
-	defer r.voidMu.Unlock()
-	void := false
-	kept := r.void[:0]
-	for _, rg := range r.void {
-		if seq >= rg[0] && seq <= rg[1] {
-			void = true
-		}
-		if seq < rg[1] {
-			kept = append(kept, rg)
-		}
-	}
-	r.void = kept
-	r.voidCount.Store(int32(len(r.void)))
-	return void
+	return r.await(untilDrained)
 }
 
 // assertStandalone asserts the tenant in a round trip of its own and waits
 // for the result, for statements that cannot follow an unsynced Execute.
 func (r *relay) assertStandalone() error {
-	r.queueUnit(unit{standalone: true})
+	if err := r.beginUnit(); err != nil {
+		return err
+	}
 	r.stats.assertions.Add(1)
 	r.obs.Transaction(r.tenant)
-	if _, err := r.uw.Write(r.assertion.standalone); err != nil {
+	r.standaloneDone.Store(false)
+	if err := r.sendMsgs(r.assertion.standalone, fromStandalone); err != nil {
 		return err
 	}
-	if err := r.uw.Flush(); err != nil {
+	if err := r.await(untilStandalone); err != nil {
 		return err
 	}
-	select {
-	case pgErr := <-r.standaloneDone:
-		if pgErr != nil {
-			return assertionFailed(pgErr)
-		}
-		return nil
-	case <-r.done:
-		return io.ErrUnexpectedEOF
+	if e := r.standaloneErr.Swap(nil); e != nil {
+		return assertionFailed(e)
 	}
+	return nil
 }
 
 func assertionFailed(upstream *pgconn.PgError) *pgconn.PgError {
@@ -768,389 +914,3 @@ var errDraining = errors.New("server shutting down")
 
 // errUpstreamLost reports that the upstream connection ended on its own.
 var errUpstreamLost = errors.New("upstream connection lost")
-
-// upstreamToClient is the response side. It hides the replies to the relay's
-// own assertions and forwards everything else as bytes.
-func (r *relay) upstreamToClient() (err error) {
-	defer close(r.done)
-	for {
-		if r.ur.Buffered() < 5 {
-			if err := r.cw.Flush(); err != nil {
-				return err
-			}
-		}
-		typ, size, err := readHeader(r.ur)
-		if err != nil {
-			return r.upstreamReadError(err)
-		}
-		if err := r.reply(typ, size); err != nil {
-			return err
-		}
-	}
-}
-
-// upstreamReadError names why reading from the upstream failed.
-func (r *relay) upstreamReadError(err error) error {
-	if errors.Is(err, io.EOF) || errors.Is(err, net.ErrClosed) {
-		return errUpstreamLost
-	}
-	var ne net.Error
-	if r.upstreamTimeout > 0 && errors.As(err, &ne) && ne.Timeout() {
-		return fatalf(codeConnectionFailure, "pgtenant: no reply from the upstream server within upstream_timeout (%s)", r.upstreamTimeout)
-	}
-	return err
-}
-
-// respState is where the response side is in the reply stream.
-type respState struct {
-	cur           unit
-	inUnit        bool
-	assertLeft    int             // assertion replies still to hide
-	assertReplies []byte          // the types of the assertion's replies
-	standaloneErr *pgconn.PgError // failure of the current standalone assertion
-	failed        bool            // an ErrorResponse came in the current unit
-	z             [6]byte         // the ReadyForQuery being handled
-}
-
-// reply handles one upstream message whose header is at the head of r.ur:
-// hides the replies to the relay's own messages and forwards everything
-// else as bytes.
-func (r *relay) reply(typ byte, size int) error {
-	if r.knobs != nil && r.knobs.OnReply != nil {
-		r.knobs.OnReply(typ)
-	}
-	r.armUpstreamTimeout(r.rconn)
-	r.stats.toClient += int64(size)
-	switch typ {
-	case 'A', 'N', 'S':
-		if typ == 'S' && r.resp.assertLeft > 0 && r.pooled() {
-			// A setting the assertion re-applied: the client knows it already.
-			if _, err := r.ur.Discard(size); err != nil {
-				return err
-			}
-			return nil
-		}
-		// NotificationResponse, NoticeResponse, ParameterStatus may come at any time.
-		if typ == 'S' && r.guard != nil {
-			r.watchParameter(size)
-		}
-		if err := forward(r.cw, r.ur, size); err != nil {
-			return err
-		}
-		return nil
-	}
-	if !r.resp.inUnit {
-		var found bool
-		switch r.resp.cur, found = r.nextUnit(); {
-		case found:
-			r.resp.inUnit = true
-			r.resp.failed = false
-			r.resp.assertLeft = 0
-			if r.resp.cur.assert || r.resp.cur.standalone {
-				r.resp.assertReplies = r.assertion.replies
-				if r.resp.cur.short {
-					r.resp.assertReplies = r.pctx.settled.replies
-				}
-				r.resp.assertLeft = len(r.resp.assertReplies)
-			}
-		default:
-			// Nothing outstanding: an asynchronous error such as a FATAL on
-			// shutdown. Pass it on. Anything else means the reply stream and
-			// the requests no longer match: in transaction mode the
-			// connection would carry that to the next client, so stop here.
-			if r.pooled() && typ != 'E' {
-				return fatalf(codeProtocolViolation, "pgtenant: unexpected reply %q from the upstream with nothing outstanding", typ)
-			}
-			if typ == 'E' {
-				r.noteFatal(size)
-			}
-			if err := forward(r.cw, r.ur, size); err != nil {
-				return err
-			}
-			return nil
-		}
-	}
-	if typ == 'E' {
-		r.resp.failed = true
-	}
-	if r.resp.assertLeft > 0 {
-		if typ == r.resp.assertReplies[len(r.resp.assertReplies)-r.resp.assertLeft] && (typ != 'C' || r.isSetTag(size)) {
-			r.resp.assertLeft--
-			if _, err := r.ur.Discard(size); err != nil {
-				return err
-			}
-			return nil
-		}
-		if typ != 'E' {
-			return fatalf(codeProtocolViolation, "pgtenant: unexpected reply %q to the tenant assertion", typ)
-		}
-		r.resp.assertLeft = 0
-		msg, err := readMessage(r.ur, size)
-		if err != nil {
-			return err
-		}
-		if r.pooled() {
-			r.stmts.dropUnit(r.resp.cur.seq, r.rsc)
-		}
-		upstreamErr := decodeError(msg)
-		if r.pooled() {
-			// A connection that refused the context is not handed out again.
-			r.rsc.dead.Store(true)
-		}
-		switch {
-		case r.resp.cur.standalone:
-			r.resp.standaloneErr = upstreamErr
-		case r.resp.cur.simple:
-			// The server skipped the client's Query and waits for a Sync that
-			// will never come: end the session rather than misreport.
-			return assertionFailed(upstreamErr)
-		case upstreamErr.Severity == severityFatal || upstreamErr.Severity == "PANIC":
-			r.sawFatal = true
-			return assertionFailed(upstreamErr)
-		default:
-			// The server skips the client's group until its Sync and then
-			// sends ReadyForQuery: report the failure in its place.
-			e := assertionFailed(upstreamErr)
-			e.Severity = severityError
-			if err := r.writeClient(errorResponse(e)); err != nil {
-				return err
-			}
-		}
-		return nil
-	}
-	if r.pooled() {
-		switch typ {
-		case '1', '3':
-			switch r.stmts.reply() {
-			case replyHide:
-				if _, err := r.ur.Discard(size); err != nil {
-					return err
-				}
-				return nil
-			case replyAsParse:
-				if _, err := r.ur.Discard(size); err != nil {
-					return err
-				}
-				if _, err := r.cw.Write(parseComplete); err != nil {
-					return err
-				}
-				return nil
-			}
-		case 'E':
-			r.stmts.dropUnit(r.resp.cur.seq, r.rsc)
-		}
-	}
-	if typ == 'E' && r.refusals.outstanding.Load() > 0 {
-		msg, err := readMessage(r.ur, size)
-		if err != nil {
-			return err
-		}
-		upstreamErr := decodeError(msg)
-		if upstreamErr.Severity == severityFatal || upstreamErr.Severity == "PANIC" {
-			r.sawFatal = true
-		}
-		r.obs.Error(r.tenant)
-		if refusal := r.refusals.match(upstreamErr); refusal != nil {
-			if err := r.writeClient(errorResponse(refusal)); err != nil {
-				return err
-			}
-		} else if _, err := r.cw.Write(msg); err != nil {
-			return err
-		}
-		return nil
-	}
-	if typ == 'G' || typ == 'W' {
-		// CopyInResponse, CopyBothResponse: the upstream now reads copy data.
-		r.copyInUpstream.Store(true)
-		r.signalCopy()
-	}
-	if typ == 'Z' {
-		if size != 6 {
-			return fatalf(codeProtocolViolation, "pgtenant: invalid ReadyForQuery from upstream")
-		}
-		// Read it out before the pending count drops: in transaction mode
-		// that may give the connection to another client.
-		z := r.resp.z[:] // in the relay, not on the stack: it would escape to the heap
-		if _, err := io.ReadFull(r.ur, z); err != nil {
-			return err
-		}
-		status := z[5]
-		r.copyInUpstream.Store(false)
-		r.txStatus.Store(uint32(status))
-		cur, standaloneErr := r.resp.cur, r.resp.standaloneErr
-		r.resp.inUnit, r.resp.standaloneErr = false, nil
-		if r.pooled() {
-			r.stmts.dropUnit(cur.seq, r.rsc)
-			r.stmts.unitEnded(cur.seq, r.resp.failed)
-			if !cur.standalone {
-				// The client gets everything before the lease can end: the next
-				// lease's reader may write to it.
-				if _, err := r.cw.Write(z); err != nil {
-					return err
-				}
-				if err := r.cw.Flush(); err != nil {
-					return err
-				}
-			}
-			r.leaseMu.Lock()
-		}
-		left := r.pending.Add(-1)
-		if left == 0 {
-			select {
-			case r.drained <- struct{}{}:
-			default:
-			}
-			r.armIdleTimeout()
-			r.armUpstreamTimeout(r.rconn)
-		}
-		if r.pooled() {
-			if left == 0 && status == 'I' {
-				// From here on another connection's reader may serve this relay:
-				// nothing below touches the response side's state.
-				r.detachLocked()
-			}
-			r.leaseMu.Unlock()
-		}
-		r.signalCopy()
-		if r.draining.Load() && left == 0 && status == 'I' && !cur.standalone {
-			// Shutting down and outside a transaction: this is the moment.
-			if !r.pooled() {
-				if _, err := r.cw.Write(z); err != nil {
-					return err
-				}
-			}
-			return errDraining
-		}
-		if cur.standalone {
-			if cur.afterReset {
-				if standaloneErr != nil {
-					return assertionFailed(standaloneErr)
-				}
-				return nil
-			}
-			r.standaloneDone <- standaloneErr
-			return nil
-		}
-		if !r.pooled() {
-			if _, err := r.cw.Write(z); err != nil {
-				return err
-			}
-		}
-		return nil
-	} else if r.resp.cur.standalone {
-		if _, err := r.ur.Discard(size); err != nil {
-			return err
-		}
-		return nil
-	}
-	if typ == 'E' {
-		r.noteFatal(size)
-		r.obs.Error(r.tenant)
-	}
-	return forward(r.cw, r.ur, size)
-}
-
-// isSetTag reports whether the CommandComplete at the head of the upstream
-// reader is the assertion's ("SET"), not one the client provoked.
-func (r *relay) isSetTag(size int) bool {
-	msg, err := r.ur.Peek(min(size, 16))
-	return err == nil && size == 9 && string(msg[5:9]) == "SET\x00"
-}
-
-// watchParameter notes a ParameterStatus that would make the upstream read
-// SQL differently from the guard (standard_conforming_strings off, an
-// encoding that is not ASCII-safe): however it came about, no statement is
-// relayed after that.
-func (r *relay) watchParameter(size int) {
-	if size > r.ur.Size() {
-		return
-	}
-	msg, err := r.ur.Peek(size)
-	if err != nil {
-		return
-	}
-	body := msg[5:]
-	nul := bytes.IndexByte(body, 0)
-	if nul < 0 {
-		return
-	}
-	name, rest := body[:nul], body[nul+1:]
-	if end := bytes.IndexByte(rest, 0); end >= 0 {
-		rest = rest[:end]
-	}
-	if !lexsafe.Safe(string(name), string(rest)) {
-		r.unsafeLexing.Store(string(name) + " is " + string(rest))
-	}
-}
-
-func (r *relay) signalCopy() {
-	select {
-	case r.copySignal <- struct{}{}:
-	default:
-	}
-}
-
-// nextUnit takes the next queued unit that is not void, if any.
-func (r *relay) nextUnit() (unit, bool) {
-	for {
-		select {
-		case u := <-r.units:
-			if !r.isVoid(u.seq) {
-				return u, true
-			}
-		default:
-			return unit{}, false
-		}
-	}
-}
-
-// noteFatal records whether the ErrorResponse at the head of the upstream
-// reader is FATAL or PANIC: the upstream closes after it, and the client
-// must not get a second error for that.
-func (r *relay) noteFatal(size int) {
-	if size > r.ur.Size() {
-		return
-	}
-	msg, err := r.ur.Peek(size)
-	if err != nil {
-		return
-	}
-	// Fields: a type byte and a NUL-terminated value each; V is the
-	// unlocalized severity.
-	body := msg[5:]
-	for len(body) > 1 {
-		field := body[0]
-		end := bytes.IndexByte(body[1:], 0)
-		if end < 0 {
-			return
-		}
-		value := string(body[1 : 1+end])
-		if field == 'V' || field == 'S' {
-			if value == severityFatal || value == "PANIC" {
-				r.sawFatal = true
-			}
-			if field == 'V' {
-				return
-			}
-		}
-		body = body[2+end:]
-	}
-}
-
-func (r *relay) writeClient(msg pgproto3.BackendMessage) error {
-	buf, err := msg.Encode(nil)
-	if err != nil {
-		return err
-	}
-	_, err = r.cw.Write(buf)
-	return err
-}
-
-// decodeError decodes an ErrorResponse message (type byte included).
-func decodeError(msg []byte) *pgconn.PgError {
-	var er pgproto3.ErrorResponse
-	if err := er.Decode(msg[5:]); err != nil {
-		return &pgconn.PgError{Severity: severityError, Code: codeProtocolViolation, Message: "malformed ErrorResponse from upstream"}
-	}
-	return pgconn.ErrorResponseToPgError(&er)
-}

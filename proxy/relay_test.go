@@ -3,6 +3,7 @@ package proxy
 import (
 	"bufio"
 	"bytes"
+	"encoding/binary"
 	"errors"
 	"io"
 	"testing"
@@ -28,8 +29,8 @@ func clientStream(t testing.TB, n int, msgs ...pgproto3.FrontendMessage) []byte 
 }
 
 // requestSide runs the request side over an in-memory client stream, with
-// the response side replaced by a drain of the unit queue. It returns the
-// bytes sent upstream.
+// the reply side replaced by a fakeUpstream. It returns the bytes sent
+// upstream.
 func requestSide(t testing.TB, stream []byte, g *guard.Guard) []byte {
 	var upstream bytes.Buffer
 	requestSideTo(t, stream, g, 'T', &upstream)
@@ -42,28 +43,109 @@ func requestSide(t testing.TB, stream []byte, g *guard.Guard) []byte {
 func requestSideTo(t testing.TB, stream []byte, g *guard.Guard, txStatus byte, upstream io.Writer) {
 	r := newRelay(nil, bufio.NewReaderSize(bytes.NewReader(stream), relayBufSize), nil, nil,
 		newAssertion([]setting{{"app.tenant_id", "t1"}}), g, zeroTime)
-	r.uw = bufio.NewWriterSize(upstream, relayBufSize)
-	// Every unit is settled at once; inside a transaction block no
-	// assertion is due and the upstream bytes equal the client's.
+	r.uw = bufio.NewWriterSize(&fakeUpstream{r: r, status: txStatus, out: upstream}, relayBufSize)
 	r.txStatus.Store(uint32(txStatus))
-	r.pending.Store(0)
-	go func() {
-		for range r.units {
-			if r.pending.Add(-1) == 0 {
-				select {
-				case r.drained <- struct{}{}:
-				default:
-				}
-			}
-			r.signalCopy() // as after a ReadyForQuery
-		}
-	}()
-	defer close(r.units)
 	err := r.clientToUpstream()
 	if !errors.Is(err, io.EOF) {
 		t.Fatalf("request side: %v", err)
 	}
 	_ = r.uw.Flush()
+}
+
+// fakeUpstream stands in for the upstream and the reply side of a request
+// side under test: it answers each message written to it, through the
+// ledger, at once and as PostgreSQL would in the simplest case (no errors;
+// a COPY FROM STDIN only from a Query), reporting status at every
+// ReadyForQuery. What it is written goes on to out.
+type fakeUpstream struct {
+	r       *relay
+	status  byte
+	out     io.Writer
+	partial []byte
+}
+
+func (f *fakeUpstream) Write(p []byte) (int, error) {
+	if f.out != nil {
+		if _, err := f.out.Write(p); err != nil {
+			return 0, err
+		}
+	}
+	f.partial = append(f.partial, p...)
+	done := 0
+	for len(f.partial)-done >= 5 {
+		n := 1 + int(binary.BigEndian.Uint32(f.partial[done+1:done+5]))
+		if len(f.partial)-done < n {
+			break
+		}
+		f.answer(f.partial[done : done+n])
+		done += n
+	}
+	f.partial = f.partial[:copy(f.partial, f.partial[done:])]
+	return len(p), nil
+}
+
+func (f *fakeUpstream) answer(msg []byte) {
+	l := &f.r.ledger
+	replies := ""
+	switch {
+	case l.inCopyIn():
+		switch msg[0] {
+		case 'd', 'H', 'S':
+		case 'c':
+			replies = "CZ"
+		case 'f':
+			f.reply('E', codeQueryCanceled)
+			replies = "Z"
+		default:
+			// PostgreSQL ends the session here (ERROR, then FATAL); the fake
+			// goes on as if it had only failed the COPY.
+			f.reply('E', codeProtocolViolation)
+			replies = "Z"
+		}
+	default:
+		switch msg[0] {
+		case 'Q':
+			text := statementText(msg)
+			if containsFold(text, "copy") && containsFold(text, "stdin") {
+				replies = "G"
+			} else {
+				replies = "CZ"
+			}
+		case 'F':
+			replies = "VZ"
+		case 'P':
+			replies = "1"
+		case 'B':
+			replies = "2"
+		case 'D':
+			replies = "n"
+			if len(msg) > 5 && msg[5] == 'S' {
+				replies = "tn"
+			}
+		case 'E':
+			replies = "C"
+		case 'C':
+			replies = "3"
+		case 'S':
+			replies = "Z"
+		}
+	}
+	for i := 0; i < len(replies); i++ {
+		f.reply(replies[i], "")
+	}
+}
+
+func (f *fakeUpstream) reply(typ byte, code string) {
+	r := f.r
+	res := r.ledger.reply(typ, code)
+	if res.endsUnit {
+		r.txStatus.Store(uint32(f.status))
+		r.ledger.unitDone()
+		if res.origin == fromStandalone {
+			r.standaloneDone.Store(true)
+		}
+	}
+	r.wake()
 }
 
 // countingWriter counts Write calls: system calls, for a socket.
@@ -100,9 +182,10 @@ func TestRequestSideForwardsBytes(t *testing.T) {
 	)
 	a := newAssertion([]setting{{"app.tenant_id", "t1"}})
 	for _, g := range []*guard.Guard{nil, guard.New(guard.Policy{TenantSetting: "app.tenant_id"})} {
-		// While replies are outstanding the relay may assert ahead of a group;
-		// apart from that the client's bytes go upstream unchanged.
-		got := bytes.ReplaceAll(requestSide(t, stream, g), a.inline, nil)
+		// While replies are outstanding the relay may assert ahead of a group
+		// and send a Flush of its own before it waits; apart from that the
+		// client's bytes go upstream unchanged.
+		got := bytes.ReplaceAll(bytes.ReplaceAll(requestSide(t, stream, g), a.inline, nil), flushMessage, nil)
 		if !bytes.Equal(got, stream) {
 			t.Fatalf("guard %v: upstream got %d bytes, want the client's %d unchanged", g != nil, len(got), len(stream))
 		}
@@ -153,12 +236,11 @@ func responseSide(t testing.TB, stream []byte, n int, w io.Writer) {
 	r := newRelay(nil, nil, bufio.NewWriterSize(w, relayBufSize), nil,
 		newAssertion([]setting{{"app.tenant_id", "t1"}}), nil, zeroTime)
 	r.ur = bufio.NewReaderSize(bytes.NewReader(stream), relayBufSize)
-	// Every unit queued up front: no goroutine, nothing but the response
+	// Every Query sent up front: no goroutine, nothing but the response
 	// side allocating.
-	r.units = make(chan unit, n)
+	query := []byte{'Q', 0, 0, 0, 5, 0}
 	for i := 0; i < n; i++ {
-		r.pending.Add(1)
-		r.units <- unit{seq: uint64(i + 1)}
+		r.ledger.sendMsgs(query, r.ledger.begin(), fromClient)
 	}
 	if err := r.upstreamToClient(); !errors.Is(err, errUpstreamLost) {
 		t.Fatalf("response side: %v", err)

@@ -318,9 +318,6 @@ func (s *Server) startPooledSession(rt *runtime, st *startup, cr *bufio.Reader, 
 	pc := rt.pool.takeContext(settings, len(names), rt.protected)
 	a := pc.assertion
 	rl := newRelay(st.conn, cr, cw, nil, a, rt.pooledGuard, ident.Expires)
-	// The unit queue is taken per lease (leaseFor): an idle client has none.
-	unitsPool.Put(rl.units)
-	rl.units = nil
 	rl.pooledState = pooledState{
 		pool:  rt.pool,
 		pctx:  pc,
@@ -392,6 +389,11 @@ func (ss *session) run() {
 
 	reqErr := ss.catchPanic("client", r.clientToUpstream)
 	first := !r.closing.Swap(true)
+	if !r.ledger.quiet() {
+		if t, ok := ss.s.cancels.targetOf(ss.key); ok {
+			cancelAbandoned(t)
+		}
+	}
 	ss.upstream.Close()
 	if first {
 		// The response side may be blocked writing to a client that no longer
@@ -508,7 +510,7 @@ func (ss *session) drain() {
 		r.endPooledIdle()
 		return
 	}
-	if r.pending.Load() == 0 && byte(r.txStatus.Load()) == 'I' {
+	if r.ledger.pending.Load() == 0 && byte(r.txStatus.Load()) == 'I' {
 		ss.upstream.Close()
 	}
 }

@@ -1,0 +1,374 @@
+package proxy
+
+import (
+	"bytes"
+	"errors"
+	"io"
+	"net"
+
+	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/jackc/pgx/v5/pgproto3"
+
+	"github.com/pgtenant/pgtenant/internal/lexsafe"
+)
+
+// The reply side: each message from the upstream is placed against the
+// ledger (what was sent, in order), then hidden (the answer to pgtenant's
+// own messages), rewritten (a guard refusal, a Parse served from a
+// connection's cache) or relayed as bytes.
+
+// upstreamToClient is the reply side in session mode. It hides the replies to the relay's
+// own assertions and forwards everything else as bytes.
+func (r *relay) upstreamToClient() (err error) {
+	defer close(r.done)
+	for {
+		if r.ur.Buffered() < 5 {
+			if err := r.cw.Flush(); err != nil {
+				return err
+			}
+		}
+		typ, size, err := readHeader(r.ur)
+		if err != nil {
+			return r.upstreamReadError(err)
+		}
+		if err := r.reply(typ, size); err != nil {
+			return err
+		}
+	}
+}
+
+// upstreamReadError names why reading from the upstream failed.
+func (r *relay) upstreamReadError(err error) error {
+	if errors.Is(err, io.EOF) || errors.Is(err, net.ErrClosed) {
+		return errUpstreamLost
+	}
+	var ne net.Error
+	if r.upstreamTimeout > 0 && errors.As(err, &ne) && ne.Timeout() {
+		return fatalf(codeConnectionFailure, "pgtenant: no reply from the upstream server within upstream_timeout (%s)", r.upstreamTimeout)
+	}
+	return err
+}
+
+// respState is the reply side's own.
+type respState struct {
+	standaloneErr *pgconn.PgError // failure of the standalone assertion being answered
+	silent        []uint64        // scratch for ledger.takeSilent
+	z             [6]byte         // the ReadyForQuery being handled
+}
+
+// reply handles one upstream message whose header is at the head of r.ur.
+func (r *relay) reply(typ byte, size int) error {
+	if r.knobs != nil && r.knobs.OnReply != nil {
+		r.knobs.OnReply(typ)
+	}
+	r.armUpstreamTimeout(r.rconn)
+	r.stats.toClient += int64(size)
+	switch typ {
+	case 'A', 'N', 'S':
+		// NotificationResponse, NoticeResponse, ParameterStatus may come at any time.
+		if typ == 'S' && r.pooled() && r.ledger.answeringOwn() {
+			// A setting the assertion re-applied: the client knows it already.
+			_, err := r.ur.Discard(size)
+			return err
+		}
+		if typ == 'S' && r.guard != nil {
+			r.watchParameter(size)
+		}
+		return forward(r.cw, r.ur, size)
+	}
+	if r.ledger.silentN.Load() > 0 {
+		r.settleSilent()
+	}
+	code := ""
+	if typ == 'E' && r.ledger.inCopyIn() {
+		code = r.peekErrorCode(size)
+	}
+	res := r.ledger.reply(typ, code)
+	r.wake()
+	switch {
+	case res.async:
+		// Nothing outstanding: an asynchronous error such as a FATAL on
+		// shutdown. Pass it on.
+		r.noteFatal(size)
+		return forward(r.cw, r.ur, size)
+	case res.outOfStep:
+		// The replies and the requests no longer match: in transaction mode
+		// the connection would carry that to the next client, so stop here.
+		return fatalf(codeProtocolViolation, "pgtenant: unexpected reply %q from the upstream", typ)
+	case res.origin.own():
+		return r.ownReply(typ, size, res)
+	}
+	if r.pooled() {
+		switch typ {
+		case '1', '3':
+			switch r.stmts.reply() {
+			case replyHide:
+				_, err := r.ur.Discard(size)
+				return err
+			case replyAsParse:
+				if _, err := r.ur.Discard(size); err != nil {
+					return err
+				}
+				_, err := r.cw.Write(parseComplete)
+				return err
+			}
+		case 'E':
+			r.stmts.dropUnit(res.unit, r.rsc)
+		}
+	}
+	if typ == 'E' && r.refusals.outstanding.Load() > 0 {
+		return r.relayRefusal(size)
+	}
+	if typ == 'Z' {
+		return r.readyForQuery(size, res)
+	}
+	if typ == 'E' {
+		r.noteFatal(size)
+		r.obs.Error(r.tenant)
+	}
+	return forward(r.cw, r.ur, size)
+}
+
+// ownReply handles a reply to pgtenant's own messages: hidden, unless the
+// assertion failed.
+func (r *relay) ownReply(typ byte, size int, res replyResult) error {
+	switch typ {
+	case 'Z':
+		return r.readyForQuery(size, res)
+	case 'E':
+	default:
+		_, err := r.ur.Discard(size)
+		return err
+	}
+	msg, err := readMessage(r.ur, size)
+	if err != nil {
+		return err
+	}
+	upstreamErr := decodeError(msg)
+	if r.pooled() {
+		r.stmts.dropUnit(res.unit, r.rsc)
+		// A connection that refused the context is not handed out again.
+		r.rsc.dead.Store(true)
+	}
+	switch {
+	case res.origin == fromStandalone || res.origin == fromReassert:
+		r.resp.standaloneErr = upstreamErr
+		return nil
+	case res.origin == fromAssertSimple:
+		// The server skips the client's Query and would wait for a Sync the
+		// client does not send: end the session rather than misreport.
+		return assertionFailed(upstreamErr)
+	case upstreamErr.Severity == severityFatal || upstreamErr.Severity == "PANIC":
+		r.sawFatal = true
+		return assertionFailed(upstreamErr)
+	}
+	// The server skips the client's group until its Sync and then sends
+	// ReadyForQuery: report the failure in its place.
+	e := assertionFailed(upstreamErr)
+	e.Severity = severityError
+	return r.writeClient(errorResponse(e))
+}
+
+// relayRefusal passes on an upstream error, as the guard's error when a
+// statement pgtenant substituted caused it.
+func (r *relay) relayRefusal(size int) error {
+	msg, err := readMessage(r.ur, size)
+	if err != nil {
+		return err
+	}
+	upstreamErr := decodeError(msg)
+	if upstreamErr.Severity == severityFatal || upstreamErr.Severity == "PANIC" {
+		r.sawFatal = true
+	}
+	r.obs.Error(r.tenant)
+	if refusal := r.refusals.match(upstreamErr); refusal != nil {
+		return r.writeClient(errorResponse(refusal))
+	}
+	_, err = r.cw.Write(msg)
+	return err
+}
+
+// readyForQuery handles the ReadyForQuery that ends unit res.unit.
+func (r *relay) readyForQuery(size int, res replyResult) error {
+	if size != 6 {
+		return fatalf(codeProtocolViolation, "pgtenant: invalid ReadyForQuery from upstream")
+	}
+	// Read it out before the pending count drops: in transaction mode
+	// that may give the connection to another client.
+	z := r.resp.z[:] // in the relay, not on the stack: it would escape to the heap
+	if _, err := io.ReadFull(r.ur, z); err != nil {
+		return err
+	}
+	status := z[5]
+	own := res.origin.own()
+	standaloneErr := r.resp.standaloneErr
+	r.resp.standaloneErr = nil
+	r.txStatus.Store(uint32(status))
+	if r.pooled() {
+		r.stmts.dropUnit(res.unit, r.rsc)
+		r.stmts.unitEnded(res.unit, res.failed)
+		if !own {
+			// The client gets everything before the lease can end: the next
+			// lease's reader may write to it.
+			if _, err := r.cw.Write(z); err != nil {
+				return err
+			}
+			if err := r.cw.Flush(); err != nil {
+				return err
+			}
+		}
+		r.leaseMu.Lock()
+	}
+	left := r.ledger.unitDone()
+	if left == 0 {
+		r.armIdleTimeout()
+		r.armUpstreamTimeout(r.rconn)
+	}
+	if r.pooled() {
+		if left == 0 && status == 'I' {
+			// From here on another connection's reader may serve this relay:
+			// nothing below touches the reply side's state.
+			r.detachLocked()
+		}
+		r.leaseMu.Unlock()
+	}
+	if own {
+		if res.origin == fromReassert {
+			if standaloneErr != nil {
+				return assertionFailed(standaloneErr)
+			}
+			return nil
+		}
+		r.standaloneErr.Store(standaloneErr)
+		r.standaloneDone.Store(true)
+		r.wake()
+		return nil
+	}
+	r.wake()
+	if r.draining.Load() && left == 0 && status == 'I' {
+		// Shutting down and outside a transaction: this is the moment.
+		if !r.pooled() {
+			if _, err := r.cw.Write(z); err != nil {
+				return err
+			}
+		}
+		return errDraining
+	}
+	if !r.pooled() {
+		_, err := r.cw.Write(z)
+		return err
+	}
+	return nil
+}
+
+// settleSilent undoes the statement bookkeeping of units the server ended
+// without a ReadyForQuery (see ledger.silent).
+func (r *relay) settleSilent() {
+	r.resp.silent = r.ledger.takeSilent(r.resp.silent[:0])
+	if !r.pooled() {
+		return
+	}
+	for _, u := range r.resp.silent {
+		r.stmts.dropUnit(u, r.rsc)
+		r.stmts.unitEnded(u, true)
+	}
+}
+
+// peekErrorCode returns the SQLSTATE of the ErrorResponse at the head of
+// the upstream reader, or "".
+func (r *relay) peekErrorCode(size int) string {
+	msg, err := r.ur.Peek(min(size, r.ur.Size()))
+	if err != nil || len(msg) < 5 {
+		return ""
+	}
+	body := msg[5:]
+	for len(body) > 1 {
+		field := body[0]
+		end := bytes.IndexByte(body[1:], 0)
+		if end < 0 {
+			return ""
+		}
+		if field == 'C' {
+			return string(body[1 : 1+end])
+		}
+		body = body[2+end:]
+	}
+	return ""
+}
+
+// watchParameter notes a ParameterStatus that would make the upstream read
+// SQL differently from the guard (standard_conforming_strings off, an
+// encoding that is not ASCII-safe): however it came about, no statement is
+// relayed after that.
+func (r *relay) watchParameter(size int) {
+	if size > r.ur.Size() {
+		return
+	}
+	msg, err := r.ur.Peek(size)
+	if err != nil {
+		return
+	}
+	body := msg[5:]
+	nul := bytes.IndexByte(body, 0)
+	if nul < 0 {
+		return
+	}
+	name, rest := body[:nul], body[nul+1:]
+	if end := bytes.IndexByte(rest, 0); end >= 0 {
+		rest = rest[:end]
+	}
+	if !lexsafe.Safe(string(name), string(rest)) {
+		r.unsafeLexing.Store(string(name) + " is " + string(rest))
+	}
+}
+
+// noteFatal records whether the ErrorResponse at the head of the upstream
+// reader is FATAL or PANIC: the upstream closes after it, and the client
+// must not get a second error for that.
+func (r *relay) noteFatal(size int) {
+	if size > r.ur.Size() {
+		return
+	}
+	msg, err := r.ur.Peek(size)
+	if err != nil {
+		return
+	}
+	// Fields: a type byte and a NUL-terminated value each; V is the
+	// unlocalized severity.
+	body := msg[5:]
+	for len(body) > 1 {
+		field := body[0]
+		end := bytes.IndexByte(body[1:], 0)
+		if end < 0 {
+			return
+		}
+		value := string(body[1 : 1+end])
+		if field == 'V' || field == 'S' {
+			if value == severityFatal || value == "PANIC" {
+				r.sawFatal = true
+			}
+			if field == 'V' {
+				return
+			}
+		}
+		body = body[2+end:]
+	}
+}
+
+func (r *relay) writeClient(msg pgproto3.BackendMessage) error {
+	buf, err := msg.Encode(nil)
+	if err != nil {
+		return err
+	}
+	_, err = r.cw.Write(buf)
+	return err
+}
+
+// decodeError decodes an ErrorResponse message (type byte included).
+func decodeError(msg []byte) *pgconn.PgError {
+	var er pgproto3.ErrorResponse
+	if err := er.Decode(msg[5:]); err != nil {
+		return &pgconn.PgError{Severity: severityError, Code: codeProtocolViolation, Message: "malformed ErrorResponse from upstream"}
+	}
+	return pgconn.ErrorResponseToPgError(&er)
+}
