@@ -369,9 +369,6 @@ func TestBadInputSession(t *testing.T) {
 		{desc: "truncated CopyData, then EOF", send: func(t *testing.T) []byte { return append(badHeader('d', 1<<20), "xyz"...) }, halfClose: true},
 		{desc: "Parse without NULs", send: func(t *testing.T) []byte { return append(badHeader('P', 12), "SELECT 1"...) }, code: "08P01"},
 		{desc: "FunctionCall too short", send: func(t *testing.T) []byte { return append(badHeader('F', 6), 0, 1) }, code: "08P01"},
-		{desc: "Query inside an extended-protocol batch", send: func(t *testing.T) []byte {
-			return badEncode(t, &pgproto3.Parse{Query: "SELECT 1"}, q("SELECT 2"), &pgproto3.Sync{})
-		}, code: "08P01"},
 		{desc: "Query during COPY FROM STDIN", send: func(t *testing.T) []byte {
 			return badEncode(t, q("COPY copy_sink (line) FROM STDIN"), &pgproto3.CopyData{Data: []byte("badinput\n")}, q("SELECT 1"))
 		}, code: "08P01"},

@@ -772,38 +772,36 @@ func TestPoolContextStatementsStayPgtenants(t *testing.T) {
 	}
 }
 
-// A client in COPY FROM STDIN whose COPY has failed on the server, and that
-// goes on sending copy data and Syncs, gets ReadyForQuery replies pgtenant
-// does not wait for (the server ignores Syncs during COPY, and answers them
-// after it). Its connection is closed after the lease: those replies must
-// never reach the next holder, whose own round trip would take them for its
-// own (found by the red team: the pool froze). Deterministic check: the
-// next client runs on another backend.
-func TestPoolSyncsDuringAFailedCopyCloseTheConnection(t *testing.T) {
+// A client in COPY FROM STDIN that sends Syncs among its copy data, whose
+// COPY fails on that data: the server ignores Syncs during a COPY and
+// answers those it reads after the COPY failed, which pgtenant could not
+// tell apart; so a Sync among copy data is not sent (the COPY ignores it).
+// No stray ReadyForQuery is left for the next holder of the connection
+// (found by the red team: the pool froze), and the client goes on.
+func TestPoolSyncsDuringAFailedCopy(t *testing.T) {
 	p := startProxy(t, transactionPool(1))
 	pa := p.pgconnect(t, tenantA)
-	pidA := queryOne(t, pa, "SELECT pg_backend_pid()")
 	a := ppHijack(t, pa)
 	rtStartCopy(t, a)
-	// A bad row, more copy data and three Syncs in one write: pgtenant
-	// forwards them together, the server fails the COPY at the bad row,
-	// drops the copy data and answers the Syncs.
+	// A bad row, more copy data and three Syncs in one write.
 	rtSend(t, a, &pgproto3.CopyData{Data: []byte("not-a-uuid\tbad\n")}, &pgproto3.CopyData{Data: []byte("more\n")},
 		ppSync(), ppSync(), ppSync())
-	if got, err := rtRead(a, 5*time.Second, rtIsRFQ); err != nil {
-		t.Fatalf("COPY did not fail: %v %v", got, err)
+	got, err := rtRead(a, 5*time.Second, rtIsRFQ)
+	if err != nil || !strings.Contains(strings.Join(got, " "), "ErrorResponse ERROR 22P02") {
+		t.Fatalf("COPY did not fail as it should: %q %v", got, err)
 	}
 	time.Sleep(300 * time.Millisecond)
 
 	b := p.pgconnect(t, tenantB)
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-	defer cancel()
-	res, err := b.Exec(ctx, "SELECT pg_backend_pid()::text, current_setting('app.tenant_id')").ReadAll()
-	if err != nil {
-		t.Fatalf("next client: %v", err)
+	for i := 0; i < 3; i++ {
+		if got := queryOne(t, b, "SELECT current_setting('app.tenant_id')"); got != tenantB.ID {
+			t.Fatalf("next client ran as %q", got)
+		}
 	}
-	if row := res[0].Rows[0]; string(row[0]) == pidA || string(row[1]) != tenantB.ID {
-		t.Fatalf("next client ran on backend %s (the one with the stray Syncs was %s) as %q", row[0], pidA, row[1])
+	// A is still in step.
+	got, err = a.exchange([]pgproto3.FrontendMessage{ppQuery("SELECT current_setting('app.tenant_id')")}, 0)
+	if err != nil || !strings.Contains(strings.Join(got, " "), tenantA.ID) {
+		t.Fatalf("A after its failed COPY: %q %v", got, err)
 	}
 }
 

@@ -143,19 +143,6 @@ func TestProtocolCorners(t *testing.T) {
 	}
 }
 
-// A Query inside an unsynced extended batch cannot be relayed faithfully
-// (whether PostgreSQL runs it depends on an earlier error): refused clearly.
-func TestQueryInsideBatchRefused(t *testing.T) {
-	p := startProxy(t, nil)
-	out := traceCounted(t, p.pgconnect(t, tenantA), []countedStep{
-		{msgs(parseBindExecute("SELECT 1/0"), list(q("SELECT 1"), &pgproto3.Sync{})), 1},
-	})
-	got := strings.Join(out, "\n")
-	if !strings.Contains(got, "ErrorResponse FATAL 08P01 pgtenant does not relay a Query") {
-		t.Fatalf("got\n%s", got)
-	}
-}
-
 // A FATAL decided on the request side reaches the client.
 func TestStandaloneAssertionFailureReported(t *testing.T) {
 	p := startProxy(t, nil)

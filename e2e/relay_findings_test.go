@@ -295,6 +295,12 @@ func TestRelayQueryAfterUnsyncedExtendedMessages(t *testing.T) {
 					),
 					relayAt(ppQuery("COMMIT")),
 				}},
+				// A Query after a group that failed is skipped with it, up to
+				// the Sync.
+				{"a failed group skips the Query sent in it", []relayStep{
+					relayAt(ppParse("", "SELECT 1/0"), ppBind(""), ppExec(), ppQuery("SELECT 1"), ppSync()),
+					relayAt(ppQuery("SELECT 2 AS n")),
+				}},
 				// The same with the unsynced messages read first (Flush).
 				{"Parse, Bind, Execute, Flush, then a Query", []relayStep{
 					relayAt(ppParse("", "SELECT 42 AS n"), ppBind(""), ppExec(), ppFlush()),

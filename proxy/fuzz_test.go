@@ -493,11 +493,20 @@ func matchUpstream(client, up []clientMessage, guarded bool) int {
 	}
 	match = func(i, j int) int {
 		if i == len(up) {
+			for j < len(client) && client[j].typ == 'S' {
+				j++ // trailing Syncs the relay dropped
+			}
 			return j
 		}
 
 		if j < len(client) && (bytes.Equal(up[i].raw, client[j].raw) || guarded && isRefusal(client[j], up[i])) {
 			if k := match(i+1, j+1); k >= 0 {
+				return k
+			}
+		}
+		if j < len(client) && client[j].typ == 'S' {
+			// A Sync among COPY data, which the relay does not send.
+			if k := match(i, j+1); k >= 0 {
 				return k
 			}
 		}

@@ -76,6 +76,9 @@ type replyResult struct {
 	// sends before it closes). outOfStep: a reply that cannot be placed,
 	// or a COPY outcome the replies do not settle (see above).
 	async, outOfStep bool
+	// lost: an error the ledger cannot follow (see lostLocked); the
+	// session ends after it.
+	lost bool
 }
 
 type ledger struct {
@@ -89,8 +92,11 @@ type ledger struct {
 	hasCur  bool
 	sawDesc bool // cur is a Describe of a statement and its ParameterDescription came
 	state   serverState
-	// syncsInCopy counts Syncs the server passed over in the current COPY.
-	syncsInCopy int
+	// copyData: copy data was read in the current COPY; uncertainSyncs
+	// counts Syncs passed over after it, which the server may instead have
+	// read after the COPY failed on its data (then it answers them).
+	copyData       bool
+	uncertainSyncs int
 	// mayCopy counts messages sent or being answered that may start a COPY.
 	mayCopy    int
 	unitFailed bool
@@ -175,9 +181,13 @@ func (l *ledger) settleLocked() {
 			}
 		case stateCopyIn:
 			switch m.typ {
-			case 'd', 'H':
+			case 'd':
+				l.copyData = true
+			case 'H':
 			case 'S':
-				l.syncsInCopy++
+				if l.copyData {
+					l.uncertainSyncs++
+				}
 			default:
 				return
 			}
@@ -324,6 +334,23 @@ func (l *ledger) stepLocked(res replyResult) replyResult {
 	return res
 }
 
+// lostLocked reports a reply the ledger cannot place for lack of a sign in
+// the replies (Syncs among the data of a COPY that failed on its data).
+func (l *ledger) lostLocked(res replyResult) replyResult {
+	res.lost = true
+	return res
+}
+
+// dropsSync reports whether a Sync the client sends now would reach the
+// server among COPY data: it is ignored there, unless the COPY failed on
+// that data meanwhile, and then its answer could not be placed. pgtenant
+// does not send it (ignoring it as the COPY does).
+func (l *ledger) dropsSync() bool {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.state == stateCopyIn && l.copyData
+}
+
 // doneLocked ends the current message's replies.
 func (l *ledger) doneLocked() {
 	if l.cur.mayCopy {
@@ -335,7 +362,7 @@ func (l *ledger) doneLocked() {
 
 func (l *ledger) startCopyLocked(s serverState) {
 	l.state = s
-	l.syncsInCopy = 0
+	l.copyData, l.uncertainSyncs = false, 0
 	l.settleLocked()
 }
 
@@ -362,17 +389,17 @@ func (l *ledger) copyInReplyLocked(typ byte, code string) replyResult {
 				consumed = true // read, or ignored after an earlier error: the same
 			case 'f':
 				consumed = true
-				if code != codeQueryCanceled && l.syncsInCopy > 0 {
-					return l.stepLocked(res)
+				if code != codeQueryCanceled && l.uncertainSyncs > 0 {
+					return l.lostLocked(res)
 				}
 			default:
 				consumed = code == codeProtocolViolation
 			}
 		}
-		if !consumed && l.syncsInCopy > 0 {
-			// A data error, with Syncs sent during the COPY: which of them
-			// the server read before it is not shown.
-			return l.stepLocked(res)
+		if !consumed && l.uncertainSyncs > 0 {
+			// A data error, with Syncs sent among the copy data: which of
+			// them the server read before it is not shown.
+			return l.lostLocked(res)
 		}
 		if consumed {
 			l.head++
@@ -471,7 +498,7 @@ func (l *ledger) reset() {
 		l.q = nil
 	}
 	l.head = 0
-	l.hasCur, l.cur, l.state, l.syncsInCopy, l.mayCopy, l.unitFailed = false, sentMsg{}, stateNormal, 0, 0, false
+	l.hasCur, l.cur, l.state, l.copyData, l.uncertainSyncs, l.mayCopy, l.unitFailed = false, sentMsg{}, stateNormal, false, 0, 0, false
 	l.silent = l.silent[:0]
 	l.silentN.Store(0)
 	l.mu.Unlock()

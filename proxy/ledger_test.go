@@ -15,7 +15,7 @@ import (
 type ledgerStep struct {
 	send  string
 	reply string
-	want  string // for a reply: "client", "own", "end", "end-failed", "out-of-step", "async"
+	want  string // for a reply: "client", "own", "end", "end-failed", "out-of-step", "lost", "async"
 	quiet bool   // after the step: ledger.quiet()
 }
 
@@ -49,6 +49,8 @@ func runLedger(t *testing.T, steps []ledgerStep) (pending int32) {
 			res := l.reply(typ[0], code)
 			got := "client"
 			switch {
+			case res.lost:
+				got = "lost"
 			case res.outOfStep:
 				got = "out-of-step"
 			case res.async:
@@ -136,9 +138,13 @@ func TestLedger(t *testing.T) {
 			{send: "| !Q"}, {reply: "G"}, {send: "d"}, {reply: "E:22P04"}, {reply: "Z", want: "end-failed"},
 			{send: "d c | S"}, {reply: "Z", want: "end", quiet: true},
 		}, 0},
-		{"COPY failing on its data after a Sync inside it cannot be placed", []ledgerStep{
-			{send: "| !Q"}, {reply: "G"}, {send: "d | S d"}, {reply: "E:22P04", want: "out-of-step"},
+		{"COPY failing on its data after a Sync among its data cannot be placed", []ledgerStep{
+			{send: "| !Q"}, {reply: "G"}, {send: "d | S d"}, {reply: "E:22P04", want: "lost"},
 		}, 1},
+		{"a Sync right behind the COPY is read before its data (libpq)", []ledgerStep{
+			{send: "| P B !E S"}, {reply: "1"}, {reply: "2"}, {reply: "G"},
+			{send: "d"}, {reply: "E:22P04"}, {send: "c | S"}, {reply: "Z", want: "end-failed", quiet: true},
+		}, 0},
 		{"COPY TO STDOUT by Execute", []ledgerStep{
 			{send: "| B !E S"}, {reply: "2"}, {reply: "H"}, {reply: "d"}, {reply: "d"}, {reply: "c"}, {reply: "C"}, {reply: "Z", want: "end"},
 		}, 0},

@@ -65,9 +65,9 @@ type relay struct {
 	ledger   ledger        // what the upstream owes, in order
 	txStatus atomic.Uint32 // status byte of the last ReadyForQuery
 
-	seq        uint64 // the unit being sent (request side)
-	waitSeq    uint64 // request side: the unit untilStatements waits for
-	inGroup    bool   // request side: an extended-protocol group has no Sync yet
+	seq     uint64 // the unit being sent (request side)
+	waitSeq uint64 // request side: the unit untilStatements waits for
+	inGroup bool   // request side: an extended-protocol group has no Sync yet
 	// Request side: the statements whose text mentions COPY, and the
 	// portals bound to them (nil for most sessions): an Execute of one may
 	// start a COPY.
@@ -217,7 +217,6 @@ func statementText(msg []byte) []byte {
 	return body
 }
 
-
 // clientToUpstream is the request side. It returns nil when the client sent
 // Terminate, the read error when the client went away, or a *pgconn.PgError
 // to report to the client as FATAL.
@@ -329,6 +328,10 @@ func (r *relay) relayMessage(typ byte, size int) error {
 			}
 		}
 	case 'S':
+		if r.ledger.dropsSync() {
+			// Among COPY data: ignored there (see ledger.dropsSync).
+			return r.discardClientMessage(size, msg, peeked)
+		}
 		if !r.inGroup {
 			// A lone Sync still yields a ReadyForQuery.
 			if err := r.beginUnit(); err != nil {

@@ -91,6 +91,13 @@ func (r *relay) reply(typ byte, size int) error {
 		// shutdown. Pass it on.
 		r.noteFatal(size)
 		return forward(r.cw, r.ur, size)
+	case res.lost:
+		// Relay the error, then end the session: what the upstream still
+		// owes is not known.
+		if err := forward(r.cw, r.ur, size); err != nil {
+			return err
+		}
+		return fatalf(codeProtocolViolation, "pgtenant: lost track of the upstream's replies: the COPY failed on its data after Sync messages were sent among that data")
 	case res.outOfStep:
 		// The replies and the requests no longer match: in transaction mode
 		// the connection would carry that to the next client, so stop here.
