@@ -340,6 +340,8 @@ func (r *relay) relayMessage(typ byte, size int) error {
 		}
 		r.inGroup = false
 	case 'X':
+		// The upstream closes behind it: that is no news to tell the client.
+		r.closing.Store(true)
 		if err := forward(r.uw, r.cr, size); err != nil {
 			return err
 		}

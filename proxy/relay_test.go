@@ -199,8 +199,8 @@ func TestRequestSideAllocatesNothing(t *testing.T) {
 	query := &pgproto3.Query{String: "SELECT abalance FROM pgbench_accounts WHERE aid = 48213;"}
 	short, long := clientStream(t, n, query), clientStream(t, 2*n, query)
 	for _, g := range []*guard.Guard{nil, guard.New(guard.Policy{TenantSetting: "app.tenant_id"})} {
-		base := testing.AllocsPerRun(5, func() { requestSide(t, short, g) })
-		more := testing.AllocsPerRun(5, func() { requestSide(t, long, g) })
+		base := testing.AllocsPerRun(5, func() { requestSideTo(t, short, g, 'T', io.Discard) })
+		more := testing.AllocsPerRun(5, func() { requestSideTo(t, long, g, 'T', io.Discard) })
 		if perMessage := (more - base) / n; perMessage > 0.001 {
 			t.Fatalf("guard %v: %.3f allocations per message (%v for %d messages, %v for %d)", g != nil, perMessage, base, n, more, 2*n)
 		}
