@@ -84,6 +84,7 @@ type replyResult struct {
 type ledger struct {
 	pending atomic.Int32 // units begun and not ended: written under mu
 	silentN atomic.Int32 // len(silent), read without mu
+	risk    atomic.Bool  // copyRisk, read without mu
 
 	mu      sync.Mutex
 	q       *sentQueue // sent, not yet taken up by the server: q.msgs[head:]; nil when empty
@@ -168,8 +169,13 @@ func (l *ledger) queued() []sentMsg {
 }
 
 // settleLocked passes over the messages the server reads without answering
-// in its current state.
+// in its current state. Every change ends with it.
 func (l *ledger) settleLocked() {
+	l.passOverUnansweredLocked()
+	l.risk.Store(l.state == stateCopyIn || l.mayCopy > 0)
+}
+
+func (l *ledger) passOverUnansweredLocked() {
 	for q := l.queued(); len(q) > 0; q = q[1:] {
 		m := q[0]
 		switch l.state {
@@ -458,11 +464,7 @@ func (l *ledger) inCopyIn() bool {
 // copyRisk reports whether the server is reading COPY data or may start to
 // before it reads the next message: a message that is not copy data must
 // then wait until that is known (the server would take it for bad COPY data).
-func (l *ledger) copyRisk() bool {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.state == stateCopyIn || l.mayCopy > 0
-}
+func (l *ledger) copyRisk() bool { return l.risk.Load() }
 
 // quiet reports whether the server has answered or passed over everything
 // sent, or waits for COPY data with nothing left to read: either way it
@@ -501,5 +503,6 @@ func (l *ledger) reset() {
 	l.hasCur, l.cur, l.state, l.copyData, l.uncertainSyncs, l.mayCopy, l.unitFailed = false, sentMsg{}, stateNormal, false, 0, 0, false
 	l.silent = l.silent[:0]
 	l.silentN.Store(0)
+	l.risk.Store(false)
 	l.mu.Unlock()
 }

@@ -301,45 +301,28 @@ func (r *relay) relayMessage(typ byte, size int) error {
 			return r.discardClientMessage(size, msg, peeked)
 		}
 	}
+	inCopy := false
 	if !isCopyStreamMessage(typ) && r.ledger.copyRisk() {
-		inCopy, err := r.serverInCopy()
-		if err != nil {
+		if inCopy, err = r.serverInCopy(); err != nil {
 			return err
-		}
-		if inCopy {
-			return r.relayIntoCopy(typ, size, msg, substitute, peeked)
 		}
 	}
-	switch typ {
-	case 'Q', 'F':
-		if r.inGroup {
-			// Sent before the group's Sync: PostgreSQL runs it in the group's
-			// implicit transaction, or skips it if the group failed. It ends
-			// the group's unit either way; the ledger tells which happened.
-			r.inGroup = false
-		} else if err := r.startUnit(typ, size, msg, substitute != nil, true); err != nil {
+	step, inGroup := classifyClient(typ, r.inGroup, inCopy, typ == 'S' && r.ledger.dropsSync())
+	r.inGroup = inGroup
+	switch step {
+	case stepDrop:
+		return r.discardClientMessage(size, msg, peeked)
+	case stepIntoCopy:
+		return r.relayIntoCopy(typ, size, msg, substitute, peeked)
+	case stepUnit:
+		if err := r.startUnit(typ, size, msg, substitute != nil, typ == 'Q' || typ == 'F'); err != nil {
 			return err
 		}
-	case 'P', 'B', 'E', 'D', 'C':
-		if !r.inGroup {
-			r.inGroup = true
-			if err := r.startUnit(typ, size, msg, substitute != nil, false); err != nil {
-				return err
-			}
+	case stepLoneSync:
+		if err := r.beginUnit(); err != nil {
+			return err
 		}
-	case 'S':
-		if r.ledger.dropsSync() {
-			// Among COPY data: ignored there (see ledger.dropsSync).
-			return r.discardClientMessage(size, msg, peeked)
-		}
-		if !r.inGroup {
-			// A lone Sync still yields a ReadyForQuery.
-			if err := r.beginUnit(); err != nil {
-				return err
-			}
-		}
-		r.inGroup = false
-	case 'X':
+	case stepTerminate:
 		// The upstream closes behind it: that is no news to tell the client.
 		r.closing.Store(true)
 		if err := forward(r.uw, r.cr, size); err != nil {
@@ -389,6 +372,56 @@ func (r *relay) relayMessage(typ byte, size int) error {
 		return r.sendMsgs(r.assertion.standalone, fromReassert)
 	}
 	return nil
+}
+
+// clientStep is what the request side does with one client message.
+type clientStep uint8
+
+const (
+	stepRelay     clientStep = iota // relay it in the unit under way
+	stepUnit                        // begin a unit (asserting ahead of it if due), then relay it
+	stepLoneSync                    // begin a unit for a Sync alone: it yields a ReadyForQuery
+	stepDrop                        // send nothing (a Sync among COPY data: ledger.dropsSync)
+	stepIntoCopy                    // the server reads COPY data: relay it as it is (relayIntoCopy)
+	stepTerminate                   // the client is leaving
+)
+
+// classifyClient decides what to do with a client message of type typ:
+// inGroup, the client has sent extended-protocol messages since its last
+// Sync; inCopy, the server is reading COPY data (known: the request side
+// waits for it when it may be so); amongCopyData, a Sync would reach the
+// server among copy data. It returns the step and inGroup after it.
+func classifyClient(typ byte, inGroup, inCopy, amongCopyData bool) (clientStep, bool) {
+	if inCopy && !isCopyStreamMessage(typ) {
+		return stepIntoCopy, inGroup
+	}
+	switch typ {
+	case 'Q', 'F':
+		if inGroup {
+			// Sent before the group's Sync: PostgreSQL runs it in the group's
+			// implicit transaction, or skips it if the group failed. It ends
+			// the group's unit either way; the ledger tells which happened.
+			return stepRelay, false
+		}
+		return stepUnit, false
+	case 'P', 'B', 'E', 'D', 'C':
+		if inGroup {
+			return stepRelay, true
+		}
+		return stepUnit, true
+	case 'S':
+		switch {
+		case amongCopyData:
+			return stepDrop, inGroup
+		case inGroup:
+			return stepRelay, false
+		}
+		return stepLoneSync, false
+	case 'X':
+		return stepTerminate, inGroup
+	}
+	// CopyData, CopyDone, CopyFail, Flush: no reply of their own.
+	return stepRelay, inGroup
 }
 
 // isCopyStreamMessage reports whether a client message is one the server
