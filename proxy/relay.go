@@ -468,14 +468,7 @@ func (r *relay) trackCopy(typ byte, size int, msg []byte, refused bool) (bool, e
 			}
 		}
 		name, _, _ := splitName(head[5:])
-		if copyText {
-			if r.copyStmts == nil {
-				r.copyStmts = map[string]bool{}
-			}
-			r.copyStmts[string(name)] = true
-		} else {
-			delete(r.copyStmts, string(name))
-		}
+		r.copyStmts = markName(r.copyStmts, name, copyText)
 	case 'B':
 		if len(r.copyStmts) == 0 && len(r.copyPortals) == 0 {
 			return false, nil
@@ -486,14 +479,7 @@ func (r *relay) trackCopy(typ byte, size int, msg []byte, refused bool) (bool, e
 		}
 		portal, rest, _ := splitName(head[5:])
 		stmt, _, _ := splitName(rest)
-		if r.copyStmts[string(stmt)] {
-			if r.copyPortals == nil {
-				r.copyPortals = map[string]bool{}
-			}
-			r.copyPortals[string(portal)] = true
-		} else {
-			delete(r.copyPortals, string(portal))
-		}
+		r.copyPortals = markName(r.copyPortals, portal, r.copyStmts[string(stmt)])
 	case 'E':
 		if len(r.copyPortals) == 0 {
 			return false, nil
@@ -506,6 +492,20 @@ func (r *relay) trackCopy(typ byte, size int, msg []byte, refused bool) (bool, e
 		return r.copyPortals[string(portal)], nil
 	}
 	return false, nil
+}
+
+// markName adds name to set (made on first use) or removes it.
+func markName(set map[string]bool, name []byte, on bool) map[string]bool {
+	switch {
+	case on && set == nil:
+		set = map[string]bool{}
+		fallthrough
+	case on:
+		set[string(name)] = true
+	default:
+		delete(set, string(name))
+	}
+	return set
 }
 
 // containsFold reports whether text contains word (lower case, ASCII)

@@ -284,23 +284,41 @@ func (r *relay) settleSilent() {
 // peekErrorCode returns the SQLSTATE of the ErrorResponse at the head of
 // the upstream reader, or "".
 func (r *relay) peekErrorCode(size int) string {
-	msg, err := r.ur.Peek(min(size, r.ur.Size()))
-	if err != nil || len(msg) < 5 {
-		return ""
+	code, _ := errorField(r.peekWhole(size), 'C')
+	return string(code)
+}
+
+// peekWhole peeks at the whole message of size bytes at the head of the
+// upstream reader, or returns nil when it does not fit the buffer.
+func (r *relay) peekWhole(size int) []byte {
+	if size > r.ur.Size() {
+		return nil
 	}
-	body := msg[5:]
-	for len(body) > 1 {
-		field := body[0]
+	msg, err := r.ur.Peek(size)
+	if err != nil {
+		return nil
+	}
+	return msg
+}
+
+// errorField returns the value of field in an ErrorResponse or
+// NoticeResponse (type byte and length included).
+func errorField(msg []byte, field byte) ([]byte, bool) {
+	if len(msg) < 5 {
+		return nil, false
+	}
+	// Fields: a type byte and a NUL-terminated value each.
+	for body := msg[5:]; len(body) > 1; {
 		end := bytes.IndexByte(body[1:], 0)
 		if end < 0 {
-			return ""
+			return nil, false
 		}
-		if field == 'C' {
-			return string(body[1 : 1+end])
+		if body[0] == field {
+			return body[1 : 1+end], true
 		}
 		body = body[2+end:]
 	}
-	return ""
+	return nil, false
 }
 
 // watchParameter notes a ParameterStatus that would make the upstream read
@@ -308,11 +326,8 @@ func (r *relay) peekErrorCode(size int) string {
 // encoding that is not ASCII-safe): however it came about, no statement is
 // relayed after that.
 func (r *relay) watchParameter(size int) {
-	if size > r.ur.Size() {
-		return
-	}
-	msg, err := r.ur.Peek(size)
-	if err != nil {
+	msg := r.peekWhole(size)
+	if msg == nil {
 		return
 	}
 	body := msg[5:]
@@ -333,32 +348,14 @@ func (r *relay) watchParameter(size int) {
 // reader is FATAL or PANIC: the upstream closes after it, and the client
 // must not get a second error for that.
 func (r *relay) noteFatal(size int) {
-	if size > r.ur.Size() {
-		return
+	msg := r.peekWhole(size)
+	// V is the unlocalized severity (PostgreSQL 9.6+), S the localized one.
+	sev, ok := errorField(msg, 'V')
+	if !ok {
+		sev, _ = errorField(msg, 'S')
 	}
-	msg, err := r.ur.Peek(size)
-	if err != nil {
-		return
-	}
-	// Fields: a type byte and a NUL-terminated value each; V is the
-	// unlocalized severity.
-	body := msg[5:]
-	for len(body) > 1 {
-		field := body[0]
-		end := bytes.IndexByte(body[1:], 0)
-		if end < 0 {
-			return
-		}
-		value := string(body[1 : 1+end])
-		if field == 'V' || field == 'S' {
-			if value == severityFatal || value == "PANIC" {
-				r.sawFatal = true
-			}
-			if field == 'V' {
-				return
-			}
-		}
-		body = body[2+end:]
+	if string(sev) == severityFatal || string(sev) == "PANIC" {
+		r.sawFatal = true
 	}
 }
 
