@@ -613,7 +613,9 @@ func (p *txPool) gone(sc *serverConn) {
 
 // dial connects a new pooled connection and starts its reader.
 func (p *txPool) dial(ctx context.Context) (*serverConn, error) {
+	start := time.Now()
 	sc, err := p.connect(ctx)
+	p.obs().UpstreamConnect(time.Since(start), err)
 	if err != nil {
 		return nil, err
 	}
