@@ -26,6 +26,7 @@ const (
 	codeQueryCanceled            = "57014"
 	codeProgramLimitExceeded     = "54000"
 	codeInternalError            = "XX000"
+	codeInFailedTransaction      = "25P02"
 	severityFatal                = "FATAL"
 	severityError                = "ERROR"
 )

@@ -65,9 +65,10 @@ type relay struct {
 	ledger   ledger        // what the upstream owes, in order
 	txStatus atomic.Uint32 // status byte of the last ReadyForQuery
 
-	seq     uint64 // the unit being sent (request side)
-	waitSeq uint64 // request side: the unit untilStatements waits for
-	inGroup bool   // request side: an extended-protocol group has no Sync yet
+	seq        uint64   // the unit being sent (request side)
+	waitSeq    uint64   // request side: the unit untilStatements waits for
+	waitSilent []uint64 // request side: scratch for settleSilent
+	inGroup    bool     // request side: an extended-protocol group has no Sync yet
 	// Request side: the statements whose text mentions COPY, and the
 	// portals bound to them (nil for most sessions): an Execute of one may
 	// start a COPY.
@@ -727,6 +728,11 @@ func (r *relay) holds(w waitFor) bool {
 	case untilStandalone:
 		return r.standaloneDone.Load()
 	default:
+		if r.ledger.silentN.Load() > 0 {
+			// Units the server passed over get no reply that would settle
+			// their statements: settle them here (the lease is held).
+			r.waitSilent = r.settleSilent(r.sc, r.waitSilent[:0])
+		}
 		return !r.stmts.pendingBefore(r.waitSeq)
 	}
 }

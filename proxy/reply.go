@@ -77,19 +77,25 @@ func (r *relay) reply(typ byte, size int) error {
 		return forward(r.cw, r.ur, size)
 	}
 	if r.ledger.silentN.Load() > 0 {
-		r.settleSilent()
+		r.resp.silent = r.settleSilent(r.rsc, r.resp.silent[:0])
 	}
 	code := ""
-	if typ == 'E' && r.ledger.inCopyIn() {
-		code = r.peekErrorCode(size)
+	if typ == 'E' {
+		if r.noteFatal(size) {
+			// The server ends the connection: whatever it answers, this is
+			// the last word, the client's to read as it is.
+			r.obs.Error(r.tenant)
+			return forward(r.cw, r.ur, size)
+		}
+		if r.ledger.inCopyIn() {
+			code = r.peekErrorCode(size)
+		}
 	}
 	res := r.ledger.reply(typ, code)
 	r.wake()
 	switch {
 	case res.async:
-		// Nothing outstanding: an asynchronous error such as a FATAL on
-		// shutdown. Pass it on.
-		r.noteFatal(size)
+		// Nothing outstanding: an asynchronous error. Pass it on.
 		return forward(r.cw, r.ur, size)
 	case res.lost:
 		// Relay the error, then end the session: what the upstream still
@@ -123,14 +129,13 @@ func (r *relay) reply(typ byte, size int) error {
 			r.stmts.dropUnit(res.unit, r.rsc)
 		}
 	}
-	if typ == 'E' && r.refusals.outstanding.Load() > 0 {
-		return r.relayRefusal(size)
+	if typ == 'E' && (r.refusals.outstanding.Load() > 0 || r.pooled() && bytes.Contains(r.peekWhole(size), serverStmtPrefixBytes)) {
+		return r.relayError(size)
 	}
 	if typ == 'Z' {
 		return r.readyForQuery(size, res)
 	}
 	if typ == 'E' {
-		r.noteFatal(size)
 		r.obs.Error(r.tenant)
 	}
 	return forward(r.cw, r.ur, size)
@@ -152,21 +157,27 @@ func (r *relay) ownReply(typ byte, size int, res replyResult) error {
 		return err
 	}
 	upstreamErr := decodeError(msg)
+	// In a failed transaction block the assertion fails as the client's own
+	// first statement would: PostgreSQL's error is the client's.
+	aborted := upstreamErr.Code == codeInFailedTransaction && res.origin == fromAssert
 	if r.pooled() {
 		r.stmts.dropUnit(res.unit, r.rsc)
-		// A connection that refused the context is not handed out again.
-		r.rsc.dead.Store(true)
+		if !aborted {
+			// A connection that refused the context is not handed out again.
+			r.rsc.dead.Store(true)
+		}
 	}
 	switch {
+	case aborted:
+		r.obs.Error(r.tenant)
+		_, err := r.cw.Write(msg)
+		return err
 	case res.origin == fromStandalone || res.origin == fromReassert:
 		r.resp.standaloneErr = upstreamErr
 		return nil
 	case res.origin == fromAssertSimple:
 		// The server skips the client's Query and would wait for a Sync the
 		// client does not send: end the session rather than misreport.
-		return assertionFailed(upstreamErr)
-	case upstreamErr.Severity == severityFatal || upstreamErr.Severity == "PANIC":
-		r.sawFatal = true
 		return assertionFailed(upstreamErr)
 	}
 	// The server skips the client's group until its Sync and then sends
@@ -176,20 +187,26 @@ func (r *relay) ownReply(typ byte, size int, res replyResult) error {
 	return r.writeClient(errorResponse(e))
 }
 
-// relayRefusal passes on an upstream error, as the guard's error when a
-// statement pgtenant substituted caused it.
-func (r *relay) relayRefusal(size int) error {
+// relayError passes on an upstream error as the client would have it from
+// PostgreSQL: the guard's error when a statement pgtenant substituted caused
+// it, and with the client's statement names for the names pgtenant gave
+// them upstream (transaction mode).
+func (r *relay) relayError(size int) error {
 	msg, err := readMessage(r.ur, size)
 	if err != nil {
 		return err
 	}
 	upstreamErr := decodeError(msg)
-	if upstreamErr.Severity == severityFatal || upstreamErr.Severity == "PANIC" {
-		r.sawFatal = true
-	}
 	r.obs.Error(r.tenant)
 	if refusal := r.refusals.match(upstreamErr); refusal != nil {
 		return r.writeClient(errorResponse(refusal))
+	}
+	if r.pooled() && bytes.Contains(msg, serverStmtPrefixBytes) {
+		var er pgproto3.ErrorResponse
+		if er.Decode(msg[5:]) == nil {
+			er.Message, er.Detail = r.stmts.clientNames(er.Message), r.stmts.clientNames(er.Detail)
+			return r.writeClient(&er)
+		}
 	}
 	_, err = r.cw.Write(msg)
 	return err
@@ -268,17 +285,18 @@ func (r *relay) readyForQuery(size int, res replyResult) error {
 	return nil
 }
 
-// settleSilent undoes the statement bookkeeping of units the server ended
-// without a ReadyForQuery (see ledger.silent).
-func (r *relay) settleSilent() {
-	r.resp.silent = r.ledger.takeSilent(r.resp.silent[:0])
+// settleSilent undoes the statement bookkeeping on sc of units the server
+// ended without a ReadyForQuery (see ledger.silent); buf is scratch.
+func (r *relay) settleSilent(sc *serverConn, buf []uint64) []uint64 {
+	buf = r.ledger.takeSilent(buf)
 	if !r.pooled() {
-		return
+		return buf
 	}
-	for _, u := range r.resp.silent {
-		r.stmts.dropUnit(u, r.rsc)
+	for _, u := range buf {
+		r.stmts.dropUnit(u, sc)
 		r.stmts.unitEnded(u, true)
 	}
+	return buf
 }
 
 // peekErrorCode returns the SQLSTATE of the ErrorResponse at the head of
@@ -344,19 +362,21 @@ func (r *relay) watchParameter(size int) {
 	}
 }
 
-// noteFatal records whether the ErrorResponse at the head of the upstream
-// reader is FATAL or PANIC: the upstream closes after it, and the client
-// must not get a second error for that.
-func (r *relay) noteFatal(size int) {
+// noteFatal records and reports whether the ErrorResponse at the head of
+// the upstream reader is FATAL or PANIC: the upstream closes after it, and
+// the client must not get a second error for that.
+func (r *relay) noteFatal(size int) bool {
 	msg := r.peekWhole(size)
 	// V is the unlocalized severity (PostgreSQL 9.6+), S the localized one.
 	sev, ok := errorField(msg, 'V')
 	if !ok {
 		sev, _ = errorField(msg, 'S')
 	}
-	if string(sev) == severityFatal || string(sev) == "PANIC" {
+	fatal := string(sev) == severityFatal || string(sev) == "PANIC"
+	if fatal {
 		r.sawFatal = true
 	}
+	return fatal
 }
 
 func (r *relay) writeClient(msg pgproto3.BackendMessage) error {

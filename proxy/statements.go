@@ -5,6 +5,7 @@ import (
 	"crypto/sha256"
 	"encoding/binary"
 	"encoding/hex"
+	"strings"
 	"sync"
 )
 
@@ -93,6 +94,22 @@ type statements struct {
 	replies    []replyEntry
 	head       int
 	scratch    []byte // request side: message being rewritten
+}
+
+var serverStmtPrefixBytes = []byte(serverStmtPrefix)
+
+// clientNames replaces, in text from the upstream, the names of server
+// statements with the client's names for them.
+func (st *statements) clientNames(text string) string {
+	if !strings.Contains(text, serverStmtPrefix) {
+		return text
+	}
+	st.mu.Lock()
+	defer st.mu.Unlock()
+	for client, cs := range st.byName {
+		text = strings.ReplaceAll(text, cs.server, client)
+	}
+	return text
 }
 
 // serverStmtName derives the upstream name of a statement: a hash of the
