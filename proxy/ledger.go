@@ -85,6 +85,10 @@ type ledger struct {
 	pending atomic.Int32 // units begun and not ended: written under mu
 	silentN atomic.Int32 // len(silent), read without mu
 	risk    atomic.Bool  // copyRisk, read without mu
+	// zOpen: a ReadyForQuery was placed and its unit not yet counted ended
+	// (unitDone): meanwhile nothing is quiet, or a waiter could see the
+	// server idle with the old transaction status.
+	zOpen atomic.Bool
 
 	mu      sync.Mutex
 	q       *sentQueue // sent, not yet taken up by the server: q.msgs[head:]; nil when empty
@@ -241,7 +245,11 @@ func (l *ledger) takeSilent(buf []uint64) []uint64 {
 // passed on, and returns how many are still pending. It is separate from
 // reply so that the client gets the ReadyForQuery before a transaction-mode
 // lease can end.
-func (l *ledger) unitDone() int32 { return l.pending.Add(-1) }
+func (l *ledger) unitDone() int32 {
+	left := l.pending.Add(-1)
+	l.zOpen.Store(false)
+	return left
+}
 
 // reply places one reply (not NoticeResponse, ParameterStatus or
 // NotificationResponse, which may come at any time). code is the SQLSTATE
@@ -272,6 +280,7 @@ func (l *ledger) reply(typ byte, code string) replyResult {
 		switch {
 		case typ == 'Z':
 			l.doneLocked()
+			l.zOpen.Store(true)
 			res.endsUnit, res.failed = true, l.unitFailed
 			l.unitFailed = false
 			l.state = stateNormal
@@ -470,6 +479,9 @@ func (l *ledger) copyRisk() bool { return l.risk.Load() }
 // sent, or waits for COPY data with nothing left to read: either way it
 // needs the client to go on.
 func (l *ledger) quiet() bool {
+	if l.zOpen.Load() {
+		return false
+	}
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	l.settleLocked()
@@ -504,5 +516,6 @@ func (l *ledger) reset() {
 	l.silent = l.silent[:0]
 	l.silentN.Store(0)
 	l.risk.Store(false)
+	l.zOpen.Store(false)
 	l.mu.Unlock()
 }

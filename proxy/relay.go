@@ -66,6 +66,7 @@ type relay struct {
 	txStatus atomic.Uint32 // status byte of the last ReadyForQuery
 
 	seq        uint64   // the unit being sent (request side)
+	assertDue  []byte   // request side: the assertion the unit still needs, before it runs anything
 	waitSeq    uint64   // request side: the unit untilStatements waits for
 	waitSilent []uint64 // request side: scratch for settleSilent
 	inGroup    bool     // request side: an extended-protocol group has no Sync yet
@@ -314,6 +315,7 @@ func (r *relay) relayMessage(typ byte, size int) error {
 	case stepDrop:
 		return r.discardClientMessage(size, msg, peeked)
 	case stepIntoCopy:
+		r.assertDue = nil // nothing runs now
 		return r.relayIntoCopy(typ, size, msg, substitute, peeked)
 	case stepUnit:
 		if err := r.startUnit(typ, size, msg, substitute != nil, typ == 'Q' || typ == 'F'); err != nil {
@@ -342,6 +344,9 @@ func (r *relay) relayMessage(typ byte, size int) error {
 	}
 	if r.pooled() && typ == 'P' {
 		r.stmts.record(replyEntry{seq: r.seq}) // the refusal's failing Parse
+	}
+	if err := r.sendAssertionIfDue(typ); err != nil {
+		return err
 	}
 	if msg == nil {
 		return r.forwardUp(typ, size, mayCopy)
@@ -625,18 +630,37 @@ func (r *relay) startUnit(typ byte, size int, msg []byte, refused, simple bool) 
 	if !need {
 		return nil
 	}
+	r.assertDue = r.assertion.inline
+	if short {
+		r.assertDue = r.pctx.settled.inline
+	}
+	if simple {
+		return r.sendAssertion(fromAssertSimple)
+	}
+	// In a group, the assertion goes right before the first message that
+	// runs something (sendAssertionIfDue): what comes before it (Parse,
+	// Bind, Describe, Close) then meets the server as it would without
+	// pgtenant, in a failed transaction block too.
+	return nil
+}
+
+// sendAssertionIfDue sends the unit's assertion ahead of a message that
+// runs a statement (Execute, or a Query or FunctionCall ending a group).
+func (r *relay) sendAssertionIfDue(typ byte) error {
+	if r.assertDue == nil || typ != 'E' && typ != 'Q' && typ != 'F' {
+		return nil
+	}
+	return r.sendAssertion(fromAssert)
+}
+
+// sendAssertion sends the assertion due.
+func (r *relay) sendAssertion(o origin) error {
+	inline := r.assertDue
+	r.assertDue = nil
 	r.stats.assertions.Add(1)
 	r.obs.Transaction(r.tenant)
 	r.obs.Statements(r.tenant, r.stats.statements)
 	r.stats.statements = 0
-	inline := r.assertion.inline
-	if short {
-		inline = r.pctx.settled.inline
-	}
-	o := fromAssert
-	if simple {
-		o = fromAssertSimple
-	}
 	return r.sendMsgs(inline, o)
 }
 
