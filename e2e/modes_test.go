@@ -37,9 +37,7 @@ func (m poolMode) config(poolSize int, more ...func(*config.Config)) func(*confi
 			transactionPool(poolSize)(c)
 		}
 		for _, f := range more {
-			if f != nil {
-				f(c)
-			}
+			f(c)
 		}
 	}
 }

@@ -127,7 +127,7 @@ func TestInjectionIsInvisible(t *testing.T) {
 			{q("SELECT md5(repeat('x', 300000)), length(repeat('y', 300000)), repeat('z', 300000) = repeat('z', 300000)")},
 			{q("SELECT i, repeat('r', 100) FROM generate_series(1, 2000) i WHERE i % 500 = 0")},
 		}
-		want := []string{"ReadyForQuery E", "PortalSuspended", "CopyData anvil", "DataRow 2", "skipping \"projects\""}
+		reached := []string{"ReadyForQuery E", "PortalSuspended", "CopyData anvil", "DataRow 2", "skipping \"projects\""}
 		if !m.tx {
 			// Session state, which transaction mode refuses (TestPoolRefusesSessionState).
 			steps = append(steps,
@@ -137,7 +137,7 @@ func TestInjectionIsInvisible(t *testing.T) {
 				traceStep{q("SELECT pg_notify('trace_channel', 'payload')")},
 				traceStep{q("SET statement_timeout = '5s'; " + setting)},
 			)
-			want = append(want, "NotificationResponse trace_channel payload")
+			reached = append(reached, "NotificationResponse trace_channel payload")
 		}
 
 		direct := trace(t, directConnect(t, tenantA.ID), steps)
@@ -147,7 +147,7 @@ func TestInjectionIsInvisible(t *testing.T) {
 		}
 		// Sanity: the workload did reach the interesting states.
 		joined := strings.Join(proxied, "\n")
-		for _, want := range want {
+		for _, want := range reached {
 			if !strings.Contains(joined, want) {
 				t.Errorf("trace lacks %q", want)
 			}
