@@ -189,96 +189,98 @@ func badClientHello(t *testing.T) []byte {
 }
 
 func TestBadInputStartup(t *testing.T) {
-	p := startProxy(t, func(c *config.Config) {
-		// Short, so that a client that stalls mid-packet is closed quickly.
-		c.Auth.Timeout = config.Duration{Duration: 2 * time.Second}
-	})
-	v30 := uint32(pgproto3.ProtocolVersion30)
-	good := []string{"user", tenantA.User, "database", demo.Database}
-	ssl := []byte{0, 0, 0, 8, 0x04, 0xd2, 0x16, 0x2f}
-
-	tests := []struct {
-		desc      string
-		send      []byte
-		halfClose bool   // close the write side after sending
-		code      string // the FATAL the client gets; "" for a close without a message
-		wantN     bool   // the first reply byte is an 'N' (declined negotiation)
-	}{
-		{desc: "TLS ClientHello on a plaintext port without TLS", send: badClientHello(t), code: "08P01"},
-		{desc: "length below 8", send: []byte{0, 0, 0, 4}, code: "08P01"},
-		{desc: "length zero", send: []byte{0, 0, 0, 0, 0, 3, 0, 0}, code: "08P01"},
-		{desc: "negative length", send: []byte{0xff, 0xff, 0xff, 0xff, 0, 3, 0, 0}, code: "08P01"},
-		{desc: "length above 10000", send: append([]byte{0, 0, 0x27, 0x11}, badStartupPacket(v30, good...)[4:]...), code: "08P01"},
-		{desc: "length above 1 GiB", send: []byte{0x40, 0, 0, 1, 0, 3, 0, 0}, code: "08P01"},
-		{desc: "truncated packet, then EOF", send: append([]byte{0, 0, 0, 100}, badStartupPacket(v30, good...)[4:]...), halfClose: true, code: "08P01"},
-		{desc: "truncated packet, then a stall (authentication timeout)", send: append([]byte{0, 0, 0, 100}, badStartupPacket(v30, good...)[4:]...)},
-		{desc: "truncated header, then EOF", send: []byte{0, 0}, halfClose: true},
-		{desc: "unsupported protocol 2.0", send: []byte{0, 0, 0, 8, 0, 2, 0, 0}, code: "0A000"},
-		{desc: "unsupported protocol 1234.5678", send: []byte{0, 0, 0, 8, 0x04, 0xd2, 0x16, 0x2e}, code: "08P01"},
-		{desc: "parameter list without terminator", send: func() []byte {
-			b := badStartupPacket(v30, good...)
-			b = b[:len(b)-1]
-			binary.BigEndian.PutUint32(b, uint32(len(b)))
-			return b
-		}(), code: "08P01"},
-		{desc: "parameter without value", send: func() []byte {
-			b := badStartupPacket(v30, "user")
-			return b
-		}(), code: "08P01"},
-		{desc: "no user", send: badStartupPacket(v30, "database", demo.Database), code: "28000"},
-		{desc: "tenant setting as a parameter", send: badStartupPacket(v30, append(good, "app.tenant_id", tenantB.ID)...), code: "42501"},
-		{desc: "role inside options", send: badStartupPacket(v30, append(good, "options", `-c\ x -c ROLE=postgres`)...), code: "42501"},
-		{desc: "cancel request too short", send: []byte{0, 0, 0, 12, 0x04, 0xd2, 0x16, 0x2e, 0, 0, 0x10, 0x92}, code: "08P01"},
-		{desc: "cancel request with an unknown key", send: badEncode(t, &pgproto3.CancelRequest{ProcessID: 1, SecretKey: []byte{1, 2, 3, 4}})},
-		{desc: "SSLRequest declined, then garbage", send: append(append([]byte{}, ssl...), 0xde, 0xad, 0xbe, 0xef, 1, 2, 3, 4), code: "08P01", wantN: true},
-		{desc: "a Query instead of the SCRAM exchange", send: append(badStartupPacket(v30, good...), badEncode(t, q("SELECT 1"))...), code: "08P01"},
-		{desc: "a SASLInitialResponse with an unknown mechanism", send: append(badStartupPacket(v30, good...), badEncode(t, &pgproto3.SASLInitialResponse{AuthMechanism: "NOPE", Data: []byte("x")})...), code: "08P01"},
-		{desc: "a garbage SCRAM client-first-message", send: append(badStartupPacket(v30, good...), badEncode(t, &pgproto3.SASLInitialResponse{AuthMechanism: "SCRAM-SHA-256", Data: []byte("\xff\x00garbage")})...), code: "08P01"},
-		{desc: "a password message with length below 4", send: append(badStartupPacket(v30, good...), badHeader('p', 2)...), code: "08P01"},
-		{desc: "a password message longer than PostgreSQL accepts", send: append(badStartupPacket(v30, good...), badHeader('p', 1<<20)...), code: "08P01"},
-	}
-
-	before := badUpstreamBackends(t, "")
-	for _, tt := range tests {
-		t.Run(tt.desc, func(t *testing.T) {
-			conn := rawDial(t, p)
-			if _, err := conn.Write(tt.send); err != nil {
-				t.Fatal(err)
-			}
-			if tt.halfClose {
-				_ = conn.(*net.TCPConn).CloseWrite()
-			}
-			if tt.wantN {
-				if b := readByte(t, conn); b != 'N' {
-					t.Fatalf("negotiation answer %q, want N", b)
-				}
-			}
-			fe := pgproto3.NewFrontend(conn, conn)
-			start := time.Now()
-			r := badRead(conn, fe)
-			// The SCRAM cases get the authentication request first.
-			if len(r.msgs) > 0 {
-				if _, ok := r.msgs[0].(*pgproto3.AuthenticationSASL); ok {
-					r.msgs = r.msgs[1:]
-				}
-			}
-			if tt.code == "" {
-				badWantSilentClose(t, r)
-			} else {
-				badWantFatal(t, r, tt.code)
-			}
-			t.Logf("%v after %s", r, time.Since(start).Round(time.Millisecond))
+	eachPoolMode(t, func(t *testing.T, m poolMode) {
+		p := m.start(t, func(c *config.Config) {
+			// Short, so that a client that stalls mid-packet is closed quickly.
+			c.Auth.Timeout = config.Duration{Duration: 2 * time.Second}
 		})
-	}
+		v30 := uint32(pgproto3.ProtocolVersion30)
+		good := []string{"user", tenantA.User, "database", demo.Database}
+		ssl := []byte{0, 0, 0, 8, 0x04, 0xd2, 0x16, 0x2f}
 
-	// Nothing reached the upstream: no session was started, no backend opened.
-	if logs := p.logs.String(); strings.Contains(logs, "session started") {
-		t.Fatalf("a malformed startup started a session:\n%s", logs)
-	}
-	if after := badUpstreamBackends(t, ""); after > before {
-		t.Fatalf("upstream backends of %s: %d before, %d after the malformed startups", demo.RLSRole, before, after)
-	}
-	badLoginWorks(t, p)
+		tests := []struct {
+			desc      string
+			send      []byte
+			halfClose bool   // close the write side after sending
+			code      string // the FATAL the client gets; "" for a close without a message
+			wantN     bool   // the first reply byte is an 'N' (declined negotiation)
+		}{
+			{desc: "TLS ClientHello on a plaintext port without TLS", send: badClientHello(t), code: "08P01"},
+			{desc: "length below 8", send: []byte{0, 0, 0, 4}, code: "08P01"},
+			{desc: "length zero", send: []byte{0, 0, 0, 0, 0, 3, 0, 0}, code: "08P01"},
+			{desc: "negative length", send: []byte{0xff, 0xff, 0xff, 0xff, 0, 3, 0, 0}, code: "08P01"},
+			{desc: "length above 10000", send: append([]byte{0, 0, 0x27, 0x11}, badStartupPacket(v30, good...)[4:]...), code: "08P01"},
+			{desc: "length above 1 GiB", send: []byte{0x40, 0, 0, 1, 0, 3, 0, 0}, code: "08P01"},
+			{desc: "truncated packet, then EOF", send: append([]byte{0, 0, 0, 100}, badStartupPacket(v30, good...)[4:]...), halfClose: true, code: "08P01"},
+			{desc: "truncated packet, then a stall (authentication timeout)", send: append([]byte{0, 0, 0, 100}, badStartupPacket(v30, good...)[4:]...)},
+			{desc: "truncated header, then EOF", send: []byte{0, 0}, halfClose: true},
+			{desc: "unsupported protocol 2.0", send: []byte{0, 0, 0, 8, 0, 2, 0, 0}, code: "0A000"},
+			{desc: "unsupported protocol 1234.5678", send: []byte{0, 0, 0, 8, 0x04, 0xd2, 0x16, 0x2e}, code: "08P01"},
+			{desc: "parameter list without terminator", send: func() []byte {
+				b := badStartupPacket(v30, good...)
+				b = b[:len(b)-1]
+				binary.BigEndian.PutUint32(b, uint32(len(b)))
+				return b
+			}(), code: "08P01"},
+			{desc: "parameter without value", send: func() []byte {
+				b := badStartupPacket(v30, "user")
+				return b
+			}(), code: "08P01"},
+			{desc: "no user", send: badStartupPacket(v30, "database", demo.Database), code: "28000"},
+			{desc: "tenant setting as a parameter", send: badStartupPacket(v30, append(good, "app.tenant_id", tenantB.ID)...), code: "42501"},
+			{desc: "role inside options", send: badStartupPacket(v30, append(good, "options", `-c\ x -c ROLE=postgres`)...), code: "42501"},
+			{desc: "cancel request too short", send: []byte{0, 0, 0, 12, 0x04, 0xd2, 0x16, 0x2e, 0, 0, 0x10, 0x92}, code: "08P01"},
+			{desc: "cancel request with an unknown key", send: badEncode(t, &pgproto3.CancelRequest{ProcessID: 1, SecretKey: []byte{1, 2, 3, 4}})},
+			{desc: "SSLRequest declined, then garbage", send: append(append([]byte{}, ssl...), 0xde, 0xad, 0xbe, 0xef, 1, 2, 3, 4), code: "08P01", wantN: true},
+			{desc: "a Query instead of the SCRAM exchange", send: append(badStartupPacket(v30, good...), badEncode(t, q("SELECT 1"))...), code: "08P01"},
+			{desc: "a SASLInitialResponse with an unknown mechanism", send: append(badStartupPacket(v30, good...), badEncode(t, &pgproto3.SASLInitialResponse{AuthMechanism: "NOPE", Data: []byte("x")})...), code: "08P01"},
+			{desc: "a garbage SCRAM client-first-message", send: append(badStartupPacket(v30, good...), badEncode(t, &pgproto3.SASLInitialResponse{AuthMechanism: "SCRAM-SHA-256", Data: []byte("\xff\x00garbage")})...), code: "08P01"},
+			{desc: "a password message with length below 4", send: append(badStartupPacket(v30, good...), badHeader('p', 2)...), code: "08P01"},
+			{desc: "a password message longer than PostgreSQL accepts", send: append(badStartupPacket(v30, good...), badHeader('p', 1<<20)...), code: "08P01"},
+		}
+
+		before := badUpstreamBackends(t, "")
+		for _, tt := range tests {
+			t.Run(tt.desc, func(t *testing.T) {
+				conn := rawDial(t, p)
+				if _, err := conn.Write(tt.send); err != nil {
+					t.Fatal(err)
+				}
+				if tt.halfClose {
+					_ = conn.(*net.TCPConn).CloseWrite()
+				}
+				if tt.wantN {
+					if b := readByte(t, conn); b != 'N' {
+						t.Fatalf("negotiation answer %q, want N", b)
+					}
+				}
+				fe := pgproto3.NewFrontend(conn, conn)
+				start := time.Now()
+				r := badRead(conn, fe)
+				// The SCRAM cases get the authentication request first.
+				if len(r.msgs) > 0 {
+					if _, ok := r.msgs[0].(*pgproto3.AuthenticationSASL); ok {
+						r.msgs = r.msgs[1:]
+					}
+				}
+				if tt.code == "" {
+					badWantSilentClose(t, r)
+				} else {
+					badWantFatal(t, r, tt.code)
+				}
+				t.Logf("%v after %s", r, time.Since(start).Round(time.Millisecond))
+			})
+		}
+
+		// Nothing reached the upstream: no session was started, no backend opened.
+		if logs := p.logs.String(); strings.Contains(logs, "session started") {
+			t.Fatalf("a malformed startup started a session:\n%s", logs)
+		}
+		if after := badUpstreamBackends(t, ""); after > before {
+			t.Fatalf("upstream backends of %s: %d before, %d after the malformed startups", demo.RLSRole, before, after)
+		}
+		badLoginWorks(t, p)
+	})
 }
 
 // badSession is an authenticated raw session through the proxy.
@@ -342,158 +344,163 @@ func (s *badSession) query(t *testing.T, sql string) string {
 }
 
 func TestBadInputSession(t *testing.T) {
-	p := startProxy(t, nil)
-	startup := badStartupPacket(pgproto3.ProtocolVersion30, "user", tenantA.User, "database", demo.Database)
+	eachPoolMode(t, func(t *testing.T, m poolMode) {
+		since := relayNow(t)
+		p := m.start(t)
+		startup := badStartupPacket(pgproto3.ProtocolVersion30, "user", tenantA.User, "database", demo.Database)
 
-	tests := []struct {
-		desc string
-		// send returns the bytes to send on an authenticated session.
-		send      func(t *testing.T) []byte
-		halfClose bool
-		code      string // FATAL code; "" for a close without a message
-	}{
-		{desc: "message length below 4", send: func(t *testing.T) []byte { return badHeader('Q', 2) }, code: "08P01"},
-		{desc: "message length zero", send: func(t *testing.T) []byte { return badHeader('B', 0) }, code: "08P01"},
-		{desc: "message length above 1 GiB", send: func(t *testing.T) []byte { return append(badHeader('d', 1<<30+1), "data"...) }, code: "08P01"},
-		{desc: "negative message length", send: func(t *testing.T) []byte { return badHeader('Q', 0xfffffff0) }, code: "08P01"},
-		{desc: "Query above the guard's limit", send: func(t *testing.T) []byte { return append(badHeader('Q', 100<<20), "SELECT "...) }, code: "54000"},
-		{desc: "unknown message type", send: func(t *testing.T) []byte { return append(badHeader('z', 4), badEncode(t, q("SELECT 1"))...) }, code: "08P01"},
-		{desc: "second StartupMessage after authentication", send: func(t *testing.T) []byte { return startup }, code: "08P01"},
-		{desc: "SSLRequest after authentication", send: func(t *testing.T) []byte { return []byte{0, 0, 0, 8, 0x04, 0xd2, 0x16, 0x2f} }, code: "08P01"},
-		{desc: "TLS ClientHello after authentication", send: badClientHello, code: "08P01"},
-		{desc: "garbage after Terminate", send: func(t *testing.T) []byte {
-			return append(badEncode(t, &pgproto3.Terminate{}), "\x16\x03\x01 garbage \x00\x00\x00\x00"...)
-		}},
-		{desc: "Terminate with a body", send: func(t *testing.T) []byte { return append(badHeader('X', 8), "abcd"...) }},
-		{desc: "truncated message, then EOF", send: func(t *testing.T) []byte { return append(badHeader('Q', 100), "SELECT 1"...) }, halfClose: true},
-		{desc: "truncated CopyData, then EOF", send: func(t *testing.T) []byte { return append(badHeader('d', 1<<20), "xyz"...) }, halfClose: true},
-		{desc: "Parse without NULs", send: func(t *testing.T) []byte { return append(badHeader('P', 12), "SELECT 1"...) }, code: "08P01"},
-		{desc: "FunctionCall too short", send: func(t *testing.T) []byte { return append(badHeader('F', 6), 0, 1) }, code: "08P01"},
-		{desc: "Query during COPY FROM STDIN", send: func(t *testing.T) []byte {
-			return badEncode(t, q("COPY copy_sink (line) FROM STDIN"), &pgproto3.CopyData{Data: []byte("badinput\n")}, q("SELECT 1"))
-		}, code: "08P01"},
-	}
-	for i, tt := range tests {
-		t.Run(tt.desc, func(t *testing.T) {
-			s := badLogin(t, p, fmt.Sprintf("badinput_%d", i))
-			s.write(t, tt.send(t))
-			if tt.halfClose {
-				_ = s.conn.(*net.TCPConn).CloseWrite()
-			}
-			r := badRead(s.conn, s.fe)
-			// What the upstream said before the refusal (the COPY case).
-			for len(r.msgs) > 0 {
-				if _, ok := r.msgs[0].(*pgproto3.ErrorResponse); ok {
-					break
+		tests := []struct {
+			desc string
+			// send returns the bytes to send on an authenticated session.
+			send      func(t *testing.T) []byte
+			halfClose bool
+			code      string // FATAL code; "" for a close without a message
+		}{
+			{desc: "message length below 4", send: func(t *testing.T) []byte { return badHeader('Q', 2) }, code: "08P01"},
+			{desc: "message length zero", send: func(t *testing.T) []byte { return badHeader('B', 0) }, code: "08P01"},
+			{desc: "message length above 1 GiB", send: func(t *testing.T) []byte { return append(badHeader('d', 1<<30+1), "data"...) }, code: "08P01"},
+			{desc: "negative message length", send: func(t *testing.T) []byte { return badHeader('Q', 0xfffffff0) }, code: "08P01"},
+			{desc: "Query above the guard's limit", send: func(t *testing.T) []byte { return append(badHeader('Q', 100<<20), "SELECT "...) }, code: "54000"},
+			{desc: "unknown message type", send: func(t *testing.T) []byte { return append(badHeader('z', 4), badEncode(t, q("SELECT 1"))...) }, code: "08P01"},
+			{desc: "second StartupMessage after authentication", send: func(t *testing.T) []byte { return startup }, code: "08P01"},
+			{desc: "SSLRequest after authentication", send: func(t *testing.T) []byte { return []byte{0, 0, 0, 8, 0x04, 0xd2, 0x16, 0x2f} }, code: "08P01"},
+			{desc: "TLS ClientHello after authentication", send: badClientHello, code: "08P01"},
+			{desc: "garbage after Terminate", send: func(t *testing.T) []byte {
+				return append(badEncode(t, &pgproto3.Terminate{}), "\x16\x03\x01 garbage \x00\x00\x00\x00"...)
+			}},
+			{desc: "Terminate with a body", send: func(t *testing.T) []byte { return append(badHeader('X', 8), "abcd"...) }},
+			{desc: "truncated message, then EOF", send: func(t *testing.T) []byte { return append(badHeader('Q', 100), "SELECT 1"...) }, halfClose: true},
+			{desc: "truncated CopyData, then EOF", send: func(t *testing.T) []byte { return append(badHeader('d', 1<<20), "xyz"...) }, halfClose: true},
+			{desc: "Parse without NULs", send: func(t *testing.T) []byte { return append(badHeader('P', 12), "SELECT 1"...) }, code: "08P01"},
+			{desc: "FunctionCall too short", send: func(t *testing.T) []byte { return append(badHeader('F', 6), 0, 1) }, code: "08P01"},
+			{desc: "Query during COPY FROM STDIN", send: func(t *testing.T) []byte {
+				return badEncode(t, q("COPY copy_sink (line) FROM STDIN"), &pgproto3.CopyData{Data: []byte("badinput\n")}, q("SELECT 1"))
+			}, code: "08P01"},
+		}
+		for i, tt := range tests {
+			t.Run(tt.desc, func(t *testing.T) {
+				s := badLogin(t, p, fmt.Sprintf("badinput_%d", i))
+				s.write(t, tt.send(t))
+				if tt.halfClose {
+					_ = s.conn.(*net.TCPConn).CloseWrite()
 				}
-				r.msgs = r.msgs[1:]
+				r := badRead(s.conn, s.fe)
+				// What the upstream said before the refusal (the COPY case).
+				for len(r.msgs) > 0 {
+					if _, ok := r.msgs[0].(*pgproto3.ErrorResponse); ok {
+						break
+					}
+					r.msgs = r.msgs[1:]
+				}
+				if tt.code == "" {
+					badWantSilentClose(t, r)
+				} else {
+					badWantFatal(t, r, tt.code)
+				}
+				t.Logf("%v", r)
+				// The upstream session ended with the client's (transaction
+				// mode: the pool still has all its connections, and none is
+				// left open beside them).
+				relayWantReleased(t, p, m, s.app, since, modePoolSize, tt.desc)
+			})
+		}
+
+		t.Run("Bind before any Parse gets the upstream's error and the session goes on", func(t *testing.T) {
+			s := badLogin(t, p, "badinput_bind")
+			s.write(t, badEncode(t, &pgproto3.Bind{PreparedStatement: "never_prepared"}, &pgproto3.Execute{}, &pgproto3.Sync{}))
+			msgs := s.readRFQ(t, 1)
+			if e, ok := msgs[0].(*pgproto3.ErrorResponse); !ok || e.Severity != "ERROR" || e.Code != "26000" {
+				t.Fatalf("Bind of an unknown statement: %v, want ERROR 26000", badReply{msgs: msgs})
 			}
-			if tt.code == "" {
-				badWantSilentClose(t, r)
-			} else {
-				badWantFatal(t, r, tt.code)
+			s.write(t, badEncode(t, &pgproto3.Bind{}, &pgproto3.Describe{ObjectType: 'P'}, &pgproto3.Execute{}, &pgproto3.Sync{}))
+			msgs = s.readRFQ(t, 1)
+			if e, ok := msgs[0].(*pgproto3.ErrorResponse); !ok || e.Severity != "ERROR" || e.Code != "26000" {
+				t.Fatalf("Bind of the missing unnamed statement: %v, want ERROR 26000", badReply{msgs: msgs})
 			}
-			t.Logf("%v", r)
-			// The upstream session ended with the client's.
-			eventually(t, 5*time.Second, "the upstream backend to end", func() bool { return badUpstreamBackends(t, s.app) == 0 })
+			if got := s.query(t, currentTenant); got != tenantA.ID {
+				t.Fatalf("tenant %q after the failed Binds, want %q", got, tenantA.ID)
+			}
 		})
-	}
 
-	t.Run("Bind before any Parse gets the upstream's error and the session goes on", func(t *testing.T) {
-		s := badLogin(t, p, "badinput_bind")
-		s.write(t, badEncode(t, &pgproto3.Bind{PreparedStatement: "never_prepared"}, &pgproto3.Execute{}, &pgproto3.Sync{}))
-		msgs := s.readRFQ(t, 1)
-		if e, ok := msgs[0].(*pgproto3.ErrorResponse); !ok || e.Severity != "ERROR" || e.Code != "26000" {
-			t.Fatalf("Bind of an unknown statement: %v, want ERROR 26000", badReply{msgs: msgs})
-		}
-		s.write(t, badEncode(t, &pgproto3.Bind{}, &pgproto3.Describe{ObjectType: 'P'}, &pgproto3.Execute{}, &pgproto3.Sync{}))
-		msgs = s.readRFQ(t, 1)
-		if e, ok := msgs[0].(*pgproto3.ErrorResponse); !ok || e.Severity != "ERROR" || e.Code != "26000" {
-			t.Fatalf("Bind of the missing unnamed statement: %v, want ERROR 26000", badReply{msgs: msgs})
-		}
-		if got := s.query(t, currentTenant); got != tenantA.ID {
-			t.Fatalf("tenant %q after the failed Binds, want %q", got, tenantA.ID)
-		}
-	})
-
-	t.Run("Execute, Describe and Close of unknown objects", func(t *testing.T) {
-		s := badLogin(t, p, "badinput_describe")
-		s.write(t, badEncode(t, &pgproto3.Execute{Portal: "nope"}, &pgproto3.Sync{},
-			&pgproto3.Describe{ObjectType: 'S', Name: "nope"}, &pgproto3.Sync{},
-			&pgproto3.Close{ObjectType: 'P', Name: "nope"}, &pgproto3.Sync{},
-			&pgproto3.Describe{ObjectType: 'x'}, &pgproto3.Sync{}))
-		msgs := s.readRFQ(t, 4)
-		var errs []string
-		for _, m := range msgs {
-			if e, ok := m.(*pgproto3.ErrorResponse); ok {
-				errs = append(errs, e.Severity+" "+e.Code)
+		t.Run("Execute, Describe and Close of unknown objects", func(t *testing.T) {
+			s := badLogin(t, p, "badinput_describe")
+			s.write(t, badEncode(t, &pgproto3.Execute{Portal: "nope"}, &pgproto3.Sync{},
+				&pgproto3.Describe{ObjectType: 'S', Name: "nope"}, &pgproto3.Sync{},
+				&pgproto3.Close{ObjectType: 'P', Name: "nope"}, &pgproto3.Sync{},
+				&pgproto3.Describe{ObjectType: 'x'}, &pgproto3.Sync{}))
+			msgs := s.readRFQ(t, 4)
+			var errs []string
+			for _, m := range msgs {
+				if e, ok := m.(*pgproto3.ErrorResponse); ok {
+					errs = append(errs, e.Severity+" "+e.Code)
+				}
 			}
-		}
-		if strings.Join(errs, ",") != "ERROR 34000,ERROR 26000,ERROR 08P01" {
-			t.Fatalf("errors %v, want the upstream's 34000, 26000, 08P01", errs)
-		}
-		if got := s.query(t, currentTenant); got != tenantA.ID {
-			t.Fatalf("tenant %q, want %q", got, tenantA.ID)
-		}
-	})
-
-	t.Run("CopyData and CopyDone outside COPY are ignored at session start", func(t *testing.T) {
-		s := badLogin(t, p, "badinput_copydata")
-		s.write(t, badEncode(t, &pgproto3.CopyData{Data: []byte("stray")}, &pgproto3.CopyDone{}, &pgproto3.CopyFail{Message: "stray"}))
-		if got := s.query(t, currentTenant); got != tenantA.ID {
-			t.Fatalf("tenant %q after stray copy messages, want %q", got, tenantA.ID)
-		}
-	})
-
-	t.Run("CopyData after a query: PostgreSQL ignores it, pgtenant answers or refuses cleanly", func(t *testing.T) {
-		s := badLogin(t, p, "badinput_copydata2")
-		if got := s.query(t, "SELECT 1"); got != "1" {
-			t.Fatalf("SELECT 1 = %q", got)
-		}
-		s.write(t, badEncode(t, &pgproto3.CopyData{Data: []byte("stray")}, q(currentTenant)))
-		r := badRead(s.conn, s.fe)
-		if e := r.fatal(); e != nil {
-			// pgtenant takes the session for a COPY FROM STDIN (see the report).
-			badWantFatal(t, r, "08P01")
-			t.Logf("refused: %v", r)
-			return
-		}
-		var got string
-		for _, m := range r.msgs {
-			if d, ok := m.(*pgproto3.DataRow); ok {
-				got = string(d.Values[0])
+			if strings.Join(errs, ",") != "ERROR 34000,ERROR 26000,ERROR 08P01" {
+				t.Fatalf("errors %v, want the upstream's 34000, 26000, 08P01", errs)
 			}
-		}
-		if got != tenantA.ID {
-			t.Fatalf("got %v, want the tenant or a clean FATAL", r)
-		}
-	})
+			if got := s.query(t, currentTenant); got != tenantA.ID {
+				t.Fatalf("tenant %q, want %q", got, tenantA.ID)
+			}
+		})
 
-	t.Run("Query without its terminating NUL gets the upstream's error and the session goes on", func(t *testing.T) {
-		s := badLogin(t, p, "badinput_nonul")
-		s.write(t, append(badHeader('Q', 12), "SELECT 1"...))
-		msgs := s.readRFQ(t, 1)
-		if e, ok := msgs[0].(*pgproto3.ErrorResponse); !ok || e.Severity != "ERROR" || e.Code != "08P01" {
-			t.Fatalf("Query without NUL: %v, want ERROR 08P01", badReply{msgs: msgs})
-		}
-		if got := s.query(t, currentTenant); got != tenantA.ID {
-			t.Fatalf("tenant %q, want %q", got, tenantA.ID)
-		}
-	})
+		t.Run("CopyData and CopyDone outside COPY are ignored at session start", func(t *testing.T) {
+			s := badLogin(t, p, "badinput_copydata")
+			s.write(t, badEncode(t, &pgproto3.CopyData{Data: []byte("stray")}, &pgproto3.CopyDone{}, &pgproto3.CopyFail{Message: "stray"}))
+			if got := s.query(t, currentTenant); got != tenantA.ID {
+				t.Fatalf("tenant %q after stray copy messages, want %q", got, tenantA.ID)
+			}
+		})
 
-	t.Run("invalid UTF-8 in a statement gets an error and the session goes on", func(t *testing.T) {
-		s := badLogin(t, p, "badinput_utf8")
-		s.write(t, badEncode(t, q("SELECT '\xff\xfe\xc3'")))
-		msgs := s.readRFQ(t, 1)
-		if e, ok := msgs[0].(*pgproto3.ErrorResponse); !ok || e.Severity != "ERROR" {
-			t.Fatalf("invalid UTF-8: %v, want an ERROR", badReply{msgs: msgs})
-		}
-		if got := s.query(t, currentTenant); got != tenantA.ID {
-			t.Fatalf("tenant %q, want %q", got, tenantA.ID)
-		}
-	})
+		t.Run("CopyData after a query: PostgreSQL ignores it, pgtenant answers or refuses cleanly", func(t *testing.T) {
+			s := badLogin(t, p, "badinput_copydata2")
+			if got := s.query(t, "SELECT 1"); got != "1" {
+				t.Fatalf("SELECT 1 = %q", got)
+			}
+			s.write(t, badEncode(t, &pgproto3.CopyData{Data: []byte("stray")}, q(currentTenant)))
+			r := badRead(s.conn, s.fe)
+			if e := r.fatal(); e != nil {
+				// pgtenant takes the session for a COPY FROM STDIN (see the report).
+				badWantFatal(t, r, "08P01")
+				t.Logf("refused: %v", r)
+				return
+			}
+			var got string
+			for _, m := range r.msgs {
+				if d, ok := m.(*pgproto3.DataRow); ok {
+					got = string(d.Values[0])
+				}
+			}
+			if got != tenantA.ID {
+				t.Fatalf("got %v, want the tenant or a clean FATAL", r)
+			}
+		})
 
-	badLoginWorks(t, p)
+		t.Run("Query without its terminating NUL gets the upstream's error and the session goes on", func(t *testing.T) {
+			s := badLogin(t, p, "badinput_nonul")
+			s.write(t, append(badHeader('Q', 12), "SELECT 1"...))
+			msgs := s.readRFQ(t, 1)
+			if e, ok := msgs[0].(*pgproto3.ErrorResponse); !ok || e.Severity != "ERROR" || e.Code != "08P01" {
+				t.Fatalf("Query without NUL: %v, want ERROR 08P01", badReply{msgs: msgs})
+			}
+			if got := s.query(t, currentTenant); got != tenantA.ID {
+				t.Fatalf("tenant %q, want %q", got, tenantA.ID)
+			}
+		})
+
+		t.Run("invalid UTF-8 in a statement gets an error and the session goes on", func(t *testing.T) {
+			s := badLogin(t, p, "badinput_utf8")
+			s.write(t, badEncode(t, q("SELECT '\xff\xfe\xc3'")))
+			msgs := s.readRFQ(t, 1)
+			if e, ok := msgs[0].(*pgproto3.ErrorResponse); !ok || e.Severity != "ERROR" {
+				t.Fatalf("invalid UTF-8: %v, want an ERROR", badReply{msgs: msgs})
+			}
+			if got := s.query(t, currentTenant); got != tenantA.ID {
+				t.Fatalf("tenant %q, want %q", got, tenantA.ID)
+			}
+		})
+
+		badLoginWorks(t, p)
+	})
 }
 
 // A stray CopyData (outside COPY, which PostgreSQL ignores) must not make the
@@ -501,38 +508,40 @@ func TestBadInputSession(t *testing.T) {
 // outstanding replies twice, after which a statement pipelined behind COMMIT
 // started a transaction without the tenant assertion.
 func TestBadInputStrayCopyDataSkipsAssertion(t *testing.T) {
-	p := startProxy(t, nil)
-	// A plain function that changes the tenant setting: the guard sees only
-	// the call (README, threat model); the assertion at the next transaction
-	// start is what puts the tenant back.
-	ctx := context.Background()
-	c := pgcluster.Shared()
-	if err := c.Exec(ctx, demo.Database, `CREATE FUNCTION badinput_switch(t text) RETURNS text LANGUAGE sql AS $$ SELECT set_config('app.tenant_id', t, false) $$`); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		_ = c.Exec(context.Background(), demo.Database, `DROP FUNCTION IF EXISTS badinput_switch(text)`)
-	})
-
-	for _, stray := range []bool{false, true} {
-		s := badLogin(t, p, fmt.Sprintf("badinput_stray_%v", stray))
-		if stray {
-			s.write(t, badEncode(t, q("SELECT 1"), &pgproto3.Sync{}))
-			s.readRFQ(t, 2)
-			// Ignored by PostgreSQL outside COPY.
-			s.write(t, badEncode(t, &pgproto3.CopyData{Data: []byte("x")}, &pgproto3.CopyDone{}))
+	eachPoolMode(t, func(t *testing.T, m poolMode) {
+		p := m.start(t)
+		// A plain function that changes the tenant setting: the guard sees only
+		// the call (README, threat model); the assertion at the next transaction
+		// start is what puts the tenant back.
+		ctx := context.Background()
+		c := pgcluster.Shared()
+		if err := c.Exec(ctx, demo.Database, `CREATE FUNCTION badinput_switch(t text) RETURNS text LANGUAGE sql AS $$ SELECT set_config('app.tenant_id', t, false) $$`); err != nil {
+			t.Fatal(err)
 		}
-		s.query(t, "BEGIN")
-		s.query(t, "SELECT badinput_switch('"+tenantB.ID+"')")
-		s.write(t, badEncode(t, q("COMMIT"), q(currentTenant)))
-		var got string
-		for _, m := range s.readRFQ(t, 2) {
-			if d, ok := m.(*pgproto3.DataRow); ok {
-				got = string(d.Values[0])
+		t.Cleanup(func() {
+			_ = c.Exec(context.Background(), demo.Database, `DROP FUNCTION IF EXISTS badinput_switch(text)`)
+		})
+
+		for _, stray := range []bool{false, true} {
+			s := badLogin(t, p, fmt.Sprintf("badinput_stray_%v", stray))
+			if stray {
+				s.write(t, badEncode(t, q("SELECT 1"), &pgproto3.Sync{}))
+				s.readRFQ(t, 2)
+				// Ignored by PostgreSQL outside COPY.
+				s.write(t, badEncode(t, &pgproto3.CopyData{Data: []byte("x")}, &pgproto3.CopyDone{}))
+			}
+			s.query(t, "BEGIN")
+			s.query(t, "SELECT badinput_switch('"+tenantB.ID+"')")
+			s.write(t, badEncode(t, q("COMMIT"), q(currentTenant)))
+			var got string
+			for _, m := range s.readRFQ(t, 2) {
+				if d, ok := m.(*pgproto3.DataRow); ok {
+					got = string(d.Values[0])
+				}
+			}
+			if got != tenantA.ID {
+				t.Errorf("stray CopyData %v: the transaction after COMMIT ran with tenant %q, want %q (asserted)", stray, got, tenantA.ID)
 			}
 		}
-		if got != tenantA.ID {
-			t.Errorf("stray CopyData %v: the transaction after COMMIT ran with tenant %q, want %q (asserted)", stray, got, tenantA.ID)
-		}
-	}
+	})
 }

@@ -64,164 +64,168 @@ func checkStillTenant(t *testing.T, conn *pgconn.PgConn, tenant string) {
 // PostgreSQL-shaped error, leaves the session usable, and never changes whose
 // rows the client sees.
 func TestGuardRedTeam(t *testing.T) {
-	p := startProxy(t, nil)
-	ctx := context.Background()
+	eachPoolMode(t, func(t *testing.T, m poolMode) {
+		p := m.start(t)
+		ctx := context.Background()
 
-	t.Run("simple", func(t *testing.T) {
-		conn := p.pgconnect(t, tenantA)
-		for _, a := range attacks {
-			_, err := conn.Exec(ctx, a.sql).ReadAll()
-			if pgCode(err) != a.code {
-				t.Fatalf("%s: got %v, want %s", a.sql, err, a.code)
-			}
-			checkStillTenant(t, conn, tenantA.ID)
-		}
-	})
-
-	t.Run("extended", func(t *testing.T) {
-		conn := p.pgconnect(t, tenantA)
-		for _, a := range attacks {
-			if strings.Count(a.sql, ";") > 0 && !strings.Contains(a.sql, "$$") && !strings.Contains(a.sql, "$x$") {
-				continue // several statements cannot be one prepared statement
-			}
-			_, err := conn.ExecParams(ctx, a.sql, nil, nil, nil, nil).Close()
-			if pgCode(err) != a.code {
-				t.Fatalf("%s: got %v, want %s", a.sql, err, a.code)
-			}
-			checkStillTenant(t, conn, tenantA.ID)
-		}
-	})
-
-	t.Run("inside a transaction", func(t *testing.T) {
-		conn := p.pgconnect(t, tenantB)
-		for _, a := range attacks[:8] {
-			queryRows(t, conn, "BEGIN")
-			_, err := conn.Exec(ctx, a.sql).ReadAll()
-			if pgCode(err) != a.code {
-				t.Fatalf("%s: got %v, want %s", a.sql, err, a.code)
-			}
-			// As after any PostgreSQL error: the block has failed.
-			if conn.TxStatus() != 'E' {
-				t.Fatalf("%s: status %c after refusal in a block, want E", a.sql, conn.TxStatus())
-			}
-			if _, err := conn.Exec(ctx, "SELECT 1").ReadAll(); pgCode(err) != "25P02" {
-				t.Fatalf("statement after refusal in a block: %v, want 25P02", err)
-			}
-			queryRows(t, conn, "ROLLBACK")
-			checkStillTenant(t, conn, tenantB.ID)
-		}
-	})
-
-	t.Run("pipelined", func(t *testing.T) {
-		conn := p.pgconnect(t, tenantA)
-		pctx, cancel := context.WithTimeout(ctx, 10*time.Second)
-		defer cancel()
-		pl := conn.StartPipeline(pctx)
-		setting := "SELECT current_setting('app.tenant_id')"
-		n := 0
-		for _, a := range attacks {
-			if strings.Contains(a.sql, ";") {
-				continue
-			}
-			// The attack and a read in one group, then a read in the next.
-			pl.SendQueryParams(a.sql, nil, nil, nil, nil)
-			pl.SendQueryParams(setting, nil, nil, nil, nil)
-			pl.SendPipelineSync()
-			pl.SendQueryParams(setting, nil, nil, nil, nil)
-			pl.SendPipelineSync()
-			n++
-		}
-		if err := pl.Flush(); err != nil {
-			t.Fatal(err)
-		}
-		var codes, values []string
-		for syncs := 0; syncs < 2*n; {
-			res, err := pl.GetResults()
-			if pgCode(err) != "" {
-				codes = append(codes, pgCode(err))
-				continue
-			}
-			if err != nil {
-				t.Fatal(err)
-			}
-			switch r := res.(type) {
-			case *pgconn.ResultReader:
-				rr := r.Read()
-				if rr.Err != nil {
-					codes = append(codes, pgCode(rr.Err))
-				} else if len(rr.Rows) == 1 {
-					values = append(values, string(rr.Rows[0][0]))
+		t.Run("simple", func(t *testing.T) {
+			conn := p.pgconnect(t, tenantA)
+			for _, a := range attacks {
+				_, err := conn.Exec(ctx, a.sql).ReadAll()
+				if pgCode(err) != a.code {
+					t.Fatalf("%s: got %v, want %s", a.sql, err, a.code)
 				}
-			case *pgconn.PipelineSync:
-				syncs++
+				checkStillTenant(t, conn, tenantA.ID)
 			}
-		}
-		if err := pl.Close(); err != nil {
-			t.Fatal(err)
-		}
-		if len(codes) != n || len(values) != n {
-			t.Fatalf("%d attacks: %d errors (%v), %d reads", n, len(codes), codes, len(values))
-		}
-		for _, v := range values {
-			if v != tenantA.ID {
-				t.Fatalf("a pipelined read saw tenant %q", v)
-			}
-		}
-		checkStillTenant(t, conn, tenantA.ID)
-	})
+		})
 
-	t.Run("FunctionCall of set_config by OID", func(t *testing.T) {
-		conn := p.pgconnect(t, tenantA)
-		hc, err := conn.Hijack()
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer hc.Conn.Close()
-		fe := hc.Frontend
-		fe.Send(&pgproto3.FunctionCall{Function: 2078, ArgFormatCodes: []uint16{0},
-			Arguments: [][]byte{[]byte("app.tenant_id"), []byte(tenantB.ID), []byte("f")}})
-		fe.Send(&pgproto3.Query{String: "SELECT current_setting('app.tenant_id')"})
-		if err := fe.Flush(); err != nil {
-			t.Fatal(err)
-		}
-		var got []string
-		for rfq := 0; rfq < 2; {
-			msg, err := fe.Receive()
+		t.Run("extended", func(t *testing.T) {
+			conn := p.pgconnect(t, tenantA)
+			for _, a := range attacks {
+				if strings.Count(a.sql, ";") > 0 && !strings.Contains(a.sql, "$$") && !strings.Contains(a.sql, "$x$") {
+					continue // several statements cannot be one prepared statement
+				}
+				_, err := conn.ExecParams(ctx, a.sql, nil, nil, nil, nil).Close()
+				if pgCode(err) != a.code {
+					t.Fatalf("%s: got %v, want %s", a.sql, err, a.code)
+				}
+				checkStillTenant(t, conn, tenantA.ID)
+			}
+		})
+
+		t.Run("inside a transaction", func(t *testing.T) {
+			conn := p.pgconnect(t, tenantB)
+			for _, a := range attacks[:8] {
+				queryRows(t, conn, "BEGIN")
+				_, err := conn.Exec(ctx, a.sql).ReadAll()
+				if pgCode(err) != a.code {
+					t.Fatalf("%s: got %v, want %s", a.sql, err, a.code)
+				}
+				// As after any PostgreSQL error: the block has failed.
+				if conn.TxStatus() != 'E' {
+					t.Fatalf("%s: status %c after refusal in a block, want E", a.sql, conn.TxStatus())
+				}
+				if _, err := conn.Exec(ctx, "SELECT 1").ReadAll(); pgCode(err) != "25P02" {
+					t.Fatalf("statement after refusal in a block: %v, want 25P02", err)
+				}
+				queryRows(t, conn, "ROLLBACK")
+				checkStillTenant(t, conn, tenantB.ID)
+			}
+		})
+
+		t.Run("pipelined", func(t *testing.T) {
+			conn := p.pgconnect(t, tenantA)
+			pctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+			defer cancel()
+			pl := conn.StartPipeline(pctx)
+			setting := "SELECT current_setting('app.tenant_id')"
+			n := 0
+			for _, a := range attacks {
+				if strings.Contains(a.sql, ";") {
+					continue
+				}
+				// The attack and a read in one group, then a read in the next.
+				pl.SendQueryParams(a.sql, nil, nil, nil, nil)
+				pl.SendQueryParams(setting, nil, nil, nil, nil)
+				pl.SendPipelineSync()
+				pl.SendQueryParams(setting, nil, nil, nil, nil)
+				pl.SendPipelineSync()
+				n++
+			}
+			if err := pl.Flush(); err != nil {
+				t.Fatal(err)
+			}
+			var codes, values []string
+			for syncs := 0; syncs < 2*n; {
+				res, err := pl.GetResults()
+				if pgCode(err) != "" {
+					codes = append(codes, pgCode(err))
+					continue
+				}
+				if err != nil {
+					t.Fatal(err)
+				}
+				switch r := res.(type) {
+				case *pgconn.ResultReader:
+					rr := r.Read()
+					if rr.Err != nil {
+						codes = append(codes, pgCode(rr.Err))
+					} else if len(rr.Rows) == 1 {
+						values = append(values, string(rr.Rows[0][0]))
+					}
+				case *pgconn.PipelineSync:
+					syncs++
+				}
+			}
+			if err := pl.Close(); err != nil {
+				t.Fatal(err)
+			}
+			if len(codes) != n || len(values) != n {
+				t.Fatalf("%d attacks: %d errors (%v), %d reads", n, len(codes), codes, len(values))
+			}
+			for _, v := range values {
+				if v != tenantA.ID {
+					t.Fatalf("a pipelined read saw tenant %q", v)
+				}
+			}
+			checkStillTenant(t, conn, tenantA.ID)
+		})
+
+		t.Run("FunctionCall of set_config by OID", func(t *testing.T) {
+			conn := p.pgconnect(t, tenantA)
+			hc, err := conn.Hijack()
 			if err != nil {
 				t.Fatal(err)
 			}
-			switch m := msg.(type) {
-			case *pgproto3.ErrorResponse:
-				got = append(got, "error "+m.Code)
-			case *pgproto3.FunctionCallResponse:
-				got = append(got, "called")
-			case *pgproto3.DataRow:
-				got = append(got, string(m.Values[0]))
-			case *pgproto3.ReadyForQuery:
-				rfq++
+			defer hc.Conn.Close()
+			fe := hc.Frontend
+			fe.Send(&pgproto3.FunctionCall{Function: 2078, ArgFormatCodes: []uint16{0},
+				Arguments: [][]byte{[]byte("app.tenant_id"), []byte(tenantB.ID), []byte("f")}})
+			fe.Send(&pgproto3.Query{String: "SELECT current_setting('app.tenant_id')"})
+			if err := fe.Flush(); err != nil {
+				t.Fatal(err)
 			}
-		}
-		if strings.Join(got, " ") != "error 42501 "+tenantA.ID {
-			t.Fatalf("FunctionCall set_config: %v", got)
-		}
-	})
+			var got []string
+			for rfq := 0; rfq < 2; {
+				msg, err := fe.Receive()
+				if err != nil {
+					t.Fatal(err)
+				}
+				switch m := msg.(type) {
+				case *pgproto3.ErrorResponse:
+					got = append(got, "error "+m.Code)
+				case *pgproto3.FunctionCallResponse:
+					got = append(got, "called")
+				case *pgproto3.DataRow:
+					got = append(got, string(m.Values[0]))
+				case *pgproto3.ReadyForQuery:
+					rfq++
+				}
+			}
+			if strings.Join(got, " ") != "error 42501 "+tenantA.ID {
+				t.Fatalf("FunctionCall set_config: %v", got)
+			}
+		})
 
-	t.Run("RESET ALL and DISCARD ALL re-assert the context", func(t *testing.T) {
-		conn := p.pgconnect(t, tenantB)
-		for _, sql := range []string{"RESET ALL", "DISCARD ALL"} {
-			queryRows(t, conn, sql)
+		t.Run("RESET ALL and DISCARD ALL re-assert the context", func(t *testing.T) {
+			conn := p.pgconnect(t, tenantB)
+			for _, sql := range []string{"RESET ALL", "DISCARD ALL"} {
+				queryRows(t, conn, sql)
+				checkStillTenant(t, conn, tenantB.ID)
+			}
+			// Inside a block, the statement after RESET ALL still sees the tenant.
+			queryRows(t, conn, "BEGIN")
+			queryRows(t, conn, "RESET ALL")
 			checkStillTenant(t, conn, tenantB.ID)
-		}
-		// Inside a block, the statement after RESET ALL still sees the tenant.
-		queryRows(t, conn, "BEGIN")
-		queryRows(t, conn, "RESET ALL")
-		checkStillTenant(t, conn, tenantB.ID)
-		queryRows(t, conn, "COMMIT")
-		checkStillTenant(t, conn, tenantB.ID)
+			queryRows(t, conn, "COMMIT")
+			checkStillTenant(t, conn, tenantB.ID)
+		})
 	})
 }
 
-// The guard can be turned off per user for a trusted application.
+// The guard can be turned off per user for a trusted application. Session
+// mode only: transaction mode requires the guard (the config refuses
+// guard: false there).
 func TestGuardOffForTrustedUser(t *testing.T) {
 	off := false
 	p := startProxy(t, func(c *config.Config) {
@@ -252,53 +256,57 @@ func TestGuardOffForTrustedUser(t *testing.T) {
 // parser. Both settings are refused on every path, and the re-assertion after
 // RESET ALL / DISCARD ALL cannot be rolled back.
 func TestGuardLexingAndResetAttacks(t *testing.T) {
-	p := startProxy(t, nil)
-	ctx := context.Background()
-	attack := `SELECT 'a\', ' , set_config($$app.tenant_id$$, $$` + tenantB.ID + `$$, true), (SELECT string_agg(DISTINCT tenant_id::text, ',') FROM projects) -- '`
+	eachPoolMode(t, func(t *testing.T, m poolMode) {
+		p := m.start(t)
+		ctx := context.Background()
+		attack := `SELECT 'a\', ' , set_config($$app.tenant_id$$, $$` + tenantB.ID + `$$, true), (SELECT string_agg(DISTINCT tenant_id::text, ',') FROM projects) -- '`
 
-	for _, extra := range []string{"standard_conforming_strings=off", "client_encoding=SJIS", "options='-c standard_conforming_strings=off'"} {
-		e := connectErr(t, p.connString(tenantA, extra))
-		if e.Code != "42501" {
-			t.Fatalf("startup with %s: %s %s", extra, e.Code, e.Message)
+		for _, extra := range []string{"standard_conforming_strings=off", "client_encoding=SJIS", "options='-c standard_conforming_strings=off'"} {
+			e := connectErr(t, p.connString(tenantA, extra))
+			if e.Code != "42501" {
+				t.Fatalf("startup with %s: %s %s", extra, e.Code, e.Message)
+			}
 		}
-	}
-	conn := p.pgconnect(t, tenantA)
-	for _, sql := range []string{
-		"SET standard_conforming_strings = off",
-		"SET client_encoding = 'SJIS'",
-		"SET NAMES 'BIG5'",
-		"BEGIN; SET LOCAL standard_conforming_strings TO false; COMMIT",
-		"SET backslash_quote = on",
-	} {
-		if _, err := conn.Exec(ctx, sql).ReadAll(); pgCode(err) != "42501" {
-			t.Fatalf("%s: %v, want 42501", sql, err)
+		conn := p.pgconnect(t, tenantA)
+		for _, sql := range []string{
+			"SET standard_conforming_strings = off",
+			"SET client_encoding = 'SJIS'",
+			"SET NAMES 'BIG5'",
+			"BEGIN; SET LOCAL standard_conforming_strings TO false; COMMIT",
+			"SET backslash_quote = on",
+		} {
+			if _, err := conn.Exec(ctx, sql).ReadAll(); pgCode(err) != "42501" {
+				t.Fatalf("%s: %v, want 42501", sql, err)
+			}
 		}
-	}
-	// With standard strings on, the attack text is three harmless constants.
-	if rows := queryRows(t, conn, attack); len(rows[0]) != 3 || !strings.HasPrefix(rows[0][1], " , set_config(") {
-		t.Fatalf("attack text read as %q", rows)
-	}
-	checkStillTenant(t, conn, tenantA.ID)
+		// With standard strings on, the attack text is three harmless constants.
+		if rows := queryRows(t, conn, attack); len(rows[0]) != 3 || !strings.HasPrefix(rows[0][1], " , set_config(") {
+			t.Fatalf("attack text read as %q", rows)
+		}
+		checkStillTenant(t, conn, tenantA.ID)
 
-	// RESET ALL / DISCARD ALL, then a block that rolls back: still the tenant.
-	for _, reset := range []string{"DISCARD ALL", "RESET ALL"} {
-		queryRows(t, conn, reset)
-		rows := queryRows(t, conn, "BEGIN; ROLLBACK; SELECT current_setting('app.tenant_id', true)")
-		if rows[0][0] != tenantA.ID {
-			t.Fatalf("after %s and a rolled-back block: tenant %q", reset, rows[0][0])
+		// RESET ALL / DISCARD ALL, then a block that rolls back: still the tenant.
+		for _, reset := range []string{"DISCARD ALL", "RESET ALL"} {
+			queryRows(t, conn, reset)
+			rows := queryRows(t, conn, "BEGIN; ROLLBACK; SELECT current_setting('app.tenant_id', true)")
+			if rows[0][0] != tenantA.ID {
+				t.Fatalf("after %s and a rolled-back block: tenant %q", reset, rows[0][0])
+			}
 		}
-	}
+	})
 }
 
 // An upstream whose defaults would make it read SQL differently from the
 // guard (here a role default of standard_conforming_strings = off) gets no
 // guarded sessions at all.
 func TestGuardRefusesUnsafeUpstream(t *testing.T) {
-	p := startProxy(t, nil)
-	superQuery(t, "ALTER ROLE app_rls SET standard_conforming_strings = off")
-	defer superQuery(t, "ALTER ROLE app_rls RESET standard_conforming_strings")
-	e := connectErr(t, p.connString(tenantA))
-	if e.Code != "42501" || !strings.Contains(e.Message, "standard_conforming_strings is off") {
-		t.Fatalf("session on an upstream with standard_conforming_strings off: %s %q", e.Code, e.Message)
-	}
+	eachPoolMode(t, func(t *testing.T, m poolMode) {
+		p := m.start(t)
+		superQuery(t, "ALTER ROLE app_rls SET standard_conforming_strings = off")
+		defer superQuery(t, "ALTER ROLE app_rls RESET standard_conforming_strings")
+		e := connectErr(t, p.connString(tenantA))
+		if e.Code != "42501" || !strings.Contains(e.Message, "standard_conforming_strings is off") {
+			t.Fatalf("session on an upstream with standard_conforming_strings off: %s %q", e.Code, e.Message)
+		}
+	})
 }

@@ -12,47 +12,49 @@ import (
 // Each tenant sees, updates and deletes only its own rows; inserting a row for
 // the other tenant is refused by the policy.
 func TestTenantsSeeOnlyTheirRows(t *testing.T) {
-	p := startProxy(t, nil)
-	a := p.pgconnect(t, tenantA)
-	b := p.pgconnect(t, tenantB)
+	eachPoolMode(t, func(t *testing.T, m poolMode) {
+		p := m.start(t)
+		a := p.pgconnect(t, tenantA)
+		b := p.pgconnect(t, tenantB)
 
-	for _, tc := range []struct {
-		conn   *pgconn.PgConn
-		tenant string
-	}{{a, tenantA.ID}, {b, tenantB.ID}} {
-		ids := queryRows(t, tc.conn, "SELECT DISTINCT tenant_id FROM projects")
-		if len(ids) != 1 || ids[0][0] != tc.tenant {
-			t.Fatalf("tenant %s sees tenant ids %v", tc.tenant, ids)
+		for _, tc := range []struct {
+			conn   *pgconn.PgConn
+			tenant string
+		}{{a, tenantA.ID}, {b, tenantB.ID}} {
+			ids := queryRows(t, tc.conn, "SELECT DISTINCT tenant_id FROM projects")
+			if len(ids) != 1 || ids[0][0] != tc.tenant {
+				t.Fatalf("tenant %s sees tenant ids %v", tc.tenant, ids)
+			}
+			if n := queryOne(t, tc.conn, "SELECT count(*) FROM tenants"); n != "1" {
+				t.Fatalf("tenant %s sees %s tenants rows, want 1", tc.tenant, n)
+			}
 		}
-		if n := queryOne(t, tc.conn, "SELECT count(*) FROM tenants"); n != "1" {
-			t.Fatalf("tenant %s sees %s tenants rows, want 1", tc.tenant, n)
+
+		// UPDATE and DELETE without a WHERE touch only the caller's rows.
+		if tag := execTag(t, a, "UPDATE projects SET name = name"); tag != "UPDATE 3" {
+			t.Fatalf("tenant A update-all: %s, want UPDATE 3", tag)
 		}
-	}
+		queryRows(t, b, "INSERT INTO projects (tenant_id, name) VALUES ('"+tenantB.ID+"', 'e2e-temp')")
+		if tag := execTag(t, a, "DELETE FROM projects WHERE name = 'e2e-temp'"); tag != "DELETE 0" {
+			t.Fatalf("tenant A deleted tenant B's row: %s", tag)
+		}
+		if tag := execTag(t, b, "DELETE FROM projects WHERE name = 'e2e-temp'"); tag != "DELETE 1" {
+			t.Fatalf("tenant B delete own row: %s, want DELETE 1", tag)
+		}
 
-	// UPDATE and DELETE without a WHERE touch only the caller's rows.
-	if tag := execTag(t, a, "UPDATE projects SET name = name"); tag != "UPDATE 3" {
-		t.Fatalf("tenant A update-all: %s, want UPDATE 3", tag)
-	}
-	queryRows(t, b, "INSERT INTO projects (tenant_id, name) VALUES ('"+tenantB.ID+"', 'e2e-temp')")
-	if tag := execTag(t, a, "DELETE FROM projects WHERE name = 'e2e-temp'"); tag != "DELETE 0" {
-		t.Fatalf("tenant A deleted tenant B's row: %s", tag)
-	}
-	if tag := execTag(t, b, "DELETE FROM projects WHERE name = 'e2e-temp'"); tag != "DELETE 1" {
-		t.Fatalf("tenant B delete own row: %s, want DELETE 1", tag)
-	}
-
-	// Writing a row for the other tenant violates the policy.
-	_, err := a.Exec(context.Background(), "INSERT INTO projects (tenant_id, name) VALUES ('"+tenantB.ID+"', 'smuggled')").ReadAll()
-	if code := pgCode(err); code != "42501" {
-		t.Fatalf("insert of other tenant's id: got %v (code %q), want 42501", err, code)
-	}
-	_, err = a.Exec(context.Background(), "UPDATE projects SET tenant_id = '"+tenantB.ID+"'").ReadAll()
-	if code := pgCode(err); code != "42501" {
-		t.Fatalf("moving rows to the other tenant: got %v (code %q), want 42501", err, code)
-	}
-	if n := superQuery(t, "SELECT count(*) FROM projects WHERE name = 'smuggled'"); n[0][0] != "0" {
-		t.Fatal("smuggled row exists")
-	}
+		// Writing a row for the other tenant violates the policy.
+		_, err := a.Exec(context.Background(), "INSERT INTO projects (tenant_id, name) VALUES ('"+tenantB.ID+"', 'smuggled')").ReadAll()
+		if code := pgCode(err); code != "42501" {
+			t.Fatalf("insert of other tenant's id: got %v (code %q), want 42501", err, code)
+		}
+		_, err = a.Exec(context.Background(), "UPDATE projects SET tenant_id = '"+tenantB.ID+"'").ReadAll()
+		if code := pgCode(err); code != "42501" {
+			t.Fatalf("moving rows to the other tenant: got %v (code %q), want 42501", err, code)
+		}
+		if n := superQuery(t, "SELECT count(*) FROM projects WHERE name = 'smuggled'"); n[0][0] != "0" {
+			t.Fatal("smuggled row exists")
+		}
+	})
 }
 
 func execTag(t *testing.T, conn *pgconn.PgConn, sql string) string {
@@ -66,88 +68,92 @@ func execTag(t *testing.T, conn *pgconn.PgConn, sql string) string {
 
 // The tenant context is right in every transaction state a client can reach.
 func TestTenantContextEverywhere(t *testing.T) {
-	p := startProxy(t, nil)
-	conn := p.pgconnect(t, tenantA)
-	want := tenantA.ID
-	setting := "SELECT current_setting('app.tenant_id')"
+	eachPoolMode(t, func(t *testing.T, m poolMode) {
+		p := m.start(t)
+		conn := p.pgconnect(t, tenantA)
+		want := tenantA.ID
+		setting := "SELECT current_setting('app.tenant_id')"
 
-	check := func(desc, sql string) {
-		t.Helper()
-		rows := queryRows(t, conn, sql)
-		got := rows[len(rows)-1][0]
-		if got != want {
-			t.Fatalf("%s: current_setting = %q, want %q", desc, got, want)
+		check := func(desc, sql string) {
+			t.Helper()
+			rows := queryRows(t, conn, sql)
+			got := rows[len(rows)-1][0]
+			if got != want {
+				t.Fatalf("%s: current_setting = %q, want %q", desc, got, want)
+			}
 		}
-	}
-	check("first statement", setting)
-	// On a fresh connection, a ROLLBACK in the first string must not undo the context.
-	fresh := p.pgconnect(t, tenantA)
-	rows := queryRows(t, fresh, "BEGIN; ROLLBACK; "+setting)
-	if rows[0][0] != want {
-		t.Fatalf("after BEGIN; ROLLBACK in the first string: %q", rows[0][0])
-	}
+		check("first statement", setting)
+		// On a fresh connection, a ROLLBACK in the first string must not undo the context.
+		fresh := p.pgconnect(t, tenantA)
+		rows := queryRows(t, fresh, "BEGIN; ROLLBACK; "+setting)
+		if rows[0][0] != want {
+			t.Fatalf("after BEGIN; ROLLBACK in the first string: %q", rows[0][0])
+		}
 
-	check("before a transaction", setting)
-	queryRows(t, conn, "BEGIN")
-	check("inside a transaction", setting)
-	queryRows(t, conn, "COMMIT")
-	check("after COMMIT", setting)
+		check("before a transaction", setting)
+		queryRows(t, conn, "BEGIN")
+		check("inside a transaction", setting)
+		queryRows(t, conn, "COMMIT")
+		check("after COMMIT", setting)
 
-	queryRows(t, conn, "BEGIN")
-	queryRows(t, conn, "ROLLBACK")
-	check("after ROLLBACK", setting)
+		queryRows(t, conn, "BEGIN")
+		queryRows(t, conn, "ROLLBACK")
+		check("after ROLLBACK", setting)
 
-	queryRows(t, conn, "BEGIN ISOLATION LEVEL SERIALIZABLE")
-	check("inside serializable", setting)
-	queryRows(t, conn, "ROLLBACK")
+		queryRows(t, conn, "BEGIN ISOLATION LEVEL SERIALIZABLE")
+		check("inside serializable", setting)
+		queryRows(t, conn, "ROLLBACK")
 
-	// SET TRANSACTION must still be allowed as the first statement of a block.
-	queryRows(t, conn, "BEGIN; SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
-	check("after SET TRANSACTION", setting)
-	queryRows(t, conn, "COMMIT")
+		// SET TRANSACTION must still be allowed as the first statement of a block.
+		queryRows(t, conn, "BEGIN; SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+		check("after SET TRANSACTION", setting)
+		queryRows(t, conn, "COMMIT")
 
-	queryRows(t, conn, "BEGIN")
-	if _, err := conn.Exec(context.Background(), "SELECT 1/0").ReadAll(); pgCode(err) != "22012" {
-		t.Fatalf("division by zero: %v", err)
-	}
-	if _, err := conn.Exec(context.Background(), setting).ReadAll(); pgCode(err) != "25P02" {
-		t.Fatalf("statement in failed transaction: got %v, want 25P02", err)
-	}
-	queryRows(t, conn, "ROLLBACK")
-	check("after an error inside a transaction", setting)
+		queryRows(t, conn, "BEGIN")
+		if _, err := conn.Exec(context.Background(), "SELECT 1/0").ReadAll(); pgCode(err) != "22012" {
+			t.Fatalf("division by zero: %v", err)
+		}
+		if _, err := conn.Exec(context.Background(), setting).ReadAll(); pgCode(err) != "25P02" {
+			t.Fatalf("statement in failed transaction: got %v, want 25P02", err)
+		}
+		queryRows(t, conn, "ROLLBACK")
+		check("after an error inside a transaction", setting)
 
-	check("after COMMIT in a multi-statement string", "BEGIN; SELECT 1; COMMIT; "+setting)
-	check("multi-statement implicit transaction", "SELECT 1; "+setting)
+		check("after COMMIT in a multi-statement string", "BEGIN; SELECT 1; COMMIT; "+setting)
+		check("multi-statement implicit transaction", "SELECT 1; "+setting)
 
-	queryRows(t, conn, "BEGIN")
-	queryRows(t, conn, "SAVEPOINT s1")
-	if _, err := conn.Exec(context.Background(), "SELECT 1/0").ReadAll(); err == nil {
-		t.Fatal("want error")
-	}
-	queryRows(t, conn, "ROLLBACK TO SAVEPOINT s1")
-	check("after ROLLBACK TO SAVEPOINT", setting)
-	queryRows(t, conn, "COMMIT")
-	check("after the block", setting)
+		queryRows(t, conn, "BEGIN")
+		queryRows(t, conn, "SAVEPOINT s1")
+		if _, err := conn.Exec(context.Background(), "SELECT 1/0").ReadAll(); err == nil {
+			t.Fatal("want error")
+		}
+		queryRows(t, conn, "ROLLBACK TO SAVEPOINT s1")
+		check("after ROLLBACK TO SAVEPOINT", setting)
+		queryRows(t, conn, "COMMIT")
+		check("after the block", setting)
+	})
 }
 
 // Every statement of a pipeline runs with the tenant, across Syncs, explicit
 // blocks inside the pipeline, and errors.
 func TestTenantContextInPipeline(t *testing.T) {
-	p := startProxy(t, nil)
-	gotValues, gotErrs := runPipeline(t, p.pgconnect(t, tenantB))
-	// The same pipeline straight to PostgreSQL: the proxy must not change a result.
-	wantValues, wantErrs := runPipeline(t, directConnect(t, tenantB.ID))
-	if gotErrs != wantErrs || gotErrs != "22012,22012" {
-		t.Fatalf("errors in pipeline: %s, direct %s, want 22012,22012 (the ROLLBACK after the failed block must succeed)", gotErrs, wantErrs)
-	}
-	if len(gotValues) != len(wantValues) || len(gotValues) < 5 {
-		t.Fatalf("got %d current_setting values, direct %d", len(gotValues), len(wantValues))
-	}
-	for i, v := range gotValues {
-		if v != tenantB.ID {
-			t.Fatalf("pipeline statement %d saw tenant %q, want %q", i, v, tenantB.ID)
+	eachPoolMode(t, func(t *testing.T, m poolMode) {
+		p := m.start(t)
+		gotValues, gotErrs := runPipeline(t, p.pgconnect(t, tenantB))
+		// The same pipeline straight to PostgreSQL: the proxy must not change a result.
+		wantValues, wantErrs := runPipeline(t, directConnect(t, tenantB.ID))
+		if gotErrs != wantErrs || gotErrs != "22012,22012" {
+			t.Fatalf("errors in pipeline: %s, direct %s, want 22012,22012 (the ROLLBACK after the failed block must succeed)", gotErrs, wantErrs)
 		}
-	}
+		if len(gotValues) != len(wantValues) || len(gotValues) < 5 {
+			t.Fatalf("got %d current_setting values, direct %d", len(gotValues), len(wantValues))
+		}
+		for i, v := range gotValues {
+			if v != tenantB.ID {
+				t.Fatalf("pipeline statement %d saw tenant %q, want %q", i, v, tenantB.ID)
+			}
+		}
+	})
 }
 
 func runPipeline(t *testing.T, conn *pgconn.PgConn) (values []string, errors string) {

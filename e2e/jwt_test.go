@@ -193,179 +193,187 @@ func (e *jwtEnv) connect(user, token string) (*pgconn.PgConn, error) {
 }
 
 func TestJWTLogin(t *testing.T) {
-	e := startJWTProxy(t)
-	tokens := map[string]string{
-		"HS256": sign(t, jwt.SigningMethodHS256, []byte(hmacSecret), "", claimsFor(tenantA.ID, "alice@acme", time.Hour)),
-		"RS256": sign(t, jwt.SigningMethodRS256, e.rsaKey, "rsa-1", claimsFor(tenantA.ID, "alice@acme", time.Hour)),
-		"ES256": sign(t, jwt.SigningMethodES256, e.ecKey, "ec-1", claimsFor(tenantA.ID, "alice@acme", time.Hour)),
-		"EdDSA": sign(t, jwt.SigningMethodEdDSA, e.edKey, "", claimsFor(tenantA.ID, "alice@acme", time.Hour)),
-	}
-	for alg, token := range tokens {
-		t.Run(alg, func(t *testing.T) {
-			conn, err := e.connect("alice@acme", token)
-			if err != nil {
-				t.Fatalf("%s token refused: %v", alg, err)
-			}
-			defer conn.Close(context.Background())
-			rows := queryRows(t, conn, "SELECT current_setting('app.tenant_id'), current_setting('app.user_id'), current_setting('app.roles'), (SELECT string_agg(body, ',') FROM notes)")
-			if got := strings.Join(rows[0], " | "); got != tenantA.ID+` | alice@acme | ["viewer","exporter"] | alice note` {
-				t.Fatalf("session context: %s", got)
-			}
-			// The claim settings are protected like the tenant.
-			if _, err := conn.Exec(context.Background(), "SET app.user_id = 'bob@acme'").ReadAll(); pgCode(err) != "42501" {
-				t.Fatalf("SET app.user_id: %v", err)
-			}
-		})
-	}
+	eachPoolMode(t, func(t *testing.T, m poolMode) {
+		e := startJWTProxy(t, m.config(modePoolSize))
+		tokens := map[string]string{
+			"HS256": sign(t, jwt.SigningMethodHS256, []byte(hmacSecret), "", claimsFor(tenantA.ID, "alice@acme", time.Hour)),
+			"RS256": sign(t, jwt.SigningMethodRS256, e.rsaKey, "rsa-1", claimsFor(tenantA.ID, "alice@acme", time.Hour)),
+			"ES256": sign(t, jwt.SigningMethodES256, e.ecKey, "ec-1", claimsFor(tenantA.ID, "alice@acme", time.Hour)),
+			"EdDSA": sign(t, jwt.SigningMethodEdDSA, e.edKey, "", claimsFor(tenantA.ID, "alice@acme", time.Hour)),
+		}
+		for alg, token := range tokens {
+			t.Run(alg, func(t *testing.T) {
+				conn, err := e.connect("alice@acme", token)
+				if err != nil {
+					t.Fatalf("%s token refused: %v", alg, err)
+				}
+				defer conn.Close(context.Background())
+				rows := queryRows(t, conn, "SELECT current_setting('app.tenant_id'), current_setting('app.user_id'), current_setting('app.roles'), (SELECT string_agg(body, ',') FROM notes)")
+				if got := strings.Join(rows[0], " | "); got != tenantA.ID+` | alice@acme | ["viewer","exporter"] | alice note` {
+					t.Fatalf("session context: %s", got)
+				}
+				// The claim settings are protected like the tenant.
+				if _, err := conn.Exec(context.Background(), "SET app.user_id = 'bob@acme'").ReadAll(); pgCode(err) != "42501" {
+					t.Fatalf("SET app.user_id: %v", err)
+				}
+			})
+		}
 
-	// The tenant claim decides the rows: the same user in another org.
-	conn, err := e.connect("alice@acme", sign(t, jwt.SigningMethodRS256, e.rsaKey, "rsa-1", claimsFor(tenantB.ID, "alice@acme", time.Hour)))
-	if err != nil {
-		t.Fatal(err)
-	}
-	if got := queryOne(t, conn, "SELECT string_agg(body, ',') FROM notes"); got != "globex note" {
-		t.Fatalf("tenant B token sees %q", got)
-	}
-	conn.Close(context.Background())
+		// The tenant claim decides the rows: the same user in another org.
+		conn, err := e.connect("alice@acme", sign(t, jwt.SigningMethodRS256, e.rsaKey, "rsa-1", claimsFor(tenantB.ID, "alice@acme", time.Hour)))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got := queryOne(t, conn, "SELECT string_agg(body, ',') FROM notes"); got != "globex note" {
+			t.Fatalf("tenant B token sees %q", got)
+		}
+		conn.Close(context.Background())
 
-	// Keys rotate at the identity provider: a new kid is fetched on first use.
-	newKey, err := rsa.GenerateKey(rand.Reader, 2048)
-	if err != nil {
-		t.Fatal(err)
-	}
-	e.jwks.set(rsaJWK("rsa-2", &newKey.PublicKey), ecJWK(t, "ec-1", &e.ecKey.PublicKey))
-	conn, err = e.connect("alice@acme", sign(t, jwt.SigningMethodRS256, newKey, "rsa-2", claimsFor(tenantA.ID, "alice@acme", time.Hour)))
-	if err != nil {
-		t.Fatalf("token signed with the rotated-in key: %v", err)
-	}
-	conn.Close(context.Background())
+		// Keys rotate at the identity provider: a new kid is fetched on first use.
+		newKey, err := rsa.GenerateKey(rand.Reader, 2048)
+		if err != nil {
+			t.Fatal(err)
+		}
+		e.jwks.set(rsaJWK("rsa-2", &newKey.PublicKey), ecJWK(t, "ec-1", &e.ecKey.PublicKey))
+		conn, err = e.connect("alice@acme", sign(t, jwt.SigningMethodRS256, newKey, "rsa-2", claimsFor(tenantA.ID, "alice@acme", time.Hour)))
+		if err != nil {
+			t.Fatalf("token signed with the rotated-in key: %v", err)
+		}
+		conn.Close(context.Background())
 
-	// A role from the claim, from the allow-list: read-only analyst.
-	rc := claimsFor(tenantA.ID, "alice@acme", time.Hour)
-	rc["db_role"] = "analyst_ro"
-	conn, err = e.connect("alice@acme", sign(t, jwt.SigningMethodHS256, []byte(hmacSecret), "", rc))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer conn.Close(context.Background())
-	if got := queryOne(t, conn, "SELECT current_user || ' ' || count(*) FROM projects"); got != "analyst_ro 3" {
-		t.Fatalf("analyst role session: %q", got)
-	}
-	if _, err := conn.Exec(context.Background(), "INSERT INTO projects (tenant_id, name) VALUES ('"+tenantA.ID+"', 'x')").ReadAll(); pgCode(err) != "42501" {
-		t.Fatalf("read-only role inserted: %v", err)
-	}
-	if _, err := conn.Exec(context.Background(), "RESET ROLE").ReadAll(); pgCode(err) != "42501" {
-		t.Fatalf("RESET ROLE: %v", err)
-	}
+		// A role from the claim, from the allow-list: read-only analyst.
+		rc := claimsFor(tenantA.ID, "alice@acme", time.Hour)
+		rc["db_role"] = "analyst_ro"
+		conn, err = e.connect("alice@acme", sign(t, jwt.SigningMethodHS256, []byte(hmacSecret), "", rc))
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer conn.Close(context.Background())
+		if got := queryOne(t, conn, "SELECT current_user || ' ' || count(*) FROM projects"); got != "analyst_ro 3" {
+			t.Fatalf("analyst role session: %q", got)
+		}
+		if _, err := conn.Exec(context.Background(), "INSERT INTO projects (tenant_id, name) VALUES ('"+tenantA.ID+"', 'x')").ReadAll(); pgCode(err) != "42501" {
+			t.Fatalf("read-only role inserted: %v", err)
+		}
+		if _, err := conn.Exec(context.Background(), "RESET ROLE").ReadAll(); pgCode(err) != "42501" {
+			t.Fatalf("RESET ROLE: %v", err)
+		}
+	})
 }
 
 func TestJWTRefusals(t *testing.T) {
-	e := startJWTProxy(t)
-	hs := func(c jwt.MapClaims) string { return sign(t, jwt.SigningMethodHS256, []byte(hmacSecret), "", c) }
-	mod := func(f func(jwt.MapClaims)) jwt.MapClaims {
-		c := claimsFor(tenantA.ID, "alice@acme", time.Hour)
-		f(c)
-		return c
-	}
-	good := sign(t, jwt.SigningMethodRS256, e.rsaKey, "rsa-1", claimsFor(tenantA.ID, "alice@acme", time.Hour))
-	parts := strings.Split(good, ".")
-	tamperedClaims := claimsFor(tenantB.ID, "alice@acme", time.Hour)
-	payload, _ := json.Marshal(tamperedClaims)
-	tampered := parts[0] + "." + b64(payload) + "." + parts[2]
-	otherKey, _ := rsa.GenerateKey(rand.Reader, 2048)
-	pubDER, _ := x509.MarshalPKIXPublicKey(&e.rsaKey.PublicKey)
-	pubPEM := pem.EncodeToMemory(&pem.Block{Type: "PUBLIC KEY", Bytes: pubDER})
-	none := b64([]byte(`{"alg":"none","typ":"JWT"}`)) + "." + b64(mustJSON(t, claimsFor(tenantA.ID, "alice@acme", time.Hour))) + "."
+	eachPoolMode(t, func(t *testing.T, m poolMode) {
+		e := startJWTProxy(t, m.config(modePoolSize))
+		hs := func(c jwt.MapClaims) string { return sign(t, jwt.SigningMethodHS256, []byte(hmacSecret), "", c) }
+		mod := func(f func(jwt.MapClaims)) jwt.MapClaims {
+			c := claimsFor(tenantA.ID, "alice@acme", time.Hour)
+			f(c)
+			return c
+		}
+		good := sign(t, jwt.SigningMethodRS256, e.rsaKey, "rsa-1", claimsFor(tenantA.ID, "alice@acme", time.Hour))
+		parts := strings.Split(good, ".")
+		tamperedClaims := claimsFor(tenantB.ID, "alice@acme", time.Hour)
+		payload, _ := json.Marshal(tamperedClaims)
+		tampered := parts[0] + "." + b64(payload) + "." + parts[2]
+		otherKey, _ := rsa.GenerateKey(rand.Reader, 2048)
+		pubDER, _ := x509.MarshalPKIXPublicKey(&e.rsaKey.PublicKey)
+		pubPEM := pem.EncodeToMemory(&pem.Block{Type: "PUBLIC KEY", Bytes: pubDER})
+		none := b64([]byte(`{"alg":"none","typ":"JWT"}`)) + "." + b64(mustJSON(t, claimsFor(tenantA.ID, "alice@acme", time.Hour))) + "."
 
-	tests := []struct {
-		desc, user, token, want string
-	}{
-		{"expired", "alice@acme", hs(mod(func(c jwt.MapClaims) { c["exp"] = time.Now().Add(-time.Hour).Unix() })), "expired"},
-		{"not yet valid", "alice@acme", hs(mod(func(c jwt.MapClaims) { c["nbf"] = time.Now().Add(time.Hour).Unix() })), "not valid yet"},
-		{"wrong issuer", "alice@acme", hs(mod(func(c jwt.MapClaims) { c["iss"] = "https://evil.example/" })), "issuer"},
-		{"wrong audience", "alice@acme", hs(mod(func(c jwt.MapClaims) { c["aud"] = "someone-else" })), "audience"},
-		{"tampered payload", "alice@acme", tampered, "signature"},
-		{"wrong signature", "alice@acme", sign(t, jwt.SigningMethodRS256, otherKey, "rsa-1", claimsFor(tenantA.ID, "alice@acme", time.Hour)), "signature"},
-		{"alg none", "alice@acme", none, "none"},
-		{"HS256 signed with the RSA public key", "alice@acme", sign(t, jwt.SigningMethodHS256, pubPEM, "rsa-1", claimsFor(tenantA.ID, "alice@acme", time.Hour)), ""},
-		{"unknown kid", "alice@acme", sign(t, jwt.SigningMethodRS256, otherKey, "rsa-9", claimsFor(tenantA.ID, "alice@acme", time.Hour)), "rsa-9"},
-		{"missing tenant claim", "alice@acme", hs(mod(func(c jwt.MapClaims) { delete(c, "org") })), "org.id"},
-		{"non-string tenant claim", "alice@acme", hs(mod(func(c jwt.MapClaims) { c["org"] = map[string]any{"id": 42} })), "string"},
-		{"user claim mismatch", "bob@acme", hs(claimsFor(tenantA.ID, "alice@acme", time.Hour)), "does not match the user name"},
-		{"missing role claim", "alice@acme", hs(mod(func(c jwt.MapClaims) { delete(c, "db_role") })), "db_role"},
-		{"role not allowed", "alice@acme", hs(mod(func(c jwt.MapClaims) { c["db_role"] = "postgres" })), "postgres"},
-	}
-	for _, tt := range tests {
-		t.Run(tt.desc, func(t *testing.T) {
-			_, err := e.connect(tt.user, tt.token)
+		tests := []struct {
+			desc, user, token, want string
+		}{
+			{"expired", "alice@acme", hs(mod(func(c jwt.MapClaims) { c["exp"] = time.Now().Add(-time.Hour).Unix() })), "expired"},
+			{"not yet valid", "alice@acme", hs(mod(func(c jwt.MapClaims) { c["nbf"] = time.Now().Add(time.Hour).Unix() })), "not valid yet"},
+			{"wrong issuer", "alice@acme", hs(mod(func(c jwt.MapClaims) { c["iss"] = "https://evil.example/" })), "issuer"},
+			{"wrong audience", "alice@acme", hs(mod(func(c jwt.MapClaims) { c["aud"] = "someone-else" })), "audience"},
+			{"tampered payload", "alice@acme", tampered, "signature"},
+			{"wrong signature", "alice@acme", sign(t, jwt.SigningMethodRS256, otherKey, "rsa-1", claimsFor(tenantA.ID, "alice@acme", time.Hour)), "signature"},
+			{"alg none", "alice@acme", none, "none"},
+			{"HS256 signed with the RSA public key", "alice@acme", sign(t, jwt.SigningMethodHS256, pubPEM, "rsa-1", claimsFor(tenantA.ID, "alice@acme", time.Hour)), ""},
+			{"unknown kid", "alice@acme", sign(t, jwt.SigningMethodRS256, otherKey, "rsa-9", claimsFor(tenantA.ID, "alice@acme", time.Hour)), "rsa-9"},
+			{"missing tenant claim", "alice@acme", hs(mod(func(c jwt.MapClaims) { delete(c, "org") })), "org.id"},
+			{"non-string tenant claim", "alice@acme", hs(mod(func(c jwt.MapClaims) { c["org"] = map[string]any{"id": 42} })), "string"},
+			{"user claim mismatch", "bob@acme", hs(claimsFor(tenantA.ID, "alice@acme", time.Hour)), "does not match the user name"},
+			{"missing role claim", "alice@acme", hs(mod(func(c jwt.MapClaims) { delete(c, "db_role") })), "db_role"},
+			{"role not allowed", "alice@acme", hs(mod(func(c jwt.MapClaims) { c["db_role"] = "postgres" })), "postgres"},
+		}
+		for _, tt := range tests {
+			t.Run(tt.desc, func(t *testing.T) {
+				_, err := e.connect(tt.user, tt.token)
+				var pgErr *pgconn.PgError
+				if err == nil || !errorsAs(err, &pgErr) {
+					t.Fatalf("accepted or not a PostgreSQL error: %v", err)
+				}
+				if pgErr.Severity != "FATAL" || (pgErr.Code != "28000" && pgErr.Code != "28P01") {
+					t.Fatalf("got %s %s %q, want FATAL 28000", pgErr.Severity, pgErr.Code, pgErr.Message)
+				}
+				if !strings.Contains(pgErr.Message, tt.want) {
+					t.Fatalf("message %q does not say %q", pgErr.Message, tt.want)
+				}
+				if strings.Contains(pgErr.Message, tt.token) {
+					t.Fatal("the message echoes the token")
+				}
+				if sig := tt.token[strings.LastIndexByte(tt.token, '.')+1:]; len(sig) > 8 && strings.Contains(e.p.logs.String(), sig) {
+					t.Fatal("the proxy logged the token")
+				}
+			})
+		}
+
+		t.Run("token on a plaintext connection", func(t *testing.T) {
+			_, err := pgconn.Connect(context.Background(), e.p.connString(demo.Tenant{User: "alice@acme", Password: hs(claimsFor(tenantA.ID, "alice@acme", time.Hour))}))
 			var pgErr *pgconn.PgError
-			if err == nil || !errorsAs(err, &pgErr) {
-				t.Fatalf("accepted or not a PostgreSQL error: %v", err)
-			}
-			if pgErr.Severity != "FATAL" || (pgErr.Code != "28000" && pgErr.Code != "28P01") {
-				t.Fatalf("got %s %s %q, want FATAL 28000", pgErr.Severity, pgErr.Code, pgErr.Message)
-			}
-			if !strings.Contains(pgErr.Message, tt.want) {
-				t.Fatalf("message %q does not say %q", pgErr.Message, tt.want)
-			}
-			if strings.Contains(pgErr.Message, tt.token) {
-				t.Fatal("the message echoes the token")
-			}
-			if sig := tt.token[strings.LastIndexByte(tt.token, '.')+1:]; len(sig) > 8 && strings.Contains(e.p.logs.String(), sig) {
-				t.Fatal("the proxy logged the token")
+			if !errorsAs(err, &pgErr) || pgErr.Code != "28000" || !strings.Contains(pgErr.Message, "TLS") {
+				t.Fatalf("plaintext JWT login: %v", err)
 			}
 		})
-	}
-
-	t.Run("token on a plaintext connection", func(t *testing.T) {
-		_, err := pgconn.Connect(context.Background(), e.p.connString(demo.Tenant{User: "alice@acme", Password: hs(claimsFor(tenantA.ID, "alice@acme", time.Hour))}))
-		var pgErr *pgconn.PgError
-		if !errorsAs(err, &pgErr) || pgErr.Code != "28000" || !strings.Contains(pgErr.Message, "TLS") {
-			t.Fatalf("plaintext JWT login: %v", err)
-		}
 	})
 }
 
 // psql with the token as its password, the way a BI tool fills the field.
 func TestJWTWithPsql(t *testing.T) {
-	e := startJWTProxy(t)
-	token := sign(t, jwt.SigningMethodRS256, e.rsaKey, "rsa-1", claimsFor(tenantA.ID, "alice@acme", time.Hour))
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
-	cmd := exec.CommandContext(ctx, "psql", "-X", "-A", "-t", "-d",
-		"host="+e.p.host+" port="+e.p.port+" user=alice@acme dbname=app sslmode=verify-full sslrootcert="+e.cert,
-		"-c", "SELECT current_setting('app.user_id'), body FROM notes")
-	cmd.Env = append(os.Environ(), "PGPASSWORD="+token)
-	out, err := cmd.CombinedOutput()
-	if err != nil || strings.TrimSpace(string(out)) != "alice@acme|alice note" {
-		t.Fatalf("psql with a token: %v\n%s", err, out)
-	}
-	if strings.Contains(e.p.logs.String(), token) {
-		t.Fatal("the proxy logged the token")
-	}
+	eachPoolMode(t, func(t *testing.T, m poolMode) {
+		e := startJWTProxy(t, m.config(modePoolSize))
+		token := sign(t, jwt.SigningMethodRS256, e.rsaKey, "rsa-1", claimsFor(tenantA.ID, "alice@acme", time.Hour))
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		defer cancel()
+		cmd := exec.CommandContext(ctx, "psql", "-X", "-A", "-t", "-d",
+			"host="+e.p.host+" port="+e.p.port+" user=alice@acme dbname=app sslmode=verify-full sslrootcert="+e.cert,
+			"-c", "SELECT current_setting('app.user_id'), body FROM notes")
+		cmd.Env = append(os.Environ(), "PGPASSWORD="+token)
+		out, err := cmd.CombinedOutput()
+		if err != nil || strings.TrimSpace(string(out)) != "alice@acme|alice note" {
+			t.Fatalf("psql with a token: %v\n%s", err, out)
+		}
+		if strings.Contains(e.p.logs.String(), token) {
+			t.Fatal("the proxy logged the token")
+		}
+	})
 }
 
 // A session lasts no longer than its token: the transaction in progress
 // finishes, the next one is refused with FATAL 28000.
 func TestJWTExpiresMidSession(t *testing.T) {
-	e := startJWTProxy(t)
-	token := sign(t, jwt.SigningMethodHS256, []byte(hmacSecret), "", claimsFor(tenantA.ID, "alice@acme", 2*time.Second))
-	conn, err := e.connect("alice@acme", token)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer conn.Close(context.Background())
-	queryRows(t, conn, "BEGIN")
-	time.Sleep(2500 * time.Millisecond) // past exp (the leeway applies at login only)
-	if got := queryOne(t, conn, "SELECT count(*) FROM notes"); got != "1" {
-		t.Fatalf("inside the open transaction: %s", got)
-	}
-	queryRows(t, conn, "COMMIT")
-	_, err = conn.Exec(context.Background(), "SELECT 1").ReadAll()
-	var pgErr *pgconn.PgError
-	if !errorsAs(err, &pgErr) || pgErr.Severity != "FATAL" || pgErr.Code != "28000" || !strings.Contains(pgErr.Message, "token expired") {
-		t.Fatalf("next transaction after expiry: %v", err)
-	}
+	eachPoolMode(t, func(t *testing.T, m poolMode) {
+		e := startJWTProxy(t, m.config(modePoolSize))
+		token := sign(t, jwt.SigningMethodHS256, []byte(hmacSecret), "", claimsFor(tenantA.ID, "alice@acme", 2*time.Second))
+		conn, err := e.connect("alice@acme", token)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer conn.Close(context.Background())
+		queryRows(t, conn, "BEGIN")
+		time.Sleep(2500 * time.Millisecond) // past exp (the leeway applies at login only)
+		if got := queryOne(t, conn, "SELECT count(*) FROM notes"); got != "1" {
+			t.Fatalf("inside the open transaction: %s", got)
+		}
+		queryRows(t, conn, "COMMIT")
+		_, err = conn.Exec(context.Background(), "SELECT 1").ReadAll()
+		var pgErr *pgconn.PgError
+		if !errorsAs(err, &pgErr) || pgErr.Severity != "FATAL" || pgErr.Code != "28000" || !strings.Contains(pgErr.Message, "token expired") {
+			t.Fatalf("next transaction after expiry: %v", err)
+		}
+	})
 }
 
 func mustJSON(t *testing.T, v any) []byte {

@@ -15,7 +15,8 @@ import (
 // XX000, closes its upstream connection, is logged and counted; the proxy
 // and the other tenants' sessions go on.
 func TestPanicEndsOnlyThatSession(t *testing.T) {
-	eachPoolMode(t, nil, func(t *testing.T, p *testProxy) {
+	eachPoolMode(t, func(t *testing.T, mode poolMode) {
+		p := mode.start(t)
 		m := metrics.New(metrics.Options{})
 		p.srv.SetObserver(m)
 		var replyArmed atomic.Bool

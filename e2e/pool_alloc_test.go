@@ -8,8 +8,6 @@ import (
 	"testing"
 
 	"github.com/jackc/pgx/v5/pgproto3"
-
-	"github.com/pgtenant/pgtenant/config"
 )
 
 // A transaction relayed end to end, session and transaction mode (lease,
@@ -17,12 +15,8 @@ import (
 // client here is a raw socket that allocates nothing either, so the
 // process's malloc count is the proxy's.
 func TestNoAllocationPerTransaction(t *testing.T) {
-	for _, mode := range []string{"session", "transaction"} {
-		p := startProxy(t, func(c *config.Config) {
-			if mode == "transaction" {
-				transactionPool(2)(c)
-			}
-		})
+	eachPoolMode(t, func(t *testing.T, m poolMode) {
+		p := m.start(t)
 		c := p.pgconnect(t, tenantA)
 		if err := c.SyncConn(context.Background()); err != nil {
 			t.Fatal(err)
@@ -57,14 +51,14 @@ func TestNoAllocationPerTransaction(t *testing.T) {
 		run(2000)
 		runtime.ReadMemStats(&b)
 		perTx := float64(b.Mallocs-a.Mallocs) / 2000
-		t.Logf("%s mode: %.3f allocations per transaction", mode, perTx)
+		t.Logf("%s mode: %.3f allocations per transaction", m.name, perTx)
 		limit := 0.05
 		if raceEnabled {
 			limit = 2 // sync.Pool drops buffers at random under the race detector
 		}
 		if perTx > limit {
-			t.Errorf("%s mode: %.3f allocations per transaction, want none", mode, perTx)
+			t.Errorf("%s mode: %.3f allocations per transaction, want none", m.name, perTx)
 		}
 		hc.Conn.Close()
-	}
+	})
 }

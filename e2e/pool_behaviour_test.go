@@ -93,30 +93,36 @@ func TestPoolRollbackNeverRevealsPreviousTenant(t *testing.T) {
 	}
 }
 
-// Startup parameters are the client's session settings in transaction
-// mode: pgtenant applies them with the tenant at every transaction start,
+// Startup parameters are the client's session settings: in transaction
+// mode pgtenant applies them with the tenant at every transaction start,
 // so two clients sharing one connection each keep their own.
 func TestPoolCarriesStartupParameters(t *testing.T) {
-	p := startProxy(t, transactionPool(1))
-	a := p.pgconnect(t, tenantA, "application_name=alpha", "options='-c statement_timeout=1234'")
-	b := p.pgconnect(t, tenantB, "application_name=beta")
-	if got := a.ParameterStatus("application_name"); got != "alpha" {
-		t.Fatalf("ParameterStatus application_name for A: %q", got)
-	}
-	for i := 0; i < 3; i++ {
-		if got := queryRows(t, a, "SELECT current_setting('application_name'), current_setting('statement_timeout')")[0]; got[0] != "alpha" || got[1] != "1234ms" {
-			t.Fatalf("A sees %v", got)
+	eachPoolMode(t, func(t *testing.T, m poolMode) {
+		p := startProxy(t, m.config(1))
+		a := p.pgconnect(t, tenantA, "application_name=alpha", "options='-c statement_timeout=1234'")
+		b := p.pgconnect(t, tenantB, "application_name=beta")
+		if got := a.ParameterStatus("application_name"); got != "alpha" {
+			t.Fatalf("ParameterStatus application_name for A: %q", got)
 		}
-		if got := queryRows(t, b, "SELECT current_setting('application_name'), current_setting('statement_timeout')")[0]; got[0] != "beta" || got[1] != "0" {
-			t.Fatalf("B sees %v", got)
+		for i := 0; i < 3; i++ {
+			if got := queryRows(t, a, "SELECT current_setting('application_name'), current_setting('statement_timeout')")[0]; got[0] != "alpha" || got[1] != "1234ms" {
+				t.Fatalf("A sees %v", got)
+			}
+			if got := queryRows(t, b, "SELECT current_setting('application_name'), current_setting('statement_timeout')")[0]; got[0] != "beta" || got[1] != "0" {
+				t.Fatalf("B sees %v", got)
+			}
 		}
-	}
-	for _, opt := range []string{"options='-c search_path=pg_temp,public'", "options='-c SEARCH_PATH=pg_temp'", "options='-c Search_Path=public,PG_TEMP'"} {
-		_, err := pgconn.Connect(context.Background(), p.connString(tenantA, opt))
-		if code := pgCode(err); code != "0A000" {
-			t.Fatalf("%s: %v, want 0A000", opt, err)
+		if !m.tx {
+			return
 		}
-	}
+		// Transaction mode refuses a search_path naming pg_temp at login.
+		for _, opt := range []string{"options='-c search_path=pg_temp,public'", "options='-c SEARCH_PATH=pg_temp'", "options='-c Search_Path=public,PG_TEMP'"} {
+			_, err := pgconn.Connect(context.Background(), p.connString(tenantA, opt))
+			if code := pgCode(err); code != "0A000" {
+				t.Fatalf("%s: %v, want 0A000", opt, err)
+			}
+		}
+	})
 }
 
 // A connection keeps its holder's startup parameters committed and its
@@ -126,87 +132,92 @@ func TestPoolCarriesStartupParameters(t *testing.T) {
 // the startup values and its tenant, as a PostgreSQL session would (RESET
 // goes back to the startup value).
 func TestPoolResetRestoresStartupParameters(t *testing.T) {
-	p := startProxy(t, transactionPool(1))
-	ctx := context.Background()
-	a := p.pgconnect(t, tenantA, "application_name=alpha", "options='-c statement_timeout=1234'")
-	if _, err := a.Prepare(ctx, "reset_app", "RESET application_name", nil); err != nil {
-		t.Fatal(err)
-	}
-
-	resets := []struct {
-		name string
-		run  func() error
-	}{
-		{"simple RESET", func() error {
-			_, err := a.Exec(ctx, "RESET application_name; RESET statement_timeout").ReadAll()
-			return err
-		}},
-		{"RESET in a block", func() error { _, err := a.Exec(ctx, "BEGIN; RESET statement_timeout; COMMIT").ReadAll(); return err }},
-		{"extended unnamed", func() error { return a.ExecParams(ctx, "RESET application_name", nil, nil, nil, nil).Read().Err }},
-		{"prepared, first run", func() error { return a.ExecPrepared(ctx, "reset_app", nil, nil, nil).Read().Err }},
-		{"prepared, run again", func() error { return a.ExecPrepared(ctx, "reset_app", nil, nil, nil).Read().Err }},
-		{"DEALLOCATE ALL", func() error { _, err := a.Exec(ctx, "DEALLOCATE ALL").ReadAll(); return err }},
-		{"extended DEALLOCATE ALL", func() error { return a.ExecParams(ctx, "DEALLOCATE ALL", nil, nil, nil, nil).Read().Err }},
-		{"RESET ALL", func() error { _, err := a.Exec(ctx, "RESET ALL").ReadAll(); return err }},
-		{"DISCARD ALL", func() error { _, err := a.Exec(ctx, "DISCARD ALL").ReadAll(); return err }},
-	}
-	for _, r := range resets {
-		queryOne(t, a, "SELECT 1") // the connection's committed settings are A's
-		if err := r.run(); err != nil {
-			t.Fatalf("%s: %v", r.name, err)
+	eachPoolMode(t, func(t *testing.T, m poolMode) {
+		p := startProxy(t, m.config(1))
+		ctx := context.Background()
+		a := p.pgconnect(t, tenantA, "application_name=alpha", "options='-c statement_timeout=1234'")
+		if _, err := a.Prepare(ctx, "reset_app", "RESET application_name", nil); err != nil {
+			t.Fatal(err)
 		}
-		for i := 0; i < 2; i++ {
-			got := queryRows(t, a, "SELECT current_setting('application_name'), current_setting('statement_timeout'), current_setting('app.tenant_id')")[0]
-			if got[0] != "alpha" || got[1] != "1234ms" || got[2] != tenantA.ID {
-				t.Fatalf("after %s, transaction %d sees %v", r.name, i, got)
+
+		resets := []struct {
+			name string
+			run  func() error
+		}{
+			{"simple RESET", func() error {
+				_, err := a.Exec(ctx, "RESET application_name; RESET statement_timeout").ReadAll()
+				return err
+			}},
+			{"RESET in a block", func() error { _, err := a.Exec(ctx, "BEGIN; RESET statement_timeout; COMMIT").ReadAll(); return err }},
+			{"extended unnamed", func() error { return a.ExecParams(ctx, "RESET application_name", nil, nil, nil, nil).Read().Err }},
+			{"prepared, first run", func() error { return a.ExecPrepared(ctx, "reset_app", nil, nil, nil).Read().Err }},
+			{"prepared, run again", func() error { return a.ExecPrepared(ctx, "reset_app", nil, nil, nil).Read().Err }},
+			{"DEALLOCATE ALL", func() error { _, err := a.Exec(ctx, "DEALLOCATE ALL").ReadAll(); return err }},
+			{"extended DEALLOCATE ALL", func() error { return a.ExecParams(ctx, "DEALLOCATE ALL", nil, nil, nil, nil).Read().Err }},
+			{"RESET ALL", func() error { _, err := a.Exec(ctx, "RESET ALL").ReadAll(); return err }},
+			{"DISCARD ALL", func() error { _, err := a.Exec(ctx, "DISCARD ALL").ReadAll(); return err }},
+		}
+		for _, r := range resets {
+			queryOne(t, a, "SELECT 1") // the connection's committed settings are A's
+			if err := r.run(); err != nil {
+				t.Fatalf("%s: %v", r.name, err)
+			}
+			for i := 0; i < 2; i++ {
+				got := queryRows(t, a, "SELECT current_setting('application_name'), current_setting('statement_timeout'), current_setting('app.tenant_id')")[0]
+				if got[0] != "alpha" || got[1] != "1234ms" || got[2] != tenantA.ID {
+					t.Fatalf("after %s, transaction %d sees %v", r.name, i, got)
+				}
+			}
+			if r.name == "prepared, run again" {
+				// DEALLOCATE ALL and DISCARD ALL below drop it.
+				continue
 			}
 		}
-		if r.name == "prepared, run again" {
-			// DEALLOCATE ALL and DISCARD ALL below drop it.
-			continue
-		}
-	}
+	})
 }
 
 // A cancel reaches the query of the client that sent it, and never the
-// query of another client on a connection the first one used before.
+// query of another client (in transaction mode, on a connection the first
+// one used before).
 func TestPoolCancel(t *testing.T) {
-	p := startProxy(t, transactionPool(1))
-	a := p.pgconnect(t, tenantA)
-	b := p.pgconnect(t, tenantB)
-	ctx := context.Background()
+	eachPoolMode(t, func(t *testing.T, m poolMode) {
+		p := startProxy(t, m.config(1))
+		a := p.pgconnect(t, tenantA)
+		b := p.pgconnect(t, tenantB)
+		ctx := context.Background()
 
-	// A's own query is cancelled.
-	done := make(chan error, 1)
-	go func() {
-		_, err := a.Exec(ctx, "SELECT pg_sleep(10)").ReadAll()
-		done <- err
-	}()
-	eventually(t, 5*time.Second, "A's query running", func() bool {
-		return superQuery(t, "SELECT count(*) FROM pg_stat_activity WHERE query = 'SELECT pg_sleep(10)' AND state = 'active'")[0][0] == "1"
-	})
-	if err := a.CancelRequest(ctx); err != nil {
-		t.Fatal(err)
-	}
-	if err := <-done; pgCode(err) != "57014" {
-		t.Fatalf("A's cancelled query: %v, want 57014", err)
-	}
+		// A's own query is cancelled.
+		done := make(chan error, 1)
+		go func() {
+			_, err := a.Exec(ctx, "SELECT pg_sleep(10)").ReadAll()
+			done <- err
+		}()
+		eventually(t, 5*time.Second, "A's query running", func() bool {
+			return superQuery(t, "SELECT count(*) FROM pg_stat_activity WHERE query = 'SELECT pg_sleep(10)' AND state = 'active'")[0][0] == "1"
+		})
+		if err := a.CancelRequest(ctx); err != nil {
+			t.Fatal(err)
+		}
+		if err := <-done; pgCode(err) != "57014" {
+			t.Fatalf("A's cancelled query: %v, want 57014", err)
+		}
 
-	// A holds no connection now; its cancel must not reach B's query on the
-	// connection A used.
-	go func() {
-		_, err := b.Exec(ctx, "SELECT pg_sleep(1)").ReadAll()
-		done <- err
-	}()
-	eventually(t, 5*time.Second, "B's query running", func() bool {
-		return superQuery(t, "SELECT count(*) FROM pg_stat_activity WHERE query = 'SELECT pg_sleep(1)' AND state = 'active'")[0][0] == "1"
+		// A holds no connection now; its cancel must not reach B's query on the
+		// connection A used.
+		go func() {
+			_, err := b.Exec(ctx, "SELECT pg_sleep(1)").ReadAll()
+			done <- err
+		}()
+		eventually(t, 5*time.Second, "B's query running", func() bool {
+			return superQuery(t, "SELECT count(*) FROM pg_stat_activity WHERE query = 'SELECT pg_sleep(1)' AND state = 'active'")[0][0] == "1"
+		})
+		if err := a.CancelRequest(ctx); err != nil {
+			t.Fatal(err)
+		}
+		if err := <-done; err != nil {
+			t.Fatalf("B's query was hit by A's cancel: %v", err)
+		}
 	})
-	if err := a.CancelRequest(ctx); err != nil {
-		t.Fatal(err)
-	}
-	if err := <-done; err != nil {
-		t.Fatalf("B's query was hit by A's cancel: %v", err)
-	}
 }
 
 // Waiting for a connection is bounded: by pool.wait_timeout (57014) and by
@@ -311,61 +322,63 @@ func TestPoolFairness(t *testing.T) {
 // nothing behind: its connection is discarded, its work rolled back, and
 // the next client gets a clean connection with its own context.
 func TestPoolClientDisconnects(t *testing.T) {
-	p := startProxy(t, transactionPool(1))
-	superQuery(t, "DELETE FROM projects WHERE name LIKE 'pool-abandoned%'")
-	for _, tc := range []struct {
-		name string
-		send func(c *pgconn.PgConn)
-	}{
-		{"transaction", func(c *pgconn.PgConn) {
-			_, err := c.Exec(context.Background(), "BEGIN; INSERT INTO projects (tenant_id, name) VALUES ('"+tenantA.ID+"', 'pool-abandoned-tx')").ReadAll()
-			if err != nil {
-				t.Fatal(err)
-			}
-		}},
-		{"copy", func(c *pgconn.PgConn) {
-			conn := c.Conn()
-			msg := []byte("Q\x00\x00\x00\x00COPY projects (tenant_id, name) FROM STDIN\x00")
-			msg[4] = byte(len(msg) - 1)
-			if _, err := conn.Write(msg); err != nil {
-				t.Fatal(err)
-			}
-			row := tenantA.ID + "\tpool-abandoned-copy\n"
-			data := append([]byte{'d', 0, 0, 0, byte(4 + len(row))}, row...)
-			if _, err := conn.Write(data); err != nil {
-				t.Fatal(err)
-			}
-		}},
-		{"pipeline", func(c *pgconn.PgConn) {
-			conn := c.Conn()
-			for _, q := range []string{"BEGIN", "INSERT INTO projects (tenant_id, name) VALUES ('" + tenantA.ID + "', 'pool-abandoned-pipeline')", "SELECT pg_sleep(0.2)"} {
-				msg := append([]byte{'Q', 0, 0, 0, byte(4 + len(q) + 1)}, q...)
-				if _, err := conn.Write(append(msg, 0)); err != nil {
+	eachPoolMode(t, func(t *testing.T, m poolMode) {
+		p := startProxy(t, m.config(1))
+		superQuery(t, "DELETE FROM projects WHERE name LIKE 'pool-abandoned%'")
+		for _, tc := range []struct {
+			name string
+			send func(c *pgconn.PgConn)
+		}{
+			{"transaction", func(c *pgconn.PgConn) {
+				_, err := c.Exec(context.Background(), "BEGIN; INSERT INTO projects (tenant_id, name) VALUES ('"+tenantA.ID+"', 'pool-abandoned-tx')").ReadAll()
+				if err != nil {
 					t.Fatal(err)
 				}
-			}
-		}},
-	} {
-		t.Run(tc.name, func(t *testing.T) {
-			before := upstreamPIDs(t)
-			a := p.pgconnect(t, tenantA)
-			tc.send(a)
-			time.Sleep(100 * time.Millisecond)
-			a.Conn().(*net.TCPConn).SetLinger(0)
-			a.Conn().Close()
-			b := p.pgconnect(t, tenantB)
-			if got := queryRows(t, b, "SELECT current_setting('app.tenant_id'), txid_current_if_assigned() IS NULL")[0]; got[0] != tenantB.ID || got[1] != "t" {
-				t.Fatalf("next client: %v", got)
-			}
-			if n := superQuery(t, "SELECT count(*) FROM projects WHERE name LIKE 'pool-abandoned%'")[0][0]; n != "0" {
-				t.Fatalf("%s rows of the abandoned client committed", n)
-			}
-			eventually(t, 5*time.Second, "abandoned connection closed", func() bool {
-				return !strings.Contains(strings.Join(upstreamPIDs(t), ","), "idle in transaction")
+			}},
+			{"copy", func(c *pgconn.PgConn) {
+				conn := c.Conn()
+				msg := []byte("Q\x00\x00\x00\x00COPY projects (tenant_id, name) FROM STDIN\x00")
+				msg[4] = byte(len(msg) - 1)
+				if _, err := conn.Write(msg); err != nil {
+					t.Fatal(err)
+				}
+				row := tenantA.ID + "\tpool-abandoned-copy\n"
+				data := append([]byte{'d', 0, 0, 0, byte(4 + len(row))}, row...)
+				if _, err := conn.Write(data); err != nil {
+					t.Fatal(err)
+				}
+			}},
+			{"pipeline", func(c *pgconn.PgConn) {
+				conn := c.Conn()
+				for _, q := range []string{"BEGIN", "INSERT INTO projects (tenant_id, name) VALUES ('" + tenantA.ID + "', 'pool-abandoned-pipeline')", "SELECT pg_sleep(0.2)"} {
+					msg := append([]byte{'Q', 0, 0, 0, byte(4 + len(q) + 1)}, q...)
+					if _, err := conn.Write(append(msg, 0)); err != nil {
+						t.Fatal(err)
+					}
+				}
+			}},
+		} {
+			t.Run(tc.name, func(t *testing.T) {
+				before := upstreamPIDs(t)
+				a := p.pgconnect(t, tenantA)
+				tc.send(a)
+				time.Sleep(100 * time.Millisecond)
+				a.Conn().(*net.TCPConn).SetLinger(0)
+				a.Conn().Close()
+				b := p.pgconnect(t, tenantB)
+				if got := queryRows(t, b, "SELECT current_setting('app.tenant_id'), txid_current_if_assigned() IS NULL")[0]; got[0] != tenantB.ID || got[1] != "t" {
+					t.Fatalf("next client: %v", got)
+				}
+				if n := superQuery(t, "SELECT count(*) FROM projects WHERE name LIKE 'pool-abandoned%'")[0][0]; n != "0" {
+					t.Fatalf("%s rows of the abandoned client committed", n)
+				}
+				eventually(t, 5*time.Second, "abandoned connection closed", func() bool {
+					return !strings.Contains(strings.Join(upstreamPIDs(t), ","), "idle in transaction")
+				})
+				_ = before
 			})
-			_ = before
-		})
-	}
+		}
+	})
 }
 
 // A client that goes away in the middle of a message that pgtenant was
@@ -441,24 +454,29 @@ func TestPoolRecycling(t *testing.T) {
 	}
 }
 
-// Shutdown in transaction mode: an idle client is told 57P01 at once.
+// Shutdown: an idle client is told 57P01 at once.
 func TestPoolDrain(t *testing.T) {
-	p := startProxy(t, transactionPool(1))
-	a := p.pgconnect(t, tenantA)
-	queryOne(t, a, "SELECT 1")
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-	defer cancel()
-	if err := p.srv.Shutdown(ctx); err != nil {
-		t.Fatal(err)
-	}
-	_, err := a.Exec(context.Background(), "SELECT 1").ReadAll()
-	if err == nil {
-		t.Fatal("query after shutdown succeeded")
-	}
+	eachPoolMode(t, func(t *testing.T, m poolMode) {
+		p := startProxy(t, m.config(1))
+		a := p.pgconnect(t, tenantA)
+		queryOne(t, a, "SELECT 1")
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		if err := p.srv.Shutdown(ctx); err != nil {
+			t.Fatal(err)
+		}
+		_, err := a.Exec(context.Background(), "SELECT 1").ReadAll()
+		if err == nil {
+			t.Fatal("query after shutdown succeeded")
+		}
+	})
 }
 
 // When the context cannot be asserted on a handed-out connection, the
 // client's statement does not run and the connection is not used again.
+// Transaction mode only: in session mode the startup setting that stops
+// applying is not applied again (TestAssertionFailureRunsNothing is the
+// session-mode counterpart).
 func TestPoolAssertionFailureDiscardsConnection(t *testing.T) {
 	superQuery(t, "DROP TEXT SEARCH CONFIGURATION IF EXISTS public.pool_tsc; CREATE TEXT SEARCH CONFIGURATION public.pool_tsc (COPY = pg_catalog.english)")
 	t.Cleanup(func() { superQuery(t, "DROP TEXT SEARCH CONFIGURATION IF EXISTS public.pool_tsc") })

@@ -6,7 +6,8 @@ package e2e
 // connections to PostgreSQL of the same tenants. The replies must be the
 // same message for message (errors compared by SQLSTATE: names in their
 // texts differ), and the steps that state the replies they want must get
-// exactly those from both.
+// exactly those from both. Transaction mode only: these are about pgtenant
+// carrying each client's statements across the pooled connections.
 
 import (
 	"context"

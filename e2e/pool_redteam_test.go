@@ -4,7 +4,9 @@ package e2e
 // pooled upstream connection (pool size 1) with another tenant and tries to
 // leave state behind, read what the other left, or desynchronize the reply
 // stream so that one tenant reads the other's replies. Each test states what
-// must hold; a test that fails here shows a leak.
+// must hold; a test that fails here shows a leak. The scenarios that do not
+// depend on sharing a connection (guard refusals, abandoned work, pipelines
+// with errors, a failed COPY) run in session mode too.
 
 import (
 	"context"
@@ -279,19 +281,24 @@ func TestPoolRedTeamSetseedCarriesOver(t *testing.T) {
 }
 
 func TestPoolRedTeamLargeObjects(t *testing.T) {
-	p := startProxy(t, transactionPool(1))
-	a := p.pgconnect(t, tenantA)
-	b := p.pgconnect(t, tenantB)
-	// Large objects have no row-level security and one role owns them all:
-	// refused, so tenant A cannot store one for tenant B to read.
-	if _, err := a.Exec(context.Background(), "SELECT lo_from_bytea(0, convert_to('acme-lo-secret', 'UTF8'))::text").ReadAll(); pgCode(err) != "42501" {
-		t.Fatalf("lo_from_bytea: %v, want 42501", err)
-	}
-	if _, err := b.Exec(context.Background(), "SELECT coalesce(string_agg(convert_from(lo_get(oid), 'UTF8'), ','), '') FROM pg_largeobject_metadata").ReadAll(); pgCode(err) != "42501" {
-		t.Fatalf("lo_get: %v, want 42501", err)
-	}
+	eachPoolMode(t, func(t *testing.T, m poolMode) {
+		p := startProxy(t, m.config(1))
+		a := p.pgconnect(t, tenantA)
+		b := p.pgconnect(t, tenantB)
+		// Large objects have no row-level security and one role owns them all:
+		// refused, so tenant A cannot store one for tenant B to read.
+		if _, err := a.Exec(context.Background(), "SELECT lo_from_bytea(0, convert_to('acme-lo-secret', 'UTF8'))::text").ReadAll(); pgCode(err) != "42501" {
+			t.Fatalf("lo_from_bytea: %v, want 42501", err)
+		}
+		if _, err := b.Exec(context.Background(), "SELECT coalesce(string_agg(convert_from(lo_get(oid), 'UTF8'), ','), '') FROM pg_largeobject_metadata").ReadAll(); pgCode(err) != "42501" {
+			t.Fatalf("lo_get: %v, want 42501", err)
+		}
+	})
 }
 
+// Every spelling of session state and of the guard's refusals is refused on
+// the shared connection, and nothing is left on it. Transaction mode only:
+// session state (the 0A000 refusals) is the client's own in session mode.
 func TestPoolRedTeamGuardSpellings(t *testing.T) {
 	rtGrantTemp(t)
 	p := startProxy(t, transactionPool(1))
@@ -518,69 +525,71 @@ func TestPoolRedTeamAssertPortalPoisonsConnection(t *testing.T) {
 // left open) leaves nothing to the next tenant: its work is not committed
 // and the next transaction on the pool runs with its own context.
 func TestPoolRedTeamAbandonedWork(t *testing.T) {
-	p := startProxy(t, transactionPool(1))
-	superQuery(t, "DELETE FROM projects WHERE name LIKE 'redteam-%'")
-	t.Cleanup(func() { superQuery(t, "DELETE FROM projects WHERE name LIKE 'redteam-%'") })
-	insert := func(name string) string {
-		return "INSERT INTO projects (tenant_id, name) VALUES ('" + tenantA.ID + "', '" + name + "')"
-	}
-	for _, tc := range []struct {
-		name string
-		run  func(t *testing.T, a *ppConn)
-	}{
-		{"execute without sync, then disconnect", func(t *testing.T, a *ppConn) {
-			rtSend(t, a, ppParse("", insert("redteam-nosync")), ppBind(""), ppExec())
-		}},
-		{"flush without sync, replies read, then disconnect", func(t *testing.T, a *ppConn) {
-			rtSend(t, a, ppParse("", insert("redteam-flush")), ppBind(""), ppExec(), ppFlush())
-			if got, err := rtRead(a, 5*time.Second, func(m pgproto3.BackendMessage) bool {
-				_, ok := m.(*pgproto3.CommandComplete)
-				return ok
-			}); err != nil {
-				t.Fatalf("replies to the flushed group: %q %v", got, err)
-			}
-		}},
-		{"terminate mid-group", func(t *testing.T, a *ppConn) {
-			rtSend(t, a, ppParse("", insert("redteam-terminate")), ppBind(""), ppExec(), &pgproto3.Terminate{})
-		}},
-		{"terminate inside a block", func(t *testing.T, a *ppConn) {
-			rtSend(t, a, ppQuery("BEGIN; "+insert("redteam-block")), &pgproto3.Terminate{})
-		}},
-		{"disconnect while the query runs", func(t *testing.T, a *ppConn) {
-			rtSend(t, a, ppQuery("BEGIN"), ppQuery(insert("redteam-running")+"; SELECT pg_sleep(3)"))
-			time.Sleep(200 * time.Millisecond)
-		}},
-		{"COPY left open", func(t *testing.T, a *ppConn) {
-			rtSend(t, a, ppQuery("COPY projects (tenant_id, name) FROM STDIN"), &pgproto3.CopyData{Data: []byte(tenantA.ID + "\tredteam-copy\n")})
-			time.Sleep(100 * time.Millisecond)
-		}},
-		{"sync group with a failing statement, then open block, then disconnect", func(t *testing.T, a *ppConn) {
-			rtSend(t, a, ppParse("", "SELECT 1/0"), ppBind(""), ppExec(), ppSync(), ppQuery("BEGIN; "+insert("redteam-aborted")))
-			time.Sleep(100 * time.Millisecond)
-		}},
-	} {
-		t.Run(tc.name, func(t *testing.T) {
-			a := ppHijack(t, p.pgconnect(t, tenantA))
-			tc.run(t, a)
-			_ = a.conn.(*net.TCPConn).SetLinger(0)
-			a.conn.Close()
-			b := p.pgconnect(t, tenantB)
-			start := time.Now()
-			rtWant(t, b, tenantB, tc.name)
-			if d := time.Since(start); d > 2*time.Second {
-				t.Errorf("B waited %s for a connection after A left", d)
-			}
-			if got := queryOne(t, b, "SELECT txid_current_if_assigned() IS NULL"); got != "t" {
-				t.Errorf("B's first statement found a transaction in progress")
-			}
-		})
-	}
-	// The backend running pg_sleep(3) notices its client is gone only when
-	// the sleep ends.
-	time.Sleep(3 * time.Second)
-	if got := superQuery(t, "SELECT coalesce(string_agg(name, ','), '') FROM projects WHERE name LIKE 'redteam-%'")[0][0]; got != "" {
-		t.Errorf("work of clients that left was committed: %s", got)
-	}
+	eachPoolMode(t, func(t *testing.T, m poolMode) {
+		p := startProxy(t, m.config(1))
+		superQuery(t, "DELETE FROM projects WHERE name LIKE 'redteam-%'")
+		t.Cleanup(func() { superQuery(t, "DELETE FROM projects WHERE name LIKE 'redteam-%'") })
+		insert := func(name string) string {
+			return "INSERT INTO projects (tenant_id, name) VALUES ('" + tenantA.ID + "', '" + name + "')"
+		}
+		for _, tc := range []struct {
+			name string
+			run  func(t *testing.T, a *ppConn)
+		}{
+			{"execute without sync, then disconnect", func(t *testing.T, a *ppConn) {
+				rtSend(t, a, ppParse("", insert("redteam-nosync")), ppBind(""), ppExec())
+			}},
+			{"flush without sync, replies read, then disconnect", func(t *testing.T, a *ppConn) {
+				rtSend(t, a, ppParse("", insert("redteam-flush")), ppBind(""), ppExec(), ppFlush())
+				if got, err := rtRead(a, 5*time.Second, func(m pgproto3.BackendMessage) bool {
+					_, ok := m.(*pgproto3.CommandComplete)
+					return ok
+				}); err != nil {
+					t.Fatalf("replies to the flushed group: %q %v", got, err)
+				}
+			}},
+			{"terminate mid-group", func(t *testing.T, a *ppConn) {
+				rtSend(t, a, ppParse("", insert("redteam-terminate")), ppBind(""), ppExec(), &pgproto3.Terminate{})
+			}},
+			{"terminate inside a block", func(t *testing.T, a *ppConn) {
+				rtSend(t, a, ppQuery("BEGIN; "+insert("redteam-block")), &pgproto3.Terminate{})
+			}},
+			{"disconnect while the query runs", func(t *testing.T, a *ppConn) {
+				rtSend(t, a, ppQuery("BEGIN"), ppQuery(insert("redteam-running")+"; SELECT pg_sleep(3)"))
+				time.Sleep(200 * time.Millisecond)
+			}},
+			{"COPY left open", func(t *testing.T, a *ppConn) {
+				rtSend(t, a, ppQuery("COPY projects (tenant_id, name) FROM STDIN"), &pgproto3.CopyData{Data: []byte(tenantA.ID + "\tredteam-copy\n")})
+				time.Sleep(100 * time.Millisecond)
+			}},
+			{"sync group with a failing statement, then open block, then disconnect", func(t *testing.T, a *ppConn) {
+				rtSend(t, a, ppParse("", "SELECT 1/0"), ppBind(""), ppExec(), ppSync(), ppQuery("BEGIN; "+insert("redteam-aborted")))
+				time.Sleep(100 * time.Millisecond)
+			}},
+		} {
+			t.Run(tc.name, func(t *testing.T) {
+				a := ppHijack(t, p.pgconnect(t, tenantA))
+				tc.run(t, a)
+				_ = a.conn.(*net.TCPConn).SetLinger(0)
+				a.conn.Close()
+				b := p.pgconnect(t, tenantB)
+				start := time.Now()
+				rtWant(t, b, tenantB, tc.name)
+				if d := time.Since(start); d > 2*time.Second {
+					t.Errorf("B waited %s for a connection after A left", d)
+				}
+				if got := queryOne(t, b, "SELECT txid_current_if_assigned() IS NULL"); got != "t" {
+					t.Errorf("B's first statement found a transaction in progress")
+				}
+			})
+		}
+		// The backend running pg_sleep(3) notices its client is gone only when
+		// the sleep ends.
+		time.Sleep(3 * time.Second)
+		if got := superQuery(t, "SELECT coalesce(string_agg(name, ','), '') FROM projects WHERE name LIKE 'redteam-%'")[0][0]; got != "" {
+			t.Errorf("work of clients that left was committed: %s", got)
+		}
+	})
 }
 
 // A long pipeline of Sync groups, every other one failing, with Flushes,
@@ -588,64 +597,65 @@ func TestPoolRedTeamAbandonedWork(t *testing.T) {
 // tenant, querying concurrently on the same pooled connection, sees only
 // its own context.
 func TestPoolRedTeamPipelineWithErrors(t *testing.T) {
-	p := startProxy(t, func(c *config.Config) {
-		transactionPool(1)(c)
-		c.Pool.WaitTimeout = config.Duration{Duration: 30 * time.Second}
-	})
-	a := ppHijack(t, p.pgconnect(t, tenantA))
-	b := p.pgconnect(t, tenantB)
-	const groups = 3000
-	var msgs []pgproto3.FrontendMessage
-	for i := 0; i < groups; i++ {
-		switch i % 4 {
-		case 0:
-			msgs = append(msgs, ppParse("", "SELECT 1/0"), ppBind(""), ppExec(), ppFlush(), ppSync())
-		case 1:
-			msgs = append(msgs, ppParse("", "SELECT current_setting('app.tenant_id')"), ppBind(""), ppExec(), ppSync())
-		case 2:
-			msgs = append(msgs, ppBind("pgtenant_assert"), ppExec(), ppSync())
-		case 3:
-			msgs = append(msgs, ppSync())
-		}
-	}
-	bdone := make(chan []string, 1)
-	go func() {
-		var seen []string
-		for i := 0; i < 20; i++ {
-			rows, err := b.Exec(context.Background(), rtWho).ReadAll()
-			if err != nil {
-				seen = append(seen, "error: "+err.Error())
-				continue
+	eachPoolMode(t, func(t *testing.T, m poolMode) {
+		p := startProxy(t, m.config(1, func(c *config.Config) {
+			c.Pool.WaitTimeout = config.Duration{Duration: 30 * time.Second}
+		}))
+		a := ppHijack(t, p.pgconnect(t, tenantA))
+		b := p.pgconnect(t, tenantB)
+		const groups = 3000
+		var msgs []pgproto3.FrontendMessage
+		for i := 0; i < groups; i++ {
+			switch i % 4 {
+			case 0:
+				msgs = append(msgs, ppParse("", "SELECT 1/0"), ppBind(""), ppExec(), ppFlush(), ppSync())
+			case 1:
+				msgs = append(msgs, ppParse("", "SELECT current_setting('app.tenant_id')"), ppBind(""), ppExec(), ppSync())
+			case 2:
+				msgs = append(msgs, ppBind("pgtenant_assert"), ppExec(), ppSync())
+			case 3:
+				msgs = append(msgs, ppSync())
 			}
-			seen = append(seen, string(rows[0].Rows[0][0]))
 		}
-		bdone <- seen
-	}()
-	got, err := a.exchange(msgs, 0)
-	if err != nil {
-		t.Fatalf("A's pipeline: %v (after %d replies)", err, len(got))
-	}
-	rfq, errs, tenantRows := 0, 0, 0
-	for _, g := range got {
-		switch {
-		case strings.HasPrefix(g, "ReadyForQuery"):
-			rfq++
-		case strings.HasPrefix(g, "ErrorResponse"):
-			errs++
-		case g == "DataRow "+tenantA.ID:
-			tenantRows++
-		case strings.HasPrefix(g, "DataRow"):
-			t.Errorf("A got a row that is not its tenant: %s", g)
+		bdone := make(chan []string, 1)
+		go func() {
+			var seen []string
+			for i := 0; i < 20; i++ {
+				rows, err := b.Exec(context.Background(), rtWho).ReadAll()
+				if err != nil {
+					seen = append(seen, "error: "+err.Error())
+					continue
+				}
+				seen = append(seen, string(rows[0].Rows[0][0]))
+			}
+			bdone <- seen
+		}()
+		got, err := a.exchange(msgs, 0)
+		if err != nil {
+			t.Fatalf("A's pipeline: %v (after %d replies)", err, len(got))
 		}
-	}
-	if rfq != groups || errs != groups/2 || tenantRows != groups/4 {
-		t.Errorf("A's pipeline: %d ReadyForQuery, %d errors, %d tenant rows; want %d, %d, %d", rfq, errs, tenantRows, groups, groups/2, groups/4)
-	}
-	for _, s := range <-bdone {
-		if s != tenantB.ID {
-			t.Errorf("B, interleaved with A's pipeline, ran as %q", s)
+		rfq, errs, tenantRows := 0, 0, 0
+		for _, g := range got {
+			switch {
+			case strings.HasPrefix(g, "ReadyForQuery"):
+				rfq++
+			case strings.HasPrefix(g, "ErrorResponse"):
+				errs++
+			case g == "DataRow "+tenantA.ID:
+				tenantRows++
+			case strings.HasPrefix(g, "DataRow"):
+				t.Errorf("A got a row that is not its tenant: %s", g)
+			}
 		}
-	}
+		if rfq != groups || errs != groups/2 || tenantRows != groups/4 {
+			t.Errorf("A's pipeline: %d ReadyForQuery, %d errors, %d tenant rows; want %d, %d, %d", rfq, errs, tenantRows, groups, groups/2, groups/4)
+		}
+		for _, s := range <-bdone {
+			if s != tenantB.ID {
+				t.Errorf("B, interleaved with A's pipeline, ran as %q", s)
+			}
+		}
+	})
 }
 
 // A's cancel request while A only waits for a connection (B holds it) or
@@ -707,25 +717,27 @@ func TestPoolRedTeamClosePortalReorders(t *testing.T) {
 // own backends: tenant A cancels tenant B's statement running on the other
 // pooled connection.
 func TestPoolRedTeamSignalOtherBackends(t *testing.T) {
-	p := startProxy(t, transactionPool(2))
-	a := p.pgconnect(t, tenantA)
-	b := p.pgconnect(t, tenantB)
-	ctx := context.Background()
-	bdone := make(chan error, 1)
-	go func() {
-		_, err := b.Exec(ctx, "SELECT pg_sleep(2)").ReadAll()
-		bdone <- err
-	}()
-	eventually(t, 5*time.Second, "B's query running", func() bool {
-		return superQuery(t, "SELECT count(*) FROM pg_stat_activity WHERE query = 'SELECT pg_sleep(2)' AND state = 'active'")[0][0] == "1"
+	eachPoolMode(t, func(t *testing.T, m poolMode) {
+		p := m.start(t)
+		a := p.pgconnect(t, tenantA)
+		b := p.pgconnect(t, tenantB)
+		ctx := context.Background()
+		bdone := make(chan error, 1)
+		go func() {
+			_, err := b.Exec(ctx, "SELECT pg_sleep(2)").ReadAll()
+			bdone <- err
+		}()
+		eventually(t, 5*time.Second, "B's query running", func() bool {
+			return superQuery(t, "SELECT count(*) FROM pg_stat_activity WHERE query = 'SELECT pg_sleep(2)' AND state = 'active'")[0][0] == "1"
+		})
+		sql := "SELECT count(*) FILTER (WHERE pg_cancel_backend(pid)) FROM pg_stat_activity WHERE usename = current_user AND pid <> pg_backend_pid() AND state = 'active'"
+		if err := rtExecErr(a, sql); pgCode(err) != "42501" {
+			t.Errorf("%s: %v, want 42501", sql, err)
+		}
+		if err := <-bdone; err != nil {
+			t.Errorf("DoS: tenant B's statement was cancelled by tenant A's pg_cancel_backend: %v", err)
+		}
 	})
-	sql := "SELECT count(*) FILTER (WHERE pg_cancel_backend(pid)) FROM pg_stat_activity WHERE usename = current_user AND pid <> pg_backend_pid() AND state = 'active'"
-	if err := rtExecErr(a, sql); pgCode(err) != "42501" {
-		t.Errorf("%s: %v, want 42501", sql, err)
-	}
-	if err := <-bdone; err != nil {
-		t.Errorf("DoS: tenant B's statement was cancelled by tenant A's pg_cancel_backend: %v", err)
-	}
 }
 
 // The context statements pgtenant prepares on a pooled connection are its
@@ -779,30 +791,32 @@ func TestPoolContextStatementsStayPgtenants(t *testing.T) {
 // No stray ReadyForQuery is left for the next holder of the connection
 // (found by the red team: the pool froze), and the client goes on.
 func TestPoolSyncsDuringAFailedCopy(t *testing.T) {
-	p := startProxy(t, transactionPool(1))
-	pa := p.pgconnect(t, tenantA)
-	a := ppHijack(t, pa)
-	rtStartCopy(t, a)
-	// A bad row, more copy data and three Syncs in one write.
-	rtSend(t, a, &pgproto3.CopyData{Data: []byte("not-a-uuid\tbad\n")}, &pgproto3.CopyData{Data: []byte("more\n")},
-		ppSync(), ppSync(), ppSync())
-	got, err := rtRead(a, 5*time.Second, rtIsRFQ)
-	if err != nil || !strings.Contains(strings.Join(got, " "), "ErrorResponse ERROR 22P02") {
-		t.Fatalf("COPY did not fail as it should: %q %v", got, err)
-	}
-	time.Sleep(300 * time.Millisecond)
-
-	b := p.pgconnect(t, tenantB)
-	for i := 0; i < 3; i++ {
-		if got := queryOne(t, b, "SELECT current_setting('app.tenant_id')"); got != tenantB.ID {
-			t.Fatalf("next client ran as %q", got)
+	eachPoolMode(t, func(t *testing.T, m poolMode) {
+		p := startProxy(t, m.config(1))
+		pa := p.pgconnect(t, tenantA)
+		a := ppHijack(t, pa)
+		rtStartCopy(t, a)
+		// A bad row, more copy data and three Syncs in one write.
+		rtSend(t, a, &pgproto3.CopyData{Data: []byte("not-a-uuid\tbad\n")}, &pgproto3.CopyData{Data: []byte("more\n")},
+			ppSync(), ppSync(), ppSync())
+		got, err := rtRead(a, 5*time.Second, rtIsRFQ)
+		if err != nil || !strings.Contains(strings.Join(got, " "), "ErrorResponse ERROR 22P02") {
+			t.Fatalf("COPY did not fail as it should: %q %v", got, err)
 		}
-	}
-	// A is still in step.
-	got, err = a.exchange([]pgproto3.FrontendMessage{ppQuery("SELECT current_setting('app.tenant_id')")}, 0)
-	if err != nil || !strings.Contains(strings.Join(got, " "), tenantA.ID) {
-		t.Fatalf("A after its failed COPY: %q %v", got, err)
-	}
+		time.Sleep(300 * time.Millisecond)
+
+		b := p.pgconnect(t, tenantB)
+		for i := 0; i < 3; i++ {
+			if got := queryOne(t, b, "SELECT current_setting('app.tenant_id')"); got != tenantB.ID {
+				t.Fatalf("next client ran as %q", got)
+			}
+		}
+		// A is still in step.
+		got, err = a.exchange([]pgproto3.FrontendMessage{ppQuery("SELECT current_setting('app.tenant_id')")}, 0)
+		if err != nil || !strings.Contains(strings.Join(got, " "), tenantA.ID) {
+			t.Fatalf("A after its failed COPY: %q %v", got, err)
+		}
+	})
 }
 
 // DEALLOCATE ALL takes effect where and when it is executed: parsed in one

@@ -80,70 +80,79 @@ const currentTenant = "SELECT current_setting('app.tenant_id')"
 // Regression tests for protocol corners found in review; each compares the
 // messages a client gets with what PostgreSQL sends directly.
 func TestProtocolCorners(t *testing.T) {
-	p := startProxy(t, nil)
-	copyLibpqStyle := msgs(parseBindExecute("COPY copy_sink (line) FROM STDIN"),
-		list(&pgproto3.Sync{}, &pgproto3.CopyData{Data: []byte("corner-1\n")}, &pgproto3.CopyDone{}, &pgproto3.Sync{}))
-	cleanup := countedStep{list(q("DELETE FROM copy_sink WHERE line LIKE 'corner-%'")), 1}
+	eachPoolMode(t, func(t *testing.T, m poolMode) {
+		p := m.start(t)
+		copyLibpqStyle := msgs(parseBindExecute("COPY copy_sink (line) FROM STDIN"),
+			list(&pgproto3.Sync{}, &pgproto3.CopyData{Data: []byte("corner-1\n")}, &pgproto3.CopyDone{}, &pgproto3.Sync{}))
+		cleanup := countedStep{list(q("DELETE FROM copy_sink WHERE line LIKE 'corner-%'")), 1}
 
-	tests := []struct {
-		desc  string
-		steps []countedStep
-	}{
-		{"extended COPY FROM STDIN with a Sync before the data (libpq)", []countedStep{
-			{copyLibpqStyle, 1},
-			{list(q(currentTenant)), 1},
-			{list(q("BEGIN"), q("SELECT 1"), q("COMMIT")), 3},
-			cleanup,
-		}},
-		{"VACUUM after an extended COPY", []countedStep{
-			{copyLibpqStyle, 1},
-			{list(q("VACUUM copy_sink")), 1},
-			cleanup,
-		}},
-		{"two Syncs before the copy data", []countedStep{
-			{msgs(parseBindExecute("COPY copy_sink (line) FROM STDIN"),
-				list(&pgproto3.Sync{}, &pgproto3.Sync{}, &pgproto3.CopyData{Data: []byte("corner-2\n")}, &pgproto3.CopyDone{}, &pgproto3.Sync{})), 1},
-			{list(q(currentTenant)), 1},
-			cleanup,
-		}},
-		{"Sync during a simple COPY FROM STDIN", []countedStep{
-			{list(q("COPY copy_sink (line) FROM STDIN"), &pgproto3.CopyData{Data: []byte("corner-3\n")}, &pgproto3.Sync{}, &pgproto3.CopyDone{}), 1},
-			{list(q(currentTenant)), 1},
-			cleanup,
-		}},
-		{"CopyFail in an extended COPY", []countedStep{
-			{msgs(parseBindExecute("COPY copy_sink (line) FROM STDIN"),
-				list(&pgproto3.Sync{}, &pgproto3.CopyData{Data: []byte("corner-4\n")}, &pgproto3.CopyFail{Message: "changed my mind"}, &pgproto3.Sync{})), 1},
-			{list(q(currentTenant)), 1},
-		}},
-		{"pipelined simple queries after a failed block", []countedStep{
-			{list(q("BEGIN; SELECT 1/0"), q("SELECT 1"), q("ROLLBACK")), 3},
-			{list(q(currentTenant)), 1},
-		}},
-		{"pipelined VACUUM after a failed block", []countedStep{
-			{list(q("BEGIN; SELECT 1/0"), q("VACUUM projects"), q("ROLLBACK")), 3},
-			{list(q(currentTenant)), 1},
-		}},
-		{"pipelined extended ROLLBACK after a failed block", []countedStep{
-			{msgs(parseBindExecute("BEGIN"), list(&pgproto3.Sync{}), parseBindExecute("SELECT 1/0"), list(&pgproto3.Sync{}),
-				parseBindExecute("ROLLBACK"), list(&pgproto3.Sync{}), parseBindExecute(currentTenant), list(&pgproto3.Sync{})), 4},
-		}},
-		{"empty and comment-only queries", []countedStep{
-			{list(q("")), 1},
-			{list(q("-- nothing")), 1},
-			{list(q(";")), 1},
-		}},
-		{"idle_session_timeout ends the session with one FATAL", []countedStep{
-			{list(q("SET idle_session_timeout = '300ms'")), 1},
-			{nil, 1},
-		}},
-	}
-	for _, tt := range tests {
-		t.Run(tt.desc, func(t *testing.T) { sameAsDirect(t, p, tt.steps) })
-	}
+		tests := []struct {
+			desc  string
+			steps []countedStep
+		}{
+			{"extended COPY FROM STDIN with a Sync before the data (libpq)", []countedStep{
+				{copyLibpqStyle, 1},
+				{list(q(currentTenant)), 1},
+				{list(q("BEGIN"), q("SELECT 1"), q("COMMIT")), 3},
+				cleanup,
+			}},
+			{"VACUUM after an extended COPY", []countedStep{
+				{copyLibpqStyle, 1},
+				{list(q("VACUUM copy_sink")), 1},
+				cleanup,
+			}},
+			{"two Syncs before the copy data", []countedStep{
+				{msgs(parseBindExecute("COPY copy_sink (line) FROM STDIN"),
+					list(&pgproto3.Sync{}, &pgproto3.Sync{}, &pgproto3.CopyData{Data: []byte("corner-2\n")}, &pgproto3.CopyDone{}, &pgproto3.Sync{})), 1},
+				{list(q(currentTenant)), 1},
+				cleanup,
+			}},
+			{"Sync during a simple COPY FROM STDIN", []countedStep{
+				{list(q("COPY copy_sink (line) FROM STDIN"), &pgproto3.CopyData{Data: []byte("corner-3\n")}, &pgproto3.Sync{}, &pgproto3.CopyDone{}), 1},
+				{list(q(currentTenant)), 1},
+				cleanup,
+			}},
+			{"CopyFail in an extended COPY", []countedStep{
+				{msgs(parseBindExecute("COPY copy_sink (line) FROM STDIN"),
+					list(&pgproto3.Sync{}, &pgproto3.CopyData{Data: []byte("corner-4\n")}, &pgproto3.CopyFail{Message: "changed my mind"}, &pgproto3.Sync{})), 1},
+				{list(q(currentTenant)), 1},
+			}},
+			{"pipelined simple queries after a failed block", []countedStep{
+				{list(q("BEGIN; SELECT 1/0"), q("SELECT 1"), q("ROLLBACK")), 3},
+				{list(q(currentTenant)), 1},
+			}},
+			{"pipelined VACUUM after a failed block", []countedStep{
+				{list(q("BEGIN; SELECT 1/0"), q("VACUUM projects"), q("ROLLBACK")), 3},
+				{list(q(currentTenant)), 1},
+			}},
+			{"pipelined extended ROLLBACK after a failed block", []countedStep{
+				{msgs(parseBindExecute("BEGIN"), list(&pgproto3.Sync{}), parseBindExecute("SELECT 1/0"), list(&pgproto3.Sync{}),
+					parseBindExecute("ROLLBACK"), list(&pgproto3.Sync{}), parseBindExecute(currentTenant), list(&pgproto3.Sync{})), 4},
+			}},
+			{"empty and comment-only queries", []countedStep{
+				{list(q("")), 1},
+				{list(q("-- nothing")), 1},
+				{list(q(";")), 1},
+			}},
+		}
+		if !m.tx { // SET without LOCAL is refused in transaction mode
+			tests = append(tests, struct {
+				desc  string
+				steps []countedStep
+			}{"idle_session_timeout ends the session with one FATAL", []countedStep{
+				{list(q("SET idle_session_timeout = '300ms'")), 1},
+				{nil, 1},
+			}})
+		}
+		for _, tt := range tests {
+			t.Run(tt.desc, func(t *testing.T) { sameAsDirect(t, p, tt.steps) })
+		}
+	})
 }
 
-// A FATAL decided on the request side reaches the client.
+// A FATAL decided on the request side reaches the client. Session mode
+// only: it breaks the assertion with SQL PREPARE, which transaction mode
+// refuses.
 func TestStandaloneAssertionFailureReported(t *testing.T) {
 	p := startProxy(t, nil)
 	conn := p.pgconnect(t, tenantA)
@@ -156,26 +165,28 @@ func TestStandaloneAssertionFailureReported(t *testing.T) {
 
 // An error during startup on a TLS connection is sent inside TLS.
 func TestTLSStartupError(t *testing.T) {
-	certFile, keyFile := writeCert(t)
-	p := startProxy(t, func(c *config.Config) { c.TLS = &config.TLS{CertFile: certFile, KeyFile: keyFile, Mode: "require"} })
-	conn := rawDial(t, p)
-	send(t, conn, &pgproto3.SSLRequest{})
-	if b := readByte(t, conn); b != 'S' {
-		t.Fatalf("SSLRequest answer %q, want S", b)
-	}
-	tc := tls.Client(conn, &tls.Config{InsecureSkipVerify: true}) // the certificate is not the point here
-	if err := tc.Handshake(); err != nil {
-		t.Fatal(err)
-	}
-	// Protocol 4.0, which nobody speaks.
-	if _, err := tc.Write([]byte{0, 0, 0, 8, 0, 4, 0, 0}); err != nil {
-		t.Fatal(err)
-	}
-	msg, err := pgproto3.NewFrontend(tc, tc).Receive()
-	if err != nil {
-		t.Fatalf("reading the refusal over TLS: %v", err)
-	}
-	if e, ok := msg.(*pgproto3.ErrorResponse); !ok || e.Code != "0A000" {
-		t.Fatalf("got %#v, want FATAL 0A000", msg)
-	}
+	eachPoolMode(t, func(t *testing.T, m poolMode) {
+		certFile, keyFile := writeCert(t)
+		p := m.start(t, func(c *config.Config) { c.TLS = &config.TLS{CertFile: certFile, KeyFile: keyFile, Mode: "require"} })
+		conn := rawDial(t, p)
+		send(t, conn, &pgproto3.SSLRequest{})
+		if b := readByte(t, conn); b != 'S' {
+			t.Fatalf("SSLRequest answer %q, want S", b)
+		}
+		tc := tls.Client(conn, &tls.Config{InsecureSkipVerify: true}) // the certificate is not the point here
+		if err := tc.Handshake(); err != nil {
+			t.Fatal(err)
+		}
+		// Protocol 4.0, which nobody speaks.
+		if _, err := tc.Write([]byte{0, 0, 0, 8, 0, 4, 0, 0}); err != nil {
+			t.Fatal(err)
+		}
+		msg, err := pgproto3.NewFrontend(tc, tc).Receive()
+		if err != nil {
+			t.Fatalf("reading the refusal over TLS: %v", err)
+		}
+		if e, ok := msg.(*pgproto3.ErrorResponse); !ok || e.Code != "0A000" {
+			t.Fatalf("got %#v, want FATAL 0A000", msg)
+		}
+	})
 }

@@ -31,37 +31,35 @@ var relayLongSQL = "SELECT current_setting('app.tenant_id') AS tenant, count(*) 
 // not have yet, and the panic ends the whole test binary: that is the
 // failure.)
 func TestRelayFirstMessageLongOrInPieces(t *testing.T) {
-	for _, m := range relayModes {
-		t.Run(m.name, func(t *testing.T) {
-			short := "SELECT current_setting('app.tenant_id') AS tenant, count(*) AS n FROM projects"
-			for i, tc := range []struct {
-				desc  string
-				steps []relayStep
-			}{
-				{"first Query of 450 bytes", []relayStep{relayAt(ppQuery(relayLongSQL))}},
-				{"first Parse of 450 bytes", []relayStep{relayAt(ppParse("", relayLongSQL), ppBind(""), ppDescribePortal(""), ppExec(), ppSync())}},
-				{"first Parse of 450 bytes, named, then Flush", []relayStep{
-					relayAt(ppParse("first", relayLongSQL), ppDescribeStmt("first"), ppFlush()),
-					relayAt(ppBind("first"), ppExec(), ppSync()),
-				}},
-				{"first Query in 7-byte pieces", []relayStep{{msgs: []pgproto3.FrontendMessage{ppQuery(short)}, chunk: 7}}},
-				{"first Parse group in 7-byte pieces", []relayStep{{msgs: []pgproto3.FrontendMessage{ppParse("", short), ppBind(""), ppDescribePortal(""), ppExec(), ppSync()}, chunk: 7}}},
-				{"first Query of 450 bytes in 100-byte pieces", []relayStep{{msgs: []pgproto3.FrontendMessage{ppQuery(relayLongSQL)}, chunk: 100}}},
-			} {
-				t.Run(tc.desc, func(t *testing.T) {
-					p := startProxy(t, m.config(relayPoolSize))
-					relaySameAsPostgres(t, p, tenantA, fmt.Sprintf("relay_first_%d", i), tc.steps)
-				})
-			}
-			t.Run(`psql -c '\l'`, func(t *testing.T) {
-				p := startProxy(t, m.config(relayPoolSize))
-				out, err := psql(t, p, tenantA, "-c", `\l`)
-				if err != nil || !strings.Contains(out, demo.Database+"|") {
-					t.Fatalf(`psql -c '\l': %v\n%s`, err, out)
-				}
+	eachPoolMode(t, func(t *testing.T, m poolMode) {
+		short := "SELECT current_setting('app.tenant_id') AS tenant, count(*) AS n FROM projects"
+		for i, tc := range []struct {
+			desc  string
+			steps []relayStep
+		}{
+			{"first Query of 450 bytes", []relayStep{relayAt(ppQuery(relayLongSQL))}},
+			{"first Parse of 450 bytes", []relayStep{relayAt(ppParse("", relayLongSQL), ppBind(""), ppDescribePortal(""), ppExec(), ppSync())}},
+			{"first Parse of 450 bytes, named, then Flush", []relayStep{
+				relayAt(ppParse("first", relayLongSQL), ppDescribeStmt("first"), ppFlush()),
+				relayAt(ppBind("first"), ppExec(), ppSync()),
+			}},
+			{"first Query in 7-byte pieces", []relayStep{{msgs: []pgproto3.FrontendMessage{ppQuery(short)}, chunk: 7}}},
+			{"first Parse group in 7-byte pieces", []relayStep{{msgs: []pgproto3.FrontendMessage{ppParse("", short), ppBind(""), ppDescribePortal(""), ppExec(), ppSync()}, chunk: 7}}},
+			{"first Query of 450 bytes in 100-byte pieces", []relayStep{{msgs: []pgproto3.FrontendMessage{ppQuery(relayLongSQL)}, chunk: 100}}},
+		} {
+			t.Run(tc.desc, func(t *testing.T) {
+				p := m.start(t)
+				relaySameAsPostgres(t, p, tenantA, fmt.Sprintf("relay_first_%d", i), tc.steps)
 			})
+		}
+		t.Run(`psql -c '\l'`, func(t *testing.T) {
+			p := m.start(t)
+			out, err := psql(t, p, tenantA, "-c", `\l`)
+			if err != nil || !strings.Contains(out, demo.Database+"|") {
+				t.Fatalf(`psql -c '\l': %v\n%s`, err, out)
+			}
 		})
-	}
+	})
 }
 
 // Finding 2. Tenant B's pipelined statements get exactly their own replies,
@@ -73,85 +71,83 @@ func TestRelayFirstMessageLongOrInPieces(t *testing.T) {
 // reports the shared writer).
 func TestRelayLongStatementBetweenTransactionsKeepsOtherTenantsReplies(t *testing.T) {
 	const groups = 20
-	for _, m := range relayModes {
-		t.Run(m.name, func(t *testing.T) {
-			p := startProxy(t, m.config(1))
-			a := relayProxied(t, p, tenantA, "relay_corrupt_a")
-			b := relayProxied(t, p, tenantB, "relay_corrupt_b")
-			// Both sessions have run a transaction, so A has held the
-			// pooled connection before its long statements.
-			for _, c := range []*ppConn{a, b} {
-				if got, err := c.exchange([]pgproto3.FrontendMessage{ppQuery("SELECT 1")}, 0); err != nil {
-					t.Fatalf("warm-up: %q %v", got, err)
+	eachPoolMode(t, func(t *testing.T, m poolMode) {
+		p := startProxy(t, m.config(1))
+		a := relayProxied(t, p, tenantA, "relay_corrupt_a")
+		b := relayProxied(t, p, tenantB, "relay_corrupt_b")
+		// Both sessions have run a transaction, so A has held the
+		// pooled connection before its long statements.
+		for _, c := range []*ppConn{a, b} {
+			if got, err := c.exchange([]pgproto3.FrontendMessage{ppQuery("SELECT 1")}, 0); err != nil {
+				t.Fatalf("warm-up: %q %v", got, err)
+			}
+		}
+		stop := time.Now().Add(3 * time.Second)
+		var wg sync.WaitGroup
+		var roundsA, roundsB int
+		var batch []pgproto3.FrontendMessage
+		var want []string
+		for i := 1; i <= groups; i++ {
+			batch = append(batch, ppParse("", fmt.Sprintf("SELECT %d AS n", i)), ppBind(""), ppExec(), ppSync())
+			want = append(want, "ParseComplete", "BindComplete", fmt.Sprintf("DataRow %d", i), "CommandComplete SELECT 1", "ReadyForQuery I")
+		}
+		batchB := relayEncode(t, batch)
+		long := relayEncode(t, []pgproto3.FrontendMessage{ppQuery(relayLongSQL)})
+		wg.Add(2)
+		go func() { // tenant B: pipelines of Sync groups, every value checked
+			defer wg.Done()
+			for ; time.Now().Before(stop); roundsB++ {
+				if err := relayWrite(b, batchB, 0); err != nil {
+					t.Errorf("tenant B, round %d: send: %v", roundsB, err)
+					return
+				}
+				deadline := time.Now().Add(relayReplyWithin)
+				var got []string
+				for len(got) < len(want) {
+					msg, err := relayReceive(b, deadline)
+					if err != nil {
+						t.Errorf("tenant B, round %d: after %d replies: %v", roundsB, len(got), err)
+						return
+					}
+					got = append(got, relayDescribe(msg))
+					if n := len(got) - 1; got[n] != want[n] {
+						t.Errorf("CORRUPTED: tenant B, round %d: reply %d (statement %d) is %q, want %q; replies so far: %q",
+							roundsB, n, n/5+1, got[n], want[n], got)
+						return
+					}
 				}
 			}
-			stop := time.Now().Add(3 * time.Second)
-			var wg sync.WaitGroup
-			var roundsA, roundsB int
-			var batch []pgproto3.FrontendMessage
-			var want []string
-			for i := 1; i <= groups; i++ {
-				batch = append(batch, ppParse("", fmt.Sprintf("SELECT %d AS n", i)), ppBind(""), ppExec(), ppSync())
-				want = append(want, "ParseComplete", "BindComplete", fmt.Sprintf("DataRow %d", i), "CommandComplete SELECT 1", "ReadyForQuery I")
+		}()
+		go func() { // tenant A: a short transaction, then a long statement in two pieces
+			defer wg.Done()
+			for ; time.Now().Before(stop); roundsA++ {
+				if got, err := a.exchange([]pgproto3.FrontendMessage{ppQuery("SELECT 1")}, 0); err != nil || len(got) != 4 || got[1] != "DataRow 1" {
+					t.Errorf("tenant A, round %d: SELECT 1: %q %v", roundsA, got, err)
+					return
+				}
+				if err := relayWrite(a, long, 200); err != nil {
+					t.Errorf("tenant A, round %d: send: %v", roundsA, err)
+					return
+				}
+				var got []string
+				deadline := time.Now().Add(relayReplyWithin)
+				for len(got) == 0 || got[len(got)-1] != "ReadyForQuery I" {
+					msg, err := relayReceive(a, deadline)
+					if err != nil {
+						t.Errorf("tenant A, round %d: long statement: %q %v", roundsA, got, err)
+						return
+					}
+					got = append(got, relayDescribe(msg))
+				}
+				if want := fmt.Sprintf("DataRow %s|%d", tenantA.ID, len(demo.Projects[tenantA.ID])); len(got) != 4 || got[1] != want {
+					t.Errorf("CORRUPTED: tenant A, round %d: long statement got %q, want its row %q", roundsA, got, want)
+					return
+				}
 			}
-			batchB := relayEncode(t, batch)
-			long := relayEncode(t, []pgproto3.FrontendMessage{ppQuery(relayLongSQL)})
-			wg.Add(2)
-			go func() { // tenant B: pipelines of Sync groups, every value checked
-				defer wg.Done()
-				for ; time.Now().Before(stop); roundsB++ {
-					if err := relayWrite(b, batchB, 0); err != nil {
-						t.Errorf("tenant B, round %d: send: %v", roundsB, err)
-						return
-					}
-					deadline := time.Now().Add(relayReplyWithin)
-					var got []string
-					for len(got) < len(want) {
-						msg, err := relayReceive(b, deadline)
-						if err != nil {
-							t.Errorf("tenant B, round %d: after %d replies: %v", roundsB, len(got), err)
-							return
-						}
-						got = append(got, relayDescribe(msg))
-						if n := len(got) - 1; got[n] != want[n] {
-							t.Errorf("CORRUPTED: tenant B, round %d: reply %d (statement %d) is %q, want %q; replies so far: %q",
-								roundsB, n, n/5+1, got[n], want[n], got)
-							return
-						}
-					}
-				}
-			}()
-			go func() { // tenant A: a short transaction, then a long statement in two pieces
-				defer wg.Done()
-				for ; time.Now().Before(stop); roundsA++ {
-					if got, err := a.exchange([]pgproto3.FrontendMessage{ppQuery("SELECT 1")}, 0); err != nil || len(got) != 4 || got[1] != "DataRow 1" {
-						t.Errorf("tenant A, round %d: SELECT 1: %q %v", roundsA, got, err)
-						return
-					}
-					if err := relayWrite(a, long, 200); err != nil {
-						t.Errorf("tenant A, round %d: send: %v", roundsA, err)
-						return
-					}
-					var got []string
-					deadline := time.Now().Add(relayReplyWithin)
-					for len(got) == 0 || got[len(got)-1] != "ReadyForQuery I" {
-						msg, err := relayReceive(a, deadline)
-						if err != nil {
-							t.Errorf("tenant A, round %d: long statement: %q %v", roundsA, got, err)
-							return
-						}
-						got = append(got, relayDescribe(msg))
-					}
-					if want := fmt.Sprintf("DataRow %s|%d", tenantA.ID, len(demo.Projects[tenantA.ID])); len(got) != 4 || got[1] != want {
-						t.Errorf("CORRUPTED: tenant A, round %d: long statement got %q, want its row %q", roundsA, got, want)
-						return
-					}
-				}
-			}()
-			wg.Wait()
-			t.Logf("%d rounds of tenant A, %d pipelines of %d statements of tenant B", roundsA, roundsB, groups)
-		})
-	}
+		}()
+		wg.Wait()
+		t.Logf("%d rounds of tenant A, %d pipelines of %d statements of tenant B", roundsA, roundsB, groups)
+	})
 }
 
 // relayWedges are the sequences of finding 3, (a) to (d), and their
@@ -225,16 +221,14 @@ func relayWedges() []struct {
 // answers it, within relayReplyWithin, and the session goes on.
 func TestRelayWedgesAnswerLikePostgres(t *testing.T) {
 	relayCleanCopySink(t)
-	for _, m := range relayModes {
-		t.Run(m.name, func(t *testing.T) {
-			for i, w := range relayWedges() {
-				t.Run(w.desc, func(t *testing.T) {
-					p := startProxy(t, m.config(relayPoolSize))
-					relaySameAsPostgres(t, p, tenantA, fmt.Sprintf("relay_wedge_%d", i), w.steps)
-				})
-			}
-		})
-	}
+	eachPoolMode(t, func(t *testing.T, m poolMode) {
+		for i, w := range relayWedges() {
+			t.Run(w.desc, func(t *testing.T) {
+				p := m.start(t)
+				relaySameAsPostgres(t, p, tenantA, fmt.Sprintf("relay_wedge_%d", i), w.steps)
+			})
+		}
+	})
 }
 
 // Finding 3, hanging up: a client that sent a wedge sequence, waited and hung
@@ -243,27 +237,25 @@ func TestRelayWedgesAnswerLikePostgres(t *testing.T) {
 // no third backend stays open).
 func TestRelayWedgeHangUpReleasesUpstream(t *testing.T) {
 	relayCleanCopySink(t)
-	for _, m := range relayModes {
-		t.Run(m.name, func(t *testing.T) {
-			for i, w := range relayWedges() {
-				t.Run(w.desc, func(t *testing.T) {
-					since := relayNow(t)
-					p := startProxy(t, m.config(relayPoolSize))
-					app := fmt.Sprintf("relay_wedge_hangup_%d", i)
-					c := relayProxied(t, p, tenantA, app)
-					for _, s := range w.steps {
-						if err := relayWrite(c, relayEncode(t, s.msgs), 0); err != nil {
-							t.Fatalf("send: %v", err)
-						}
-						time.Sleep(150 * time.Millisecond)
+	eachPoolMode(t, func(t *testing.T, m poolMode) {
+		for i, w := range relayWedges() {
+			t.Run(w.desc, func(t *testing.T) {
+				since := relayNow(t)
+				p := m.start(t)
+				app := fmt.Sprintf("relay_wedge_hangup_%d", i)
+				c := relayProxied(t, p, tenantA, app)
+				for _, s := range w.steps {
+					if err := relayWrite(c, relayEncode(t, s.msgs), 0); err != nil {
+						t.Fatalf("send: %v", err)
 					}
-					time.Sleep(300 * time.Millisecond)
-					c.conn.Close()
-					relayWantReleased(t, p, m, app, since, relayPoolSize, "hung up after: "+w.desc)
-				})
-			}
-		})
-	}
+					time.Sleep(150 * time.Millisecond)
+				}
+				time.Sleep(300 * time.Millisecond)
+				c.conn.Close()
+				relayWantReleased(t, p, m, app, since, modePoolSize, "hung up after: "+w.desc)
+			})
+		}
+	})
 }
 
 // Finding 4. A Query after extended-protocol messages not closed by a Sync
@@ -271,49 +263,47 @@ func TestRelayWedgeHangUpReleasesUpstream(t *testing.T) {
 // code of issue 12 pgtenant ends the session with FATAL 08P01).
 func TestRelayQueryAfterUnsyncedExtendedMessages(t *testing.T) {
 	relayCleanCopySink(t)
-	for _, m := range relayModes {
-		t.Run(m.name, func(t *testing.T) {
-			for i, tc := range []struct {
-				desc  string
-				steps []relayStep
-			}{
-				// asyncpg's copy_records_to_table: the column types from a
-				// prepared statement (Parse, Describe, Flush; the replies
-				// read), then the COPY as a simple Query.
-				{"asyncpg copy_records_to_table", []relayStep{
-					relayAt(ppParse("__asyncpg_stmt_1__", "SELECT line FROM copy_sink LIMIT 1"), ppDescribeStmt("__asyncpg_stmt_1__"), ppFlush()),
-					relayAt(ppQuery("COPY copy_sink (line) FROM STDIN")),
-					relayAt(&pgproto3.CopyData{Data: []byte(relayLine + "-asyncpg\n")}, &pgproto3.CopyDone{}),
-				}},
-				// PgJDBC autosave=conservative, in one write: BEGIN without a
-				// Sync, the savepoint as a Query, the statement, Sync.
-				{"PgJDBC autosave=conservative", []relayStep{
-					relayAt(
-						ppParse("", "BEGIN"), ppBind(""), ppExec(),
-						ppQuery("SAVEPOINT PGJDBC_AUTOSAVE"),
-						ppParse("", "SELECT current_setting('app.tenant_id') AS tenant"), ppBind(""), ppDescribePortal(""), ppExec(), ppSync(),
-					),
-					relayAt(ppQuery("COMMIT")),
-				}},
-				// A Query after a group that failed is skipped with it, up to
-				// the Sync.
-				{"a failed group skips the Query sent in it", []relayStep{
-					relayAt(ppParse("", "SELECT 1/0"), ppBind(""), ppExec(), ppQuery("SELECT 1"), ppSync()),
-					relayAt(ppQuery("SELECT 2 AS n")),
-				}},
-				// The same with the unsynced messages read first (Flush).
-				{"Parse, Bind, Execute, Flush, then a Query", []relayStep{
-					relayAt(ppParse("", "SELECT 42 AS n"), ppBind(""), ppExec(), ppFlush()),
-					relayAt(ppQuery("SELECT 43 AS n")),
-				}},
-			} {
-				t.Run(tc.desc, func(t *testing.T) {
-					p := startProxy(t, m.config(relayPoolSize))
-					relaySameAsPostgres(t, p, tenantA, fmt.Sprintf("relay_unsynced_%d", i), tc.steps)
-				})
-			}
-		})
-	}
+	eachPoolMode(t, func(t *testing.T, m poolMode) {
+		for i, tc := range []struct {
+			desc  string
+			steps []relayStep
+		}{
+			// asyncpg's copy_records_to_table: the column types from a
+			// prepared statement (Parse, Describe, Flush; the replies
+			// read), then the COPY as a simple Query.
+			{"asyncpg copy_records_to_table", []relayStep{
+				relayAt(ppParse("__asyncpg_stmt_1__", "SELECT line FROM copy_sink LIMIT 1"), ppDescribeStmt("__asyncpg_stmt_1__"), ppFlush()),
+				relayAt(ppQuery("COPY copy_sink (line) FROM STDIN")),
+				relayAt(&pgproto3.CopyData{Data: []byte(relayLine + "-asyncpg\n")}, &pgproto3.CopyDone{}),
+			}},
+			// PgJDBC autosave=conservative, in one write: BEGIN without a
+			// Sync, the savepoint as a Query, the statement, Sync.
+			{"PgJDBC autosave=conservative", []relayStep{
+				relayAt(
+					ppParse("", "BEGIN"), ppBind(""), ppExec(),
+					ppQuery("SAVEPOINT PGJDBC_AUTOSAVE"),
+					ppParse("", "SELECT current_setting('app.tenant_id') AS tenant"), ppBind(""), ppDescribePortal(""), ppExec(), ppSync(),
+				),
+				relayAt(ppQuery("COMMIT")),
+			}},
+			// A Query after a group that failed is skipped with it, up to
+			// the Sync.
+			{"a failed group skips the Query sent in it", []relayStep{
+				relayAt(ppParse("", "SELECT 1/0"), ppBind(""), ppExec(), ppQuery("SELECT 1"), ppSync()),
+				relayAt(ppQuery("SELECT 2 AS n")),
+			}},
+			// The same with the unsynced messages read first (Flush).
+			{"Parse, Bind, Execute, Flush, then a Query", []relayStep{
+				relayAt(ppParse("", "SELECT 42 AS n"), ppBind(""), ppExec(), ppFlush()),
+				relayAt(ppQuery("SELECT 43 AS n")),
+			}},
+		} {
+			t.Run(tc.desc, func(t *testing.T) {
+				p := m.start(t)
+				relaySameAsPostgres(t, p, tenantA, fmt.Sprintf("relay_unsynced_%d", i), tc.steps)
+			})
+		}
+	})
 }
 
 // relaySlowWriter takes its first write after a pause, as a client that
@@ -337,25 +327,23 @@ func (w *relaySlowWriter) Write(b []byte) (int, error) {
 // 12 the session is cut off after a few MB).
 func TestRelayUpstreamTimeoutIgnoresSlowClient(t *testing.T) {
 	const rows, width = 50000, 1000
-	for _, m := range relayModes {
-		t.Run(m.name, func(t *testing.T) {
-			p := startProxy(t, m.config(relayPoolSize, func(c *config.Config) {
-				c.Limits.UpstreamTimeout = config.Duration{Duration: time.Second}
-			}))
-			conn := p.pgconnect(t, tenantA)
-			ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
-			defer cancel()
-			w := &relaySlowWriter{pause: 3 * time.Second}
-			tag, err := conn.CopyTo(ctx, w, fmt.Sprintf("COPY (SELECT repeat('x', %d) FROM generate_series(1, %d)) TO STDOUT", width, rows))
-			if err != nil || tag.String() != fmt.Sprintf("COPY %d", rows) || w.n != rows*(width+1) {
-				t.Fatalf("slow reader of COPY TO STDOUT with upstream_timeout 1s: got %d of %d bytes, tag %q, error %v", w.n, rows*(width+1), tag.String(), err)
-			}
-			// The session goes on.
-			if got := queryOne(t, conn, currentTenant); got != tenantA.ID {
-				t.Fatalf("after the COPY: tenant %q", got)
-			}
+	eachPoolMode(t, func(t *testing.T, m poolMode) {
+		p := m.start(t, func(c *config.Config) {
+			c.Limits.UpstreamTimeout = config.Duration{Duration: time.Second}
 		})
-	}
+		conn := p.pgconnect(t, tenantA)
+		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+		defer cancel()
+		w := &relaySlowWriter{pause: 3 * time.Second}
+		tag, err := conn.CopyTo(ctx, w, fmt.Sprintf("COPY (SELECT repeat('x', %d) FROM generate_series(1, %d)) TO STDOUT", width, rows))
+		if err != nil || tag.String() != fmt.Sprintf("COPY %d", rows) || w.n != rows*(width+1) {
+			t.Fatalf("slow reader of COPY TO STDOUT with upstream_timeout 1s: got %d of %d bytes, tag %q, error %v", w.n, rows*(width+1), tag.String(), err)
+		}
+		// The session goes on.
+		if got := queryOne(t, conn, currentTenant); got != tenantA.ID {
+			t.Fatalf("after the COPY: tenant %q", got)
+		}
+	})
 }
 
 // Finding 6 (issue 12, item 6). A client that hangs up releases its upstream
@@ -364,56 +352,54 @@ func TestRelayUpstreamTimeoutIgnoresSlowClient(t *testing.T) {
 // extended-protocol group, in a transaction block.
 func TestRelayHangUpReleasesUpstream(t *testing.T) {
 	relayCleanCopySink(t)
-	for _, m := range relayModes {
-		t.Run(m.name, func(t *testing.T) {
-			copyIn := func(t *testing.T) []byte {
-				return relayEncode(t, []pgproto3.FrontendMessage{ppQuery("COPY copy_sink (line) FROM STDIN"), &pgproto3.CopyData{Data: []byte(relayLine + "-hangup\n")}})
-			}
-			for i, tc := range []struct {
-				desc string
-				send func(t *testing.T) []byte
-			}{
-				{"waiting for a large result it does not read", func(t *testing.T) []byte {
-					return relayEncode(t, []pgproto3.FrontendMessage{ppQuery("SELECT repeat('x', 1000) FROM generate_series(1, 200000)")})
-				}},
-				{"waiting for a slow statement", func(t *testing.T) []byte {
-					return relayEncode(t, []pgproto3.FrontendMessage{ppQuery("SELECT pg_sleep(10)")})
-				}},
-				{"in COPY FROM STDIN", copyIn},
-				{"in COPY FROM STDIN, in the middle of a CopyData (1000 bytes announced, 50 sent)", func(t *testing.T) []byte {
-					return append(append(copyIn(t), badHeader('d', 1004)...), strings.Repeat("y", 50)...)
-				}},
-				{"in the middle of a Query (1000 bytes announced, 50 sent)", func(t *testing.T) []byte {
-					return append(badHeader('Q', 1004), ("SELECT 1 /*" + strings.Repeat("z", 39))...)
-				}},
-				{"in an extended-protocol group without Sync", func(t *testing.T) []byte {
-					return relayEncode(t, []pgproto3.FrontendMessage{ppParse("", "SELECT 1"), ppBind(""), ppExec()})
-				}},
-				{"in a transaction block", func(t *testing.T) []byte {
-					return relayEncode(t, []pgproto3.FrontendMessage{ppQuery("BEGIN; SELECT 1")})
-				}},
-				{"in a failed transaction block", func(t *testing.T) []byte {
-					return relayEncode(t, []pgproto3.FrontendMessage{ppQuery("BEGIN"), ppQuery("SELECT 1/0")})
-				}},
-			} {
-				t.Run(tc.desc, func(t *testing.T) {
-					since := relayNow(t)
-					p := startProxy(t, m.config(relayPoolSize))
-					app := fmt.Sprintf("relay_hangup_%d", i)
-					c := relayProxied(t, p, tenantA, app)
-					// A transaction first: the state that matters here is the
-					// one below, not the session's first message (finding 1).
-					if got, err := c.exchange([]pgproto3.FrontendMessage{ppQuery("SELECT 1")}, 0); err != nil {
-						t.Fatalf("warm-up: %q %v", got, err)
-					}
-					if err := relayWrite(c, tc.send(t), 0); err != nil {
-						t.Fatalf("send: %v", err)
-					}
-					time.Sleep(500 * time.Millisecond)
-					c.conn.Close()
-					relayWantReleased(t, p, m, app, since, relayPoolSize, "hung up "+tc.desc)
-				})
-			}
-		})
-	}
+	eachPoolMode(t, func(t *testing.T, m poolMode) {
+		copyIn := func(t *testing.T) []byte {
+			return relayEncode(t, []pgproto3.FrontendMessage{ppQuery("COPY copy_sink (line) FROM STDIN"), &pgproto3.CopyData{Data: []byte(relayLine + "-hangup\n")}})
+		}
+		for i, tc := range []struct {
+			desc string
+			send func(t *testing.T) []byte
+		}{
+			{"waiting for a large result it does not read", func(t *testing.T) []byte {
+				return relayEncode(t, []pgproto3.FrontendMessage{ppQuery("SELECT repeat('x', 1000) FROM generate_series(1, 200000)")})
+			}},
+			{"waiting for a slow statement", func(t *testing.T) []byte {
+				return relayEncode(t, []pgproto3.FrontendMessage{ppQuery("SELECT pg_sleep(10)")})
+			}},
+			{"in COPY FROM STDIN", copyIn},
+			{"in COPY FROM STDIN, in the middle of a CopyData (1000 bytes announced, 50 sent)", func(t *testing.T) []byte {
+				return append(append(copyIn(t), badHeader('d', 1004)...), strings.Repeat("y", 50)...)
+			}},
+			{"in the middle of a Query (1000 bytes announced, 50 sent)", func(t *testing.T) []byte {
+				return append(badHeader('Q', 1004), ("SELECT 1 /*" + strings.Repeat("z", 39))...)
+			}},
+			{"in an extended-protocol group without Sync", func(t *testing.T) []byte {
+				return relayEncode(t, []pgproto3.FrontendMessage{ppParse("", "SELECT 1"), ppBind(""), ppExec()})
+			}},
+			{"in a transaction block", func(t *testing.T) []byte {
+				return relayEncode(t, []pgproto3.FrontendMessage{ppQuery("BEGIN; SELECT 1")})
+			}},
+			{"in a failed transaction block", func(t *testing.T) []byte {
+				return relayEncode(t, []pgproto3.FrontendMessage{ppQuery("BEGIN"), ppQuery("SELECT 1/0")})
+			}},
+		} {
+			t.Run(tc.desc, func(t *testing.T) {
+				since := relayNow(t)
+				p := m.start(t)
+				app := fmt.Sprintf("relay_hangup_%d", i)
+				c := relayProxied(t, p, tenantA, app)
+				// A transaction first: the state that matters here is the
+				// one below, not the session's first message (finding 1).
+				if got, err := c.exchange([]pgproto3.FrontendMessage{ppQuery("SELECT 1")}, 0); err != nil {
+					t.Fatalf("warm-up: %q %v", got, err)
+				}
+				if err := relayWrite(c, tc.send(t), 0); err != nil {
+					t.Fatalf("send: %v", err)
+				}
+				time.Sleep(500 * time.Millisecond)
+				c.conn.Close()
+				relayWantReleased(t, p, m, app, since, modePoolSize, "hung up "+tc.desc)
+			})
+		}
+	})
 }

@@ -1,7 +1,7 @@
 package e2e
 
-// Helpers of relay_findings_test.go: a table of pool modes, raw sessions
-// through pgtenant and straight to PostgreSQL, a step runner that records
+// Helpers of relay_findings_test.go: raw sessions through pgtenant and
+// straight to PostgreSQL, a step runner that records
 // what PostgreSQL answers and requires the same through pgtenant within a
 // deadline, and checks that a client that hung up left no upstream behind.
 
@@ -18,35 +18,8 @@ import (
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgproto3"
 
-	"github.com/pgtenant/pgtenant/config"
 	"github.com/pgtenant/pgtenant/internal/demo"
 )
-
-// relayMode is one way pgtenant gives clients upstream connections.
-type relayMode struct {
-	name string
-	tx   bool // transaction pooling; otherwise one upstream per session
-}
-
-// relayModes: every finding runs in both.
-var relayModes = []relayMode{{"session", false}, {"transaction", true}}
-
-// config returns the proxy config mutation of the mode (a pool of poolSize
-// in transaction mode) followed by more.
-func (m relayMode) config(poolSize int, more ...func(*config.Config)) func(*config.Config) {
-	return func(c *config.Config) {
-		if m.tx {
-			transactionPool(poolSize)(c)
-		}
-		for _, f := range more {
-			f(c)
-		}
-	}
-}
-
-// relayPoolSize is the pool of the transaction-mode runs, unless a test says
-// otherwise.
-const relayPoolSize = 2
 
 // relayReplyWithin bounds the wait for a reply PostgreSQL gives at once:
 // longer means pgtenant is wedged.
@@ -272,7 +245,7 @@ func relayBackendsSince(t *testing.T, since string) int {
 // poolSize serves poolSize concurrent transactions of tenant B, and no more
 // than poolSize backends opened since (the proxy's start) remain: a
 // connection taken out of the pool must not stay open upstream.
-func relayWantReleased(t *testing.T, p *testProxy, m relayMode, app, since string, poolSize int, what string) {
+func relayWantReleased(t *testing.T, p *testProxy, m poolMode, app, since string, poolSize int, what string) {
 	t.Helper()
 	start := time.Now()
 	if !m.tx {
