@@ -491,6 +491,14 @@ func (l *ledger) quiet() bool {
 	return !l.hasCur || l.state == stateCopyIn
 }
 
+// skipsNext reports whether the server will pass over the next message sent:
+// it skips to a Sync after an error, and no Sync is on its way.
+func (l *ledger) skipsNext() bool {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.state == stateSkip && !l.hasCur && len(l.queued()) == 0
+}
+
 // answering reports whether the reply side is in the middle of answering
 // pgtenant's own messages (a ParameterStatus then is the assertion's).
 func (l *ledger) answeringOwn() bool {

@@ -17,6 +17,7 @@ type ledgerStep struct {
 	reply string
 	want  string // for a reply: "client", "own", "end", "end-failed", "out-of-step", "lost", "async"
 	quiet bool   // after the step: ledger.quiet()
+	skips *bool  // after the step: ledger.skipsNext()
 }
 
 func runLedger(t *testing.T, steps []ledgerStep) (pending int32) {
@@ -68,6 +69,9 @@ func runLedger(t *testing.T, steps []ledgerStep) (pending int32) {
 				t.Fatalf("step %d (reply %s): got %s, want %s", i, st.reply, got, st.want)
 			}
 		}
+		if st.skips != nil && l.skipsNext() != *st.skips {
+			t.Fatalf("step %d: skipsNext %v, want %v", i, l.skipsNext(), *st.skips)
+		}
 		if st.quiet && !l.quiet() {
 			t.Fatalf("step %d: not quiet", i)
 		}
@@ -76,6 +80,7 @@ func runLedger(t *testing.T, steps []ledgerStep) (pending int32) {
 }
 
 func TestLedger(t *testing.T) {
+	yes, no := true, false
 	for _, tc := range []struct {
 		desc    string
 		steps   []ledgerStep
@@ -150,6 +155,10 @@ func TestLedger(t *testing.T) {
 		}, 0},
 		{"CopyData and Flush between transactions get no reply", []ledgerStep{
 			{send: "| d c f H S"}, {reply: "Z", want: "end", quiet: true},
+		}, 0},
+		{"after an error the next message is passed over, up to a Sync", []ledgerStep{
+			{send: "| P DS H"}, {reply: "E", skips: &yes}, {send: "Q", skips: &yes}, {send: "| S", skips: &no},
+			{reply: "Z", want: "end-failed", skips: &no},
 		}, 0},
 		{"FunctionCall", []ledgerStep{
 			{send: "| F"}, {reply: "V"}, {reply: "Z", want: "end"},

@@ -610,6 +610,12 @@ func (r *relay) startUnit(typ byte, size int, msg []byte, refused, simple bool) 
 			return fatalf(codeInvalidAuthorization, "token expired")
 		}
 	}
+	if r.ledger.skipsNext() {
+		// The server skips this unit up to its Sync after an error: nothing
+		// in it runs, and a round trip of pgtenant's own (its Sync) would end
+		// the skipping early.
+		return r.beginUnit()
+	}
 	if text != nil && r.mayNeedAssertion() && !pipelineSafe(text) {
 		// Not after an unsynced Execute: assert in a round trip of its own.
 		if err := r.waitDrained(); err != nil {
