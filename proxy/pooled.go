@@ -333,9 +333,10 @@ func (r *relay) endLease() {
 }
 
 // stopPooled is the request side's end: a connection whose replies are
-// still being read is closed, and stopPooled reports whether the caller
-// must wait for its reader to let go of the relay (done).
-func (r *relay) stopPooled() bool {
+// still being read is closed (what it still runs cancelled when the client
+// abandoned it, rather than said Terminate), and stopPooled reports
+// whether the caller must wait for its reader to let go of the relay (done).
+func (r *relay) stopPooled(abandoned bool) bool {
 	r.leaseMu.Lock()
 	r.stopping = true
 	if !r.attached {
@@ -343,7 +344,7 @@ func (r *relay) stopPooled() bool {
 		return false
 	}
 	r.broken = true
-	target, abandoned := r.sc.cancelTarget(), !r.ledger.quiet()
+	target, abandoned := r.sc.cancelTarget(), abandoned && !r.ledger.quiet()
 	r.sc.conn.Close()
 	r.leaseMu.Unlock()
 	if abandoned {

@@ -284,7 +284,12 @@ func (r *relay) relayMessage(typ byte, size int) error {
 	}
 	if r.pooled() {
 		if typ == 'X' {
-			// The pooled connection is not the client's to terminate.
+			// The pooled connection is not the client's to terminate. What the
+			// client sent before is answered, as PostgreSQL answers it before
+			// it reads the Terminate (unless the client has gone).
+			if r.ledger.pending.Load() > 0 {
+				_ = r.await(untilDrained)
+			}
 			return errClientTerminated
 		}
 		// Only a unit's first message may take a new connection: anything

@@ -389,7 +389,8 @@ func (ss *session) run() {
 
 	reqErr := ss.catchPanic("client", r.clientToUpstream)
 	first := !r.closing.Swap(true)
-	if !r.ledger.quiet() {
+	if !errors.Is(reqErr, errClientTerminated) && !r.ledger.quiet() {
+		// Gone without a Terminate: what it still runs is nobody's.
 		if t, ok := ss.s.cancels.targetOf(ss.key); ok {
 			cancelAbandoned(t)
 		}
@@ -446,7 +447,7 @@ func (ss *session) endPooled(reqErr error) {
 	// Whoever writes to the client now (finish, or failResponse) must not
 	// wait long for a client that does not read.
 	_ = ss.client.SetWriteDeadline(time.Now().Add(time.Second))
-	if r.stopPooled() || !first {
+	if r.stopPooled(!errors.Is(reqErr, errClientTerminated)) || !first {
 		// Not first: failResponse is ending the session and may still be
 		// writing to the client; it closes done when it is through.
 		<-r.done
