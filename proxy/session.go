@@ -389,7 +389,16 @@ func (ss *session) run() {
 
 	reqErr := ss.catchPanic("client", r.clientToUpstream)
 	first := !r.closing.Swap(true)
-	if !errors.Is(reqErr, errClientTerminated) && !r.ledger.quiet() {
+	if errors.Is(reqErr, errClientTerminated) {
+		// The Terminate went upstream: PostgreSQL answers what came before
+		// it, then closes, and the reply side relays all that.
+		err := <-respErr
+		ss.upstream.Close()
+		ss.finish(reqErr, err, first)
+		ss.ended()
+		return
+	}
+	if !r.ledger.quiet() {
 		// Gone without a Terminate: what it still runs is nobody's.
 		if t, ok := ss.s.cancels.targetOf(ss.key); ok {
 			cancelAbandoned(t)
