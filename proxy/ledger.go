@@ -54,7 +54,8 @@ type sentMsg struct {
 	typ     byte
 	kind    byte // Describe and Close: 'S' statement or 'P' portal
 	origin  origin
-	mayCopy bool // a Query or Execute that may start COPY FROM STDIN
+	mayCopy bool   // a Query or Execute that may start COPY FROM STDIN
+	name    string // transaction mode: the client's name of the statement it names upstream otherwise
 }
 
 type serverState uint8
@@ -70,6 +71,7 @@ const (
 type replyResult struct {
 	origin origin // who sent the message it answers
 	unit   uint64
+	name   string // sentMsg.name of that message
 	// endsUnit: a ReadyForQuery that ends unit; failed: an error came in it.
 	endsUnit, failed bool
 	// async: a reply to nothing outstanding (an ErrorResponse the server
@@ -170,6 +172,15 @@ func (l *ledger) queued() []sentMsg {
 		return nil
 	}
 	return l.q.msgs[l.head:]
+}
+
+// nameLast gives the message sent last the client's statement name.
+func (l *ledger) nameLast(name string) {
+	l.mu.Lock()
+	if q := l.queued(); len(q) > 0 {
+		q[len(q)-1].name = name
+	}
+	l.mu.Unlock()
 }
 
 // settleLocked passes over the messages the server reads without answering
@@ -274,7 +285,7 @@ func (l *ledger) reply(typ byte, code string) replyResult {
 		l.head++
 	}
 	m := l.cur
-	res := replyResult{origin: m.origin, unit: m.unit}
+	res := replyResult{origin: m.origin, unit: m.unit, name: m.name}
 	switch m.typ {
 	case 'Q', 'F', 'S':
 		switch {

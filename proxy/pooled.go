@@ -460,10 +460,10 @@ func (r *relay) relayStatementMessage(typ byte, size int, msg []byte, peeked boo
 			}
 			st.scratch = appendParse(st.scratch[:0], existing.server, rest)
 			st.record(replyEntry{seq: seq})
-			return r.writeRewritten(len(msg), peeked)
+			return r.writeRewrittenAs(len(msg), peeked, existing.client)
 		}
 		server := serverStmtName(r.pctx.key, rest)
-		cs := &clientStmt{server: server, parse: appendParse(nil, server, rest), changes: r.changes, deallocates: r.deallocs}
+		cs := &clientStmt{client: string(name), server: server, parse: appendParse(nil, server, rest), changes: r.changes, deallocates: r.deallocs}
 		st.mu.Lock()
 		if st.byName == nil {
 			st.byName = map[string]*clientStmt{} // most clients never prepare by name
@@ -611,8 +611,10 @@ func (r *relay) relayBind(size int) error {
 	st.mu.Lock()
 	cs := st.byName[string(stmt)]
 	st.mu.Unlock()
+	client := ""
 	switch {
 	case cs != nil:
+		client = cs.client
 		if cs.changes {
 			r.sc.settled = ""
 		}
@@ -634,7 +636,7 @@ func (r *relay) relayBind(size int) error {
 	out = append(append(out, server...), 0)
 	binary.BigEndian.PutUint32(out[1:], uint32(size-headLen+len(out)-1))
 	st.scratch = out
-	r.ledger.send(sentMsg{unit: r.seq, typ: 'B'}) // head and parameters are one message
+	r.ledger.send(sentMsg{unit: r.seq, typ: 'B', name: client}) // head and parameters are one message
 	if _, err := r.uw.Write(out); err != nil {
 		return err
 	}
@@ -730,7 +732,17 @@ func (r *relay) evict(keep string, seq uint64) error {
 // writeRewritten sends the scratch buffer in place of the client's message
 // of size bytes.
 func (r *relay) writeRewritten(size int, peeked bool) error {
-	if err := r.sendMsgs(r.stmts.scratch, fromClient); err != nil {
+	return r.writeRewrittenAs(size, peeked, "")
+}
+
+// writeRewrittenAs is writeRewritten for a message whose errors name the
+// client's statement client (see relayError).
+func (r *relay) writeRewrittenAs(size int, peeked bool, client string) error {
+	r.ledger.sendMsgs(r.stmts.scratch, r.seq, fromClient)
+	if client != "" {
+		r.ledger.nameLast(client)
+	}
+	if _, err := r.uw.Write(r.stmts.scratch); err != nil {
 		return err
 	}
 	if peeked {

@@ -130,7 +130,7 @@ func (r *relay) reply(typ byte, size int) error {
 		}
 	}
 	if typ == 'E' && (r.refusals.outstanding.Load() > 0 || r.pooled() && bytes.Contains(r.peekWhole(size), serverStmtPrefixBytes)) {
-		return r.relayError(size)
+		return r.relayError(size, res.name)
 	}
 	if typ == 'Z' {
 		return r.readyForQuery(size, res)
@@ -190,8 +190,9 @@ func (r *relay) ownReply(typ byte, size int, res replyResult) error {
 // relayError passes on an upstream error as the client would have it from
 // PostgreSQL: the guard's error when a statement pgtenant substituted caused
 // it, and with the client's statement names for the names pgtenant gave
-// them upstream (transaction mode).
-func (r *relay) relayError(size int) error {
+// them upstream (transaction mode; client, when known, is the name of the
+// statement the failed message named).
+func (r *relay) relayError(size int, client string) error {
 	msg, err := readMessage(r.ur, size)
 	if err != nil {
 		return err
@@ -204,7 +205,7 @@ func (r *relay) relayError(size int) error {
 	if r.pooled() && bytes.Contains(msg, serverStmtPrefixBytes) {
 		var er pgproto3.ErrorResponse
 		if er.Decode(msg[5:]) == nil {
-			er.Message, er.Detail = r.stmts.clientNames(er.Message), r.stmts.clientNames(er.Detail)
+			er.Message, er.Detail = r.stmts.clientNames(er.Message, client), r.stmts.clientNames(er.Detail, client)
 			return r.writeClient(&er)
 		}
 	}

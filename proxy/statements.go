@@ -71,6 +71,7 @@ type replyEntry struct {
 
 // clientStmt is a client's named statement.
 type clientStmt struct {
+	client  string // the client's name
 	server  string // name upstream
 	parse   []byte // the Parse message under that name, to prepare it again
 	changes bool   // running it may change the connection's settings (guard.Verdict.ChangesSettings)
@@ -99,18 +100,30 @@ type statements struct {
 var serverStmtPrefixBytes = []byte(serverStmtPrefix)
 
 // clientNames replaces, in text from the upstream, the names of server
-// statements with the client's names for them.
-func (st *statements) clientNames(text string) string {
-	if !strings.Contains(text, serverStmtPrefix) {
+// statements with the client's names for them: with client, when the
+// message that failed named one (clients with the same statement under two
+// names share one upstream), else from the client's statements.
+func (st *statements) clientNames(text, client string) string {
+	i := strings.Index(text, serverStmtPrefix)
+	if i < 0 {
 		return text
+	}
+	if client != "" {
+		end := i + len(serverStmtPrefix)
+		for end < len(text) && isHex(text[end]) {
+			end++
+		}
+		return text[:i] + client + text[end:]
 	}
 	st.mu.Lock()
 	defer st.mu.Unlock()
-	for client, cs := range st.byName {
-		text = strings.ReplaceAll(text, cs.server, client)
+	for name, cs := range st.byName {
+		text = strings.ReplaceAll(text, cs.server, name)
 	}
 	return text
 }
+
+func isHex(c byte) bool { return '0' <= c && c <= '9' || 'a' <= c && c <= 'f' }
 
 // serverStmtName derives the upstream name of a statement: a hash of the
 // client's context settings and of the Parse body after the name (text and
