@@ -267,9 +267,13 @@ func (l *ledger) unitDone() int32 {
 // of an ErrorResponse during COPY FROM STDIN (see inCopyIn), else ignored.
 func (l *ledger) reply(typ byte, code string) replyResult {
 	l.mu.Lock()
-	defer l.mu.Unlock()
-	defer l.settleLocked() // what the server reads next without answering
-	l.settleLocked()
+	res := l.replyLocked(typ, code)
+	l.settleLocked() // what the server reads next without answering
+	l.mu.Unlock()
+	return res
+}
+
+func (l *ledger) replyLocked(typ byte, code string) replyResult {
 	switch l.state {
 	case stateCopyIn:
 		return l.copyInReplyLocked(typ, code)
