@@ -26,7 +26,8 @@ package e2e
 //	                           no-query-in-batch (a Sync before any Query that follows
 //	                           extended-protocol messages), easy-first (the first
 //	                           Query or Parse short and in one write)
-//	PGTENANT_FUZZ_MODES=...    comma-separated subset of "session,transaction"
+//	PGTENANT_FUZZ_MODES=...    comma-separated subset of "session,transaction" (default both;
+//	                           "none" with SELFCHECK plays against PostgreSQL only)
 
 import (
 	"bufio"

@@ -69,9 +69,10 @@ const (
 
 // replyResult says what one reply answers.
 type replyResult struct {
-	origin origin // who sent the message it answers
-	unit   uint64
-	name   string // sentMsg.name of that message
+	origin  origin // who sent the message it answers
+	unit    uint64
+	name    string // sentMsg.name of that message
+	msgType byte   // and its type
 	// endsUnit: a ReadyForQuery that ends unit; failed: an error came in it.
 	endsUnit, failed bool
 	// async: a reply to nothing outstanding (an ErrorResponse the server
@@ -289,7 +290,7 @@ func (l *ledger) replyLocked(typ byte, code string) replyResult {
 		l.head++
 	}
 	m := l.cur
-	res := replyResult{origin: m.origin, unit: m.unit, name: m.name}
+	res := replyResult{origin: m.origin, unit: m.unit, name: m.name, msgType: m.typ}
 	switch m.typ {
 	case 'Q', 'F', 'S':
 		switch {

@@ -441,13 +441,14 @@ func (r *relay) relayStatementMessage(typ byte, size int, msg []byte, peeked boo
 		if len(name) == 0 {
 			st.mu.Lock()
 			st.gen++
+			undo := replyEntry{seq: seq, kind: effectClientUnnamed, prev: st.unnamed, prevChanges: st.unnamedChanges, prevDeallocates: st.unnamedDeallocates}
 			st.unnamed = append(st.unnamed[:0:0], msg...)
 			st.unnamedChanges, st.unnamedDeallocates = r.changes, r.deallocs
 			st.mu.Unlock()
 			sc.mu.Lock()
 			sc.unnamed, sc.unnamedN = r, st.gen
 			sc.mu.Unlock()
-			st.record(replyEntry{seq: seq, kind: effectClientUnnamed})
+			st.record(undo)
 			return r.writeClientMessage(msg, peeked)
 		}
 		st.mu.Lock()

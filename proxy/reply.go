@@ -126,7 +126,7 @@ func (r *relay) reply(typ byte, size int) error {
 				return err
 			}
 		case 'E':
-			r.stmts.dropUnit(res.unit, r.rsc)
+			r.stmts.dropUnit(res.unit, r.rsc, res.msgType == 'P' || res.msgType == 'C')
 		}
 	}
 	if typ == 'E' && (r.refusals.outstanding.Load() > 0 || r.pooled() && bytes.Contains(r.peekWhole(size), serverStmtPrefixBytes)) {
@@ -161,7 +161,7 @@ func (r *relay) ownReply(typ byte, size int, res replyResult) error {
 	// first statement would: PostgreSQL's error is the client's.
 	aborted := upstreamErr.Code == codeInFailedTransaction && res.origin == fromAssert
 	if r.pooled() {
-		r.stmts.dropUnit(res.unit, r.rsc)
+		r.stmts.dropUnit(res.unit, r.rsc, false)
 		if !aborted {
 			// A connection that refused the context is not handed out again.
 			r.rsc.dead.Store(true)
@@ -230,7 +230,7 @@ func (r *relay) readyForQuery(size int, res replyResult) error {
 	r.resp.standaloneErr = nil
 	r.txStatus.Store(uint32(status))
 	if r.pooled() {
-		r.stmts.dropUnit(res.unit, r.rsc)
+		r.stmts.dropUnit(res.unit, r.rsc, false)
 		r.stmts.unitEnded(res.unit, res.failed)
 		if !own {
 			// The client gets everything before the lease can end: the next
@@ -294,7 +294,7 @@ func (r *relay) settleSilent(sc *serverConn, buf []uint64) []uint64 {
 		return buf
 	}
 	for _, u := range buf {
-		r.stmts.dropUnit(u, sc)
+		r.stmts.dropUnit(u, sc, false)
 		r.stmts.unitEnded(u, true)
 	}
 	return buf

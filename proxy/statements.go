@@ -66,7 +66,10 @@ type replyEntry struct {
 	had    bool        // the connection had it before
 	client string      // client statement name
 	stmt   *clientStmt // for effectClientRemove
-	prev   []byte      // for effectClientUnnamedClose: the unnamed Parse it closed
+	// For effectClientUnnamedClose and effectClientUnnamed: the unnamed
+	// Parse (and its flags) it closed or replaced.
+	prev                         []byte
+	prevChanges, prevDeallocates bool
 }
 
 // clientStmt is a client's named statement.
@@ -216,8 +219,9 @@ func (st *statements) pendingBefore(seq uint64) bool {
 }
 
 // dropUnit undoes, newest first, the bookkeeping of the unit's Parse and
-// Close messages that got no reply: the upstream skipped or failed them.
-func (st *statements) dropUnit(seq uint64, sc *serverConn) {
+// Close messages that got no reply: the upstream skipped them, or failed the
+// oldest of them (headFailed: the error answers a Parse or Close).
+func (st *statements) dropUnit(seq uint64, sc *serverConn, headFailed bool) {
 	st.mu.Lock()
 	defer st.mu.Unlock()
 	end := st.head
@@ -249,9 +253,14 @@ func (st *statements) dropUnit(seq uint64, sc *serverConn) {
 			}
 			st.byName[e.client] = e.stmt
 		case effectClientUnnamed:
-			// Failed (or skipped): PostgreSQL drops the unnamed statement
-			// before it parses, so there is none now.
-			st.unnamed = nil
+			if i == st.head && headFailed {
+				// Failed: PostgreSQL drops the unnamed statement before it
+				// parses, so there is none now.
+				st.unnamed = nil
+				break
+			}
+			// Skipped: the client's unnamed statement is the one before.
+			st.unnamed, st.unnamedChanges, st.unnamedDeallocates = e.prev, e.prevChanges, e.prevDeallocates
 		case effectClientUnnamedClose:
 			st.unnamed = e.prev
 		}

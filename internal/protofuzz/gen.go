@@ -140,7 +140,8 @@ func (g *gen) pause() {
 	g.events = append(g.events, event{pause: d})
 }
 
-// pick returns a statement of corpus, long ones only if allowed.
+// pick returns a statement of corpus: long ones only with LongStatements,
+// and as the session's first statement only with HardFirst.
 func (g *gen) pick(corpus []stmt) stmt {
 	long := g.o.LongStatements && (g.o.HardFirst || g.statement)
 	for {

@@ -60,8 +60,9 @@ func TestGenerateWellFormed(t *testing.T) {
 		if s.Nonsense {
 			nonsense++
 		}
-		if len(s.Msgs) < opts.MinMsgs {
-			t.Fatalf("seed %d: %d messages, want at least %d", seed, len(s.Msgs), opts.MinMsgs)
+		// The last unit is finished, so a sequence may run a little past MaxMsgs.
+		if len(s.Msgs) < opts.MinMsgs || len(s.Msgs) > opts.MaxMsgs+30 {
+			t.Fatalf("seed %d: %d messages, want %d to about %d", seed, len(s.Msgs), opts.MinMsgs, opts.MaxMsgs)
 		}
 		var stream []byte
 		for i, m := range s.Msgs {

@@ -10,7 +10,6 @@ package protofuzz
 import (
 	"encoding/binary"
 	"fmt"
-	"strings"
 )
 
 // Msg is one frontend message of a sequence: its encoding (type byte,
@@ -115,12 +114,3 @@ func Terminate() Msg { return frame('X', "Terminate") }
 // repliesReadyForQuery reports whether PostgreSQL normally answers the
 // message with a ReadyForQuery.
 func repliesReadyForQuery(typ byte) bool { return typ == 'Q' || typ == 'S' }
-
-// describeMsgs lists messages' descriptions, separated by " | ".
-func describeMsgs(msgs []Msg) string {
-	parts := make([]string, len(msgs))
-	for i, m := range msgs {
-		parts[i] = m.Desc
-	}
-	return strings.Join(parts, " | ")
-}
