@@ -56,6 +56,7 @@ type sentMsg struct {
 	origin  origin
 	mayCopy bool   // a Query or Execute that may start COPY FROM STDIN
 	name    string // transaction mode: the client's name of the statement it names upstream otherwise
+	gen     uint64 // transaction mode, a Query: statements.gen when it went (queryRan)
 }
 
 type serverState uint8
@@ -73,6 +74,7 @@ type replyResult struct {
 	unit    uint64
 	name    string // sentMsg.name of that message
 	msgType byte   // and its type
+	gen     uint64 // and its sentMsg.gen
 	// endsUnit: a ReadyForQuery that ends unit; failed: an error came in it.
 	endsUnit, failed bool
 	// async: a reply to nothing outstanding (an ErrorResponse the server
@@ -290,7 +292,7 @@ func (l *ledger) replyLocked(typ byte, code string) replyResult {
 		l.head++
 	}
 	m := l.cur
-	res := replyResult{origin: m.origin, unit: m.unit, name: m.name, msgType: m.typ}
+	res := replyResult{origin: m.origin, unit: m.unit, name: m.name, msgType: m.typ, gen: m.gen}
 	switch m.typ {
 	case 'Q', 'F', 'S':
 		switch {

@@ -783,9 +783,27 @@ func (r *relay) deallocateAll() {
 }
 
 // forgetUnnamed follows a simple Query, which drops the unnamed statement.
+// The connection's is forgotten now (it is prepared again if need be); the
+// client's once the server has run the Query (queryRan): after an error the
+// server skips Queries up to the next Sync, and they drop nothing. (A Bind
+// of the unnamed statement pipelined right behind a Query, with no Parse,
+// may then find the statement PostgreSQL would have dropped.)
 func (r *relay) forgetUnnamed() {
-	r.stmts.unnamed = nil
+	r.stmts.mu.Lock()
+	r.queryGen = r.stmts.gen
+	r.stmts.mu.Unlock()
 	r.sc.mu.Lock()
 	r.sc.unnamed = nil
 	r.sc.mu.Unlock()
+}
+
+// queryRan follows a Query the server ran (its ReadyForQuery): it dropped
+// the unnamed statement the client had when it sent it (gen), unless the
+// client has parsed another since.
+func (st *statements) queryRan(gen uint64) {
+	st.mu.Lock()
+	if st.gen == gen {
+		st.unnamed = nil
+	}
+	st.mu.Unlock()
 }

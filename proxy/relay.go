@@ -68,12 +68,17 @@ type relay struct {
 	seq        uint64   // the unit being sent (request side)
 	assertDue  []byte   // request side: the assertion the unit still needs, before it runs anything
 	waitSeq    uint64   // request side: the unit untilStatements waits for
+	queryGen   uint64   // request side: statements.gen when the Query being sent went (pooled)
 	waitSilent []uint64 // request side: scratch for settleSilent
 	inGroup    bool     // request side: an extended-protocol group has no Sync yet
 	// Request side: the statements whose text mentions COPY, and the
 	// portals bound to them (nil for most sessions): an Execute of one may
 	// start a COPY.
 	copyStmts, copyPortals map[string]bool
+	// endStmts: the statements whose text ends a transaction block;
+	// groupPortals: the portals bound since the last Sync.
+	endStmts     map[string]bool
+	groupPortals []boundPortal
 
 	// notify wakes the request side when it waits on the reply side
 	// (await): set waiting first, and the reply side signals at every reply.
@@ -278,7 +283,7 @@ func (r *relay) relayMessage(typ byte, size int) error {
 		r.changes = r.changes || deallocates
 		r.deallocs = deallocates
 	}
-	mayCopy, err := r.trackCopy(typ, size, msg, substitute != nil)
+	mayCopy, blindExecute, err := r.trackStatements(typ, size, msg, substitute != nil)
 	if err != nil {
 		return err
 	}
@@ -349,6 +354,11 @@ func (r *relay) relayMessage(typ byte, size int) error {
 	}
 	if r.pooled() && typ == 'P' {
 		r.stmts.record(replyEntry{seq: r.seq}) // the refusal's failing Parse
+	}
+	if typ == 'E' && blindExecute && r.assertDue != nil {
+		if err := r.settleAssertionForExecute(); err != nil {
+			return err
+		}
 	}
 	if err := r.sendAssertionIfDue(typ); err != nil {
 		return err
@@ -460,49 +470,94 @@ func (r *relay) mayStartCopy(typ byte, size int, msg []byte) bool {
 	return containsFold(text, "copy")
 }
 
-// trackCopy follows which statements and portals may be a COPY, and
-// reports whether the message may start one (a Query or Execute).
-func (r *relay) trackCopy(typ byte, size int, msg []byte, refused bool) (bool, error) {
+// trackStatements follows, from the client's messages, which statements
+// and portals may start a COPY, which statements end a transaction block,
+// and which portals the group under way has bound. It reports whether the
+// message may start a COPY (a Query or Execute) and, for an Execute,
+// whether its portal is one the relay cannot vouch for (not bound in this
+// group, or ending a transaction block): then the assertion must not be
+// sent ahead of it blind (see startExecute).
+func (r *relay) trackStatements(typ byte, size int, msg []byte, refused bool) (mayCopy, blind bool, err error) {
 	switch typ {
 	case 'Q':
-		return !refused && r.mayStartCopy(typ, size, msg), nil
+		r.groupPortals = r.groupPortals[:0] // it ends a group's transaction, if any
+		return !refused && r.mayStartCopy(typ, size, msg), false, nil
 	case 'P':
 		copyText := !refused && r.mayStartCopy(typ, size, msg)
-		if !copyText && len(r.copyStmts) == 0 {
-			return false, nil
+		ends := false
+		if !refused {
+			if text := r.statementHead(typ, size, msg); text != nil {
+				ends = isTransactionEnd(text)
+			}
+		}
+		if !copyText && !ends && len(r.copyStmts) == 0 && len(r.endStmts) == 0 {
+			return false, false, nil
 		}
 		head := msg // read whole, perhaps out of the reader already
 		if head == nil {
-			var err error
 			if head, err = r.peekHead(size); err != nil {
-				return false, err
+				return false, false, err
 			}
 		}
 		name, _, _ := splitName(head[5:])
 		r.copyStmts = markName(r.copyStmts, name, copyText)
+		r.endStmts = markName(r.endStmts, name, ends)
 	case 'B':
-		if len(r.copyStmts) == 0 && len(r.copyPortals) == 0 {
-			return false, nil
-		}
 		head, err := r.peekHead(size)
 		if err != nil {
-			return false, err
+			return false, false, err
 		}
 		portal, rest, _ := splitName(head[5:])
 		stmt, _, _ := splitName(rest)
-		r.copyPortals = markName(r.copyPortals, portal, r.copyStmts[string(stmt)])
-	case 'E':
-		if len(r.copyPortals) == 0 {
-			return false, nil
+		if len(r.copyStmts) > 0 || len(r.copyPortals) > 0 {
+			r.copyPortals = markName(r.copyPortals, portal, r.copyStmts[string(stmt)])
 		}
+		r.bindInGroup(portal, r.endStmts[string(stmt)])
+	case 'E':
 		head, err := r.peekHead(size)
 		if err != nil {
-			return false, err
+			return false, false, err
 		}
 		portal, _, _ := splitName(head[5:])
-		return r.copyPortals[string(portal)], nil
+		ends, bound := r.boundInGroup(portal)
+		return r.copyPortals[string(portal)], ends || !bound, nil
+	case 'S':
+		r.groupPortals = r.groupPortals[:0]
 	}
-	return false, nil
+	return false, false, nil
+}
+
+// statementHead is the text of a Query or Parse, or its start.
+func (r *relay) statementHead(typ byte, size int, msg []byte) []byte {
+	if msg != nil {
+		return statementText(msg)
+	}
+	return peekStatementText(r.cr, typ, size)
+}
+
+// boundPortal is a portal the client bound in the group under way.
+type boundPortal struct {
+	name string
+	ends bool // its statement ends a transaction block
+}
+
+func (r *relay) bindInGroup(portal []byte, ends bool) {
+	for i := range r.groupPortals {
+		if r.groupPortals[i].name == string(portal) {
+			r.groupPortals[i].ends = ends
+			return
+		}
+	}
+	r.groupPortals = append(r.groupPortals, boundPortal{name: string(portal), ends: ends})
+}
+
+func (r *relay) boundInGroup(portal []byte) (ends, bound bool) {
+	for _, p := range r.groupPortals {
+		if p.name == string(portal) {
+			return p.ends, true
+		}
+	}
+	return false, false
 }
 
 // markName adds name to set (made on first use) or removes it.
@@ -626,7 +681,7 @@ func (r *relay) startUnit(typ byte, size int, msg []byte, refused, simple bool) 
 		if err := r.waitDrained(); err != nil {
 			return err
 		}
-		if r.mayNeedAssertion() {
+		if r.mayNeedAssertion() && !r.ledger.skipsNext() {
 			if err := r.assertStandalone(); err != nil {
 				return err
 			}
@@ -652,6 +707,26 @@ func (r *relay) startUnit(typ byte, size int, msg []byte, refused, simple bool) 
 	// runs something (sendAssertionIfDue): what comes before it (Parse,
 	// Bind, Describe, Close) then meets the server as it would without
 	// pgtenant, in a failed transaction block too.
+	return nil
+}
+
+// settleAssertionForExecute decides the assertion due ahead of an Execute
+// of a portal the relay cannot vouch for, from the exact transaction state:
+// in a failed block PostgreSQL answers such an Execute itself (it runs a
+// ROLLBACK, or says the portal does not exist), where the assertion would
+// fail first.
+func (r *relay) settleAssertionForExecute() error {
+	if r.ledger.pending.Load() > 1 {
+		if err := r.await(untilOnlyThisUnit); err != nil {
+			return err
+		}
+	}
+	if r.ledger.pending.Load() > 1 {
+		return nil // the server waits for the client: keep the assertion
+	}
+	if s := byte(r.txStatus.Load()); s == 'T' || s == 'E' || r.ledger.skipsNext() {
+		r.assertDue = nil // inside a block (asserted when it began), or skipped
+	}
 	return nil
 }
 
@@ -705,7 +780,7 @@ func (r *relay) sendMsgs(msgs []byte, o origin) error {
 
 // sendClient records and writes one whole client message.
 func (r *relay) sendClient(msg []byte, mayCopy bool) error {
-	m := sentMsg{unit: r.seq, typ: msg[0], mayCopy: mayCopy}
+	m := sentMsg{unit: r.seq, typ: msg[0], mayCopy: mayCopy, gen: r.queryGen}
 	if (m.typ == 'D' || m.typ == 'C') && len(msg) > 5 {
 		m.kind = msg[5]
 	}
@@ -717,7 +792,7 @@ func (r *relay) sendClient(msg []byte, mayCopy bool) error {
 // forwardUp records the client message at the head of the client reader
 // and streams it upstream.
 func (r *relay) forwardUp(typ byte, size int, mayCopy bool) error {
-	m := sentMsg{unit: r.seq, typ: typ, mayCopy: mayCopy}
+	m := sentMsg{unit: r.seq, typ: typ, mayCopy: mayCopy, gen: r.queryGen}
 	if (typ == 'D' || typ == 'C') && size > 5 {
 		if r.cr.Buffered() < 6 {
 			if err := r.flushUp(); err != nil {
@@ -745,11 +820,12 @@ const hangUpCheck = 200 * time.Millisecond
 type waitFor uint8
 
 const (
-	untilDrained    waitFor = iota // every unit ended, or the server needs the client
-	untilQuiet                     // everything sent answered (ledger.quiet)
-	untilFewerUnits                // fewer than maxUnitsInFlight units pending
-	untilStandalone                // the standalone assertion answered
-	untilStatements                // no Parse or Close of a unit before waitSeq unanswered
+	untilDrained      waitFor = iota // every unit ended, or the server needs the client
+	untilQuiet                       // everything sent answered (ledger.quiet)
+	untilFewerUnits                  // fewer than maxUnitsInFlight units pending
+	untilStandalone                  // the standalone assertion answered
+	untilStatements                  // no Parse or Close of a unit before waitSeq unanswered
+	untilOnlyThisUnit                // no unit before the one under way pending, or the server needs the client
 )
 
 func (r *relay) holds(w waitFor) bool {
@@ -762,6 +838,8 @@ func (r *relay) holds(w waitFor) bool {
 		return r.ledger.pending.Load() < maxUnitsInFlight || r.ledger.quiet()
 	case untilStandalone:
 		return r.standaloneDone.Load()
+	case untilOnlyThisUnit:
+		return r.ledger.pending.Load() <= 1 || r.ledger.quiet()
 	default:
 		if r.ledger.silentN.Load() > 0 {
 			// Units the server passed over get no reply that would settle

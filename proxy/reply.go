@@ -232,6 +232,9 @@ func (r *relay) readyForQuery(size int, res replyResult) error {
 	if r.pooled() {
 		r.stmts.dropUnit(res.unit, r.rsc, false)
 		r.stmts.unitEnded(res.unit, res.failed)
+		if res.msgType == 'Q' {
+			r.stmts.queryRan(res.gen)
+		}
 		if !own {
 			// The client gets everything before the lease can end: the next
 			// lease's reader may write to it.
