@@ -293,7 +293,7 @@ func (r *relay) relayMessage(typ byte, size int) error {
 			// client sent before is answered, as PostgreSQL answers it before
 			// it reads the Terminate (unless the client has gone).
 			if r.ledger.pending.Load() > 0 {
-				_ = r.await(untilDrained)
+				_ = r.await(untilAnswered)
 			}
 			return errClientTerminated
 		}
@@ -826,6 +826,7 @@ const (
 	untilStandalone                  // the standalone assertion answered
 	untilStatements                  // no Parse or Close of a unit before waitSeq unanswered
 	untilOnlyThisUnit                // no unit before the one under way pending, or the server needs the client
+	untilAnswered                    // every unit ended but a group with no Sync yet (no Flush sent: see Terminate)
 )
 
 func (r *relay) holds(w waitFor) bool {
@@ -840,6 +841,12 @@ func (r *relay) holds(w waitFor) bool {
 		return r.standaloneDone.Load()
 	case untilOnlyThisUnit:
 		return r.ledger.pending.Load() <= 1 || r.ledger.quiet()
+	case untilAnswered:
+		open := int32(0)
+		if r.inGroup {
+			open = 1
+		}
+		return r.ledger.pending.Load() <= open || r.ledger.quiet()
 	default:
 		if r.ledger.silentN.Load() > 0 {
 			// Units the server passed over get no reply that would settle
@@ -859,8 +866,10 @@ func (r *relay) await(cond waitFor) error {
 		return nil
 	}
 	if r.uw != nil {
-		if err := r.sendMsgs(flushMessage, fromOwn); err != nil {
-			return err
+		if cond != untilAnswered {
+			if err := r.sendMsgs(flushMessage, fromOwn); err != nil {
+				return err
+			}
 		}
 		if err := r.uw.Flush(); err != nil {
 			return err
