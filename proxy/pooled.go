@@ -441,11 +441,12 @@ func (r *relay) relayStatementMessage(typ byte, size int, msg []byte, peeked boo
 		if len(name) == 0 {
 			st.mu.Lock()
 			st.gen++
-			undo := replyEntry{seq: seq, kind: effectClientUnnamed, prev: st.unnamed, prevChanges: st.unnamedChanges, prevDeallocates: st.unnamedDeallocates}
+			undo := replyEntry{seq: seq, kind: effectClientUnnamed, prev: st.unnamed, prevChanges: st.unnamedChanges, prevDeallocates: st.unnamedDeallocates, prevGen: st.gen - 1}
 			st.unnamed = append(st.unnamed[:0:0], msg...)
 			st.unnamedChanges, st.unnamedDeallocates = r.changes, r.deallocs
 			st.mu.Unlock()
 			sc.mu.Lock()
+			undo.prevOwner, undo.prevOwnerN = sc.unnamed, sc.unnamedN
 			sc.unnamed, sc.unnamedN = r, st.gen
 			sc.mu.Unlock()
 			st.record(undo)
@@ -782,28 +783,28 @@ func (r *relay) deallocateAll() {
 	r.sc.mu.Unlock()
 }
 
-// forgetUnnamed follows a simple Query, which drops the unnamed statement.
-// The connection's is forgotten now (it is prepared again if need be); the
-// client's once the server has run the Query (queryRan): after an error the
-// server skips Queries up to the next Sync, and they drop nothing. (A Bind
-// of the unnamed statement pipelined right behind a Query, with no Parse,
-// may then find the statement PostgreSQL would have dropped.)
+// forgetUnnamed follows a simple Query, which drops the unnamed statement
+// once the server runs it (queryRan): after an error the server skips
+// Queries up to the next Sync, and they drop nothing.
 func (r *relay) forgetUnnamed() {
 	r.stmts.mu.Lock()
 	r.queryGen = r.stmts.gen
 	r.stmts.mu.Unlock()
-	r.sc.mu.Lock()
-	r.sc.unnamed = nil
-	r.sc.mu.Unlock()
 }
 
-// queryRan follows a Query the server ran (its ReadyForQuery): it dropped
-// the unnamed statement the client had when it sent it (gen), unless the
-// client has parsed another since.
-func (st *statements) queryRan(gen uint64) {
+// queryRan follows a Query the server ran on sc (its ReadyForQuery): it
+// dropped the unnamed statement the client had when it sent it (gen), on sc
+// and for the client, unless the client has parsed another since.
+func (r *relay) queryRan(gen uint64, sc *serverConn) {
+	st := &r.stmts
 	st.mu.Lock()
 	if st.gen == gen {
 		st.unnamed = nil
 	}
 	st.mu.Unlock()
+	sc.mu.Lock()
+	if sc.unnamed == r && sc.unnamedN == gen {
+		sc.unnamed = nil
+	}
+	sc.mu.Unlock()
 }

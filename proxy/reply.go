@@ -233,7 +233,7 @@ func (r *relay) readyForQuery(size int, res replyResult) error {
 		r.stmts.dropUnit(res.unit, r.rsc, false)
 		r.stmts.unitEnded(res.unit, res.failed)
 		if res.msgType == 'Q' {
-			r.stmts.queryRan(res.gen)
+			r.queryRan(res.gen, r.rsc)
 		}
 		if !own {
 			// The client gets everything before the lease can end: the next

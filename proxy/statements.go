@@ -70,6 +70,11 @@ type replyEntry struct {
 	// Parse (and its flags) it closed or replaced.
 	prev                         []byte
 	prevChanges, prevDeallocates bool
+	// For effectClientUnnamed: the client's statements.gen before, and whose
+	// unnamed statement the connection held.
+	prevGen    uint64
+	prevOwner  *relay
+	prevOwnerN uint64
 }
 
 // clientStmt is a client's named statement.
@@ -241,7 +246,14 @@ func (st *statements) dropUnit(seq uint64, sc *serverConn, headFailed bool) {
 			} else {
 				delete(sc.prepared, e.server)
 			}
-		case effectUnnamed, effectClientUnnamed, effectClientUnnamedClose:
+		case effectClientUnnamed:
+			if !(i == st.head && headFailed) {
+				// Skipped: the connection keeps the unnamed statement it had.
+				sc.unnamed, sc.unnamedN = e.prevOwner, e.prevOwnerN
+				break
+			}
+			sc.unnamed = nil
+		case effectUnnamed, effectClientUnnamedClose:
 			sc.unnamed = nil // unknown: the next use prepares the client's again
 		}
 		switch e.kind {
@@ -261,6 +273,7 @@ func (st *statements) dropUnit(seq uint64, sc *serverConn, headFailed bool) {
 			}
 			// Skipped: the client's unnamed statement is the one before.
 			st.unnamed, st.unnamedChanges, st.unnamedDeallocates = e.prev, e.prevChanges, e.prevDeallocates
+			st.gen = e.prevGen
 		case effectClientUnnamedClose:
 			st.unnamed = e.prev
 		}
