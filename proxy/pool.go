@@ -53,7 +53,7 @@ type serverConn struct {
 	// exist on the connection.
 	ctxCount int
 
-	// mu guards the prepared-statement bookkeeping, which the response side
+	// mu guards the prepared-statement bookkeeping, which the reply side
 	// corrects when the upstream skips or fails a Parse or Close.
 	mu       sync.Mutex
 	prepared map[string]uint64 // server statement name → last use

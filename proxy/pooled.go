@@ -18,7 +18,7 @@ import (
 // ReadyForQuery that leaves the upstream idle ('I') with nothing else
 // outstanding.
 //
-// The request side (this client's goroutine) acquires. The response side
+// The request side (this client's goroutine) acquires. The reply side
 // is not a goroutine of the client's: it is the pooled connection's reader
 // (txPool.serve), which hands its replies to the relay while the relay is
 // attached, from the first unit of a lease until that idle point. The
@@ -38,7 +38,7 @@ type pooledState struct {
 	changes  bool // the guard's ChangesSettings for the message being relayed
 	deallocs bool // and its DeallocatesAll
 
-	// Guarded by leaseMu (with pending, when the response side detaches).
+	// Guarded by leaseMu (with pending, when the reply side detaches).
 	sc       *serverConn // held connection, nil between transactions
 	attached bool        // sc's reader hands its replies to this relay
 	writing  bool        // the request side writes to sc
@@ -46,11 +46,11 @@ type pooledState struct {
 	stopping bool        // the request side has ended
 
 	failOnce sync.Once
-	respErr  error // why the response side ended, once done is closed
+	respErr  error // why the reply side ended, once done is closed
 	stmts    statements
 
 	// An idle transaction-mode client holds no read or write buffer: the
-	// request side waits for its next bytes in park, the response side
+	// request side waits for its next bytes in park, the reply side
 	// takes a writer for the length of a lease.
 	prefix prefixReader
 
@@ -268,7 +268,7 @@ func (r *relay) attachLocked() {
 }
 
 // endWrite ends the request side's write section after a flush; the
-// connection goes back to the pool if the response side is done with it.
+// connection goes back to the pool if the reply side is done with it.
 func (r *relay) endWrite() {
 	// Outside a write section the request side has no upstream writer: the
 	// connection may be another client's by the next message.
@@ -281,7 +281,7 @@ func (r *relay) endWrite() {
 	r.leaseMu.Unlock()
 }
 
-// detachLocked is the response side's end of a lease, at a ReadyForQuery
+// detachLocked is the reply side's end of a lease, at a ReadyForQuery
 // that leaves nothing outstanding and the upstream idle. Caller holds leaseMu.
 func (r *relay) detachLocked() {
 	r.attached = false
@@ -298,7 +298,7 @@ func (r *relay) detachLocked() {
 		r.releaseLocked()
 	}
 	if r.stopping {
-		// The session is ending and waits for the response side.
+		// The session is ending and waits for the reply side.
 		r.failResponse(nil)
 	}
 }
@@ -365,7 +365,7 @@ func cancelAbandoned(t cancelTarget) {
 	_ = t.send(context.Background(), abandonedCancelTimeout)
 }
 
-// failResponse ends the response side with err (nil: a clean end): the
+// failResponse ends the reply side with err (nil: a clean end): the
 // client is told why, unless the request side ended first, and its
 // connection is closed so that the request side stops too.
 func (r *relay) failResponse(err error) {

@@ -911,7 +911,7 @@ func (r *relay) wake() {
 // timeout outside a transaction, the idle-in-transaction timeout inside one,
 // none while replies are outstanding (the client is waiting for us). Both
 // sides call it: the request side before it waits for the client, the
-// response side when the last reply is in.
+// reply side when the last reply is in.
 func (r *relay) armIdleTimeout() {
 	if r.idleTimeout == 0 && r.idleInTxTimeout == 0 {
 		return
@@ -939,7 +939,7 @@ func (r *relay) armIdleTimeout() {
 
 // armUpstreamTimeout sets the upstream read deadline while replies are owed
 // and clears it when none are. The request side calls it after sending, the
-// response side at every message and when the last reply is in.
+// reply side at every message and when the last reply is in.
 func (r *relay) armUpstreamTimeout(conn net.Conn) {
 	if r.upstreamTimeout == 0 {
 		return

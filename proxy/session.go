@@ -406,7 +406,7 @@ func (ss *session) run() {
 	}
 	ss.upstream.Close()
 	if first {
-		// The response side may be blocked writing to a client that no longer
+		// The reply side may be blocked writing to a client that no longer
 		// reads; what it still has to say does not matter now.
 		_ = ss.client.SetWriteDeadline(time.Now().Add(time.Second))
 	}
@@ -415,7 +415,7 @@ func (ss *session) run() {
 }
 
 // runPooled is run in transaction mode: the request side runs here, the
-// response side in the reader of whichever pooled connection the session
+// reply side in the reader of whichever pooled connection the session
 // holds.
 func (ss *session) runPooled() {
 	ss.endPooled(ss.catchPanic("client", ss.relay.clientToUpstream))
@@ -480,7 +480,7 @@ func (ss *session) finish(reqErr, respErr error, first bool) {
 		r.clientWriter()
 	}
 	if first && errors.As(reqErr, &pgErr) {
-		// The response side has returned: the client writer is ours now.
+		// The reply side has returned: the client writer is ours now.
 		_ = ss.client.SetWriteDeadline(time.Now().Add(time.Second))
 		_ = r.writeClient(errorResponse(pgErr))
 		_ = r.cw.Flush()
@@ -495,7 +495,7 @@ func (ss *session) finish(reqErr, respErr error, first bool) {
 	ss.s.observer().SessionEnd(ss.ident.Tenant, r.stats.fromClient, r.stats.toClient)
 }
 
-// reportEnd tells the client why the response side ended the session.
+// reportEnd tells the client why the reply side ended the session.
 func (r *relay) reportEnd(err error) {
 	var pgErr *pgconn.PgError
 	switch {

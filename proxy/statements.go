@@ -96,7 +96,7 @@ type statements struct {
 	gen                uint64 // which unnamed Parse that was
 
 	// mu guards replies, and byName and unnamed against undo by the
-	// response side; changed signals that replies were resolved.
+	// reply side; changed signals that replies were resolved.
 	mu         sync.Mutex
 	changed    chan struct{}
 	deallocSeq uint64 // the unit with a DEALLOCATE ALL, if any
@@ -193,7 +193,7 @@ func (st *statements) record(e replyEntry) {
 	st.mu.Unlock()
 }
 
-// reply tells the response side what to do with a ParseComplete or
+// reply tells the reply side what to do with a ParseComplete or
 // CloseComplete: the oldest recorded Parse or Close answers to it.
 func (st *statements) reply() replyAction {
 	st.mu.Lock()
