@@ -17,6 +17,9 @@ package e2e
 //	PGTENANT_FUZZ_TIME=60s     how long the random run lasts after the committed seeds (0: none)
 //	PGTENANT_FUZZ_SEED=N       run only seed N (reproduction), no committed seeds, no random run
 //	PGTENANT_FUZZ_MAXFAIL=5    stop the random run after this many failing seeds
+//	PGTENANT_FUZZ_BASE=N       draw the random run's seeds from N instead of the clock, so that
+//	                           a run can be repeated seed for seed (.ci/run sets it: CI is
+//	                           reproducible; long runs from the clock explore)
 //	PGTENANT_FUZZ_SELFCHECK=1  also play each sequence against PostgreSQL twice and compare
 //	                           (a difference there is a fuzzer bug: fix the normaliser or the corpus)
 //	PGTENANT_FUZZ_GEN=...      comma-separated generator restrictions, to look past a known
@@ -106,7 +109,15 @@ func TestDifferential(t *testing.T) {
 		play(seed)
 	}
 	start := time.Now()
-	r := rand.New(rand.NewPCG(uint64(time.Now().UnixNano()), 0))
+	base := uint64(time.Now().UnixNano())
+	if s := os.Getenv("PGTENANT_FUZZ_BASE"); s != "" {
+		n, err := strconv.ParseUint(s, 10, 64)
+		if err != nil {
+			t.Fatalf("PGTENANT_FUZZ_BASE: %v", err)
+		}
+		base = n
+	}
+	r := rand.New(rand.NewPCG(base, 0))
 	for time.Since(start) < budget {
 		if failed >= maxFail {
 			t.Logf("random run stopped after %d failing seeds (PGTENANT_FUZZ_MAXFAIL)", failed)

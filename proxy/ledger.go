@@ -381,7 +381,9 @@ func (l *ledger) lostLocked(res replyResult) replyResult {
 func (l *ledger) dropsSync() bool {
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	return l.state == stateCopyIn && l.copyData
+	// Whatever is still queued during a COPY ends it (CopyDone, CopyFail or
+	// another message): a Sync sent behind it is not among the data.
+	return l.state == stateCopyIn && l.copyData && len(l.queued()) == 0
 }
 
 // doneLocked ends the current message's replies.

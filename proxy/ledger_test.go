@@ -18,6 +18,7 @@ type ledgerStep struct {
 	want  string // for a reply: "client", "own", "end", "end-failed", "out-of-step", "lost", "async"
 	quiet bool   // after the step: ledger.quiet()
 	skips *bool  // after the step: ledger.skipsNext()
+	drops *bool  // after the step: ledger.dropsSync()
 }
 
 func runLedger(t *testing.T, steps []ledgerStep) (pending int32) {
@@ -68,6 +69,9 @@ func runLedger(t *testing.T, steps []ledgerStep) (pending int32) {
 			if st.want != "" && got != st.want {
 				t.Fatalf("step %d (reply %s): got %s, want %s", i, st.reply, got, st.want)
 			}
+		}
+		if st.drops != nil && l.dropsSync() != *st.drops {
+			t.Fatalf("step %d: dropsSync %v, want %v", i, l.dropsSync(), *st.drops)
 		}
 		if st.skips != nil && l.skipsNext() != *st.skips {
 			t.Fatalf("step %d: skipsNext %v, want %v", i, l.skipsNext(), *st.skips)
@@ -146,6 +150,10 @@ func TestLedger(t *testing.T) {
 		{"COPY failing on its data after a Sync among its data cannot be placed", []ledgerStep{
 			{send: "| !Q"}, {reply: "G"}, {send: "d | S d"}, {reply: "E:22P04", want: "lost"},
 		}, 1},
+		{"a Sync behind a CopyDone not yet answered is not among the data", []ledgerStep{
+			{send: "| P B !E"}, {reply: "1"}, {reply: "2"}, {reply: "G"}, {send: "d c", drops: &no}, {send: "S"},
+			{reply: "C"}, {reply: "Z", want: "end", quiet: true},
+		}, 0},
 		{"a Sync right behind the COPY is read before its data (libpq)", []ledgerStep{
 			{send: "| P B !E S"}, {reply: "1"}, {reply: "2"}, {reply: "G"},
 			{send: "d"}, {reply: "E:22P04"}, {send: "c | S"}, {reply: "Z", want: "end-failed", quiet: true},
