@@ -90,6 +90,9 @@ type ledger struct {
 	pending atomic.Int32 // units begun and not ended: written under mu
 	silentN atomic.Int32 // len(silent), read without mu
 	risk    atomic.Bool  // copyRisk, read without mu
+	// queries counts Query messages sent and not yet passed over or ended by
+	// their ReadyForQuery (queryAnswered, once the reply side has settled it).
+	queries atomic.Int32
 	// zOpen: a ReadyForQuery was placed and its unit not yet counted ended
 	// (unitDone): meanwhile nothing is quiet, or a waiter could see the
 	// server idle with the old transaction status.
@@ -166,6 +169,9 @@ func (l *ledger) appendLocked(m sentMsg) {
 	if m.mayCopy {
 		l.mayCopy++
 	}
+	if m.typ == 'Q' {
+		l.queries.Add(1)
+	}
 	l.q.msgs = append(l.q.msgs, m)
 }
 
@@ -236,6 +242,9 @@ func (l *ledger) passOverLocked(m sentMsg) {
 	if m.mayCopy {
 		l.mayCopy--
 	}
+	if m.typ == 'Q' {
+		l.queries.Add(-1)
+	}
 	switch m.typ {
 	case 'Q', 'F', 'S':
 		l.silent = append(l.silent, m.unit)
@@ -254,6 +263,9 @@ func (l *ledger) takeSilent(buf []uint64) []uint64 {
 	l.mu.Unlock()
 	return buf
 }
+
+// queryAnswered counts a Query's ReadyForQuery handled.
+func (l *ledger) queryAnswered() { l.queries.Add(-1) }
 
 // unitDone counts the end of a unit whose ReadyForQuery the reply side has
 // passed on, and returns how many are still pending. It is separate from
@@ -545,5 +557,6 @@ func (l *ledger) reset() {
 	l.silentN.Store(0)
 	l.risk.Store(false)
 	l.zOpen.Store(false)
+	l.queries.Store(0)
 	l.mu.Unlock()
 }

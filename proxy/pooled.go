@@ -680,6 +680,13 @@ func (r *relay) ensurePrepared(cs *clientStmt, seq uint64) error {
 // ensureUnnamed prepares the client's unnamed statement on the held
 // connection if the connection's unnamed statement is not the client's.
 func (r *relay) ensureUnnamed(seq uint64) error {
+	if r.ledger.queries.Load() > 0 {
+		// A Query not yet answered may drop the client's unnamed statement
+		// (queryRan): know first, or it would be prepared here again.
+		if err := r.await(untilNoQuery); err != nil {
+			return err
+		}
+	}
 	sc, st := r.sc, &r.stmts
 	st.mu.Lock()
 	unnamed, gen := st.unnamed, st.gen

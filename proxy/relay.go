@@ -827,6 +827,7 @@ const (
 	untilStatements                  // no Parse or Close of a unit before waitSeq unanswered
 	untilOnlyThisUnit                // no unit before the one under way pending, or the server needs the client
 	untilAnswered                    // every unit ended but a group with no Sync yet (no Flush sent: see Terminate)
+	untilNoQuery                     // no Query sent and not yet answered or passed over
 )
 
 func (r *relay) holds(w waitFor) bool {
@@ -841,6 +842,8 @@ func (r *relay) holds(w waitFor) bool {
 		return r.standaloneDone.Load()
 	case untilOnlyThisUnit:
 		return r.ledger.pending.Load() <= 1 || r.ledger.quiet()
+	case untilNoQuery:
+		return r.ledger.queries.Load() == 0 || r.ledger.quiet()
 	case untilAnswered:
 		open := int32(0)
 		if r.inGroup {

@@ -140,6 +140,9 @@ func (f *fakeUpstream) reply(typ byte, code string) {
 	res := r.ledger.reply(typ, code)
 	if res.endsUnit {
 		r.txStatus.Store(uint32(f.status))
+		if res.msgType == 'Q' {
+			r.ledger.queryAnswered()
+		}
 		r.ledger.unitDone()
 		if res.origin == fromStandalone {
 			r.standaloneDone.Store(true)

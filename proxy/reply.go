@@ -235,6 +235,11 @@ func (r *relay) readyForQuery(size int, res replyResult) error {
 		if res.msgType == 'Q' {
 			r.queryRan(res.gen, r.rsc)
 		}
+	}
+	if res.msgType == 'Q' {
+		r.ledger.queryAnswered()
+	}
+	if r.pooled() {
 		if !own {
 			// The client gets everything before the lease can end: the next
 			// lease's reader may write to it.
