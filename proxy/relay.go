@@ -320,6 +320,9 @@ func (r *relay) relayMessage(typ byte, size int) error {
 		}
 	}
 	step, inGroup := classifyClient(typ, r.inGroup, inCopy, typ == 'S' && r.ledger.dropsSync())
+	if typ == 'S' && step != stepDrop {
+		r.assertDue = nil // the group ends having run nothing that needed it
+	}
 	r.inGroup = inGroup
 	switch step {
 	case stepDrop:
@@ -641,6 +644,7 @@ func (r *relay) relayIntoCopy(typ byte, size int, msg, substitute []byte, peeked
 // and begins it. msg is the whole message when already read, refused when
 // the guard replaced it.
 func (r *relay) startUnit(typ byte, size int, msg []byte, refused, simple bool) error {
+	r.assertDue = nil // a group that ran nothing left its assertion unsent: it was that group's
 	// The text is only looked at when an assertion may be due: not on the
 	// common path of a statement inside a transaction block.
 	var text []byte
