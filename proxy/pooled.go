@@ -800,8 +800,10 @@ func (r *relay) forgetUnnamed() {
 }
 
 // queryRan follows a Query the server ran on sc (its ReadyForQuery): it
-// dropped the unnamed statement the client had when it sent it (gen), on sc
-// and for the client, unless the client has parsed another since.
+// dropped the unnamed statement the client had when it sent it (gen), and
+// the one sc held, unless the client has parsed another there since. An
+// unnamed statement sc holds for another client predates this lease, so
+// the Query dropped it too.
 func (r *relay) queryRan(gen uint64, sc *serverConn) {
 	st := &r.stmts
 	st.mu.Lock()
@@ -810,8 +812,8 @@ func (r *relay) queryRan(gen uint64, sc *serverConn) {
 	}
 	st.mu.Unlock()
 	sc.mu.Lock()
-	if sc.unnamed == r && sc.unnamedN == gen {
-		sc.unnamed = nil
+	if sc.unnamed != r || sc.unnamedN == gen {
+		sc.unnamed, sc.unnamedN = nil, 0
 	}
 	sc.mu.Unlock()
 }
