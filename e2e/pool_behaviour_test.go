@@ -27,8 +27,7 @@ func TestPoolRefusesSessionState(t *testing.T) {
 	superQuery(t, "GRANT TEMPORARY ON DATABASE app TO "+demo.RLSRole)
 	t.Cleanup(func() { superQuery(t, "REVOKE TEMPORARY ON DATABASE app FROM "+demo.RLSRole) })
 	for _, tc := range []struct{ sql, code, hint string }{
-		{"SET statement_timeout = '5s'", "0A000", "SET LOCAL"},
-		{"SET SESSION CHARACTERISTICS AS TRANSACTION READ ONLY", "0A000", ""},
+		{"SET idle_session_timeout = '5s'", "0A000", "limits.idle_timeout"},
 		{"LISTEN news", "0A000", ""},
 		{"CREATE TEMP TABLE scratch (x int)", "0A000", "ON COMMIT DROP"},
 		{"BEGIN; DECLARE c CURSOR WITH HOLD FOR SELECT 1; COMMIT", "0A000", ""},

@@ -727,3 +727,44 @@ func TestPoolPreparedEviction(t *testing.T) {
 	}
 	ppScenario(t, p, ppTenants, steps)
 }
+
+// DEALLOCATE name of a statement the client prepared at protocol level, as
+// psycopg 3 evicts from its cache: by simple Query and through the
+// extended protocol, on a connection that has the statement and on one the
+// other tenant wiped (DEALLOCATE ALL), of a statement that does not exist,
+// and in a failed transaction block. Both modes answer as PostgreSQL does.
+func TestPoolPreparedDeallocateByName(t *testing.T) {
+	dealloc := func(name string) *pgproto3.Query { return ppQuery("DEALLOCATE " + name) }
+	wipe := ppAs(ppB, ppOK("CommandComplete DEALLOCATE ALL"), ppQuery("DEALLOCATE ALL"))
+	eachPoolMode(t, func(t *testing.T, m poolMode) {
+		p := startProxy(t, m.config(1))
+		ppScenario(t, p, ppTenants[:2], []ppStep{
+			ppAs(ppA, ppOK("ParseComplete", ppRan(ppWhoRow(tenantA))), ppRun("s1", ppWho)...),
+			ppAs(ppA, ppOK("CommandComplete DEALLOCATE"), dealloc("s1")),
+			ppAs(ppA, ppFail("26000"), ppBind("s1"), ppExec(), ppSync()),
+			// The connection lost it to the other tenant's DEALLOCATE ALL.
+			ppAs(ppA, ppOK("ParseComplete", ppRan(ppWhoRow(tenantA))), ppRun("s2", ppWho)...),
+			wipe,
+			ppAs(ppA, ppOK("CommandComplete DEALLOCATE"), dealloc("PREPARE s2")),
+			// psycopg 3's own form: the unnamed statement, extended protocol.
+			ppAs(ppA, ppOK("ParseComplete", ppRan(ppWhoRow(tenantA))), ppRun("_pg3_0", ppWho)...),
+			wipe,
+			ppAs(ppA, ppOK("ParseComplete", "BindComplete", "CommandComplete DEALLOCATE"),
+				ppParse("", "DEALLOCATE _pg3_0"), ppBind(""), ppExec(), ppSync()),
+			ppAs(ppA, ppFail("26000"), ppBind("_pg3_0"), ppExec(), ppSync()),
+			// The same name prepared again is a new statement.
+			ppAs(ppA, ppOK("ParseComplete", ppRan(ppCountRow(tenantA))), ppRun("_pg3_0", ppCount)...),
+			ppAs(ppA, ppOK("CommandComplete DEALLOCATE"), dealloc("_pg3_0")),
+			// Nothing of that name, and pgtenant's own names: the server's error.
+			ppAs(ppA, ppFail("26000"), dealloc("nothing")),
+			ppAs(ppA, ppFail("26000"), dealloc("pgtenant_s0123456789abcdef")),
+			ppAs(ppB, ppOK("ParseComplete", ppRan(ppWhoRow(tenantB))), ppRun("b1", ppWho)...),
+			// In a failed block.
+			ppAs(ppA, ppOK("ParseComplete", ppRan(ppWhoRow(tenantA))), ppRun("s3", ppWho)...),
+			ppAs(ppA, nil, ppQuery("BEGIN; SELECT 1/0")),
+			ppAs(ppA, nil, dealloc("s3")),
+			ppAs(ppA, nil, ppQuery("ROLLBACK")),
+			ppAs(ppB, ppOK(ppRan(ppWhoRow(tenantB))), ppBind("b1"), ppExec(), ppSync()),
+		})
+	})
+}

@@ -305,14 +305,10 @@ func TestPoolRedTeamGuardSpellings(t *testing.T) {
 	a := p.pgconnect(t, tenantA)
 	b := p.pgconnect(t, tenantB)
 	for _, tc := range []struct{ sql, code string }{
-		// Session settings.
-		{"SET SESSION statement_timeout = 1", "0A000"},
-		{"SET TIME ZONE 'UTC'", "0A000"},
-		{"SET NAMES 'UTF8'", "0A000"},
-		{"SET SCHEMA 'public'", "0A000"},
-		{"SET XML OPTION DOCUMENT", "0A000"},
-		{"SET statement_timeout FROM CURRENT", "0A000"},
-		{"SET SESSION CHARACTERISTICS AS TRANSACTION ISOLATION LEVEL SERIALIZABLE", "0A000"},
+		// Session settings: idle_session_timeout would act on the idle
+		// pooled connection; a search_path naming pg_temp makes temporary tables.
+		{"SET idle_session_timeout = '1s'", "0A000"},
+		{"SET search_path = public, pg_temp", "0A000"},
 		{"BEGIN; SET LOCAL search_path = public, U&'pg\\005ftemp'; COMMIT", "0A000"},
 		{"BEGIN; SET LOCAL search_path = 'public,pg_temp_3'; COMMIT", "0A000"},
 		{"SELECT U&\"set\\005fconfig\"('app.tenant_id', 'x', false)", "42501"},
@@ -369,6 +365,10 @@ func TestPoolRedTeamGuardSpellings(t *testing.T) {
 		"BEGIN; CREATE TEMP TABLE t (i int) ON COMMIT DROP; CREATE VIEW v AS SELECT * FROM t; CREATE INDEX ON t (i); COMMIT",
 		"DISCARD ALL", "DISCARD PLANS", "DISCARD SEQUENCES", "DISCARD TEMP", "RESET ALL", "DEALLOCATE ALL",
 		"RESET statement_timeout", "UNLISTEN *", "SELECT pg_advisory_unlock_all()",
+		// Session settings are A's own, carried to its next transactions, never B's.
+		"SET SESSION statement_timeout = 100000", "SET TIME ZONE 'Asia/Tokyo'", "SET NAMES 'UTF8'", "SET SCHEMA 'public'",
+		"SET XML OPTION DOCUMENT", "SET statement_timeout FROM CURRENT",
+		"SET SESSION CHARACTERISTICS AS TRANSACTION ISOLATION LEVEL SERIALIZABLE",
 		"BEGIN; SET LOCAL statement_timeout = 1000; SET LOCAL search_path = public; COMMIT",
 	} {
 		if err := rtExecErr(a, sql); err != nil {

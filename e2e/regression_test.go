@@ -135,7 +135,7 @@ func TestProtocolCorners(t *testing.T) {
 				{list(q(";")), 1},
 			}},
 		}
-		if !m.tx { // SET without LOCAL is refused in transaction mode
+		if !m.tx { // transaction mode refuses SET idle_session_timeout: it would act on the idle pooled connection
 			tests = append(tests, struct {
 				desc  string
 				steps []countedStep

@@ -55,6 +55,14 @@ type Verdict struct {
 	// connection's committed settings are then no longer the ones pgtenant
 	// applied for its holder.
 	ChangesSettings bool
+	// Deallocate is the statement a pooled guard's allowed text, a lone
+	// DEALLOCATE name, deallocates: the relay names it upstream as it does
+	// the client's protocol-level statements.
+	Deallocate string
+	// CustomSettings are the custom (dotted) names an allowed text sets at
+	// session level, by pooled guards only: the server's pg_settings does
+	// not list them, so the relay reads them back by name.
+	CustomSettings []string
 }
 
 // Guard checks statement texts against a Policy. It is safe for concurrent use.
@@ -146,7 +154,7 @@ func (g *Guard) full(sql string, simple bool) Verdict {
 	// The first pool-mode refusal is held back until every statement has
 	// passed the other checks, so a refusal for security reasons wins.
 	var pooledErr *pgconn.PgError
-	for _, raw := range tree.Stmts {
+	for i, raw := range tree.Stmts {
 		if raw.Stmt == nil {
 			continue
 		}
@@ -156,8 +164,10 @@ func (g *Guard) full(sql string, simple bool) Verdict {
 			return Verdict{Err: c.err}
 		}
 		if c.resets {
-			if !simple || len(tree.Stmts) != 1 {
-				return Verdict{Err: refused(fmt.Sprintf("permission denied: %s must be sent as a simple query of its own through pgtenant", c.resetName),
+			// Drivers' reset strings end with it (asyncpg: SELECT
+			// pg_advisory_unlock_all(); CLOSE ALL; UNLISTEN *; RESET ALL).
+			if !simple || i != len(tree.Stmts)-1 {
+				return Verdict{Err: refused(fmt.Sprintf("permission denied: %s must be the last statement of a simple query through pgtenant", c.resetName),
 					"pgtenant re-asserts the tenant context right after it; that is only possible when nothing else runs in between.")}
 			}
 			v.ResetsContext = true
@@ -167,6 +177,15 @@ func (g *Guard) full(sql string, simple bool) Verdict {
 		}
 		v.DeallocatesAll = v.DeallocatesAll || c.deallocatesAll
 		v.ChangesSettings = v.ChangesSettings || c.changesSettings
+		v.CustomSettings = append(v.CustomSettings, c.customSettings...)
+		if c.deallocate != "" {
+			if len(tree.Stmts) != 1 && pooledErr == nil {
+				pooledErr = &pgconn.PgError{Severity: "ERROR", Code: CodeNotSupported,
+					Message: "DEALLOCATE of a single statement must be sent alone in transaction pool mode",
+					Hint:    "Send DEALLOCATE name as a statement of its own, or close the statement with a protocol-level Close."}
+			}
+			v.Deallocate = c.deallocate
+		}
 	}
 	if pooledErr != nil {
 		return Verdict{Err: pooledErr}
@@ -205,6 +224,8 @@ type checker struct {
 	pooledErr       *pgconn.PgError
 	deallocatesAll  bool
 	changesSettings bool
+	customSettings  []string
+	deallocate      string
 	dropsOnCommit   *pg_query.RangeVar // the temporary table an ON COMMIT DROP creates
 }
 

@@ -76,7 +76,8 @@ var refusedSQL = []string{
 	"SELECT query_to_xml('SELECT set_config(''app.tenant_id'', ''x'', false)', true, true, '')",
 	"SELECT ts_stat('SELECT 1')",
 	"RESET ALL; SELECT * FROM projects",
-	"SELECT 1; DISCARD ALL",
+	"DISCARD ALL; SELECT 1",
+	"RESET ALL; RESET ALL",
 	"CREATE OPERATOR === (FUNCTION = set_config, LEFTARG = text, RIGHTARG = text)",
 	"SET standard_conforming_strings = off",
 	"SET standard_conforming_strings TO false",
@@ -151,7 +152,8 @@ func TestGuardAllows(t *testing.T) {
 
 func TestGuardResets(t *testing.T) {
 	g := newTestGuard()
-	for _, sql := range []string{"RESET ALL", "discard all", "DISCARD ALL;"} {
+	for _, sql := range []string{"RESET ALL", "discard all", "DISCARD ALL;",
+		"SELECT pg_advisory_unlock_all(); CLOSE ALL; UNLISTEN *; RESET ALL;"} {
 		v := g.CheckQuery([]byte(sql))
 		if v.Err != nil || !v.ResetsContext {
 			t.Errorf("%s as a simple query: %+v, want allowed with ResetsContext", sql, v)
@@ -283,19 +285,22 @@ var pooledCases = []struct {
 	{sql: "SELECT schema_to_xml('pg_catalog', true, false, '')", pooled: CodeRefused},
 	{sql: "SELECT setseed(0.42)", pooled: CodeNotSupported},
 	{sql: "SELECT random()"},
-	// 1. Session-level SET.
-	{sql: "SET statement_timeout = '5s'", pooled: CodeNotSupported},
-	{sql: "SET SESSION statement_timeout = '5s'", pooled: CodeNotSupported},
-	{sql: "set search_path to public", pooled: CodeNotSupported},
-	{sql: "SET SCHEMA 'public'", pooled: CodeNotSupported},
-	{sql: "SET TIME ZONE 'UTC'", pooled: CodeNotSupported},
-	{sql: "SET NAMES 'LATIN1'", pooled: CodeNotSupported},
-	{sql: "SET work_mem TO DEFAULT", pooled: CodeNotSupported},
-	{sql: "SET work_mem FROM CURRENT", pooled: CodeNotSupported},
-	{sql: "SET myapp.flag = 'on'", pooled: CodeNotSupported},
-	{sql: "SELECT 1; SET work_mem = '64MB'", pooled: CodeNotSupported},
-	{sql: "BEGIN; SET work_mem = '64MB'; COMMIT", pooled: CodeNotSupported},
-	{sql: "SET SESSION CHARACTERISTICS AS TRANSACTION ISOLATION LEVEL SERIALIZABLE", pooled: CodeNotSupported},
+	// 1. Session-level SET: carried by the relay, reported as changing settings.
+	{sql: "SET statement_timeout = '5s'", changes: true},
+	{sql: "SET SESSION statement_timeout = '5s'", changes: true},
+	{sql: "set search_path to public", changes: true},
+	{sql: "SET SCHEMA 'public'", changes: true},
+	{sql: "SET TIME ZONE 'UTC'", changes: true},
+	{sql: "SET NAMES 'LATIN1'", changes: true},
+	{sql: "SET work_mem TO DEFAULT", changes: true},
+	{sql: "SET work_mem FROM CURRENT", changes: true},
+	{sql: "SET myapp.flag = 'on'", changes: true},
+	{sql: "SELECT 1; SET work_mem = '64MB'", changes: true},
+	{sql: "BEGIN; SET work_mem = '64MB'; COMMIT", changes: true},
+	{sql: "SET SESSION CHARACTERISTICS AS TRANSACTION ISOLATION LEVEL SERIALIZABLE", changes: true},
+	// ... but not one the server would apply to the connection idle in the pool.
+	{sql: "SET idle_session_timeout = '1s'", pooled: CodeNotSupported},
+	{sql: "SET search_path = pg_temp, public", pooled: CodeNotSupported},
 	{sql: "SET LOCAL search_path = pg_temp, public", pooled: CodeNotSupported},
 	{sql: `SET LOCAL search_path = 'public, "pg_temp"'`, pooled: CodeNotSupported},
 	{sql: "SET LOCAL search_path = public, PG_TEMP_3", pooled: CodeNotSupported},
@@ -375,8 +380,8 @@ var pooledCases = []struct {
 	// 5. SQL-level prepared statements.
 	{sql: "PREPARE p AS SELECT * FROM projects WHERE id = $1", pooled: CodeNotSupported},
 	{sql: "prepare p (int) as select $1", pooled: CodeNotSupported},
-	{sql: "DEALLOCATE p", pooled: CodeNotSupported},
-	{sql: "DEALLOCATE PREPARE p", pooled: CodeNotSupported},
+	{sql: "DEALLOCATE p"},
+	{sql: "DEALLOCATE PREPARE p"},
 	{sql: "DEALLOCATE ALL", deallocates: true},
 	{sql: "deallocate prepare all", deallocates: true},
 	{sql: "SELECT 1; DEALLOCATE ALL; SELECT 2", deallocates: true},
@@ -452,9 +457,18 @@ func TestPooled(t *testing.T) {
 
 func TestPooledMessages(t *testing.T) {
 	g := newPooledGuard()
-	v := g.CheckQuery([]byte("SET work_mem = '64MB'"))
-	if v.Err == nil || v.Err.Message != "SET without LOCAL is not supported in transaction pool mode" || !strings.Contains(v.Err.Hint, "SET LOCAL") {
-		t.Errorf("SET: %+v", v.Err)
+	v := g.CheckQuery([]byte("SET idle_session_timeout = '5s'"))
+	if v.Err == nil || v.Err.Message != "SET idle_session_timeout is not supported in transaction pool mode" || !strings.Contains(v.Err.Hint, "limits.idle_timeout") {
+		t.Errorf("SET idle_session_timeout: %+v", v.Err)
+	}
+	if v := g.CheckParse([]byte("DEALLOCATE _pg3_7")); v.Err != nil || v.Deallocate != "_pg3_7" {
+		t.Errorf("DEALLOCATE name: %+v", v)
+	}
+	if v := g.CheckQuery([]byte("DEALLOCATE a; SELECT 1")); v.Err == nil || v.Err.Code != CodeNotSupported {
+		t.Errorf("DEALLOCATE name among other statements: %+v", v)
+	}
+	if v := g.CheckQuery([]byte("SET myapp.Flag = 'x'; SET work_mem = '1MB'")); v.Err != nil || !v.ChangesSettings || len(v.CustomSettings) != 1 || v.CustomSettings[0] != "myapp.flag" {
+		t.Errorf("custom SET: %+v", v)
 	}
 	v = g.CheckQuery([]byte("SELECT * FROM pg_prepared_statements"))
 	if v.Err == nil || v.Err.Message != "permission denied: pg_prepared_statements shows other clients' statements in transaction pool mode" {
@@ -473,17 +487,18 @@ func TestPooledResets(t *testing.T) {
 	for _, tc := range []struct {
 		sql         string
 		deallocates bool
-	}{{"RESET ALL", false}, {"discard all", true}, {"DISCARD ALL;", true}} {
+	}{{"RESET ALL", false}, {"discard all", true}, {"DISCARD ALL;", true},
+		{"SELECT pg_advisory_unlock_all(); CLOSE ALL; UNLISTEN *; RESET ALL;", false}, {"SELECT 1; DISCARD ALL", true}} {
 		v := g.CheckQuery([]byte(tc.sql))
 		if v.Err != nil || !v.ResetsContext || !v.ChangesSettings || v.DeallocatesAll != tc.deallocates {
 			t.Errorf("%s as a simple query: %+v, want allowed with ResetsContext, ChangesSettings, DeallocatesAll %v", tc.sql, v, tc.deallocates)
 		}
-		if pv := g.CheckParse([]byte(tc.sql)); pv.Err == nil || pv.Err.Code != CodeRefused {
+		if pv := g.CheckParse([]byte(tc.sql)); pv.Err == nil || pv.Err.Code != CodeRefused && pv.Err.Code != CodeSyntaxError {
 			t.Errorf("%s through Parse: %+v, want refused", tc.sql, pv)
 		}
 	}
-	if v := g.CheckQuery([]byte("SELECT 1; DISCARD ALL")); v.Err == nil || v.Err.Code != CodeRefused {
-		t.Errorf("DISCARD ALL after another statement: %+v", v)
+	if v := g.CheckQuery([]byte("DISCARD ALL; SELECT 1")); v.Err == nil || v.Err.Code != CodeRefused {
+		t.Errorf("DISCARD ALL before another statement: %+v", v)
 	}
 }
 

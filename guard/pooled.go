@@ -2,10 +2,11 @@ package guard
 
 // Transaction pool mode. A pooled session's upstream connection serves other
 // clients, of other tenants, between that session's transactions. Whatever a
-// statement leaves on the connection beyond its transaction (session settings,
-// LISTEN registrations, temporary objects, holdable cursors, SQL prepared
+// statement leaves on the connection beyond its transaction (LISTEN
+// registrations, temporary objects, holdable cursors, SQL prepared
 // statements, session advisory locks) would leak into, or get in the way of,
 // whoever gets the connection next, so a pooled guard refuses it as well.
+// Session settings are the exception: the relay carries them per client.
 //
 // These checks only ever add a refusal and never stop the walk: the general
 // checks still see every node, and their refusals take precedence (full
@@ -24,10 +25,7 @@ import (
 // DECLARE ... WITH HOLD sets in DeclareCursorStmt.options.
 const cursorOptHold = 0x0020
 
-const (
-	setHint  = "Use SET LOCAL inside a transaction block, or set it as a startup parameter (options=-c name=value), which pgtenant re-applies to every transaction."
-	tempHint = "Create temporary tables with ON COMMIT DROP, or use a session-mode connection."
-)
+const tempHint = "Create temporary tables with ON COMMIT DROP, or use a session-mode connection."
 
 // sessionAdvisoryLocks are the advisory-lock functions whose locks outlive
 // the transaction. The _xact_ forms and the unlock functions are harmless.
@@ -132,11 +130,13 @@ func (c *checker) visitPooled(m protoreflect.Message) {
 	case *pg_query.DeallocateStmt:
 		// pg_query 6 marks DEALLOCATE ALL with isall; older trees left the
 		// name empty, and a real name cannot be empty.
+		// DEALLOCATE name closes a statement the client prepared at
+		// protocol level (psycopg 3 evicts from its cache so): the relay
+		// sends it under the statement's upstream name.
 		if n.Isall || n.Name == "" {
 			c.deallocatesAll = true
 		} else {
-			c.notSupported("DEALLOCATE of a single statement is not supported in transaction pool mode",
-				"Use protocol-level prepared statements (Parse/Bind, Close), which pgtenant carries across connections; DEALLOCATE ALL is supported.")
+			c.deallocate = n.Name
 		}
 	case *pg_query.DiscardStmt:
 		if n.Target == pg_query.DiscardMode_DISCARD_ALL {
@@ -146,26 +146,34 @@ func (c *checker) visitPooled(m protoreflect.Message) {
 	c.pgTempNames(m)
 }
 
-// pooledSet refuses SETs whose effect outlives the transaction.
+// pooledSet follows SETs whose effect outlives the transaction. pgtenant
+// carries them as the client's own settings (applied whenever it holds a
+// connection, reset before anyone else holds it), so they are allowed, and
+// reported as changing settings: the relay then reads the client's settings
+// back when the transaction is over.
 func (c *checker) pooledSet(n *pg_query.VariableSetStmt) {
 	switch n.Kind {
 	case pg_query.VariableSetKind_VAR_RESET, pg_query.VariableSetKind_VAR_RESET_ALL:
-		// Allowed (the next transaction's settings are applied again), but
-		// what is committed on the connection changes.
 		c.changesSettings = true
 	case pg_query.VariableSetKind_VAR_SET_VALUE, pg_query.VariableSetKind_VAR_SET_DEFAULT, pg_query.VariableSetKind_VAR_SET_CURRENT:
-		if !n.IsLocal {
-			c.notSupported("SET without LOCAL is not supported in transaction pool mode", setHint)
+		if n.IsLocal {
+			break
+		}
+		if strings.EqualFold(n.Name, "idle_session_timeout") {
+			c.notSupported("SET idle_session_timeout is not supported in transaction pool mode",
+				"The server would apply it to the shared connection while it sits idle in the pool, not to this client; use pgtenant's limits.idle_timeout.")
 			return
+		}
+		c.changesSettings = true
+		if strings.Contains(n.Name, ".") {
+			c.customSettings = append(c.customSettings, strings.ToLower(n.Name))
 		}
 	case pg_query.VariableSetKind_VAR_SET_MULTI:
 		// SET TRANSACTION and SET TRANSACTION SNAPSHOT end with the
 		// transaction; SET SESSION CHARACTERISTICS sets the session's
 		// default_transaction_* (unless LOCAL, which makes it transaction-scoped).
 		if n.Name == "SESSION CHARACTERISTICS" && !n.IsLocal {
-			c.notSupported("SET SESSION CHARACTERISTICS is not supported in transaction pool mode",
-				"Use SET TRANSACTION inside each transaction block, or set default_transaction_isolation and the like as startup parameters (options=-c name=value), which pgtenant re-applies to every transaction.")
-			return
+			c.changesSettings = true
 		}
 	}
 	// With pg_temp first in search_path (or only preceded by schemas that do

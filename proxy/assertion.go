@@ -84,7 +84,78 @@ type setting struct{ name, value string }
 
 // setStatement is the statement that sets one setting.
 func setStatement(st setting) string {
+	if listSettings[asciiLower(st.name)] {
+		// SET search_path TO 'a, b' would name one schema "a, b": a list
+		// setting takes its elements one by one.
+		if names, ok := splitIdentifierList(st.value); ok {
+			for i, n := range names {
+				names[i] = `"` + strings.ReplaceAll(n, `"`, `""`) + `"`
+			}
+			return "SET " + st.name + " TO " + strings.Join(names, ", ")
+		}
+	}
 	return "SET " + st.name + " TO " + quoteLiteral(st.value)
+}
+
+// listSettings hold lists of identifiers (GUC_LIST_QUOTE in PostgreSQL).
+var listSettings = map[string]bool{
+	"search_path":               true,
+	"temp_tablespaces":          true,
+	"local_preload_libraries":   true,
+	"session_preload_libraries": true,
+}
+
+// splitIdentifierList splits a list setting's value as PostgreSQL's
+// SplitIdentifierString does: comma-separated identifiers, double-quoted
+// ones with "" for a quote, the others folded to lower case. It reports
+// false for an empty list or one the server would reject.
+func splitIdentifierList(value string) ([]string, bool) {
+	var names []string
+	isSpace := func(c byte) bool { return c == ' ' || c == '\t' || c == '\n' || c == '\r' || c == '\f' || c == '\v' }
+	i := 0
+	for {
+		for i < len(value) && isSpace(value[i]) {
+			i++
+		}
+		var name strings.Builder
+		if i < len(value) && value[i] == '"' {
+			for i++; ; i++ {
+				if i >= len(value) {
+					return nil, false // unterminated
+				}
+				if value[i] == '"' {
+					if i+1 < len(value) && value[i+1] == '"' {
+						i++
+					} else {
+						i++
+						break
+					}
+				}
+				name.WriteByte(value[i])
+			}
+		} else {
+			for ; i < len(value) && value[i] != ',' && !isSpace(value[i]); i++ {
+				name.WriteByte(value[i])
+			}
+			n := asciiLower(name.String())
+			name.Reset()
+			name.WriteString(n)
+		}
+		if name.Len() == 0 {
+			return nil, false
+		}
+		names = append(names, name.String())
+		for i < len(value) && isSpace(value[i]) {
+			i++
+		}
+		if i == len(value) {
+			return names, true
+		}
+		if value[i] != ',' {
+			return nil, false
+		}
+		i++
+	}
 }
 
 // setStatements is settings as one simple-query string.

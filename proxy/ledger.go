@@ -42,6 +42,8 @@ const (
 	fromAssertSimple               // the same ahead of a Query or FunctionCall
 	fromStandalone                 // pgtenant's standalone assertion, its Sync included: all hidden
 	fromReassert                   // the same behind RESET ALL / DISCARD ALL: nobody waits for it
+	fromReadback                   // the client's settings read back (carried.go): rows taken, the rest hidden
+	fromPrepare                    // a client statement prepared ahead of its DEALLOCATE, with a Sync: hidden
 	fromOwn                        // other messages of pgtenant's with no reply (Flush)
 )
 
@@ -531,16 +533,18 @@ func (l *ledger) skipsNext() bool {
 	return l.state == stateSkip && !l.hasCur && len(l.queued()) == 0
 }
 
-// answering reports whether the reply side is in the middle of answering
-// pgtenant's own messages (a ParameterStatus then is the assertion's).
-func (l *ledger) answeringOwn() bool {
+// answering is the origin of the message the reply side is answering
+// (a ParameterStatus while it answers pgtenant's own is the assertion's).
+func (l *ledger) answering() origin {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	if l.hasCur {
-		return l.cur.origin.own()
+		return l.cur.origin
 	}
-	q := l.queued()
-	return len(q) > 0 && q[0].origin.own()
+	if q := l.queued(); len(q) > 0 {
+		return q[0].origin
+	}
+	return fromClient
 }
 
 // reset forgets everything: the connection is gone or the lease is over.

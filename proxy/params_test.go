@@ -75,3 +75,21 @@ func TestStartupPolicy(t *testing.T) {
 		}
 	}
 }
+
+func TestSetStatementOfListSettings(t *testing.T) {
+	for _, tc := range []struct{ name, value, want string }{
+		{"search_path", `public, pg_catalog`, `SET search_path TO "public", "pg_catalog"`},
+		{"search_path", `"$user", public`, `SET search_path TO "$user", "public"`},
+		{"search_path", `Public,"My ""Schema"""`, `SET search_path TO "public", "My ""Schema"""`},
+		{"search_path", `user`, `SET search_path TO "user"`},
+		{"search_path", `a; DROP TABLE t`, `SET search_path TO 'a; DROP TABLE t'`},
+		{"search_path", `"unterminated`, `SET search_path TO '"unterminated'`},
+		{"search_path", ``, `SET search_path TO ''`},
+		{"search_path", `a,,b`, `SET search_path TO 'a,,b'`},
+		{"work_mem", `64MB`, `SET work_mem TO '64MB'`},
+	} {
+		if got := setStatement(setting{name: tc.name, value: tc.value}); got != tc.want {
+			t.Errorf("%s = %q: %s, want %s", tc.name, tc.value, got, tc.want)
+		}
+	}
+}

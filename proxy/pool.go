@@ -34,12 +34,12 @@ type serverConn struct {
 	used    time.Time // last release
 
 	// dirtyKey names the context settings a committed transaction may have
-	// left on the connection (the last holder's), and dirtyReset is the
-	// query that resets them. A client with other settings gets the
-	// connection only after that reset has committed: otherwise a ROLLBACK
-	// of its own assertion would bring the previous holder's tenant back.
-	dirtyKey   string
-	dirtyReset string
+	// left on the connection (the last holder's; changedKey while a holder's
+	// own SETs are not yet read back). A client with other settings gets
+	// the connection only after serverResetQuery has committed: otherwise a
+	// ROLLBACK of its own assertion would bring the previous holder's
+	// tenant back.
+	dirtyKey string
 
 	// settled is the context key whose settings pgtenant itself committed on
 	// the connection, in a round trip of its own, with nothing since that
@@ -116,18 +116,13 @@ type poolContext struct {
 	settled    assertion // the context settings, through ctxPrepare's statements
 	ctxPrepare []byte
 	ctxCount   int // statements ctxPrepare prepares
-	resetQuery string
 	refs       int // sessions using it
 }
 
 // takeContext returns the shared context of settings, whose first
-// startupN are startup parameters and the rest the tenant context.
-// Each session drops it when it ends.
-//
-// protected names the settings any holder's reset covers besides its own
-// (the tenant setting, signature, claim settings, role), so that nothing a
-// holder managed to set under those names survives it.
-func (p *txPool) takeContext(settings []setting, startupN int, protected []string) *poolContext {
+// startupN are the client's own (startup parameters and carried SETs) and
+// the rest the tenant context. Each session drops it when it ends.
+func (p *txPool) takeContext(settings []setting, startupN int) *poolContext {
 	key := setStatements(settings)
 	p.ctxMu.Lock()
 	defer p.ctxMu.Unlock()
@@ -135,7 +130,7 @@ func (p *txPool) takeContext(settings []setting, startupN int, protected []strin
 		pc.refs++
 		return pc
 	}
-	pc := &poolContext{key: key, assertion: newAssertion(settings), resetQuery: resetQueryFor(settings, protected), refs: 1}
+	pc := &poolContext{key: key, assertion: newAssertion(settings), refs: 1}
 	pc.settled, pc.ctxPrepare = newPreparedAssertion(settings[startupN:])
 	pc.ctxCount = len(settings) - startupN
 	p.contexts[key] = pc
@@ -363,7 +358,7 @@ func (p *txPool) prepare(sc *serverConn, pc *poolContext) error {
 	// context statements.
 	sql := key
 	if needReset {
-		sql = sc.dirtyReset + "; " + key
+		sql = serverResetQuery + "; " + key
 	}
 	// Every context statement a previous holder had is closed first: one it
 	// had and this holder has not must not stay behind.
@@ -377,7 +372,7 @@ func (p *txPool) prepare(sc *serverConn, pc *poolContext) error {
 	var pgErr *pgconn.PgError
 	switch {
 	case err == nil:
-		sc.dirtyKey, sc.dirtyReset, sc.settled, sc.ctxCount = key, "", key, pc.ctxCount
+		sc.dirtyKey, sc.settled, sc.ctxCount = key, key, pc.ctxCount
 		return nil
 	case !errors.As(err, &pgErr):
 		return err
@@ -387,10 +382,10 @@ func (p *txPool) prepare(sc *serverConn, pc *poolContext) error {
 	// connection still needs the reset.
 	sc.settled = ""
 	if needReset {
-		if _, err := p.roundTrip(sc, encodeQuery(sc.dirtyReset), p.cfg.WaitTimeout.Duration); err != nil {
+		if _, err := p.roundTrip(sc, encodeQuery(serverResetQuery), p.cfg.WaitTimeout.Duration); err != nil {
 			return err
 		}
-		sc.dirtyKey, sc.dirtyReset = "", ""
+		sc.dirtyKey = ""
 	}
 	return nil
 }
@@ -647,16 +642,15 @@ func (p *txPool) cacheStatuses(paramsKey string, m map[string]string) {
 // checks that the settings apply and returns the parameter statuses a
 // client with those settings is to be told.
 func (p *txPool) learnStatuses(tenant string, pc *poolContext, assertion []byte, timeout time.Duration) (map[string]string, error) {
-	ctxKey, resetQuery := pc.key, pc.resetQuery
 	sc, err := p.acquire(nil, tenant, pc)
 	if err != nil {
 		return nil, err
 	}
-	sc.dirtyKey, sc.dirtyReset = ctxKey, resetQuery
+	sc.dirtyKey = pc.key
 	// The server reports a setting only when its value changes, and acquire
 	// may have committed these settings already: take them back first, so
 	// that the assertion reports every one of them.
-	_, err = p.roundTrip(sc, encodeQuery(resetQuery), timeout)
+	_, err = p.roundTrip(sc, encodeQuery(serverResetQuery), timeout)
 	var statuses map[string]string
 	if err == nil {
 		statuses, err = p.roundTrip(sc, assertion, timeout)

@@ -11,6 +11,8 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"github.com/jackc/pgx/v5/pgproto3"
 )
 
 // Transaction mode: the relay leases an upstream connection from the pool
@@ -35,8 +37,15 @@ type pooledState struct {
 	// pctx is this client's settings, shared with the sessions that have the
 	// same: pctx.key names them (serverConn.dirtyKey, settled).
 	pctx     *poolContext
-	changes  bool // the guard's ChangesSettings for the message being relayed
-	deallocs bool // and its DeallocatesAll
+	changes  bool   // the guard's ChangesSettings for the message being relayed
+	deallocs bool   // and its DeallocatesAll
+	dealloc  string // and its Deallocate
+
+	// The client's own settings (carried.go): startup are its startup
+	// parameters, context the tenant context asserted after them.
+	startup, context []setting
+	carryRules       *carryRules
+	carry            carryState
 
 	// Guarded by leaseMu (with pending, when the reply side detaches).
 	sc       *serverConn // held connection, nil between transactions
@@ -188,26 +197,18 @@ func (r *relay) clientWriter() *bufio.Writer {
 // pooled reports whether the relay runs in transaction mode.
 func (r *relay) pooled() bool { return r.pool != nil }
 
-// resetQueryFor builds the SQL that resets settings and the protected
-// names.
-func resetQueryFor(settings []setting, protected []string) string {
-	stmts := make([]string, 0, len(settings)+len(protected)+1)
-	seen := map[string]bool{}
-	for _, st := range settings {
-		stmts = append(stmts, "RESET "+st.name)
-		seen[strings.ToLower(st.name)] = true
-	}
-	for _, name := range protected {
-		if !seen[strings.ToLower(name)] {
-			stmts = append(stmts, "RESET "+name)
-			seen[strings.ToLower(name)] = true
-		}
-	}
-	// lastval() and currval() would show the next holder this client's
-	// sequence values.
-	stmts = append(stmts, "DISCARD SEQUENCES")
-	return strings.Join(stmts, "; ")
-}
+// serverResetQuery takes a pooled connection back to its own settings
+// before a client with other settings holds it: every session-level
+// setting the last holder had (its startup parameters, its carried SETs,
+// the tenant context) goes. RESET ALL leaves the role alone (GUC_NO_RESET_ALL
+// in PostgreSQL), hence RESET ROLE. lastval() and currval() would show the
+// next holder this client's sequence values.
+const serverResetQuery = "RESET ALL; RESET ROLE; DISCARD SEQUENCES"
+
+// changedKey marks a connection whose holder changed its own settings in a
+// way not yet read back (carried.go): whoever holds it next, whatever its
+// key, gets it reset first.
+const changedKey = "\x00changed"
 
 // leaseFor makes sure the request side may write a message of type typ
 // upstream. It returns false when the message has nowhere to go and is
@@ -237,7 +238,7 @@ func (r *relay) leaseFor(typ byte, startsUnit bool) (bool, error) {
 	if err != nil {
 		return false, err
 	}
-	sc.dirtyKey, sc.dirtyReset = r.pctx.key, r.pctx.resetQuery
+	sc.dirtyKey = r.pctx.key
 	r.leaseMu.Lock()
 	if r.draining.Load() {
 		r.leaseMu.Unlock()
@@ -600,7 +601,7 @@ func (r *relay) relayBind(size int) error {
 		deallocates := st.unnamedDeallocates && st.unnamed != nil
 		st.mu.Unlock()
 		if changes {
-			r.sc.settled = ""
+			r.noteSettingsChange()
 		}
 		if err := r.ensureUnnamed(seq); err != nil {
 			return err
@@ -618,7 +619,7 @@ func (r *relay) relayBind(size int) error {
 	case cs != nil:
 		client = cs.client
 		if cs.changes {
-			r.sc.settled = ""
+			r.noteSettingsChange()
 		}
 		if err := r.ensurePrepared(cs, seq); err != nil {
 			return err
@@ -816,4 +817,60 @@ func (r *relay) queryRan(gen uint64, sc *serverConn) {
 		sc.unnamed, sc.unnamedN = nil, 0
 	}
 	sc.mu.Unlock()
+}
+
+// deallocateOne relays a client's DEALLOCATE name (msg, a lone statement
+// in a Query or Parse) under the statement's upstream name, preparing it
+// first, in a round trip of pgtenant's own, where the held connection lacks
+// it: the server then answers as it would the client's own session (the
+// command tag, or the error of a failed transaction block). It returns the
+// message to relay instead.
+//
+// The client's name goes now: a DEALLOCATE the server then refuses (in a
+// failed block) leaves the statement gone for the client too, where
+// PostgreSQL would keep it.
+func (r *relay) deallocateOne(msg []byte, peeked bool) ([]byte, bool, error) {
+	st, name := &r.stmts, r.dealloc
+	st.mu.Lock()
+	cs := st.byName[name]
+	if cs != nil {
+		delete(st.byName, name)
+	}
+	st.mu.Unlock()
+	var server string
+	switch {
+	case cs != nil:
+		server = cs.server
+	case strings.HasPrefix(name, serverStmtPrefix):
+		server = serverStmtPrefix + "unknown" // never pgtenant's own statements
+	default:
+		return msg, peeked, nil // not prepared: the server says so in the client's words
+	}
+	firstOfUnit := msg[0] == 'Q' || !r.inGroup
+	if cs != nil && !r.sc.touch(server) && firstOfUnit && !r.ledger.skipsNext() && !r.ledger.copyRisk() {
+		if err := r.beginUnit(); err != nil {
+			return nil, false, err
+		}
+		buf := appendClose(nil, 'S', server)
+		st.record(replyEntry{seq: r.seq, action: replyHide, kind: effectServerRemove, server: server})
+		buf = append(buf, cs.parse...)
+		st.record(replyEntry{seq: r.seq, action: replyHide, kind: effectServerAdd, server: server})
+		if err := r.sendMsgs(append(buf, syncMessage...), fromPrepare); err != nil {
+			return nil, false, err
+		}
+	}
+	r.sc.mu.Lock()
+	delete(r.sc.prepared, server)
+	r.sc.mu.Unlock()
+	if peeked {
+		if _, err := r.cr.Discard(len(msg)); err != nil {
+			return nil, false, err
+		}
+	}
+	sql := `DEALLOCATE "` + server + `"`
+	if msg[0] == 'Q' {
+		return encodeQuery(sql), false, nil
+	}
+	stmtName, _, _ := splitName(msg[5:])
+	return mustEncode(nil, &pgproto3.Parse{Name: string(stmtName), Query: sql}), false, nil
 }

@@ -114,7 +114,8 @@ func (r *relay) check(msg []byte) (substitute []byte, resets, deallocates bool, 
 	case 'Q':
 		v := r.guard.CheckQuery(statementText(msg))
 		verdictErr, resets, deallocates = v.Err, v.ResetsContext, v.DeallocatesAll
-		r.changes = v.ChangesSettings
+		r.changes, r.dealloc = v.ChangesSettings, v.Deallocate
+		r.noteCustomSettings(v.CustomSettings)
 	case 'P':
 		body := msg[5:]
 		nul := bytes.IndexByte(body, 0)
@@ -123,7 +124,8 @@ func (r *relay) check(msg []byte) (substitute []byte, resets, deallocates bool, 
 		}
 		v := r.guard.CheckParse(statementText(msg))
 		verdictErr, deallocates = v.Err, v.DeallocatesAll
-		r.changes = v.ChangesSettings
+		r.changes, r.dealloc = v.ChangesSettings, v.Deallocate
+		r.noteCustomSettings(v.CustomSettings)
 		if verdictErr != nil {
 			name = string(body[:nul])
 		}

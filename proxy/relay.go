@@ -258,6 +258,12 @@ func (r *relay) clientToUpstream() error {
 		if err := r.relayMessage(typ, size); err != nil {
 			return err
 		}
+		if r.carry.due {
+			r.carry.due = false
+			if err := r.sendReadback(); err != nil {
+				return err
+			}
+		}
 	}
 }
 
@@ -267,7 +273,7 @@ func (r *relay) relayMessage(typ byte, size int) error {
 	var msg []byte // the whole message, when the guard needs to read it
 	var substitute []byte
 	peeked, resets, deallocates := false, false, false
-	r.changes, r.deallocs = false, false
+	r.changes, r.deallocs, r.dealloc = false, false, ""
 	var err error
 	if r.guard != nil && (typ == 'Q' || typ == 'P' || typ == 'F') {
 		if why, _ := r.unsafeLexing.Load().(string); why != "" {
@@ -300,17 +306,27 @@ func (r *relay) relayMessage(typ byte, size int) error {
 		// Only a unit's first message may take a new connection: anything
 		// else with none held means pgtenant lost track of the stream.
 		startsUnit := typ == 'Q' || typ == 'F' || !r.inGroup && (typ == 'P' || typ == 'B' || typ == 'E' || typ == 'D' || typ == 'C' || typ == 'S')
+		if startsUnit && r.carry.sent {
+			if err := r.takeReadback(); err != nil {
+				return err
+			}
+		}
 		held, err := r.leaseFor(typ, startsUnit)
 		if err != nil {
 			return err
 		}
 		if held && r.changes {
 			// The connection's committed settings may not stay this client's.
-			r.sc.settled = ""
+			r.noteSettingsChange()
 		}
 		if !held {
 			// Nothing to flush, no COPY in progress: PostgreSQL would ignore it too.
 			return r.discardClientMessage(size, msg, peeked)
+		}
+		if r.dealloc != "" && substitute == nil {
+			if msg, peeked, err = r.deallocateOne(msg, peeked); err != nil {
+				return err
+			}
 		}
 	}
 	inCopy := false
@@ -324,6 +340,9 @@ func (r *relay) relayMessage(typ byte, size int) error {
 		r.assertDue = nil // the group ends having run nothing that needed it
 	}
 	r.inGroup = inGroup
+	if r.carry.touched && !inGroup && (typ == 'S' && (step == stepRelay || step == stepLoneSync) || typ == 'Q' && step == stepUnit) {
+		r.carry.due = true // read the settings back behind this unit
+	}
 	switch step {
 	case stepDrop:
 		return r.discardClientMessage(size, msg, peeked)
@@ -393,7 +412,7 @@ func (r *relay) relayMessage(typ byte, size int) error {
 			return err
 		}
 		r.stats.assertions.Add(1)
-		return r.sendMsgs(r.assertion.standalone, fromReassert)
+		return r.sendMsgs(r.resetAllAssertion(), fromReassert)
 	}
 	return nil
 }
@@ -832,6 +851,7 @@ const (
 	untilOnlyThisUnit                // no unit before the one under way pending, or the server needs the client
 	untilAnswered                    // every unit ended but a group with no Sync yet (no Flush sent: see Terminate)
 	untilNoQuery                     // no Query sent and not yet answered or passed over
+	untilReadback                    // the settings readback answered (carried.go)
 )
 
 func (r *relay) holds(w waitFor) bool {
@@ -848,6 +868,8 @@ func (r *relay) holds(w waitFor) bool {
 		return r.ledger.pending.Load() <= 1 || r.ledger.quiet()
 	case untilNoQuery:
 		return r.ledger.queries.Load() == 0 || r.ledger.quiet()
+	case untilReadback:
+		return r.carry.answered.Load()
 	case untilAnswered:
 		open := int32(0)
 		if r.inGroup {

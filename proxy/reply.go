@@ -66,10 +66,14 @@ func (r *relay) reply(typ byte, size int) error {
 	switch typ {
 	case 'A', 'N', 'S':
 		// NotificationResponse, NoticeResponse, ParameterStatus may come at any time.
-		if typ == 'S' && r.pooled() && r.ledger.answeringOwn() {
-			// A setting the assertion re-applied: the client knows it already.
-			_, err := r.ur.Discard(size)
-			return err
+		if typ == 'S' && r.pooled() {
+			// A setting the assertion re-applied: the client knows it
+			// already. Behind RESET ALL it does not: the server has just
+			// told it the pooled connection's own values.
+			if o := r.ledger.answering(); o.own() && o != fromReassert {
+				_, err := r.ur.Discard(size)
+				return err
+			}
 		}
 		if typ == 'S' && r.guard != nil {
 			r.watchParameter(size)
@@ -144,14 +148,25 @@ func (r *relay) reply(typ byte, size int) error {
 // ownReply handles a reply to pgtenant's own messages: hidden, unless the
 // assertion failed.
 func (r *relay) ownReply(typ byte, size int, res replyResult) error {
-	switch typ {
-	case 'Z':
+	switch {
+	case typ == 'Z':
 		return r.readyForQuery(size, res)
-	case 'E':
-	default:
-		_, err := r.ur.Discard(size)
-		return err
+	case typ == 'D' && res.origin == fromReadback:
+		return r.readbackRow(size)
+	case typ == 'E' && res.origin == fromReadback:
+		// In a failed block: a later unit reads back again.
+		r.carry.failed = true
+	case (typ == '1' || typ == '3') && res.origin == fromPrepare:
+		r.stmts.reply() // its effect on what the connection has prepared
+	case typ == 'E':
+		return r.ownError(size, res)
 	}
+	_, err := r.ur.Discard(size)
+	return err
+}
+
+// ownError handles an error answering pgtenant's own messages.
+func (r *relay) ownError(size int, res replyResult) error {
 	msg, err := readMessage(r.ur, size)
 	if err != nil {
 		return err
@@ -160,6 +175,12 @@ func (r *relay) ownReply(typ byte, size int, res replyResult) error {
 	// In a failed transaction block the assertion fails as the client's own
 	// first statement would: PostgreSQL's error is the client's.
 	aborted := upstreamErr.Code == codeInFailedTransaction && res.origin == fromAssert
+	if res.origin == fromPrepare {
+		// The client's DEALLOCATE behind it fails the same way, or finds
+		// no statement: its error is the client's.
+		r.stmts.dropUnit(res.unit, r.rsc, res.msgType == 'P' || res.msgType == 'C')
+		return nil
+	}
 	if r.pooled() {
 		r.stmts.dropUnit(res.unit, r.rsc, false)
 		if !aborted {
@@ -251,6 +272,9 @@ func (r *relay) readyForQuery(size int, res replyResult) error {
 			}
 		}
 		r.leaseMu.Lock()
+		if res.origin == fromReadback {
+			r.readbackAnswered(status)
+		}
 	}
 	left := r.ledger.unitDone()
 	if left == 0 {
@@ -266,6 +290,10 @@ func (r *relay) readyForQuery(size int, res replyResult) error {
 		r.leaseMu.Unlock()
 	}
 	if own {
+		if res.origin == fromReadback || res.origin == fromPrepare {
+			r.wake()
+			return nil
+		}
 		if res.origin == fromReassert {
 			if standaloneErr != nil {
 				return assertionFailed(standaloneErr)

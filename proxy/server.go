@@ -74,6 +74,7 @@ type runtime struct {
 	pool           *txPool         // transaction mode's upstream connections
 	unguarded      map[string]bool // users whose SQL the guard does not check
 	protected      []string        // the settings a context may set, for any identity
+	carryRules     *carryRules     // what transaction-mode clients' carried settings leave out
 	signingKey     []byte          // signed tenant context; nil when off
 	throttle       throttle.Service
 	// startupTimeout bounds the time from accept to the end of
@@ -141,6 +142,7 @@ func newRuntime(cfg *config.Config, authn Authenticator, old *runtime, log *slog
 		protected:      append([]string{cfg.TenantSetting, "role"}, cfg.ProtectedSettings()...),
 		startupTimeout: cfg.Auth.Timeout.Duration,
 	}
+	rt.carryRules = newCarryRules(rt.protected, rt.policy)
 	if cfg.UsesTransactionPool() {
 		rt.pooledGuard = guard.New(guard.Policy{TenantSetting: cfg.TenantSetting, ExtraSettings: cfg.ProtectedSettings(), Pooled: true})
 	}

@@ -315,13 +315,16 @@ func (s *Server) startPooledSession(rt *runtime, st *startup, cr *bufio.Reader, 
 	}
 	// The tenant's settings last, the role at the very end.
 	settings = append(settings, rt.contextSettings(ident)...)
-	pc := rt.pool.takeContext(settings, len(names), rt.protected)
+	pc := rt.pool.takeContext(settings, len(names))
 	a := pc.assertion
 	rl := newRelay(st.conn, cr, cw, nil, a, rt.pooledGuard, ident.Expires)
 	rl.pooledState = pooledState{
-		pool:  rt.pool,
-		pctx:  pc,
-		stmts: statements{changed: make(chan struct{}, 1)},
+		pool:       rt.pool,
+		pctx:       pc,
+		startup:    settings[:len(names)],
+		context:    settings[len(names):],
+		carryRules: rt.carryRules,
+		stmts:      statements{changed: make(chan struct{}, 1)},
 	}
 	started := false
 	defer func() {
@@ -549,6 +552,12 @@ func (ss *session) close() {
 	if ss.relay != nil && ss.relay.pooled() {
 		ss.relay.endLease()
 		ss.relay.pool.dropContext(ss.relay.pctx.key)
+		ss.relay.leaseMu.Lock()
+		if next := ss.relay.carry.next; next != nil {
+			ss.relay.carry.next = nil
+			ss.relay.pool.dropContext(next.key)
+		}
+		ss.relay.leaseMu.Unlock()
 		return
 	}
 	ss.upstream.Close()

@@ -1,0 +1,284 @@
+package proxy
+
+import (
+	"encoding/binary"
+	"slices"
+	"strings"
+	"sync/atomic"
+
+	"github.com/jackc/pgx/v5/pgproto3"
+)
+
+// Session settings in transaction mode. A client's SET, RESET, SET TIME
+// ZONE, SET SESSION CHARACTERISTICS... run on the pooled connection it holds,
+// as in PostgreSQL, and become part of the client's own settings, like its
+// startup parameters: asserted whenever it holds a connection, reset before
+// anyone else holds it.
+//
+// Which settings the client ends up with is PostgreSQL's to say, not the
+// relay's to guess (a SET in a block that rolls back, in a savepoint, a
+// RESET): after a unit that may have changed them, the relay reads them
+// back on the same connection, with a statement of its own behind the
+// client's (hidden replies). Read outside a transaction block, the values
+// are what the client committed; inside one, the next unit reads again. The
+// request side takes the answer before it starts the next unit, so the
+// next transaction is asserted with the new settings.
+//
+// Until its settings are read back, the connection is marked changedKey:
+// it is reset before anyone holds it next, even a client with the same
+// settings.
+
+// carryState is the relay's record of its client's settings changes.
+type carryState struct {
+	// Request side.
+	touched bool     // a unit that may change settings was sent; read back after every unit until one finds the client idle
+	due     bool     // the unit just relayed ends: read back behind it
+	sent    bool     // a readback is outstanding: take its answer before the next unit
+	custom  []string // custom (dotted) names the client has set, which pg_settings does not list
+	msgs    []byte   // the readback messages for custom
+
+	// Reply side while it reads a readback's rows.
+	rows   []setting
+	failed bool
+
+	// Handed from the reply side to the request side: answered is set last.
+	answered atomic.Bool
+	next     *poolContext // the context of the client's new settings, nil if unchanged (leaseMu)
+	idle     bool         // the readback ran outside a transaction block (leaseMu)
+}
+
+// readbackName names the readback's statement and portal upstream.
+const readbackName = "pgtenant_readback"
+
+// readbackSQL lists the settings set at session level on the connection:
+// those pg_settings knows, and the custom names given (which it does not).
+func readbackSQL(custom []string) string {
+	sql := "SELECT lower(name), current_setting(name) FROM pg_settings WHERE source = 'session'"
+	if len(custom) == 0 {
+		return sql
+	}
+	quoted := make([]string, len(custom))
+	for i, name := range custom {
+		quoted[i] = quoteLiteral(name)
+	}
+	return sql + " UNION ALL SELECT n, v FROM (SELECT n, current_setting(n, true) AS v FROM unnest(ARRAY[" +
+		strings.Join(quoted, ", ") + "]::text[]) AS n) AS c WHERE v <> ''"
+}
+
+// readbackMessages is the readback as extended-protocol messages: a Query
+// would drop the client's unnamed statement.
+func readbackMessages(custom []string) []byte {
+	var buf []byte
+	for _, m := range []pgproto3.FrontendMessage{
+		&pgproto3.Parse{Name: readbackName, Query: readbackSQL(custom)},
+		&pgproto3.Bind{DestinationPortal: readbackName, PreparedStatement: readbackName},
+		&pgproto3.Execute{Portal: readbackName},
+		&pgproto3.Close{ObjectType: 'P', Name: readbackName},
+		&pgproto3.Close{ObjectType: 'S', Name: readbackName},
+		&pgproto3.Sync{},
+	} {
+		buf = mustEncode(buf, m)
+	}
+	return buf
+}
+
+var plainReadback = readbackMessages(nil)
+
+// maxCustomSettings bounds the custom names read back per client.
+const maxCustomSettings = 64
+
+// noteSettingsChange follows a message sent on the held connection that may
+// change the client's session settings.
+func (r *relay) noteSettingsChange() {
+	r.sc.settled = ""
+	r.sc.dirtyKey = changedKey
+	r.carry.touched = true
+}
+
+// noteCustomSettings records the custom names a statement the client sent
+// sets: the readback asks for them by name.
+func (r *relay) noteCustomSettings(custom []string) {
+	for _, name := range custom {
+		if !slices.Contains(r.carry.custom, name) && len(r.carry.custom) < maxCustomSettings {
+			r.carry.custom = append(r.carry.custom, name)
+			r.carry.msgs = nil
+		}
+	}
+}
+
+// sendReadback reads the client's settings back behind the unit just sent.
+// Not behind a unit that may have started COPY FROM STDIN: the server
+// would take it for copy data. A later unit reads back instead (and until
+// then the connection stays marked changed).
+func (r *relay) sendReadback() error {
+	if r.ledger.copyRisk() {
+		return nil
+	}
+	msgs := plainReadback
+	if len(r.carry.custom) > 0 {
+		if r.carry.msgs == nil {
+			r.carry.msgs = readbackMessages(r.carry.custom)
+		}
+		msgs = r.carry.msgs
+	}
+	if err := r.beginUnit(); err != nil {
+		return err
+	}
+	r.carry.sent = true
+	return r.sendMsgs(msgs, fromReadback)
+}
+
+// takeReadback waits for the readback outstanding, if any, and takes the
+// client's settings from it: the next unit is asserted with them.
+func (r *relay) takeReadback() error {
+	c := &r.carry
+	if !c.sent {
+		return nil
+	}
+	if err := r.await(untilReadback); err != nil {
+		return err
+	}
+	c.sent = false
+	c.answered.Store(false)
+	r.leaseMu.Lock()
+	next, idle := c.next, c.idle
+	c.next = nil
+	r.leaseMu.Unlock()
+	if idle {
+		c.touched = false
+	}
+	if next != nil {
+		r.pool.dropContext(r.pctx.key)
+		r.pctx, r.assertion = next, next.assertion
+	}
+	return nil
+}
+
+// readbackRow takes one row of a readback (reply side).
+func (r *relay) readbackRow(size int) error {
+	msg, err := readMessage(r.ur, size)
+	if err != nil {
+		return err
+	}
+	if name, value, ok := twoTextColumns(msg[5:]); ok {
+		r.carry.rows = append(r.carry.rows, setting{name: name, value: value})
+	}
+	return nil
+}
+
+// twoTextColumns decodes a DataRow body of two non-null columns.
+func twoTextColumns(body []byte) (string, string, bool) {
+	if len(body) < 2 || binary.BigEndian.Uint16(body) != 2 {
+		return "", "", false
+	}
+	body = body[2:]
+	var cols [2]string
+	for i := range cols {
+		if len(body) < 4 {
+			return "", "", false
+		}
+		n := int32(binary.BigEndian.Uint32(body))
+		body = body[4:]
+		if n < 0 || int(n) > len(body) {
+			return "", "", false
+		}
+		cols[i], body = string(body[:n]), body[n:]
+	}
+	return cols[0], cols[1], true
+}
+
+// readbackAnswered ends a readback at its ReadyForQuery (reply side,
+// leaseMu held, the connection still this client's).
+func (r *relay) readbackAnswered(status byte) {
+	c := &r.carry
+	defer func() {
+		c.rows, c.failed = c.rows[:0], false
+		c.answered.Store(true)
+	}()
+	c.idle = status == 'I' && !c.failed
+	if !c.idle {
+		return // in a block: the values are not final
+	}
+	settings, own := r.settingsFrom(c.rows)
+	key := setStatements(settings)
+	// What the client committed is now exactly the connection's.
+	r.rsc.dirtyKey = key
+	if key == r.pctx.key {
+		return
+	}
+	if c.next != nil {
+		r.pool.dropContext(c.next.key)
+	}
+	c.next = r.pool.takeContext(settings, own)
+}
+
+// settingsFrom is the client's settings after a readback: its startup
+// parameters, overridden by the session-level values read back, in name
+// order, then the tenant context. A startup parameter the client RESET is
+// not among the values read back: it is back to its startup value, as in
+// PostgreSQL. own counts the client's own settings.
+func (r *relay) settingsFrom(rows []setting) (settings []setting, own int) {
+	settings = make([]setting, 0, len(r.startup)+len(rows)+len(r.context))
+	settings = append(settings, r.startup...)
+	for _, row := range rows {
+		if !r.carries(row.name) {
+			continue
+		}
+		if i := slices.IndexFunc(settings, func(s setting) bool { return s.name == row.name }); i >= 0 {
+			settings[i].value = row.value
+		} else {
+			settings = append(settings, row)
+		}
+	}
+	slices.SortFunc(settings, func(a, b setting) int { return strings.Compare(a.name, b.name) })
+	own = len(settings)
+	return append(settings, r.context...), own
+}
+
+// carries reports whether a setting read back is the client's own to
+// carry: not the tenant context or the identity, which pgtenant asserts.
+func (r *relay) carries(name string) bool {
+	if identityParams[name] || r.carryRules.isProtected(name) {
+		return false
+	}
+	for _, st := range r.context {
+		if strings.EqualFold(st.name, name) {
+			return false
+		}
+	}
+	return true
+}
+
+// carryRules are the names no client's settings may carry, shared by the
+// sessions of a runtime.
+type carryRules struct {
+	protected map[string]bool // lower-case
+	prefix    string          // the tenant setting's prefix, e.g. "app."
+}
+
+func newCarryRules(protected []string, policy startupPolicy) *carryRules {
+	cr := &carryRules{protected: map[string]bool{}, prefix: policy.tenantPrefix}
+	for _, name := range protected {
+		cr.protected[asciiLower(name)] = true
+	}
+	return cr
+}
+
+func (cr *carryRules) isProtected(name string) bool {
+	return cr.protected[name] || cr.prefix != "" && strings.HasPrefix(name, cr.prefix)
+}
+
+// resetAllAssertion is what the relay asserts behind a RESET ALL or
+// DISCARD ALL: in PostgreSQL the session goes back to its startup values,
+// so the client's carried settings go too (the readback behind it then
+// finds only those).
+func (r *relay) resetAllAssertion() []byte {
+	if !r.pooled() || len(r.startup)+len(r.context) == 0 {
+		return r.assertion.standalone
+	}
+	settings := append(slices.Clone(r.startup), r.context...)
+	if setStatements(settings) == r.pctx.key {
+		return r.assertion.standalone
+	}
+	return newAssertion(settings).standalone
+}
