@@ -7,6 +7,8 @@ import (
 	"sync/atomic"
 
 	"github.com/jackc/pgx/v5/pgproto3"
+
+	"github.com/pgtenant/pgtenant/internal/lexsafe"
 )
 
 // Session settings in transaction mode. A client's SET, RESET, SET TIME
@@ -52,8 +54,11 @@ const readbackName = "pgtenant_readback"
 
 // readbackSQL lists the settings set at session level on the connection:
 // those pg_settings knows, and the custom names given (which it does not).
+// Every name is qualified: the client's search_path may put a schema of
+// its own, with a pg_settings table or an = operator, before pg_catalog.
 func readbackSQL(custom []string) string {
-	sql := "SELECT lower(name), current_setting(name) FROM pg_settings WHERE source = 'session'"
+	sql := "SELECT pg_catalog.lower(name), pg_catalog.current_setting(name) FROM pg_catalog.pg_settings" +
+		" WHERE source OPERATOR(pg_catalog.=) 'session'"
 	if len(custom) == 0 {
 		return sql
 	}
@@ -61,8 +66,9 @@ func readbackSQL(custom []string) string {
 	for i, name := range custom {
 		quoted[i] = quoteLiteral(name)
 	}
-	return sql + " UNION ALL SELECT n, v FROM (SELECT n, current_setting(n, true) AS v FROM unnest(ARRAY[" +
-		strings.Join(quoted, ", ") + "]::text[]) AS n) AS c WHERE v <> ''"
+	return sql + " UNION ALL SELECT n, v FROM (SELECT n, pg_catalog.current_setting(n, true) AS v" +
+		" FROM pg_catalog.unnest(ARRAY[" + strings.Join(quoted, ", ") + "]::pg_catalog.text[]) AS n) AS c" +
+		" WHERE v OPERATOR(pg_catalog.<>) ''"
 }
 
 // readbackMessages is the readback as extended-protocol messages: a Query
@@ -221,7 +227,10 @@ func (r *relay) settingsFrom(rows []setting) (settings []setting, own int) {
 	settings = make([]setting, 0, len(r.startup)+len(rows)+len(r.context))
 	settings = append(settings, r.startup...)
 	for _, row := range rows {
-		if !r.carries(row.name) {
+		// The guard lets no client set a value its lexing cannot follow
+		// (standard_conforming_strings off, an unsafe client_encoding);
+		// the assertion must not set one either.
+		if !r.carries(row.name) || !lexsafe.Safe(row.name, row.value) {
 			continue
 		}
 		if i := slices.IndexFunc(settings, func(s setting) bool { return s.name == row.name }); i >= 0 {
