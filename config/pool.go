@@ -21,6 +21,7 @@ const (
 	DefaultPoolMaxLifetime       = time.Hour
 	DefaultPoolHealthCheckAfter  = 30 * time.Second
 	DefaultMaxPreparedStatements = 200
+	DefaultPinnedIdleTimeout     = 5 * time.Minute
 )
 
 // Pool configures how client sessions share upstream connections.
@@ -53,6 +54,17 @@ type Pool struct {
 	TenantMaxConnections int `yaml:"tenant_max_connections"`
 	// Tenants overrides TenantMaxConnections per tenant.
 	Tenants map[string]PoolTenant `yaml:"tenants"`
+	// MaxPinned bounds the pooled connections pinned to one client each
+	// (it holds a WITH HOLD cursor, a temporary table, a LISTEN or a
+	// session advisory lock): default half of Size, at least one. A
+	// statement that would pin one more is refused with 53400.
+	MaxPinned int `yaml:"max_pinned"`
+	// TenantMaxPinned bounds the pinned connections of one tenant (default
+	// MaxPinned); they count against its TenantMaxConnections too.
+	TenantMaxPinned int `yaml:"tenant_max_pinned"`
+	// PinnedIdleTimeout ends a session that holds a pinned connection and
+	// sends nothing for this long outside a transaction (default 5m).
+	PinnedIdleTimeout Duration `yaml:"pinned_idle_timeout"`
 }
 
 // PoolTenant is a per-tenant pool override.
@@ -113,6 +125,15 @@ func (p *Pool) applyDefaults() {
 	if p.TenantMaxConnections == 0 {
 		p.TenantMaxConnections = p.Size
 	}
+	if p.MaxPinned == 0 {
+		p.MaxPinned = max(1, p.Size/2)
+	}
+	if p.TenantMaxPinned == 0 {
+		p.TenantMaxPinned = p.MaxPinned
+	}
+	if p.PinnedIdleTimeout.Duration == 0 {
+		p.PinnedIdleTimeout.Duration = DefaultPinnedIdleTimeout
+	}
 }
 
 func (c *Config) validatePool(add func(field, format string, args ...any)) {
@@ -131,12 +152,15 @@ func (c *Config) validatePool(add func(field, format string, args ...any)) {
 	positive("pool.max_waiting", p.MaxWaiting)
 	positive("pool.max_prepared_statements", p.MaxPreparedStatements)
 	positive("pool.tenant_max_connections", p.TenantMaxConnections)
+	positive("pool.max_pinned", p.MaxPinned)
+	positive("pool.tenant_max_pinned", p.TenantMaxPinned)
 	if p.MinIdle > p.Size {
 		add("pool.min_idle", "%d exceeds pool.size %d", p.MinIdle, p.Size)
 	}
 	for name, d := range map[string]time.Duration{
 		"pool.wait_timeout": p.WaitTimeout.Duration, "pool.idle_timeout": p.IdleTimeout.Duration,
 		"pool.max_lifetime": p.MaxLifetime.Duration, "pool.health_check_after": p.HealthCheckAfter.Duration,
+		"pool.pinned_idle_timeout": p.PinnedIdleTimeout.Duration,
 	} {
 		if d < 0 {
 			add(name, "must not be negative")

@@ -43,8 +43,11 @@ GRANT SELECT, INSERT ON pool_stress TO `+demo.RLSRole)
 
 // 200 clients of 20 tenants share 10 upstream connections, with simple,
 // extended, prepared and pipelined transactions, committed and aborted
-// ones. Every transaction checks the context it runs in and the rows it
-// sees; none may see another tenant's, and none may fail unexpectedly.
+// ones, session settings of their own, and pinned connections (a WITH HOLD
+// cursor and a session advisory lock). Every transaction checks the context
+// it runs in and the rows it sees, and now and then the client's own
+// setting; none may see another tenant's or another client's, none may fail
+// unexpectedly, and no pin, lock or cursor outlives it.
 func TestPoolStress(t *testing.T) {
 	setupStressTable(t)
 	p := startProxy(t, func(c *config.Config) {
@@ -131,8 +134,17 @@ func TestPoolStress(t *testing.T) {
 				}
 			}
 			const probe = "SELECT current_setting('app.tenant_id'), count(*)::int FROM pool_stress"
+			mine := [1]string{"4MB"} // the work_mem this client set, or the default
 			for i := 0; i < stressTxns; i++ {
-				switch (c + i) % 5 {
+				if i%3 == 2 {
+					// Its own setting, never another client's.
+					var got string
+					if err := conn.QueryRow(ctx, "SELECT current_setting('work_mem')").Scan(&got); err != nil || got != mine[0] {
+						crossTenant.Add(1)
+						report("work_mem %q (%v), want %q", got, err, mine[0])
+					}
+				}
+				switch (c + i) % 7 {
 				case 0: // a statement of its own
 					check(conn.QueryRow(ctx, probe), "autocommit")
 				case 1: // a transaction block, inserting and rolling back
@@ -176,6 +188,45 @@ func TestPoolStress(t *testing.T) {
 					}
 					if err := br.Close(); err != nil {
 						report("batch close: %v", err)
+					}
+				case 5: // a session setting of its own, carried to its next transactions
+					want := fmt.Sprintf("%dkB", 1000+tenant) // not a multiple of 1024: SHOW would say MB
+					if _, err := conn.Exec(ctx, "SET work_mem = '"+want+"'"); err != nil {
+						report("SET: %v", err)
+						continue
+					}
+					mine[0] = want
+				case 6: // a pinned connection: a WITH HOLD cursor, an advisory lock, a temporary table
+					name := fmt.Sprintf("held_%d", c)
+					if _, err := conn.Exec(ctx, "DECLARE "+name+" CURSOR WITH HOLD FOR SELECT current_setting('app.tenant_id'), n FROM pool_stress"); err != nil {
+						report("DECLARE: %v", err)
+						continue
+					}
+					if _, err := conn.Exec(ctx, "SELECT pg_advisory_lock($1)", int64(c)); err != nil {
+						report("advisory lock: %v", err)
+					}
+					rows, err := conn.Query(ctx, "FETCH ALL FROM "+name, pgx.QueryExecModeSimpleProtocol)
+					n := 0
+					for err == nil && rows.Next() {
+						var setting string
+						var v int
+						if err := rows.Scan(&setting, &v); err != nil || setting != stressTenant(tenant) {
+							crossTenant.Add(1)
+							report("held cursor row: %q %v", setting, err)
+						}
+						n++
+					}
+					if err == nil {
+						rows.Close()
+						err = rows.Err()
+					}
+					if err != nil || n != tenant+1 {
+						report("FETCH ALL: %d rows, %v", n, err)
+					}
+					for _, sql := range []string{"CLOSE " + name, "SELECT pg_advisory_unlock_all()"} {
+						if _, err := conn.Exec(ctx, sql, pgx.QueryExecModeSimpleProtocol); err != nil {
+							report("%s: %v", sql, err)
+						}
 					}
 				case 4: // a statement with parameters, prepared by pgx's cache
 					var setting string

@@ -196,7 +196,7 @@ func TestAssertionOncePerTransactionStart(t *testing.T) {
 			}
 			return strings.Contains(log, app+"|LOG:  execute <unnamed>: SELECT 7")
 		})
-		set := "SET app.tenant_id TO '" + tenantA.ID + "'"
+		set := `SET "app"."tenant_id" TO '` + tenantA.ID + "'"
 		startupLine, inlineLine := "statement: "+set, "execute pgtenant_assert/pgtenant_assert: "+set
 		if m.tx {
 			// Committed once at the hand-over, then asserted through the

@@ -59,6 +59,10 @@ type Verdict struct {
 	// DEALLOCATE name, deallocates: the relay names it upstream as it does
 	// the client's protocol-level statements.
 	Deallocate string
+	// Pins is set, by pooled guards only, when an allowed text leaves state
+	// on the connection that outlives the transaction (Pin* reasons): the
+	// relay keeps the connection for this client until it is gone.
+	Pins string
 	// CustomSettings are the custom (dotted) names an allowed text sets at
 	// session level, by pooled guards only: the server's pg_settings does
 	// not list them, so the relay reads them back by name.
@@ -178,6 +182,9 @@ func (g *Guard) full(sql string, simple bool) Verdict {
 		v.DeallocatesAll = v.DeallocatesAll || c.deallocatesAll
 		v.ChangesSettings = v.ChangesSettings || c.changesSettings
 		v.CustomSettings = append(v.CustomSettings, c.customSettings...)
+		if v.Pins == "" {
+			v.Pins = c.pins
+		}
 		if c.deallocate != "" {
 			if len(tree.Stmts) != 1 && pooledErr == nil {
 				pooledErr = &pgconn.PgError{Severity: "ERROR", Code: CodeNotSupported,
@@ -226,6 +233,7 @@ type checker struct {
 	changesSettings bool
 	customSettings  []string
 	deallocate      string
+	pins            string
 	dropsOnCommit   *pg_query.RangeVar // the temporary table an ON COMMIT DROP creates
 }
 

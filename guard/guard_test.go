@@ -278,6 +278,7 @@ var pooledCases = []struct {
 	plain       string
 	deallocates bool
 	changes     bool
+	pins        string
 }{
 	// Reading the connection's views through a regclass, and the shared seed.
 	{sql: "SELECT table_to_xml('pg_prepared_statements'::regclass, true, false, '')", pooled: CodeRefused},
@@ -327,24 +328,24 @@ var pooledCases = []struct {
 	{sql: "LISTEN x; SELECT set_config('a', 'b', false)", pooled: CodeRefused, plain: CodeRefused},
 
 	// 2. LISTEN.
-	{sql: "LISTEN jobs", pooled: CodeNotSupported},
-	{sql: `listen "Jobs"`, pooled: CodeNotSupported},
+	{sql: "LISTEN jobs", pins: PinListen},
+	{sql: `listen "Jobs"`, pins: PinListen},
 	{sql: "UNLISTEN jobs"},
 	{sql: "UNLISTEN *"},
 	{sql: "NOTIFY jobs, 'x'"},
 	{sql: "SELECT pg_notify('jobs', 'x')"},
 
 	// 3. Temporary objects.
-	{sql: "CREATE TEMP TABLE t (a int)", pooled: CodeNotSupported},
-	{sql: "CREATE TEMPORARY TABLE t (a int) ON COMMIT DELETE ROWS", pooled: CodeNotSupported},
-	{sql: "CREATE TEMP TABLE t (a int) ON COMMIT PRESERVE ROWS", pooled: CodeNotSupported},
-	{sql: "CREATE LOCAL TEMP TABLE t (a int)", pooled: CodeNotSupported},
-	{sql: "CREATE TEMP VIEW v AS SELECT 1", pooled: CodeNotSupported},
-	{sql: "CREATE TEMP SEQUENCE s", pooled: CodeNotSupported},
-	{sql: "SELECT 1 AS a INTO TEMP t", pooled: CodeNotSupported},
-	{sql: "SELECT 1 AS a INTO TEMPORARY TABLE t", pooled: CodeNotSupported},
-	{sql: "CREATE TEMP TABLE t AS SELECT 1 AS a", pooled: CodeNotSupported},
-	{sql: "EXPLAIN ANALYZE CREATE TEMP TABLE t AS SELECT 1 AS a", pooled: CodeNotSupported},
+	{sql: "CREATE TEMP TABLE t (a int)", pins: PinTempTable},
+	{sql: "CREATE TEMPORARY TABLE t (a int) ON COMMIT DELETE ROWS", pins: PinTempTable},
+	{sql: "CREATE TEMP TABLE t (a int) ON COMMIT PRESERVE ROWS", pins: PinTempTable},
+	{sql: "CREATE LOCAL TEMP TABLE t (a int)", pins: PinTempTable},
+	{sql: "CREATE TEMP VIEW v AS SELECT 1", pins: PinTempTable},
+	{sql: "CREATE TEMP SEQUENCE s", pins: PinTempTable},
+	{sql: "SELECT 1 AS a INTO TEMP t", pins: PinTempTable},
+	{sql: "SELECT 1 AS a INTO TEMPORARY TABLE t", pins: PinTempTable},
+	{sql: "CREATE TEMP TABLE t AS SELECT 1 AS a", pins: PinTempTable},
+	{sql: "EXPLAIN ANALYZE CREATE TEMP TABLE t AS SELECT 1 AS a", pins: PinTempTable},
 	{sql: "CREATE TABLE pg_temp.t (a int)", pooled: CodeNotSupported},
 	{sql: "CREATE TABLE PG_TEMP.t (a int)", pooled: CodeNotSupported},
 	{sql: "CREATE TABLE pg_temp_3.t (a int)", pooled: CodeNotSupported},
@@ -356,7 +357,7 @@ var pooledCases = []struct {
 	{sql: "CREATE TYPE pg_temp.c AS (a int)", pooled: CodeNotSupported},
 	{sql: "SELECT * FROM pg_temp.t", pooled: CodeNotSupported},
 	{sql: "SELECT 1::pg_temp.d", pooled: CodeNotSupported},
-	{sql: "CREATE TEMP TABLE t (a int) ON COMMIT DROP; CREATE TEMP TABLE u (a int)", pooled: CodeNotSupported},
+	{sql: "CREATE TEMP TABLE t (a int) ON COMMIT DROP; CREATE TEMP TABLE u (a int)", pins: PinTempTable},
 	{sql: "CREATE TEMP TABLE t (a pg_temp.d) ON COMMIT DROP", pooled: CodeNotSupported},
 	{sql: "CREATE TEMP TABLE t () INHERITS (pg_temp.p) ON COMMIT DROP", pooled: CodeNotSupported},
 	{sql: "CREATE TEMP TABLE t (a int) ON COMMIT DROP"},
@@ -372,8 +373,8 @@ var pooledCases = []struct {
 	{sql: "DISCARD TEMP"},
 
 	// 4. Holdable cursors.
-	{sql: "DECLARE c CURSOR WITH HOLD FOR SELECT 1", pooled: CodeNotSupported},
-	{sql: "DECLARE c NO SCROLL CURSOR WITH HOLD FOR SELECT * FROM projects", pooled: CodeNotSupported},
+	{sql: "DECLARE c CURSOR WITH HOLD FOR SELECT 1", pins: PinCursor},
+	{sql: "DECLARE c NO SCROLL CURSOR WITH HOLD FOR SELECT * FROM projects", pins: PinCursor},
 	{sql: "DECLARE c CURSOR FOR SELECT 1"},
 	{sql: "DECLARE c SCROLL CURSOR WITHOUT HOLD FOR SELECT * FROM projects"},
 
@@ -394,14 +395,14 @@ var pooledCases = []struct {
 	{sql: "DISCARD PLANS"},
 
 	// 6. Session-level advisory locks.
-	{sql: "SELECT pg_advisory_lock(1)", pooled: CodeNotSupported},
-	{sql: "SELECT pg_catalog.pg_advisory_lock(1, 2)", pooled: CodeNotSupported},
-	{sql: "SELECT pg_advisory_lock_shared(1)", pooled: CodeNotSupported},
-	{sql: "SELECT pg_try_advisory_lock(1)", pooled: CodeNotSupported},
-	{sql: "SELECT PG_TRY_ADVISORY_LOCK_SHARED(1)", pooled: CodeNotSupported},
-	{sql: `SELECT "pg_advisory_lock"(1)`, pooled: CodeNotSupported},
-	{sql: `SELECT U&"\0070g_advisory_lock"(1)`, pooled: CodeNotSupported},
-	{sql: "SELECT * FROM projects WHERE pg_try_advisory_lock(id)", pooled: CodeNotSupported},
+	{sql: "SELECT pg_advisory_lock(1)", pins: PinAdvisoryLock},
+	{sql: "SELECT pg_catalog.pg_advisory_lock(1, 2)", pins: PinAdvisoryLock},
+	{sql: "SELECT pg_advisory_lock_shared(1)", pins: PinAdvisoryLock},
+	{sql: "SELECT pg_try_advisory_lock(1)", pins: PinAdvisoryLock},
+	{sql: "SELECT PG_TRY_ADVISORY_LOCK_SHARED(1)", pins: PinAdvisoryLock},
+	{sql: `SELECT "pg_advisory_lock"(1)`, pins: PinAdvisoryLock},
+	{sql: `SELECT U&"\0070g_advisory_lock"(1)`, pins: PinAdvisoryLock},
+	{sql: "SELECT * FROM projects WHERE pg_try_advisory_lock(id)", pins: PinAdvisoryLock},
 	{sql: "SELECT pg_advisory_xact_lock(1)"},
 	{sql: "SELECT pg_catalog.pg_advisory_xact_lock_shared(1)"},
 	{sql: "SELECT pg_try_advisory_xact_lock(1, 2)"},
@@ -426,11 +427,12 @@ func TestPooled(t *testing.T) {
 			want    string
 			dealloc bool
 			changes bool
+			pins    string
 		}{
-			{"pooled CheckQuery", pooled.CheckQuery, tc.pooled, tc.deallocates, tc.changes},
-			{"pooled CheckParse", pooled.CheckParse, tc.pooled, tc.deallocates, tc.changes},
-			{"plain CheckQuery", plain.CheckQuery, tc.plain, false, false},
-			{"plain CheckParse", plain.CheckParse, tc.plain, false, false},
+			{"pooled CheckQuery", pooled.CheckQuery, tc.pooled, tc.deallocates, tc.changes, tc.pins},
+			{"pooled CheckParse", pooled.CheckParse, tc.pooled, tc.deallocates, tc.changes, tc.pins},
+			{"plain CheckQuery", plain.CheckQuery, tc.plain, false, false, ""},
+			{"plain CheckParse", plain.CheckParse, tc.plain, false, false, ""},
 		} {
 			v := check.f([]byte(tc.sql))
 			switch {
@@ -444,6 +446,8 @@ func TestPooled(t *testing.T) {
 				t.Errorf("%s %q: DeallocatesAll %v, want %v", check.name, tc.sql, v.DeallocatesAll, check.dealloc)
 			case v.Err == nil && v.ChangesSettings != check.changes:
 				t.Errorf("%s %q: ChangesSettings %v, want %v", check.name, tc.sql, v.ChangesSettings, check.changes)
+			case v.Err == nil && v.Pins != check.pins:
+				t.Errorf("%s %q: Pins %q, want %q", check.name, tc.sql, v.Pins, check.pins)
 			case v.ResetsContext:
 				t.Errorf("%s %q: ResetsContext", check.name, tc.sql)
 			}
@@ -474,9 +478,9 @@ func TestPooledMessages(t *testing.T) {
 	if v.Err == nil || v.Err.Message != "permission denied: pg_prepared_statements shows other clients' statements in transaction pool mode" {
 		t.Errorf("pg_prepared_statements: %+v", v.Err)
 	}
-	v = g.CheckQuery([]byte("SELECT pg_advisory_lock(1)"))
-	if v.Err == nil || !strings.Contains(v.Err.Hint, "pg_advisory_xact_lock") {
-		t.Errorf("pg_advisory_lock: %+v", v.Err)
+	v = g.CheckQuery([]byte("SELECT 1/0; DECLARE c CURSOR WITH HOLD FOR SELECT 1; LISTEN x"))
+	if v.Err != nil || v.Pins != PinCursor {
+		t.Errorf("the first pin's reason: %+v", v)
 	}
 }
 

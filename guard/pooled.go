@@ -2,11 +2,13 @@ package guard
 
 // Transaction pool mode. A pooled session's upstream connection serves other
 // clients, of other tenants, between that session's transactions. Whatever a
-// statement leaves on the connection beyond its transaction (LISTEN
-// registrations, temporary objects, holdable cursors, SQL prepared
-// statements, session advisory locks) would leak into, or get in the way of,
-// whoever gets the connection next, so a pooled guard refuses it as well.
-// Session settings are the exception: the relay carries them per client.
+// statement leaves on the connection beyond its transaction would leak into,
+// or get in the way of, whoever gets the connection next. Session settings
+// the relay carries per client; holdable cursors, temporary tables, LISTEN
+// and session advisory locks pin the connection to the client (Verdict.Pins)
+// until they are gone; SQL prepared statements, temporary objects named
+// through pg_temp and what can read other clients' state off the
+// connection a pooled guard refuses.
 //
 // These checks only ever add a refusal and never stop the walk: the general
 // checks still see every node, and their refusals take precedence (full
@@ -54,6 +56,22 @@ var connectionViews = map[string]string{
 	"pg_cursor":              "cursors",
 }
 
+// Reasons a statement pins its client's pooled connection (Verdict.Pins):
+// what it leaves on the connection outlives the transaction, so the
+// connection stays the client's until that is gone.
+const (
+	PinCursor       = "WITH HOLD cursor"
+	PinTempTable    = "temporary table"
+	PinListen       = "LISTEN"
+	PinAdvisoryLock = "session advisory lock"
+)
+
+func (c *checker) pin(reason string) {
+	if c.pins == "" {
+		c.pins = reason
+	}
+}
+
 func (c *checker) notSupported(msg, hint string) {
 	if c.pooledErr == nil {
 		c.pooledErr = &pgconn.PgError{Severity: "ERROR", Code: CodeNotSupported, Message: msg, Hint: hint}
@@ -75,8 +93,7 @@ func (c *checker) visitPooled(m protoreflect.Message) {
 	case *pg_query.String:
 		name := strings.ToLower(n.Sval)
 		if sessionAdvisoryLocks[name] {
-			c.notSupported(fmt.Sprintf("session-level advisory lock function %s is not supported in transaction pool mode", name),
-				"Use pg_advisory_xact_lock or pg_try_advisory_xact_lock (or their _shared forms), which release their lock at the end of the transaction.")
+			c.pin(PinAdvisoryLock)
 		}
 		c.connectionView(name)
 		if tableReaders[name] && c.pooledErr == nil {
@@ -90,8 +107,7 @@ func (c *checker) visitPooled(m protoreflect.Message) {
 	case *pg_query.VariableSetStmt:
 		c.pooledSet(n)
 	case *pg_query.ListenStmt:
-		c.notSupported("LISTEN is not supported in transaction pool mode",
-			"Use a session-mode connection for LISTEN: notifications go to the connection that listens, which other clients share in transaction pool mode.")
+		c.pin(PinListen)
 	case *pg_query.CreateStmt:
 		// Its table cannot outlive the transaction.
 		if n.Oncommit == pg_query.OnCommitAction_ONCOMMIT_DROP {
@@ -108,14 +124,14 @@ func (c *checker) visitPooled(m protoreflect.Message) {
 			break
 		}
 		if n.Relpersistence == "t" {
-			c.notSupported("temporary objects are not supported in transaction pool mode", tempHint)
-		} else if isPgTemp(n.Schemaname) {
+			c.pin(PinTempTable)
+		}
+		if isPgTemp(n.Schemaname) {
 			c.notSupported("the pg_temp schema is not supported in transaction pool mode", tempHint)
 		}
 	case *pg_query.DeclareCursorStmt:
 		if n.Options&cursorOptHold != 0 {
-			c.notSupported("DECLARE ... WITH HOLD is not supported in transaction pool mode",
-				"Declare the cursor without WITH HOLD inside a transaction block.")
+			c.pin(PinCursor)
 		}
 	case *pg_query.PrepareStmt:
 		c.notSupported("PREPARE is not supported in transaction pool mode",
@@ -152,6 +168,12 @@ func (c *checker) visitPooled(m protoreflect.Message) {
 // reported as changing settings: the relay then reads the client's settings
 // back when the transaction is over.
 func (c *checker) pooledSet(n *pg_query.VariableSetStmt) {
+	if strings.EqualFold(n.Name, "seed") {
+		// Like setseed(): in any form, and RESET ALL leaves it alone.
+		c.notSupported("SET seed is not supported in transaction pool mode",
+			"The seed would stay with the shared connection and decide the next client's random() values.")
+		return
+	}
 	switch n.Kind {
 	case pg_query.VariableSetKind_VAR_RESET, pg_query.VariableSetKind_VAR_RESET_ALL:
 		c.changesSettings = true

@@ -66,6 +66,8 @@ type Metrics struct {
 	bytes        *prometheus.CounterVec
 	sessions     *prometheus.CounterVec
 	panics       *prometheus.CounterVec
+	pins         *prometheus.CounterVec
+	pinned       prometheus.Gauge
 
 	maxTenants int
 	// tenants maps admitted tenants to their counters. The map is never
@@ -165,6 +167,14 @@ func New(opts Options) *Metrics {
 		Help: "Sessions ended, by tenant.",
 	}, []string{"tenant"})
 
+	m.pins = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "pgtenant_pool_pins_total",
+		Help: "Pooled connections pinned to one transaction-mode client, by the state that pinned them.",
+	}, []string{"reason"})
+	m.pinned = prometheus.NewGauge(prometheus.GaugeOpts{
+		Name: "pgtenant_pool_pinned_connections",
+		Help: "Pooled connections pinned to one transaction-mode client now.",
+	})
 	m.panics = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "pgtenant_session_panics_total",
 		Help: "Bugs caught in a session (where: client, upstream); the session ended, its upstream connection was closed, the proxy went on.",
@@ -172,7 +182,7 @@ func New(opts Options) *Metrics {
 
 	m.reg.MustRegister(
 		conns, m.connClosed, m.auth, upstream, m.upstreamLatency,
-		m.transactions, m.statements, m.errors, m.refusals, m.bytes, m.sessions, m.poolWaits, m.panics,
+		m.transactions, m.statements, m.errors, m.refusals, m.bytes, m.sessions, m.poolWaits, m.panics, m.pins, m.pinned,
 		collectors.NewGoCollector(),
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 	)
@@ -281,6 +291,14 @@ func (m *Metrics) WatchPool(stats func() (open, idle, waiting int)) {
 
 // PoolWait implements proxy.Observer.
 func (m *Metrics) PoolWait(string) { m.poolWaits.Inc() }
+
+// Pinned implements proxy.Observer.
+func (m *Metrics) Pinned(reason string, delta int) {
+	if delta > 0 {
+		m.pins.WithLabelValues(reason).Inc()
+	}
+	m.pinned.Add(float64(delta))
+}
 
 // Panic implements proxy.Observer.
 func (m *Metrics) Panic(where string) { m.panics.WithLabelValues(where).Inc() }

@@ -91,10 +91,25 @@ func setStatement(st setting) string {
 			for i, n := range names {
 				names[i] = `"` + strings.ReplaceAll(n, `"`, `""`) + `"`
 			}
-			return "SET " + st.name + " TO " + strings.Join(names, ", ")
+			return "SET " + quoteSettingName(st.name) + " TO " + strings.Join(names, ", ")
 		}
 	}
-	return "SET " + st.name + " TO " + quoteLiteral(st.value)
+	return "SET " + quoteSettingName(st.name) + " TO " + quoteLiteral(st.value)
+}
+
+// quoteSettingName quotes each part of a custom (dotted) setting name: a
+// client's may be named "user.id", whose first part is a reserved word. The
+// parser joins the parts with dots again, and setting names are
+// case-insensitive. PostgreSQL's own names are plain identifiers.
+func quoteSettingName(name string) string {
+	if !strings.Contains(name, ".") {
+		return name
+	}
+	parts := strings.Split(name, ".")
+	for i, p := range parts {
+		parts[i] = `"` + strings.ReplaceAll(p, `"`, `""`) + `"`
+	}
+	return strings.Join(parts, ".")
 }
 
 // listSettings hold lists of identifiers (GUC_LIST_QUOTE in PostgreSQL).

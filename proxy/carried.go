@@ -3,9 +3,11 @@ package proxy
 import (
 	"encoding/binary"
 	"slices"
+	"strconv"
 	"strings"
 	"sync/atomic"
 
+	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgproto3"
 
 	"github.com/pgtenant/pgtenant/internal/lexsafe"
@@ -38,10 +40,12 @@ type carryState struct {
 	sent    bool     // a readback is outstanding: take its answer before the next unit
 	custom  []string // custom (dotted) names the client has set, which pg_settings does not list
 	msgs    []byte   // the readback messages for custom
+	pinMsgs []byte   // the same, counting what keeps the connection pinned
 
 	// Reply side while it reads a readback's rows.
-	rows   []setting
-	failed bool
+	rows    []setting
+	failed  bool
+	pinLeft string // the pin state count read back ("" if not asked)
 
 	// Handed from the reply side to the request side: answered is set last.
 	answered atomic.Bool
@@ -56,9 +60,12 @@ const readbackName = "pgtenant_readback"
 // those pg_settings knows, and the custom names given (which it does not).
 // Every name is qualified: the client's search_path may put a schema of
 // its own, with a pg_settings table or an = operator, before pg_catalog.
-func readbackSQL(custom []string) string {
+func readbackSQL(custom []string, pinned bool) string {
 	sql := "SELECT pg_catalog.lower(name), pg_catalog.current_setting(name) FROM pg_catalog.pg_settings" +
 		" WHERE source OPERATOR(pg_catalog.=) 'session'"
+	if pinned {
+		sql += pinStateSQL
+	}
 	if len(custom) == 0 {
 		return sql
 	}
@@ -73,10 +80,13 @@ func readbackSQL(custom []string) string {
 
 // readbackMessages is the readback as extended-protocol messages: a Query
 // would drop the client's unnamed statement.
-func readbackMessages(custom []string) []byte {
+func readbackMessages(custom []string, pinned bool) []byte {
 	var buf []byte
 	for _, m := range []pgproto3.FrontendMessage{
-		&pgproto3.Parse{Name: readbackName, Query: readbackSQL(custom)},
+		// Whatever an earlier readback that failed left under the names.
+		&pgproto3.Close{ObjectType: 'P', Name: readbackName},
+		&pgproto3.Close{ObjectType: 'S', Name: readbackName},
+		&pgproto3.Parse{Name: readbackName, Query: readbackSQL(custom, pinned)},
 		&pgproto3.Bind{DestinationPortal: readbackName, PreparedStatement: readbackName},
 		&pgproto3.Execute{Portal: readbackName},
 		&pgproto3.Close{ObjectType: 'P', Name: readbackName},
@@ -88,7 +98,7 @@ func readbackMessages(custom []string) []byte {
 	return buf
 }
 
-var plainReadback = readbackMessages(nil)
+var plainReadback = readbackMessages(nil, false)
 
 // maxCustomSettings bounds the custom names read back per client.
 const maxCustomSettings = 64
@@ -102,28 +112,72 @@ func (r *relay) noteSettingsChange() {
 }
 
 // noteCustomSettings records the custom names a statement the client sent
-// sets: the readback asks for them by name.
-func (r *relay) noteCustomSettings(custom []string) {
+// sets: the readback asks for them by name. Past maxCustomSettings the
+// statement is refused: a setting not read back could not be reset for
+// the next client with the same settings.
+func (r *relay) noteCustomSettings(custom []string) *pgconn.PgError {
 	for _, name := range custom {
-		if !slices.Contains(r.carry.custom, name) && len(r.carry.custom) < maxCustomSettings {
-			r.carry.custom = append(r.carry.custom, name)
-			r.carry.msgs = nil
+		if slices.Contains(r.carry.custom, name) {
+			continue
 		}
+		if len(r.carry.custom) >= maxCustomSettings {
+			return &pgconn.PgError{Severity: severityError, Code: codeProgramLimitExceeded,
+				Message: "pgtenant carries at most " + strconv.Itoa(maxCustomSettings) + " custom settings per session in transaction pool mode",
+				Hint:    "Use fewer distinct custom setting names, or pool_mode: session for this client."}
+		}
+		r.carry.custom = append(r.carry.custom, name)
+		r.carry.msgs, r.carry.pinMsgs = nil, nil
 	}
+	return nil
 }
 
-// sendReadback reads the client's settings back behind the unit just sent.
-// Not behind a unit that may have started COPY FROM STDIN: the server
-// would take it for copy data. A later unit reads back instead (and until
-// then the connection stays marked changed).
-func (r *relay) sendReadback() error {
-	if r.ledger.copyRisk() {
+// holdForReadback keeps the lease on the held connection past its next idle
+// ReadyForQuery, until the client's settings are read back there.
+func (r *relay) holdForReadback() {
+	r.leaseMu.Lock()
+	r.holdLease = true
+	r.leaseMu.Unlock()
+}
+
+// readBack reads the client's settings back on the held connection once
+// everything it sent is answered and it is outside a transaction block:
+// then the values are final, and the readback cannot fail the client's
+// transaction. Not while the server waits for the client (COPY FROM STDIN,
+// a group without a Sync yet) or inside a block: a later unit's end, or
+// the moment the client goes quiet, reads back instead (and until then the
+// connection stays marked changed, and the lease held).
+func (r *relay) readBack() error {
+	if r.carry.sent {
+		return nil
+	}
+	// Between messages the request side may have no writer: take the held
+	// connection's again (the hold keeps it this client's).
+	r.leaseMu.Lock()
+	held := r.sc != nil
+	if held && !r.writing {
+		r.writing = true
+		r.uw, r.wconn = r.sc.w, r.sc.conn
+	}
+	r.leaseMu.Unlock()
+	if !held {
+		return nil
+	}
+	if err := r.await(untilAnswered); err != nil {
+		return err
+	}
+	if r.ledger.pending.Load() > 0 || byte(r.txStatus.Load()) != 'I' {
 		return nil
 	}
 	msgs := plainReadback
-	if len(r.carry.custom) > 0 {
+	switch {
+	case r.pinned.Load():
+		if r.carry.pinMsgs == nil {
+			r.carry.pinMsgs = readbackMessages(r.carry.custom, true)
+		}
+		msgs = r.carry.pinMsgs
+	case len(r.carry.custom) > 0:
 		if r.carry.msgs == nil {
-			r.carry.msgs = readbackMessages(r.carry.custom)
+			r.carry.msgs = readbackMessages(r.carry.custom, false)
 		}
 		msgs = r.carry.msgs
 	}
@@ -147,10 +201,10 @@ func (r *relay) takeReadback() error {
 	c.sent = false
 	c.answered.Store(false)
 	r.leaseMu.Lock()
-	next, idle := c.next, c.idle
+	next, idle, pinned := c.next, c.idle, r.pin != ""
 	c.next = nil
 	r.leaseMu.Unlock()
-	if idle {
+	if idle && !pinned {
 		c.touched = false
 	}
 	if next != nil {
@@ -166,7 +220,10 @@ func (r *relay) readbackRow(size int) error {
 	if err != nil {
 		return err
 	}
-	if name, value, ok := twoTextColumns(msg[5:]); ok {
+	switch name, value, ok := twoTextColumns(msg[5:]); {
+	case ok && name == "":
+		r.carry.pinLeft = value
+	case ok:
 		r.carry.rows = append(r.carry.rows, setting{name: name, value: value})
 	}
 	return nil
@@ -198,12 +255,18 @@ func twoTextColumns(body []byte) (string, string, bool) {
 func (r *relay) readbackAnswered(status byte) {
 	c := &r.carry
 	defer func() {
-		c.rows, c.failed = c.rows[:0], false
+		c.rows, c.failed, c.pinLeft = c.rows[:0], false, ""
 		c.answered.Store(true)
 	}()
 	c.idle = status == 'I' && !c.failed
+	if status == 'I' {
+		r.holdLease = false // read back, or failed to: the lease may end
+	}
 	if !c.idle {
-		return // in a block: the values are not final
+		return // failed (the connection stays marked changed)
+	}
+	if c.pinLeft == "0" {
+		r.unpinLocked() // nothing left that needs this connection
 	}
 	settings, own := r.settingsFrom(c.rows)
 	key := setStatements(settings)

@@ -23,6 +23,7 @@ const (
 	codeIdleSessionTimeout       = "57P05"
 	codeIdleInTransactionTimeout = "25P03"
 	codeTooManyConnections       = "53300"
+	codeConfigurationLimit       = "53400"
 	codeQueryCanceled            = "57014"
 	codeProgramLimitExceeded     = "54000"
 	codeInternalError            = "XX000"

@@ -43,7 +43,8 @@ const (
 	fromStandalone                 // pgtenant's standalone assertion, its Sync included: all hidden
 	fromReassert                   // the same behind RESET ALL / DISCARD ALL: nobody waits for it
 	fromReadback                   // the client's settings read back (carried.go): rows taken, the rest hidden
-	fromPrepare                    // a client statement prepared ahead of its DEALLOCATE, with a Sync: hidden
+	fromPrepare                    // a stand-in prepared ahead of a DEALLOCATE, with a Sync: hidden
+	fromPrepareInline              // the same inside the client's group: hidden, but an error is the client's
 	fromOwn                        // other messages of pgtenant's with no reply (Flush)
 )
 

@@ -31,6 +31,10 @@ type Observer interface {
 	PoolWait(tenant string)
 	// SessionEnd reports the bytes a session relayed each way.
 	SessionEnd(tenant string, fromClient, toClient int64)
+	// Pinned reports a pooled connection pinned to one client (delta 1,
+	// with the reason: "WITH HOLD cursor", "temporary table", "LISTEN",
+	// "session advisory lock") or unpinned (delta -1).
+	Pinned(reason string, delta int)
 	// Panic reports a bug caught in one session (where: "client", the
 	// request side; "upstream", the reply side): that session ended and its
 	// upstream connection was closed, and the proxy went on.
@@ -62,3 +66,4 @@ func (nopObserver) Error(string)                         {}
 func (nopObserver) SessionEnd(string, int64, int64)      {}
 func (nopObserver) PoolWait(string)                      {}
 func (nopObserver) Panic(string)                         {}
+func (nopObserver) Pinned(string, int)                   {}

@@ -87,6 +87,8 @@ func TestSetStatementOfListSettings(t *testing.T) {
 		{"search_path", ``, `SET search_path TO ''`},
 		{"search_path", `a,,b`, `SET search_path TO 'a,,b'`},
 		{"work_mem", `64MB`, `SET work_mem TO '64MB'`},
+		{"user.id", `42`, `SET "user"."id" TO '42'`},
+		{"app.tenant_id", `a"b`, `SET "app"."tenant_id" TO 'a"b'`},
 	} {
 		if got := setStatement(setting{name: tc.name, value: tc.value}); got != tc.want {
 			t.Errorf("%s = %q: %s, want %s", tc.name, tc.value, got, tc.want)

@@ -89,19 +89,22 @@ type txPool struct {
 	obs     func() Observer
 	log     *slog.Logger
 
-	mu       sync.Mutex
-	idle     []*serverConn // most recently released last
-	open     int           // connections open or being opened
-	active   map[string]int
-	waiters  map[string][]*poolWaiter
-	ring     []string // tenants with waiters, in service order
-	nwaiting int
-	closed   bool
-	statuses map[string]map[string]string // parameter statuses by startup parameters
-	ctx      context.Context              // done when the pool closes: waits and dials end
-	stop     context.CancelFunc
-	done     chan struct{}
-	readers  sync.WaitGroup // one per open connection
+	mu           sync.Mutex
+	idle         []*serverConn // most recently released last
+	open         int           // connections open or being opened
+	active       map[string]int
+	waiters      map[string][]*poolWaiter
+	ring         []string // tenants with waiters, in service order
+	nwaiting     int
+	closed       bool
+	statuses     map[string]map[string]string // parameter statuses by startup parameters
+	pinned       int                          // connections pinned to a client (pinned.go)
+	tenantPinned map[string]int               // and per tenant
+	pinFreed     chan struct{}                // closed when a pin ends
+	ctx          context.Context              // done when the pool closes: waits and dials end
+	stop         context.CancelFunc
+	done         chan struct{}
+	readers      sync.WaitGroup // one per open connection
 
 	ctxMu    sync.Mutex
 	contexts map[string]*poolContext // by key, while a session uses it
@@ -169,6 +172,7 @@ func newTxPool(cfg config.Pool, connect func(context.Context) (*serverConn, erro
 		done:    make(chan struct{}),
 
 		contexts: map[string]*poolContext{},
+		pinFreed: make(chan struct{}),
 	}
 	p.ctx, p.stop = context.WithCancel(context.Background())
 	go p.maintain()

@@ -23,7 +23,7 @@ func TestPoolContextsAreShared(t *testing.T) {
 	}{
 		{"same settings, same context", a1 == a2},
 		{"other startup parameters, another context", b != a1},
-		{"the key is the SET statements", a1.key == "SET application_name TO 'psql'; SET app.tenant_id TO 'a'"},
+		{"the key is the SET statements", a1.key == `SET application_name TO 'psql'; SET "app"."tenant_id" TO 'a'`},
 		{"the context statements assert the tenant only", string(a1.settled.replies) == "2C3" && len(a1.assertion.replies) == 10 && a1.ctxCount == 1},
 		{"two sessions counted", a1.refs == 2 && len(p.contexts) == 2},
 	}

@@ -40,12 +40,22 @@ type pooledState struct {
 	changes  bool   // the guard's ChangesSettings for the message being relayed
 	deallocs bool   // and its DeallocatesAll
 	dealloc  string // and its Deallocate
+	pins     string // and its Pins
 
 	// The client's own settings (carried.go): startup are its startup
 	// parameters, context the tenant context asserted after them.
 	startup, context []setting
 	carryRules       *carryRules
 	carry            carryState
+	// pin is why the held connection is pinned to this client ("": it is
+	// not; pinned.go), under leaseMu; pinned mirrors it for readers
+	// without the lock.
+	pin    string
+	pinned atomic.Bool
+	// holdLease keeps the lease past an idle ReadyForQuery while the
+	// client's settings are to be read back on its connection (carried.go),
+	// under leaseMu.
+	holdLease bool
 
 	// Guarded by leaseMu (with pending, when the reply side detaches).
 	sc       *serverConn // held connection, nil between transactions
@@ -322,7 +332,7 @@ func (r *relay) endLease() {
 	if r.sc == nil {
 		return
 	}
-	if r.attached || r.writing || r.ledger.pending.Load() != 0 || byte(r.txStatus.Load()) != 'I' {
+	if r.attached || r.writing || r.pin != "" || r.ledger.pending.Load() != 0 || byte(r.txStatus.Load()) != 'I' {
 		// Mid-transaction, mid-COPY, with replies owed, or inside a write
 		// section (part of a message may have gone out, or be waiting in
 		// the connection's write buffer): the state of the connection is
@@ -442,9 +452,9 @@ func (r *relay) relayStatementMessage(typ byte, size int, msg []byte, peeked boo
 		if len(name) == 0 {
 			st.mu.Lock()
 			st.gen++
-			undo := replyEntry{seq: seq, kind: effectClientUnnamed, prev: st.unnamed, prevChanges: st.unnamedChanges, prevDeallocates: st.unnamedDeallocates, prevGen: st.gen - 1}
+			undo := replyEntry{seq: seq, kind: effectClientUnnamed, prev: st.unnamed, prevChanges: st.unnamedChanges, prevDeallocates: st.unnamedDeallocates, prevPins: st.unnamedPins, prevGen: st.gen - 1}
 			st.unnamed = append(st.unnamed[:0:0], msg...)
-			st.unnamedChanges, st.unnamedDeallocates = r.changes, r.deallocs
+			st.unnamedChanges, st.unnamedDeallocates, st.unnamedPins = r.changes, r.deallocs, r.pins
 			st.mu.Unlock()
 			sc.mu.Lock()
 			undo.prevOwner, undo.prevOwnerN = sc.unnamed, sc.unnamedN
@@ -466,7 +476,7 @@ func (r *relay) relayStatementMessage(typ byte, size int, msg []byte, peeked boo
 			return r.writeRewrittenAs(len(msg), peeked, existing.client)
 		}
 		server := serverStmtName(r.pctx.key, rest)
-		cs := &clientStmt{client: string(name), server: server, parse: appendParse(nil, server, rest), changes: r.changes, deallocates: r.deallocs}
+		cs := &clientStmt{client: string(name), server: server, parse: appendParse(nil, server, rest), changes: r.changes, deallocates: r.deallocs, pins: r.pins}
 		st.mu.Lock()
 		if st.byName == nil {
 			st.byName = map[string]*clientStmt{} // most clients never prepare by name
@@ -599,7 +609,14 @@ func (r *relay) relayBind(size int) error {
 		st.mu.Lock()
 		changes := st.unnamedChanges && st.unnamed != nil
 		deallocates := st.unnamedDeallocates && st.unnamed != nil
+		pins := st.unnamedPins
+		if st.unnamed == nil {
+			pins = ""
+		}
 		st.mu.Unlock()
+		if err := r.pinForBind(pins); err != nil {
+			return err
+		}
 		if changes {
 			r.noteSettingsChange()
 		}
@@ -618,6 +635,9 @@ func (r *relay) relayBind(size int) error {
 	switch {
 	case cs != nil:
 		client = cs.client
+		if err := r.pinForBind(cs.pins); err != nil {
+			return err
+		}
 		if cs.changes {
 			r.noteSettingsChange()
 		}
@@ -820,11 +840,14 @@ func (r *relay) queryRan(gen uint64, sc *serverConn) {
 }
 
 // deallocateOne relays a client's DEALLOCATE name (msg, a lone statement
-// in a Query or Parse) under the statement's upstream name, preparing it
-// first, in a round trip of pgtenant's own, where the held connection lacks
-// it: the server then answers as it would the client's own session (the
-// command tag, or the error of a failed transaction block). It returns the
-// message to relay instead.
+// in a Query or Parse) under the statement's upstream name. Where the held
+// connection lacks it, a stand-in (SELECT, which parses under any
+// search_path) is prepared under that name first, in a round trip of
+// pgtenant's own: the server then answers as it would the client's own
+// session (the command tag, or the error of a failed transaction block).
+// Inside a group, whose Sync that round trip would preempt, the stand-in
+// goes ahead of the DEALLOCATE without a Sync. It returns the message to
+// relay instead.
 //
 // The client's name goes now: a DEALLOCATE the server then refuses (in a
 // failed block) leaves the statement gone for the client too, where
@@ -846,16 +869,24 @@ func (r *relay) deallocateOne(msg []byte, peeked bool) ([]byte, bool, error) {
 	default:
 		return msg, peeked, nil // not prepared: the server says so in the client's words
 	}
-	firstOfUnit := msg[0] == 'Q' || !r.inGroup
-	if cs != nil && !r.sc.touch(server) && firstOfUnit && !r.ledger.skipsNext() && !r.ledger.copyRisk() {
-		if err := r.beginUnit(); err != nil {
-			return nil, false, err
+	own := !r.inGroup && !r.ledger.skipsNext()
+	if cs != nil && (own || r.inGroup) && !r.sc.touch(server) {
+		if own {
+			if err := r.beginUnit(); err != nil {
+				return nil, false, err
+			}
 		}
+		// Its replies are hidden; what the connection has prepared under
+		// the name is settled below, whatever they say.
 		buf := appendClose(nil, 'S', server)
-		st.record(replyEntry{seq: r.seq, action: replyHide, kind: effectServerRemove, server: server})
-		buf = append(buf, cs.parse...)
-		st.record(replyEntry{seq: r.seq, action: replyHide, kind: effectServerAdd, server: server})
-		if err := r.sendMsgs(append(buf, syncMessage...), fromPrepare); err != nil {
+		st.record(replyEntry{seq: r.seq, action: replyHide})
+		buf = mustEncode(buf, &pgproto3.Parse{Name: server, Query: "SELECT"})
+		st.record(replyEntry{seq: r.seq, action: replyHide})
+		o := fromPrepareInline
+		if own {
+			buf, o = append(buf, syncMessage...), fromPrepare
+		}
+		if err := r.sendMsgs(buf, o); err != nil {
 			return nil, false, err
 		}
 	}

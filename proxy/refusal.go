@@ -103,7 +103,7 @@ func (r *relay) check(msg []byte) (substitute []byte, resets, deallocates bool, 
 		r.knobs.OnStatement(statementText(msg))
 	}
 	var verdictErr *pgconn.PgError
-	var name string
+	var name, pins string
 	switch msg[0] {
 	case 'F':
 		if len(msg) < 9 {
@@ -113,9 +113,11 @@ func (r *relay) check(msg []byte) (substitute []byte, resets, deallocates bool, 
 		verdictErr = r.guard.CheckFunctionCall(oid)
 	case 'Q':
 		v := r.guard.CheckQuery(statementText(msg))
-		verdictErr, resets, deallocates = v.Err, v.ResetsContext, v.DeallocatesAll
+		verdictErr, resets, deallocates, pins = v.Err, v.ResetsContext, v.DeallocatesAll, v.Pins
 		r.changes, r.dealloc = v.ChangesSettings, v.Deallocate
-		r.noteCustomSettings(v.CustomSettings)
+		if verdictErr == nil {
+			verdictErr = r.noteCustomSettings(v.CustomSettings)
+		}
 	case 'P':
 		body := msg[5:]
 		nul := bytes.IndexByte(body, 0)
@@ -123,11 +125,22 @@ func (r *relay) check(msg []byte) (substitute []byte, resets, deallocates bool, 
 			return nil, false, false, fatalf(codeProtocolViolation, "invalid Parse message")
 		}
 		v := r.guard.CheckParse(statementText(msg))
-		verdictErr, deallocates = v.Err, v.DeallocatesAll
+		verdictErr, deallocates, pins = v.Err, v.DeallocatesAll, v.Pins
 		r.changes, r.dealloc = v.ChangesSettings, v.Deallocate
-		r.noteCustomSettings(v.CustomSettings)
+		if verdictErr == nil {
+			verdictErr = r.noteCustomSettings(v.CustomSettings)
+		}
 		if verdictErr != nil {
 			name = string(body[:nul])
+		}
+	}
+	r.pins = pins
+	if verdictErr == nil && pins != "" {
+		if msg[0] == 'Q' {
+			verdictErr = r.pinFor(pins)
+		} else {
+			// Pinned when it runs (relayBind); refused now if it could not be.
+			verdictErr = r.pinRoom()
 		}
 	}
 	if verdictErr == nil {

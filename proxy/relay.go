@@ -230,6 +230,13 @@ func statementText(msg []byte) []byte {
 func (r *relay) clientToUpstream() error {
 	for {
 		if r.cr.Buffered() < 5 {
+			if r.carry.touched {
+				// About to wait for the client: its settings, if they are
+				// final, are read back now, so that the lease can end.
+				if err := r.readBack(); err != nil {
+					return err
+				}
+			}
 			// Everything that arrived together has been relayed: one write.
 			if err := r.flushUpstream(); err != nil {
 				return err
@@ -260,7 +267,7 @@ func (r *relay) clientToUpstream() error {
 		}
 		if r.carry.due {
 			r.carry.due = false
-			if err := r.sendReadback(); err != nil {
+			if err := r.readBack(); err != nil {
 				return err
 			}
 		}
@@ -319,14 +326,12 @@ func (r *relay) relayMessage(typ byte, size int) error {
 			// The connection's committed settings may not stay this client's.
 			r.noteSettingsChange()
 		}
+		if held && r.carry.touched {
+			r.holdForReadback()
+		}
 		if !held {
 			// Nothing to flush, no COPY in progress: PostgreSQL would ignore it too.
 			return r.discardClientMessage(size, msg, peeked)
-		}
-		if r.dealloc != "" && substitute == nil {
-			if msg, peeked, err = r.deallocateOne(msg, peeked); err != nil {
-				return err
-			}
 		}
 	}
 	inCopy := false
@@ -335,13 +340,18 @@ func (r *relay) relayMessage(typ byte, size int) error {
 			return err
 		}
 	}
+	if r.pooled() && r.dealloc != "" && substitute == nil && !inCopy {
+		if msg, peeked, err = r.deallocateOne(msg, peeked); err != nil {
+			return err
+		}
+	}
 	step, inGroup := classifyClient(typ, r.inGroup, inCopy, typ == 'S' && r.ledger.dropsSync())
 	if typ == 'S' && step != stepDrop {
 		r.assertDue = nil // the group ends having run nothing that needed it
 	}
 	r.inGroup = inGroup
-	if r.carry.touched && !inGroup && (typ == 'S' && (step == stepRelay || step == stepLoneSync) || typ == 'Q' && step == stepUnit) {
-		r.carry.due = true // read the settings back behind this unit
+	if r.carry.touched && !inGroup && step != stepDrop && step != stepIntoCopy && bytes.IndexByte(unitEnds, typ) >= 0 {
+		r.carry.due = true // a unit or a COPY ends: read the settings back behind it
 	}
 	switch step {
 	case stepDrop:
@@ -416,6 +426,10 @@ func (r *relay) relayMessage(typ byte, size int) error {
 	}
 	return nil
 }
+
+// unitEnds are the client messages after which the server may be idle:
+// Query, FunctionCall, Sync, CopyDone, CopyFail.
+var unitEnds = []byte("QFScf")
 
 // clientStep is what the request side does with one client message.
 type clientStep uint8
@@ -942,7 +956,8 @@ func (r *relay) wake() {
 // sides call it: the request side before it waits for the client, the
 // reply side when the last reply is in.
 func (r *relay) armIdleTimeout() {
-	if r.idleTimeout == 0 && r.idleInTxTimeout == 0 {
+	pinned := r.pooled() && r.pinned.Load()
+	if r.idleTimeout == 0 && r.idleInTxTimeout == 0 && !pinned {
 		return
 	}
 	for {
@@ -951,6 +966,11 @@ func (r *relay) armIdleTimeout() {
 		if pending == 0 {
 			if byte(r.txStatus.Load()) == 'I' {
 				d = r.idleTimeout
+				if pinned {
+					if p := r.pool.cfg.PinnedIdleTimeout.Duration; p > 0 && (d == 0 || p < d) {
+						d = p
+					}
+				}
 			} else {
 				d = r.idleInTxTimeout
 			}
@@ -1045,8 +1065,12 @@ func (r *relay) flushUp() error {
 // idleError turns a read timeout from armIdleTimeout into PostgreSQL's error.
 func (r *relay) idleError(err error) error {
 	var ne net.Error
-	if r.idleTimeout == 0 && r.idleInTxTimeout == 0 || !errors.As(err, &ne) || !ne.Timeout() {
+	pinned := r.pooled() && r.pinned.Load()
+	if r.idleTimeout == 0 && r.idleInTxTimeout == 0 && !pinned || !errors.As(err, &ne) || !ne.Timeout() {
 		return err
+	}
+	if byte(r.txStatus.Load()) == 'I' && pinned {
+		return fatalf(codeIdleSessionTimeout, "terminating connection due to idle-session timeout: it held a pooled connection pinned to it (pool.pinned_idle_timeout is %s)", r.pool.cfg.PinnedIdleTimeout.Duration)
 	}
 	if byte(r.txStatus.Load()) == 'I' {
 		return fatalf(codeIdleSessionTimeout, "terminating connection due to idle-session timeout")

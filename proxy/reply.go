@@ -156,7 +156,7 @@ func (r *relay) ownReply(typ byte, size int, res replyResult) error {
 	case typ == 'E' && res.origin == fromReadback:
 		// In a failed block: a later unit reads back again.
 		r.carry.failed = true
-	case (typ == '1' || typ == '3') && res.origin == fromPrepare:
+	case (typ == '1' || typ == '3') && (res.origin == fromPrepare || res.origin == fromPrepareInline):
 		r.stmts.reply() // its effect on what the connection has prepared
 	case typ == 'E':
 		return r.ownError(size, res)
@@ -174,12 +174,22 @@ func (r *relay) ownError(size int, res replyResult) error {
 	upstreamErr := decodeError(msg)
 	// In a failed transaction block the assertion fails as the client's own
 	// first statement would: PostgreSQL's error is the client's.
-	aborted := upstreamErr.Code == codeInFailedTransaction && res.origin == fromAssert
-	if res.origin == fromPrepare {
-		// The client's DEALLOCATE behind it fails the same way, or finds
-		// no statement: its error is the client's.
+	// Behind a RESET ALL in a failed block (or a DISCARD ALL that failed
+	// the block) the re-assertion fails as the client's statement did:
+	// neither ran, and the context stands.
+	aborted := upstreamErr.Code == codeInFailedTransaction && (res.origin == fromAssert || res.origin == fromReassert)
+	if res.origin == fromPrepare || res.origin == fromPrepareInline {
+		// In a round trip of its own, the client's DEALLOCATE behind it
+		// fails the same way (a failed block): its error is the client's.
+		// Inside the client's group the server now skips that DEALLOCATE:
+		// this error, the one it would have had, is the client's.
 		r.stmts.dropUnit(res.unit, r.rsc, res.msgType == 'P' || res.msgType == 'C')
-		return nil
+		if res.origin == fromPrepare {
+			return nil
+		}
+		r.obs.Error(r.tenant)
+		_, err := r.cw.Write(msg)
+		return err
 	}
 	if r.pooled() {
 		r.stmts.dropUnit(res.unit, r.rsc, false)
@@ -189,6 +199,8 @@ func (r *relay) ownError(size int, res replyResult) error {
 		}
 	}
 	switch {
+	case aborted && res.origin == fromReassert:
+		return nil // the client has its own statement's error
 	case aborted:
 		r.obs.Error(r.tenant)
 		_, err := r.cw.Write(msg)
@@ -282,7 +294,7 @@ func (r *relay) readyForQuery(size int, res replyResult) error {
 		r.armUpstreamTimeout(r.rconn)
 	}
 	if r.pooled() {
-		if left == 0 && status == 'I' {
+		if left == 0 && status == 'I' && r.pin == "" && !r.holdLease {
 			// From here on another connection's reader may serve this relay:
 			// nothing below touches the reply side's state.
 			r.detachLocked()

@@ -557,6 +557,7 @@ func (ss *session) close() {
 			ss.relay.carry.next = nil
 			ss.relay.pool.dropContext(next.key)
 		}
+		ss.relay.unpinLocked()
 		ss.relay.leaseMu.Unlock()
 		return
 	}

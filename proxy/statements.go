@@ -70,6 +70,7 @@ type replyEntry struct {
 	// Parse (and its flags) it closed or replaced.
 	prev                         []byte
 	prevChanges, prevDeallocates bool
+	prevPins                     string
 	// For effectClientUnnamed: the client's statements.gen before, and whose
 	// unnamed statement the connection held.
 	prevGen    uint64
@@ -83,6 +84,7 @@ type clientStmt struct {
 	server  string // name upstream
 	parse   []byte // the Parse message under that name, to prepare it again
 	changes bool   // running it may change the connection's settings (guard.Verdict.ChangesSettings)
+	pins    string // running it pins the connection (guard.Verdict.Pins)
 	// deallocates: it is DEALLOCATE ALL (guard.Verdict.DeallocatesAll)
 	deallocates bool
 }
@@ -93,6 +95,7 @@ type statements struct {
 	unnamed            []byte // the client's last unnamed Parse, nil when it has none
 	unnamedChanges     bool   // like clientStmt.changes
 	unnamedDeallocates bool   // like clientStmt.deallocates
+	unnamedPins        string // like clientStmt.pins
 	gen                uint64 // which unnamed Parse that was
 
 	// mu guards replies, and byName and unnamed against undo by the
@@ -272,7 +275,7 @@ func (st *statements) dropUnit(seq uint64, sc *serverConn, headFailed bool) {
 				break
 			}
 			// Skipped: the client's unnamed statement is the one before.
-			st.unnamed, st.unnamedChanges, st.unnamedDeallocates = e.prev, e.prevChanges, e.prevDeallocates
+			st.unnamed, st.unnamedChanges, st.unnamedDeallocates, st.unnamedPins = e.prev, e.prevChanges, e.prevDeallocates, e.prevPins
 			st.gen = e.prevGen
 		case effectClientUnnamedClose:
 			st.unnamed = e.prev
