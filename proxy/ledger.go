@@ -37,15 +37,15 @@ import (
 type origin uint8
 
 const (
-	fromClient       origin = iota // the client's (perhaps under other names): replies are relayed
-	fromAssert                     // pgtenant's inline assertion ahead of a group: replies hidden
-	fromAssertSimple               // the same ahead of a Query or FunctionCall
-	fromStandalone                 // pgtenant's standalone assertion, its Sync included: all hidden
-	fromReassert                   // the same behind RESET ALL / DISCARD ALL: nobody waits for it
-	fromReadback                   // the client's settings read back (carried.go): rows taken, the rest hidden
-	fromPrepare                    // a stand-in prepared ahead of a DEALLOCATE, with a Sync: hidden
-	fromPrepareInline              // the same inside the client's group: hidden, but an error is the client's
-	fromOwn                        // other messages of pgtenant's with no reply (Flush)
+	fromClient        origin = iota // the client's (perhaps under other names): replies are relayed
+	fromAssert                      // pgtenant's inline assertion ahead of a group: replies hidden
+	fromAssertSimple                // the same ahead of a Query or FunctionCall
+	fromStandalone                  // pgtenant's standalone assertion, its Sync included: all hidden
+	fromReassert                    // the same behind RESET ALL / DISCARD ALL: nobody waits for it
+	fromReadback                    // the client's settings read back (carried.go): rows taken, the rest hidden
+	fromPrepare                     // a stand-in prepared ahead of a DEALLOCATE, with a Sync: hidden
+	fromPrepareInline               // the same inside the client's group: hidden, but an error is the client's
+	fromOwn                         // other messages of pgtenant's with no reply (Flush)
 )
 
 // own reports whether replies to messages of this origin are pgtenant's.
