@@ -1110,9 +1110,11 @@ func (r *relay) assertStandalone() error {
 	if err := r.await(untilStandalone); err != nil {
 		return err
 	}
-	if e := r.standaloneErr.Swap(nil); e != nil {
+	if e := r.standaloneErr.Swap(nil); e != nil && e.Code != codeInFailedTransaction {
 		return assertionFailed(e)
 	}
+	// In a failed block (25P02) nothing runs until it ends: the client's
+	// statement, sent next, gets PostgreSQL's own error or ends the block.
 	return nil
 }
 

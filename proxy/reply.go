@@ -177,7 +177,7 @@ func (r *relay) ownError(size int, res replyResult) error {
 	// Behind a RESET ALL in a failed block (or a DISCARD ALL that failed
 	// the block) the re-assertion fails as the client's statement did:
 	// neither ran, and the context stands.
-	aborted := upstreamErr.Code == codeInFailedTransaction && (res.origin == fromAssert || res.origin == fromReassert)
+	aborted := upstreamErr.Code == codeInFailedTransaction && (res.origin == fromAssert || res.origin == fromReassert || res.origin == fromStandalone)
 	if res.origin == fromPrepare || res.origin == fromPrepareInline {
 		// In a round trip of its own, the client's DEALLOCATE behind it
 		// fails the same way (a failed block): its error is the client's.
@@ -201,6 +201,9 @@ func (r *relay) ownError(size int, res replyResult) error {
 	switch {
 	case aborted && res.origin == fromReassert:
 		return nil // the client has its own statement's error
+	case aborted && res.origin == fromStandalone:
+		r.resp.standaloneErr = upstreamErr // the client's statement, next, gets its own
+		return nil
 	case aborted:
 		r.obs.Error(r.tenant)
 		_, err := r.cw.Write(msg)
