@@ -28,7 +28,7 @@ func TestPoolRefusesSessionState(t *testing.T) {
 	t.Cleanup(func() { superQuery(t, "REVOKE TEMPORARY ON DATABASE app FROM "+demo.RLSRole) })
 	for _, tc := range []struct{ sql, code, hint string }{
 		{"SET idle_session_timeout = '5s'", "0A000", "limits.idle_timeout"},
-		{"PREPARE q AS SELECT 1", "0A000", ""},
+		{"PREPARE pgtenant_q AS SELECT 1", "42501", ""},
 		{"CREATE TABLE pg_temp.scratch (x int)", "0A000", "ON COMMIT DROP"},
 		{"SELECT name FROM pg_prepared_statements", "42501", ""},
 	} {

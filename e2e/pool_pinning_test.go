@@ -1,7 +1,7 @@
 package e2e
 
 // State that outlives a transaction (a WITH HOLD cursor, a temporary table,
-// LISTEN, a session advisory lock) in both modes. In transaction mode it
+// an SQL prepared statement, LISTEN, a session advisory lock) in both modes. In transaction mode it
 // pins the client's pooled connection until the state is gone: the
 // client's next transactions find it, the other tenant waits for the
 // connection (a pool of one) rather than share it, and gets it back when
@@ -63,6 +63,8 @@ func TestPoolPinning(t *testing.T) {
 			"SELECT sum(x) FROM scratch", "42", "DROP TABLE scratch"},
 		{"session advisory lock", []string{"SELECT pg_advisory_lock(4242)"},
 			"SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND pid = pg_backend_pid()", "1", "SELECT pg_advisory_unlock(4242)"},
+		{"SQL PREPARE", []string{"PREPARE mine (int) AS SELECT current_setting('app.tenant_id') || ':' || $1"},
+			"EXECUTE mine (7)", tenantA.ID + ":7", "DEALLOCATE mine"},
 		{"LISTEN", []string{"LISTEN pin_news"},
 			"SELECT string_agg(c, ',') FROM pg_listening_channels() c", "pin_news", "UNLISTEN pin_news"},
 	} {

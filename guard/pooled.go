@@ -64,6 +64,7 @@ const (
 	PinTempTable    = "temporary table"
 	PinListen       = "LISTEN"
 	PinAdvisoryLock = "session advisory lock"
+	PinPrepared     = "SQL prepared statement"
 )
 
 func (c *checker) pin(reason string) {
@@ -134,15 +135,19 @@ func (c *checker) visitPooled(m protoreflect.Message) {
 			c.pin(PinCursor)
 		}
 	case *pg_query.PrepareStmt:
-		c.notSupported("PREPARE is not supported in transaction pool mode",
-			"Use protocol-level prepared statements (Parse/Bind), which pgtenant carries across connections.")
+		// The statement lives on the connection: it pins it until deallocated.
+		c.pin(PinPrepared)
+		if strings.HasPrefix(strings.ToLower(n.Name), "pgtenant_") {
+			c.pooledErr = refused(fmt.Sprintf("permission denied: prepared statement names starting with pgtenant_ are pgtenant's (%q)", n.Name), "")
+		}
 	case *pg_query.ExecuteStmt:
-		// With PREPARE refused, EXECUTE could only reach statements the
-		// client did not prepare in SQL: pgtenant's own on the shared
-		// connection (the context statements of whoever holds it) or
-		// protocol-level ones under their upstream names.
-		c.notSupported("EXECUTE is not supported in transaction pool mode",
-			"Use protocol-level prepared statements (Parse/Bind), which pgtenant carries across connections.")
+		// Client names of protocol-level statements never reach the
+		// server, so EXECUTE reaches the client's own SQL-prepared ones,
+		// or pgtenant's (its context statements, the protocol statements
+		// of whoever holds the connection): those never.
+		if strings.HasPrefix(strings.ToLower(n.Name), "pgtenant_") {
+			c.pooledErr = refused(fmt.Sprintf("permission denied: prepared statement %q is pgtenant's", n.Name), "")
+		}
 	case *pg_query.DeallocateStmt:
 		// pg_query 6 marks DEALLOCATE ALL with isall; older trees left the
 		// name empty, and a real name cannot be empty.
