@@ -519,7 +519,7 @@ func TestPoolDriverNode(t *testing.T) {
 	}
 	// Install the locked dependencies into a copy of the project.
 	dir := t.TempDir()
-	for _, f := range []string{"package.json", "package-lock.json", "pool.js"} {
+	for _, f := range []string{"package.json", "package-lock.json", "pool.js", "postgresjs.mjs"} {
 		b, err := os.ReadFile(filepath.Join("testdata", "node", f))
 		if err != nil {
 			t.Fatal(err)
@@ -615,7 +615,53 @@ func TestPoolDriverNode(t *testing.T) {
 		if len(got.Results) != 16 {
 			t.Errorf("pool.js reported %d results, want 16:\n%s", len(got.Results), out)
 		}
+		pdPostgresJS(t, ctx, node, dir, string(arg))
 	})
+}
+
+// pdPostgresJS runs postgresjs.mjs (postgres.js with its default settings:
+// named prepared statements, pipelined queries, sql.begin) as the two
+// clients of arg, and fails the test for each check that did not pass.
+func pdPostgresJS(t *testing.T, ctx context.Context, node, dir, arg string) {
+	t.Helper()
+	// The expected rows: each client's tenant and its projects.
+	var cfg map[string]any
+	if err := json.Unmarshal([]byte(arg), &cfg); err != nil {
+		t.Fatal(err)
+	}
+	for who, tn := range map[string]demo.Tenant{"a": tenantA, "b": tenantB} {
+		cfg[who].(map[string]any)["names"] = pdNames(tn)
+	}
+	b, err := json.Marshal(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	run := exec.CommandContext(ctx, node, "postgresjs.mjs", string(b))
+	run.Dir = dir
+	var stderr strings.Builder
+	run.Stderr = &stderr
+	out, err := run.Output()
+	if err != nil {
+		t.Fatalf("node postgresjs.mjs: %v\nstdout:\n%s\nstderr:\n%s", err, out, stderr.String())
+	}
+	var got struct {
+		Results []struct {
+			Label  string `json:"label"`
+			OK     bool   `json:"ok"`
+			Detail string `json:"detail"`
+		} `json:"results"`
+	}
+	if err := json.Unmarshal(out, &got); err != nil {
+		t.Fatalf("postgresjs.mjs output: %v\n%s", err, out)
+	}
+	if len(got.Results) != 4 {
+		t.Errorf("postgresjs.mjs reported %d results, want 4:\n%s", len(got.Results), out)
+	}
+	for _, r := range got.Results {
+		if !r.OK {
+			t.Errorf("postgres.js %s: %s", r.Label, r.Detail)
+		}
+	}
 }
 
 // A JDBC-shaped flow (pgjdbc with prepareThreshold=5), reproduced on the
