@@ -196,6 +196,14 @@ func TestPoolStress(t *testing.T) {
 						continue
 					}
 					mine[0] = want
+					if i%2 == 1 {
+						// asyncpg's reset string, as its Pool sends it: the
+						// setting goes back to the default.
+						if _, err := conn.Exec(ctx, "SELECT pg_advisory_unlock_all(); CLOSE ALL; UNLISTEN *; RESET ALL;", pgx.QueryExecModeSimpleProtocol); err != nil {
+							report("reset string: %v", err)
+						}
+						mine[0] = "4MB"
+					}
 				case 6: // a pinned connection: a WITH HOLD cursor, an advisory lock, a temporary table
 					name := fmt.Sprintf("held_%d", c)
 					if _, err := conn.Exec(ctx, "DECLARE "+name+" CURSOR WITH HOLD FOR SELECT current_setting('app.tenant_id'), n FROM pool_stress"); err != nil {
