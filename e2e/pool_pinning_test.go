@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/jackc/pgx/v5/pgproto3"
 
 	"github.com/pgtenant/pgtenant/config"
 	"github.com/pgtenant/pgtenant/internal/demo"
@@ -190,4 +191,30 @@ func TestPoolPinnedBounds(t *testing.T) {
 	// Its pin went with it: another client may pin.
 	pinExec(t, b, "DECLARE d CURSOR WITH HOLD FOR SELECT 1")
 	pinExec(t, b, "CLOSE d")
+}
+
+// A pin that ends (CLOSE) with the next pinning statement already on its
+// way (pipelined behind it) keeps the connection: the second cursor is
+// never left on a connection another tenant gets. Transaction mode only
+// (the other tenant waits for the pinned connection).
+func TestPoolPinHandsOverToPipelinedPin(t *testing.T) {
+	p := startProxy(t, transactionPool(1))
+	a := ppHijack(t, p.pgconnect(t, tenantA))
+	b := p.pgconnect(t, tenantB)
+	if got, err := a.exchange([]pgproto3.FrontendMessage{ppQuery("DECLARE c1 CURSOR WITH HOLD FOR SELECT 1")}, 0); err != nil {
+		t.Fatalf("%q %v", got, err)
+	}
+	got, err := a.exchange([]pgproto3.FrontendMessage{ppQuery("CLOSE c1"), ppQuery("DECLARE c2 CURSOR WITH HOLD FOR SELECT current_setting('app.tenant_id')")}, 0)
+	if err != nil || strings.Join(got, ";") != "CommandComplete CLOSE CURSOR;ReadyForQuery I;CommandComplete DECLARE CURSOR;ReadyForQuery I" {
+		t.Fatalf("pipelined CLOSE and DECLARE: %q %v", got, err)
+	}
+	if !pinBlocked(p.pgconnect(t, tenantB)) {
+		t.Fatal("B ran on the connection while A holds cursor c2")
+	}
+	if got, err := a.exchange([]pgproto3.FrontendMessage{ppQuery("FETCH c2"), ppQuery("CLOSE c2")}, 0); err != nil || !strings.Contains(strings.Join(got, ";"), "DataRow "+tenantA.ID) {
+		t.Fatalf("A's FETCH c2: %q %v", got, err)
+	}
+	if _, err := b.Exec(context.Background(), "FETCH c2").ReadAll(); pgCode(err) != "34000" {
+		t.Fatalf("FETCH c2 as B: %v, want 34000", err)
+	}
 }

@@ -36,20 +36,21 @@ const pinStateSQL = " UNION ALL SELECT '', ((SELECT pg_catalog.count(*) FROM pg_
 // pinFor pins the client's pooled connection for reason before a statement
 // that may need it is sent, or returns the error that refuses the
 // statement when a cap is reached. Request side.
+//
+// Only the reply side ends a pin, at the answer to a readback, and the
+// request side takes that answer before a unit's first message
+// (takeReadback): so what pinned says here holds until the statement runs.
 func (r *relay) pinFor(reason string) *pgconn.PgError {
-	r.leaseMu.Lock()
-	defer r.leaseMu.Unlock()
-	if r.pin != "" {
+	if r.pinned.Load() {
 		return nil
 	}
-	r.leaseMu.Unlock()
-	err := r.pool.waitPin(r.done, r.tenant)
-	r.leaseMu.Lock()
-	if err != nil {
+	if err := r.pool.waitPin(r.done, r.tenant); err != nil {
 		return err
 	}
+	r.leaseMu.Lock()
 	r.pin = reason
 	r.pinned.Store(true)
+	r.leaseMu.Unlock()
 	r.carry.touched = true // read back after every unit, to learn when it ends
 	r.obs.Pinned(reason, 1)
 	return nil
@@ -58,18 +59,14 @@ func (r *relay) pinFor(reason string) *pgconn.PgError {
 // pinRoom returns the error that refuses a statement that would pin the
 // connection when it runs, if a cap is reached now.
 func (r *relay) pinRoom() *pgconn.PgError {
-	r.leaseMu.Lock()
-	defer r.leaseMu.Unlock()
-	if r.pin != "" {
+	if r.pinned.Load() {
 		return nil
 	}
-	r.leaseMu.Unlock()
-	err := r.pool.waitPin(r.done, r.tenant)
-	r.leaseMu.Lock()
-	if err == nil {
-		r.pool.unpin(r.tenant)
+	if err := r.pool.waitPin(r.done, r.tenant); err != nil {
+		return err
 	}
-	return err
+	r.pool.unpin(r.tenant)
+	return nil
 }
 
 // pinForBind pins the connection for a Bind of a statement that may pin it

@@ -282,6 +282,16 @@ func (r *relay) relayMessage(typ byte, size int) error {
 	peeked, resets, deallocates := false, false, false
 	r.changes, r.deallocs, r.dealloc = false, false, ""
 	var err error
+	// Only a unit's first message may take a new connection: anything
+	// else with none held means pgtenant lost track of the stream.
+	startsUnit := typ == 'Q' || typ == 'F' || !r.inGroup && (typ == 'P' || typ == 'B' || typ == 'E' || typ == 'D' || typ == 'C' || typ == 'S')
+	if startsUnit && r.carry.sent {
+		// The settings and pin read back behind the last unit decide how
+		// this one is asserted, and whether it needs a new pin (check).
+		if err := r.takeReadback(); err != nil {
+			return err
+		}
+	}
 	if r.guard != nil && (typ == 'Q' || typ == 'P' || typ == 'F') {
 		if why, _ := r.unsafeLexing.Load().(string); why != "" {
 			return fatalf(codeInsufficientPrivilege, "pgtenant cannot guard this session's statements: %s", why)
@@ -309,14 +319,6 @@ func (r *relay) relayMessage(typ byte, size int) error {
 				_ = r.await(untilAnswered)
 			}
 			return errClientTerminated
-		}
-		// Only a unit's first message may take a new connection: anything
-		// else with none held means pgtenant lost track of the stream.
-		startsUnit := typ == 'Q' || typ == 'F' || !r.inGroup && (typ == 'P' || typ == 'B' || typ == 'E' || typ == 'D' || typ == 'C' || typ == 'S')
-		if startsUnit && r.carry.sent {
-			if err := r.takeReadback(); err != nil {
-				return err
-			}
 		}
 		held, err := r.leaseFor(typ, startsUnit)
 		if err != nil {
