@@ -207,13 +207,17 @@ func (r *relay) clientWriter() *bufio.Writer {
 // pooled reports whether the relay runs in transaction mode.
 func (r *relay) pooled() bool { return r.pool != nil }
 
-// serverResetQuery takes a pooled connection back to its own settings
-// before a client with other settings holds it: every session-level
-// setting the last holder had (its startup parameters, its carried SETs,
-// the tenant context) goes. RESET ALL leaves the role alone (GUC_NO_RESET_ALL
-// in PostgreSQL), hence RESET ROLE. lastval() and currval() would show the
-// next holder this client's sequence values.
-const serverResetQuery = "RESET ALL; RESET ROLE; DISCARD SEQUENCES"
+// serverResetQuery takes a pooled connection back to its own state before
+// a client with other settings (another tenant, for one) holds it: every
+// session-level setting the last holder had (its startup parameters, its
+// carried SETs, the tenant context) goes; RESET ALL leaves the role alone
+// (GUC_NO_RESET_ALL in PostgreSQL), hence RESET ROLE. lastval() and
+// currval() would show the next holder this client's sequence values. And
+// what pins a connection goes too: the guard pins on the statements that
+// make it, but a function stored in the database can make it behind a
+// statement the guard cannot see through (a temporary table holding rows
+// of the last holder's tenant, its advisory locks, its LISTEN).
+const serverResetQuery = "RESET ALL; RESET ROLE; DISCARD SEQUENCES; DISCARD TEMP; CLOSE ALL; UNLISTEN *; SELECT pg_catalog.pg_advisory_unlock_all()"
 
 // changedKey marks a connection whose holder changed its own settings in a
 // way not yet read back (carried.go): whoever holds it next, whatever its
