@@ -14,6 +14,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -23,6 +24,7 @@ import (
 	"github.com/jackc/pgx/v5/pgproto3"
 
 	"github.com/pgtenant/pgtenant/internal/demo"
+	"github.com/pgtenant/pgtenant/internal/pgcluster"
 	"github.com/pgtenant/pgtenant/internal/testutil"
 )
 
@@ -536,87 +538,102 @@ func TestPoolDriverNode(t *testing.T) {
 		t.Fatalf("npm ci (the npm registry must be reachable, or the packages in npm's cache): %v\n%s", err, out)
 	}
 
+	// Straight against PostgreSQL first (where every check must pass, the
+	// tenant set as a startup option), then through pgtenant in both modes.
+	cl := pgcluster.Shared()
+	direct := func(tn demo.Tenant) map[string]string {
+		return map[string]string{"user": demo.RLSRole, "password": demo.RLSPassword, "tenant": tn.ID, "options": "-c app.tenant_id=" + tn.ID}
+	}
+	t.Run("PostgreSQL", func(t *testing.T) {
+		pdNodeChecks(t, ctx, node, dir, map[string]any{
+			"host": cl.Host, "port": strconv.Itoa(cl.Port), "database": demo.Database, "a": direct(tenantA), "b": direct(tenantB),
+		})
+	})
 	eachPoolMode(t, func(t *testing.T, m poolMode) {
 		p := startProxy(t, m.config(1))
-		cfg := map[string]any{
+		pdNodeChecks(t, ctx, node, dir, map[string]any{
 			"host": p.host, "port": p.port, "database": demo.Database,
 			"a": map[string]string{"user": tenantA.User, "password": tenantA.Password, "tenant": tenantA.ID},
 			"b": map[string]string{"user": tenantB.User, "password": tenantB.Password, "tenant": tenantB.ID},
-		}
-		arg, err := json.Marshal(cfg)
-		if err != nil {
-			t.Fatal(err)
-		}
-		run := exec.CommandContext(ctx, node, "pool.js", string(arg))
-		run.Dir = dir
-		var stderr strings.Builder
-		run.Stderr = &stderr
-		out, err := run.Output()
-		if err != nil {
-			t.Fatalf("node pool.js: %v\nstdout:\n%s\nstderr:\n%s", err, out, stderr.String())
-		}
-		var got struct {
-			Results []pdNodeResult `json:"results"`
-		}
-		if err := json.Unmarshal(out, &got); err != nil {
-			t.Fatalf("pool.js output: %v\n%s", err, out)
-		}
-		byLabel := map[string]pdNodeResult{}
-		for _, r := range got.Results {
-			byLabel[r.Label] = r
-		}
-		without := func(tn demo.Tenant, name string) []string {
-			return slices.DeleteFunc(slices.Clone(demo.Projects[tn.ID]), func(s string) bool { return s == name })
-		}
-		// Each expectation: the label, the tenant, and the rows' other column.
-		for _, w := range []struct {
-			label  string
-			tn     demo.Tenant
-			column string
-			values []string
-		}{
-			{"a get-projects 1", tenantA, "name", demo.Projects[tenantA.ID]},
-			{"b get-projects 1", tenantB, "name", demo.Projects[tenantB.ID]},
-			{"a get-projects 2", tenantA, "name", without(tenantA, "anvil")},
-			{"b get-projects 2", tenantB, "name", without(tenantB, "monorail")},
-			{"a get-projects 3", tenantA, "name", demo.Projects[tenantA.ID]},
-			{"a count own", tenantA, "n", []string{"3"}},
-			{"a count other", tenantA, "n", []string{"0"}},
-			{"b count own", tenantB, "n", []string{"3"}},
-			{"b count other", tenantB, "n", []string{"0"}},
-			{"a same-name 1", tenantA, "which", []string{"a-text"}},
-			{"b same-name 1", tenantB, "which", []string{"b-text"}},
-			{"a same-name 2", tenantA, "which", []string{"a-text"}},
-			{"b same-name 2", tenantB, "which", []string{"b-text"}},
-			{"a get-projects in tx", tenantA, "name", demo.Projects[tenantA.ID]},
-			{"b get-projects during a's tx", tenantB, "name", demo.Projects[tenantB.ID]},
-			{"a get-projects after tx", tenantA, "name", demo.Projects[tenantA.ID]},
-		} {
-			r, ok := byLabel[w.label]
-			switch {
-			case !ok:
-				t.Errorf("%s: no result from pool.js", w.label)
-				continue
-			case r.Error != "":
-				t.Errorf("%s: error %s: %s", w.label, r.Error, r.Message)
-				continue
-			}
-			var values []string
-			for _, row := range r.Rows {
-				if row["tenant"] != w.tn.ID {
-					t.Errorf("%s: a row ran as tenant %v, want %s", w.label, row["tenant"], w.tn.ID)
-				}
-				values = append(values, fmt.Sprint(row[w.column]))
-			}
-			if !slices.Equal(values, w.values) {
-				t.Errorf("%s: %s = %q, want %q", w.label, w.column, values, w.values)
-			}
-		}
-		if len(got.Results) != 16 {
-			t.Errorf("pool.js reported %d results, want 16:\n%s", len(got.Results), out)
-		}
-		pdPostgresJS(t, ctx, node, dir, string(arg))
+		})
 	})
+}
+
+// pdNodeChecks runs pool.js and postgresjs.mjs as the two clients of cfg.
+func pdNodeChecks(t *testing.T, ctx context.Context, node, dir string, cfg map[string]any) {
+	arg, err := json.Marshal(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	run := exec.CommandContext(ctx, node, "pool.js", string(arg))
+	run.Dir = dir
+	var stderr strings.Builder
+	run.Stderr = &stderr
+	out, err := run.Output()
+	if err != nil {
+		t.Fatalf("node pool.js: %v\nstdout:\n%s\nstderr:\n%s", err, out, stderr.String())
+	}
+	var got struct {
+		Results []pdNodeResult `json:"results"`
+	}
+	if err := json.Unmarshal(out, &got); err != nil {
+		t.Fatalf("pool.js output: %v\n%s", err, out)
+	}
+	byLabel := map[string]pdNodeResult{}
+	for _, r := range got.Results {
+		byLabel[r.Label] = r
+	}
+	without := func(tn demo.Tenant, name string) []string {
+		return slices.DeleteFunc(slices.Clone(demo.Projects[tn.ID]), func(s string) bool { return s == name })
+	}
+	// Each expectation: the label, the tenant, and the rows' other column.
+	for _, w := range []struct {
+		label  string
+		tn     demo.Tenant
+		column string
+		values []string
+	}{
+		{"a get-projects 1", tenantA, "name", demo.Projects[tenantA.ID]},
+		{"b get-projects 1", tenantB, "name", demo.Projects[tenantB.ID]},
+		{"a get-projects 2", tenantA, "name", without(tenantA, "anvil")},
+		{"b get-projects 2", tenantB, "name", without(tenantB, "monorail")},
+		{"a get-projects 3", tenantA, "name", demo.Projects[tenantA.ID]},
+		{"a count own", tenantA, "n", []string{"3"}},
+		{"a count other", tenantA, "n", []string{"0"}},
+		{"b count own", tenantB, "n", []string{"3"}},
+		{"b count other", tenantB, "n", []string{"0"}},
+		{"a same-name 1", tenantA, "which", []string{"a-text"}},
+		{"b same-name 1", tenantB, "which", []string{"b-text"}},
+		{"a same-name 2", tenantA, "which", []string{"a-text"}},
+		{"b same-name 2", tenantB, "which", []string{"b-text"}},
+		{"a get-projects in tx", tenantA, "name", demo.Projects[tenantA.ID]},
+		{"b get-projects during a's tx", tenantB, "name", demo.Projects[tenantB.ID]},
+		{"a get-projects after tx", tenantA, "name", demo.Projects[tenantA.ID]},
+	} {
+		r, ok := byLabel[w.label]
+		switch {
+		case !ok:
+			t.Errorf("%s: no result from pool.js", w.label)
+			continue
+		case r.Error != "":
+			t.Errorf("%s: error %s: %s", w.label, r.Error, r.Message)
+			continue
+		}
+		var values []string
+		for _, row := range r.Rows {
+			if row["tenant"] != w.tn.ID {
+				t.Errorf("%s: a row ran as tenant %v, want %s", w.label, row["tenant"], w.tn.ID)
+			}
+			values = append(values, fmt.Sprint(row[w.column]))
+		}
+		if !slices.Equal(values, w.values) {
+			t.Errorf("%s: %s = %q, want %q", w.label, w.column, values, w.values)
+		}
+	}
+	if len(got.Results) != 16 {
+		t.Errorf("pool.js reported %d results, want 16:\n%s", len(got.Results), out)
+	}
+	pdPostgresJS(t, ctx, node, dir, string(arg))
 }
 
 // pdPostgresJS runs postgresjs.mjs (postgres.js with its default settings:

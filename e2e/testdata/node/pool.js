@@ -16,6 +16,7 @@ async function main() {
       database: cfg.database,
       user: cfg[who].user,
       password: cfg[who].password,
+      options: cfg[who].options, // straight against PostgreSQL: the tenant setting
       ssl: false,
     });
     await client.connect();

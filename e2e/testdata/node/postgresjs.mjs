@@ -15,6 +15,7 @@ const connect = (who) => postgres({
   password: cfg[who].password,
   ssl: false,
   max: 1,
+  connection: cfg[who].options ? { options: cfg[who].options } : {}, // straight against PostgreSQL: the tenant setting
   onnotice: () => {},
 });
 const results = [];
