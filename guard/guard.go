@@ -267,6 +267,10 @@ func (c *checker) visit(m protoreflect.Message) bool {
 		} else if why := crossTenantFunction(name); why != "" {
 			return c.refuse(fmt.Sprintf("permission denied for function %s", name), why)
 		}
+	case *pg_query.RangeVar:
+		if name := strings.ToLower(n.Relname); activityViews[name] {
+			return c.refuse(fmt.Sprintf("permission denied for view %s", name), activityHint)
+		}
 	case *pg_query.VariableSetStmt:
 		return c.variableSet(n)
 	case *pg_query.DiscardStmt:
@@ -396,6 +400,22 @@ func crossTenantFunction(name string) string {
 		return "Large objects have no row-level security: through pgtenant every tenant would own every large object. Store the data in a table with a tenant_id column."
 	case name == "pg_cancel_backend" || name == "pg_terminate_backend":
 		return "Every tenant's sessions run as the same database role; signalling them would reach other tenants' queries."
+	case activityViews[name] || strings.HasPrefix(name, "pg_stat_get_backend_") || name == "pg_stat_get_activity":
+		return activityHint
+	case tableReaders[name]:
+		// They read any table named in a string: pg_stat_activity too.
+		return "It reads any table or view named in a string, pg_stat_activity included; query the tables themselves."
 	}
 	return ""
 }
+
+// activityViews show other sessions' statements (with their literal
+// values), which in one database role means other tenants' (the functions
+// behind them: crossTenantFunction).
+var activityViews = map[string]bool{
+	"pg_stat_activity":        true,
+	"pg_stat_statements":      true, // the extension's view and function
+	"pg_stat_statements_info": true,
+}
+
+const activityHint = "Every tenant's sessions run as the same database role, which sees the others' statements; the operator's view of sessions is pgtenant status or the admin endpoint."

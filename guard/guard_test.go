@@ -281,9 +281,18 @@ var pooledCases = []struct {
 	pins        string
 }{
 	// Reading the connection's views through a regclass, and the shared seed.
-	{sql: "SELECT table_to_xml('pg_prepared_statements'::regclass, true, false, '')", pooled: CodeRefused},
-	{sql: "SELECT TABLE_TO_XML_AND_XMLSCHEMA('pg_catalog.pg_cursors', true, false, '')", pooled: CodeRefused},
-	{sql: "SELECT schema_to_xml('pg_catalog', true, false, '')", pooled: CodeRefused},
+	{sql: "SELECT table_to_xml('pg_prepared_statements'::regclass, true, false, '')", pooled: CodeRefused, plain: CodeRefused},
+	{sql: "SELECT TABLE_TO_XML_AND_XMLSCHEMA('pg_catalog.pg_cursors', true, false, '')", pooled: CodeRefused, plain: CodeRefused},
+	{sql: "SELECT schema_to_xml('pg_catalog', true, false, '')", pooled: CodeRefused, plain: CodeRefused},
+	// Other sessions' statements: every tenant shares the database role.
+	{sql: "SELECT query FROM pg_stat_activity", pooled: CodeRefused, plain: CodeRefused},
+	{sql: "SELECT * FROM pg_catalog.PG_STAT_ACTIVITY a JOIN pg_locks l USING (pid)", pooled: CodeRefused, plain: CodeRefused},
+	{sql: "SELECT * FROM pg_stat_get_activity(NULL)", pooled: CodeRefused, plain: CodeRefused},
+	{sql: "SELECT pg_stat_get_backend_activity(s) FROM pg_stat_get_backend_idset() s", pooled: CodeRefused, plain: CodeRefused},
+	{sql: "SELECT query FROM pg_stat_statements", pooled: CodeRefused, plain: CodeRefused},
+	{sql: `SELECT * FROM U&"pg_\0073tat_activity"`, pooled: CodeRefused, plain: CodeRefused},
+	{sql: "SELECT table_to_xml('pg_stat_activity', true, false, '')", pooled: CodeRefused, plain: CodeRefused},
+	{sql: "SELECT 'pg_stat_activity'"},
 	{sql: "SELECT setseed(0.42)", pooled: CodeNotSupported},
 	{sql: "SELECT random()"},
 	// 1. Session-level SET: carried by the relay, reported as changing settings.

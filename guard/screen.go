@@ -47,8 +47,9 @@ func isWordByte(c byte) bool {
 
 // screenWords are the words without which no refused construct can be
 // written: SET/RESET/DISCARD, DO, function and role DDL, ALTER ... SET on
-// databases and the system, extensions, LOAD, rules, pg_settings, and the
-// functions that change settings or run SQL from text.
+// databases and the system, extensions, LOAD, rules, pg_settings, the
+// functions that change settings or run SQL from text, and the views and
+// functions that show other sessions' statements.
 var screenWords = map[string]bool{
 	"set": true, "reset": true, "discard": true, "do": true,
 	"function": true, "procedure": true, "routine": true,
@@ -59,6 +60,12 @@ var screenWords = map[string]bool{
 	"set_config": true, "query_to_xml": true, "query_to_xml_and_xmlschema": true,
 	"query_to_xmlschema": true, "ts_stat": true, "ts_rewrite": true,
 	"loread": true, "lowrite": true, "pg_cancel_backend": true, "pg_terminate_backend": true,
+	// Other sessions' statements, and what reads any table named in a string.
+	"pg_stat_activity": true, "pg_stat_get_activity": true, "pg_stat_statements": true, "pg_stat_statements_info": true,
+	"table_to_xml": true, "table_to_xmlschema": true, "table_to_xml_and_xmlschema": true,
+	"schema_to_xml": true, "schema_to_xmlschema": true, "schema_to_xml_and_xmlschema": true,
+	"database_to_xml": true, "database_to_xmlschema": true, "database_to_xml_and_xmlschema": true,
+	"cursor_to_xml": true, "cursor_to_xmlschema": true,
 }
 
 // pooledScreenWords are, for pooled guards, the further words without which
@@ -81,10 +88,11 @@ var pooledScreenWords = map[string]bool{
 }
 
 // longestScreenWord bounds the words worth lowering.
-const longestScreenWord = len("query_to_xml_and_xmlschema")
+const longestScreenWord = len("database_to_xml_and_xmlschema")
 
 func dangerousWord(w []byte) bool {
-	if len(w) >= 6 && lowerEquals(w[:6], "dblink") || len(w) >= 3 && lowerEquals(w[:3], "lo_") {
+	if len(w) >= 6 && lowerEquals(w[:6], "dblink") || len(w) >= 3 && lowerEquals(w[:3], "lo_") ||
+		len(w) >= len(backendStatPrefix) && lowerEquals(w[:len(backendStatPrefix)], backendStatPrefix) {
 		return true
 	}
 	if len(w) > longestScreenWord {
@@ -99,6 +107,9 @@ func dangerousWord(w []byte) bool {
 	}
 	return screenWords[string(buf[:len(w)])]
 }
+
+// backendStatPrefix starts the functions that show other backends' activity.
+const backendStatPrefix = "pg_stat_get_backend_"
 
 // pooledPrefixes are caught whatever follows them: pg_temp and pg_temp_<n>
 // (and, harmlessly, longer words starting with pg_temp), and every
