@@ -538,7 +538,11 @@ func (r *relay) trackStatements(typ byte, size int, msg []byte, refused bool) (m
 			}
 		}
 		name, _, _ := splitName(head[5:])
-		r.copyStmts = markName(r.copyStmts, name, copyText)
+		// A statement that may COPY stays marked when the server may not
+		// replace it: a Parse under a taken name fails, and one behind an
+		// earlier message of its group is skipped if that one failed.
+		keepCopy := r.copyStmts[string(name)] && (len(name) > 0 || r.inGroup)
+		r.copyStmts = markName(r.copyStmts, name, copyText || keepCopy)
 		r.endStmts = markName(r.endStmts, name, ends)
 	case 'B':
 		head, err := r.peekHead(size)
