@@ -409,6 +409,16 @@ func crossTenantFunction(name string) string {
 	return ""
 }
 
+// tableReaders read any table or view named in a string (a regclass):
+// pg_stat_activity, and in transaction mode the views of the shared
+// connection (pg_prepared_statements, pg_cursors).
+var tableReaders = map[string]bool{
+	"table_to_xml": true, "table_to_xmlschema": true, "table_to_xml_and_xmlschema": true,
+	"schema_to_xml": true, "schema_to_xmlschema": true, "schema_to_xml_and_xmlschema": true,
+	"database_to_xml": true, "database_to_xmlschema": true, "database_to_xml_and_xmlschema": true,
+	"cursor_to_xml": true, "cursor_to_xmlschema": true,
+}
+
 // activityViews show other sessions' statements (with their literal
 // values), which in one database role means other tenants' (the functions
 // behind them: crossTenantFunction).

@@ -38,15 +38,6 @@ var sessionAdvisoryLocks = map[string]bool{
 	"pg_try_advisory_lock_shared": true,
 }
 
-// tableReaders read any table or view named in a string (a regclass), so
-// they could list the connection views below without naming them.
-var tableReaders = map[string]bool{
-	"table_to_xml": true, "table_to_xmlschema": true, "table_to_xml_and_xmlschema": true,
-	"schema_to_xml": true, "schema_to_xmlschema": true, "schema_to_xml_and_xmlschema": true,
-	"database_to_xml": true, "database_to_xmlschema": true, "database_to_xml_and_xmlschema": true,
-	"cursor_to_xml": true, "cursor_to_xmlschema": true,
-}
-
 // connectionViews list what is on the shared connection, other clients'
 // entries included: the views and the functions behind them.
 var connectionViews = map[string]string{
@@ -96,11 +87,9 @@ func (c *checker) visitPooled(m protoreflect.Message) {
 		if sessionAdvisoryLocks[name] {
 			c.pin(PinAdvisoryLock)
 		}
+		// The table_to_xml family, which could read those views by name,
+		// is refused in both modes (crossTenantFunction).
 		c.connectionView(name)
-		if tableReaders[name] && c.pooledErr == nil {
-			c.pooledErr = refused(fmt.Sprintf("permission denied: %s is not allowed in transaction pool mode", name),
-				"It can read the views of the shared connection (pg_prepared_statements, pg_cursors); query the tables themselves.")
-		}
 		if name == "setseed" {
 			c.notSupported("setseed is not supported in transaction pool mode",
 				"The seed would stay with the shared connection and decide the next client's random() values.")

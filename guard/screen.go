@@ -71,7 +71,8 @@ var screenWords = map[string]bool{
 // pooledScreenWords are, for pooled guards, the further words without which
 // no construct refused in transaction pool mode can be written: LISTEN,
 // TEMP/TEMPORARY, WITH HOLD, PREPARE/EXECUTE/DEALLOCATE, and the views and functions
-// listing the connection's statements and cursors; and the words of
+// listing the connection's statements and cursors (the table_to_xml family,
+// which can read them by name, is in screenWords); and the words of
 // DEALLOCATE ALL and DISCARD ALL, which set Verdict.DeallocatesAll ("discard"
 // is in screenWords too; it is repeated so this set stands on its own).
 // Session-level SET needs "set"; names in pg_temp and the advisory-lock
@@ -80,10 +81,6 @@ var pooledScreenWords = map[string]bool{
 	"listen": true, "temp": true, "temporary": true, "hold": true,
 	"prepare": true, "execute": true, "deallocate": true, "discard": true,
 	"pg_prepared_statements": true, "pg_prepared_statement": true, "setseed": true,
-	"table_to_xml": true, "table_to_xmlschema": true, "table_to_xml_and_xmlschema": true,
-	"schema_to_xml": true, "schema_to_xmlschema": true, "schema_to_xml_and_xmlschema": true,
-	"database_to_xml": true, "database_to_xmlschema": true, "database_to_xml_and_xmlschema": true,
-	"cursor_to_xml": true, "cursor_to_xmlschema": true,
 	"pg_cursors": true, "pg_cursor": true,
 }
 
@@ -117,7 +114,7 @@ const backendStatPrefix = "pg_stat_get_backend_"
 var pooledPrefixes = []string{"pg_temp", "pg_advisory", "pg_try_advisory"}
 
 // longestPooledWord bounds the pooled words worth lowering.
-const longestPooledWord = len("database_to_xml_and_xmlschema")
+const longestPooledWord = len("pg_prepared_statements")
 
 // pooledInitial holds the lower-case first letters of pooled words and
 // prefixes, so most words are dismissed by their first byte.

@@ -127,15 +127,9 @@ func (p *txPool) waitPin(cancel <-chan struct{}, tenant string) *pgconn.PgError 
 func (p *txPool) tryPinLocked(tenant string) *pgconn.PgError {
 	switch {
 	case p.pinned >= p.cfg.MaxPinned:
-		return &pgconn.PgError{Severity: severityError, Code: codeConfigurationLimit,
-			Message: "pgtenant: too many pooled connections pinned to clients (pool.max_pinned is " + strconv.Itoa(p.cfg.MaxPinned) + ")",
-			Detail:  "A WITH HOLD cursor, a temporary table, LISTEN or a session advisory lock keeps a pooled connection for one client until it is gone.",
-			Hint:    "Raise pool.max_pinned, close what holds the other connections, or use pool_mode: session for this client."}
+		return pinCapError("clients", "pool.max_pinned", p.cfg.MaxPinned)
 	case p.tenantPinned[tenant] >= p.cfg.TenantMaxPinned:
-		return &pgconn.PgError{Severity: severityError, Code: codeConfigurationLimit,
-			Message: "pgtenant: too many pooled connections pinned to this tenant's clients (pool.tenant_max_pinned is " + strconv.Itoa(p.cfg.TenantMaxPinned) + ")",
-			Detail:  "A WITH HOLD cursor, a temporary table, LISTEN or a session advisory lock keeps a pooled connection for one client until it is gone.",
-			Hint:    "Raise pool.tenant_max_pinned, close what holds the other connections, or use pool_mode: session for this client."}
+		return pinCapError("this tenant's clients", "pool.tenant_max_pinned", p.cfg.TenantMaxPinned)
 	}
 	p.pinned++
 	if p.tenantPinned == nil {
@@ -143,6 +137,14 @@ func (p *txPool) tryPinLocked(tenant string) *pgconn.PgError {
 	}
 	p.tenantPinned[tenant]++
 	return nil
+}
+
+// pinCapError refuses a pin past a cap: setting, at n, bounds the pins of whose.
+func pinCapError(whose, setting string, n int) *pgconn.PgError {
+	return &pgconn.PgError{Severity: severityError, Code: codeConfigurationLimit,
+		Message: "pgtenant: too many pooled connections pinned to " + whose + " (" + setting + " is " + strconv.Itoa(n) + ")",
+		Detail:  "A WITH HOLD cursor, a temporary table, an SQL prepared statement, LISTEN or a session advisory lock keeps a pooled connection for one client until it is gone.",
+		Hint:    "Raise " + setting + ", close what holds the other connections, or use pool_mode: session for this client."}
 }
 
 func (p *txPool) unpin(tenant string) {
