@@ -64,7 +64,8 @@ func TestPoolPinning(t *testing.T) {
 			"SELECT sum(x) FROM scratch", "42", "DROP TABLE scratch"},
 		{"session advisory lock", []string{"SELECT pg_advisory_lock(4242)"},
 			"SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND pid = pg_backend_pid()", "1", "SELECT pg_advisory_unlock(4242)"},
-		{"SQL PREPARE", []string{"PREPARE mine (int) AS SELECT current_setting('app.tenant_id') || ':' || $1"},
+		// A lone PREPARE is carried (TestPoolPreparedSQL); with other statements it pins.
+		{"SQL PREPARE", []string{"PREPARE mine (int) AS SELECT current_setting('app.tenant_id') || ':' || $1; SELECT 1"},
 			"EXECUTE mine (7)", tenantA.ID + ":7", "DEALLOCATE mine"},
 		{"LISTEN", []string{"LISTEN pin_news"},
 			"SELECT string_agg(c, ',') FROM pg_listening_channels() c", "pin_news", "UNLISTEN pin_news"},

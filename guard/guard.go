@@ -67,6 +67,13 @@ type Verdict struct {
 	// session level, by pooled guards only: the server's pg_settings does
 	// not list them, so the relay reads them back by name.
 	CustomSettings []string
+	// Prepare is set, by pooled guards only, for a simple Query that is a
+	// lone PREPARE: the relay carries the statement (prepared.go).
+	Prepare *Prepare
+	// Executes are, by pooled guards only, the names the text's EXECUTE
+	// statements run, where they stand: the relay renames the ones it
+	// carries.
+	Executes []NameAt
 }
 
 // Guard checks statement texts against a Policy. It is safe for concurrent use.
@@ -155,6 +162,7 @@ func (g *Guard) full(sql string, simple bool) Verdict {
 			Detail: "pgtenant refuses statements it cannot parse."}}
 	}
 	var v Verdict
+	var executes []string
 	// The first pool-mode refusal is held back until every statement has
 	// passed the other checks, so a refusal for security reasons wins.
 	var pooledErr *pgconn.PgError
@@ -179,6 +187,17 @@ func (g *Guard) full(sql string, simple bool) Verdict {
 		if pooledErr == nil {
 			pooledErr = c.pooledErr
 		}
+		executes = append(executes, c.executes...)
+		if c.prepare != "" {
+			if p, ok := lonePrepare(sql, c.prepare); ok && simple && len(tree.Stmts) == 1 {
+				// Carried: PREPARE itself leaves nothing the relay does not
+				// follow; running the statement does what its text does.
+				p.Pins = c.pins
+				v.Prepare = p
+				continue
+			}
+			c.pins = PinPrepared
+		}
 		v.DeallocatesAll = v.DeallocatesAll || c.deallocatesAll
 		v.ChangesSettings = v.ChangesSettings || c.changesSettings
 		v.CustomSettings = append(v.CustomSettings, c.customSettings...)
@@ -196,6 +215,9 @@ func (g *Guard) full(sql string, simple bool) Verdict {
 	}
 	if pooledErr != nil {
 		return Verdict{Err: pooledErr}
+	}
+	if len(executes) > 0 {
+		v.Executes = executedNames(sql, executes)
 	}
 	return v
 }
@@ -234,6 +256,8 @@ type checker struct {
 	customSettings  []string
 	deallocate      string
 	pins            string
+	prepare         string   // the name a PREPARE prepares
+	executes        []string // the names EXECUTE statements run
 	dropsOnCommit   *pg_query.RangeVar // the temporary table an ON COMMIT DROP creates
 }
 

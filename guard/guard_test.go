@@ -388,8 +388,8 @@ var pooledCases = []struct {
 	{sql: "DECLARE c SCROLL CURSOR WITHOUT HOLD FOR SELECT * FROM projects"},
 
 	// 5. SQL-level prepared statements.
-	{sql: "PREPARE p AS SELECT * FROM projects WHERE id = $1", pins: PinPrepared},
-	{sql: "prepare p (int) as select $1", pins: PinPrepared},
+	// (PREPARE and EXECUTE as carried: TestPooledPrepare.)
+	{sql: "SELECT 1; PREPARE p AS SELECT 1", pins: PinPrepared},
 	{sql: "PREPARE pgtenant_readback AS SELECT 1", pooled: CodeRefused},
 	{sql: "DEALLOCATE p"},
 	{sql: "DEALLOCATE PREPARE p"},
@@ -397,7 +397,6 @@ var pooledCases = []struct {
 	{sql: "deallocate prepare all", deallocates: true},
 	{sql: "SELECT 1; DEALLOCATE ALL; SELECT 2", deallocates: true},
 	{sql: "DEALLOCATE ALL; DEALLOCATE p", pooled: CodeNotSupported},
-	{sql: "EXECUTE s1 (1)"},
 	{sql: "execute pgtenant_ctx2", pooled: CodeRefused},
 	{sql: "EXECUTE PGTENANT_S0123", pooled: CodeRefused},
 	{sql: "EXPLAIN EXECUTE pgtenant_ctx0", pooled: CodeRefused},

@@ -6,9 +6,9 @@ package guard
 // or get in the way of, whoever gets the connection next. Session settings
 // the relay carries per client; holdable cursors, temporary tables, LISTEN
 // and session advisory locks pin the connection to the client (Verdict.Pins)
-// until they are gone; SQL prepared statements, temporary objects named
-// through pg_temp and what can read other clients' state off the
-// connection a pooled guard refuses.
+// until they are gone; SQL prepared statements the relay carries
+// (prepared.go); temporary objects named through pg_temp and what can read
+// other clients' state off the connection a pooled guard refuses.
 //
 // These checks only ever add a refusal and never stop the walk: the general
 // checks still see every node, and their refusals take precedence (full
@@ -124,8 +124,10 @@ func (c *checker) visitPooled(m protoreflect.Message) {
 			c.pin(PinCursor)
 		}
 	case *pg_query.PrepareStmt:
-		// The statement lives on the connection: it pins it until deallocated.
-		c.pin(PinPrepared)
+		// The statement lives on the connection: carried per client when it
+		// is a lone PREPARE in a simple Query, else it pins the connection
+		// until deallocated (full decides, prepared.go).
+		c.prepare = n.Name
 		if strings.HasPrefix(strings.ToLower(n.Name), "pgtenant_") {
 			c.pooledErr = refused(fmt.Sprintf("permission denied: prepared statement names starting with pgtenant_ are pgtenant's (%q)", n.Name), "")
 		}
@@ -137,6 +139,7 @@ func (c *checker) visitPooled(m protoreflect.Message) {
 		if strings.HasPrefix(strings.ToLower(n.Name), "pgtenant_") {
 			c.pooledErr = refused(fmt.Sprintf("permission denied: prepared statement %q is pgtenant's", n.Name), "")
 		}
+		c.executes = append(c.executes, n.Name)
 	case *pg_query.DeallocateStmt:
 		// pg_query 6 marks DEALLOCATE ALL with isall; older trees left the
 		// name empty, and a real name cannot be empty.

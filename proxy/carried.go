@@ -41,16 +41,22 @@ type carryState struct {
 	custom  []string // custom (dotted) names the client has set, which pg_settings does not list
 	msgs    []byte   // the readback messages for custom
 	pinMsgs []byte   // the same, counting what keeps the connection pinned
+	// prepares are the client's PREPAREs whose parameter types are to be
+	// read back (sqlprepared.go); asked, those the readback outstanding asks for.
+	prepares []*clientStmt
+	asked    int
 
 	// Reply side while it reads a readback's rows.
 	rows    []setting
 	failed  bool
 	pinLeft string // the pin state count read back ("" if not asked)
+	stmts   []stmtTypes
 
 	// Handed from the reply side to the request side: answered is set last.
 	answered atomic.Bool
 	next     *poolContext // the context of the client's new settings, nil if unchanged (leaseMu)
 	idle     bool         // the readback ran outside a transaction block (leaseMu)
+	found    []stmtTypes  // the PREPAREs it found, when idle (leaseMu)
 }
 
 // readbackName names the readback's statement and portal upstream.
@@ -80,13 +86,13 @@ func readbackSQL(custom []string, pinned bool) string {
 
 // readbackMessages is the readback as extended-protocol messages: a Query
 // would drop the client's unnamed statement.
-func readbackMessages(custom []string, pinned bool) []byte {
+func readbackMessages(custom []string, pinned bool, stmts string) []byte {
 	var buf []byte
 	for _, m := range []pgproto3.FrontendMessage{
 		// Whatever an earlier readback that failed left under the names.
 		&pgproto3.Close{ObjectType: 'P', Name: readbackName},
 		&pgproto3.Close{ObjectType: 'S', Name: readbackName},
-		&pgproto3.Parse{Name: readbackName, Query: readbackSQL(custom, pinned)},
+		&pgproto3.Parse{Name: readbackName, Query: readbackSQL(custom, pinned) + stmts},
 		&pgproto3.Bind{DestinationPortal: readbackName, PreparedStatement: readbackName},
 		&pgproto3.Execute{Portal: readbackName},
 		&pgproto3.Close{ObjectType: 'P', Name: readbackName},
@@ -98,7 +104,7 @@ func readbackMessages(custom []string, pinned bool) []byte {
 	return buf
 }
 
-var plainReadback = readbackMessages(nil, false)
+var plainReadback = readbackMessages(nil, false, "")
 
 // maxCustomSettings bounds the custom names read back per client.
 const maxCustomSettings = 64
@@ -170,14 +176,16 @@ func (r *relay) readBack() error {
 	}
 	msgs := plainReadback
 	switch {
+	case len(r.carry.prepares) > 0:
+		msgs = readbackMessages(r.carry.custom, r.pinned.Load(), readbackStmtsSQL(r.carry.prepares))
 	case r.pinned.Load():
 		if r.carry.pinMsgs == nil {
-			r.carry.pinMsgs = readbackMessages(r.carry.custom, true)
+			r.carry.pinMsgs = readbackMessages(r.carry.custom, true, "")
 		}
 		msgs = r.carry.pinMsgs
 	case len(r.carry.custom) > 0:
 		if r.carry.msgs == nil {
-			r.carry.msgs = readbackMessages(r.carry.custom, false)
+			r.carry.msgs = readbackMessages(r.carry.custom, false, "")
 		}
 		msgs = r.carry.msgs
 	}
@@ -185,6 +193,7 @@ func (r *relay) readBack() error {
 		return err
 	}
 	r.carry.sent = true
+	r.carry.asked = len(r.carry.prepares)
 	return r.sendMsgs(msgs, fromReadback)
 }
 
@@ -201,9 +210,12 @@ func (r *relay) takeReadback() error {
 	c.sent = false
 	c.answered.Store(false)
 	r.leaseMu.Lock()
-	next, idle, pinned := c.next, c.idle, r.pin != ""
-	c.next = nil
+	next, idle, pinned, found := c.next, c.idle, r.pin != "", c.found
+	c.next, c.found = nil, nil
 	r.leaseMu.Unlock()
+	if idle && c.asked > 0 {
+		r.resolvePrepares(found)
+	}
 	if idle && !pinned {
 		c.touched = false
 	}
@@ -223,6 +235,8 @@ func (r *relay) readbackRow(size int) error {
 	switch name, value, ok := twoTextColumns(msg[5:]); {
 	case ok && name == "":
 		r.carry.pinLeft = value
+	case ok && strings.HasPrefix(name, readbackStmtTag):
+		r.carry.stmts = append(r.carry.stmts, stmtTypes{server: name[len(readbackStmtTag):], oids: value})
 	case ok:
 		r.carry.rows = append(r.carry.rows, setting{name: name, value: value})
 	}
@@ -255,7 +269,7 @@ func twoTextColumns(body []byte) (string, string, bool) {
 func (r *relay) readbackAnswered(status byte) {
 	c := &r.carry
 	defer func() {
-		c.rows, c.failed, c.pinLeft = c.rows[:0], false, ""
+		c.rows, c.failed, c.pinLeft, c.stmts = c.rows[:0], false, "", nil
 		c.answered.Store(true)
 	}()
 	c.idle = status == 'I' && !c.failed
@@ -268,6 +282,7 @@ func (r *relay) readbackAnswered(status byte) {
 	if c.pinLeft == "0" {
 		r.unpinLocked() // nothing left that needs this connection
 	}
+	c.found = c.stmts
 	settings, own := r.settingsFrom(c.rows)
 	key := setStatements(settings)
 	// What the client committed is now exactly the connection's.

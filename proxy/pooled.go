@@ -13,6 +13,8 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5/pgproto3"
+
+	"github.com/pgtenant/pgtenant/guard"
 )
 
 // Transaction mode: the relay leases an upstream connection from the pool
@@ -41,6 +43,11 @@ type pooledState struct {
 	deallocs bool   // and its DeallocatesAll
 	dealloc  string // and its Deallocate
 	pins     string // and its Pins
+	// And its Prepare and Executes (sqlprepared.go); stmtExecutes are the
+	// carried statements a Parse's text runs.
+	prepare      *guard.Prepare
+	executes     []guard.NameAt
+	stmtExecutes []*clientStmt
 
 	// The client's own settings (carried.go): startup are its startup
 	// parameters, context the tenant context asserted after them.
@@ -459,6 +466,7 @@ func (r *relay) relayStatementMessage(typ byte, size int, msg []byte, peeked boo
 			undo := replyEntry{seq: seq, kind: effectClientUnnamed, prev: st.unnamed, prevChanges: st.unnamedChanges, prevDeallocates: st.unnamedDeallocates, prevPins: st.unnamedPins, prevGen: st.gen - 1}
 			st.unnamed = append(st.unnamed[:0:0], msg...)
 			st.unnamedChanges, st.unnamedDeallocates, st.unnamedPins = r.changes, r.deallocs, r.pins
+			st.unnamedRuns = r.stmtExecutes
 			st.mu.Unlock()
 			sc.mu.Lock()
 			undo.prevOwner, undo.prevOwnerN = sc.unnamed, sc.unnamedN
@@ -480,7 +488,7 @@ func (r *relay) relayStatementMessage(typ byte, size int, msg []byte, peeked boo
 			return r.writeRewrittenAs(len(msg), peeked, existing.client)
 		}
 		server := serverStmtName(r.pctx.key, rest)
-		cs := &clientStmt{client: string(name), server: server, parse: appendParse(nil, server, rest), changes: r.changes, deallocates: r.deallocs, pins: r.pins}
+		cs := &clientStmt{client: string(name), server: server, parse: appendParse(nil, server, rest), changes: r.changes, deallocates: r.deallocs, pins: r.pins, runs: r.stmtExecutes}
 		st.mu.Lock()
 		if st.byName == nil {
 			st.byName = map[string]*clientStmt{} // most clients never prepare by name
@@ -534,6 +542,12 @@ func (r *relay) relayStatementMessage(typ byte, size int, msg []byte, peeked boo
 				if err := r.ensureUnnamed(seq); err != nil {
 					return err
 				}
+				st.mu.Lock()
+				runs := st.unnamedRuns
+				st.mu.Unlock()
+				if err := r.ensureRuns(runs, seq); err != nil {
+					return err
+				}
 			} else {
 				st.mu.Lock()
 				prev := st.unnamed
@@ -576,6 +590,9 @@ func (r *relay) relayStatementMessage(typ byte, size int, msg []byte, peeked boo
 			if err := r.ensurePrepared(cs, seq); err != nil {
 				return err
 			}
+			if err := r.ensureRuns(cs.runs, seq); err != nil {
+				return err
+			}
 			st.scratch = appendDescribe(st.scratch[:0], 'S', cs.server)
 			return r.writeRewritten(len(msg), peeked)
 		}
@@ -613,9 +630,9 @@ func (r *relay) relayBind(size int) error {
 		st.mu.Lock()
 		changes := st.unnamedChanges && st.unnamed != nil
 		deallocates := st.unnamedDeallocates && st.unnamed != nil
-		pins := st.unnamedPins
+		pins, runs := st.unnamedPins, st.unnamedRuns
 		if st.unnamed == nil {
-			pins = ""
+			pins, runs = "", nil
 		}
 		st.mu.Unlock()
 		if err := r.pinForBind(pins); err != nil {
@@ -625,6 +642,9 @@ func (r *relay) relayBind(size int) error {
 			r.noteSettingsChange()
 		}
 		if err := r.ensureUnnamed(seq); err != nil {
+			return err
+		}
+		if err := r.ensureRuns(runs, seq); err != nil {
 			return err
 		}
 		if deallocates {
@@ -646,6 +666,9 @@ func (r *relay) relayBind(size int) error {
 			r.noteSettingsChange()
 		}
 		if err := r.ensurePrepared(cs, seq); err != nil {
+			return err
+		}
+		if err := r.ensureRuns(cs.runs, seq); err != nil {
 			return err
 		}
 		if cs.deallocates {
@@ -688,6 +711,10 @@ func (r *relay) peekHead(size int) ([]byte, error) {
 // ensurePrepared prepares a client statement on the held connection if it
 // lacks it, with hidden replies.
 func (r *relay) ensurePrepared(cs *clientStmt, seq uint64) error {
+	if cs.parse == nil {
+		// A PREPARE not read back yet: on the held connection, or never made.
+		return nil
+	}
 	if r.sc.touch(cs.server) {
 		return nil
 	}

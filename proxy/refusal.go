@@ -115,6 +115,7 @@ func (r *relay) check(msg []byte) (substitute []byte, resets, deallocates bool, 
 		v := r.guard.CheckQuery(statementText(msg))
 		verdictErr, resets, deallocates, pins = v.Err, v.ResetsContext, v.DeallocatesAll, v.Pins
 		r.changes, r.dealloc = v.ChangesSettings, v.Deallocate
+		r.prepare, r.executes = v.Prepare, v.Executes
 		if verdictErr == nil {
 			verdictErr = r.noteCustomSettings(v.CustomSettings)
 		}
@@ -127,12 +128,16 @@ func (r *relay) check(msg []byte) (substitute []byte, resets, deallocates bool, 
 		v := r.guard.CheckParse(statementText(msg))
 		verdictErr, deallocates, pins = v.Err, v.DeallocatesAll, v.Pins
 		r.changes, r.dealloc = v.ChangesSettings, v.Deallocate
+		r.executes = v.Executes
 		if verdictErr == nil {
 			verdictErr = r.noteCustomSettings(v.CustomSettings)
 		}
 		if verdictErr != nil {
 			name = string(body[:nul])
 		}
+	}
+	if pins == "" && verdictErr == nil {
+		pins = r.stmts.runsPin(r.executes) // what the carried statements it runs pin
 	}
 	r.pins = pins
 	if verdictErr == nil && pins != "" {

@@ -281,6 +281,7 @@ func (r *relay) relayMessage(typ byte, size int) error {
 	var substitute []byte
 	peeked, resets, deallocates := false, false, false
 	r.changes, r.deallocs, r.dealloc = false, false, ""
+	r.prepare, r.executes, r.stmtExecutes = nil, nil, nil
 	var err error
 	// Only a unit's first message may take a new connection: anything
 	// else with none held means pgtenant lost track of the stream.
@@ -344,6 +345,11 @@ func (r *relay) relayMessage(typ byte, size int) error {
 	}
 	if r.pooled() && r.dealloc != "" && substitute == nil && !inCopy {
 		if msg, peeked, err = r.deallocateOne(msg, peeked); err != nil {
+			return err
+		}
+	}
+	if r.pooled() && (r.prepare != nil || len(r.executes) > 0) && substitute == nil && !inCopy {
+		if msg, peeked, err = r.carrySQLStatements(msg, peeked); err != nil {
 			return err
 		}
 	}

@@ -87,6 +87,12 @@ type clientStmt struct {
 	pins    string // running it pins the connection (guard.Verdict.Pins)
 	// deallocates: it is DEALLOCATE ALL (guard.Verdict.DeallocatesAll)
 	deallocates bool
+	// runs are the carried SQL statements its text EXECUTEs: prepared
+	// before it is bound (sqlprepared.go).
+	runs []*clientStmt
+	// inner is a carried PREPARE's statement text; parse is nil until its
+	// parameter types are read back.
+	inner string
 }
 
 // statements is a client's prepared-statement state in transaction mode.
@@ -96,6 +102,9 @@ type statements struct {
 	unnamedChanges     bool   // like clientStmt.changes
 	unnamedDeallocates bool   // like clientStmt.deallocates
 	unnamedPins        string // like clientStmt.pins
+	// unnamedRuns is like clientStmt.runs. A skipped Parse does not bring
+	// the previous back: preparing more than needed is harmless.
+	unnamedRuns []*clientStmt
 	gen                uint64 // which unnamed Parse that was
 
 	// mu guards replies, and byName and unnamed against undo by the
