@@ -256,8 +256,8 @@ type checker struct {
 	customSettings  []string
 	deallocate      string
 	pins            string
-	prepare         string   // the name a PREPARE prepares
-	executes        []string // the names EXECUTE statements run
+	prepare         string             // the name a PREPARE prepares
+	executes        []string           // the names EXECUTE statements run
 	dropsOnCommit   *pg_query.RangeVar // the temporary table an ON COMMIT DROP creates
 }
 

@@ -105,7 +105,7 @@ type statements struct {
 	// unnamedRuns is like clientStmt.runs. A skipped Parse does not bring
 	// the previous back: preparing more than needed is harmless.
 	unnamedRuns []*clientStmt
-	gen                uint64 // which unnamed Parse that was
+	gen         uint64 // which unnamed Parse that was
 
 	// mu guards replies, and byName and unnamed against undo by the
 	// reply side; changed signals that replies were resolved.
