@@ -66,7 +66,7 @@ func Main(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 		case "demo":
 			return runDemo(args[1:], stdout, stderr)
 		case "passwd":
-			return runPasswd(stdin, stdout, stderr)
+			return runPasswd(args[1:], stdin, stdout, stderr)
 		case "doctor":
 			return runDoctor(args[1:], stdout, stderr)
 		case "signed-context-sql":
@@ -110,7 +110,8 @@ func Main(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 	log := newLogger(cfg, stderr)
 	srv, err := NewServer(cfg, log)
 	if err != nil {
-		fmt.Fprintf(stderr, "pgtenant: %v\n", err)
+		// What NewServer refuses (a broken verifier, a key file) is in the file.
+		fmt.Fprintf(stderr, "pgtenant: config file %s: %v\n", *configPath, err)
 		return 1
 	}
 	stopAdmin, err := startAdmin(cfg, srv, log)
@@ -181,7 +182,7 @@ func reload(srv *proxy.Server, configPath string, log *slog.Logger) {
 	}
 	authn, closers, err := newAuthenticator(cfg, log)
 	if err != nil {
-		log.Error("reload refused: the running configuration stays", "err", err)
+		log.Error("reload refused: the running configuration stays", "err", fmt.Errorf("config file %s: %w", configPath, err))
 		return
 	}
 	if err := srv.Reload(cfg, authn); err != nil {
@@ -341,9 +342,31 @@ func runSignedContextSQL(args []string, stdout, stderr io.Writer) int {
 	return 0
 }
 
+const passwdUsage = `usage: pgtenant passwd
+
+Reads a password from stdin (or prompts twice on a terminal) and prints its
+SCRAM-SHA-256 verifier, for the users[].password config field or db_users.
+`
+
 // runPasswd reads a password (prompting twice on a terminal) and prints its
-// SCRAM-SHA-256 verifier.
-func runPasswd(stdin io.Reader, stdout, stderr io.Writer) int {
+// SCRAM-SHA-256 verifier. Flags are checked first: --help or a mistyped
+// flag must not leave the user typing a password.
+func runPasswd(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
+	fs := flag.NewFlagSet("pgtenant passwd", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	fs.Usage = func() {} // printed below: to stdout for --help, to stderr after an error
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			fmt.Fprint(stdout, passwdUsage)
+			return 0
+		}
+		fmt.Fprint(stderr, "\n"+passwdUsage)
+		return 2
+	}
+	if fs.NArg() > 0 {
+		fmt.Fprintf(stderr, "pgtenant passwd: unexpected argument %q (the password is read from stdin)\n\n%s", fs.Arg(0), passwdUsage)
+		return 2
+	}
 	var password string
 	if f, ok := stdin.(*os.File); ok && term.IsTerminal(int(f.Fd())) {
 		fmt.Fprint(stderr, "Password: ")
