@@ -193,7 +193,7 @@ func castTypes(expr, setting string) ([]string, error) {
 }
 
 // readsSetting reports whether n's value is current_setting('<setting>')'s,
-// passed through the usual wrappers: nullif(x, ''), coalesce(x, ...), and
+// passed through the usual wrappers: nullif of an empty string, coalesce, and
 // another cast (x::text::uuid).
 func readsSetting(n *pg_query.Node, setting string) bool {
 	switch v := n.GetNode().(type) {
