@@ -121,6 +121,17 @@ func Main(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 		return 1
 	}
 	defer stopAdmin()
+	// In the background: an upstream that is down must not delay startup.
+	checkCtx, stopCheck := context.WithCancel(context.Background())
+	checked := make(chan struct{})
+	go func() {
+		defer close(checked)
+		warnTenantTypes(checkCtx, cfg, log)
+	}()
+	defer func() {
+		stopCheck()
+		<-checked
+	}()
 	if *pidFile != "" {
 		if err := os.WriteFile(*pidFile, []byte(strconv.Itoa(os.Getpid())+"\n"), 0o644); err != nil {
 			fmt.Fprintf(stderr, "pgtenant: pid file: %v\n", err)
@@ -161,8 +172,11 @@ func serve(srv *proxy.Server, cfg *config.Config, configPath string, log *slog.L
 			ctx, cancel := context.WithTimeout(context.Background(), cfg.ShutdownTimeout.Duration)
 			go func() {
 				// A second signal: stop waiting.
-				<-signals
-				cancel()
+				select {
+				case <-signals:
+					cancel()
+				case <-ctx.Done():
+				}
 			}()
 			_ = srv.Shutdown(ctx)
 			cancel()
@@ -195,6 +209,7 @@ func reload(srv *proxy.Server, configPath string, log *slog.Logger) {
 	for _, c := range closers {
 		srv.OnClose(c)
 	}
+	go warnTenantTypes(context.Background(), cfg, log)
 }
 
 // NewServer builds the proxy from a validated config: the user directory,
