@@ -2,7 +2,6 @@ package auth
 
 import (
 	"crypto/tls"
-	"errors"
 	"fmt"
 	"time"
 
@@ -59,25 +58,28 @@ func (d staticDirectory) Lookup(user string) (Entry, bool) {
 	return e, ok
 }
 
-// NewStaticDirectory builds the directory from config users. Plaintext passwords are turned into verifiers at load
-// time; each such user's name is returned in plaintextUsers so main can log a warning (development only).
+// NewStaticDirectory builds the directory from config users; it may be
+// empty (jwt or db_users then answer for everyone). Plaintext passwords are
+// turned into verifiers at load time; each such user's name is returned in
+// plaintextUsers so main can log a warning (development only).
 func NewStaticDirectory(users []config.User) (dir Directory, plaintextUsers []string, err error) {
 	d := make(staticDirectory, len(users))
 	for i, u := range users {
+		field := config.UserField(i, u.Name)
 		if u.Name == "" {
-			return nil, nil, fmt.Errorf("users[%d]: empty user name", i)
+			return nil, nil, fmt.Errorf("%s: empty user name", field)
 		}
 		if _, dup := d[u.Name]; dup {
-			return nil, nil, fmt.Errorf("users[%d] (%s): duplicate user name", i, u.Name)
+			return nil, nil, fmt.Errorf("%s: duplicate user name", field)
 		}
 		if u.Password == "" {
-			return nil, nil, fmt.Errorf("users[%d] (%s): empty password", i, u.Name)
+			return nil, nil, fmt.Errorf("%s: empty password", field)
 		}
 		var creds scram.StoredCredentials
 		if IsVerifier(u.Password) {
 			creds, err = ParseVerifier(u.Password)
 			if err != nil {
-				return nil, nil, fmt.Errorf("users[%d] (%s): password: %w", i, u.Name, err)
+				return nil, nil, fmt.Errorf("%s: password: %w; make a new verifier with `pgtenant passwd`", field, err)
 			}
 		} else {
 			v, err := NewVerifier(u.Password)
@@ -85,14 +87,11 @@ func NewStaticDirectory(users []config.User) (dir Directory, plaintextUsers []st
 				creds, err = ParseVerifier(v)
 			}
 			if err != nil {
-				return nil, nil, fmt.Errorf("users[%d] (%s): deriving verifier from plaintext password: %w", i, u.Name, err)
+				return nil, nil, fmt.Errorf("%s: deriving verifier from plaintext password: %w", field, err)
 			}
 			plaintextUsers = append(plaintextUsers, u.Name)
 		}
 		d[u.Name] = Entry{Credentials: creds, Tenant: u.Tenant}
-	}
-	if len(d) == 0 {
-		return nil, nil, errors.New("no users configured")
 	}
 	return d, plaintextUsers, nil
 }

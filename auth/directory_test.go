@@ -62,11 +62,11 @@ func TestNewStaticDirectoryErrors(t *testing.T) {
 		users []config.User
 		want  string
 	}{
-		{"no users", nil, "no users"},
 		{"empty name", []config.User{{Name: "", Password: "p", Tenant: "t"}}, "users[0]: empty user name"},
-		{"duplicate", []config.User{{Name: "a", Password: "p", Tenant: "t"}, {Name: "a", Password: "q", Tenant: "u"}}, "users[1] (a): duplicate"},
-		{"empty password", []config.User{{Name: "a", Tenant: "t"}}, "users[0] (a): empty password"},
-		{"broken verifier", []config.User{{Name: "a", Password: "SCRAM-SHA-256$4096:zz", Tenant: "t"}}, "users[0] (a): password: SCRAM verifier"},
+		{"duplicate", []config.User{{Name: "a", Password: "p", Tenant: "t"}, {Name: "a", Password: "q", Tenant: "u"}}, `users[1] ("a"): duplicate`},
+		{"empty password", []config.User{{Name: "a", Tenant: "t"}}, `users[0] ("a"): empty password`},
+		{"broken verifier", []config.User{{Name: "a", Password: "SCRAM-SHA-256$4096:zz", Tenant: "t"}}, `users[0] ("a"): password: SCRAM verifier`},
+		{"broken verifier says what to do", []config.User{{Name: "a", Password: "SCRAM-SHA-256$4096:zz", Tenant: "t"}}, "pgtenant passwd"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -75,5 +75,19 @@ func TestNewStaticDirectoryErrors(t *testing.T) {
 				t.Errorf("err = %v, want it to contain %q", err, tt.want)
 			}
 		})
+	}
+}
+
+// With no users the directory is empty, not an error: a jwt or db_users
+// deployment has no users list.
+func TestNewStaticDirectoryEmpty(t *testing.T) {
+	for _, users := range [][]config.User{nil, {}} {
+		dir, _, err := NewStaticDirectory(users)
+		if err != nil {
+			t.Fatalf("NewStaticDirectory(%v): %v", users, err)
+		}
+		if _, ok := dir.Lookup("anyone"); ok {
+			t.Fatal("an empty directory found a user")
+		}
 	}
 }

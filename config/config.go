@@ -180,8 +180,14 @@ func Parse(data []byte) (*Config, error) {
 		LogLevel:       DefaultLogLevel,
 		LogFormat:      DefaultLogFormat,
 	}
+	var doc yaml.Node
+	if err := yaml.Unmarshal(expanded, &doc); err == nil {
+		if err := unknownKeys(&doc); err != nil {
+			return nil, fmt.Errorf("decoding YAML: %w", err)
+		}
+	} // else the decoder below reports the syntax error
 	dec := yaml.NewDecoder(bytes.NewReader(expanded))
-	dec.KnownFields(true)
+	dec.KnownFields(true) // a backstop: unknownKeys has reported every unknown key
 	if err := dec.Decode(c); err != nil && !errors.Is(err, io.EOF) {
 		return nil, fmt.Errorf("decoding YAML: %w", err)
 	}
@@ -303,39 +309,56 @@ func (c *Config) Validate() error {
 		}
 	}
 
-	if len(c.Users) == 0 && c.JWT == nil && c.DBUsers == nil {
-		add("users", "at least one user is required (or a jwt or db_users section)")
-	}
+	c.validateLoginWays(add)
 	c.validateIdentity(add)
 	c.validatePool(add)
 	seen := make(map[string]int, len(c.Users))
 	for i, u := range c.Users {
-		field := fmt.Sprintf("users[%d]", i)
+		field := UserField(i, u.Name)
 		switch {
 		case u.Name == "":
-			add(field+".name", "must not be empty")
+			add(field, "name: must not be empty")
 		case hasControl(u.Name):
-			add(field+".name", "must not contain control characters")
+			add(field, "name: must not contain control characters")
 		default:
 			if j, dup := seen[u.Name]; dup {
-				add(field+".name", "%q is already used by users[%d]; user names must be unique", u.Name, j)
+				add(field, "name: already used by users[%d]; user names must be unique", j)
 			} else {
 				seen[u.Name] = i
 			}
 		}
 		if u.Password == "" {
-			add(field+".password", "must not be empty; use a SCRAM-SHA-256 verifier (plaintext only for development)")
+			add(field, "password: must not be empty; use a SCRAM-SHA-256 verifier from `pgtenant passwd` (plaintext only for development)")
 		}
 		switch {
 		case u.Tenant == "":
-			add(field+".tenant", "must not be empty")
+			add(field, "tenant: must not be empty")
 		case hasControl(u.Tenant):
 			// The tenant ends up in a setting value sent upstream; refusing control
 			// characters (NUL above all) keeps that simple and safe.
-			add(field+".tenant", "must not contain control characters")
+			add(field, "tenant: must not contain control characters")
 		}
 	}
 	return errors.Join(errs...)
+}
+
+// validateLoginWays refuses a config with which nobody could log in. Users
+// matching no auth.methods rule use SCRAM, which needs users or db_users;
+// jwt alone lets in only the users a rule sends to it.
+func (c *Config) validateLoginWays(add func(field, format string, args ...any)) {
+	if len(c.Users) > 0 || c.DBUsers != nil {
+		return
+	}
+	if c.JWT == nil {
+		add("users", "nobody can log in: list at least one user (name, password, tenant), or add a db_users or jwt section")
+		return
+	}
+	for _, r := range c.Auth.Methods {
+		if r.Method == MethodJWT {
+			return
+		}
+	}
+	add("auth.methods", "nobody can log in: there are no users and no db_users, and no rule sends users to jwt (users matching no rule use SCRAM); add one, e.g. auth: {methods: [{users: \"*\", method: jwt}]}")
 }
 
 func (t *TLS) validate() []error {
@@ -392,6 +415,15 @@ func validateHostPort(s string) error {
 		return fmt.Errorf("port %q must be a number from 0 to 65535", port)
 	}
 	return nil
+}
+
+// UserField names users[i] in messages, with the user's name when it has
+// one that can be printed: users[3] ("alice").
+func UserField(i int, name string) string {
+	if name == "" || hasControl(name) {
+		return fmt.Sprintf("users[%d]", i)
+	}
+	return fmt.Sprintf("users[%d] (%q)", i, name)
 }
 
 func hasControl(s string) bool {

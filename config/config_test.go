@@ -105,7 +105,7 @@ func TestParseErrors(t *testing.T) {
 		{"unterminated env", up + users + "log_level: ${PGTENANT\n", []string{"line 4", "unterminated"}},
 		{"bad env name", up + "users:\n  - {name: a, password: ${1X}, tenant: t}\n", []string{"invalid environment variable name"}},
 		{"two documents", up + users + "---\nlisten: x\n", []string{"exactly one YAML document"}},
-		{"empty file", "", []string{"upstream: must be set", "users: at least one"}},
+		{"empty file", "", []string{"upstream: must be set", "users: nobody can log in"}},
 		{"listen not host:port", up + "listen: localhost\n" + users, []string{"listen:", "host:port"}},
 		{"listen bad port", up + "listen: localhost:http\n" + users, []string{"listen:", "port"}},
 		{"listen empty", up + "listen: ''\n" + users, []string{"listen: must not be empty"}},
@@ -125,14 +125,16 @@ func TestParseErrors(t *testing.T) {
 		{"tls missing cert file", up + "tls: {cert_file: " + missing + ", key_file: " + key + "}\n" + users, []string{"tls.cert_file:", missing}},
 		{"tls missing key file", up + "tls: {cert_file: " + cert + ", key_file: " + missing + "}\n" + users, []string{"tls.key_file:", missing}},
 		{"tls mismatched pair", up + "tls: {cert_file: " + otherCert + ", key_file: " + key + "}\n" + users, []string{"tls:", otherCert, key}},
-		{"no users", up, []string{"users: at least one user"}},
-		{"empty user name", up + "users:\n  - {name: '', password: p, tenant: t}\n", []string{"users[0].name: must not be empty"}},
-		{"duplicate user", up + "users:\n  - {name: a, password: p, tenant: t}\n  - {name: a, password: p, tenant: u}\n", []string{"users[1].name:", "users[0]", "unique"}},
-		{"empty password", up + "users:\n  - {name: a, password: '', tenant: t}\n", []string{"users[0].password: must not be empty"}},
-		{"empty tenant", up + "users:\n  - {name: a, password: p, tenant: t}\n  - {name: b, password: p, tenant: ''}\n", []string{"users[1].tenant: must not be empty"}},
-		{"tenant with NUL", up + "users:\n  - {name: a, password: p, tenant: \"t\\0x\"}\n", []string{"users[0].tenant: must not contain control characters"}},
-		{"tenant with newline", up + "users:\n  - {name: a, password: p, tenant: \"t\\nx\"}\n", []string{"users[0].tenant: must not contain control characters"}},
-		{"name with control", up + "users:\n  - {name: \"a\\tb\", password: p, tenant: t}\n", []string{"users[0].name: must not contain control characters"}},
+		{"no users", up, []string{"users: nobody can log in", "db_users or jwt"}},
+		{"jwt without a rule sending users to it", up + "jwt: {hmac_secret: " + strings.Repeat("k", 32) + "}\n", []string{"auth.methods: nobody can log in", `{users: "*", method: jwt}`}},
+		{"jwt with only scram rules", up + "auth: {methods: [{users: '*', method: scram}]}\njwt: {hmac_secret: " + strings.Repeat("k", 32) + "}\n", []string{"auth.methods: nobody can log in"}},
+		{"empty user name", up + "users:\n  - {name: '', password: p, tenant: t}\n", []string{"users[0]: name: must not be empty"}},
+		{"duplicate user", up + "users:\n  - {name: a, password: p, tenant: t}\n  - {name: a, password: p, tenant: u}\n", []string{`users[1] ("a"): name: already used by users[0]`, "unique"}},
+		{"empty password", up + "users:\n  - {name: a, password: '', tenant: t}\n", []string{`users[0] ("a"): password: must not be empty`, "pgtenant passwd"}},
+		{"empty tenant", up + "users:\n  - {name: a, password: p, tenant: t}\n  - {name: b, password: p, tenant: ''}\n", []string{`users[1] ("b"): tenant: must not be empty`}},
+		{"tenant with NUL", up + "users:\n  - {name: a, password: p, tenant: \"t\\0x\"}\n", []string{`users[0] ("a"): tenant: must not contain control characters`}},
+		{"tenant with newline", up + "users:\n  - {name: a, password: p, tenant: \"t\\nx\"}\n", []string{`users[0] ("a"): tenant: must not contain control characters`}},
+		{"name with control", up + "users:\n  - {name: \"a\\tb\", password: p, tenant: t}\n", []string{"users[0]: name: must not contain control characters"}},
 		{"several problems reported together", "log_level: loud\n", []string{"upstream:", "log_level:", "users:"}},
 	}
 	for _, tt := range tests {
@@ -249,4 +251,36 @@ func writeKeyPair(t *testing.T) (certFile, keyFile string) {
 		t.Fatal(err)
 	}
 	return certFile, keyFile
+}
+
+// A deployment needs some way in, but not a users list.
+func TestLoginWays(t *testing.T) {
+	up := "upstream: postgres://u@h/db\n"
+	jwt := "jwt: {hmac_secret: " + strings.Repeat("k", 32) + "}\n"
+	toJWT := "auth: {methods: [{users: '*@*', method: jwt}]}\n"
+	dbUsers := "db_users: {connection: 'postgres://l@h/db', query: 'SELECT v, t FROM u WHERE n = $1'}\n"
+	tests := []struct {
+		desc string
+		doc  string
+		want string // "" when valid
+	}{
+		{"users", up + "users: [{name: a, password: p, tenant: t}]\n", ""},
+		{"jwt only", up + jwt + toJWT, ""},
+		{"db_users only", up + dbUsers, ""},
+		{"db_users and jwt without a rule", up + dbUsers + jwt, ""},
+		{"nothing", up, "users: nobody can log in"},
+		{"empty users list", up + "users: []\n", "users: nobody can log in"},
+		{"jwt without a rule", up + jwt, "auth.methods: nobody can log in"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.desc, func(t *testing.T) {
+			_, err := Parse([]byte(tt.doc))
+			switch {
+			case tt.want == "" && err != nil:
+				t.Fatalf("Parse: %v", err)
+			case tt.want != "" && (err == nil || !strings.Contains(err.Error(), tt.want)):
+				t.Fatalf("error %v, want it to contain %q", err, tt.want)
+			}
+		})
+	}
 }

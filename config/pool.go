@@ -172,14 +172,14 @@ func (c *Config) validatePool(add func(field, format string, args ...any)) {
 		}
 	}
 	for i, u := range c.Users {
-		field := fmt.Sprintf("users[%d]", i)
+		field := UserField(i, u.Name)
 		if u.PoolMode != "" && !slices.Contains(validPoolModes, u.PoolMode) {
-			add(field+".pool_mode", "%q is not one of %s", u.PoolMode, strings.Join(validPoolModes, ", "))
+			add(field, "pool_mode: %q is not one of %s", u.PoolMode, strings.Join(validPoolModes, ", "))
 		}
 		if c.PoolModeFor(u.Name) == PoolModeTransaction && !u.GuardEnabled() {
 			// In transaction mode the guard is what keeps session state (temp
 			// tables, WITH HOLD cursors, LISTEN, session SETs) off shared connections.
-			add(field+".guard", "must be on for a user in transaction pool mode: the guard keeps session state off shared connections")
+			add(field, "guard: must be on for a user in transaction pool mode: the guard keeps session state off shared connections")
 		}
 	}
 }

@@ -3,7 +3,8 @@
 // isolation: tables without (forced) row-level security, a role that
 // escapes the policies, privileges to create objects, SECURITY DEFINER
 // functions, views that read RLS tables with their owner's rights, policies
-// that do not fail closed, and tenant columns without an index.
+// that do not fail closed, tenant ids the policies' casts refuse, and
+// tenant columns without an index.
 package doctor
 
 import (
@@ -31,11 +32,12 @@ const (
 	CheckSecurityDefiner = "security-definer"
 	CheckViews           = "views"
 	CheckFailClosed      = "fail-closed"
+	CheckTenantType      = "tenant-type"
 	CheckIndex           = "index"
 )
 
 // Checks lists every check in report order.
-var Checks = []string{CheckRLS, CheckRole, CheckPrivileges, CheckSecurityDefiner, CheckViews, CheckFailClosed, CheckIndex}
+var Checks = []string{CheckRLS, CheckRole, CheckPrivileges, CheckSecurityDefiner, CheckViews, CheckFailClosed, CheckTenantType, CheckIndex}
 
 // Options configures Run.
 type Options struct {
@@ -48,6 +50,10 @@ type Options struct {
 	// "pgtenant.current_tenant()") of SECURITY DEFINER functions not to
 	// report. Names that do not resolve are ignored.
 	AllowedDefinerFunctions []string
+	// Tenants are the tenant ids pgtenant will assert (from the config's
+	// users and a sample of db_users): each is cast to every type the
+	// policies cast the tenant setting to.
+	Tenants []Tenant
 }
 
 // Finding is one problem with one object.
@@ -91,12 +97,13 @@ func Run(ctx context.Context, conn *pgconn.PgConn, opts Options) ([]Finding, err
 		d.checkPrivileges,
 		d.checkSecurityDefiner,
 		d.checkViews,
+		d.checkTenantType,
 		d.checkIndex,
 	}
 	if d.super {
 		// A superuser has every privilege and membership and bypasses every
 		// policy: report that, and the checks that do not depend on the role.
-		steps = []func(context.Context) error{d.loadTables, d.checkRLS, d.checkRole, d.checkIndex}
+		steps = []func(context.Context) error{d.loadTables, d.checkRLS, d.checkRole, d.checkTenantType, d.checkIndex}
 	}
 	for _, step := range steps {
 		if err := step(ctx); err != nil {

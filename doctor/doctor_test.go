@@ -240,6 +240,52 @@ func TestBadSchemas(t *testing.T) {
 			want: []string{"fail-closed/public.accounts/myapp.org is never set or empty ("},
 		},
 		{
+			name: "tenant_ids_valid",
+			opts: Options{Tenants: []Tenant{{ID: "11111111-1111-1111-1111-111111111111", Source: "users[0]"}}},
+		},
+		{
+			name: "tenant_id_not_uuid",
+			opts: Options{Tenants: []Tenant{
+				{ID: "11111111-1111-1111-1111-111111111111", Source: `users[0] ("a")`},
+				{ID: "acme", Source: `users[1] ("b")`},
+			}},
+			want: []string{`tenant-type/tenant 'acme' (users[1] ("b"))/is not a valid uuid (invalid input syntax for type uuid: "acme"), but policy tenant_isolation on public.items casts app.tenant_id to uuid`},
+		},
+		{
+			name: "uuid_cast_through_nullif",
+			sql: `CREATE TABLE orders (id int, tenant_id uuid);
+				CREATE INDEX ON orders (tenant_id);
+				ALTER TABLE orders ENABLE ROW LEVEL SECURITY;
+				ALTER TABLE orders FORCE ROW LEVEL SECURITY;
+				CREATE POLICY own ON orders USING (tenant_id = nullif(current_setting('APP.TENANT_ID', true), '')::uuid)
+					WITH CHECK (tenant_id = pg_catalog.current_setting('app.tenant_id')::uuid);
+				GRANT SELECT ON orders TO %[2]s;`,
+			opts: Options{Tenants: []Tenant{{ID: "acme", Source: "db_users"}}},
+			want: []string{"tenant-type/tenant 'acme' (db_users)/policies tenant_isolation on public.items, own on public.orders cast app.tenant_id to uuid: every query of this tenant on public.items, public.orders fails"},
+		},
+		{
+			name: "tenant_id_not_integer",
+			sql: `CREATE TABLE accounts (id serial, org_id int NOT NULL);
+				CREATE INDEX ON accounts (org_id);
+				ALTER TABLE accounts ENABLE ROW LEVEL SECURITY;
+				ALTER TABLE accounts FORCE ROW LEVEL SECURITY;
+				CREATE POLICY org ON accounts USING (org_id = current_setting('myapp.org')::int);
+				GRANT SELECT ON accounts TO %[2]s;
+				INSERT INTO accounts (org_id) VALUES (1), (2);`,
+			opts: Options{TenantSetting: "myapp.org", TenantColumn: "org_id", Tenants: []Tenant{
+				{ID: "1", Source: "users[0]"},
+				{ID: "acme", Source: "users[1]"},
+				{ID: "99999999999", Source: "users[2]"},
+				// A uuid is fine: items casts app.tenant_id, not myapp.org.
+				{ID: "11111111-1111-1111-1111-111111111111", Source: "users[3]"},
+			}},
+			want: []string{
+				`tenant-type/tenant '11111111-1111-1111-1111-111111111111' (users[3])/is not a valid integer`,
+				`tenant-type/tenant '99999999999' (users[2])/out of range for type integer`,
+				`tenant-type/tenant 'acme' (users[1])/is not a valid integer (invalid input syntax for type integer: "acme"), but policy org on public.accounts casts myapp.org to integer`,
+			},
+		},
+		{
 			name: "several_problems",
 			sql: `ALTER TABLE items DISABLE ROW LEVEL SECURITY;
 				DROP INDEX items_tenant_id_idx;

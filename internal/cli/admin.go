@@ -10,6 +10,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"syscall"
 	"text/tabwriter"
 	"time"
 
@@ -59,6 +60,9 @@ func runStatus(args []string, stdout, stderr io.Writer) int {
 	resp, err := client.Get("http://" + *addr + "/status")
 	if err != nil {
 		fmt.Fprintf(stderr, "pgtenant status: %v\n", err)
+		if errors.Is(err, syscall.ECONNREFUSED) {
+			fmt.Fprintf(stderr, "nothing listens on %s: set admin_listen in the running pgtenant's config (e.g. admin_listen: 127.0.0.1:9187), or pass --admin with the address it uses\n", *addr)
+		}
 		return 1
 	}
 	defer resp.Body.Close()

@@ -66,7 +66,7 @@ func Main(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 		case "demo":
 			return runDemo(args[1:], stdout, stderr)
 		case "passwd":
-			return runPasswd(stdin, stdout, stderr)
+			return runPasswd(args[1:], stdin, stdout, stderr)
 		case "doctor":
 			return runDoctor(args[1:], stdout, stderr)
 		case "signed-context-sql":
@@ -110,7 +110,8 @@ func Main(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 	log := newLogger(cfg, stderr)
 	srv, err := NewServer(cfg, log)
 	if err != nil {
-		fmt.Fprintf(stderr, "pgtenant: %v\n", err)
+		// What NewServer refuses (a broken verifier, a key file) is in the file.
+		fmt.Fprintf(stderr, "pgtenant: config file %s: %v\n", *configPath, err)
 		return 1
 	}
 	stopAdmin, err := startAdmin(cfg, srv, log)
@@ -120,6 +121,17 @@ func Main(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 		return 1
 	}
 	defer stopAdmin()
+	// In the background: an upstream that is down must not delay startup.
+	checkCtx, stopCheck := context.WithCancel(context.Background())
+	checked := make(chan struct{})
+	go func() {
+		defer close(checked)
+		warnTenantTypes(checkCtx, cfg, log)
+	}()
+	defer func() {
+		stopCheck()
+		<-checked
+	}()
 	if *pidFile != "" {
 		if err := os.WriteFile(*pidFile, []byte(strconv.Itoa(os.Getpid())+"\n"), 0o644); err != nil {
 			fmt.Fprintf(stderr, "pgtenant: pid file: %v\n", err)
@@ -160,8 +172,11 @@ func serve(srv *proxy.Server, cfg *config.Config, configPath string, log *slog.L
 			ctx, cancel := context.WithTimeout(context.Background(), cfg.ShutdownTimeout.Duration)
 			go func() {
 				// A second signal: stop waiting.
-				<-signals
-				cancel()
+				select {
+				case <-signals:
+					cancel()
+				case <-ctx.Done():
+				}
 			}()
 			_ = srv.Shutdown(ctx)
 			cancel()
@@ -181,7 +196,7 @@ func reload(srv *proxy.Server, configPath string, log *slog.Logger) {
 	}
 	authn, closers, err := newAuthenticator(cfg, log)
 	if err != nil {
-		log.Error("reload refused: the running configuration stays", "err", err)
+		log.Error("reload refused: the running configuration stays", "err", fmt.Errorf("config file %s: %w", configPath, err))
 		return
 	}
 	if err := srv.Reload(cfg, authn); err != nil {
@@ -194,6 +209,7 @@ func reload(srv *proxy.Server, configPath string, log *slog.Logger) {
 	for _, c := range closers {
 		srv.OnClose(c)
 	}
+	go warnTenantTypes(context.Background(), cfg, log)
 }
 
 // NewServer builds the proxy from a validated config: the user directory,
@@ -341,9 +357,31 @@ func runSignedContextSQL(args []string, stdout, stderr io.Writer) int {
 	return 0
 }
 
+const passwdUsage = `usage: pgtenant passwd
+
+Reads a password from stdin (or prompts twice on a terminal) and prints its
+SCRAM-SHA-256 verifier, for the users[].password config field or db_users.
+`
+
 // runPasswd reads a password (prompting twice on a terminal) and prints its
-// SCRAM-SHA-256 verifier.
-func runPasswd(stdin io.Reader, stdout, stderr io.Writer) int {
+// SCRAM-SHA-256 verifier. Flags are checked first: --help or a mistyped
+// flag must not leave the user typing a password.
+func runPasswd(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
+	fs := flag.NewFlagSet("pgtenant passwd", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	fs.Usage = func() {} // printed below: to stdout for --help, to stderr after an error
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			fmt.Fprint(stdout, passwdUsage)
+			return 0
+		}
+		fmt.Fprint(stderr, "\n"+passwdUsage)
+		return 2
+	}
+	if fs.NArg() > 0 {
+		fmt.Fprintf(stderr, "pgtenant passwd: unexpected argument %q (the password is read from stdin)\n\n%s", fs.Arg(0), passwdUsage)
+		return 2
+	}
 	var password string
 	if f, ok := stdin.(*os.File); ok && term.IsTerminal(int(f.Fd())) {
 		fmt.Fprint(stderr, "Password: ")

@@ -20,8 +20,9 @@ const doctorUsage = `usage: pgtenant doctor --upstream <conn string> [--config f
                        [--allow-definer 'schema.func(args)']... [--json]
 
 Connects upstream as the RLS role and reports what would break tenant isolation.
-With --config, upstream and tenant_setting come from the config file; --upstream
-overrides it. Exit status: 0 no problems, 1 problems found, 2 usage or connection error.
+With --config, upstream and tenant_setting come from the config file (--upstream
+overrides it), and the tenant ids of its users and of a db_users sample are
+checked against the types the policies cast the tenant setting to. Exit status: 0 no problems, 1 problems found, 2 usage or connection error.
 `
 
 // stringList is a repeatable string flag.
@@ -56,6 +57,7 @@ func runDoctor(args []string, stdout, stderr io.Writer) int {
 	opts := doctor.Options{TenantColumn: *tenantColumn, AllowedDefinerFunctions: allowed}
 	connString := *upstream
 	connectTimeout := config.DefaultConnectTimeout
+	ctx := context.Background()
 	if *configPath != "" {
 		cfg, err := config.Load(*configPath)
 		if err != nil {
@@ -67,6 +69,13 @@ func runDoctor(args []string, stdout, stderr io.Writer) int {
 		}
 		opts.TenantSetting = cfg.TenantSetting
 		connectTimeout = cfg.ConnectTimeout.Duration
+		opts.Tenants = configTenants(cfg)
+		sample, err := dbUserTenants(ctx, cfg)
+		if err != nil {
+			// The other checks are still worth having.
+			fmt.Fprintf(stderr, "pgtenant doctor: note: db_users tenant ids not checked: %v\n", err)
+		}
+		opts.Tenants = append(opts.Tenants, sample...)
 	}
 	if connString == "" {
 		fmt.Fprintf(stderr, "pgtenant doctor: --upstream or --config is required\n\n%s", doctorUsage)
@@ -84,7 +93,6 @@ func runDoctor(args []string, stdout, stderr io.Writer) int {
 		pgcfg.RuntimeParams["application_name"] = "pgtenant doctor"
 	}
 
-	ctx := context.Background()
 	connectCtx, cancel := context.WithTimeout(ctx, pgcfg.ConnectTimeout+time.Second)
 	conn, err := pgconn.ConnectConfig(connectCtx, pgcfg)
 	cancel()

@@ -53,6 +53,15 @@ func TestDoctor(t *testing.T) {
 		t.Fatal(err)
 	}
 
+	// Tenant ids the demo's uuid policies refuse: one in users, one in db_users.
+	setupTenantTypes(t)
+	tenantsFile := filepath.Join(t.TempDir(), "tenants.yaml")
+	tenantsCfg := fmt.Sprintf("upstream: %q\nusers:\n  - {name: a, password: p, tenant: %s}\n  - {name: acme_app, password: p, tenant: acme}\n"+
+		"db_users: {connection: %q, query: 'SELECT verifier, tenant FROM cli_text_users WHERE name = $1'}\n",
+		clean, demo.TenantA.ID, c.URL("cli_lookup", "cli_lookup_pw", demo.Database))
+	if err := os.WriteFile(tenantsFile, []byte(tenantsCfg), 0o600); err != nil {
+		t.Fatal(err)
+	}
 	tests := []struct {
 		desc   string
 		args   []string
@@ -60,6 +69,12 @@ func TestDoctor(t *testing.T) {
 		stdout []string // substrings
 		stderr string
 	}{
+		{"tenant ids", []string{"--config", tenantsFile}, 1, []string{
+			"tenant-type:\n",
+			`tenant 'acme' (users[1] ("acme_app")): is not a valid uuid (invalid input syntax for type uuid: "acme"), but policies tenant_isolation on public.projects, tenant_isolation on public.tenants cast app.tenant_id to uuid`,
+			"tenant 'globex' (db_users): is not a valid uuid",
+			"2 problems found",
+		}, ""},
 		{"clean", []string{"--upstream", clean}, 0, []string{"no problems found"}, ""},
 		{"bad", []string{"--upstream", bad}, 1, []string{"rls:\n  public.orders: ", "index:\n  public.orders: ", "fix: CREATE INDEX ON public.orders (tenant_id);", "2 problems found"}, ""},
 		{"config", []string{"--config", configFile}, 1, []string{"public.orders", "2 problems found"}, ""},
