@@ -17,10 +17,18 @@ import (
 	_ "github.com/lib/pq"
 
 	"github.com/pgtenant/pgtenant/internal/demo"
+	"github.com/pgtenant/pgtenant/internal/pgcluster"
 )
 
 // psql runs the real psql client against the proxy and returns its output.
 func psql(t *testing.T, p *testProxy, tn demo.Tenant, args ...string) (string, error) {
+	t.Helper()
+	dsn := fmt.Sprintf("host=%s port=%s user=%s dbname=%s sslmode=disable", p.host, p.port, tn.User, demo.Database)
+	return psqlAt(t, dsn, []string{"PGPASSWORD=" + tn.Password}, append([]string{"-A", "-t"}, args...)...)
+}
+
+// psqlAt runs psql on dsn with env added to its environment.
+func psqlAt(t *testing.T, dsn string, env []string, args ...string) (string, error) {
 	t.Helper()
 	path, err := exec.LookPath("psql")
 	if err != nil {
@@ -28,12 +36,35 @@ func psql(t *testing.T, p *testProxy, tn demo.Tenant, args ...string) (string, e
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	full := append([]string{"-X", "-A", "-t", "-v", "ON_ERROR_STOP=1", "-d",
-		fmt.Sprintf("host=%s port=%s user=%s dbname=%s sslmode=disable", p.host, p.port, tn.User, demo.Database)}, args...)
+	full := append([]string{"-X", "-v", "ON_ERROR_STOP=1", "-d", dsn}, args...)
 	cmd := exec.CommandContext(ctx, path, full...)
-	cmd.Env = append(os.Environ(), "PGPASSWORD="+tn.Password)
+	cmd.Env = append(os.Environ(), env...)
 	out, err := cmd.CombinedOutput()
 	return string(out), err
+}
+
+// psql's meta-commands (the catalog queries a psql user types first) print
+// through pgtenant what they print straight from PostgreSQL, in both modes.
+func TestPsqlMetaCommands(t *testing.T) {
+	var args []string
+	for _, c := range []string{`\l`, `\dn`, `\dt`, `\d projects`, `\d+ projects`, `\dv`, `\di`, `\ds`,
+		`\df current_setting`, `\du`, `\dx`, `\dp projects`, `\dT`, `\sf pg_catalog.lower(text)`, `\encoding`,
+		`\x on`, `SELECT name FROM projects ORDER BY id`, `\gset one_`, `\echo :one_name`} {
+		args = append(args, "-c", c)
+	}
+	direct, err := psqlAt(t, pgcluster.Shared().URL(demo.RLSRole, demo.RLSPassword, demo.Database),
+		[]string{"PGOPTIONS=-c app.tenant_id=" + tenantA.ID}, args...)
+	if err != nil || !strings.Contains(direct, "projects") {
+		t.Fatalf("psql straight to PostgreSQL: %v\n%s", err, direct)
+	}
+	eachPoolMode(t, func(t *testing.T, m poolMode) {
+		p := m.start(t)
+		dsn := fmt.Sprintf("host=%s port=%s user=%s dbname=%s sslmode=disable", p.host, p.port, tenantA.User, demo.Database)
+		got, err := psqlAt(t, dsn, []string{"PGPASSWORD=" + tenantA.Password}, args...)
+		if err != nil || got != direct {
+			t.Errorf("psql through pgtenant: %v\n%s\nstraight to PostgreSQL:\n%s", err, got, direct)
+		}
+	})
 }
 
 func TestPsql(t *testing.T) {

@@ -6,8 +6,9 @@ import "strings"
 // replies from any PostgreSQL session of tenant A with the demo data: no
 // times, pids, or counts of tables other sessions write to) and is relayed
 // unchanged by pgtenant in both pool modes (no SET of app.* or of session
-// settings, no set_config, no SQL PREPARE/EXECUTE/DEALLOCATE, no LISTEN, no
-// temporary objects, no WITH HOLD cursors: see guard/pooled.go).
+// settings, no set_config, no SQL PREPARE other than alone in a Query (which
+// transaction mode carries rather than pins), no LISTEN, no temporary
+// objects, no WITH HOLD cursors: see guard/pooled.go).
 type stmt struct {
 	sql    string
 	params int // $n parameters it expects
@@ -68,6 +69,10 @@ var simpleCorpus = []stmt{
 	{sql: "SELECT length('" + longText + "')"},
 	{sql: padComment + "SELECT name FROM projects ORDER BY id"},
 	{sql: padComment + "COPY copy_sink (line) FROM STDIN", copyIn: 1},
+	{sql: "PREPARE fz (int) AS SELECT $1 + count(*) FROM projects"},
+	{sql: "EXECUTE fz(1)"},
+	{sql: "BEGIN; EXECUTE fz(2); EXECUTE fz('x'); COMMIT"},
+	{sql: "DEALLOCATE fz"},
 }
 
 // extendedCorpus is what Parse messages carry.
@@ -93,4 +98,5 @@ var extendedCorpus = []stmt{
 	{sql: "SELEC 1"},
 	{sql: "SELECT length('" + longText + "') + $1::int", params: 1},
 	{sql: padComment + "SELECT g FROM generate_series(1, 3) g"},
+	{sql: "EXECUTE fz(3)"},
 }
