@@ -12,8 +12,13 @@ import (
 // behind the first (a client's Terminate or hang-up closes the upstream
 // connection; an upstream failure closes the client's): that is no failure
 // of its own and reads "ok", so that "upstream connection lost" means the
-// upstream did fail. clientFirst: the request side ended the session.
-func endCauses(reqErr, respErr error, clientFirst, draining bool) (client, upstream string) {
+// upstream did fail. clientFirst: the request side ended first;
+// upstreamFatal: the upstream sent a FATAL.
+func endCauses(reqErr, respErr error, clientFirst, upstreamFatal, draining bool) (client, upstream string) {
+	// A Terminate marks the session closing before it goes upstream. An
+	// upstream that sent a FATAL ended the session, even if its client, told
+	// so, hung up before pgtenant read the upstream's close.
+	clientFirst = (clientFirst || errors.Is(reqErr, errClientTerminated)) && !upstreamFatal
 	return clientEnd(reqErr, clientFirst), upstreamEnd(respErr, clientFirst, draining)
 }
 

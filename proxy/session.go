@@ -488,8 +488,7 @@ func (ss *session) finish(reqErr, respErr error, first bool) {
 		_ = r.writeClient(errorResponse(pgErr))
 		_ = r.cw.Flush()
 	}
-	// A Terminate marks the session closing before it goes upstream.
-	clientEnd, upstreamEnd := endCauses(reqErr, respErr, first || errors.Is(reqErr, errClientTerminated), r.draining.Load())
+	clientEnd, upstreamEnd := endCauses(reqErr, respErr, first, r.sawFatal, r.draining.Load())
 	// The attributes of the login's logger, built again rather than kept:
 	// an idle client should cost little.
 	ss.s.log.Info("session ended", "conn", ss.id, "remote", ss.client.RemoteAddr().String(), "user", ss.user, "tenant", ss.ident.Tenant,
