@@ -5,6 +5,7 @@ import (
 	"errors"
 	"io"
 	"net"
+	"syscall"
 
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgproto3"
@@ -39,7 +40,8 @@ func (r *relay) upstreamToClient() (err error) {
 
 // upstreamReadError names why reading from the upstream failed.
 func (r *relay) upstreamReadError(err error) error {
-	if errors.Is(err, io.EOF) || errors.Is(err, net.ErrClosed) {
+	if errors.Is(err, io.EOF) || errors.Is(err, net.ErrClosed) || errors.Is(err, syscall.ECONNRESET) {
+		// A reset too: a backend that exits with input unread resets.
 		return errUpstreamLost
 	}
 	var ne net.Error

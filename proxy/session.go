@@ -488,10 +488,11 @@ func (ss *session) finish(reqErr, respErr error, first bool) {
 		_ = r.writeClient(errorResponse(pgErr))
 		_ = r.cw.Flush()
 	}
+	clientEnd, upstreamEnd := endCauses(reqErr, respErr, first, r.sawFatal, r.draining.Load())
 	// The attributes of the login's logger, built again rather than kept:
 	// an idle client should cost little.
 	ss.s.log.Info("session ended", "conn", ss.id, "remote", ss.client.RemoteAddr().String(), "user", ss.user, "tenant", ss.ident.Tenant,
-		"client", describeEnd(reqErr), "upstream", describeEnd(respErr),
+		"client", clientEnd, "upstream", upstreamEnd,
 		"assertions", r.stats.assertions.Load(), "refusals", r.stats.refusals.Load(),
 		"bytes_from_client", r.stats.fromClient, "bytes_to_client", r.stats.toClient)
 	ss.s.observer().Statements(ss.ident.Tenant, r.stats.statements)
@@ -563,13 +564,6 @@ func (ss *session) close() {
 	}
 	ss.upstream.Close()
 	ss.s.untrack(ss.upstream)
-}
-
-func describeEnd(err error) string {
-	if err == nil {
-		return "ok"
-	}
-	return err.Error()
 }
 
 func writeMessages(w *bufio.Writer, msgs ...pgproto3.BackendMessage) error {

@@ -20,17 +20,21 @@ import (
 )
 
 // startAdmin serves metrics, health and the session list on
-// cfg.AdminListen, and returns a function that stops it.
-func startAdmin(cfg *config.Config, srv *proxy.Server, log *slog.Logger) (func(), error) {
+// cfg.AdminListen, and returns a function that stops it. ln, if not nil, is
+// already listening there (the demo picks a free port before it writes the
+// config).
+func startAdmin(cfg *config.Config, srv *proxy.Server, log *slog.Logger, ln net.Listener) (func(), error) {
 	m := metrics.New(metrics.Options{MaxTenantLabels: cfg.MetricsTenantLabels})
 	srv.SetObserver(m)
 	m.WatchPool(srv.PoolStats)
 	if cfg.AdminListen == "" {
 		return func() {}, nil
 	}
-	ln, err := net.Listen("tcp", cfg.AdminListen)
-	if err != nil {
-		return nil, fmt.Errorf("admin_listen: %w", err)
+	if ln == nil {
+		var err error
+		if ln, err = net.Listen("tcp", cfg.AdminListen); err != nil {
+			return nil, fmt.Errorf("admin_listen: %w", err)
+		}
 	}
 	hs := &http.Server{Handler: metrics.Handler(m, srv.Ready, srv.Sessions), ReadHeaderTimeout: 10 * time.Second}
 	go func() {

@@ -11,6 +11,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net"
 	"os"
 	"os/signal"
 	"strconv"
@@ -37,7 +38,8 @@ Usage:
   pgtenant reload --pid-file f      make the running proxy re-read its config
   pgtenant status [--admin addr]    list the running proxy's sessions (needs admin_listen)
   pgtenant demo [--listen addr]     start a throwaway PostgreSQL with two demo tenants and the
-                                    proxy in front of it; prints psql lines to try; Ctrl-C cleans up
+                                    proxy in front of it, run from a config it writes; prints psql
+                                    lines and operations to try; Ctrl-C drains and cleans up
   pgtenant passwd                   print a SCRAM-SHA-256 verifier for a password read from
                                     stdin (or a prompt), for the users[].password config field
   pgtenant signed-context-sql --config pgtenant.yaml [--role app_rls]
@@ -114,7 +116,7 @@ func Main(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 		fmt.Fprintf(stderr, "pgtenant: config file %s: %v\n", *configPath, err)
 		return 1
 	}
-	stopAdmin, err := startAdmin(cfg, srv, log)
+	stopAdmin, err := startAdmin(cfg, srv, log, nil)
 	if err != nil {
 		fmt.Fprintf(stderr, "pgtenant: %v\n", err)
 		srv.Close()
@@ -133,20 +135,14 @@ func Main(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 		<-checked
 	}()
 	if *pidFile != "" {
-		if err := os.WriteFile(*pidFile, []byte(strconv.Itoa(os.Getpid())+"\n"), 0o644); err != nil {
-			fmt.Fprintf(stderr, "pgtenant: pid file: %v\n", err)
+		if err := writePIDFile(*pidFile); err != nil {
+			fmt.Fprintf(stderr, "pgtenant: %v\n", err)
+			srv.Close()
 			return 1
 		}
 		defer os.Remove(*pidFile)
 	}
-	return serve(srv, cfg, *configPath, log)
-}
-
-// serve runs the server until a signal: SIGHUP reloads the config, SIGTERM
-// and SIGINT drain (a second one closes at once).
-func serve(srv *proxy.Server, cfg *config.Config, configPath string, log *slog.Logger) int {
-	signals := make(chan os.Signal, 2)
-	signal.Notify(signals, syscall.SIGHUP, syscall.SIGTERM, os.Interrupt)
+	signals := notifySignals()
 	defer signal.Stop(signals)
 	ln, err := srv.Listen()
 	if err != nil {
@@ -154,6 +150,28 @@ func serve(srv *proxy.Server, cfg *config.Config, configPath string, log *slog.L
 		srv.Close()
 		return 1
 	}
+	return serve(srv, ln, cfg, *configPath, log, signals)
+}
+
+// notifySignals catches what serve handles: SIGHUP, SIGTERM and SIGINT.
+func notifySignals() chan os.Signal {
+	signals := make(chan os.Signal, 2)
+	signal.Notify(signals, syscall.SIGHUP, syscall.SIGTERM, os.Interrupt)
+	return signals
+}
+
+// writePIDFile writes this process's id for `pgtenant reload`.
+func writePIDFile(path string) error {
+	if err := os.WriteFile(path, []byte(strconv.Itoa(os.Getpid())+"\n"), 0o644); err != nil {
+		return fmt.Errorf("pid file: %w", err)
+	}
+	return nil
+}
+
+// serve runs the server on ln until a signal from signals (notifySignals):
+// SIGHUP reloads the config, SIGTERM and SIGINT drain (a second one stops
+// waiting).
+func serve(srv *proxy.Server, ln net.Listener, cfg *config.Config, configPath string, log *slog.Logger, signals <-chan os.Signal) int {
 	errc := make(chan error, 1)
 	go func() { errc <- srv.Serve(ln) }()
 	log.Info("pgtenant listening", "addr", ln.Addr().String(), "version", Version)

@@ -9,6 +9,9 @@ import (
 	"testing"
 
 	"github.com/pgtenant/pgtenant/auth"
+	"github.com/pgtenant/pgtenant/config"
+	"github.com/pgtenant/pgtenant/internal/demo"
+	"github.com/pgtenant/pgtenant/internal/pgcluster"
 )
 
 func TestMainCommands(t *testing.T) {
@@ -121,5 +124,28 @@ func TestPasswdFlags(t *testing.T) {
 				t.Fatalf("the password was read (stdout %q)", stdout.String())
 			}
 		})
+	}
+}
+
+// The demo's config file is one the real loader takes, with the demo's
+// upstream (password included), admin address and tenants.
+func TestDemoConfigLoads(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "pgtenant.yaml")
+	cluster := &pgcluster.Cluster{Host: "127.0.0.1", Port: 54321}
+	if err := writeDemoConfig(path, "127.0.0.1:6432", "127.0.0.1:9187", cluster); err != nil {
+		t.Fatal(err)
+	}
+	cfg, err := config.Load(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if cfg.Listen != "127.0.0.1:6432" || cfg.AdminListen != "127.0.0.1:9187" || cfg.Upstream != cluster.URL(demo.RLSRole, demo.RLSPassword, demo.Database) {
+		t.Fatalf("listen %q, admin_listen %q, upstream %q", cfg.Listen, cfg.AdminListen, cfg.Upstream)
+	}
+	for i, tn := range []demo.Tenant{demo.TenantA, demo.TenantB} {
+		u := cfg.Users[i]
+		if u.Name != tn.User || u.Tenant != tn.ID || !auth.IsVerifier(u.Password) {
+			t.Fatalf("user %d: %+v", i, u)
+		}
 	}
 }

@@ -4,12 +4,12 @@ import (
 	"context"
 	"fmt"
 	"io"
-	"log/slog"
 	"net"
 	"os"
 	"os/signal"
+	"path/filepath"
+	"strings"
 	"syscall"
-	"time"
 
 	"github.com/pgtenant/pgtenant/auth"
 	"github.com/pgtenant/pgtenant/config"
@@ -17,8 +17,13 @@ import (
 	"github.com/pgtenant/pgtenant/internal/pgcluster"
 )
 
+// demoAdminListen is where the demo serves the admin endpoints unless the
+// port is taken: the default of `pgtenant status --admin`.
+const demoAdminListen = "127.0.0.1:9187"
+
 // runDemo starts a throwaway PostgreSQL with the README's schema and two
-// tenants, puts the proxy in front of it and waits for Ctrl-C.
+// tenants, writes a config for it and runs the proxy from that config, as
+// `pgtenant --config` would, until Ctrl-C drains it.
 func runDemo(args []string, stdout, stderr io.Writer) int {
 	listen := "127.0.0.1:6432"
 	if len(args) == 2 && args[0] == "--listen" {
@@ -27,6 +32,7 @@ func runDemo(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintln(stderr, "usage: pgtenant demo [--listen host:port]")
 		return 2
 	}
+	// Until the proxy serves, a signal cancels the start-up.
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 
@@ -45,57 +51,126 @@ func runDemo(args []string, stdout, stderr io.Writer) int {
 		return 1
 	}
 
-	ln, err := net.Listen("tcp", listen)
+	// Port taken (a real pgtenant or PgBouncer?): any free one will do.
+	ln, err := listenOrAny(listen)
 	if err != nil {
-		// Port taken (a real pgtenant or PgBouncer?): take any free one.
-		ln, err = net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
-			fmt.Fprintf(stderr, "pgtenant demo: %v\n", err)
-			return 1
-		}
-	}
-	cfg := &config.Config{
-		Listen:         ln.Addr().String(),
-		Upstream:       cluster.URL(demo.RLSRole, demo.RLSPassword, demo.Database),
-		TenantSetting:  "app.tenant_id",
-		ConnectTimeout: config.Duration{Duration: 10 * time.Second},
-		LogLevel:       "info",
-		LogFormat:      "text",
-	}
-	for _, t := range []demo.Tenant{demo.TenantA, demo.TenantB} {
-		v, err := auth.NewVerifier(t.Password)
-		if err != nil {
-			fmt.Fprintf(stderr, "pgtenant demo: %v\n", err)
-			return 1
-		}
-		cfg.Users = append(cfg.Users, config.User{Name: t.User, Password: v, Tenant: t.ID})
-	}
-	if err := cfg.Validate(); err != nil {
 		fmt.Fprintf(stderr, "pgtenant demo: %v\n", err)
 		return 1
 	}
-	log := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: slog.LevelInfo}))
+	defer ln.Close()
+	adminLn, err := listenOrAny(demoAdminListen)
+	if err != nil {
+		fmt.Fprintf(stderr, "pgtenant demo: %v\n", err)
+		return 1
+	}
+	defer adminLn.Close()
+
+	configPath := filepath.Join(cluster.Dir, "pgtenant.yaml")
+	pidFile := filepath.Join(cluster.Dir, "pgtenant.pid")
+	if err := writeDemoConfig(configPath, ln.Addr().String(), adminLn.Addr().String(), cluster); err != nil {
+		fmt.Fprintf(stderr, "pgtenant demo: %v\n", err)
+		return 1
+	}
+	// Read back by the real loader: what the demo runs is what the file says.
+	cfg, err := config.Load(configPath)
+	if err != nil {
+		fmt.Fprintf(stderr, "pgtenant demo: %v\n", err)
+		return 1
+	}
+	log := newLogger(cfg, stderr)
 	srv, err := NewServer(cfg, log)
 	if err != nil {
 		fmt.Fprintf(stderr, "pgtenant demo: %v\n", err)
 		return 1
 	}
-	go func() { _ = srv.Serve(ln) }()
-	defer srv.Close()
+	stopAdmin, err := startAdmin(cfg, srv, log, adminLn)
+	if err != nil {
+		srv.Close()
+		fmt.Fprintf(stderr, "pgtenant demo: %v\n", err)
+		return 1
+	}
+	defer stopAdmin()
+	if err := writePIDFile(pidFile); err != nil {
+		srv.Close()
+		fmt.Fprintf(stderr, "pgtenant demo: %v\n", err)
+		return 1
+	}
 
-	host, port, _ := net.SplitHostPort(ln.Addr().String())
-	fmt.Fprintf(stdout, `
-pgtenant is listening on %s, in front of PostgreSQL on 127.0.0.1:%d (database %q, role %q, row-level security forced).
+	// From here on a signal drains, as for `pgtenant --config`. serve's
+	// channel is registered before the start-up one is looked at and
+	// stopped, so no signal is lost in between.
+	signals := notifySignals()
+	defer signal.Stop(signals)
+	if ctx.Err() != nil {
+		srv.Close()
+		return 0
+	}
+	stop()
+	printDemoHelp(stdout, cfg, cluster.Port, configPath, pidFile)
+	return serve(srv, ln, cfg, configPath, log, signals)
+}
+
+// listenOrAny listens on addr, or on any free loopback port if that fails.
+func listenOrAny(addr string) (net.Listener, error) {
+	ln, err := net.Listen("tcp", addr)
+	if err == nil {
+		return ln, nil
+	}
+	return net.Listen("tcp", "127.0.0.1:0")
+}
+
+// writeDemoConfig writes the demo's config file: the demo tenants as users
+// (with SCRAM verifiers, their passwords in comments), the upstream URL with
+// the RLS role's password, and the admin endpoints.
+func writeDemoConfig(path, listen, admin string, cluster *pgcluster.Cluster) error {
+	var b strings.Builder
+	fmt.Fprintf(&b, `# Written by pgtenant demo; removed with its directory when the demo stops.
+# Edit it and run pgtenant reload (see the demo's output) to try a reload.
+listen: %s
+upstream: %q
+tenant_setting: %s
+admin_listen: %s   # /metrics /healthz /readyz /status
+shutdown_timeout: 10s   # how long Ctrl-C waits for open transactions
+log_level: info
+users:
+`, listen, cluster.URL(demo.RLSRole, demo.RLSPassword, demo.Database), demo.TenantSetting, admin)
+	for _, t := range []demo.Tenant{demo.TenantA, demo.TenantB} {
+		v, err := auth.NewVerifier(t.Password)
+		if err != nil {
+			return err
+		}
+		fmt.Fprintf(&b, "  - name: %s\n    password: %q   # %s, from pgtenant passwd\n    tenant: %s   # %s\n",
+			t.User, v, t.Password, t.ID, t.Name)
+	}
+	// The file holds the upstream password.
+	if err := os.WriteFile(path, []byte(b.String()), 0o600); err != nil {
+		return fmt.Errorf("writing the demo config: %w", err)
+	}
+	return nil
+}
+
+// printDemoHelp prints what to try: psql per tenant, then the operations.
+func printDemoHelp(w io.Writer, cfg *config.Config, upstreamPort int, configPath, pidFile string) {
+	host, port, _ := net.SplitHostPort(cfg.Listen)
+	fmt.Fprintf(w, `
+pgtenant is listening on %s, in front of PostgreSQL on 127.0.0.1:%d (database %q, role %q, password %q, row-level security forced).
 
 Each tenant sees only its own projects. Paste one of these into another terminal:
 
-`, ln.Addr(), cluster.Port, demo.Database, demo.RLSRole)
+`, cfg.Listen, upstreamPort, demo.Database, demo.RLSRole, demo.RLSPassword)
 	for _, t := range []demo.Tenant{demo.TenantA, demo.TenantB} {
-		fmt.Fprintf(stdout, "  # tenant %s (%s)\n  PGPASSWORD=%s psql \"host=%s port=%s user=%s dbname=%s\" -c 'SELECT * FROM projects'\n\n",
+		fmt.Fprintf(w, "  # tenant %s (%s)\n  PGPASSWORD=%s psql \"host=%s port=%s user=%s dbname=%s\" -c 'SELECT * FROM projects'\n\n",
 			t.Name, t.ID, t.Password, host, port, t.User, demo.Database)
 	}
-	fmt.Fprintf(stdout, "Drop the -c option for an interactive session. Inserting a row for the other tenant is refused by the policy.\nPress Ctrl-C to stop and clean up.\n")
-	<-ctx.Done()
-	fmt.Fprintln(stdout, "\nShutting down...")
-	return 0
+	fmt.Fprintf(w, `Drop the -c option for an interactive session. Inserting a row for the other tenant is refused by the policy.
+
+The proxy runs from %[1]s. Operations to try (from the source tree, "go run ." in place of "pgtenant"):
+
+  pgtenant doctor --config %[1]s
+  pgtenant status --admin %[2]s
+  curl -s http://%[2]s/metrics | grep '^pgtenant_'
+  pgtenant reload --pid-file %[3]s
+
+Press Ctrl-C to drain (sessions end with FATAL 57P01, as on SIGTERM), stop and clean up.
+`, configPath, cfg.AdminListen, pidFile)
 }

@@ -54,6 +54,11 @@ type Options struct {
 	// ExtraConf holds extra "name = value" lines for postgresql.conf; they
 	// come last, so they override the harness defaults.
 	ExtraConf []string
+
+	// created, when set, is told the directory Start made, before anything
+	// can fail: a test can then check that exactly that one is removed,
+	// whatever other processes create next to it.
+	created func(dir string)
 }
 
 // Cluster is a running (or stopped) throwaway PostgreSQL cluster.
@@ -87,6 +92,9 @@ func Start(ctx context.Context, opts Options) (*Cluster, error) {
 	dir, err := os.MkdirTemp(base, dirPrefix)
 	if err != nil {
 		return nil, fmt.Errorf("pgcluster: %w", err)
+	}
+	if opts.created != nil {
+		opts.created(dir)
 	}
 	c := &Cluster{
 		Dir:     dir,

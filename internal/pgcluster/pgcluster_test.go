@@ -186,17 +186,31 @@ func TestLifecycle(t *testing.T) {
 
 func TestStartFailureCleansUp(t *testing.T) {
 	defer goleak.VerifyNone(t)
-	before, _ := filepath.Glob(filepath.Join(os.TempDir(), dirPrefix+"*"))
-	_, err := Start(testutil.Context(t), Options{ExtraConf: []string{"no_such_setting = 1"}})
+	var dir string
+	opts := Options{ExtraConf: []string{"no_such_setting = 1"}}
+	opts.created = func(d string) {
+		dir = d
+		// Another test package starting a cluster at the same moment: its
+		// directory must not count as this start's leftover.
+		other, err := os.MkdirTemp(filepath.Dir(d), dirPrefix)
+		if err != nil {
+			t.Error(err)
+			return
+		}
+		t.Cleanup(func() { os.RemoveAll(other) })
+	}
+	_, err := Start(testutil.Context(t), opts)
 	if err == nil {
 		t.Fatal("Start with a bad setting succeeded")
 	}
 	if !strings.Contains(err.Error(), "no_such_setting") {
 		t.Errorf("error lacks the server log: %v", err)
 	}
-	after, _ := filepath.Glob(filepath.Join(os.TempDir(), dirPrefix+"*"))
-	if len(after) > len(before) {
-		t.Errorf("temp dir left behind: before %v after %v", before, after)
+	if dir == "" {
+		t.Fatal("Start did not report the directory it created")
+	}
+	if _, err := os.Stat(dir); !os.IsNotExist(err) {
+		t.Errorf("temp dir %s left behind (%v)", dir, err)
 	}
 }
 
