@@ -74,6 +74,9 @@ type Verdict struct {
 	// statements run, where they stand: the relay renames the ones it
 	// carries.
 	Executes []NameAt
+	// Channels are the notification channels the text names, where they
+	// stand: the relay scopes them to the tenant (channels.go).
+	Channels []Channel
 }
 
 // Guard checks statement texts against a Policy. It is safe for concurrent use.
@@ -163,6 +166,7 @@ func (g *Guard) full(sql string, simple bool) Verdict {
 	}
 	var v Verdict
 	var executes []string
+	channelNames, notifyArgs := 0, []int(nil)
 	// The first pool-mode refusal is held back until every statement has
 	// passed the other checks, so a refusal for security reasons wins.
 	var pooledErr *pgconn.PgError
@@ -188,6 +192,12 @@ func (g *Guard) full(sql string, simple bool) Verdict {
 			pooledErr = c.pooledErr
 		}
 		executes = append(executes, c.executes...)
+		channelNames += c.channelNames
+		notifyArgs = append(notifyArgs, c.notifyArgs...)
+		if len(c.notifyArgs) > 0 && !runsNow(raw.Stmt) {
+			return Verdict{Err: refused("permission denied: pg_notify may not be stored in the database through pgtenant",
+				"Its channel is scoped to the tenant that writes it, not to whoever runs it later: call pg_notify from the statements that notify.")}
+		}
 		if c.prepare != "" {
 			if p, ok := lonePrepare(sql, c.prepare); ok && simple && len(tree.Stmts) == 1 {
 				// Carried: PREPARE itself leaves nothing the relay does not
@@ -218,6 +228,12 @@ func (g *Guard) full(sql string, simple bool) Verdict {
 	}
 	if len(executes) > 0 {
 		v.Executes = executedNames(sql, executes)
+	}
+	if channelNames > 0 || len(notifyArgs) > 0 {
+		var err *pgconn.PgError
+		if v.Channels, err = findChannels(sql, channelNames, notifyArgs); err != nil {
+			return Verdict{Err: err}
+		}
 	}
 	return v
 }
@@ -256,9 +272,13 @@ type checker struct {
 	customSettings  []string
 	deallocate      string
 	pins            string
-	prepare         string             // the name a PREPARE prepares
-	executes        []string           // the names EXECUTE statements run
-	dropsOnCommit   *pg_query.RangeVar // the temporary table an ON COMMIT DROP creates
+	prepare         string   // the name a PREPARE prepares
+	executes        []string // the names EXECUTE statements run
+
+	// Notification channels (channels.go).
+	channelNames  int                // identifiers naming one
+	notifyArgs    []int              // pg_notify's first arguments' locations
+	dropsOnCommit *pg_query.RangeVar // the temporary table an ON COMMIT DROP creates
 }
 
 func (c *checker) refuse(msg, hint string) bool {
@@ -277,6 +297,7 @@ func (c *checker) visit(m protoreflect.Message) bool {
 	if c.g.pooled {
 		c.visitPooled(m)
 	}
+	c.visitChannels(m)
 	switch n := m.Interface().(type) {
 	case *pg_query.A_Const:
 		// A string constant is data, not a name: 'set_config' is harmless.

@@ -238,8 +238,8 @@ func FuzzScreenSound(f *testing.F) {
 			return
 		}
 		v := g.full(sql, true)
-		if v.ResetsContext {
-			t.Fatalf("screen passed a context reset: %q", sql)
+		if v.ResetsContext || len(v.Channels) > 0 {
+			t.Fatalf("screen passed %q with verdict %+v", sql, v)
 		}
 		if v.Err != nil && v.Err.Code != CodeSyntaxError {
 			t.Fatalf("screen passed %q, which the full check refuses: %s", sql, v.Err.Message)
@@ -583,6 +583,9 @@ func FuzzScreenSoundPooled(f *testing.F) {
 		"SELECT $t$pg_temp$t$",
 		`SELECT "pg_""temp"`,
 		"SELECT 1 /* temp */; LISTEN x",
+		"SELECT pg_notify('a', 'b')",
+		"EXECUTE q(1)",
+		"NOTIFY x",
 		"CREATE TEMP TABLE t (a int) ON COMMIT DROP; DEALLOCATE ALL",
 		"DECLARE c CURSOR WITH HOLD FOR SELECT pg_advisory_lock(1)",
 	} {
@@ -594,7 +597,8 @@ func FuzzScreenSoundPooled(f *testing.F) {
 			return
 		}
 		v := g.full(sql, true)
-		if v.ResetsContext || v.DeallocatesAll {
+		if v.ResetsContext || v.DeallocatesAll || v.ChangesSettings || v.Pins != "" || v.Deallocate != "" ||
+			v.Prepare != nil || len(v.Executes) > 0 || len(v.Channels) > 0 {
 			t.Fatalf("pooled screen passed %q with verdict %+v", sql, v)
 		}
 		if v.Err != nil && v.Err.Code != CodeSyntaxError {

@@ -24,8 +24,9 @@ type NameAt struct {
 type Prepare struct {
 	NameAt
 	// Inner is the text of the statement prepared, without the PREPARE
-	// head and parameter types.
-	Inner string
+	// head and parameter types; it starts at byte InnerStart.
+	Inner      string
+	InnerStart int
 	// Pins is what running the statement pins, as the Verdict of its text
 	// would say. (What PREPARE takes cannot change settings: no SET, and
 	// set_config is refused.)
@@ -65,7 +66,9 @@ func lonePrepare(sql, name string) (*Prepare, bool) {
 						break
 					}
 				}
-				p.Inner = strings.TrimSpace(sql[toks[j].End:end])
+				inner := sql[toks[j].End:end]
+				p.Inner = strings.TrimSpace(inner)
+				p.InnerStart = int(toks[j].End) + strings.Index(inner, p.Inner)
 				return p, p.Inner != ""
 			}
 		}

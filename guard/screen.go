@@ -66,6 +66,8 @@ var screenWords = map[string]bool{
 	"schema_to_xml": true, "schema_to_xmlschema": true, "schema_to_xml_and_xmlschema": true,
 	"database_to_xml": true, "database_to_xmlschema": true, "database_to_xml_and_xmlschema": true,
 	"cursor_to_xml": true, "cursor_to_xmlschema": true,
+	// Notification channels, which the relay scopes to the tenant.
+	"listen": true, "unlisten": true, "notify": true, "pg_notify": true,
 }
 
 // pooledScreenWords are, for pooled guards, the further words without which

@@ -115,7 +115,7 @@ func (r *relay) check(msg []byte) (substitute []byte, resets, deallocates bool, 
 		v := r.guard.CheckQuery(statementText(msg))
 		verdictErr, resets, deallocates, pins = v.Err, v.ResetsContext, v.DeallocatesAll, v.Pins
 		r.changes, r.dealloc = v.ChangesSettings, v.Deallocate
-		r.prepare, r.executes = v.Prepare, v.Executes
+		r.prepare, r.executes, r.channels = v.Prepare, v.Executes, v.Channels
 		if verdictErr == nil {
 			verdictErr = r.noteCustomSettings(v.CustomSettings)
 		}
@@ -128,13 +128,16 @@ func (r *relay) check(msg []byte) (substitute []byte, resets, deallocates bool, 
 		v := r.guard.CheckParse(statementText(msg))
 		verdictErr, deallocates, pins = v.Err, v.DeallocatesAll, v.Pins
 		r.changes, r.dealloc = v.ChangesSettings, v.Deallocate
-		r.executes = v.Executes
+		r.executes, r.channels = v.Executes, v.Channels
 		if verdictErr == nil {
 			verdictErr = r.noteCustomSettings(v.CustomSettings)
 		}
 		if verdictErr != nil {
 			name = string(body[:nul])
 		}
+	}
+	if verdictErr == nil {
+		verdictErr = r.checkChannels(r.channels)
 	}
 	if pins == "" && verdictErr == nil {
 		pins = r.stmts.runsPin(r.executes) // what the carried statements it runs pin

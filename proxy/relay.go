@@ -61,6 +61,10 @@ type relay struct {
 	obs             Observer
 	knobs           *TestingKnobs // nil outside tests
 	tenant          string
+	// notifyScope prefixes the tenant's notification channels upstream
+	// (channels.go); channels are those of the message being relayed.
+	notifyScope string
+	channels    []guard.Channel
 
 	ledger   ledger        // what the upstream owes, in order
 	txStatus atomic.Uint32 // status byte of the last ReadyForQuery
@@ -281,7 +285,7 @@ func (r *relay) relayMessage(typ byte, size int) error {
 	var substitute []byte
 	peeked, resets, deallocates := false, false, false
 	r.changes, r.deallocs, r.dealloc = false, false, ""
-	r.prepare, r.executes, r.stmtExecutes = nil, nil, nil
+	r.prepare, r.executes, r.stmtExecutes, r.channels = nil, nil, nil, nil
 	var err error
 	// Only a unit's first message may take a new connection: anything
 	// else with none held means pgtenant lost track of the stream.
@@ -348,8 +352,8 @@ func (r *relay) relayMessage(typ byte, size int) error {
 			return err
 		}
 	}
-	if r.pooled() && (r.prepare != nil || len(r.executes) > 0) && substitute == nil && !inCopy {
-		if msg, peeked, err = r.carrySQLStatements(msg, peeked); err != nil {
+	if (len(r.channels) > 0 || r.pooled() && (r.prepare != nil || len(r.executes) > 0)) && substitute == nil && !inCopy {
+		if msg, peeked, err = r.rewriteStatement(msg, peeked); err != nil {
 			return err
 		}
 	}

@@ -80,6 +80,9 @@ func (r *relay) reply(typ byte, size int) error {
 		if typ == 'S' && r.guard != nil {
 			r.watchParameter(size)
 		}
+		if typ == 'A' && r.notifyScope != "" {
+			return r.relayNotification(size)
+		}
 		return forward(r.cw, r.ur, size)
 	}
 	if r.ledger.silentN.Load() > 0 {

@@ -263,6 +263,9 @@ func (s *Server) startSession(rt *runtime, st *startup, cr *bufio.Reader, cw *bu
 // configureRelay gives a session's relay its tenant, observer and limits.
 func (s *Server) configureRelay(rt *runtime, rl *relay, tenant string) {
 	rl.obs, rl.tenant = s.observer(), tenant
+	if rl.guard != nil {
+		rl.notifyScope = channelScope(tenant)
+	}
 	rl.knobs = s.knobs.Load()
 	lim := rt.cfg.Limits
 	rl.maxMessage = lim.MaxMessageSize

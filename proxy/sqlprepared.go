@@ -38,24 +38,18 @@ type stmtTypes struct {
 // PREPARE: no setting name has a space.
 const readbackStmtTag = "stmt "
 
-// carrySQLStatements renames, in a Query or Parse (msg), the client's SQL
-// prepared statements that the text prepares or runs, registers a new
-// PREPARE, and prepares ahead what a Query runs. It returns the message to
-// relay instead.
-func (r *relay) carrySQLStatements(msg []byte, peeked bool) ([]byte, bool, error) {
-	text := statementText(msg)
+// carrySQLStatements adds the edits that rename, in a Query or Parse, the
+// client's SQL prepared statements that the text prepares or runs, registers
+// a new PREPARE (returned: its text is known once every edit is), and
+// prepares ahead what a Query runs.
+func (r *relay) carrySQLStatements(typ byte, edits []textEdit) ([]textEdit, *clientStmt, error) {
 	st := &r.stmts
-	type edit struct {
-		start, end int
-		server     string
-	}
-	var edits []edit
 	var runs []*clientStmt
 	var added *clientStmt
 	st.mu.Lock()
 	for _, e := range r.executes {
 		if cs := st.byName[e.Name]; cs != nil {
-			edits = append(edits, edit{e.Start, e.End, cs.server})
+			edits = append(edits, textEdit{e.Start, e.End, quoteIdent(cs.server)})
 			runs = append(runs, cs)
 		}
 	}
@@ -63,26 +57,26 @@ func (r *relay) carrySQLStatements(msg []byte, peeked bool) ([]byte, bool, error
 		if cs := st.byName[p.Name]; cs != nil {
 			// PostgreSQL refuses to redefine a statement (42P05): let it,
 			// under the upstream name (the error names the client's).
-			edits = append(edits, edit{p.Start, p.End, cs.server})
+			edits = append(edits, textEdit{p.Start, p.End, quoteIdent(cs.server)})
 			runs = append(runs, cs)
 		} else {
 			server := serverStmtName(r.pctx.key, strconv.AppendUint([]byte("sql "), sqlStmtCount.Add(1), 10))
-			added = &clientStmt{client: p.Name, server: server, inner: p.Inner, pins: p.Pins}
+			added = &clientStmt{client: p.Name, server: server, pins: p.Pins}
 			if st.byName == nil {
 				st.byName = map[string]*clientStmt{}
 			}
 			st.byName[p.Name] = added
-			edits = append(edits, edit{p.Start, p.End, server})
+			edits = append(edits, textEdit{p.Start, p.End, quoteIdent(server)})
 		}
 	}
 	st.mu.Unlock()
-	if len(edits) == 0 {
-		return msg, peeked, nil
+	if r.prepare == nil && len(runs) == 0 {
+		return edits, nil, nil
 	}
-	if msg[0] == 'P' {
+	if typ == 'P' {
 		r.stmtExecutes = runs // prepared ahead when the statement is bound
 	} else if err := r.prepareAhead(runs); err != nil {
-		return nil, false, err
+		return nil, nil, err
 	}
 	if added != nil {
 		r.sc.touch(added.server)
@@ -90,26 +84,7 @@ func (r *relay) carrySQLStatements(msg []byte, peeked bool) ([]byte, bool, error
 		r.carry.touched = true // its parameter types are read back behind the unit
 		r.holdForReadback()
 	}
-	if peeked {
-		if _, err := r.cr.Discard(len(msg)); err != nil {
-			return nil, false, err
-		}
-	}
-	textStart := 5
-	if msg[0] == 'P' {
-		textStart = 5 + strings.IndexByte(string(msg[5:]), 0) + 1
-	}
-	out := make([]byte, 0, len(msg)+len(edits)*len(serverStmtPrefix)*2)
-	out = append(out, msg[:textStart]...)
-	at := 0
-	for _, e := range edits {
-		out = append(out, text[at:e.start]...)
-		out = append(append(append(out, '"'), e.server...), '"')
-		at = e.end
-	}
-	out = append(out, msg[textStart+at:]...)
-	binary.BigEndian.PutUint32(out[1:], uint32(len(out)-1))
-	return out, false, nil
+	return edits, added, nil
 }
 
 // prepareAhead prepares, ahead of the client's Query, the carried

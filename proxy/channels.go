@@ -1,0 +1,140 @@
+package proxy
+
+import (
+	"bytes"
+	"crypto/sha256"
+	"encoding/binary"
+	"encoding/hex"
+	"sort"
+	"strings"
+
+	"github.com/jackc/pgx/v5/pgconn"
+
+	"github.com/pgtenant/pgtenant/guard"
+)
+
+// Notification channels, scoped per tenant (guard/channels.go). Upstream a
+// channel is the tenant's scope followed by the client's name, so tenants
+// using the same name never meet; notifications come back without the
+// scope, and those of other scopes are dropped.
+
+// maxChannelName is PostgreSQL's limit on a channel name (NAMEDATALEN-1).
+const maxChannelName = 63
+
+// channelScope is a tenant's channel prefix: a hash of the tenant id (fixed
+// length, so no tenant's scope starts another's).
+func channelScope(tenant string) string {
+	sum := sha256.Sum256([]byte(tenant))
+	return hex.EncodeToString(sum[:8]) + ":"
+}
+
+// checkChannels refuses the channel names that do not fit with the scope.
+func (r *relay) checkChannels(channels []guard.Channel) *pgconn.PgError {
+	for _, c := range channels {
+		if !c.Expr() && len(r.notifyScope)+len(c.Name) > maxChannelName {
+			return guard.ChannelTooLong(c.Name, maxChannelName-len(r.notifyScope))
+		}
+	}
+	return nil
+}
+
+// scopeChannels adds the edits that scope the text's channels.
+func (r *relay) scopeChannels(text []byte, edits []textEdit) []textEdit {
+	for _, c := range r.channels {
+		if c.Expr() {
+			edits = append(edits, textEdit{c.Start, c.End,
+				"('" + r.notifyScope + "' OPERATOR(pg_catalog.||) (" + string(text[c.Start:c.End]) + "))"})
+			continue
+		}
+		edits = append(edits, textEdit{c.Start, c.End, quoteIdent(r.notifyScope + c.Name)})
+	}
+	return edits
+}
+
+func quoteIdent(name string) string {
+	return `"` + strings.ReplaceAll(name, `"`, `""`) + `"`
+}
+
+// relayNotification passes on a NotificationResponse of the client's scope
+// under the client's channel name, and drops any other (reply side).
+func (r *relay) relayNotification(size int) error {
+	msg, err := readMessage(r.ur, size)
+	if err != nil {
+		return err
+	}
+	body := msg[5:]
+	if len(body) < 4 {
+		return fatalf(codeProtocolViolation, "pgtenant: invalid NotificationResponse from the upstream")
+	}
+	channel, payload, ok := splitName(body[4:])
+	if !ok || !bytes.HasPrefix(channel, []byte(r.notifyScope)) {
+		return nil // another tenant's (or unscoped: a function's in the database)
+	}
+	out := make([]byte, 0, len(msg))
+	out = append(out, 'A', 0, 0, 0, 0)
+	out = append(out, body[:4]...)
+	out = append(append(out, channel[len(r.notifyScope):]...), 0)
+	out = append(out, payload...)
+	binary.BigEndian.PutUint32(out[1:], uint32(len(out)-1))
+	_, err = r.cw.Write(out)
+	return err
+}
+
+// textEdit replaces text[start:end] of the statement being relayed.
+type textEdit struct {
+	start, end int
+	with       string
+}
+
+// applyEdits returns text[from:to] with the edits inside it applied.
+func applyEdits(dst, text []byte, edits []textEdit, from, to int) []byte {
+	at := from
+	for _, e := range edits {
+		if e.start < from || e.end > to {
+			continue
+		}
+		dst = append(dst, text[at:e.start]...)
+		dst = append(dst, e.with...)
+		at = e.end
+	}
+	return append(dst, text[at:to]...)
+}
+
+// rewriteStatement relays a Query or Parse (msg) with its text edited: the
+// client's channels scoped, its carried SQL statements renamed. It returns
+// the message to relay instead.
+func (r *relay) rewriteStatement(msg []byte, peeked bool) ([]byte, bool, error) {
+	text := statementText(msg)
+	edits := r.scopeChannels(text, nil)
+	var added *clientStmt
+	if r.pooled() {
+		var err error
+		if edits, added, err = r.carrySQLStatements(msg[0], edits); err != nil {
+			return nil, false, err
+		}
+	}
+	if len(edits) == 0 {
+		return msg, peeked, nil
+	}
+	sort.Slice(edits, func(i, j int) bool { return edits[i].start < edits[j].start })
+	if added != nil {
+		// What is prepared again elsewhere is what ran here.
+		p := r.prepare
+		added.inner = string(applyEdits(nil, text, edits, p.InnerStart, p.InnerStart+len(p.Inner)))
+	}
+	if peeked {
+		if _, err := r.cr.Discard(len(msg)); err != nil {
+			return nil, false, err
+		}
+	}
+	textStart := 5
+	if msg[0] == 'P' {
+		textStart += bytes.IndexByte(msg[5:], 0) + 1
+	}
+	out := make([]byte, 0, len(msg)+64*len(edits))
+	out = append(out, msg[:textStart]...)
+	out = applyEdits(out, text, edits, 0, len(text))
+	out = append(out, msg[textStart+len(text):]...)
+	binary.BigEndian.PutUint32(out[1:], uint32(len(out)-1))
+	return out, false, nil
+}
