@@ -11,6 +11,7 @@ import (
 	"encoding/base64"
 	"encoding/json"
 	"encoding/pem"
+	"maps"
 	"math/big"
 	"net/http"
 	"net/http/httptest"
@@ -28,6 +29,7 @@ import (
 	"github.com/pgtenant/pgtenant/config"
 	"github.com/pgtenant/pgtenant/internal/demo"
 	"github.com/pgtenant/pgtenant/internal/pgcluster"
+	"github.com/pgtenant/pgtenant/metrics"
 )
 
 const (
@@ -382,4 +384,58 @@ func mustJSON(t *testing.T, v any) []byte {
 		t.Fatal(err)
 	}
 	return b
+}
+
+// A failed and a successful login of one method are counted under the same
+// method label, for SCRAM and for JWT alike.
+func TestAuthMetricMethodLabel(t *testing.T) {
+	eachPoolMode(t, func(t *testing.T, m poolMode) {
+		e := startJWTProxy(t, m.config(modePoolSize))
+		obs := metrics.New(metrics.Options{})
+		e.p.srv.SetObserver(obs)
+
+		wrong := tenantA
+		wrong.Password = "guess"
+		connectErr(t, e.p.connString(wrong))
+		e.p.pgconnect(t, tenantA)
+		if _, err := e.connect("alice@acme", sign(t, jwt.SigningMethodHS256, []byte("not-the-secret-not-the-secret-xx"), "", claimsFor(tenantA.ID, "alice@acme", time.Hour))); err == nil {
+			t.Fatal("a token with a bad signature was accepted")
+		}
+		conn, err := e.connect("alice@acme", sign(t, jwt.SigningMethodHS256, []byte(hmacSecret), "", claimsFor(tenantA.ID, "alice@acme", time.Hour)))
+		if err != nil {
+			t.Fatal(err)
+		}
+		conn.Close(context.Background())
+
+		want := map[string]float64{
+			"scram-sha-256 failed": 1, "scram-sha-256 ok": 1,
+			"jwt failed": 1, "jwt ok": 1,
+		}
+		if got := authCounts(t, obs); !maps.Equal(got, want) {
+			t.Fatalf("pgtenant_authentications_total by method and outcome = %v, want %v", got, want)
+		}
+	})
+}
+
+// authCounts sums pgtenant_authentications_total by "method outcome".
+func authCounts(t *testing.T, m *metrics.Metrics) map[string]float64 {
+	t.Helper()
+	families, err := m.Registry().Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	counts := map[string]float64{}
+	for _, f := range families {
+		if f.GetName() != "pgtenant_authentications_total" {
+			continue
+		}
+		for _, mt := range f.GetMetric() {
+			labels := map[string]string{}
+			for _, l := range mt.GetLabel() {
+				labels[l.GetName()] = l.GetValue()
+			}
+			counts[labels["method"]+" "+labels["outcome"]] += mt.GetCounter().GetValue()
+		}
+	}
+	return counts
 }

@@ -180,15 +180,18 @@ func (s *Server) startSession(rt *runtime, st *startup, cr *bufio.Reader, cw *bu
 	if err := rt.throttle.LoginCheck(remote, user); err != nil {
 		return nil, err
 	}
+	// One name for the method whatever the outcome, so that failures and
+	// successes add up under the same label.
+	method := auth.MethodName(rt.cfg.MethodFor(user))
 	ident, err := rt.auth.Authenticate(be, user, auth.ConnInfo{TLS: st.tls, Loopback: auth.IsLoopback(st.conn.RemoteAddr()), RemoteAddr: remote})
 	var authErr *pgconn.PgError
 	if err == nil || errors.As(err, &authErr) {
 		// Only a finished exchange counts; a client that hangs up does not.
 		rt.throttle.ReportAttempt(remote, user, err == nil)
 		if err == nil {
-			s.observer().Auth(ident.Method, "ok", "")
+			s.observer().Auth(method, "ok", "")
 		} else {
-			s.observer().Auth(rt.cfg.MethodFor(user), "failed", authErr.Code)
+			s.observer().Auth(method, "failed", authErr.Code)
 		}
 	}
 	if err != nil {
