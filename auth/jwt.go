@@ -23,6 +23,7 @@ import (
 	"github.com/MicahParks/jwkset"
 	"github.com/MicahParks/keyfunc/v3"
 	"github.com/golang-jwt/jwt/v5"
+	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/pgtenant/pgtenant/config"
 	"golang.org/x/time/rate"
 )
@@ -296,6 +297,38 @@ func keyKind(key any) string {
 	return fmt.Sprintf("%T", key)
 }
 
+const (
+	// reasonTokenExpired is how an expired token is refused, at login and
+	// when a session outlives its token alike.
+	reasonTokenExpired = "token has expired"
+	hintNewToken       = "Connect again with a new token."
+)
+
+// TokenExpired is the FATAL 28000 that ends a session of user once its
+// token has expired, worded like the login refusal of an expired token.
+func TokenExpired(user string) *pgconn.PgError {
+	e := fatal(codeInvalidAuthSpec, fmt.Sprintf("terminating connection for user %q: %s", user, reasonTokenExpired), "")
+	e.Hint = hintNewToken
+	return e
+}
+
+// signedRefusal is the refusal of a token whose signature verified (it is
+// expired, not yet valid, for another audience, ...): only the holder of a
+// trusted key can have made it, so sending it is no guess.
+type signedRefusal struct{ *pgconn.PgError }
+
+func (e *signedRefusal) Unwrap() error { return e.PgError }
+
+// CouldBeGuess reports whether a failed authentication could have been a
+// guess at a credential (a wrong password, an unknown user, a forged or
+// badly signed token), which the login throttle should count. The refusal of
+// a correctly signed token is not: a client that gets a fresh token and
+// retries at once must not be held back.
+func CouldBeGuess(err error) bool {
+	var s *signedRefusal
+	return !errors.As(err, &s)
+}
+
 // Errors from the keyfunc, mapped to messages by Verify.
 type unknownKIDError struct{ kid string }
 
@@ -409,9 +442,17 @@ func jwkKey(jwk jwkset.JWK, alg string) (any, bool) {
 // Failures are a *pgconn.PgError, FATAL 28000, naming the reason; the token
 // itself is never logged or returned.
 func (v *JWTVerifier) Verify(token, user string) (Identity, error) {
+	signed := false // once true, a refusal is not a guess (see CouldBeGuess)
 	fail := func(format string, args ...any) (Identity, error) {
-		return Identity{}, fatal(codeInvalidAuthSpec,
-			fmt.Sprintf("JWT authentication failed for user %q: ", user)+fmt.Sprintf(format, args...), "")
+		reason := fmt.Sprintf(format, args...)
+		e := fatal(codeInvalidAuthSpec, fmt.Sprintf("JWT authentication failed for user %q: %s", user, reason), "")
+		if reason == reasonTokenExpired {
+			e.Hint = hintNewToken
+		}
+		if signed {
+			return Identity{}, &signedRefusal{e}
+		}
+		return Identity{}, e
 	}
 	if token == "" {
 		return fail("no token was sent as the password")
@@ -428,8 +469,11 @@ func (v *JWTVerifier) Verify(token, user string) (Identity, error) {
 			// is the better explanation.
 			err = &unknownKIDError{unknownKID}
 		}
+		// jwt checks the claims only once the signature has verified.
+		signed = errors.Is(err, jwt.ErrTokenInvalidClaims)
 		return fail("%s", v.reason(parsed, claims, err))
 	}
+	signed = true
 
 	now := v.now()
 	exp, err := claims.GetExpirationTime()
@@ -554,7 +598,7 @@ func (v *JWTVerifier) reason(token *jwt.Token, claims jwt.MapClaims, err error) 
 		case missing(claims, "exp"):
 			return "token has no expiry (exp) claim; a session may hold no longer than its token"
 		case errors.Is(err, jwt.ErrTokenExpired):
-			return "token is expired"
+			return reasonTokenExpired
 		case errors.Is(err, jwt.ErrTokenNotValidYet):
 			return "token is not valid yet"
 		case errors.Is(err, jwt.ErrTokenUsedBeforeIssued):

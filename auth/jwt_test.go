@@ -16,6 +16,7 @@ import (
 	"encoding/json"
 	"encoding/pem"
 	"errors"
+	"fmt"
 	"net"
 	"net/http"
 	"net/http/httptest"
@@ -200,6 +201,7 @@ func TestJWTVerify(t *testing.T) {
 		token      string
 		user       string // default alice
 		wantErr    string // substring of the reason; "" = accepted
+		signed     bool   // refused although correctly signed: no guess for the throttle
 		wantTenant string // default acme
 	}{
 		{name: "HS256", token: hs(claims(nil))},
@@ -217,13 +219,13 @@ func TestJWTVerify(t *testing.T) {
 		{name: "no role claim configured", cfg: func(c *config.JWT) { c.RoleClaim = "" }, token: rs(claims(map[string]any{"role": "admin"}))},
 		{name: "no max age", cfg: func(c *config.JWT) { c.MaxAge.Duration = 0 }, token: rs(claims(map[string]any{"iat": nil}))},
 
-		{name: "expired", token: rs(claims(map[string]any{"exp": time.Now().Add(-time.Minute).Unix()})), wantErr: "token is expired"},
-		{name: "not yet valid", token: rs(claims(map[string]any{"nbf": time.Now().Add(time.Minute).Unix()})), wantErr: "token is not valid yet"},
-		{name: "issued in the future", token: rs(claims(map[string]any{"iat": time.Now().Add(time.Minute).Unix()})), wantErr: "token is issued in the future"},
-		{name: "wrong issuer", token: rs(claims(map[string]any{"iss": "https://evil.example.com/"})), wantErr: `issuer "https://evil.example.com/" is not accepted`},
-		{name: "no issuer", token: rs(claims(map[string]any{"iss": nil})), wantErr: "token has no issuer (iss) claim"},
-		{name: "wrong audience", token: rs(claims(map[string]any{"aud": "someone-else"})), wantErr: `audience does not include "pgtenant"`},
-		{name: "no audience", token: rs(claims(map[string]any{"aud": nil})), wantErr: "token has no audience (aud) claim"},
+		{name: "expired", token: rs(claims(map[string]any{"exp": time.Now().Add(-time.Minute).Unix()})), wantErr: "token has expired", signed: true},
+		{name: "not yet valid", token: rs(claims(map[string]any{"nbf": time.Now().Add(time.Minute).Unix()})), wantErr: "token is not valid yet", signed: true},
+		{name: "issued in the future", token: rs(claims(map[string]any{"iat": time.Now().Add(time.Minute).Unix()})), wantErr: "token is issued in the future", signed: true},
+		{name: "wrong issuer", token: rs(claims(map[string]any{"iss": "https://evil.example.com/"})), wantErr: `issuer "https://evil.example.com/" is not accepted`, signed: true},
+		{name: "no issuer", token: rs(claims(map[string]any{"iss": nil})), wantErr: "token has no issuer (iss) claim", signed: true},
+		{name: "wrong audience", token: rs(claims(map[string]any{"aud": "someone-else"})), wantErr: `audience does not include "pgtenant"`, signed: true},
+		{name: "no audience", token: rs(claims(map[string]any{"aud": nil})), wantErr: "token has no audience (aud) claim", signed: true},
 		{name: "tampered payload", token: tampered, wantErr: "token signature is invalid"},
 		{name: "wrong signature", token: sign(t, jwt.SigningMethodRS256, k.rsaOther, claims(nil), ""), wantErr: "token signature is invalid"},
 		{name: "wrong HMAC secret", token: sign(t, jwt.SigningMethodHS256, []byte("another-secret-another-secret-xx"), claims(nil), ""), wantErr: "token signature is invalid"},
@@ -235,22 +237,22 @@ func TestJWTVerify(t *testing.T) {
 		{name: "ES256 token, RSA only", cfg: rsaOnly, token: sign(t, jwt.SigningMethodES256, k.ec, claims(nil), ""), wantErr: `algorithm "ES256" is not allowed`},
 		{name: "malformed", token: "not.a.jwt", wantErr: "token is malformed"},
 		{name: "empty", token: "", wantErr: "no token was sent"},
-		{name: "no exp", token: rs(claims(map[string]any{"exp": nil})), wantErr: "token has no expiry (exp) claim; a session may hold no longer than its token"},
-		{name: "exp of the wrong type", token: rs(claims(map[string]any{"exp": "tomorrow"})), wantErr: "of the wrong type"},
-		{name: "too old for max_age", token: rs(claims(map[string]any{"iat": time.Now().Add(-2 * time.Hour).Unix()})), wantErr: "token is too old"},
-		{name: "no iat with max_age", token: rs(claims(map[string]any{"iat": nil})), wantErr: "token has no issued-at (iat) claim"},
-		{name: "missing tenant claim", token: rs(claims(map[string]any{"tenant_id": nil})), wantErr: `token has no "tenant_id" claim`},
-		{name: "numeric tenant claim", token: rs(claims(map[string]any{"tenant_id": 42})), wantErr: `tenant claim must be a string; "tenant_id" is a number`},
-		{name: "empty tenant claim", token: rs(claims(map[string]any{"tenant_id": ""})), wantErr: `tenant claim "tenant_id" is empty`},
+		{name: "no exp", token: rs(claims(map[string]any{"exp": nil})), wantErr: "token has no expiry (exp) claim; a session may hold no longer than its token", signed: true},
+		{name: "exp of the wrong type", token: rs(claims(map[string]any{"exp": "tomorrow"})), wantErr: "of the wrong type", signed: true},
+		{name: "too old for max_age", token: rs(claims(map[string]any{"iat": time.Now().Add(-2 * time.Hour).Unix()})), wantErr: "token is too old", signed: true},
+		{name: "no iat with max_age", token: rs(claims(map[string]any{"iat": nil})), wantErr: "token has no issued-at (iat) claim", signed: true},
+		{name: "missing tenant claim", token: rs(claims(map[string]any{"tenant_id": nil})), wantErr: `token has no "tenant_id" claim`, signed: true},
+		{name: "numeric tenant claim", token: rs(claims(map[string]any{"tenant_id": 42})), wantErr: `tenant claim must be a string; "tenant_id" is a number`, signed: true},
+		{name: "empty tenant claim", token: rs(claims(map[string]any{"tenant_id": ""})), wantErr: `tenant claim "tenant_id" is empty`, signed: true},
 		{name: "nested tenant claim missing", cfg: func(c *config.JWT) { c.TenantClaim = "org.id" },
-			token: rs(claims(map[string]any{"org": map[string]any{"name": "x"}})), wantErr: `token has no "org.id" claim`},
+			token: rs(claims(map[string]any{"org": map[string]any{"name": "x"}})), wantErr: `token has no "org.id" claim`, signed: true},
 		{name: "nested tenant claim not an object", cfg: func(c *config.JWT) { c.TenantClaim = "org.id" },
-			token: rs(claims(map[string]any{"org": "o-17"})), wantErr: `token has no "org.id" claim`},
-		{name: "user claim mismatch", token: rs(claims(nil)), user: "bob", wantErr: `token claim "sub" does not match the user name`},
-		{name: "user claim missing", token: rs(claims(map[string]any{"sub": nil})), wantErr: `token has no "sub" claim`},
-		{name: "role not allowed", token: rs(claims(map[string]any{"role": "admin"})), wantErr: `role "admin" is not allowed`},
-		{name: "role missing", token: rs(claims(map[string]any{"role": nil})), wantErr: `token has no "role" claim`},
-		{name: "role not a string", token: rs(claims(map[string]any{"role": []string{"analyst"}})), wantErr: "role claim must be a string"},
+			token: rs(claims(map[string]any{"org": "o-17"})), wantErr: `token has no "org.id" claim`, signed: true},
+		{name: "user claim mismatch", token: rs(claims(nil)), user: "bob", wantErr: `token claim "sub" does not match the user name`, signed: true},
+		{name: "user claim missing", token: rs(claims(map[string]any{"sub": nil})), wantErr: `token has no "sub" claim`, signed: true},
+		{name: "role not allowed", token: rs(claims(map[string]any{"role": "admin"})), wantErr: `role "admin" is not allowed`, signed: true},
+		{name: "role missing", token: rs(claims(map[string]any{"role": nil})), wantErr: `token has no "role" claim`, signed: true},
+		{name: "role not a string", token: rs(claims(map[string]any{"role": []string{"analyst"}})), wantErr: "role claim must be a string", signed: true},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -266,6 +268,9 @@ func TestJWTVerify(t *testing.T) {
 			id, err := v.Verify(tt.token, user)
 			if tt.wantErr != "" {
 				checkRefusal(t, err, user, tt.wantErr)
+				if CouldBeGuess(err) == tt.signed {
+					t.Errorf("CouldBeGuess = %v for a token that was %s", CouldBeGuess(err), map[bool]string{true: "correctly signed", false: "not correctly signed"}[tt.signed])
+				}
 				if !isZero(id) {
 					t.Errorf("Identity = %+v on failure", id)
 				}
@@ -770,6 +775,47 @@ func TestIsLoopback(t *testing.T) {
 	for _, tt := range tests {
 		if got := IsLoopback(tt.addr); got != tt.want {
 			t.Errorf("IsLoopback(%v) = %v, want %v", tt.addr, got, tt.want)
+		}
+	}
+}
+
+// An expired token reads the same at login and when it ends a session: the
+// same reason, code and hint.
+func TestTokenExpiredReadsAlike(t *testing.T) {
+	k := keys(t)
+	v := newVerifier(t, staticConfig(t))
+	_, err := v.Verify(sign(t, jwt.SigningMethodRS256, k.rsa, claims(map[string]any{"exp": time.Now().Add(-time.Minute).Unix()}), ""), "alice")
+	var login *pgconn.PgError
+	if !errors.As(err, &login) {
+		t.Fatalf("Verify: %v", err)
+	}
+	session := TokenExpired("alice")
+	for _, e := range []*pgconn.PgError{login, session} {
+		if e.Severity != "FATAL" || e.Code != "28000" || !strings.HasSuffix(e.Message, `for user "alice": token has expired`) || e.Hint != "Connect again with a new token." {
+			t.Errorf("got %s %s %q hint %q", e.Severity, e.Code, e.Message, e.Hint)
+		}
+	}
+	if session.Message != `terminating connection for user "alice": token has expired` {
+		t.Errorf("mid-session message %q", session.Message)
+	}
+}
+
+func TestCouldBeGuess(t *testing.T) {
+	wrongPassword := fatal(codeInvalidPassword, `password authentication failed for user "alice"`, "")
+	expired := &signedRefusal{fatal(codeInvalidAuthSpec, "expired", "")}
+	tests := []struct {
+		name string
+		err  error
+		want bool
+	}{
+		{"wrong password", wrongPassword, true},
+		{"wrapped wrong password", fmt.Errorf("auth: %w", wrongPassword), true},
+		{"correctly signed, expired", expired, false},
+		{"wrapped correctly signed", fmt.Errorf("auth: %w", expired), false},
+	}
+	for _, tt := range tests {
+		if got := CouldBeGuess(tt.err); got != tt.want {
+			t.Errorf("%s: CouldBeGuess = %v, want %v", tt.name, got, tt.want)
 		}
 	}
 }

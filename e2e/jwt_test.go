@@ -372,8 +372,59 @@ func TestJWTExpiresMidSession(t *testing.T) {
 		queryRows(t, conn, "COMMIT")
 		_, err = conn.Exec(context.Background(), "SELECT 1").ReadAll()
 		var pgErr *pgconn.PgError
-		if !errorsAs(err, &pgErr) || pgErr.Severity != "FATAL" || pgErr.Code != "28000" || !strings.Contains(pgErr.Message, "token expired") {
+		if !errorsAs(err, &pgErr) || pgErr.Severity != "FATAL" || pgErr.Code != "28000" ||
+			pgErr.Message != `terminating connection for user "alice@acme": token has expired` || pgErr.Hint != "Connect again with a new token." {
 			t.Fatalf("next transaction after expiry: %v", err)
+		}
+	})
+}
+
+// A BI tool whose token has expired gets a fresh one and retries at once:
+// the refusal of a correctly signed token is no failed guess, so the retry is
+// let in; a badly signed token still counts.
+func TestJWTRetryAfterExpiredToken(t *testing.T) {
+	eachPoolMode(t, func(t *testing.T, m poolMode) {
+		// A back-off far longer than the test: a counted failure would refuse the retry.
+		e := startJWTProxy(t, m.config(modePoolSize, func(c *config.Config) {
+			c.Auth.Throttle = config.Throttle{Initial: config.Duration{Duration: time.Minute}, Max: config.Duration{Duration: time.Minute}}
+		}))
+		rs := func(key *rsa.PrivateKey, c jwt.MapClaims) string { return sign(t, jwt.SigningMethodRS256, key, "rsa-1", c) }
+		fresh := func() jwt.MapClaims { return claimsFor(tenantA.ID, "alice@acme", time.Hour) }
+		expired, early := fresh(), fresh()
+		expired["exp"] = time.Now().Add(-time.Hour).Unix()
+		early["nbf"] = time.Now().Add(time.Hour).Unix()
+
+		for _, tt := range []struct {
+			desc, token, want, hint string
+		}{
+			{"expired", rs(e.rsaKey, expired), `JWT authentication failed for user "alice@acme": token has expired`, "Connect again with a new token."},
+			{"not yet valid", rs(e.rsaKey, early), `JWT authentication failed for user "alice@acme": token is not valid yet`, ""},
+		} {
+			_, err := e.connect("alice@acme", tt.token)
+			var pgErr *pgconn.PgError
+			if !errorsAs(err, &pgErr) || pgErr.Code != "28000" || pgErr.Message != tt.want || pgErr.Hint != tt.hint {
+				t.Fatalf("%s token: %v (hint %q), want %q", tt.desc, err, hintOf(err), tt.want)
+			}
+			conn, err := e.connect("alice@acme", rs(e.rsaKey, fresh()))
+			if err != nil {
+				t.Fatalf("retry with a fresh token right after the %s one: %v", tt.desc, err)
+			}
+			if got := queryOne(t, conn, "SELECT current_setting('app.user_id')"); got != "alice@acme" {
+				t.Fatalf("session after the retry: %q", got)
+			}
+			conn.Close(context.Background())
+		}
+
+		forger, err := rsa.GenerateKey(rand.Reader, 2048)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := e.connect("alice@acme", rs(forger, fresh())); err == nil || !strings.Contains(err.Error(), "token signature is invalid") {
+			t.Fatalf("forged token: %v", err)
+		}
+		_, err = e.connect("alice@acme", rs(e.rsaKey, fresh()))
+		if err == nil || !strings.Contains(err.Error(), "too many failed login attempts") {
+			t.Fatalf("right after a forged token: %v, want the back-off", err)
 		}
 	})
 }
