@@ -388,7 +388,9 @@ func TestJWTRetryAfterExpiredToken(t *testing.T) {
 		e := startJWTProxy(t, m.config(modePoolSize, func(c *config.Config) {
 			c.Auth.Throttle = config.Throttle{Initial: config.Duration{Duration: time.Minute}, Max: config.Duration{Duration: time.Minute}}
 		}))
-		rs := func(key *rsa.PrivateKey, c jwt.MapClaims) string { return sign(t, jwt.SigningMethodRS256, key, "rsa-1", c) }
+		rs := func(key *rsa.PrivateKey, c jwt.MapClaims) string {
+			return sign(t, jwt.SigningMethodRS256, key, "rsa-1", c)
+		}
 		fresh := func() jwt.MapClaims { return claimsFor(tenantA.ID, "alice@acme", time.Hour) }
 		expired, early := fresh(), fresh()
 		expired["exp"] = time.Now().Add(-time.Hour).Unix()
