@@ -18,6 +18,7 @@ import (
 	"os"
 	"slices"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/MicahParks/jwkset"
@@ -35,11 +36,6 @@ const (
 	// jwksHTTPTimeout bounds each JWKS fetch (the first one, the periodic
 	// ones and the refresh on an unknown kid).
 	jwksHTTPTimeout = 10 * time.Second
-	// jwksRefreshWait is the longest a login waits for the unknown-kid rate
-	// limiter plus the refresh itself. When the limiter's next slot is
-	// further away than this, the login fails at once with "unknown key id"
-	// instead of waiting.
-	jwksRefreshWait = 5 * time.Second
 	// maxEchoLen bounds attacker-controlled text (alg, kid, iss, role) quoted
 	// in error messages.
 	maxEchoLen = 64
@@ -66,9 +62,9 @@ type JWTVerifier struct {
 
 // keySource is one configured key source with its algorithm allow-list.
 type keySource struct {
-	algs  []string // allow-list
-	keys  []any    // static keys: []byte for HMAC, public keys otherwise
-	store jwkset.Storage
+	algs []string // allow-list
+	keys []any    // static keys: []byte for HMAC, public keys otherwise
+	jwks *jwksSet // a JWKS URL's keys instead
 }
 
 func (s *keySource) allows(alg string) bool { return slices.Contains(s.algs, alg) }
@@ -81,7 +77,7 @@ var (
 // NewJWTVerifier loads the PEM public keys (RSA, ECDSA, Ed25519) and starts a
 // cache per JWKS URL. Each cache is fetched once now, refreshed every
 // RefreshInterval, and refreshed when a token names an unknown kid, at most
-// once per RefreshRateLimit. A JWKS endpoint that cannot be fetched at start
+// once per RefreshRateLimit (see kidRefresher). A JWKS endpoint that cannot be fetched at start
 // is logged (slog.Default) and retried on those occasions rather than failing
 // start-up, so SCRAM users are not locked out by an identity provider outage.
 //
@@ -145,15 +141,21 @@ func NewJWTVerifier(ctx context.Context, cfg *config.JWT) (*JWTVerifier, error) 
 		}
 		limit := j.RefreshRateLimit.Duration
 		if limit <= 0 {
-			limit = time.Minute
+			limit = config.DefaultJWKSRefreshRateLimit
+		}
+		if limit > config.MaxJWKSRefreshRateLimit {
+			return nil, fmt.Errorf("%s.refresh_rate_limit: %s is longer than %s, which a login may wait for a new key", name, limit, config.MaxJWKSRefreshRateLimit)
 		}
 		url := j.URL
 		kf, err := keyfunc.NewDefaultOverrideCtx(v.ctx, []string{url}, keyfunc.Override{
-			Client:            &http.Client{Transport: v.transport},
-			HTTPTimeout:       jwksHTTPTimeout,
-			RateLimitWaitMax:  jwksRefreshWait,
+			Client:      &http.Client{Transport: v.transport},
+			HTTPTimeout: jwksHTTPTimeout,
+			// The storage's own limiter never holds back: a KeyRead that
+			// misses fetches at once, bounded by this timeout. Only
+			// kidRefresher asks it to, and spaces and shares the fetches.
+			RateLimitWaitMax:  jwksHTTPTimeout,
 			RefreshInterval:   interval,
-			RefreshUnknownKID: rate.NewLimiter(rate.Every(limit), 1),
+			RefreshUnknownKID: rate.NewLimiter(rate.Inf, 1),
 			RefreshErrorHandlerFunc: func(string) func(context.Context, error) {
 				return func(ctx context.Context, err error) {
 					if v.ctx.Err() == nil {
@@ -165,7 +167,7 @@ func NewJWTVerifier(ctx context.Context, cfg *config.JWT) (*JWTVerifier, error) 
 		if err != nil {
 			return nil, fmt.Errorf("%s: %w", name, err)
 		}
-		v.sources = append(v.sources, &keySource{algs: j.Algorithms, store: kf.Storage()})
+		v.sources = append(v.sources, &keySource{algs: j.Algorithms, jwks: newJWKSSet(kf.Storage(), limit)})
 	}
 	if len(v.sources) == 0 {
 		return nil, errors.New("jwt: needs at least one key source: hmac_secret, public_keys or jwks")
@@ -339,13 +341,20 @@ var (
 	errBadKID      = errors.New(`the "kid" header is not a string`)
 )
 
+// kidMiss is what keys found missing: a kid no key set (of those allowing
+// the token's alg) holds, and those sets.
+type kidMiss struct {
+	kid  string
+	sets []*jwksSet
+}
+
 // keys is the jwt.Keyfunc: it returns the keys that may verify token, only
 // from sources whose allow-list contains the token's alg and, for JWKS keys,
 // only keys of the right type whose own alg/use (if published) agree. With a
-// kid, JWKS keys are looked up by it (refreshing the set on a miss, rate
-// limited) and *unknownKID is set when none has it; the static keys, which
-// have no kid, are tried as well. Without a kid every fitting key is tried.
-func (v *JWTVerifier) keys(token *jwt.Token, unknownKID *string) (any, error) {
+// kid, JWKS keys are looked up by it as last fetched, and miss is filled in
+// when no set has it; the static keys, which have no kid, are tried as well.
+// Without a kid every fitting key is tried.
+func (v *JWTVerifier) keys(token *jwt.Token, miss *kidMiss) (any, error) {
 	alg := token.Method.Alg()
 	kid, hasKID := "", false
 	if raw, present := token.Header["kid"]; present {
@@ -357,44 +366,40 @@ func (v *JWTVerifier) keys(token *jwt.Token, unknownKID *string) (any, error) {
 	}
 
 	var keys []jwt.VerificationKey
+	var lacking []*jwksSet
 	jwksConsulted, kidFound := false, false
 	for _, s := range v.sources {
 		if !s.allows(alg) {
 			continue
 		}
-		if s.store == nil {
+		if s.jwks == nil {
 			for _, k := range s.keys {
 				keys = append(keys, k)
 			}
 			continue
 		}
 		jwksConsulted = true
+		var jwks []jwkset.JWK
 		if hasKID {
-			jwk, err := s.store.KeyRead(v.ctx, kid)
-			if err != nil {
-				continue // not in this set, even after a refresh
+			if jwks = s.jwks.withKID(v.ctx, kid); len(jwks) == 0 {
+				lacking = append(lacking, s.jwks)
+				continue
 			}
 			kidFound = true
-			if key, ok := jwkKey(jwk, alg); ok {
-				keys = append(keys, key)
-			}
-			continue
+		} else if all, err := s.jwks.store.KeyReadAll(v.ctx); err == nil {
+			jwks = all
 		}
-		all, err := s.store.KeyReadAll(v.ctx)
-		if err != nil {
-			continue
-		}
-		for _, jwk := range all {
+		for _, jwk := range jwks {
 			if key, ok := jwkKey(jwk, alg); ok {
 				keys = append(keys, key)
 			}
 		}
 	}
 	if hasKID && jwksConsulted && !kidFound {
-		*unknownKID = kid
+		*miss = kidMiss{kid: kid, sets: lacking}
 	}
 	if len(keys) == 0 {
-		if *unknownKID != "" {
+		if miss.kid != "" {
 			return nil, &unknownKIDError{kid}
 		}
 		return nil, errNoKeyForAlg
@@ -458,16 +463,19 @@ func (v *JWTVerifier) Verify(token, user string) (Identity, error) {
 		return fail("no token was sent as the password")
 	}
 
-	claims := jwt.MapClaims{}
-	var unknownKID string // set when a kid was not found in any JWKS
-	parsed, err := v.parser.ParseWithClaims(token, claims, func(t *jwt.Token) (any, error) {
-		return v.keys(t, &unknownKID)
-	})
+	parsed, claims, miss, err := v.parse(token)
+	var kidErr *unknownKIDError
+	if miss.kid != "" && (errors.As(err, &kidErr) || errors.Is(err, jwt.ErrTokenSignatureInvalid)) {
+		// No key verified it and its kid is in no key set: perhaps the
+		// identity provider has published a new key since the last fetch.
+		v.refetch(miss.sets)
+		parsed, claims, miss, err = v.parse(token)
+	}
 	if err != nil {
-		if unknownKID != "" && errors.Is(err, jwt.ErrTokenSignatureInvalid) {
+		if miss.kid != "" && errors.Is(err, jwt.ErrTokenSignatureInvalid) {
 			// The static keys were tried too and did not fit either: the kid
 			// is the better explanation.
-			err = &unknownKIDError{unknownKID}
+			err = &unknownKIDError{miss.kid}
 		}
 		// jwt checks the claims only once the signature has verified.
 		signed = errors.Is(err, jwt.ErrTokenInvalidClaims)
@@ -559,6 +567,26 @@ func (v *JWTVerifier) Verify(token, user string) (Identity, error) {
 		id.Settings = append(id.Settings, Setting{Name: name, Value: all})
 	}
 	return id, nil
+}
+
+// parse verifies token with the keys as they are, and says which kid, if
+// any, was missing from the key sets.
+func (v *JWTVerifier) parse(token string) (*jwt.Token, jwt.MapClaims, kidMiss, error) {
+	claims := jwt.MapClaims{}
+	var miss kidMiss
+	parsed, err := v.parser.ParseWithClaims(token, claims, func(t *jwt.Token) (any, error) {
+		return v.keys(t, &miss)
+	})
+	return parsed, claims, miss, err
+}
+
+// refetch waits until each of sets has been fetched again, all at once.
+func (v *JWTVerifier) refetch(sets []*jwksSet) {
+	var wg sync.WaitGroup
+	for _, s := range sets {
+		wg.Go(func() { _ = s.refresh.await(v.ctx) }) // an error: Close was called
+	}
+	wg.Wait()
 }
 
 // reason turns a parse/verification error into the message's reason. Claim

@@ -507,7 +507,6 @@ func TestJWTJWKSRotation(t *testing.T) {
 		if st.before != nil {
 			st.before()
 		}
-		time.Sleep(2 * rateLimit) // let the unknown-kid limiter allow a refresh
 		fetches := srv.fetches.Load()
 		id, err := v.Verify(st.token, "alice")
 		if st.wantErr == "" {
@@ -523,12 +522,15 @@ func TestJWTJWKSRotation(t *testing.T) {
 	}
 }
 
-// A refresh on an unknown kid happens at most once per refresh_rate_limit,
-// and a login does not wait for the next slot.
-func TestJWTJWKSRefreshRateLimit(t *testing.T) {
+// An unknown kid makes the verifier fetch the set again before it refuses,
+// so a key published meanwhile is found; the fetches caused by a flood of
+// made-up kids are shared and spaced by refresh_rate_limit, and a token with
+// a newly published key still gets in; known kids never wait for a fetch.
+func TestJWTJWKSUnknownKIDRefresh(t *testing.T) {
 	k := keys(t)
 	srv := newJWKSServer(t, testJWK{"r1", jwkset.AlgRS256, &k.rsa.PublicKey})
-	v := newVerifier(t, jwksConfig(srv.URL, time.Hour))
+	const interval = 200 * time.Millisecond
+	v := newVerifier(t, jwksConfig(srv.URL, interval))
 	if n := srv.fetches.Load(); n != 1 {
 		t.Fatalf("initial fetches = %d, want 1", n)
 	}
@@ -539,19 +541,65 @@ func TestJWTJWKSRefreshRateLimit(t *testing.T) {
 		t.Fatalf("fetches after an unknown kid = %d, want 2", n)
 	}
 
+	// Right after that fetch, a new key is published and used at once.
 	srv.set(t, testJWK{"r1", jwkset.AlgRS256, &k.rsa.PublicKey}, testJWK{"r2", jwkset.AlgRS256, &k.rsa2.PublicKey})
-	start := time.Now()
-	_, err = v.Verify(sign(t, jwt.SigningMethodRS256, k.rsa2, claims(nil), "r2"), "alice")
-	checkRefusal(t, err, "alice", `unknown key id "r2"`)
-	if n := srv.fetches.Load(); n != 2 {
-		t.Errorf("fetches within the rate limit = %d, want still 2", n)
+	if _, err := v.Verify(sign(t, jwt.SigningMethodRS256, k.rsa2, claims(nil), "r2"), "alice"); err != nil {
+		t.Fatalf("key published right after a fetch: %v", err)
 	}
-	if d := time.Since(start); d > time.Second {
-		t.Errorf("refusal took %v; a login must not wait for the rate limiter", d)
+
+	// A flood of made-up kids, and a key published in the middle of it.
+	flood := sign(t, jwt.SigningMethodRS256, k.rsaOther, claims(nil), "bogus")
+	before, start := srv.fetches.Load(), time.Now()
+	var wg sync.WaitGroup
+	for range 50 {
+		wg.Go(func() {
+			_, err := v.Verify(flood, "alice")
+			checkRefusal(t, err, "alice", `unknown key id "bogus"`)
+		})
 	}
-	// Known kids keep working.
-	if _, err := v.Verify(sign(t, jwt.SigningMethodRS256, k.rsa, claims(nil), "r1"), "alice"); err != nil {
-		t.Errorf("known kid: %v", err)
+	srv.set(t, testJWK{"r2", jwkset.AlgRS256, &k.rsa2.PublicKey}, testJWK{"r3", jwkset.AlgRS256, &k.rsa3.PublicKey})
+	if _, err := v.Verify(sign(t, jwt.SigningMethodRS256, k.rsa3, claims(nil), "r3"), "alice"); err != nil {
+		t.Errorf("key published during a flood of made-up kids: %v", err)
+	}
+	wg.Wait()
+	fetches, elapsed := srv.fetches.Load()-before, time.Since(start)
+	if limit := int64(elapsed/interval) + 1; fetches > limit {
+		t.Errorf("%d fetches in %v, want at most %d (one per %v)", fetches, elapsed, limit, interval)
+	}
+
+	// Known kids (and tokens without one) never fetch.
+	before = srv.fetches.Load()
+	for _, tok := range []string{
+		sign(t, jwt.SigningMethodRS256, k.rsa3, claims(nil), "r3"),
+		sign(t, jwt.SigningMethodRS256, k.rsa2, claims(nil), ""),
+	} {
+		if _, err := v.Verify(tok, "alice"); err != nil {
+			t.Errorf("known key: %v", err)
+		}
+	}
+	if _, err := v.Verify(sign(t, jwt.SigningMethodRS256, k.rsaOther, claims(nil), "r3"), "alice"); err == nil {
+		t.Error("a known kid with a bad signature was accepted")
+	}
+	if n := srv.fetches.Load(); n != before {
+		t.Errorf("%d fetches for known kids", n-before)
+	}
+}
+
+// A static key that verifies a token with a kid no key set holds is enough:
+// no fetch, no wait.
+func TestJWTKIDVerifiedByStaticKeyDoesNotFetch(t *testing.T) {
+	k := keys(t)
+	srv := newJWKSServer(t, testJWK{"r1", jwkset.AlgRS256, &k.rsa.PublicKey})
+	cfg := jwksConfig(srv.URL, config.MaxJWKSRefreshRateLimit)
+	cfg.PublicKeys = []config.JWTKey{{File: writeFile(t, "rsa2.pem", publicPEM(t, &k.rsa2.PublicKey)), Algorithms: []string{"RS256"}}}
+	v := newVerifier(t, cfg)
+	for range 3 {
+		if _, err := v.Verify(sign(t, jwt.SigningMethodRS256, k.rsa2, claims(nil), "pem-key"), "alice"); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if n := srv.fetches.Load(); n != 1 {
+		t.Errorf("fetches = %d, want only the first", n)
 	}
 }
 
@@ -577,6 +625,7 @@ func TestNewJWTVerifierErrors(t *testing.T) {
 		{"private key file", config.JWT{PublicKeys: []config.JWTKey{{File: privFile, Algorithms: []string{"ES256"}}}}, "holds a private key"},
 		{"missing file", config.JWT{PublicKeys: []config.JWTKey{{File: rsaFile + ".nope", Algorithms: []string{"RS256"}}}}, "no such file"},
 		{"HS256 for a JWKS", config.JWT{JWKS: []config.JWKSURL{{URL: "http://127.0.0.1:1/jwks", Algorithms: []string{"HS256"}}}}, `"HS256" is not one of RS256`},
+		{"refresh_rate_limit too long", config.JWT{JWKS: []config.JWKSURL{{URL: "http://127.0.0.1:1/jwks", Algorithms: []string{"RS256"}, RefreshRateLimit: config.Duration{Duration: time.Minute}}}}, "refresh_rate_limit: 1m0s is longer than 30s"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

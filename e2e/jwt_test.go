@@ -11,6 +11,7 @@ import (
 	"encoding/base64"
 	"encoding/json"
 	"encoding/pem"
+	"fmt"
 	"maps"
 	"math/big"
 	"net/http"
@@ -20,6 +21,7 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -40,14 +42,16 @@ const (
 
 // jwksServer serves a JSON Web Key Set that a test can rotate.
 type jwksServer struct {
-	mu   sync.Mutex
-	keys []map[string]string
-	srv  *httptest.Server
+	mu      sync.Mutex
+	keys    []map[string]string
+	srv     *httptest.Server
+	fetches atomic.Int64
 }
 
 func newJWKSServer(t *testing.T) *jwksServer {
 	j := &jwksServer{}
 	j.srv = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		j.fetches.Add(1)
 		j.mu.Lock()
 		defer j.mu.Unlock()
 		w.Header().Set("Content-Type", "application/json")
@@ -429,6 +433,106 @@ func TestJWTRetryAfterExpiredToken(t *testing.T) {
 			t.Fatalf("right after a forged token: %v, want the back-off", err)
 		}
 	})
+}
+
+// With the default refresh_rate_limit, a token naming a made-up kid (even a
+// burst of them) does not keep out a key the identity provider publishes
+// right after: the login with it waits for the next fetch, at most the
+// limit, and gets in.
+func TestJWTNewKeyAfterBogusKidDefaultLimit(t *testing.T) {
+	eachPoolMode(t, func(t *testing.T, m poolMode) {
+		e := startJWTProxy(t, m.config(modePoolSize, func(c *config.Config) {
+			c.JWT.JWKS[0].RefreshRateLimit = config.Duration{} // the default
+		}))
+		attacker, newKey := rsaKey(t), rsaKey(t)
+		var wg sync.WaitGroup
+		for i := range 20 {
+			wg.Go(func() {
+				_, err := e.connect("alice@acme", sign(t, jwt.SigningMethodRS256, attacker, fmt.Sprintf("made-up-%d", i), claimsFor(tenantA.ID, "alice@acme", time.Hour)))
+				if err == nil || !strings.Contains(err.Error(), "unknown key id") {
+					t.Errorf("made-up kid: %v", err)
+				}
+			})
+		}
+		// The first made-up kid has caused a fetch: the one a single
+		// refresh per minute used to allow.
+		eventually(t, 10*time.Second, "a fetch for the made-up kids", func() bool { return e.jwks.fetches.Load() >= 2 })
+
+		e.jwks.set(rsaJWK("rsa-1", &e.rsaKey.PublicKey), rsaJWK("rsa-2", &newKey.PublicKey))
+		start := time.Now()
+		conn, err := e.connect("alice@acme", sign(t, jwt.SigningMethodRS256, newKey, "rsa-2", claimsFor(tenantA.ID, "alice@acme", time.Hour)))
+		if err != nil {
+			t.Fatalf("token signed with the newly published key: %v", err)
+		}
+		conn.Close(context.Background())
+		if d, limit := time.Since(start), config.DefaultJWKSRefreshRateLimit; d > limit+3*time.Second {
+			t.Errorf("the new key was let in after %v, want about %v at most", d, limit)
+		}
+		wg.Wait()
+	})
+}
+
+// Under a steady flood of made-up kids, the key set is fetched at most once
+// per refresh_rate_limit, and a key published meanwhile is let in within
+// about that interval.
+func TestJWTNewKeyDuringBogusKidFlood(t *testing.T) {
+	eachPoolMode(t, func(t *testing.T, m poolMode) {
+		const interval = 300 * time.Millisecond
+		e := startJWTProxy(t, m.config(modePoolSize, func(c *config.Config) {
+			c.JWT.JWKS[0].RefreshRateLimit = config.Duration{Duration: interval}
+		}))
+		attacker, newKey := rsaKey(t), rsaKey(t)
+		before, start := e.jwks.fetches.Load(), time.Now()
+		stop := make(chan struct{})
+		var refused atomic.Int64
+		var wg sync.WaitGroup
+		for i := range 20 {
+			wg.Go(func() {
+				for n := 0; ; n++ {
+					select {
+					case <-stop:
+						return
+					default:
+					}
+					kid := fmt.Sprintf("made-up-%d-%d", i, n)
+					_, err := e.connect("alice@acme", sign(t, jwt.SigningMethodRS256, attacker, kid, claimsFor(tenantA.ID, "alice@acme", time.Hour)))
+					if err == nil || !strings.Contains(err.Error(), "unknown key id") {
+						t.Errorf("made-up kid: %v", err)
+						return
+					}
+					refused.Add(1)
+				}
+			})
+		}
+		eventually(t, 10*time.Second, "the flood to be under way", func() bool { return refused.Load() >= 20 })
+
+		e.jwks.set(rsaJWK("rsa-1", &e.rsaKey.PublicKey), rsaJWK("rsa-2", &newKey.PublicKey))
+		published := time.Now()
+		conn, err := e.connect("alice@acme", sign(t, jwt.SigningMethodRS256, newKey, "rsa-2", claimsFor(tenantA.ID, "alice@acme", time.Hour)))
+		if err != nil {
+			t.Errorf("token signed with a key published during the flood: %v", err)
+		} else {
+			conn.Close(context.Background())
+		}
+		if d := time.Since(published); d > interval+3*time.Second {
+			t.Errorf("the new key was let in after %v, want about %v at most", d, interval)
+		}
+		close(stop)
+		wg.Wait()
+		fetches, elapsed := e.jwks.fetches.Load()-before, time.Since(start)
+		if limit := int64(elapsed/interval) + 1; fetches > limit {
+			t.Errorf("%d fetches in %v under a flood of %d made-up kids, want at most %d (one per %v)", fetches, elapsed, refused.Load(), limit, interval)
+		}
+	})
+}
+
+func rsaKey(t *testing.T) *rsa.PrivateKey {
+	t.Helper()
+	k, err := rsa.GenerateKey(rand.Reader, 2048)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return k
 }
 
 func mustJSON(t *testing.T, v any) []byte {
