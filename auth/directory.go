@@ -12,6 +12,20 @@ import (
 // MethodSCRAMSHA256 is the Identity.Method for SCRAM-SHA-256 (with or without channel binding).
 const MethodSCRAMSHA256 = "scram-sha-256"
 
+// MethodName is the Identity.Method a login with a configured method
+// (config.MethodSCRAM, config.MethodJWT) ends with, so that a failed login is
+// named like a successful one (PostgreSQL's log_connections says
+// method=scram-sha-256 too). An unknown method is returned as it is.
+func MethodName(configured string) string {
+	switch configured {
+	case config.MethodSCRAM:
+		return MethodSCRAMSHA256
+	case config.MethodJWT:
+		return MethodJWT
+	}
+	return configured
+}
+
 // Identity is an authenticated client.
 type Identity struct {
 	User   string

@@ -91,3 +91,16 @@ func TestNewStaticDirectoryEmpty(t *testing.T) {
 		}
 	}
 }
+
+func TestMethodName(t *testing.T) {
+	tests := []struct{ in, want string }{
+		{config.MethodSCRAM, MethodSCRAMSHA256},
+		{config.MethodJWT, MethodJWT},
+		{"cert", "cert"},
+	}
+	for _, tt := range tests {
+		if got := MethodName(tt.in); got != tt.want {
+			t.Errorf("MethodName(%q) = %q, want %q", tt.in, got, tt.want)
+		}
+	}
+}

@@ -18,11 +18,13 @@ import (
 	"os"
 	"slices"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/MicahParks/jwkset"
 	"github.com/MicahParks/keyfunc/v3"
 	"github.com/golang-jwt/jwt/v5"
+	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/pgtenant/pgtenant/config"
 	"golang.org/x/time/rate"
 )
@@ -34,11 +36,6 @@ const (
 	// jwksHTTPTimeout bounds each JWKS fetch (the first one, the periodic
 	// ones and the refresh on an unknown kid).
 	jwksHTTPTimeout = 10 * time.Second
-	// jwksRefreshWait is the longest a login waits for the unknown-kid rate
-	// limiter plus the refresh itself. When the limiter's next slot is
-	// further away than this, the login fails at once with "unknown key id"
-	// instead of waiting.
-	jwksRefreshWait = 5 * time.Second
 	// maxEchoLen bounds attacker-controlled text (alg, kid, iss, role) quoted
 	// in error messages.
 	maxEchoLen = 64
@@ -65,9 +62,9 @@ type JWTVerifier struct {
 
 // keySource is one configured key source with its algorithm allow-list.
 type keySource struct {
-	algs  []string // allow-list
-	keys  []any    // static keys: []byte for HMAC, public keys otherwise
-	store jwkset.Storage
+	algs []string // allow-list
+	keys []any    // static keys: []byte for HMAC, public keys otherwise
+	jwks *jwksSet // a JWKS URL's keys instead
 }
 
 func (s *keySource) allows(alg string) bool { return slices.Contains(s.algs, alg) }
@@ -80,7 +77,7 @@ var (
 // NewJWTVerifier loads the PEM public keys (RSA, ECDSA, Ed25519) and starts a
 // cache per JWKS URL. Each cache is fetched once now, refreshed every
 // RefreshInterval, and refreshed when a token names an unknown kid, at most
-// once per RefreshRateLimit. A JWKS endpoint that cannot be fetched at start
+// once per RefreshRateLimit (see kidRefresher). A JWKS endpoint that cannot be fetched at start
 // is logged (slog.Default) and retried on those occasions rather than failing
 // start-up, so SCRAM users are not locked out by an identity provider outage.
 //
@@ -144,15 +141,21 @@ func NewJWTVerifier(ctx context.Context, cfg *config.JWT) (*JWTVerifier, error) 
 		}
 		limit := j.RefreshRateLimit.Duration
 		if limit <= 0 {
-			limit = time.Minute
+			limit = config.DefaultJWKSRefreshRateLimit
+		}
+		if limit > config.MaxJWKSRefreshRateLimit {
+			return nil, fmt.Errorf("%s.refresh_rate_limit: %s is longer than %s, which a login may wait for a new key", name, limit, config.MaxJWKSRefreshRateLimit)
 		}
 		url := j.URL
 		kf, err := keyfunc.NewDefaultOverrideCtx(v.ctx, []string{url}, keyfunc.Override{
-			Client:            &http.Client{Transport: v.transport},
-			HTTPTimeout:       jwksHTTPTimeout,
-			RateLimitWaitMax:  jwksRefreshWait,
+			Client:      &http.Client{Transport: v.transport},
+			HTTPTimeout: jwksHTTPTimeout,
+			// The storage's own limiter never holds back: a KeyRead that
+			// misses fetches at once, bounded by this timeout. Only
+			// kidRefresher asks it to, and spaces and shares the fetches.
+			RateLimitWaitMax:  jwksHTTPTimeout,
 			RefreshInterval:   interval,
-			RefreshUnknownKID: rate.NewLimiter(rate.Every(limit), 1),
+			RefreshUnknownKID: rate.NewLimiter(rate.Inf, 1),
 			RefreshErrorHandlerFunc: func(string) func(context.Context, error) {
 				return func(ctx context.Context, err error) {
 					if v.ctx.Err() == nil {
@@ -164,7 +167,7 @@ func NewJWTVerifier(ctx context.Context, cfg *config.JWT) (*JWTVerifier, error) 
 		if err != nil {
 			return nil, fmt.Errorf("%s: %w", name, err)
 		}
-		v.sources = append(v.sources, &keySource{algs: j.Algorithms, store: kf.Storage()})
+		v.sources = append(v.sources, &keySource{algs: j.Algorithms, jwks: newJWKSSet(kf.Storage(), limit)})
 	}
 	if len(v.sources) == 0 {
 		return nil, errors.New("jwt: needs at least one key source: hmac_secret, public_keys or jwks")
@@ -296,6 +299,38 @@ func keyKind(key any) string {
 	return fmt.Sprintf("%T", key)
 }
 
+const (
+	// reasonTokenExpired is how an expired token is refused, at login and
+	// when a session outlives its token alike.
+	reasonTokenExpired = "token has expired"
+	hintNewToken       = "Connect again with a new token."
+)
+
+// TokenExpired is the FATAL 28000 that ends a session of user once its
+// token has expired, worded like the login refusal of an expired token.
+func TokenExpired(user string) *pgconn.PgError {
+	e := fatal(codeInvalidAuthSpec, fmt.Sprintf("terminating connection for user %q: %s", user, reasonTokenExpired), "")
+	e.Hint = hintNewToken
+	return e
+}
+
+// signedRefusal is the refusal of a token whose signature verified (it is
+// expired, not yet valid, for another audience, ...): only the holder of a
+// trusted key can have made it, so sending it is no guess.
+type signedRefusal struct{ *pgconn.PgError }
+
+func (e *signedRefusal) Unwrap() error { return e.PgError }
+
+// CouldBeGuess reports whether a failed authentication could have been a
+// guess at a credential (a wrong password, an unknown user, a forged or
+// badly signed token), which the login throttle should count. The refusal of
+// a correctly signed token is not: a client that gets a fresh token and
+// retries at once must not be held back.
+func CouldBeGuess(err error) bool {
+	var s *signedRefusal
+	return !errors.As(err, &s)
+}
+
 // Errors from the keyfunc, mapped to messages by Verify.
 type unknownKIDError struct{ kid string }
 
@@ -306,13 +341,20 @@ var (
 	errBadKID      = errors.New(`the "kid" header is not a string`)
 )
 
+// kidMiss is what keys found missing: a kid no key set (of those allowing
+// the token's alg) holds, and those sets.
+type kidMiss struct {
+	kid  string
+	sets []*jwksSet
+}
+
 // keys is the jwt.Keyfunc: it returns the keys that may verify token, only
 // from sources whose allow-list contains the token's alg and, for JWKS keys,
 // only keys of the right type whose own alg/use (if published) agree. With a
-// kid, JWKS keys are looked up by it (refreshing the set on a miss, rate
-// limited) and *unknownKID is set when none has it; the static keys, which
-// have no kid, are tried as well. Without a kid every fitting key is tried.
-func (v *JWTVerifier) keys(token *jwt.Token, unknownKID *string) (any, error) {
+// kid, JWKS keys are looked up by it as last fetched, and miss is filled in
+// when no set has it; the static keys, which have no kid, are tried as well.
+// Without a kid every fitting key is tried.
+func (v *JWTVerifier) keys(token *jwt.Token, miss *kidMiss) (any, error) {
 	alg := token.Method.Alg()
 	kid, hasKID := "", false
 	if raw, present := token.Header["kid"]; present {
@@ -324,44 +366,40 @@ func (v *JWTVerifier) keys(token *jwt.Token, unknownKID *string) (any, error) {
 	}
 
 	var keys []jwt.VerificationKey
+	var lacking []*jwksSet
 	jwksConsulted, kidFound := false, false
 	for _, s := range v.sources {
 		if !s.allows(alg) {
 			continue
 		}
-		if s.store == nil {
+		if s.jwks == nil {
 			for _, k := range s.keys {
 				keys = append(keys, k)
 			}
 			continue
 		}
 		jwksConsulted = true
+		var jwks []jwkset.JWK
 		if hasKID {
-			jwk, err := s.store.KeyRead(v.ctx, kid)
-			if err != nil {
-				continue // not in this set, even after a refresh
+			if jwks = s.jwks.withKID(v.ctx, kid); len(jwks) == 0 {
+				lacking = append(lacking, s.jwks)
+				continue
 			}
 			kidFound = true
-			if key, ok := jwkKey(jwk, alg); ok {
-				keys = append(keys, key)
-			}
-			continue
+		} else if all, err := s.jwks.store.KeyReadAll(v.ctx); err == nil {
+			jwks = all
 		}
-		all, err := s.store.KeyReadAll(v.ctx)
-		if err != nil {
-			continue
-		}
-		for _, jwk := range all {
+		for _, jwk := range jwks {
 			if key, ok := jwkKey(jwk, alg); ok {
 				keys = append(keys, key)
 			}
 		}
 	}
 	if hasKID && jwksConsulted && !kidFound {
-		*unknownKID = kid
+		*miss = kidMiss{kid: kid, sets: lacking}
 	}
 	if len(keys) == 0 {
-		if *unknownKID != "" {
+		if miss.kid != "" {
 			return nil, &unknownKIDError{kid}
 		}
 		return nil, errNoKeyForAlg
@@ -409,27 +447,41 @@ func jwkKey(jwk jwkset.JWK, alg string) (any, bool) {
 // Failures are a *pgconn.PgError, FATAL 28000, naming the reason; the token
 // itself is never logged or returned.
 func (v *JWTVerifier) Verify(token, user string) (Identity, error) {
+	signed := false // once true, a refusal is not a guess (see CouldBeGuess)
 	fail := func(format string, args ...any) (Identity, error) {
-		return Identity{}, fatal(codeInvalidAuthSpec,
-			fmt.Sprintf("JWT authentication failed for user %q: ", user)+fmt.Sprintf(format, args...), "")
+		reason := fmt.Sprintf(format, args...)
+		e := fatal(codeInvalidAuthSpec, fmt.Sprintf("JWT authentication failed for user %q: %s", user, reason), "")
+		if reason == reasonTokenExpired {
+			e.Hint = hintNewToken
+		}
+		if signed {
+			return Identity{}, &signedRefusal{e}
+		}
+		return Identity{}, e
 	}
 	if token == "" {
 		return fail("no token was sent as the password")
 	}
 
-	claims := jwt.MapClaims{}
-	var unknownKID string // set when a kid was not found in any JWKS
-	parsed, err := v.parser.ParseWithClaims(token, claims, func(t *jwt.Token) (any, error) {
-		return v.keys(t, &unknownKID)
-	})
+	parsed, claims, miss, err := v.parse(token)
+	var kidErr *unknownKIDError
+	if miss.kid != "" && (errors.As(err, &kidErr) || errors.Is(err, jwt.ErrTokenSignatureInvalid)) {
+		// No key verified it and its kid is in no key set: perhaps the
+		// identity provider has published a new key since the last fetch.
+		v.refetch(miss.sets)
+		parsed, claims, miss, err = v.parse(token)
+	}
 	if err != nil {
-		if unknownKID != "" && errors.Is(err, jwt.ErrTokenSignatureInvalid) {
+		if miss.kid != "" && errors.Is(err, jwt.ErrTokenSignatureInvalid) {
 			// The static keys were tried too and did not fit either: the kid
 			// is the better explanation.
-			err = &unknownKIDError{unknownKID}
+			err = &unknownKIDError{miss.kid}
 		}
+		// jwt checks the claims only once the signature has verified.
+		signed = errors.Is(err, jwt.ErrTokenInvalidClaims)
 		return fail("%s", v.reason(parsed, claims, err))
 	}
+	signed = true
 
 	now := v.now()
 	exp, err := claims.GetExpirationTime()
@@ -517,6 +569,26 @@ func (v *JWTVerifier) Verify(token, user string) (Identity, error) {
 	return id, nil
 }
 
+// parse verifies token with the keys as they are, and says which kid, if
+// any, was missing from the key sets.
+func (v *JWTVerifier) parse(token string) (*jwt.Token, jwt.MapClaims, kidMiss, error) {
+	claims := jwt.MapClaims{}
+	var miss kidMiss
+	parsed, err := v.parser.ParseWithClaims(token, claims, func(t *jwt.Token) (any, error) {
+		return v.keys(t, &miss)
+	})
+	return parsed, claims, miss, err
+}
+
+// refetch waits until each of sets has been fetched again, all at once.
+func (v *JWTVerifier) refetch(sets []*jwksSet) {
+	var wg sync.WaitGroup
+	for _, s := range sets {
+		wg.Go(func() { _ = s.refresh.await(v.ctx) }) // an error: Close was called
+	}
+	wg.Wait()
+}
+
 // reason turns a parse/verification error into the message's reason. Claim
 // values are only looked at once the signature has been verified (jwt
 // validates claims after the signature), and only a bounded, quoted excerpt
@@ -554,7 +626,7 @@ func (v *JWTVerifier) reason(token *jwt.Token, claims jwt.MapClaims, err error) 
 		case missing(claims, "exp"):
 			return "token has no expiry (exp) claim; a session may hold no longer than its token"
 		case errors.Is(err, jwt.ErrTokenExpired):
-			return "token is expired"
+			return reasonTokenExpired
 		case errors.Is(err, jwt.ErrTokenNotValidYet):
 			return "token is not valid yet"
 		case errors.Is(err, jwt.ErrTokenUsedBeforeIssued):

@@ -16,6 +16,7 @@ import (
 	"encoding/json"
 	"encoding/pem"
 	"errors"
+	"fmt"
 	"net"
 	"net/http"
 	"net/http/httptest"
@@ -200,6 +201,7 @@ func TestJWTVerify(t *testing.T) {
 		token      string
 		user       string // default alice
 		wantErr    string // substring of the reason; "" = accepted
+		signed     bool   // refused although correctly signed: no guess for the throttle
 		wantTenant string // default acme
 	}{
 		{name: "HS256", token: hs(claims(nil))},
@@ -217,13 +219,13 @@ func TestJWTVerify(t *testing.T) {
 		{name: "no role claim configured", cfg: func(c *config.JWT) { c.RoleClaim = "" }, token: rs(claims(map[string]any{"role": "admin"}))},
 		{name: "no max age", cfg: func(c *config.JWT) { c.MaxAge.Duration = 0 }, token: rs(claims(map[string]any{"iat": nil}))},
 
-		{name: "expired", token: rs(claims(map[string]any{"exp": time.Now().Add(-time.Minute).Unix()})), wantErr: "token is expired"},
-		{name: "not yet valid", token: rs(claims(map[string]any{"nbf": time.Now().Add(time.Minute).Unix()})), wantErr: "token is not valid yet"},
-		{name: "issued in the future", token: rs(claims(map[string]any{"iat": time.Now().Add(time.Minute).Unix()})), wantErr: "token is issued in the future"},
-		{name: "wrong issuer", token: rs(claims(map[string]any{"iss": "https://evil.example.com/"})), wantErr: `issuer "https://evil.example.com/" is not accepted`},
-		{name: "no issuer", token: rs(claims(map[string]any{"iss": nil})), wantErr: "token has no issuer (iss) claim"},
-		{name: "wrong audience", token: rs(claims(map[string]any{"aud": "someone-else"})), wantErr: `audience does not include "pgtenant"`},
-		{name: "no audience", token: rs(claims(map[string]any{"aud": nil})), wantErr: "token has no audience (aud) claim"},
+		{name: "expired", token: rs(claims(map[string]any{"exp": time.Now().Add(-time.Minute).Unix()})), wantErr: "token has expired", signed: true},
+		{name: "not yet valid", token: rs(claims(map[string]any{"nbf": time.Now().Add(time.Minute).Unix()})), wantErr: "token is not valid yet", signed: true},
+		{name: "issued in the future", token: rs(claims(map[string]any{"iat": time.Now().Add(time.Minute).Unix()})), wantErr: "token is issued in the future", signed: true},
+		{name: "wrong issuer", token: rs(claims(map[string]any{"iss": "https://evil.example.com/"})), wantErr: `issuer "https://evil.example.com/" is not accepted`, signed: true},
+		{name: "no issuer", token: rs(claims(map[string]any{"iss": nil})), wantErr: "token has no issuer (iss) claim", signed: true},
+		{name: "wrong audience", token: rs(claims(map[string]any{"aud": "someone-else"})), wantErr: `audience does not include "pgtenant"`, signed: true},
+		{name: "no audience", token: rs(claims(map[string]any{"aud": nil})), wantErr: "token has no audience (aud) claim", signed: true},
 		{name: "tampered payload", token: tampered, wantErr: "token signature is invalid"},
 		{name: "wrong signature", token: sign(t, jwt.SigningMethodRS256, k.rsaOther, claims(nil), ""), wantErr: "token signature is invalid"},
 		{name: "wrong HMAC secret", token: sign(t, jwt.SigningMethodHS256, []byte("another-secret-another-secret-xx"), claims(nil), ""), wantErr: "token signature is invalid"},
@@ -235,22 +237,22 @@ func TestJWTVerify(t *testing.T) {
 		{name: "ES256 token, RSA only", cfg: rsaOnly, token: sign(t, jwt.SigningMethodES256, k.ec, claims(nil), ""), wantErr: `algorithm "ES256" is not allowed`},
 		{name: "malformed", token: "not.a.jwt", wantErr: "token is malformed"},
 		{name: "empty", token: "", wantErr: "no token was sent"},
-		{name: "no exp", token: rs(claims(map[string]any{"exp": nil})), wantErr: "token has no expiry (exp) claim; a session may hold no longer than its token"},
-		{name: "exp of the wrong type", token: rs(claims(map[string]any{"exp": "tomorrow"})), wantErr: "of the wrong type"},
-		{name: "too old for max_age", token: rs(claims(map[string]any{"iat": time.Now().Add(-2 * time.Hour).Unix()})), wantErr: "token is too old"},
-		{name: "no iat with max_age", token: rs(claims(map[string]any{"iat": nil})), wantErr: "token has no issued-at (iat) claim"},
-		{name: "missing tenant claim", token: rs(claims(map[string]any{"tenant_id": nil})), wantErr: `token has no "tenant_id" claim`},
-		{name: "numeric tenant claim", token: rs(claims(map[string]any{"tenant_id": 42})), wantErr: `tenant claim must be a string; "tenant_id" is a number`},
-		{name: "empty tenant claim", token: rs(claims(map[string]any{"tenant_id": ""})), wantErr: `tenant claim "tenant_id" is empty`},
+		{name: "no exp", token: rs(claims(map[string]any{"exp": nil})), wantErr: "token has no expiry (exp) claim; a session may hold no longer than its token", signed: true},
+		{name: "exp of the wrong type", token: rs(claims(map[string]any{"exp": "tomorrow"})), wantErr: "of the wrong type", signed: true},
+		{name: "too old for max_age", token: rs(claims(map[string]any{"iat": time.Now().Add(-2 * time.Hour).Unix()})), wantErr: "token is too old", signed: true},
+		{name: "no iat with max_age", token: rs(claims(map[string]any{"iat": nil})), wantErr: "token has no issued-at (iat) claim", signed: true},
+		{name: "missing tenant claim", token: rs(claims(map[string]any{"tenant_id": nil})), wantErr: `token has no "tenant_id" claim`, signed: true},
+		{name: "numeric tenant claim", token: rs(claims(map[string]any{"tenant_id": 42})), wantErr: `tenant claim must be a string; "tenant_id" is a number`, signed: true},
+		{name: "empty tenant claim", token: rs(claims(map[string]any{"tenant_id": ""})), wantErr: `tenant claim "tenant_id" is empty`, signed: true},
 		{name: "nested tenant claim missing", cfg: func(c *config.JWT) { c.TenantClaim = "org.id" },
-			token: rs(claims(map[string]any{"org": map[string]any{"name": "x"}})), wantErr: `token has no "org.id" claim`},
+			token: rs(claims(map[string]any{"org": map[string]any{"name": "x"}})), wantErr: `token has no "org.id" claim`, signed: true},
 		{name: "nested tenant claim not an object", cfg: func(c *config.JWT) { c.TenantClaim = "org.id" },
-			token: rs(claims(map[string]any{"org": "o-17"})), wantErr: `token has no "org.id" claim`},
-		{name: "user claim mismatch", token: rs(claims(nil)), user: "bob", wantErr: `token claim "sub" does not match the user name`},
-		{name: "user claim missing", token: rs(claims(map[string]any{"sub": nil})), wantErr: `token has no "sub" claim`},
-		{name: "role not allowed", token: rs(claims(map[string]any{"role": "admin"})), wantErr: `role "admin" is not allowed`},
-		{name: "role missing", token: rs(claims(map[string]any{"role": nil})), wantErr: `token has no "role" claim`},
-		{name: "role not a string", token: rs(claims(map[string]any{"role": []string{"analyst"}})), wantErr: "role claim must be a string"},
+			token: rs(claims(map[string]any{"org": "o-17"})), wantErr: `token has no "org.id" claim`, signed: true},
+		{name: "user claim mismatch", token: rs(claims(nil)), user: "bob", wantErr: `token claim "sub" does not match the user name`, signed: true},
+		{name: "user claim missing", token: rs(claims(map[string]any{"sub": nil})), wantErr: `token has no "sub" claim`, signed: true},
+		{name: "role not allowed", token: rs(claims(map[string]any{"role": "admin"})), wantErr: `role "admin" is not allowed`, signed: true},
+		{name: "role missing", token: rs(claims(map[string]any{"role": nil})), wantErr: `token has no "role" claim`, signed: true},
+		{name: "role not a string", token: rs(claims(map[string]any{"role": []string{"analyst"}})), wantErr: "role claim must be a string", signed: true},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -266,6 +268,9 @@ func TestJWTVerify(t *testing.T) {
 			id, err := v.Verify(tt.token, user)
 			if tt.wantErr != "" {
 				checkRefusal(t, err, user, tt.wantErr)
+				if CouldBeGuess(err) == tt.signed {
+					t.Errorf("CouldBeGuess = %v for a token that was %s", CouldBeGuess(err), map[bool]string{true: "correctly signed", false: "not correctly signed"}[tt.signed])
+				}
 				if !isZero(id) {
 					t.Errorf("Identity = %+v on failure", id)
 				}
@@ -502,7 +507,6 @@ func TestJWTJWKSRotation(t *testing.T) {
 		if st.before != nil {
 			st.before()
 		}
-		time.Sleep(2 * rateLimit) // let the unknown-kid limiter allow a refresh
 		fetches := srv.fetches.Load()
 		id, err := v.Verify(st.token, "alice")
 		if st.wantErr == "" {
@@ -518,12 +522,15 @@ func TestJWTJWKSRotation(t *testing.T) {
 	}
 }
 
-// A refresh on an unknown kid happens at most once per refresh_rate_limit,
-// and a login does not wait for the next slot.
-func TestJWTJWKSRefreshRateLimit(t *testing.T) {
+// An unknown kid makes the verifier fetch the set again before it refuses,
+// so a key published meanwhile is found; the fetches caused by a flood of
+// made-up kids are shared and spaced by refresh_rate_limit, and a token with
+// a newly published key still gets in; known kids never wait for a fetch.
+func TestJWTJWKSUnknownKIDRefresh(t *testing.T) {
 	k := keys(t)
 	srv := newJWKSServer(t, testJWK{"r1", jwkset.AlgRS256, &k.rsa.PublicKey})
-	v := newVerifier(t, jwksConfig(srv.URL, time.Hour))
+	const interval = 200 * time.Millisecond
+	v := newVerifier(t, jwksConfig(srv.URL, interval))
 	if n := srv.fetches.Load(); n != 1 {
 		t.Fatalf("initial fetches = %d, want 1", n)
 	}
@@ -534,19 +541,65 @@ func TestJWTJWKSRefreshRateLimit(t *testing.T) {
 		t.Fatalf("fetches after an unknown kid = %d, want 2", n)
 	}
 
+	// Right after that fetch, a new key is published and used at once.
 	srv.set(t, testJWK{"r1", jwkset.AlgRS256, &k.rsa.PublicKey}, testJWK{"r2", jwkset.AlgRS256, &k.rsa2.PublicKey})
-	start := time.Now()
-	_, err = v.Verify(sign(t, jwt.SigningMethodRS256, k.rsa2, claims(nil), "r2"), "alice")
-	checkRefusal(t, err, "alice", `unknown key id "r2"`)
-	if n := srv.fetches.Load(); n != 2 {
-		t.Errorf("fetches within the rate limit = %d, want still 2", n)
+	if _, err := v.Verify(sign(t, jwt.SigningMethodRS256, k.rsa2, claims(nil), "r2"), "alice"); err != nil {
+		t.Fatalf("key published right after a fetch: %v", err)
 	}
-	if d := time.Since(start); d > time.Second {
-		t.Errorf("refusal took %v; a login must not wait for the rate limiter", d)
+
+	// A flood of made-up kids, and a key published in the middle of it.
+	flood := sign(t, jwt.SigningMethodRS256, k.rsaOther, claims(nil), "bogus")
+	before, start := srv.fetches.Load(), time.Now()
+	var wg sync.WaitGroup
+	for range 50 {
+		wg.Go(func() {
+			_, err := v.Verify(flood, "alice")
+			checkRefusal(t, err, "alice", `unknown key id "bogus"`)
+		})
 	}
-	// Known kids keep working.
-	if _, err := v.Verify(sign(t, jwt.SigningMethodRS256, k.rsa, claims(nil), "r1"), "alice"); err != nil {
-		t.Errorf("known kid: %v", err)
+	srv.set(t, testJWK{"r2", jwkset.AlgRS256, &k.rsa2.PublicKey}, testJWK{"r3", jwkset.AlgRS256, &k.rsa3.PublicKey})
+	if _, err := v.Verify(sign(t, jwt.SigningMethodRS256, k.rsa3, claims(nil), "r3"), "alice"); err != nil {
+		t.Errorf("key published during a flood of made-up kids: %v", err)
+	}
+	wg.Wait()
+	fetches, elapsed := srv.fetches.Load()-before, time.Since(start)
+	if limit := int64(elapsed/interval) + 1; fetches > limit {
+		t.Errorf("%d fetches in %v, want at most %d (one per %v)", fetches, elapsed, limit, interval)
+	}
+
+	// Known kids (and tokens without one) never fetch.
+	before = srv.fetches.Load()
+	for _, tok := range []string{
+		sign(t, jwt.SigningMethodRS256, k.rsa3, claims(nil), "r3"),
+		sign(t, jwt.SigningMethodRS256, k.rsa2, claims(nil), ""),
+	} {
+		if _, err := v.Verify(tok, "alice"); err != nil {
+			t.Errorf("known key: %v", err)
+		}
+	}
+	if _, err := v.Verify(sign(t, jwt.SigningMethodRS256, k.rsaOther, claims(nil), "r3"), "alice"); err == nil {
+		t.Error("a known kid with a bad signature was accepted")
+	}
+	if n := srv.fetches.Load(); n != before {
+		t.Errorf("%d fetches for known kids", n-before)
+	}
+}
+
+// A static key that verifies a token with a kid no key set holds is enough:
+// no fetch, no wait.
+func TestJWTKIDVerifiedByStaticKeyDoesNotFetch(t *testing.T) {
+	k := keys(t)
+	srv := newJWKSServer(t, testJWK{"r1", jwkset.AlgRS256, &k.rsa.PublicKey})
+	cfg := jwksConfig(srv.URL, config.MaxJWKSRefreshRateLimit)
+	cfg.PublicKeys = []config.JWTKey{{File: writeFile(t, "rsa2.pem", publicPEM(t, &k.rsa2.PublicKey)), Algorithms: []string{"RS256"}}}
+	v := newVerifier(t, cfg)
+	for range 3 {
+		if _, err := v.Verify(sign(t, jwt.SigningMethodRS256, k.rsa2, claims(nil), "pem-key"), "alice"); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if n := srv.fetches.Load(); n != 1 {
+		t.Errorf("fetches = %d, want only the first", n)
 	}
 }
 
@@ -572,6 +625,7 @@ func TestNewJWTVerifierErrors(t *testing.T) {
 		{"private key file", config.JWT{PublicKeys: []config.JWTKey{{File: privFile, Algorithms: []string{"ES256"}}}}, "holds a private key"},
 		{"missing file", config.JWT{PublicKeys: []config.JWTKey{{File: rsaFile + ".nope", Algorithms: []string{"RS256"}}}}, "no such file"},
 		{"HS256 for a JWKS", config.JWT{JWKS: []config.JWKSURL{{URL: "http://127.0.0.1:1/jwks", Algorithms: []string{"HS256"}}}}, `"HS256" is not one of RS256`},
+		{"refresh_rate_limit too long", config.JWT{JWKS: []config.JWKSURL{{URL: "http://127.0.0.1:1/jwks", Algorithms: []string{"RS256"}, RefreshRateLimit: config.Duration{Duration: time.Minute}}}}, "refresh_rate_limit: 1m0s is longer than 30s"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -770,6 +824,47 @@ func TestIsLoopback(t *testing.T) {
 	for _, tt := range tests {
 		if got := IsLoopback(tt.addr); got != tt.want {
 			t.Errorf("IsLoopback(%v) = %v, want %v", tt.addr, got, tt.want)
+		}
+	}
+}
+
+// An expired token reads the same at login and when it ends a session: the
+// same reason, code and hint.
+func TestTokenExpiredReadsAlike(t *testing.T) {
+	k := keys(t)
+	v := newVerifier(t, staticConfig(t))
+	_, err := v.Verify(sign(t, jwt.SigningMethodRS256, k.rsa, claims(map[string]any{"exp": time.Now().Add(-time.Minute).Unix()}), ""), "alice")
+	var login *pgconn.PgError
+	if !errors.As(err, &login) {
+		t.Fatalf("Verify: %v", err)
+	}
+	session := TokenExpired("alice")
+	for _, e := range []*pgconn.PgError{login, session} {
+		if e.Severity != "FATAL" || e.Code != "28000" || !strings.HasSuffix(e.Message, `for user "alice": token has expired`) || e.Hint != "Connect again with a new token." {
+			t.Errorf("got %s %s %q hint %q", e.Severity, e.Code, e.Message, e.Hint)
+		}
+	}
+	if session.Message != `terminating connection for user "alice": token has expired` {
+		t.Errorf("mid-session message %q", session.Message)
+	}
+}
+
+func TestCouldBeGuess(t *testing.T) {
+	wrongPassword := fatal(codeInvalidPassword, `password authentication failed for user "alice"`, "")
+	expired := &signedRefusal{fatal(codeInvalidAuthSpec, "expired", "")}
+	tests := []struct {
+		name string
+		err  error
+		want bool
+	}{
+		{"wrong password", wrongPassword, true},
+		{"wrapped wrong password", fmt.Errorf("auth: %w", wrongPassword), true},
+		{"correctly signed, expired", expired, false},
+		{"wrapped correctly signed", fmt.Errorf("auth: %w", expired), false},
+	}
+	for _, tt := range tests {
+		if got := CouldBeGuess(tt.err); got != tt.want {
+			t.Errorf("%s: CouldBeGuess = %v, want %v", tt.name, got, tt.want)
 		}
 	}
 }

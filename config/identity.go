@@ -84,11 +84,22 @@ type JWTKey struct {
 
 // JWKSURL is a JSON Web Key Set endpoint, cached and refreshed.
 type JWKSURL struct {
-	URL              string   `yaml:"url"`
-	Algorithms       []string `yaml:"algorithms"`
-	RefreshInterval  Duration `yaml:"refresh_interval"`   // default 1h
-	RefreshRateLimit Duration `yaml:"refresh_rate_limit"` // min time between refreshes on an unknown kid, default 1m
+	URL             string   `yaml:"url"`
+	Algorithms      []string `yaml:"algorithms"`
+	RefreshInterval Duration `yaml:"refresh_interval"` // default 1h
+	// RefreshRateLimit is the least time between two fetches caused by
+	// tokens naming a kid the set lacks. A login with such a token waits for
+	// the next fetch, so this is also how long a newly published key can be
+	// delayed, however many made-up kids arrive meanwhile.
+	RefreshRateLimit Duration `yaml:"refresh_rate_limit"` // default DefaultJWKSRefreshRateLimit, at most MaxJWKSRefreshRateLimit
 }
+
+const (
+	// DefaultJWKSRefreshRateLimit is JWKSURL.RefreshRateLimit's default.
+	DefaultJWKSRefreshRateLimit = 5 * time.Second
+	// MaxJWKSRefreshRateLimit bounds how long a login may wait for a fetch.
+	MaxJWKSRefreshRateLimit = 30 * time.Second
+)
 
 // DBUsers looks users up in the database, like PgBouncer's auth_query.
 type DBUsers struct {
@@ -141,7 +152,7 @@ func (c *Config) applyIdentityDefaults() {
 				j.JWKS[i].RefreshInterval.Duration = time.Hour
 			}
 			if j.JWKS[i].RefreshRateLimit.Duration == 0 {
-				j.JWKS[i].RefreshRateLimit.Duration = time.Minute
+				j.JWKS[i].RefreshRateLimit.Duration = DefaultJWKSRefreshRateLimit
 			}
 		}
 	}
@@ -242,6 +253,9 @@ func (c *Config) validateIdentity(add func(field, format string, args ...any)) {
 				add(field+".url", "%q is not an http(s) URL", k.URL)
 			}
 			checkPublicAlgorithms(add, field+".algorithms", k.Algorithms)
+			if d := k.RefreshRateLimit.Duration; d < 0 || d > MaxJWKSRefreshRateLimit {
+				add(field+".refresh_rate_limit", "%s is not between 0 and %s: a login naming a new key waits up to this long for the next fetch", d, MaxJWKSRefreshRateLimit)
+			}
 		}
 		if len(j.JWKS) > 0 && (j.Issuer == "" || j.Audience == "") {
 			add("jwt", "issuer and audience are required when a jwks URL is used")

@@ -11,6 +11,8 @@ import (
 	"encoding/base64"
 	"encoding/json"
 	"encoding/pem"
+	"fmt"
+	"maps"
 	"math/big"
 	"net/http"
 	"net/http/httptest"
@@ -19,6 +21,7 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -28,6 +31,7 @@ import (
 	"github.com/pgtenant/pgtenant/config"
 	"github.com/pgtenant/pgtenant/internal/demo"
 	"github.com/pgtenant/pgtenant/internal/pgcluster"
+	"github.com/pgtenant/pgtenant/metrics"
 )
 
 const (
@@ -38,14 +42,16 @@ const (
 
 // jwksServer serves a JSON Web Key Set that a test can rotate.
 type jwksServer struct {
-	mu   sync.Mutex
-	keys []map[string]string
-	srv  *httptest.Server
+	mu      sync.Mutex
+	keys    []map[string]string
+	srv     *httptest.Server
+	fetches atomic.Int64
 }
 
 func newJWKSServer(t *testing.T) *jwksServer {
 	j := &jwksServer{}
 	j.srv = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		j.fetches.Add(1)
 		j.mu.Lock()
 		defer j.mu.Unlock()
 		w.Header().Set("Content-Type", "application/json")
@@ -370,10 +376,163 @@ func TestJWTExpiresMidSession(t *testing.T) {
 		queryRows(t, conn, "COMMIT")
 		_, err = conn.Exec(context.Background(), "SELECT 1").ReadAll()
 		var pgErr *pgconn.PgError
-		if !errorsAs(err, &pgErr) || pgErr.Severity != "FATAL" || pgErr.Code != "28000" || !strings.Contains(pgErr.Message, "token expired") {
+		if !errorsAs(err, &pgErr) || pgErr.Severity != "FATAL" || pgErr.Code != "28000" ||
+			pgErr.Message != `terminating connection for user "alice@acme": token has expired` || pgErr.Hint != "Connect again with a new token." {
 			t.Fatalf("next transaction after expiry: %v", err)
 		}
 	})
+}
+
+// A BI tool whose token has expired gets a fresh one and retries at once:
+// the refusal of a correctly signed token is no failed guess, so the retry is
+// let in; a badly signed token still counts.
+func TestJWTRetryAfterExpiredToken(t *testing.T) {
+	eachPoolMode(t, func(t *testing.T, m poolMode) {
+		// A back-off far longer than the test: a counted failure would refuse the retry.
+		e := startJWTProxy(t, m.config(modePoolSize, func(c *config.Config) {
+			c.Auth.Throttle = config.Throttle{Initial: config.Duration{Duration: time.Minute}, Max: config.Duration{Duration: time.Minute}}
+		}))
+		rs := func(key *rsa.PrivateKey, c jwt.MapClaims) string {
+			return sign(t, jwt.SigningMethodRS256, key, "rsa-1", c)
+		}
+		fresh := func() jwt.MapClaims { return claimsFor(tenantA.ID, "alice@acme", time.Hour) }
+		expired, early := fresh(), fresh()
+		expired["exp"] = time.Now().Add(-time.Hour).Unix()
+		early["nbf"] = time.Now().Add(time.Hour).Unix()
+
+		for _, tt := range []struct {
+			desc, token, want, hint string
+		}{
+			{"expired", rs(e.rsaKey, expired), `JWT authentication failed for user "alice@acme": token has expired`, "Connect again with a new token."},
+			{"not yet valid", rs(e.rsaKey, early), `JWT authentication failed for user "alice@acme": token is not valid yet`, ""},
+		} {
+			_, err := e.connect("alice@acme", tt.token)
+			var pgErr *pgconn.PgError
+			if !errorsAs(err, &pgErr) || pgErr.Code != "28000" || pgErr.Message != tt.want || pgErr.Hint != tt.hint {
+				t.Fatalf("%s token: %v (hint %q), want %q", tt.desc, err, hintOf(err), tt.want)
+			}
+			conn, err := e.connect("alice@acme", rs(e.rsaKey, fresh()))
+			if err != nil {
+				t.Fatalf("retry with a fresh token right after the %s one: %v", tt.desc, err)
+			}
+			if got := queryOne(t, conn, "SELECT current_setting('app.user_id')"); got != "alice@acme" {
+				t.Fatalf("session after the retry: %q", got)
+			}
+			conn.Close(context.Background())
+		}
+
+		forger, err := rsa.GenerateKey(rand.Reader, 2048)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := e.connect("alice@acme", rs(forger, fresh())); err == nil || !strings.Contains(err.Error(), "token signature is invalid") {
+			t.Fatalf("forged token: %v", err)
+		}
+		_, err = e.connect("alice@acme", rs(e.rsaKey, fresh()))
+		if err == nil || !strings.Contains(err.Error(), "too many failed login attempts") {
+			t.Fatalf("right after a forged token: %v, want the back-off", err)
+		}
+	})
+}
+
+// With the default refresh_rate_limit, a token naming a made-up kid (even a
+// burst of them) does not keep out a key the identity provider publishes
+// right after: the login with it waits for the next fetch, at most the
+// limit, and gets in.
+func TestJWTNewKeyAfterBogusKidDefaultLimit(t *testing.T) {
+	eachPoolMode(t, func(t *testing.T, m poolMode) {
+		e := startJWTProxy(t, m.config(modePoolSize, func(c *config.Config) {
+			c.JWT.JWKS[0].RefreshRateLimit = config.Duration{} // the default
+		}))
+		attacker, newKey := rsaKey(t), rsaKey(t)
+		var wg sync.WaitGroup
+		for i := range 20 {
+			wg.Go(func() {
+				_, err := e.connect("alice@acme", sign(t, jwt.SigningMethodRS256, attacker, fmt.Sprintf("made-up-%d", i), claimsFor(tenantA.ID, "alice@acme", time.Hour)))
+				if err == nil || !strings.Contains(err.Error(), "unknown key id") {
+					t.Errorf("made-up kid: %v", err)
+				}
+			})
+		}
+		// The first made-up kid has caused a fetch: the one a single
+		// refresh per minute used to allow.
+		eventually(t, 10*time.Second, "a fetch for the made-up kids", func() bool { return e.jwks.fetches.Load() >= 2 })
+
+		e.jwks.set(rsaJWK("rsa-1", &e.rsaKey.PublicKey), rsaJWK("rsa-2", &newKey.PublicKey))
+		start := time.Now()
+		conn, err := e.connect("alice@acme", sign(t, jwt.SigningMethodRS256, newKey, "rsa-2", claimsFor(tenantA.ID, "alice@acme", time.Hour)))
+		if err != nil {
+			t.Fatalf("token signed with the newly published key: %v", err)
+		}
+		conn.Close(context.Background())
+		if d, limit := time.Since(start), config.DefaultJWKSRefreshRateLimit; d > limit+3*time.Second {
+			t.Errorf("the new key was let in after %v, want about %v at most", d, limit)
+		}
+		wg.Wait()
+	})
+}
+
+// Under a steady flood of made-up kids, the key set is fetched at most once
+// per refresh_rate_limit, and a key published meanwhile is let in within
+// about that interval.
+func TestJWTNewKeyDuringBogusKidFlood(t *testing.T) {
+	eachPoolMode(t, func(t *testing.T, m poolMode) {
+		const interval = 300 * time.Millisecond
+		e := startJWTProxy(t, m.config(modePoolSize, func(c *config.Config) {
+			c.JWT.JWKS[0].RefreshRateLimit = config.Duration{Duration: interval}
+		}))
+		attacker, newKey := rsaKey(t), rsaKey(t)
+		before, start := e.jwks.fetches.Load(), time.Now()
+		stop := make(chan struct{})
+		var refused atomic.Int64
+		var wg sync.WaitGroup
+		for i := range 20 {
+			wg.Go(func() {
+				for n := 0; ; n++ {
+					select {
+					case <-stop:
+						return
+					default:
+					}
+					kid := fmt.Sprintf("made-up-%d-%d", i, n)
+					_, err := e.connect("alice@acme", sign(t, jwt.SigningMethodRS256, attacker, kid, claimsFor(tenantA.ID, "alice@acme", time.Hour)))
+					if err == nil || !strings.Contains(err.Error(), "unknown key id") {
+						t.Errorf("made-up kid: %v", err)
+						return
+					}
+					refused.Add(1)
+				}
+			})
+		}
+		eventually(t, 10*time.Second, "the flood to be under way", func() bool { return refused.Load() >= 20 })
+
+		e.jwks.set(rsaJWK("rsa-1", &e.rsaKey.PublicKey), rsaJWK("rsa-2", &newKey.PublicKey))
+		published := time.Now()
+		conn, err := e.connect("alice@acme", sign(t, jwt.SigningMethodRS256, newKey, "rsa-2", claimsFor(tenantA.ID, "alice@acme", time.Hour)))
+		if err != nil {
+			t.Errorf("token signed with a key published during the flood: %v", err)
+		} else {
+			conn.Close(context.Background())
+		}
+		if d := time.Since(published); d > interval+3*time.Second {
+			t.Errorf("the new key was let in after %v, want about %v at most", d, interval)
+		}
+		close(stop)
+		wg.Wait()
+		fetches, elapsed := e.jwks.fetches.Load()-before, time.Since(start)
+		if limit := int64(elapsed/interval) + 1; fetches > limit {
+			t.Errorf("%d fetches in %v under a flood of %d made-up kids, want at most %d (one per %v)", fetches, elapsed, refused.Load(), limit, interval)
+		}
+	})
+}
+
+func rsaKey(t *testing.T) *rsa.PrivateKey {
+	t.Helper()
+	k, err := rsa.GenerateKey(rand.Reader, 2048)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return k
 }
 
 func mustJSON(t *testing.T, v any) []byte {
@@ -382,4 +541,58 @@ func mustJSON(t *testing.T, v any) []byte {
 		t.Fatal(err)
 	}
 	return b
+}
+
+// A failed and a successful login of one method are counted under the same
+// method label, for SCRAM and for JWT alike.
+func TestAuthMetricMethodLabel(t *testing.T) {
+	eachPoolMode(t, func(t *testing.T, m poolMode) {
+		e := startJWTProxy(t, m.config(modePoolSize))
+		obs := metrics.New(metrics.Options{})
+		e.p.srv.SetObserver(obs)
+
+		wrong := tenantA
+		wrong.Password = "guess"
+		connectErr(t, e.p.connString(wrong))
+		e.p.pgconnect(t, tenantA)
+		if _, err := e.connect("alice@acme", sign(t, jwt.SigningMethodHS256, []byte("not-the-secret-not-the-secret-xx"), "", claimsFor(tenantA.ID, "alice@acme", time.Hour))); err == nil {
+			t.Fatal("a token with a bad signature was accepted")
+		}
+		conn, err := e.connect("alice@acme", sign(t, jwt.SigningMethodHS256, []byte(hmacSecret), "", claimsFor(tenantA.ID, "alice@acme", time.Hour)))
+		if err != nil {
+			t.Fatal(err)
+		}
+		conn.Close(context.Background())
+
+		want := map[string]float64{
+			"scram-sha-256 failed": 1, "scram-sha-256 ok": 1,
+			"jwt failed": 1, "jwt ok": 1,
+		}
+		if got := authCounts(t, obs); !maps.Equal(got, want) {
+			t.Fatalf("pgtenant_authentications_total by method and outcome = %v, want %v", got, want)
+		}
+	})
+}
+
+// authCounts sums pgtenant_authentications_total by "method outcome".
+func authCounts(t *testing.T, m *metrics.Metrics) map[string]float64 {
+	t.Helper()
+	families, err := m.Registry().Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	counts := map[string]float64{}
+	for _, f := range families {
+		if f.GetName() != "pgtenant_authentications_total" {
+			continue
+		}
+		for _, mt := range f.GetMetric() {
+			labels := map[string]string{}
+			for _, l := range mt.GetLabel() {
+				labels[l.GetName()] = l.GetValue()
+			}
+			counts[labels["method"]+" "+labels["outcome"]] += mt.GetCounter().GetValue()
+		}
+	}
+	return counts
 }

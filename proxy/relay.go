@@ -13,6 +13,7 @@ import (
 
 	"github.com/jackc/pgx/v5/pgconn"
 
+	"github.com/pgtenant/pgtenant/auth"
 	"github.com/pgtenant/pgtenant/guard"
 )
 
@@ -60,6 +61,7 @@ type relay struct {
 	clientOut       io.Writer     // what cw writes to: the client, or a rearmingWriter with upstreamTimeout
 	obs             Observer
 	knobs           *TestingKnobs // nil outside tests
+	user            string        // the login user, named when its token expires
 	tenant          string
 	// notifyScope prefixes the tenant's notification channels upstream
 	// (channels.go); channels are those of the message being relayed.
@@ -720,7 +722,7 @@ func (r *relay) startUnit(typ byte, size int, msg []byte, refused, simple bool) 
 			return err
 		}
 		if byte(r.txStatus.Load()) == 'I' {
-			return fatalf(codeInvalidAuthorization, "token expired")
+			return auth.TokenExpired(r.user)
 		}
 	}
 	if r.ledger.skipsNext() {

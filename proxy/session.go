@@ -180,15 +180,22 @@ func (s *Server) startSession(rt *runtime, st *startup, cr *bufio.Reader, cw *bu
 	if err := rt.throttle.LoginCheck(remote, user); err != nil {
 		return nil, err
 	}
+	// One name for the method whatever the outcome, so that failures and
+	// successes add up under the same label.
+	method := auth.MethodName(rt.cfg.MethodFor(user))
 	ident, err := rt.auth.Authenticate(be, user, auth.ConnInfo{TLS: st.tls, Loopback: auth.IsLoopback(st.conn.RemoteAddr()), RemoteAddr: remote})
 	var authErr *pgconn.PgError
 	if err == nil || errors.As(err, &authErr) {
-		// Only a finished exchange counts; a client that hangs up does not.
-		rt.throttle.ReportAttempt(remote, user, err == nil)
+		// Only a finished exchange counts; a client that hangs up does not,
+		// nor does a refusal that could not have been a guess (a correctly
+		// signed token that expired): it neither counts nor resets.
+		if err == nil || auth.CouldBeGuess(err) {
+			rt.throttle.ReportAttempt(remote, user, err == nil)
+		}
 		if err == nil {
-			s.observer().Auth(ident.Method, "ok", "")
+			s.observer().Auth(method, "ok", "")
 		} else {
-			s.observer().Auth(rt.cfg.MethodFor(user), "failed", authErr.Code)
+			s.observer().Auth(method, "failed", authErr.Code)
 		}
 	}
 	if err != nil {
@@ -245,7 +252,7 @@ func (s *Server) startSession(rt *runtime, st *startup, cr *bufio.Reader, cw *bu
 	}
 	log.Info("session started", "upstream_pid", hc.PID, "connect_ms", time.Since(start).Milliseconds(), "guard", g != nil)
 	rl := newRelay(st.conn, cr, cw, hc.Conn, a, g, ident.Expires)
-	s.configureRelay(rt, rl, ident.Tenant)
+	s.configureRelay(rt, rl, ident)
 	return &session{
 		s:        s,
 		user:     st.params["user"],
@@ -260,11 +267,11 @@ func (s *Server) startSession(rt *runtime, st *startup, cr *bufio.Reader, cw *bu
 	}, nil
 }
 
-// configureRelay gives a session's relay its tenant, observer and limits.
-func (s *Server) configureRelay(rt *runtime, rl *relay, tenant string) {
-	rl.obs, rl.tenant = s.observer(), tenant
+// configureRelay gives a session's relay its user, tenant, observer and limits.
+func (s *Server) configureRelay(rt *runtime, rl *relay, ident auth.Identity) {
+	rl.obs, rl.user, rl.tenant = s.observer(), ident.User, ident.Tenant
 	if rl.guard != nil {
-		rl.notifyScope = channelScope(tenant)
+		rl.notifyScope = channelScope(ident.Tenant)
 	}
 	rl.knobs = s.knobs.Load()
 	lim := rt.cfg.Limits
@@ -358,7 +365,7 @@ func (s *Server) startPooledSession(rt *runtime, st *startup, cr *bufio.Reader, 
 	writerPool.Put(cw)
 	rl.cw = nil
 	log.Info("session started", "pool_mode", config.PoolModeTransaction, "startup_ms", time.Since(start).Milliseconds())
-	s.configureRelay(rt, rl, ident.Tenant)
+	s.configureRelay(rt, rl, ident)
 	if lim := rt.cfg.Limits; lim.IdleTimeout.Duration == 0 && lim.IdleInTransactionTimeout.Duration == 0 {
 		// Idle timeouts are read deadlines: a parked client has no read.
 		if fd := connFD(st.conn); fd >= 0 {
