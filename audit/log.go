@@ -31,7 +31,7 @@ type Log struct {
 	cache   *cache
 	events  chan proxy.AuditEvent
 	dropped atomic.Uint64
-	reopen  chan string // a path to (re)open, or "" for stdout
+	reopen  chan reopenRequest
 	stop    chan struct{}
 	done    chan struct{}
 	once    sync.Once
@@ -43,6 +43,13 @@ type Log struct {
 }
 
 var _ proxy.Auditor = (*Log)(nil)
+
+// reopenRequest asks the writer to (re)open path ("" for stdout) and to
+// close done when it has.
+type reopenRequest struct {
+	path string
+	done chan struct{}
+}
 
 // rates are the sample rates in force.
 type rates struct {
@@ -66,7 +73,7 @@ func Open(cfg *config.Audit, log *slog.Logger, opts Options) (*Log, error) {
 		log:    log,
 		cache:  newCache(opts.CacheEntries),
 		events: make(chan proxy.AuditEvent, max(cfg.Buffer, 1)),
-		reopen: make(chan string, 1),
+		reopen: make(chan reopenRequest),
 		stop:   make(chan struct{}),
 		done:   make(chan struct{}),
 		out:    opts.Stdout,
@@ -92,18 +99,19 @@ func (l *Log) setRates(cfg *config.Audit) {
 
 // Apply takes a reloaded config: the sample rates apply at once; the
 // output file is reopened (so logrotate's rename takes effect), or the
-// output changed.
+// output changed. It returns when lines logged from then on go to the new
+// output.
 func (l *Log) Apply(cfg *config.Audit) {
 	l.setRates(cfg)
-	path := cfg.Output
-	if path == config.AuditStdout {
-		path = ""
+	req := reopenRequest{path: cfg.Output, done: make(chan struct{})}
+	if req.path == config.AuditStdout {
+		req.path = ""
 	}
 	select {
-	case <-l.reopen: // an earlier request not yet served: this one replaces it
-	default:
+	case l.reopen <- req:
+		<-req.done
+	case <-l.done: // closed
 	}
-	l.reopen <- path
 }
 
 // openFile opens path for appending; the writer goroutine's, or Open's
@@ -167,13 +175,22 @@ func (l *Log) write(stdout io.Writer) {
 	for {
 		var e proxy.AuditEvent
 		select {
+		case req := <-l.reopen:
+			// Served ahead of queued events: a reload never waits behind a busy log.
+			l.switchOutput(req.path, stdout, enc)
+			close(req.done)
+			continue
+		default:
+		}
+		select {
 		case e = <-l.events:
 		default:
 			l.flush()
 			select {
 			case e = <-l.events:
-			case path := <-l.reopen:
-				l.switchOutput(path, stdout, enc)
+			case req := <-l.reopen:
+				l.switchOutput(req.path, stdout, enc)
+				close(req.done)
 				continue
 			case <-l.stop:
 				l.drain(enc, &line)
