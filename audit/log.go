@@ -160,7 +160,7 @@ func (l *Log) Log(e proxy.AuditEvent) {
 func (l *Log) Dropped() uint64 { return l.dropped.Load() }
 
 // Close writes what is queued and closes the output. Events logged after
-// it are dropped, uncounted.
+// it are not written.
 func (l *Log) Close() {
 	l.once.Do(func() { close(l.stop) })
 	<-l.done

@@ -9,7 +9,7 @@ func TestAuditSection(t *testing.T) {
 	tests := []struct {
 		desc    string
 		section string
-		wantErr string            // "" for a valid config
+		wantErr string             // "" for a valid config
 		rates   map[string]float64 // tenant -> rate expected
 		buffer  int
 	}{

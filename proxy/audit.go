@@ -103,6 +103,9 @@ func (s *Server) SetAuditor(a Auditor) {
 	s.audit.Store(&a)
 }
 
+// Auditor returns the audit log new sessions use, or nil.
+func (s *Server) Auditor() Auditor { return s.auditor() }
+
 func (s *Server) auditor() Auditor {
 	if a := s.audit.Load(); a != nil {
 		return *a
