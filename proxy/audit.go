@@ -56,8 +56,13 @@ type AuditEvent struct {
 }
 
 // unknownStatement stands for an Execute of a portal whose statement the
-// relay did not see prepared (a SQL PREPARE bound at protocol level).
-var unknownStatement = &AuditStatement{}
+// relay did not see prepared (a SQL PREPARE bound at protocol level);
+// refusedStatement for one the guard refused (logged as a refusal, and the
+// server skips its Execute).
+var (
+	unknownStatement = &AuditStatement{}
+	refusedStatement = &AuditStatement{}
+)
 
 // auditState is a relay's audit bookkeeping; nil when the audit log is off,
 // so that the relay pays one nil check per message.
@@ -77,6 +82,11 @@ type auditState struct {
 
 	mu sync.Mutex
 	q  []auditEntry
+	// failUnit and failCode: the first error of a unit that answered a
+	// message of no entry (a Bind failing in the planner, a Parse): the
+	// entry the server then skips failed with it.
+	failUnit uint64
+	failCode string
 }
 
 type auditEntry struct {
@@ -175,12 +185,12 @@ func (r *relay) auditRequest(typ byte, size int, msg []byte, refused bool) error
 		}
 	case 'P':
 		name, _, _ := splitName(msg[5:])
-		if refused {
-			delete(au.stmts, string(name))
-			return nil
-		}
 		if au.stmts == nil {
 			au.stmts = map[string]*AuditStatement{}
+		}
+		if refused {
+			au.stmts[string(name)] = refusedStatement
+			return nil
 		}
 		au.stmts[string(name)] = au.a.Statement(statementText(msg))
 	case 'B':
@@ -208,8 +218,11 @@ func (r *relay) auditRequest(typ byte, size int, msg []byte, refused bool) error
 		}
 		portal, _, _ := splitName(head[5:])
 		st := au.portals[string(portal)]
-		if st == nil {
+		switch st {
+		case nil:
 			st = unknownStatement
+		case refusedStatement:
+			return nil
 		}
 		au.push(st, "extended")
 	}
@@ -276,10 +289,30 @@ func (r *relay) auditReply(typ byte, size int, res replyResult) {
 			au.logLocked(i)
 		}
 	}
-	if res.endsUnit {
-		// What is left of the unit never ran: the server skipped it.
-		au.dropLocked(func(e *auditEntry) bool { return e.unit != 0 && e.unit <= res.unit })
+	if res.audit == 0 && typ == 'E' && au.failUnit != res.unit {
+		au.failUnit, au.failCode = res.unit, r.peekErrorCode(size)
 	}
+	if res.endsUnit {
+		au.endUnitLocked(res.unit)
+	}
+}
+
+// endUnitLocked settles the entries of the units up to unit, which has
+// ended: the server skipped what is left of them after an error. The first
+// one skipped after an error of no entry's (its Bind or Parse failed) is
+// logged with that error; the rest never ran.
+func (au *auditState) endUnitLocked(unit uint64) {
+	if au.failUnit != 0 {
+		for i := range au.q {
+			if au.q[i].unit == au.failUnit {
+				au.q[i].code = au.failCode
+				au.logLocked(i)
+				break
+			}
+		}
+		au.failUnit, au.failCode = 0, ""
+	}
+	au.dropLocked(func(e *auditEntry) bool { return e.unit != 0 && e.unit <= unit })
 }
 
 // find returns the index of entry id, dropping the entries before it: sent

@@ -99,7 +99,7 @@ func (r *relay) reply(typ byte, size int) error {
 	}
 	res := r.ledger.reply(typ, code)
 	r.wake()
-	if r.audit != nil && (res.audit != 0 || res.endsUnit) && !res.origin.own() {
+	if r.audit != nil && (res.audit != 0 || res.endsUnit || typ == 'E') && !res.origin.own() {
 		r.auditReply(typ, size, res)
 	}
 	switch {
