@@ -3,8 +3,9 @@
 // guard refusal and per failed login. A *Log implements proxy.Auditor.
 //
 // Sessions hand events to a bounded channel and never wait: one goroutine
-// encodes and writes them, and when it falls behind events are dropped and
-// counted (Dropped), so a slow disk cannot slow the relay.
+// encodes and writes them every flushEvery, and when the channel is full
+// events are dropped and counted (Dropped), so a slow disk cannot slow the
+// relay.
 package audit
 
 import (
@@ -166,55 +167,49 @@ func (l *Log) Close() {
 	<-l.done
 }
 
-// write is the writer goroutine: it encodes events, flushing when none are
-// waiting, and serves reopen requests between lines.
+// flushEvery is how often the writer takes what sessions queued. Waking it
+// per line instead would cost every statement a goroutine wake-up (and
+// often a thread's), which is most of what a line costs.
+const flushEvery = 50 * time.Millisecond
+
+// write is the writer goroutine: every flushEvery it encodes the events
+// queued and writes them out; it serves reopen requests and the close
+// after writing what was queued before them.
 func (l *Log) write(stdout io.Writer) {
 	defer close(l.done)
 	enc := json.NewEncoder(l.bw)
 	var line jsonLine
+	tick := time.NewTicker(flushEvery)
+	defer tick.Stop()
 	for {
-		var e proxy.AuditEvent
 		select {
+		case <-tick.C:
+			l.drain(enc, &line)
+			l.flush()
 		case req := <-l.reopen:
-			// Served ahead of queued events: a reload never waits behind a busy log.
+			l.drain(enc, &line)
 			l.switchOutput(req.path, stdout, enc)
 			close(req.done)
-			continue
-		default:
-		}
-		select {
-		case e = <-l.events:
-		default:
+		case <-l.stop:
+			l.drain(enc, &line)
 			l.flush()
-			select {
-			case e = <-l.events:
-			case req := <-l.reopen:
-				l.switchOutput(req.path, stdout, enc)
-				close(req.done)
-				continue
-			case <-l.stop:
-				l.drain(enc, &line)
-				l.flush()
-				if l.file != nil {
-					_ = l.file.Close()
-				}
-				return
+			if l.file != nil {
+				_ = l.file.Close()
 			}
-		}
-		line.fill(&e)
-		if err := enc.Encode(&line); err != nil {
-			l.log.Error("audit log: write failed", "err", err)
+			return
 		}
 	}
 }
 
-// drain writes what is queued when the log closes.
+// drain encodes the events queued.
 func (l *Log) drain(enc *json.Encoder, line *jsonLine) {
 	for {
 		select {
 		case e := <-l.events:
 			line.fill(&e)
-			_ = enc.Encode(line)
+			if err := enc.Encode(line); err != nil {
+				l.log.Error("audit log: write failed", "err", err)
+			}
 		default:
 			return
 		}
