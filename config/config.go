@@ -72,6 +72,9 @@ type Config struct {
 
 	// Pool says how clients share upstream connections (see pool.go).
 	Pool Pool `yaml:"pool"`
+
+	// Audit, when set, logs every tenant's statements (see audit.go).
+	Audit *Audit `yaml:"audit"`
 }
 
 // Limits bound what clients may use; zero means no limit.
@@ -312,6 +315,7 @@ func (c *Config) Validate() error {
 	c.validateLoginWays(add)
 	c.validateIdentity(add)
 	c.validatePool(add)
+	c.validateAudit(add)
 	seen := make(map[string]int, len(c.Users))
 	for i, u := range c.Users {
 		field := UserField(i, u.Name)

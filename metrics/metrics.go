@@ -289,6 +289,15 @@ func (m *Metrics) WatchPool(stats func() (open, idle, waiting int)) {
 	)
 }
 
+// WatchAudit exports dropped, the count of audit log lines dropped because
+// the writer fell behind.
+func (m *Metrics) WatchAudit(dropped func() float64) {
+	m.reg.MustRegister(prometheus.NewCounterFunc(prometheus.CounterOpts{
+		Name: "pgtenant_audit_dropped_total",
+		Help: "Audit log lines dropped because the writer fell behind (its buffer was full).",
+	}, dropped))
+}
+
 // PoolWait implements proxy.Observer.
 func (m *Metrics) PoolWait(string) { m.poolWaits.Inc() }
 

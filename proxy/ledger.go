@@ -60,6 +60,7 @@ type sentMsg struct {
 	mayCopy bool   // a Query or Execute that may start COPY FROM STDIN
 	name    string // transaction mode: the client's name of the statement it names upstream otherwise
 	gen     uint64 // transaction mode, a Query: statements.gen when it went (queryRan)
+	audit   uint64 // a Query or Execute the audit log follows: its entry (audit.go)
 }
 
 type serverState uint8
@@ -78,6 +79,7 @@ type replyResult struct {
 	name    string // sentMsg.name of that message
 	msgType byte   // and its type
 	gen     uint64 // and its sentMsg.gen
+	audit   uint64 // and its sentMsg.audit
 	// endsUnit: a ReadyForQuery that ends unit; failed: an error came in it.
 	endsUnit, failed bool
 	// async: a reply to nothing outstanding (an ErrorResponse the server
@@ -307,7 +309,7 @@ func (l *ledger) replyLocked(typ byte, code string) replyResult {
 		l.head++
 	}
 	m := l.cur
-	res := replyResult{origin: m.origin, unit: m.unit, name: m.name, msgType: m.typ, gen: m.gen}
+	res := replyResult{origin: m.origin, unit: m.unit, name: m.name, msgType: m.typ, gen: m.gen, audit: m.audit}
 	switch m.typ {
 	case 'Q', 'F', 'S':
 		switch {
@@ -419,7 +421,7 @@ func (l *ledger) startCopyLocked(s serverState) {
 // copyInReplyLocked places a reply while the server reads COPY data: the
 // COPY's end (CommandComplete after CopyDone) or an error.
 func (l *ledger) copyInReplyLocked(typ byte, code string) replyResult {
-	res := replyResult{origin: l.cur.origin, unit: l.cur.unit}
+	res := replyResult{origin: l.cur.origin, unit: l.cur.unit, msgType: l.cur.typ, audit: l.cur.audit}
 	var next *sentMsg // what ended the COPY, if the server has read it
 	if q := l.queued(); len(q) > 0 {
 		next = &q[0]
@@ -477,7 +479,7 @@ func (l *ledger) copyInReplyLocked(typ byte, code string) replyResult {
 
 // copyOutReplyLocked places a reply while the server sends COPY data.
 func (l *ledger) copyOutReplyLocked(typ byte) replyResult {
-	res := replyResult{origin: l.cur.origin, unit: l.cur.unit}
+	res := replyResult{origin: l.cur.origin, unit: l.cur.unit, msgType: l.cur.typ, audit: l.cur.audit}
 	switch typ {
 	case 'd', 'c':
 		return res

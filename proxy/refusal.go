@@ -154,6 +154,7 @@ func (r *relay) check(msg []byte) (substitute []byte, resets, deallocates bool, 
 	if verdictErr == nil {
 		return nil, resets, deallocates, nil
 	}
+	r.auditRefused(msg, verdictErr)
 	seq := r.refusals.add(verdictErr)
 	text := refusalMarker + strconv.FormatUint(seq, 10)
 	var sub pgproto3.FrontendMessage = &pgproto3.Query{String: text}

@@ -63,6 +63,7 @@ type relay struct {
 	knobs           *TestingKnobs // nil outside tests
 	user            string        // the login user, named when its token expires
 	tenant          string
+	audit           *auditState // nil when the audit log is off (audit.go)
 	// notifyScope prefixes the tenant's notification channels upstream
 	// (channels.go); channels are those of the message being relayed.
 	notifyScope string
@@ -313,9 +314,20 @@ func (r *relay) relayMessage(typ byte, size int) error {
 		r.changes = r.changes || deallocates
 		r.deallocs = deallocates
 	}
+	if r.audit != nil && msg == nil && (typ == 'Q' || typ == 'P') {
+		// The audit log needs the whole text.
+		if msg, peeked, err = r.wholeMessage(size); err != nil {
+			return err
+		}
+	}
 	mayCopy, blindExecute, err := r.trackStatements(typ, size, msg, substitute != nil)
 	if err != nil {
 		return err
+	}
+	if r.audit != nil {
+		if err := r.auditRequest(typ, size, msg, substitute != nil); err != nil {
+			return err
+		}
 	}
 	if r.pooled() {
 		if typ == 'X' {
@@ -836,6 +848,9 @@ func (r *relay) sendMsgs(msgs []byte, o origin) error {
 // sendClient records and writes one whole client message.
 func (r *relay) sendClient(msg []byte, mayCopy bool) error {
 	m := sentMsg{unit: r.seq, typ: msg[0], mayCopy: mayCopy, gen: r.queryGen}
+	if r.audit != nil {
+		m.audit = r.audit.tagSent(m.typ, r.seq)
+	}
 	if (m.typ == 'D' || m.typ == 'C') && len(msg) > 5 {
 		m.kind = msg[5]
 	}
@@ -848,6 +863,9 @@ func (r *relay) sendClient(msg []byte, mayCopy bool) error {
 // and streams it upstream.
 func (r *relay) forwardUp(typ byte, size int, mayCopy bool) error {
 	m := sentMsg{unit: r.seq, typ: typ, mayCopy: mayCopy, gen: r.queryGen}
+	if r.audit != nil {
+		m.audit = r.audit.tagSent(typ, r.seq)
+	}
 	if (typ == 'D' || typ == 'C') && size > 5 {
 		if r.cr.Buffered() < 6 {
 			if err := r.flushUp(); err != nil {

@@ -102,6 +102,9 @@ func (r *relay) reply(typ byte, size int) error {
 	}
 	res := r.ledger.reply(typ, code)
 	r.wake()
+	if r.audit != nil && (res.audit != 0 || res.endsUnit || typ == 'E') && !res.origin.own() {
+		r.auditReply(typ, size, res)
+	}
 	switch {
 	case res.async:
 		// Nothing outstanding: an asynchronous error. Pass it on.

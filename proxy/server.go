@@ -44,6 +44,10 @@ type Server struct {
 	obs     atomic.Pointer[Observer]
 	knobs   knobsHolder
 
+	audit atomic.Pointer[Auditor] // nil: the audit log is off
+	// auditDropBase counts the events dropped by auditors replaced since.
+	auditDropBase atomic.Uint64
+
 	nextConnID atomic.Uint64
 	clients    atomic.Int64 // client connections past the startup packet
 	mu         sync.Mutex

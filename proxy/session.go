@@ -41,7 +41,7 @@ func (s *Server) serveConn(conn net.Conn) {
 				established <- nil
 			}
 		}()
-		established <- s.establish(conn, rt, log)
+		established <- s.establish(conn, id, rt, log)
 	}()
 	sess := <-established
 	if sess == nil {
@@ -50,6 +50,7 @@ func (s *Server) serveConn(conn net.Conn) {
 		return
 	}
 	sess.id = id
+	sess.relay.startAudit(s.auditor(), sess.user, id)
 	obs.ConnState("startup", "active")
 	// In transaction mode the session may outlive this goroutine (parker):
 	// whichever goroutine ends it cleans up.
@@ -68,7 +69,7 @@ func (s *Server) serveConn(conn net.Conn) {
 // establish reads the startup packet, authenticates the client and starts
 // its session. On failure it tells the client, closes the connection and
 // returns nil.
-func (s *Server) establish(conn net.Conn, rt *runtime, log *slog.Logger) *session {
+func (s *Server) establish(conn net.Conn, id uint64, rt *runtime, log *slog.Logger) *session {
 	_ = conn.SetDeadline(time.Now().Add(rt.startupTimeout))
 	st, err := readStartup(conn, rt.tlsConfig)
 	if err != nil {
@@ -92,6 +93,7 @@ func (s *Server) establish(conn net.Conn, rt *runtime, log *slog.Logger) *sessio
 	cr := bufio.NewReaderSize(st.conn, relayBufSize)
 	sess, err := s.startSession(rt, st, cr, cw, log)
 	if err != nil {
+		s.auditLoginFailed(id, st, err)
 		s.refuse(cw, err, log)
 		s.clients.Add(-1)
 		st.conn.Close()

@@ -27,6 +27,7 @@ func startAdmin(cfg *config.Config, srv *proxy.Server, log *slog.Logger, ln net.
 	m := metrics.New(metrics.Options{MaxTenantLabels: cfg.MetricsTenantLabels})
 	srv.SetObserver(m)
 	m.WatchPool(srv.PoolStats)
+	m.WatchAudit(srv.AuditDropped)
 	if cfg.AdminListen == "" {
 		return func() {}, nil
 	}

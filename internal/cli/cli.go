@@ -227,6 +227,7 @@ func reload(srv *proxy.Server, configPath string, log *slog.Logger) {
 	for _, c := range closers {
 		srv.OnClose(c)
 	}
+	reloadAudit(srv, cfg.Audit, log)
 	go warnTenantTypes(context.Background(), cfg, log)
 }
 
@@ -246,6 +247,10 @@ func NewServer(cfg *config.Config, log *slog.Logger) (*proxy.Server, error) {
 	}
 	for _, c := range closers {
 		srv.OnClose(c)
+	}
+	if err := startAudit(srv, cfg.Audit, log); err != nil {
+		srv.Close()
+		return nil, err
 	}
 	return srv, nil
 }
