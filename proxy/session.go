@@ -221,6 +221,9 @@ func (s *Server) startSession(rt *runtime, st *startup, cr *bufio.Reader, cw *bu
 		return nil, err
 	}
 	g := rt.guard
+	if ident.ReadOnly {
+		g = rt.readOnlyGuard
+	}
 	if rt.unguarded[ident.User] {
 		g = nil
 	}
@@ -246,6 +249,7 @@ func (s *Server) startSession(rt *runtime, st *startup, cr *bufio.Reader, cw *bu
 	log.Info("session started", "upstream_pid", hc.PID, "connect_ms", time.Since(start).Milliseconds(), "guard", g != nil)
 	rl := newRelay(st.conn, cr, cw, hc.Conn, a, g, ident.Expires)
 	s.configureRelay(rt, rl, ident.Tenant)
+	rl.watchTransactions(rt.cfg.TenantPolicy(ident.Tenant).MaxTransactionDuration, cancelTarget{network: addr.Network(), address: addr.String(), pid: hc.PID, secret: hc.SecretKey})
 	return &session{
 		s:        s,
 		user:     st.params["user"],
@@ -264,6 +268,9 @@ func (s *Server) startSession(rt *runtime, st *startup, cr *bufio.Reader, cw *bu
 func (s *Server) configureRelay(rt *runtime, rl *relay, tenant string) {
 	rl.obs, rl.tenant = s.observer(), tenant
 	rl.knobs = s.knobs.Load()
+	if tp := rt.cfg.TenantPolicy(tenant); tp.TransactionsPerSecond > 0 {
+		rl.rate = &rateLimit{bucket: rt.limiters.bucket(tenant), rate: tp.TransactionsPerSecond, burst: tp.RateLimitBurst, maxWait: tp.RateLimitWait}
+	}
 	lim := rt.cfg.Limits
 	rl.maxMessage = lim.MaxMessageSize
 	rl.idleTimeout, rl.idleInTxTimeout = lim.IdleTimeout.Duration, lim.IdleInTransactionTimeout.Duration
@@ -317,7 +324,11 @@ func (s *Server) startPooledSession(rt *runtime, st *startup, cr *bufio.Reader, 
 	settings = append(settings, rt.contextSettings(ident)...)
 	pc := rt.pool.takeContext(settings, len(names))
 	a := pc.assertion
-	rl := newRelay(st.conn, cr, cw, nil, a, rt.pooledGuard, ident.Expires)
+	g := rt.pooledGuard
+	if ident.ReadOnly {
+		g = rt.readOnlyPooledGuard
+	}
+	rl := newRelay(st.conn, cr, cw, nil, a, g, ident.Expires)
 	rl.pooledState = pooledState{
 		pool:       rt.pool,
 		pctx:       pc,
@@ -356,6 +367,7 @@ func (s *Server) startPooledSession(rt *runtime, st *startup, cr *bufio.Reader, 
 	rl.cw = nil
 	log.Info("session started", "pool_mode", config.PoolModeTransaction, "startup_ms", time.Since(start).Milliseconds())
 	s.configureRelay(rt, rl, ident.Tenant)
+	rl.watchTransactions(rt.cfg.TenantPolicy(ident.Tenant).MaxTransactionDuration, cancelTarget{})
 	if lim := rt.cfg.Limits; lim.IdleTimeout.Duration == 0 && lim.IdleInTransactionTimeout.Duration == 0 {
 		// Idle timeouts are read deadlines: a parked client has no read.
 		if fd := connFD(st.conn); fd >= 0 {
@@ -548,6 +560,9 @@ func (ss *session) terminate() {
 }
 
 func (ss *session) close() {
+	if ss.relay != nil {
+		ss.relay.stopWatch()
+	}
 	ss.s.releaseTenant(ss.ident.Tenant)
 	ss.s.cancels.unregister(ss.key)
 	if ss.relay != nil && ss.relay.pooled() {
