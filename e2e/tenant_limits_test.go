@@ -8,6 +8,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/golang-jwt/jwt/v5"
 	"github.com/jackc/pgx/v5/pgconn"
 
 	"github.com/pgtenant/pgtenant/config"
@@ -324,3 +325,44 @@ func TestTenantRateLimit(t *testing.T) {
 }
 
 func ptr[T any](v T) *T { return &v }
+
+// Where the operator allows it, a token's claims set the session's limits
+// (jwt.limit_claims) and make it read-only (jwt.read_only_claim); a token
+// without the claims keeps the tenant's configured values.
+func TestJWTLimitClaims(t *testing.T) {
+	eachPoolMode(t, func(t *testing.T, m poolMode) {
+		e := startJWTProxy(t, m.config(modePoolSize, tenantLimits(config.TenantLimits{StatementTimeout: dur(time.Minute)}), func(c *config.Config) {
+			c.JWT.LimitClaims = map[string]string{"statement_timeout": "limits.statement_ms", "lock_timeout": "limits.lock"}
+			c.JWT.ReadOnlyClaim = "bi"
+		}))
+		claims := claimsFor(tenantA.ID, "alice@acme", time.Hour)
+		claims["limits"] = map[string]any{"statement_ms": 250, "lock": "3s"}
+		claims["bi"] = true
+		conn, err := e.connect("alice@acme", sign(t, jwt.SigningMethodHS256, []byte(hmacSecret), "", claims))
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer conn.Close(context.Background())
+		if got := strings.Join(queryRows(t, conn, "SELECT current_setting('statement_timeout'), current_setting('lock_timeout'), current_setting('default_transaction_read_only')")[0], " "); got != "250ms 3s on" {
+			t.Errorf("limits and read-only from the claims: %s", got)
+		}
+		if err := execErr(conn, "SELECT pg_sleep(1)"); pgCode(err) != "57014" {
+			t.Errorf("statement past the claim's timeout: %v, want 57014", err)
+		}
+		for _, sql := range []string{"SET statement_timeout = 0", "BEGIN READ WRITE"} {
+			if err := execErr(conn, sql); pgCode(err) != "42501" {
+				t.Errorf("%s: %v, want 42501", sql, err)
+			}
+			queryRows(t, conn, "ROLLBACK")
+		}
+
+		plain, err := e.connect("alice@acme", sign(t, jwt.SigningMethodHS256, []byte(hmacSecret), "", claimsFor(tenantA.ID, "alice@acme", time.Hour)))
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer plain.Close(context.Background())
+		if got := strings.Join(queryRows(t, plain, "SELECT current_setting('statement_timeout'), current_setting('default_transaction_read_only')")[0], " "); got != "1min off" {
+			t.Errorf("without the claims: %s, want the tenant's 1min and read-write", got)
+		}
+	})
+}
