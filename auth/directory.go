@@ -38,6 +38,13 @@ type Identity struct {
 	// Role, when set, is SET ROLE'd at every transaction start (from a JWT
 	// claim, checked against the allow-list).
 	Role string
+	// ReadOnly asserts default_transaction_read_only = on with the context
+	// (users[].read_only, a JWT's read-only claim); the guard keeps it on.
+	ReadOnly bool
+	// Limits are limit settings (statement_timeout, ...) from the identity
+	// source, where the operator allows it (jwt.limit_claims): they replace
+	// the tenant's configured values. Milliseconds.
+	Limits []Setting
 	// Expires, when set, is when the session's credential expires: no
 	// transaction may start after it.
 	Expires time.Time
@@ -58,6 +65,8 @@ type ConnInfo struct {
 type Entry struct {
 	Credentials scram.StoredCredentials
 	Tenant      string
+	Role        string // upstream role, SET at every transaction start; "" for none
+	ReadOnly    bool
 }
 
 // Directory looks users up by name.
@@ -105,7 +114,7 @@ func NewStaticDirectory(users []config.User) (dir Directory, plaintextUsers []st
 			}
 			plaintextUsers = append(plaintextUsers, u.Name)
 		}
-		d[u.Name] = Entry{Credentials: creds, Tenant: u.Tenant}
+		d[u.Name] = Entry{Credentials: creds, Tenant: u.Tenant, Role: u.Role, ReadOnly: u.ReadOnly}
 	}
 	return d, plaintextUsers, nil
 }

@@ -14,9 +14,12 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
+	"math"
 	"net/http"
 	"os"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -542,6 +545,26 @@ func (v *JWTVerifier) Verify(token, user string) (Identity, error) {
 		id.Role = role
 	}
 
+	if c := v.cfg.ReadOnlyClaim; c != "" {
+		val, found := claimAt(claims, c)
+		ro, isBool := val.(bool)
+		if found && val != nil && !isBool {
+			return fail("read-only claim must be a boolean; %s is %s", quoteEcho(c), jsonKind(val))
+		}
+		id.ReadOnly = ro
+	}
+	for _, name := range slices.Sorted(maps.Keys(v.cfg.LimitClaims)) {
+		val, found := claimAt(claims, v.cfg.LimitClaims[name])
+		if !found || val == nil {
+			continue // the tenant's configured value stands
+		}
+		ms, err := limitMillis(val)
+		if err != nil {
+			return fail("claim %s for %s: %v", quoteEcho(v.cfg.LimitClaims[name]), name, err)
+		}
+		id.Limits = append(id.Limits, Setting{Name: name, Value: strconv.FormatInt(ms, 10)})
+	}
+
 	names := make([]string, 0, len(v.cfg.Settings))
 	for name := range v.cfg.Settings {
 		names = append(names, name)
@@ -736,4 +759,32 @@ func quoteEcho(s string) string {
 		s = s[:maxEchoLen] + "..."
 	}
 	return fmt.Sprintf("%q", s)
+}
+
+// limitMillis reads a limit claim: a number of milliseconds, or a duration
+// string ("30s"). 0 means no limit, as in PostgreSQL.
+func limitMillis(val any) (int64, error) {
+	var ms float64
+	switch v := val.(type) {
+	case float64:
+		ms = v
+	case json.Number:
+		f, err := v.Float64()
+		if err != nil {
+			return 0, err
+		}
+		ms = f
+	case string:
+		d, err := time.ParseDuration(v)
+		if err != nil {
+			return 0, errors.New("not a duration such as \"30s\"")
+		}
+		ms = float64(d.Milliseconds())
+	default:
+		return 0, fmt.Errorf("must be a number of milliseconds or a duration string, not %s", jsonKind(val))
+	}
+	if ms < 0 || ms > 1<<31-1 || ms != math.Trunc(ms) {
+		return 0, errors.New("must be a whole number of milliseconds from 0 to 2147483647")
+	}
+	return int64(ms), nil
 }

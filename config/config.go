@@ -75,6 +75,15 @@ type Config struct {
 
 	// Audit, when set, logs every tenant's statements (see audit.go).
 	Audit *Audit `yaml:"audit"`
+
+	// TenantDefaults and Tenants are the per-tenant section: limits and
+	// caps for every tenant, and per tenant id (see tenants.go).
+	TenantDefaults TenantLimits            `yaml:"tenant_defaults"`
+	Tenants        map[string]TenantLimits `yaml:"tenants"`
+
+	// Deprecations lists the deprecated keys the file uses, for a warning
+	// at startup and reload.
+	Deprecations []string `yaml:"-"`
 }
 
 // Limits bound what clients may use; zero means no limit.
@@ -127,6 +136,12 @@ type User struct {
 	Guard *bool `yaml:"guard"`
 	// PoolMode overrides pool.mode for this user: "session" or "transaction".
 	PoolMode string `yaml:"pool_mode"`
+	// Role, when set, is the upstream role pgtenant SETs ROLE to at every
+	// transaction start (the upstream login role must be a member of it).
+	Role string `yaml:"role"`
+	// ReadOnly asserts default_transaction_read_only = on with the
+	// context, and the guard refuses every way to turn it off.
+	ReadOnly bool `yaml:"read_only"`
 }
 
 // GuardEnabled reports whether the statement guard checks this user's SQL.
@@ -201,6 +216,9 @@ func Parse(data []byte) (*Config, error) {
 	}
 	if c.TLS != nil && c.TLS.Mode == "" {
 		c.TLS.Mode = DefaultTLSMode
+	}
+	if err := c.deprecatedTenantCaps(); err != nil {
+		return nil, err
 	}
 	if err := c.Validate(); err != nil {
 		return nil, err
@@ -314,8 +332,10 @@ func (c *Config) Validate() error {
 
 	c.validateLoginWays(add)
 	c.validateIdentity(add)
+	c.migrateTenantCaps()
 	c.validatePool(add)
 	c.validateAudit(add)
+	c.validateTenants(add)
 	seen := make(map[string]int, len(c.Users))
 	for i, u := range c.Users {
 		field := UserField(i, u.Name)
@@ -333,6 +353,12 @@ func (c *Config) Validate() error {
 		}
 		if u.Password == "" {
 			add(field, "password: must not be empty; use a SCRAM-SHA-256 verifier from `pgtenant passwd` (plaintext only for development)")
+		}
+		if u.Role != "" && hasControl(u.Role) {
+			add(field, "role: must not contain control characters")
+		}
+		if u.ReadOnly && !u.GuardEnabled() {
+			add(field, "read_only: needs the guard: without it the user could turn read-only off")
 		}
 		switch {
 		case u.Tenant == "":

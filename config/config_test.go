@@ -100,7 +100,7 @@ func TestParseErrors(t *testing.T) {
 		want []string // substrings that must all appear in the error
 	}{
 		{"unknown key names line", up + "listn: x\n" + users, []string{"line 2", "listn"}},
-		{"unknown nested key", up + "users:\n  - {name: a, password: p, tenant: t, role: r}\n", []string{"line 3", "role"}},
+		{"unknown nested key", up + "users:\n  - {name: a, password: p, tenant: t, rol: r}\n", []string{"line 3", "rol", "did you mean \"role\""}},
 		{"unset env var", up + "users:\n  - {name: a, password: ${PGTENANT_TEST_UNSET_VAR}, tenant: t}\n", []string{"line 3", "PGTENANT_TEST_UNSET_VAR", "not set"}},
 		{"unterminated env", up + users + "log_level: ${PGTENANT\n", []string{"line 4", "unterminated"}},
 		{"bad env name", up + "users:\n  - {name: a, password: ${1X}, tenant: t}\n", []string{"invalid environment variable name"}},

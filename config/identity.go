@@ -74,6 +74,15 @@ type JWT struct {
 	// transaction start; only roles in AllowedRoles are accepted.
 	RoleClaim    string   `yaml:"role_claim"`
 	AllowedRoles []string `yaml:"allowed_roles"`
+	// LimitClaims lets tokens set the tenant's limits (opt-in): limit
+	// setting (statement_timeout, lock_timeout,
+	// idle_in_transaction_session_timeout) -> claim path. A claim is a
+	// number of milliseconds or a duration string ("30s"); it replaces
+	// the tenant's configured value.
+	LimitClaims map[string]string `yaml:"limit_claims"`
+	// ReadOnlyClaim names a boolean claim: true makes the session read-only
+	// (as users[].read_only).
+	ReadOnlyClaim string `yaml:"read_only_claim"`
 }
 
 // JWTKey is a PEM public key file (RSA, ECDSA or Ed25519).
@@ -191,6 +200,7 @@ func (c *Config) ProtectedSettings() []string {
 			out = append(out, j.ClaimsSetting)
 		}
 	}
+	out = append(out, c.ProtectedLimitSettings()...)
 	slices.Sort(out)
 	return out
 }
@@ -276,6 +286,14 @@ func (c *Config) validateIdentity(add func(field, format string, args ...any)) {
 		}
 		if j.ClaimsSetting != "" && !tenantSettingRE.MatchString(j.ClaimsSetting) {
 			add("jwt.claims_setting", "%q is not a custom setting name", j.ClaimsSetting)
+		}
+		for name, claim := range j.LimitClaims {
+			if !slices.Contains(LimitSettings, name) {
+				add("jwt.limit_claims", "%q is not one of %s", name, strings.Join(LimitSettings, ", "))
+			}
+			if claim == "" {
+				add("jwt.limit_claims", "%q: the claim must not be empty", name)
+			}
 		}
 		if j.RoleClaim != "" && len(j.AllowedRoles) == 0 {
 			add("jwt.allowed_roles", "must list the roles role_claim may name")

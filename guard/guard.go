@@ -37,6 +37,10 @@ type Policy struct {
 	// connections are shared with other clients one transaction at a time,
 	// so statements that leave session-level state behind are refused too.
 	Pooled bool
+	// ReadOnly is set for read-only sessions: nothing may turn
+	// default_transaction_read_only off or start a read-write transaction
+	// (readonly.go).
+	ReadOnly bool
 }
 
 // Verdict is the guard's answer for one message's SQL.
@@ -84,6 +88,7 @@ type Guard struct {
 	prefix   string          // lower-case prefix of the tenant setting, with the dot
 	settings map[string]bool // lower-case protected setting names
 	pooled   bool            // Policy.Pooled
+	readOnly bool            // Policy.ReadOnly
 
 	mu    sync.Mutex
 	cache map[string]Verdict // verdicts of full checks of prepared statements
@@ -94,7 +99,7 @@ const cacheLimit = 4096
 
 // New builds a guard for p.
 func New(p Policy) *Guard {
-	g := &Guard{settings: map[string]bool{}, cache: map[string]Verdict{}, pooled: p.Pooled}
+	g := &Guard{settings: map[string]bool{}, cache: map[string]Verdict{}, pooled: p.Pooled, readOnly: p.ReadOnly}
 	name := strings.ToLower(p.TenantSetting)
 	g.settings[name] = true
 	if i := strings.IndexByte(name, '.'); i >= 0 {
@@ -109,12 +114,17 @@ func New(p Policy) *Guard {
 	for _, s := range []string{"role", "session_authorization", "row_security"} {
 		g.settings[s] = true
 	}
+	if p.ReadOnly {
+		for _, s := range readOnlySettings {
+			g.settings[s] = true
+		}
+	}
 	return g
 }
 
 // CheckQuery checks the text of a simple Query message.
 func (g *Guard) CheckQuery(sql []byte) Verdict {
-	if screen(sql, g.pooled) {
+	if screen(sql, g.pooled) && (!g.readOnly || readOnlyScreen(sql)) {
 		return Verdict{}
 	}
 	return g.full(string(sql), true)
@@ -123,7 +133,7 @@ func (g *Guard) CheckQuery(sql []byte) Verdict {
 // CheckParse checks the text of a Parse message. Verdicts are cached by text,
 // since drivers prepare the same statements on every connection.
 func (g *Guard) CheckParse(sql []byte) Verdict {
-	if screen(sql, g.pooled) {
+	if screen(sql, g.pooled) && (!g.readOnly || readOnlyScreen(sql)) {
 		return Verdict{}
 	}
 	g.mu.Lock()
@@ -298,6 +308,9 @@ func (c *checker) visit(m protoreflect.Message) bool {
 		c.visitPooled(m)
 	}
 	c.visitChannels(m)
+	if c.g.readOnly {
+		c.visitReadOnly(m)
+	}
 	switch n := m.Interface().(type) {
 	case *pg_query.A_Const:
 		// A string constant is data, not a name: 'set_config' is harmless.

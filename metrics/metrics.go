@@ -68,6 +68,8 @@ type Metrics struct {
 	panics       *prometheus.CounterVec
 	pins         *prometheus.CounterVec
 	pinned       prometheus.Gauge
+	rateWait     *prometheus.HistogramVec
+	rateRefused  *prometheus.CounterVec
 
 	maxTenants int
 	// tenants maps admitted tenants to their counters. The map is never
@@ -90,9 +92,14 @@ type tenantCounters struct {
 	sessions     prometheus.Counter
 	bytesFrom    prometheus.Counter
 	bytesTo      prometheus.Counter
+	rateWait     prometheus.Observer
+	rateRefused  prometheus.Counter
 }
 
 var _ proxy.Observer = (*Metrics)(nil)
+
+// rateWaitBuckets cover no wait to 10s (seconds).
+var rateWaitBuckets = []float64{0, .001, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10}
 
 // upstreamBuckets cover 1ms to 10s (seconds).
 var upstreamBuckets = []float64{.001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10}
@@ -180,9 +187,20 @@ func New(opts Options) *Metrics {
 		Help: "Bugs caught in a session (where: client, upstream); the session ended, its upstream connection was closed, the proxy went on.",
 	}, []string{"where"})
 
+	m.rateWait = prometheus.NewHistogramVec(prometheus.HistogramOpts{
+		Name:    "pgtenant_rate_limit_wait_seconds",
+		Help:    "Time transaction starts waited for their turn under the tenant's transactions_per_second, by tenant.",
+		Buckets: rateWaitBuckets,
+	}, []string{"tenant"})
+	m.rateRefused = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "pgtenant_rate_limit_refusals_total",
+		Help: "Sessions ended because a transaction start would have waited longer than the tenant's rate_limit_wait, by tenant.",
+	}, []string{"tenant"})
+
 	m.reg.MustRegister(
 		conns, m.connClosed, m.auth, upstream, m.upstreamLatency,
 		m.transactions, m.statements, m.errors, m.refusals, m.bytes, m.sessions, m.poolWaits, m.panics, m.pins, m.pinned,
+		m.rateWait, m.rateRefused,
 		collectors.NewGoCollector(),
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 	)
@@ -298,6 +316,17 @@ func (m *Metrics) WatchAudit(dropped func() float64) {
 	}, dropped))
 }
 
+// RateLimitWait implements proxy.Observer: the wait of an admitted
+// transaction start is observed, a refusal counted.
+func (m *Metrics) RateLimitWait(tenant string, wait time.Duration, refused bool) {
+	c := m.tenant(tenant)
+	if refused {
+		c.rateRefused.Inc()
+		return
+	}
+	c.rateWait.Observe(wait.Seconds())
+}
+
 // PoolWait implements proxy.Observer.
 func (m *Metrics) PoolWait(string) { m.poolWaits.Inc() }
 
@@ -371,5 +400,7 @@ func (m *Metrics) counters(tenant string) *tenantCounters {
 		sessions:     m.sessions.WithLabelValues(tenant),
 		bytesFrom:    m.bytes.WithLabelValues(tenant, "from_client"),
 		bytesTo:      m.bytes.WithLabelValues(tenant, "to_client"),
+		rateWait:     m.rateWait.WithLabelValues(tenant),
+		rateRefused:  m.rateRefused.WithLabelValues(tenant),
 	}
 }

@@ -35,6 +35,10 @@ type Observer interface {
 	// with the reason: "WITH HOLD cursor", "temporary table", "LISTEN",
 	// "session advisory lock") or unpinned (delta -1).
 	Pinned(reason string, delta int)
+	// RateLimitWait reports a transaction start of tenant under its rate
+	// limit: how long it waited for its turn, or, refused, how long it
+	// would have.
+	RateLimitWait(tenant string, wait time.Duration, refused bool)
 	// Panic reports a bug caught in one session (where: "client", the
 	// request side; "upstream", the reply side): that session ended and its
 	// upstream connection was closed, and the proxy went on.
@@ -67,3 +71,5 @@ func (nopObserver) SessionEnd(string, int64, int64)      {}
 func (nopObserver) PoolWait(string)                      {}
 func (nopObserver) Panic(string)                         {}
 func (nopObserver) Pinned(string, int)                   {}
+
+func (nopObserver) RateLimitWait(string, time.Duration, bool) {}

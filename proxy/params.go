@@ -51,6 +51,18 @@ var identityParams = map[string]bool{
 type startupPolicy struct {
 	tenantSetting string // e.g. app.tenant_id
 	tenantPrefix  string // e.g. app.
+	// limits are the limit settings pgtenant asserts (statement_timeout...):
+	// a client may not set them at startup either.
+	limits map[string]bool
+}
+
+// protect makes the policy refuse the limit settings names.
+func (p startupPolicy) protect(names []string) startupPolicy {
+	p.limits = make(map[string]bool, len(names))
+	for _, n := range names {
+		p.limits[n] = true
+	}
+	return p
 }
 
 func newStartupPolicy(tenantSetting string) startupPolicy {
@@ -102,6 +114,14 @@ func (p startupPolicy) check(name, value string) *pgconn.PgError {
 			Code:     codeInsufficientPrivilege,
 			Message:  `permission denied to set parameter "` + name + `"`,
 			Detail:   "pgtenant sets the tenant context and identity itself; a client may not set them at startup.",
+		}
+	}
+	if p.limits[lower] {
+		return &pgconn.PgError{
+			Severity: severityFatal,
+			Code:     codeInsufficientPrivilege,
+			Message:  `permission denied to set parameter "` + name + `"`,
+			Detail:   "pgtenant asserts this limit for the tenant; a client may not set it.",
 		}
 	}
 	if !lexsafe.Safe(lower, value) {

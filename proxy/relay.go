@@ -68,6 +68,9 @@ type relay struct {
 	// (channels.go); channels are those of the message being relayed.
 	notifyScope string
 	channels    []guard.Channel
+	rate        *rateLimit                     // the tenant's transaction rate limit; nil: none (limits.go)
+	txw         *txWatch                       // the tenant's max_transaction_duration; nil: none
+	endReason   atomic.Pointer[pgconn.PgError] // why pgtenant closed the upstream under the session (txWatch)
 
 	ledger   ledger        // what the upstream owes, in order
 	txStatus atomic.Uint32 // status byte of the last ReadyForQuery
@@ -297,6 +300,12 @@ func (r *relay) relayMessage(typ byte, size int) error {
 		// The settings and pin read back behind the last unit decide how
 		// this one is asserted, and whether it needs a new pin (check).
 		if err := r.takeReadback(); err != nil {
+			return err
+		}
+	}
+	if startsUnit && r.rate != nil && r.mayNeedAssertion() {
+		// A transaction may start: before a pooled connection is taken.
+		if err := r.waitForToken(); err != nil {
 			return err
 		}
 	}
@@ -811,6 +820,7 @@ func (r *relay) sendAssertion(o origin) error {
 	inline := r.assertDue
 	r.assertDue = nil
 	r.stats.assertions.Add(1)
+	r.txStarted()
 	r.obs.Transaction(r.tenant)
 	r.obs.Statements(r.tenant, r.stats.statements)
 	r.stats.statements = 0

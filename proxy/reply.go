@@ -40,6 +40,9 @@ func (r *relay) upstreamToClient() (err error) {
 
 // upstreamReadError names why reading from the upstream failed.
 func (r *relay) upstreamReadError(err error) error {
+	if e := r.endReason.Load(); e != nil {
+		return e // pgtenant closed it (max_transaction_duration)
+	}
 	if errors.Is(err, io.EOF) || errors.Is(err, net.ErrClosed) || errors.Is(err, syscall.ECONNRESET) {
 		// A reset too: a backend that exits with input unread resets.
 		return errUpstreamLost
@@ -300,6 +303,7 @@ func (r *relay) readyForQuery(size int, res replyResult) error {
 		}
 	}
 	left := r.ledger.unitDone()
+	r.txIdle(status, int64(left))
 	if left == 0 {
 		r.armIdleTimeout()
 		r.armUpstreamTimeout(r.rconn)

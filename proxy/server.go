@@ -84,6 +84,11 @@ type runtime struct {
 	// startupTimeout bounds the time from accept to the end of
 	// authentication (PostgreSQL's authentication_timeout).
 	startupTimeout time.Duration
+
+	// Read-only sessions (users[].read_only, jwt.read_only_claim) have
+	// guards of their own; readOnlyPooledGuard is nil when pooledGuard is.
+	readOnlyGuard, readOnlyPooledGuard *guard.Guard
+	limiters                           *rateLimiters // per-tenant transaction rate limits
 }
 
 // New prepares a server from a validated config.
@@ -140,8 +145,9 @@ func newRuntime(cfg *config.Config, authn Authenticator, old *runtime, log *slog
 		auth:           authn,
 		upstreamConfig: upstreamConfig,
 		database:       upstreamConfig.Database,
-		policy:         newStartupPolicy(cfg.TenantSetting),
+		policy:         newStartupPolicy(cfg.TenantSetting).protect(cfg.ProtectedLimitSettings()),
 		guard:          guard.New(guard.Policy{TenantSetting: cfg.TenantSetting, ExtraSettings: cfg.ProtectedSettings()}),
+		readOnlyGuard:  guard.New(guard.Policy{TenantSetting: cfg.TenantSetting, ExtraSettings: cfg.ProtectedSettings(), ReadOnly: true}),
 		unguarded:      make(map[string]bool),
 		protected:      append([]string{cfg.TenantSetting, "role"}, cfg.ProtectedSettings()...),
 		startupTimeout: cfg.Auth.Timeout.Duration,
@@ -149,7 +155,10 @@ func newRuntime(cfg *config.Config, authn Authenticator, old *runtime, log *slog
 	rt.carryRules = newCarryRules(rt.protected, rt.policy)
 	if cfg.UsesTransactionPool() {
 		rt.pooledGuard = guard.New(guard.Policy{TenantSetting: cfg.TenantSetting, ExtraSettings: cfg.ProtectedSettings(), Pooled: true})
+		rt.readOnlyPooledGuard = guard.New(guard.Policy{TenantSetting: cfg.TenantSetting, ExtraSettings: cfg.ProtectedSettings(), Pooled: true, ReadOnly: true})
 	}
+	// Token buckets survive a reload: a reload must not hand out a burst.
+	rt.limiters = newRateLimiters(old)
 	// The back-off state survives a reload unless its settings changed.
 	if old != nil && old.cfg.Auth.Throttle == cfg.Auth.Throttle {
 		rt.throttle = old.throttle
@@ -495,7 +504,8 @@ func (s *Server) OnClose(f func()) {
 }
 
 // contextSettings are the settings asserted for an identity: the tenant,
-// its signature, the settings from its claims, and its role last.
+// its signature, the settings from its claims, its limits, read-only, and
+// its role last.
 func (rt *runtime) contextSettings(ident auth.Identity) []setting {
 	settings := []setting{{name: rt.cfg.TenantSetting, value: ident.Tenant}}
 	if rt.signingKey != nil {
@@ -503,6 +513,10 @@ func (rt *runtime) contextSettings(ident auth.Identity) []setting {
 	}
 	for _, st := range ident.Settings {
 		settings = append(settings, setting{name: st.Name, value: st.Value})
+	}
+	settings = append(settings, limitSettings(rt.cfg.TenantPolicy(ident.Tenant), ident.Limits)...)
+	if ident.ReadOnly {
+		settings = append(settings, setting{name: "default_transaction_read_only", value: "on"})
 	}
 	if ident.Role != "" {
 		settings = append(settings, setting{name: "role", value: ident.Role})

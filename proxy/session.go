@@ -230,6 +230,9 @@ func (s *Server) startSession(rt *runtime, st *startup, cr *bufio.Reader, cw *bu
 		return nil, err
 	}
 	g := rt.guard
+	if ident.ReadOnly {
+		g = rt.readOnlyGuard
+	}
 	if rt.unguarded[ident.User] {
 		g = nil
 	}
@@ -255,6 +258,7 @@ func (s *Server) startSession(rt *runtime, st *startup, cr *bufio.Reader, cw *bu
 	log.Info("session started", "upstream_pid", hc.PID, "connect_ms", time.Since(start).Milliseconds(), "guard", g != nil)
 	rl := newRelay(st.conn, cr, cw, hc.Conn, a, g, ident.Expires)
 	s.configureRelay(rt, rl, ident)
+	rl.watchTransactions(rt.cfg.TenantPolicy(ident.Tenant).MaxTransactionDuration, cancelTarget{network: addr.Network(), address: addr.String(), pid: hc.PID, secret: hc.SecretKey})
 	return &session{
 		s:        s,
 		user:     st.params["user"],
@@ -276,6 +280,9 @@ func (s *Server) configureRelay(rt *runtime, rl *relay, ident auth.Identity) {
 		rl.notifyScope = channelScope(ident.Tenant)
 	}
 	rl.knobs = s.knobs.Load()
+	if tp := rt.cfg.TenantPolicy(ident.Tenant); tp.TransactionsPerSecond > 0 {
+		rl.rate = &rateLimit{bucket: rt.limiters.bucket(ident.Tenant), rate: tp.TransactionsPerSecond, burst: tp.RateLimitBurst, maxWait: tp.RateLimitWait}
+	}
 	lim := rt.cfg.Limits
 	rl.maxMessage = lim.MaxMessageSize
 	rl.idleTimeout, rl.idleInTxTimeout = lim.IdleTimeout.Duration, lim.IdleInTransactionTimeout.Duration
@@ -329,7 +336,11 @@ func (s *Server) startPooledSession(rt *runtime, st *startup, cr *bufio.Reader, 
 	settings = append(settings, rt.contextSettings(ident)...)
 	pc := rt.pool.takeContext(settings, len(names))
 	a := pc.assertion
-	rl := newRelay(st.conn, cr, cw, nil, a, rt.pooledGuard, ident.Expires)
+	g := rt.pooledGuard
+	if ident.ReadOnly {
+		g = rt.readOnlyPooledGuard
+	}
+	rl := newRelay(st.conn, cr, cw, nil, a, g, ident.Expires)
 	rl.pooledState = pooledState{
 		pool:       rt.pool,
 		pctx:       pc,
@@ -368,6 +379,7 @@ func (s *Server) startPooledSession(rt *runtime, st *startup, cr *bufio.Reader, 
 	rl.cw = nil
 	log.Info("session started", "pool_mode", config.PoolModeTransaction, "startup_ms", time.Since(start).Milliseconds())
 	s.configureRelay(rt, rl, ident)
+	rl.watchTransactions(rt.cfg.TenantPolicy(ident.Tenant).MaxTransactionDuration, cancelTarget{})
 	if lim := rt.cfg.Limits; lim.IdleTimeout.Duration == 0 && lim.IdleInTransactionTimeout.Duration == 0 {
 		// Idle timeouts are read deadlines: a parked client has no read.
 		if fd := connFD(st.conn); fd >= 0 {
@@ -560,6 +572,9 @@ func (ss *session) terminate() {
 }
 
 func (ss *session) close() {
+	if ss.relay != nil {
+		ss.relay.stopWatch()
+	}
 	ss.s.releaseTenant(ss.ident.Tenant)
 	ss.s.cancels.unregister(ss.key)
 	if ss.relay != nil && ss.relay.pooled() {

@@ -265,6 +265,9 @@ func newAuthenticator(cfg *config.Config, log *slog.Logger) (proxy.Authenticator
 	for _, u := range plaintext {
 		log.Warn("user has a plaintext password in the config; use a SCRAM verifier from `pgtenant passwd` outside development", "user", u)
 	}
+	for _, d := range cfg.Deprecations {
+		log.Warn("deprecated config key: " + d)
+	}
 	var closers []func()
 	closeAll := func() {
 		for _, c := range closers {
