@@ -3,6 +3,7 @@ package e2e
 import (
 	"context"
 	"errors"
+	"fmt"
 	"strings"
 	"sync"
 	"testing"
@@ -46,7 +47,7 @@ func listen(t *testing.T, p *testProxy, tn demo.Tenant) *listener {
 // returns them.
 func (l *listener) drain(t *testing.T, n int) []string {
 	t.Helper()
-	deadline := time.Now().Add(3 * time.Second)
+	deadline := time.Now().Add(3*time.Second + time.Duration(n)*time.Millisecond)
 	for {
 		l.mu.Lock()
 		got := append([]string(nil), l.got...)
@@ -132,5 +133,90 @@ func TestNotificationChannelLength(t *testing.T) {
 		}
 		// The connection goes on.
 		mustExec(t, a.conn, "SELECT 1")
+	})
+}
+
+// A LISTEN takes effect as PostgreSQL says: not in a block that rolls
+// back or past a savepoint rolled back to; UNLISTEN *, DISCARD ALL and a
+// driver's reset string end them all. In transaction mode listeners hold
+// no connection: here three of them and a notifier share a pool of one.
+func TestNotificationsTransactional(t *testing.T) {
+	eachPoolMode(t, func(t *testing.T, m poolMode) {
+		p := startProxy(t, m.config(1, func(c *config.Config) {
+			c.Users = append(c.Users, config.User{Name: tenantA2.User, Password: tenantA2.Password, Tenant: tenantA2.ID})
+		}))
+		a, a2, b := listen(t, p, tenantA), listen(t, p, tenantA2), listen(t, p, tenantB)
+		mustExec(t, a.conn, "LISTEN kept")
+		mustExec(t, a.conn, "BEGIN; LISTEN dropped; ROLLBACK")
+		mustExec(t, a.conn, "BEGIN; SAVEPOINT s; LISTEN undone; ROLLBACK TO s; LISTEN later; COMMIT")
+		mustExec(t, a2.conn, "LISTEN kept; LISTEN gone; UNLISTEN *")
+		mustExec(t, a2.conn, "LISTEN again")
+		mustExec(t, b.conn, "LISTEN kept")
+		mustExec(t, b.conn, "SELECT pg_advisory_unlock_all(); CLOSE ALL; UNLISTEN *; RESET ALL;")
+		for _, l := range []*listener{a, a2, b} {
+			mustExec(t, l.conn, "SELECT 1") // whatever the client does next
+		}
+		n := p.pgconnect(t, tenantA)
+		for _, ch := range []string{"kept", "dropped", "undone", "later", "gone", "again"} {
+			mustExec(t, n, "NOTIFY "+ch+", '"+ch+"'")
+		}
+		nb := p.pgconnect(t, tenantB)
+		mustExec(t, nb, "NOTIFY kept, 'b'")
+		for _, tc := range []struct {
+			l    *listener
+			who  string
+			want []string
+		}{
+			{a, "A", []string{"kept=kept", "later=later"}},
+			{a2, "A2", []string{"again=again"}},
+			{b, "B", nil},
+		} {
+			if got := tc.l.drain(t, len(tc.want)); strings.Join(got, ";") != strings.Join(tc.want, ";") {
+				t.Errorf("%s heard %q, want %q", tc.who, got, tc.want)
+			}
+		}
+		mustExec(t, a.conn, "UNLISTEN *")
+		mustExec(t, n, "NOTIFY kept, 'after discard'")
+		if got := a.drain(t, 3); len(got) != 2 {
+			t.Errorf("after UNLISTEN *, A heard %q", got)
+		}
+	})
+}
+
+// Notifications come in the order they were sent, also to a client that
+// runs transactions between them; a listener that does not read its
+// notifications never holds up the others (in transaction mode it is
+// disconnected once too many wait for it).
+func TestNotificationsSlowListener(t *testing.T) {
+	eachPoolMode(t, func(t *testing.T, m poolMode) {
+		p := startProxy(t, m.config(2))
+		fast := listen(t, p, tenantA)
+		mustExec(t, fast.conn, "LISTEN flood")
+		slow := p.pgconnect(t, tenantA)
+		mustExec(t, slow, "LISTEN flood")
+		// slow never reads again: its socket and pgtenant's queue fill up.
+		n := p.pgconnect(t, tenantA)
+		const count = 5000 // 40 MB: more than pgtenant queues, or sockets hold
+		payload := strings.Repeat("p", 7900)
+		mustExec(t, n, fmt.Sprintf("SELECT pg_notify('flood', g || ':%s') FROM generate_series(1, %d) g", payload, count))
+		got := fast.drain(t, count)
+		if len(got) != count {
+			t.Fatalf("the reading listener heard %d of %d", len(got), count)
+		}
+		for i, g := range got {
+			if !strings.HasPrefix(g, fmt.Sprintf("flood=%d:", i+1)) {
+				t.Fatalf("notification %d is %.20q: out of order", i, g)
+			}
+		}
+		if m.tx {
+			// pgtenant gives up on the slow one once a write has waited 5s.
+			time.Sleep(6 * time.Second)
+			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+			defer cancel()
+			_, err := slow.Exec(ctx, "SELECT 1").ReadAll()
+			if err == nil {
+				t.Error("the listener that read nothing is still connected")
+			}
+		}
 	})
 }

@@ -21,6 +21,8 @@ import (
 type Channel struct {
 	Start, End int    // byte offsets: the identifier's token, or pg_notify's first argument
 	Name       string // the identifier as PostgreSQL reads it; "" for an expression
+	Listen     bool   // named by a LISTEN
+	Unlisten   bool   // named by an UNLISTEN
 }
 
 // Expr reports whether the channel is pg_notify's argument, not an identifier.
@@ -37,9 +39,16 @@ func (c *checker) visitChannels(m protoreflect.Message) {
 	switch n := m.Interface().(type) {
 	case *pg_query.ListenStmt:
 		c.channelNames++
+		c.listening = true
 	case *pg_query.UnlistenStmt:
 		if n.Conditionname != "" {
 			c.channelNames++
+		}
+		c.listening = true
+		c.unlistensAll = c.unlistensAll || n.Conditionname == ""
+	case *pg_query.DiscardStmt:
+		if n.Target == pg_query.DiscardMode_DISCARD_ALL {
+			c.listening, c.unlistensAll = true, true
 		}
 	case *pg_query.NotifyStmt:
 		c.channelNames++
@@ -106,7 +115,7 @@ func findChannels(sql string, names int, notifyCalls []int) ([]Channel, *pgconn.
 		if name == "" {
 			return nil, refused("permission denied: pgtenant cannot scope this notification channel name", "Write channel names as plain or double-quoted identifiers.")
 		}
-		out = append(out, Channel{Start: int(nt.Start), End: int(nt.End), Name: truncateIdentifier(name)})
+		out = append(out, Channel{Start: int(nt.Start), End: int(nt.End), Name: truncateIdentifier(name), Listen: t.Token == pg_query.Token_LISTEN, Unlisten: t.Token == pg_query.Token_UNLISTEN})
 	}
 	if len(out) != names {
 		return nil, refused("permission denied: pgtenant cannot scope this statement's notification channels", "")

@@ -81,6 +81,10 @@ type Verdict struct {
 	// Channels are the notification channels the text names, where they
 	// stand: the relay scopes them to the tenant (channels.go).
 	Channels []Channel
+	// Listening is set when the text may change which channels the session
+	// listens on (LISTEN, UNLISTEN, DISCARD ALL); UnlistensAll when it may
+	// end them all (UNLISTEN *, DISCARD ALL).
+	Listening, UnlistensAll bool
 }
 
 // Guard checks statement texts against a Policy. It is safe for concurrent use.
@@ -203,6 +207,8 @@ func (g *Guard) full(sql string, simple bool) Verdict {
 		}
 		executes = append(executes, c.executes...)
 		channelNames += c.channelNames
+		v.Listening = v.Listening || c.listening
+		v.UnlistensAll = v.UnlistensAll || c.unlistensAll
 		notifyArgs = append(notifyArgs, c.notifyArgs...)
 		if len(c.notifyArgs) > 0 && !runsNow(raw.Stmt) {
 			return Verdict{Err: refused("permission denied: pg_notify may not be stored in the database through pgtenant",
@@ -286,6 +292,8 @@ type checker struct {
 	executes        []string // the names EXECUTE statements run
 
 	// Notification channels (channels.go).
+	listening     bool               // LISTEN, UNLISTEN or DISCARD ALL
+	unlistensAll  bool               // UNLISTEN * or DISCARD ALL
 	channelNames  int                // identifiers naming one
 	notifyArgs    []int              // pg_notify's first arguments' locations
 	dropsOnCommit *pg_query.RangeVar // the temporary table an ON COMMIT DROP creates

@@ -337,8 +337,8 @@ var pooledCases = []struct {
 	{sql: "LISTEN x; SELECT set_config('a', 'b', false)", pooled: CodeRefused, plain: CodeRefused},
 
 	// 2. LISTEN.
-	{sql: "LISTEN jobs", pins: PinListen},
-	{sql: `listen "Jobs"`, pins: PinListen},
+	{sql: "LISTEN jobs"}, // the pool's hub listens for it: no pin
+	{sql: `listen "Jobs"`},
 	{sql: "UNLISTEN jobs"},
 	{sql: "UNLISTEN *"},
 	{sql: "NOTIFY jobs, 'x'"},

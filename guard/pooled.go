@@ -4,8 +4,8 @@ package guard
 // clients, of other tenants, between that session's transactions. Whatever a
 // statement leaves on the connection beyond its transaction would leak into,
 // or get in the way of, whoever gets the connection next. Session settings
-// the relay carries per client; holdable cursors, temporary tables, LISTEN
-// and session advisory locks pin the connection to the client (Verdict.Pins)
+// the relay carries per client; holdable cursors, temporary tables and
+// session advisory locks pin the connection to the client (Verdict.Pins)
 // until they are gone; SQL prepared statements the relay carries
 // (prepared.go); temporary objects named through pg_temp and what can read
 // other clients' state off the connection a pooled guard refuses.
@@ -53,7 +53,6 @@ var connectionViews = map[string]string{
 const (
 	PinCursor       = "WITH HOLD cursor"
 	PinTempTable    = "temporary table"
-	PinListen       = "LISTEN"
 	PinAdvisoryLock = "session advisory lock"
 	PinPrepared     = "SQL prepared statement"
 )
@@ -96,8 +95,6 @@ func (c *checker) visitPooled(m protoreflect.Message) {
 		}
 	case *pg_query.VariableSetStmt:
 		c.pooledSet(n)
-	case *pg_query.ListenStmt:
-		c.pin(PinListen)
 	case *pg_query.CreateStmt:
 		// Its table cannot outlive the transaction.
 		if n.Oncommit == pg_query.OnCommitAction_ONCOMMIT_DROP {

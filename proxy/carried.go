@@ -43,20 +43,23 @@ type carryState struct {
 	pinMsgs []byte   // the same, counting what keeps the connection pinned
 	// prepares are the client's PREPAREs whose parameter types are to be
 	// read back (sqlprepared.go); asked, those the readback outstanding asks for.
-	prepares []*clientStmt
-	asked    int
+	prepares      []*clientStmt
+	asked         int
+	askedChannels bool // the readback outstanding lists channels
 
 	// Reply side while it reads a readback's rows.
 	rows    []setting
 	failed  bool
 	pinLeft string // the pin state count read back ("" if not asked)
 	stmts   []stmtTypes
+	chans   []string
 
 	// Handed from the reply side to the request side: answered is set last.
 	answered atomic.Bool
 	next     *poolContext // the context of the client's new settings, nil if unchanged (leaseMu)
 	idle     bool         // the readback ran outside a transaction block (leaseMu)
 	found    []stmtTypes  // the PREPAREs it found, when idle (leaseMu)
+	channels []string     // the channels it listed, when idle (leaseMu)
 }
 
 // readbackName names the readback's statement and portal upstream.
@@ -87,6 +90,15 @@ func readbackSQL(custom []string, pinned bool) string {
 // readbackMessages is the readback as extended-protocol messages: a Query
 // would drop the client's unnamed statement.
 func readbackMessages(custom []string, pinned bool, stmts string) []byte {
+	return readbackMessagesWith(custom, pinned, stmts, false)
+}
+
+// readbackMessagesWith is readbackMessages, listing the connection's
+// channels, then unlistening them, when channels (listening.go).
+func readbackMessagesWith(custom []string, pinned bool, stmts string, channels bool) []byte {
+	if channels {
+		stmts += readbackChannelsSQL
+	}
 	var buf []byte
 	for _, m := range []pgproto3.FrontendMessage{
 		// Whatever an earlier readback that failed left under the names.
@@ -97,11 +109,13 @@ func readbackMessages(custom []string, pinned bool, stmts string) []byte {
 		&pgproto3.Execute{Portal: readbackName},
 		&pgproto3.Close{ObjectType: 'P', Name: readbackName},
 		&pgproto3.Close{ObjectType: 'S', Name: readbackName},
-		&pgproto3.Sync{},
 	} {
 		buf = mustEncode(buf, m)
 	}
-	return buf
+	if channels {
+		buf = append(buf, unlistenMessages...)
+	}
+	return mustEncode(buf, &pgproto3.Sync{})
 }
 
 var plainReadback = readbackMessages(nil, false, "")
@@ -179,8 +193,8 @@ func (r *relay) readBack() error {
 	}
 	msgs := plainReadback
 	switch {
-	case len(r.carry.prepares) > 0:
-		msgs = readbackMessages(r.carry.custom, r.pinned.Load(), readbackStmtsSQL(r.carry.prepares))
+	case len(r.carry.prepares) > 0 || r.listen.tracking:
+		msgs = readbackMessagesWith(r.carry.custom, r.pinned.Load(), readbackStmtsSQL(r.carry.prepares), r.listen.tracking)
 	case r.pinned.Load():
 		if r.carry.pinMsgs == nil {
 			r.carry.pinMsgs = readbackMessages(r.carry.custom, true, "")
@@ -197,6 +211,7 @@ func (r *relay) readBack() error {
 	}
 	r.carry.sent = true
 	r.carry.asked = len(r.carry.prepares)
+	r.carry.askedChannels = r.listen.tracking
 	return r.sendMsgs(msgs, fromReadback)
 }
 
@@ -213,13 +228,19 @@ func (r *relay) takeReadback() error {
 	c.sent = false
 	c.answered.Store(false)
 	r.leaseMu.Lock()
-	next, idle, pinned, found := c.next, c.idle, r.pin != "", c.found
-	c.next, c.found = nil, nil
+	next, idle, pinned, found, channels := c.next, c.idle, r.pin != "", c.found, c.channels
+	c.next, c.found, c.channels = nil, nil, nil
 	r.leaseMu.Unlock()
 	if idle && c.asked > 0 {
 		r.resolvePrepares(found)
 	}
-	if idle && !pinned {
+	if idle && c.askedChannels {
+		c.askedChannels = false
+		if err := r.takeChannels(channels); err != nil {
+			return err
+		}
+	}
+	if idle && !pinned && !r.listen.tracking {
 		c.touched = false
 	}
 	if next != nil {
@@ -238,6 +259,8 @@ func (r *relay) readbackRow(size int) error {
 	switch name, value, ok := twoTextColumns(msg[5:]); {
 	case ok && name == "":
 		r.carry.pinLeft = value
+	case ok && strings.HasPrefix(name, readbackChanTag):
+		r.carry.chans = append(r.carry.chans, name[len(readbackChanTag):])
 	case ok && strings.HasPrefix(name, readbackStmtTag):
 		r.carry.stmts = append(r.carry.stmts, stmtTypes{server: name[len(readbackStmtTag):], oids: value})
 	case ok:
@@ -272,7 +295,7 @@ func twoTextColumns(body []byte) (string, string, bool) {
 func (r *relay) readbackAnswered(status byte) {
 	c := &r.carry
 	defer func() {
-		c.rows, c.failed, c.pinLeft, c.stmts = c.rows[:0], false, "", nil
+		c.rows, c.failed, c.pinLeft, c.stmts, c.chans = c.rows[:0], false, "", nil, nil
 		c.answered.Store(true)
 	}()
 	c.idle = status == 'I' && !c.failed
@@ -285,7 +308,7 @@ func (r *relay) readbackAnswered(status byte) {
 	if c.pinLeft == "0" {
 		r.unpinLocked() // nothing left that needs this connection
 	}
-	c.found = c.stmts
+	c.found, c.channels = c.stmts, c.chans
 	settings, own := r.settingsFrom(c.rows)
 	key := setStatements(settings)
 	// What the client committed is now exactly the connection's.

@@ -28,7 +28,6 @@ import (
 const pinStateSQL = " UNION ALL SELECT '', ((SELECT pg_catalog.count(*) FROM pg_catalog.pg_cursors WHERE is_holdable)" +
 	" OPERATOR(pg_catalog.+) (SELECT pg_catalog.count(*) FROM pg_catalog.pg_class" +
 	" WHERE relnamespace OPERATOR(pg_catalog.=) pg_catalog.pg_my_temp_schema())" +
-	" OPERATOR(pg_catalog.+) (SELECT pg_catalog.count(*) FROM pg_catalog.pg_listening_channels())" +
 	" OPERATOR(pg_catalog.+) (SELECT pg_catalog.count(*) FROM pg_catalog.pg_prepared_statements" +
 	" WHERE from_sql AND NOT pg_catalog.starts_with(name, 'pgtenant_'))" +
 	" OPERATOR(pg_catalog.+) (SELECT pg_catalog.count(*) FROM pg_catalog.pg_locks" +

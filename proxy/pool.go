@@ -108,6 +108,15 @@ type txPool struct {
 
 	ctxMu    sync.Mutex
 	contexts map[string]*poolContext // by key, while a session uses it
+
+	hubOnce sync.Once
+	hub     *notifyHub // listens for the pool's clients (notifyhub.go)
+}
+
+// notifyHub returns the pool's hub, made on first use.
+func (p *txPool) notifyHub() *notifyHub {
+	p.hubOnce.Do(func() { p.hub = newNotifyHub(p.ctx, p.connect) })
+	return p.hub
 }
 
 // poolContext is what the sessions with one set of settings (startup
@@ -781,6 +790,10 @@ func (p *txPool) close() {
 	for _, sc := range idle {
 		sc.dead.Store(true)
 		sc.conn.Close()
+	}
+	p.hubOnce.Do(func() {}) // no hub is made from here on
+	if p.hub != nil {
+		p.hub.close()
 	}
 	<-p.done
 	p.readers.Wait()

@@ -48,6 +48,11 @@ type pooledState struct {
 	prepare      *guard.Prepare
 	executes     []guard.NameAt
 	stmtExecutes []*clientStmt
+	listening    bool // and its Listening
+	unlistensAll bool // and its UnlistensAll
+	// The client's channels and notifications (listening.go, notifyhub.go).
+	listen listenState
+	notes  *noteBox
 
 	// The client's own settings (carried.go): startup are its startup
 	// parameters, context the tenant context asserted after them.
@@ -300,6 +305,9 @@ func (r *relay) endWrite() {
 	if r.sc != nil && !r.attached {
 		r.releaseLocked()
 	}
+	if r.notes != nil {
+		r.notes.poke() // a kept lease may now be between transactions
+	}
 	r.leaseMu.Unlock()
 }
 
@@ -307,6 +315,9 @@ func (r *relay) endWrite() {
 // that leaves nothing outstanding and the upstream idle. Caller holds leaseMu.
 func (r *relay) detachLocked() {
 	r.attached = false
+	if r.notes != nil {
+		r.notes.poke() // between transactions: notifications may go
+	}
 	r.rsc.holder.Store(nil)
 	if r.cw.Buffered() == 0 {
 		// Flushed at the ReadyForQuery that ended the lease.
@@ -467,6 +478,7 @@ func (r *relay) relayStatementMessage(typ byte, size int, msg []byte, peeked boo
 			st.unnamed = append(st.unnamed[:0:0], msg...)
 			st.unnamedChanges, st.unnamedDeallocates, st.unnamedPins = r.changes, r.deallocs, r.pins
 			st.unnamedRuns = r.stmtExecutes
+			st.unnamedChans = r.channelChange()
 			st.mu.Unlock()
 			sc.mu.Lock()
 			undo.prevOwner, undo.prevOwnerN = sc.unnamed, sc.unnamedN
@@ -488,7 +500,8 @@ func (r *relay) relayStatementMessage(typ byte, size int, msg []byte, peeked boo
 			return r.writeRewrittenAs(len(msg), peeked, existing.client)
 		}
 		server := serverStmtName(r.pctx.key, rest)
-		cs := &clientStmt{client: string(name), server: server, parse: appendParse(nil, server, rest), changes: r.changes, deallocates: r.deallocs, pins: r.pins, runs: r.stmtExecutes}
+		cs := &clientStmt{client: string(name), server: server, parse: appendParse(nil, server, rest), changes: r.changes, deallocates: r.deallocs, pins: r.pins, runs: r.stmtExecutes,
+			chans: r.channelChange()}
 		st.mu.Lock()
 		if st.byName == nil {
 			st.byName = map[string]*clientStmt{} // most clients never prepare by name
@@ -630,11 +643,16 @@ func (r *relay) relayBind(size int) error {
 		st.mu.Lock()
 		changes := st.unnamedChanges && st.unnamed != nil
 		deallocates := st.unnamedDeallocates && st.unnamed != nil
-		pins, runs := st.unnamedPins, st.unnamedRuns
+		pins, runs, chans := st.unnamedPins, st.unnamedRuns, st.unnamedChans
 		if st.unnamed == nil {
-			pins, runs = "", nil
+			pins, runs, chans = "", nil, nil
 		}
 		st.mu.Unlock()
+		if chans != nil {
+			if err := r.beforeListening(chans, mirrorInline); err != nil {
+				return err
+			}
+		}
 		if err := r.pinForBind(pins); err != nil {
 			return err
 		}
@@ -661,6 +679,11 @@ func (r *relay) relayBind(size int) error {
 		client = cs.client
 		if err := r.pinForBind(cs.pins); err != nil {
 			return err
+		}
+		if cs.chans != nil {
+			if err := r.beforeListening(cs.chans, mirrorInline); err != nil {
+				return err
+			}
 		}
 		if cs.changes {
 			r.noteSettingsChange()

@@ -291,7 +291,7 @@ func (r *relay) relayMessage(typ byte, size int) error {
 	var substitute []byte
 	peeked, resets, deallocates := false, false, false
 	r.changes, r.deallocs, r.dealloc = false, false, ""
-	r.prepare, r.executes, r.stmtExecutes, r.channels = nil, nil, nil, nil
+	r.prepare, r.executes, r.stmtExecutes, r.channels, r.listening, r.unlistensAll = nil, nil, nil, nil, false, false
 	var err error
 	// Only a unit's first message may take a new connection: anything
 	// else with none held means pgtenant lost track of the stream.
@@ -377,6 +377,11 @@ func (r *relay) relayMessage(typ byte, size int) error {
 	}
 	if (len(r.channels) > 0 || r.pooled() && (r.prepare != nil || len(r.executes) > 0)) && substitute == nil && !inCopy {
 		if msg, peeked, err = r.rewriteStatement(msg, peeked); err != nil {
+			return err
+		}
+	}
+	if chans := r.channelChange(); typ == 'Q' && chans != nil && substitute == nil && !inCopy {
+		if err := r.beforeListeningQuery(chans); err != nil {
 			return err
 		}
 	}

@@ -83,6 +83,12 @@ func (r *relay) reply(typ byte, size int) error {
 		if typ == 'S' && r.guard != nil {
 			r.watchParameter(size)
 		}
+		if typ == 'A' && r.pooled() {
+			// Left on a pooled connection: the hub is how notifications reach
+			// a transaction-mode client (listening.go).
+			_, err := r.ur.Discard(size)
+			return err
+		}
 		if typ == 'A' && r.notifyScope != "" {
 			return r.relayNotification(size)
 		}
@@ -313,6 +319,8 @@ func (r *relay) readyForQuery(size int, res replyResult) error {
 			// From here on another connection's reader may serve this relay:
 			// nothing below touches the reply side's state.
 			r.detachLocked()
+		} else if left == 0 && status == 'I' && r.notes != nil {
+			r.notes.poke() // kept (pinned): between transactions all the same
 		}
 		r.leaseMu.Unlock()
 	}

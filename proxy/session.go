@@ -578,6 +578,7 @@ func (ss *session) close() {
 	ss.s.releaseTenant(ss.ident.Tenant)
 	ss.s.cancels.unregister(ss.key)
 	if ss.relay != nil && ss.relay.pooled() {
+		ss.relay.stopListening()
 		ss.relay.endLease()
 		ss.relay.pool.dropContext(ss.relay.pctx.key)
 		ss.relay.leaseMu.Lock()

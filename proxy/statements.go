@@ -93,6 +93,8 @@ type clientStmt struct {
 	// inner is a carried PREPARE's statement text; parse is nil until its
 	// parameter types are read back.
 	inner string
+	// chans: running it may change the client's channels (listening.go).
+	chans *channelChange
 }
 
 // statements is a client's prepared-statement state in transaction mode.
@@ -105,7 +107,9 @@ type statements struct {
 	// unnamedRuns is like clientStmt.runs. A skipped Parse does not bring
 	// the previous back: preparing more than needed is harmless.
 	unnamedRuns []*clientStmt
-	gen         uint64 // which unnamed Parse that was
+	// unnamedChans is like clientStmt.chans, with the same caveat.
+	unnamedChans *channelChange
+	gen          uint64 // which unnamed Parse that was
 
 	// mu guards replies, and byName and unnamed against undo by the
 	// reply side; changed signals that replies were resolved.
