@@ -33,6 +33,13 @@ type TenantLimits struct {
 	// RateLimitWait bounds how long a transaction start waits for its
 	// token; past it the session ends with 53400 (default 5s).
 	RateLimitWait *Duration `yaml:"rate_limit_wait"`
+
+	// The tenant's placement (tenants only; see placement.go): the upstream
+	// its sessions use (default: the top-level one), the schema its
+	// search_path is set to, and the role its sessions SET ROLE to.
+	Upstream string `yaml:"upstream"`
+	Schema   string `yaml:"schema"`
+	Role     string `yaml:"role"`
 }
 
 // Default rate-limit settings.
