@@ -48,6 +48,9 @@ type Identity struct {
 	// Expires, when set, is when the session's credential expires: no
 	// transaction may start after it.
 	Expires time.Time
+	// Upstream and Schema, when set, place the tenant's session there
+	// instead of where the config's tenants section says (db_users).
+	Upstream, Schema string
 }
 
 // Setting is one custom setting and its value.

@@ -1,0 +1,135 @@
+package e2e
+
+import (
+	"context"
+	"fmt"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5/pgconn"
+
+	"github.com/pgtenant/pgtenant/config"
+	"github.com/pgtenant/pgtenant/internal/demo"
+	"github.com/pgtenant/pgtenant/internal/pgcluster"
+)
+
+// superExec runs sql as superuser in database db.
+func superExec(t *testing.T, db, sql string) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if err := pgcluster.Shared().Exec(ctx, db, sql); err != nil {
+		t.Fatalf("as superuser in %s: %v", db, err)
+	}
+}
+
+// schemaTenants places tenant A in schema placement_s1 as role
+// placement_r1 and B in placement_s2 as placement_r2: the same table
+// name in each, each role with USAGE on its own schema only and owning
+// nothing, the upstream login role a member of both (as PostgREST's
+// authenticator is).
+func schemaTenants(t *testing.T) func(*config.Config) {
+	t.Helper()
+	const drop = `
+DROP SCHEMA IF EXISTS placement_s1 CASCADE; DROP SCHEMA IF EXISTS placement_s2 CASCADE;
+DROP ROLE IF EXISTS placement_r1; DROP ROLE IF EXISTS placement_r2;`
+	superExec(t, demo.Database, drop)
+	t.Cleanup(func() { superExec(t, demo.Database, drop) })
+	var setup strings.Builder
+	for _, n := range []string{"1", "2"} {
+		fmt.Fprintf(&setup, `
+CREATE ROLE placement_r%[1]s NOLOGIN;
+GRANT placement_r%[1]s TO %[2]s;
+CREATE SCHEMA placement_s%[1]s;
+GRANT USAGE ON SCHEMA placement_s%[1]s TO placement_r%[1]s;
+CREATE TABLE placement_s%[1]s.notes (note text NOT NULL);
+GRANT SELECT, INSERT ON placement_s%[1]s.notes TO placement_r%[1]s;
+INSERT INTO placement_s%[1]s.notes VALUES ('secret of s%[1]s');`, n, demo.RLSRole)
+	}
+	superExec(t, demo.Database, setup.String())
+	return func(c *config.Config) {
+		c.Tenants = map[string]config.TenantLimits{
+			tenantA.ID: {Schema: "placement_s1", Role: "placement_r1"},
+			tenantB.ID: {Schema: "placement_s2", Role: "placement_r2"},
+		}
+	}
+}
+
+// Schema per tenant: two tenants in two schemas with the same table
+// names each see only their own tables and rows (in transaction mode, one
+// after the other on the same pooled connections); a schema-qualified name
+// of the other schema is refused by PostgreSQL (the role lacks USAGE);
+// every way to change search_path or the role is refused by the guard.
+func TestSchemaPlacement(t *testing.T) {
+	eachPoolMode(t, func(t *testing.T, m poolMode) {
+		p := m.start(t, schemaTenants(t))
+		a, b := p.pgconnect(t, tenantA), p.pgconnect(t, tenantB)
+		for i := range 2 {
+			if got := queryRows(t, a, "SELECT note FROM notes"); !slices.Equal(flat(got), []string{"secret of s1"}) {
+				t.Fatalf("round %d: A sees %v", i, got)
+			}
+			if got := queryRows(t, b, "SELECT note FROM notes"); !slices.Equal(flat(got), []string{"secret of s2"}) {
+				t.Fatalf("round %d: B sees %v", i, got)
+			}
+		}
+		queryRows(t, a, "INSERT INTO notes VALUES ('new in s1')")
+		if got := queryOne(t, b, "SELECT count(*) FROM notes WHERE note = 'new in s1'"); got != "0" {
+			t.Fatalf("B sees A's new row: %s", got)
+		}
+		if got := queryRows(t, a, "SELECT current_user, current_setting('search_path'), current_setting('app.tenant_id')"); !slices.Equal(got[0], []string{"placement_r1", "placement_s1", tenantA.ID}) {
+			t.Fatalf("A's context: %v", got)
+		}
+		for _, sql := range []string{"SELECT note FROM placement_s2.notes", "INSERT INTO placement_s2.notes VALUES ('x')"} {
+			if err := execErr(a, sql); pgCode(err) != "42501" || !strings.Contains(err.Error(), "permission denied for schema placement_s2") {
+				t.Errorf("A: %s: %v, want PostgreSQL's 42501 permission denied for schema", sql, err)
+			}
+		}
+		for _, sql := range []string{
+			"SET search_path TO placement_s2",
+			"SET search_path = public",
+			"SET SESSION search_path TO DEFAULT",
+			"RESET search_path",
+			"BEGIN; SET LOCAL search_path TO placement_s2",
+			"SELECT set_config('search_path', 'placement_s2', false)",
+			"SET ROLE placement_r2",
+			"SET ROLE NONE",
+			"RESET ROLE",
+			"SET SESSION AUTHORIZATION DEFAULT",
+		} {
+			if err := execErr(a, sql); pgCode(err) != "42501" {
+				t.Errorf("A: %s: %v, want 42501", sql, err)
+			}
+			if err := execErr(a, "ROLLBACK"); err != nil {
+				t.Fatal(err)
+			}
+		}
+		// RESET ALL is allowed: the context, search_path included, comes back.
+		queryRows(t, a, "RESET ALL")
+		if got := queryRows(t, a, "SELECT note FROM notes ORDER BY note"); !slices.Equal(flat(got), []string{"new in s1", "secret of s1"}) {
+			t.Fatalf("A after RESET ALL sees %v", got)
+		}
+		// Nor may the client name a search_path at startup.
+		for _, extra := range []string{"search_path=placement_s2", "options='-c search_path=placement_s2'"} {
+			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+			c, err := pgconn.Connect(ctx, p.connString(tenantB, extra))
+			cancel()
+			if err == nil {
+				c.Close(context.Background())
+			}
+			if pgCode(err) != "42501" || !strings.Contains(err.Error(), `permission denied to set parameter "search_path"`) {
+				t.Errorf("startup %s: %v, want FATAL 42501", extra, err)
+			}
+		}
+	})
+}
+
+// flat is the first column of rows.
+func flat(rows [][]string) []string {
+	out := make([]string, 0, len(rows))
+	for _, r := range rows {
+		out = append(out, r[0])
+	}
+	return out
+}
