@@ -3,6 +3,7 @@ package e2e
 import (
 	"context"
 	"fmt"
+	"maps"
 	"slices"
 	"strings"
 	"testing"
@@ -132,4 +133,92 @@ func flat(rows [][]string) []string {
 		out = append(out, r[0])
 	}
 	return out
+}
+
+// tenantC lives in a database of its own (databaseTenant).
+var tenantC = demo.Tenant{ID: "33333333-3333-3333-3333-333333333333", Name: "initech", User: "placement_c_app", Password: "placement_c_pw"}
+
+// placementDB is tenant C's database on the shared cluster.
+const placementDB = "placement_c"
+
+// databaseTenant creates placementDB, with a notes table whose rows
+// default to the session's tenant context, and places tenant C there as
+// upstream "c_db" (the same login role as the default upstream's).
+func databaseTenant(t *testing.T) func(*config.Config) {
+	t.Helper()
+	drop := "DROP DATABASE IF EXISTS " + placementDB + " WITH (FORCE)"
+	superExec(t, "postgres", drop)
+	superExec(t, "postgres", "CREATE DATABASE "+placementDB)
+	t.Cleanup(func() { superExec(t, "postgres", drop) })
+	superExec(t, placementDB, fmt.Sprintf(`
+CREATE TABLE notes (tenant_id uuid NOT NULL DEFAULT current_setting('app.tenant_id')::uuid, note text NOT NULL);
+GRANT SELECT, INSERT ON notes TO %s;
+INSERT INTO notes VALUES ('%s', 'secret of C');`, demo.RLSRole, tenantC.ID))
+	return func(c *config.Config) {
+		c.Users = append(c.Users, config.User{Name: tenantC.User, Password: tenantC.Password, Tenant: tenantC.ID})
+		c.Upstreams = append(c.Upstreams, config.Upstream{Name: "c_db", URL: pgcluster.Shared().URL(demo.RLSRole, demo.RLSPassword, placementDB)})
+		if c.Tenants == nil {
+			c.Tenants = map[string]config.TenantLimits{}
+		}
+		c.Tenants[tenantC.ID] = config.TenantLimits{Upstream: "c_db"}
+	}
+}
+
+// Database per tenant: tenant C, connecting with the same database name
+// as everyone, is served by its own database (in transaction mode, by that
+// upstream's own pool) with its tenant context asserted there; A and B go
+// on in the shared tables as before. The admin views show where each
+// session lives and each upstream's pool.
+func TestDatabasePlacement(t *testing.T) {
+	eachPoolMode(t, func(t *testing.T, m poolMode) {
+		p := m.start(t, databaseTenant(t))
+		a, b, c := p.pgconnect(t, tenantA), p.pgconnect(t, tenantB), p.pgconnect(t, tenantC)
+		for i := range 2 {
+			if got := queryRows(t, c, "SELECT current_database(), current_setting('app.tenant_id'), note FROM notes"); len(got) != 1 ||
+				!slices.Equal(got[0], []string{placementDB, tenantC.ID, "secret of C"}) {
+				t.Fatalf("round %d: C sees %v", i, got)
+			}
+			for _, x := range []struct {
+				conn *pgconn.PgConn
+				tn   demo.Tenant
+			}{{a, tenantA}, {b, tenantB}} {
+				got := queryRows(t, x.conn, "SELECT current_database(), current_setting('app.tenant_id'), count(*), count(*) FILTER (WHERE tenant_id::text <> current_setting('app.tenant_id')) FROM projects")
+				if len(got) != 1 || got[0][0] != demo.Database || got[0][1] != x.tn.ID || got[0][2] == "0" || got[0][3] != "0" {
+					t.Fatalf("round %d: %s sees %v", i, x.tn.Name, got)
+				}
+				if err := execErr(x.conn, "SELECT note FROM notes"); pgCode(err) != "42P01" {
+					t.Fatalf("round %d: %s reads C's table: %v", i, x.tn.Name, err)
+				}
+			}
+		}
+		queryRows(t, c, "INSERT INTO notes (note) VALUES ('new of C')")
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		conn, err := pgconn.Connect(ctx, pgcluster.Shared().SuperURL(placementDB))
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer conn.Close(context.Background())
+		if got := queryOne(t, conn, "SELECT tenant_id FROM notes WHERE note = 'new of C'"); got != tenantC.ID {
+			t.Fatalf("C's new row has tenant %q", got)
+		}
+
+		placed := map[string]string{}
+		for _, s := range p.srv.Sessions() {
+			placed[s.Tenant] = s.Upstream
+		}
+		if want := map[string]string{tenantA.ID: "default", tenantB.ID: "default", tenantC.ID: "c_db"}; !maps.Equal(placed, want) {
+			t.Errorf("sessions' upstreams %v, want %v", placed, want)
+		}
+		pools := p.srv.UpstreamPools()
+		if !m.tx {
+			if len(pools) != 0 {
+				t.Errorf("session mode has pools: %+v", pools)
+			}
+			return
+		}
+		if len(pools) != 2 || pools[0].Upstream != "default" || pools[1].Upstream != "c_db" || pools[0].Open < 1 || pools[1].Open != 1 {
+			t.Errorf("pools %+v, want default with A's and B's connections and c_db with C's one", pools)
+		}
+	})
 }

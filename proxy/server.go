@@ -422,7 +422,7 @@ func (s *Server) Sessions() []SessionInfo {
 	out := make([]SessionInfo, 0, len(s.sessions))
 	for ss := range s.sessions {
 		out = append(out, SessionInfo{
-			ID: ss.id, User: ss.ident.User, Tenant: ss.ident.Tenant, Remote: ss.client.RemoteAddr().String(),
+			ID: ss.id, User: ss.ident.User, Tenant: ss.ident.Tenant, Upstream: ss.placedOn, Remote: ss.client.RemoteAddr().String(),
 			UpstreamPID: ss.upstreamPID, Started: ss.started, TxStatus: string(rune(ss.relay.txStatus.Load())),
 			Assertions: ss.relay.stats.assertions.Load(), Refusals: ss.relay.stats.refusals.Load(),
 		})
@@ -442,6 +442,23 @@ func (s *Server) PoolStats() (open, idle, waiting int) {
 		}
 	}
 	return open, idle, waiting
+}
+
+// UpstreamPools reports each upstream's transaction pool, in name order
+// (the default first); none without a pool.
+func (s *Server) UpstreamPools() []PoolStat {
+	var out []PoolStat
+	for _, up := range s.rt.Load().upstreams {
+		if up.pool != nil {
+			st := PoolStat{Upstream: up.name}
+			st.Open, st.Idle, st.Waiting = up.pool.stats()
+			out = append(out, st)
+		}
+	}
+	slices.SortFunc(out, func(a, b PoolStat) int {
+		return cmp.Or(-cmp.Compare(b2i(a.Upstream == config.DefaultUpstream), b2i(b.Upstream == config.DefaultUpstream)), cmp.Compare(a.Upstream, b.Upstream))
+	})
+	return out
 }
 
 // Ready reports whether the server accepts sessions: not draining, and the

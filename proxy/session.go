@@ -134,6 +134,7 @@ type session struct {
 	ended       func() // cleans up once the session is over
 	id          uint64
 	ident       auth.Identity
+	placedOn    string // the name of the upstream its tenant is placed on
 	upstreamPID uint32
 	started     time.Time
 }
@@ -275,6 +276,7 @@ func (s *Server) startSession(rt *runtime, st *startup, cr *bufio.Reader, cw *bu
 		key:      key,
 
 		ident:       ident,
+		placedOn:    pl.up.name,
 		upstreamPID: hc.PID,
 		started:     time.Now(),
 	}, nil
@@ -392,7 +394,7 @@ func (s *Server) startPooledSession(rt *runtime, pl placement, st *startup, cr *
 		}
 	}
 	started = true // session.close drops the context
-	ss := &session{s: s, user: st.params["user"], client: st.conn, relay: rl, key: key, ident: ident, started: time.Now()}
+	ss := &session{s: s, user: st.params["user"], client: st.conn, relay: rl, key: key, ident: ident, placedOn: pl.up.name, started: time.Now()}
 	rl.resume = ss.resume
 	return ss, nil
 }
