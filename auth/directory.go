@@ -70,6 +70,10 @@ type Entry struct {
 	Tenant      string
 	Role        string // upstream role, SET at every transaction start; "" for none
 	ReadOnly    bool
+	// From db_users only: the tenant's placement (over the config's), and
+	// limit settings (milliseconds) replacing the tenant's.
+	Upstream, Schema string
+	Limits           []Setting
 }
 
 // Directory looks users up by name.

@@ -113,7 +113,7 @@ func setDuration(dst *time.Duration, d *Duration) {
 }
 
 // ProtectedLimitSettings are the LimitSettings some tenant's limits (or an
-// identity source: jwt.limit_claims) assert: clients may not change them.
+// identity source: jwt.limit_claims, db_users.limits) assert: clients may not change them.
 func (c *Config) ProtectedLimitSettings() []string {
 	set := map[string]bool{}
 	all := append([]TenantLimits{c.TenantDefaults}, slices.Collect(maps.Values(c.Tenants))...)
@@ -126,6 +126,13 @@ func (c *Config) ProtectedLimitSettings() []string {
 	}
 	if c.JWT != nil {
 		for name := range c.JWT.LimitClaims {
+			if slices.Contains(LimitSettings, name) {
+				set[name] = true
+			}
+		}
+	}
+	if c.DBUsers != nil {
+		for _, name := range c.DBUsers.Limits {
 			if slices.Contains(LimitSettings, name) {
 				set[name] = true
 			}

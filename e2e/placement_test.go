@@ -11,6 +11,7 @@ import (
 
 	"github.com/jackc/pgx/v5/pgconn"
 
+	"github.com/pgtenant/pgtenant/auth"
 	"github.com/pgtenant/pgtenant/config"
 	"github.com/pgtenant/pgtenant/internal/demo"
 	"github.com/pgtenant/pgtenant/internal/pgcluster"
@@ -219,6 +220,70 @@ func TestDatabasePlacement(t *testing.T) {
 		}
 		if len(pools) != 2 || pools[0].Upstream != "default" || pools[1].Upstream != "c_db" || pools[0].Open < 1 || pools[1].Open != 1 {
 			t.Errorf("pools %+v, want default with A's and B's connections and c_db with C's one", pools)
+		}
+	})
+}
+
+// db_users may place a user's tenant (upstream, schema), and give the
+// user a role, read-only and limits, as columns of its query: a user
+// whose row names schema placement_s2 sees that schema's tables only, one
+// whose row names upstream c_db sees that database, a read-only one cannot
+// write, and a limit from the row is asserted and protected. An upstream
+// the config lacks is refused at login.
+func TestDatabaseUsersPlacement(t *testing.T) {
+	eachPoolMode(t, func(t *testing.T, m poolMode) {
+		schemas, database := schemaTenants(t), databaseTenant(t)
+		superExec(t, demo.Database, dbUsersSQL+`
+DROP TABLE IF EXISTS placement_users;
+CREATE TABLE placement_users (name text PRIMARY KEY, verifier text NOT NULL, tenant text NOT NULL,
+    upstream text, schema text, role text, read_only boolean, statement_timeout int);
+GRANT SELECT ON placement_users TO pgtenant_lookup;`)
+		t.Cleanup(func() { superExec(t, demo.Database, "DROP TABLE IF EXISTS placement_users") })
+		verifier, err := auth.NewVerifier("pw")
+		if err != nil {
+			t.Fatal(err)
+		}
+		superExec(t, demo.Database, fmt.Sprintf(`INSERT INTO placement_users VALUES
+    ('in_schema', '%[1]s', 'dd', NULL, 'placement_s2', 'placement_r2', NULL, 1234),
+    ('in_database', '%[1]s', 'ee', 'c_db', NULL, NULL, true, NULL),
+    ('nowhere', '%[1]s', 'ff', 'mars', NULL, NULL, NULL, NULL)`, verifier))
+		p := m.start(t, schemas, database, func(c *config.Config) {
+			c.DBUsers = &config.DBUsers{
+				Connection: pgcluster.Shared().URL("pgtenant_lookup", "lookup_pw", demo.Database),
+				Query:      "SELECT verifier, tenant, upstream, schema, role, read_only, statement_timeout FROM placement_users WHERE name = $1",
+				Limits:     []string{"statement_timeout"},
+			}
+		})
+		user := func(name string) demo.Tenant { return demo.Tenant{User: name, Password: "pw"} }
+
+		s := p.pgconnect(t, user("in_schema"))
+		if got := queryRows(t, s, "SELECT current_user, current_setting('app.tenant_id'), current_setting('statement_timeout'), note FROM notes"); len(got) != 1 ||
+			!slices.Equal(got[0], []string{"placement_r2", "dd", "1234ms", "secret of s2"}) {
+			t.Fatalf("in_schema sees %v", got)
+		}
+		for _, sql := range []string{"SET search_path TO placement_s1", "SET statement_timeout = 0", "SELECT note FROM placement_s1.notes"} {
+			if err := execErr(s, sql); pgCode(err) != "42501" {
+				t.Errorf("in_schema: %s: %v, want 42501", sql, err)
+			}
+		}
+
+		d := p.pgconnect(t, user("in_database"))
+		if got := queryRows(t, d, "SELECT current_database(), current_setting('app.tenant_id'), count(*) FROM notes"); len(got) != 1 ||
+			!slices.Equal(got[0], []string{placementDB, "ee", "1"}) {
+			t.Fatalf("in_database sees %v", got)
+		}
+		if err := execErr(d, "INSERT INTO notes VALUES ('"+tenantC.ID+"', 'x')"); pgCode(err) != "25006" {
+			t.Errorf("read-only user's INSERT: %v, want 25006", err)
+		}
+
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		c, err := pgconn.Connect(ctx, p.connString(user("nowhere")))
+		if err == nil {
+			c.Close(context.Background())
+		}
+		if pgCode(err) != "08004" || !strings.Contains(err.Error(), `upstream "mars", which the configuration does not have`) {
+			t.Errorf("user placed on an unknown upstream: %v, want FATAL 08004", err)
 		}
 	})
 }
