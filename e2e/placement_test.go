@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"maps"
+	"os/exec"
 	"slices"
 	"strings"
 	"testing"
@@ -285,5 +286,59 @@ GRANT SELECT ON placement_users TO pgtenant_lookup;`)
 		if pgCode(err) != "08004" || !strings.Contains(err.Error(), `upstream "mars", which the configuration does not have`) {
 			t.Errorf("user placed on an unknown upstream: %v, want FATAL 08004", err)
 		}
+	})
+}
+
+// A reload (SIGHUP) changes placements for new sessions: tenant C moves
+// to its own database and A into a schema, then C back; sessions in
+// progress keep the placement they started with.
+func TestReloadPlacement(t *testing.T) {
+	eachPoolMode(t, func(t *testing.T, m poolMode) {
+		schemaTenants(t)
+		databaseTenant(t)
+		upstreams := fmt.Sprintf("upstreams: [{name: c_db, url: %q}]\n", pgcluster.Shared().URL(demo.RLSRole, demo.RLSPassword, placementDB))
+		rp := startBinary(t, m.yaml()+upstreams, tenantA, tenantB, tenantC)
+		connect := func(tn demo.Tenant) *pgconn.PgConn {
+			t.Helper()
+			c, err := rp.connect(tn)
+			if err != nil {
+				t.Fatalf("connect as %s: %v", tn.User, err)
+			}
+			t.Cleanup(func() { c.Close(context.Background()) })
+			return c
+		}
+		reload := func(extra string) {
+			t.Helper()
+			writeConfig(t, rp.config, "127.0.0.1:"+rp.port, m.yaml()+upstreams+extra, tenantA, tenantB, tenantC)
+			if out, err := exec.Command(buildBinary(t), "reload", "--pid-file", rp.pidFile).CombinedOutput(); err != nil {
+				t.Fatalf("pgtenant reload: %v\n%s", err, out)
+			}
+		}
+		oldC, oldA := connect(tenantC), connect(tenantA)
+		if got := queryOne(t, oldC, "SELECT current_database()"); got != demo.Database {
+			t.Fatalf("C before the reload is in %s", got)
+		}
+
+		reload(fmt.Sprintf("tenants:\n  %q: {upstream: c_db}\n  %q: {schema: placement_s1, role: placement_r1}\n", tenantC.ID, tenantA.ID))
+		eventually(t, 5*time.Second, "C's new sessions to go to its database", func() bool {
+			return queryOne(t, connect(tenantC), "SELECT current_database()") == placementDB
+		})
+		if got := queryOne(t, connect(tenantA), "SELECT note FROM notes"); got != "secret of s1" {
+			t.Fatalf("A after the reload sees %q", got)
+		}
+		if got := queryRows(t, oldC, "SELECT current_database(), current_setting('app.tenant_id')"); !slices.Equal(got[0], []string{demo.Database, tenantC.ID}) {
+			t.Fatalf("C's session from before the reload: %v", got)
+		}
+		if got := queryOne(t, oldA, "SELECT current_user"); got != demo.RLSRole {
+			t.Fatalf("A's session from before the reload runs as %q", got)
+		}
+		if got := queryOne(t, connect(tenantB), "SELECT current_database() || ' ' || current_user"); got != demo.Database+" "+demo.RLSRole {
+			t.Fatalf("B, not placed, after the reload: %q", got)
+		}
+
+		reload("")
+		eventually(t, 5*time.Second, "C's new sessions to come back", func() bool {
+			return queryOne(t, connect(tenantC), "SELECT current_database()") == demo.Database
+		})
 	})
 }
