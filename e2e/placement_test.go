@@ -47,9 +47,9 @@ CREATE ROLE placement_r%[1]s NOLOGIN;
 GRANT placement_r%[1]s TO %[2]s;
 CREATE SCHEMA placement_s%[1]s;
 GRANT USAGE ON SCHEMA placement_s%[1]s TO placement_r%[1]s;
-CREATE TABLE placement_s%[1]s.notes (note text NOT NULL);
-GRANT SELECT, INSERT ON placement_s%[1]s.notes TO placement_r%[1]s;
-INSERT INTO placement_s%[1]s.notes VALUES ('secret of s%[1]s');`, n, demo.RLSRole)
+CREATE TABLE placement_s%[1]s.placement_notes (note text NOT NULL);
+GRANT SELECT, INSERT ON placement_s%[1]s.placement_notes TO placement_r%[1]s;
+INSERT INTO placement_s%[1]s.placement_notes VALUES ('secret of s%[1]s');`, n, demo.RLSRole)
 	}
 	superExec(t, demo.Database, setup.String())
 	return func(c *config.Config) {
@@ -70,21 +70,21 @@ func TestSchemaPlacement(t *testing.T) {
 		p := m.start(t, schemaTenants(t))
 		a, b := p.pgconnect(t, tenantA), p.pgconnect(t, tenantB)
 		for i := range 2 {
-			if got := queryRows(t, a, "SELECT note FROM notes"); !slices.Equal(flat(got), []string{"secret of s1"}) {
+			if got := queryRows(t, a, "SELECT note FROM placement_notes"); !slices.Equal(flat(got), []string{"secret of s1"}) {
 				t.Fatalf("round %d: A sees %v", i, got)
 			}
-			if got := queryRows(t, b, "SELECT note FROM notes"); !slices.Equal(flat(got), []string{"secret of s2"}) {
+			if got := queryRows(t, b, "SELECT note FROM placement_notes"); !slices.Equal(flat(got), []string{"secret of s2"}) {
 				t.Fatalf("round %d: B sees %v", i, got)
 			}
 		}
-		queryRows(t, a, "INSERT INTO notes VALUES ('new in s1')")
-		if got := queryOne(t, b, "SELECT count(*) FROM notes WHERE note = 'new in s1'"); got != "0" {
+		queryRows(t, a, "INSERT INTO placement_notes VALUES ('new in s1')")
+		if got := queryOne(t, b, "SELECT count(*) FROM placement_notes WHERE note = 'new in s1'"); got != "0" {
 			t.Fatalf("B sees A's new row: %s", got)
 		}
 		if got := queryRows(t, a, "SELECT current_user, current_setting('search_path'), current_setting('app.tenant_id')"); !slices.Equal(got[0], []string{"placement_r1", "placement_s1", tenantA.ID}) {
 			t.Fatalf("A's context: %v", got)
 		}
-		for _, sql := range []string{"SELECT note FROM placement_s2.notes", "INSERT INTO placement_s2.notes VALUES ('x')"} {
+		for _, sql := range []string{"SELECT note FROM placement_s2.placement_notes", "INSERT INTO placement_s2.placement_notes VALUES ('x')"} {
 			if err := execErr(a, sql); pgCode(err) != "42501" || !strings.Contains(err.Error(), "permission denied for schema placement_s2") {
 				t.Errorf("A: %s: %v, want PostgreSQL's 42501 permission denied for schema", sql, err)
 			}
@@ -110,7 +110,7 @@ func TestSchemaPlacement(t *testing.T) {
 		}
 		// RESET ALL is allowed: the context, search_path included, comes back.
 		queryRows(t, a, "RESET ALL")
-		if got := queryRows(t, a, "SELECT note FROM notes ORDER BY note"); !slices.Equal(flat(got), []string{"new in s1", "secret of s1"}) {
+		if got := queryRows(t, a, "SELECT note FROM placement_notes ORDER BY note"); !slices.Equal(flat(got), []string{"new in s1", "secret of s1"}) {
 			t.Fatalf("A after RESET ALL sees %v", got)
 		}
 		// Nor may the client name a search_path at startup.
@@ -143,7 +143,7 @@ var tenantC = demo.Tenant{ID: "33333333-3333-3333-3333-333333333333", Name: "ini
 // placementDB is tenant C's database on the shared cluster.
 const placementDB = "placement_c"
 
-// databaseTenant creates placementDB, with a notes table whose rows
+// databaseTenant creates placementDB, with a placement_notes table whose rows
 // default to the session's tenant context, and places tenant C there as
 // upstream "c_db" (the same login role as the default upstream's).
 func databaseTenant(t *testing.T) func(*config.Config) {
@@ -153,9 +153,9 @@ func databaseTenant(t *testing.T) func(*config.Config) {
 	superExec(t, "postgres", "CREATE DATABASE "+placementDB)
 	t.Cleanup(func() { superExec(t, "postgres", drop) })
 	superExec(t, placementDB, fmt.Sprintf(`
-CREATE TABLE notes (tenant_id uuid NOT NULL DEFAULT current_setting('app.tenant_id')::uuid, note text NOT NULL);
-GRANT SELECT, INSERT ON notes TO %s;
-INSERT INTO notes VALUES ('%s', 'secret of C');`, demo.RLSRole, tenantC.ID))
+CREATE TABLE placement_notes (tenant_id uuid NOT NULL DEFAULT current_setting('app.tenant_id')::uuid, note text NOT NULL);
+GRANT SELECT, INSERT ON placement_notes TO %s;
+INSERT INTO placement_notes VALUES ('%s', 'secret of C');`, demo.RLSRole, tenantC.ID))
 	return func(c *config.Config) {
 		c.Users = append(c.Users, config.User{Name: tenantC.User, Password: tenantC.Password, Tenant: tenantC.ID})
 		c.Upstreams = append(c.Upstreams, config.Upstream{Name: "c_db", URL: pgcluster.Shared().URL(demo.RLSRole, demo.RLSPassword, placementDB)})
@@ -176,7 +176,7 @@ func TestDatabasePlacement(t *testing.T) {
 		p := m.start(t, databaseTenant(t))
 		a, b, c := p.pgconnect(t, tenantA), p.pgconnect(t, tenantB), p.pgconnect(t, tenantC)
 		for i := range 2 {
-			if got := queryRows(t, c, "SELECT current_database(), current_setting('app.tenant_id'), note FROM notes"); len(got) != 1 ||
+			if got := queryRows(t, c, "SELECT current_database(), current_setting('app.tenant_id'), note FROM placement_notes"); len(got) != 1 ||
 				!slices.Equal(got[0], []string{placementDB, tenantC.ID, "secret of C"}) {
 				t.Fatalf("round %d: C sees %v", i, got)
 			}
@@ -188,12 +188,12 @@ func TestDatabasePlacement(t *testing.T) {
 				if len(got) != 1 || got[0][0] != demo.Database || got[0][1] != x.tn.ID || got[0][2] == "0" || got[0][3] != "0" {
 					t.Fatalf("round %d: %s sees %v", i, x.tn.Name, got)
 				}
-				if err := execErr(x.conn, "SELECT note FROM notes"); pgCode(err) != "42P01" {
+				if err := execErr(x.conn, "SELECT note FROM placement_notes"); pgCode(err) != "42P01" {
 					t.Fatalf("round %d: %s reads C's table: %v", i, x.tn.Name, err)
 				}
 			}
 		}
-		queryRows(t, c, "INSERT INTO notes (note) VALUES ('new of C')")
+		queryRows(t, c, "INSERT INTO placement_notes (note) VALUES ('new of C')")
 		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 		defer cancel()
 		conn, err := pgconn.Connect(ctx, pgcluster.Shared().SuperURL(placementDB))
@@ -201,7 +201,7 @@ func TestDatabasePlacement(t *testing.T) {
 			t.Fatal(err)
 		}
 		defer conn.Close(context.Background())
-		if got := queryOne(t, conn, "SELECT tenant_id FROM notes WHERE note = 'new of C'"); got != tenantC.ID {
+		if got := queryOne(t, conn, "SELECT tenant_id FROM placement_notes WHERE note = 'new of C'"); got != tenantC.ID {
 			t.Fatalf("C's new row has tenant %q", got)
 		}
 
@@ -258,22 +258,22 @@ GRANT SELECT ON placement_users TO pgtenant_lookup;`)
 		user := func(name string) demo.Tenant { return demo.Tenant{User: name, Password: "pw"} }
 
 		s := p.pgconnect(t, user("in_schema"))
-		if got := queryRows(t, s, "SELECT current_user, current_setting('app.tenant_id'), current_setting('statement_timeout'), note FROM notes"); len(got) != 1 ||
+		if got := queryRows(t, s, "SELECT current_user, current_setting('app.tenant_id'), current_setting('statement_timeout'), note FROM placement_notes"); len(got) != 1 ||
 			!slices.Equal(got[0], []string{"placement_r2", "dd", "1234ms", "secret of s2"}) {
 			t.Fatalf("in_schema sees %v", got)
 		}
-		for _, sql := range []string{"SET search_path TO placement_s1", "SET statement_timeout = 0", "SELECT note FROM placement_s1.notes"} {
+		for _, sql := range []string{"SET search_path TO placement_s1", "SET statement_timeout = 0", "SELECT note FROM placement_s1.placement_notes"} {
 			if err := execErr(s, sql); pgCode(err) != "42501" {
 				t.Errorf("in_schema: %s: %v, want 42501", sql, err)
 			}
 		}
 
 		d := p.pgconnect(t, user("in_database"))
-		if got := queryRows(t, d, "SELECT current_database(), current_setting('app.tenant_id'), count(*) FROM notes"); len(got) != 1 ||
+		if got := queryRows(t, d, "SELECT current_database(), current_setting('app.tenant_id'), count(*) FROM placement_notes"); len(got) != 1 ||
 			!slices.Equal(got[0], []string{placementDB, "ee", "1"}) {
 			t.Fatalf("in_database sees %v", got)
 		}
-		if err := execErr(d, "INSERT INTO notes VALUES ('"+tenantC.ID+"', 'x')"); pgCode(err) != "25006" {
+		if err := execErr(d, "INSERT INTO placement_notes VALUES ('"+tenantC.ID+"', 'x')"); pgCode(err) != "25006" {
 			t.Errorf("read-only user's INSERT: %v, want 25006", err)
 		}
 
@@ -323,7 +323,7 @@ func TestReloadPlacement(t *testing.T) {
 		eventually(t, 5*time.Second, "C's new sessions to go to its database", func() bool {
 			return queryOne(t, connect(tenantC), "SELECT current_database()") == placementDB
 		})
-		if got := queryOne(t, connect(tenantA), "SELECT note FROM notes"); got != "secret of s1" {
+		if got := queryOne(t, connect(tenantA), "SELECT note FROM placement_notes"); got != "secret of s1" {
 			t.Fatalf("A after the reload sees %q", got)
 		}
 		if got := queryRows(t, oldC, "SELECT current_database(), current_setting('app.tenant_id')"); !slices.Equal(got[0], []string{demo.Database, tenantC.ID}) {
