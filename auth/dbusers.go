@@ -6,6 +6,8 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -29,11 +31,18 @@ const (
 )
 
 // dbRow is what the lookup query returned for one name. found is false when
-// the query returned no row.
+// the query returned no row. extra holds the optional named columns
+// (dbColumns) that were not NULL.
 type dbRow struct {
 	verifier, tenant string
 	found            bool
+	extra            map[string]string
 }
+
+// dbColumns are the columns the lookup query may return after the
+// verifier and the tenant, by name: the tenant's placement, the user's
+// role and read-only, and the limits db_users.limits allows.
+var dbColumns = []string{"upstream", "schema", "role", "read_only"}
 
 // dbQueryFunc runs the lookup query for one user name. An error means the
 // answer is unknown (database down, query broken), not that the user is.
@@ -74,6 +83,8 @@ type DBDirectory struct {
 	conn   *pgconn.PgConn
 	closed bool // under sem
 	sql    string
+	known  []string // the optional columns the query may return
+	limits []string // the limit settings among them (db_users.limits)
 }
 
 type dbCacheEntry struct {
@@ -106,6 +117,7 @@ func NewDBDirectory(cfg *config.DBUsers, log *slog.Logger) (*DBDirectory, error)
 		return nil, fmt.Errorf("db_users.connection: %w", err)
 	}
 	d := newDBDirectory(cfg, log, nil)
+	d.known = append(slices.Clone(dbColumns), cfg.Limits...)
 	d.pgCfg = pgCfg
 	d.sql = cfg.Query
 	d.query = d.pgQuery
@@ -128,6 +140,7 @@ func newDBDirectory(cfg *config.DBUsers, log *slog.Logger, query dbQueryFunc) *D
 		cache:       make(map[string]*dbCacheEntry),
 		inflight:    make(map[string]*dbCall),
 		sem:         make(chan struct{}, 1),
+		limits:      cfg.Limits,
 	}
 	if d.cacheTTL <= 0 {
 		d.cacheTTL = defaultDBCacheTTL
@@ -195,7 +208,48 @@ func (d *DBDirectory) fetch(user string) (entry Entry, found, cacheable bool) {
 		d.log.Warn("db_users: ignoring user with an empty tenant or one containing control characters", "user", user)
 		return Entry{}, false, true
 	}
-	return Entry{Credentials: creds, Tenant: row.tenant}, true, true
+	entry = Entry{Credentials: creds, Tenant: row.tenant}
+	if err := d.optional(&entry, row.extra); err != nil {
+		d.log.Warn("db_users: ignoring user with an invalid column", "user", user, "error", err)
+		return Entry{}, false, true
+	}
+	return entry, true, true
+}
+
+// optional fills entry from the optional columns of its row.
+func (d *DBDirectory) optional(entry *Entry, extra map[string]string) error {
+	for name, v := range extra {
+		if strings.IndexFunc(v, unicode.IsControl) >= 0 {
+			return fmt.Errorf("column %s contains control characters", name)
+		}
+	}
+	entry.Upstream, entry.Schema, entry.Role = extra["upstream"], extra["schema"], extra["role"]
+	if v, ok := extra["read_only"]; ok {
+		switch strings.ToLower(v) {
+		case "t", "true", "on", "1":
+			entry.ReadOnly = true
+		case "f", "false", "off", "0":
+		default:
+			return fmt.Errorf("column read_only: %q is not a boolean", v)
+		}
+	}
+	for _, name := range d.limits {
+		v, ok := extra[name]
+		if !ok {
+			continue
+		}
+		ms, err := limitMillis(v)
+		if err != nil {
+			if n, nerr := strconv.ParseInt(v, 10, 64); nerr == nil {
+				ms, err = limitMillis(float64(n))
+			}
+		}
+		if err != nil {
+			return fmt.Errorf("column %s: %v", name, err)
+		}
+		entry.Limits = append(entry.Limits, Setting{Name: name, Value: strconv.FormatInt(ms, 10)})
+	}
+	return nil
 }
 
 // store caches an answer; d.mu is held.
@@ -264,12 +318,23 @@ func (d *DBDirectory) pgQuery(ctx context.Context, user string) (dbRow, error) {
 	// from the query (text, name, varchar...).
 	rr := d.conn.ExecParams(ctx, d.sql, [][]byte{[]byte(user)}, nil, nil, nil)
 	// The row description is known even when no row follows.
-	ncols := len(rr.FieldDescriptions())
-	var rows [][2]string
+	names := columnNames(rr.FieldDescriptions())
+	ncols := len(names)
+	colErr := d.checkColumns(names)
+	var rows []dbRow
 	for rr.NextRow() {
-		if ncols == 2 && len(rows) < 2 {
+		if colErr == nil && len(rows) < 2 {
 			v := rr.Values() // only valid until the next row; NULL is nil and becomes "", which the caller rejects
-			rows = append(rows, [2]string{string(v[0]), string(v[1])})
+			row := dbRow{verifier: string(v[0]), tenant: string(v[1]), found: true}
+			for i := 2; i < ncols; i++ {
+				if v[i] != nil {
+					if row.extra == nil {
+						row.extra = map[string]string{}
+					}
+					row.extra[names[i]] = string(v[i])
+				}
+			}
+			rows = append(rows, row)
 		}
 	}
 	if _, err := rr.Close(); err != nil {
@@ -281,17 +346,46 @@ func (d *DBDirectory) pgQuery(ctx context.Context, user string) (dbRow, error) {
 		}
 		return dbRow{}, fmt.Errorf("query: %w", err)
 	}
-	if ncols != 2 {
-		return dbRow{}, fmt.Errorf("query returned %d columns; want 2 (verifier, tenant)", ncols)
+	if colErr != nil {
+		return dbRow{}, colErr
 	}
 	switch len(rows) {
 	case 0:
 		return dbRow{}, nil
 	case 1:
-		return dbRow{verifier: rows[0][0], tenant: rows[0][1], found: true}, nil
+		return rows[0], nil
 	default:
 		return dbRow{}, errors.New("query returned several rows for one user; want at most 1")
 	}
+}
+
+func columnNames(fds []pgconn.FieldDescription) []string {
+	names := make([]string, len(fds))
+	for i, fd := range fds {
+		names[i] = fd.Name
+	}
+	return names
+}
+
+// checkColumns checks the lookup query's columns: the verifier and the
+// tenant, then optional ones by name, each at most once.
+func (d *DBDirectory) checkColumns(names []string) error {
+	if len(names) < 2 {
+		return fmt.Errorf("query returned %d columns; want 2 (verifier, tenant), then optionally %s", len(names), strings.Join(d.known, ", "))
+	}
+	for i, name := range names[2:] {
+		switch {
+		case !slices.Contains(d.known, name):
+			hint := ""
+			if slices.Contains(config.LimitSettings, name) {
+				hint = " (list it in db_users.limits to let the query set it)"
+			}
+			return fmt.Errorf("query returned column %q; the columns after verifier and tenant must be named %s%s", name, strings.Join(d.known, ", "), hint)
+		case slices.Contains(names[2:2+i], name):
+			return fmt.Errorf("query returned column %q twice", name)
+		}
+	}
+	return nil
 }
 
 // dropConn closes the connection, if any; d.sem is held.

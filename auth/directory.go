@@ -48,6 +48,9 @@ type Identity struct {
 	// Expires, when set, is when the session's credential expires: no
 	// transaction may start after it.
 	Expires time.Time
+	// Upstream and Schema, when set, place the tenant's session there
+	// instead of where the config's tenants section says (db_users).
+	Upstream, Schema string
 }
 
 // Setting is one custom setting and its value.
@@ -67,6 +70,10 @@ type Entry struct {
 	Tenant      string
 	Role        string // upstream role, SET at every transaction start; "" for none
 	ReadOnly    bool
+	// From db_users only: the tenant's placement (over the config's), and
+	// limit settings (milliseconds) replacing the tenant's.
+	Upstream, Schema string
+	Limits           []Setting
 }
 
 // Directory looks users up by name.

@@ -178,7 +178,8 @@ func (a *Authenticator) authenticateSCRAM(be *pgproto3.Backend, user string, tls
 	}
 	// Leave the decoder out of SASL mode for whatever the caller reads next.
 	_ = be.SetAuthType(pgproto3.AuthTypeOk)
-	return Identity{User: user, Tenant: entry.Tenant, Method: MethodSCRAMSHA256, Role: entry.Role, ReadOnly: entry.ReadOnly}, nil
+	return Identity{User: user, Tenant: entry.Tenant, Method: MethodSCRAMSHA256, Role: entry.Role, ReadOnly: entry.ReadOnly,
+		Upstream: entry.Upstream, Schema: entry.Schema, Limits: entry.Limits}, nil
 }
 
 // mockCredentials derives stable fake credentials for an unknown user: the same

@@ -81,6 +81,14 @@ type Config struct {
 	TenantDefaults TenantLimits            `yaml:"tenant_defaults"`
 	Tenants        map[string]TenantLimits `yaml:"tenants"`
 
+	// Upstreams are more databases tenants can be placed on
+	// (tenants[id].upstream; see placement.go).
+	Upstreams []Upstream `yaml:"upstreams"`
+	// poolWritten is Pool as written, before defaults: what upstreams'
+	// pools inherit.
+	poolWritten    Pool
+	poolWrittenSet bool
+
 	// Deprecations lists the deprecated keys the file uses, for a warning
 	// at startup and reload.
 	Deprecations []string `yaml:"-"`
@@ -333,7 +341,9 @@ func (c *Config) Validate() error {
 	c.validateLoginWays(add)
 	c.validateIdentity(add)
 	c.migrateTenantCaps()
+	c.validateUpstreams(add)
 	c.validatePool(add)
+	c.validatePlacements(add)
 	c.validateAudit(add)
 	c.validateTenants(add)
 	seen := make(map[string]int, len(c.Users))

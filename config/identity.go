@@ -120,6 +120,11 @@ type DBUsers struct {
 	Query       string   `yaml:"query"`
 	CacheTTL    Duration `yaml:"cache_ttl"`    // default 60s
 	NegativeTTL Duration `yaml:"negative_ttl"` // caching of unknown names, default 10s
+	// Limits lets the query return these limit settings (statement_timeout,
+	// lock_timeout, idle_in_transaction_session_timeout) as columns of
+	// those names (opt-in, as jwt.limit_claims): the guard then protects
+	// them for every client.
+	Limits []string `yaml:"limits"`
 }
 
 var (
@@ -305,6 +310,11 @@ func (c *Config) validateIdentity(add func(field, format string, args ...any)) {
 		}
 		if !strings.Contains(d.Query, "$1") {
 			add("db_users.query", "must take the user name as $1")
+		}
+		for _, name := range d.Limits {
+			if !slices.Contains(LimitSettings, name) {
+				add("db_users.limits", "%q is not one of %s", name, strings.Join(LimitSettings, ", "))
+			}
 		}
 	}
 }

@@ -33,6 +33,13 @@ type TenantLimits struct {
 	// RateLimitWait bounds how long a transaction start waits for its
 	// token; past it the session ends with 53400 (default 5s).
 	RateLimitWait *Duration `yaml:"rate_limit_wait"`
+
+	// The tenant's placement (tenants only; see placement.go): the upstream
+	// its sessions use (default: the top-level one), the schema its
+	// search_path is set to, and the role its sessions SET ROLE to.
+	Upstream string `yaml:"upstream"`
+	Schema   string `yaml:"schema"`
+	Role     string `yaml:"role"`
 }
 
 // Default rate-limit settings.
@@ -106,7 +113,7 @@ func setDuration(dst *time.Duration, d *Duration) {
 }
 
 // ProtectedLimitSettings are the LimitSettings some tenant's limits (or an
-// identity source: jwt.limit_claims) assert: clients may not change them.
+// identity source: jwt.limit_claims, db_users.limits) assert: clients may not change them.
 func (c *Config) ProtectedLimitSettings() []string {
 	set := map[string]bool{}
 	all := append([]TenantLimits{c.TenantDefaults}, slices.Collect(maps.Values(c.Tenants))...)
@@ -119,6 +126,13 @@ func (c *Config) ProtectedLimitSettings() []string {
 	}
 	if c.JWT != nil {
 		for name := range c.JWT.LimitClaims {
+			if slices.Contains(LimitSettings, name) {
+				set[name] = true
+			}
+		}
+	}
+	if c.DBUsers != nil {
+		for _, name := range c.DBUsers.Limits {
 			if slices.Contains(LimitSettings, name) {
 				set[name] = true
 			}

@@ -246,7 +246,7 @@ func TestAdminEndpoints(t *testing.T) {
 		}
 		if m.tx {
 			// The one pooled connection, idle between the client's transactions.
-			wants = append(wants, `pgtenant_pool_connections{state="idle"} 1`)
+			wants = append(wants, `pgtenant_pool_connections{state="idle",upstream="default"} 1`)
 		}
 		for _, want := range wants {
 			if !strings.Contains(body, want) {

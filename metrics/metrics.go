@@ -284,27 +284,33 @@ func (m *Metrics) Statements(tenant string, n int64) {
 // Error implements proxy.Observer.
 func (m *Metrics) Error(tenant string) { m.tenant(tenant).errors.Inc() }
 
-// WatchPool exports the transaction pool's state, read from stats at each
-// scrape: pgtenant_pool_connections{state="idle"|"active"} and
-// pgtenant_pool_waiting_clients.
-func (m *Metrics) WatchPool(stats func() (open, idle, waiting int)) {
-	conns := func(active bool) func() float64 {
-		return func() float64 {
-			open, idle, _ := stats()
-			if active {
-				return float64(open - idle)
-			}
-			return float64(idle)
-		}
+// WatchPool exports each upstream's transaction pool, read from stats at
+// each scrape: pgtenant_pool_connections{upstream, state="idle"|"active"}
+// and pgtenant_pool_waiting_clients{upstream}. Upstreams are the
+// configured ones, so the label is bounded.
+func (m *Metrics) WatchPool(stats func() []proxy.PoolStat) {
+	m.reg.MustRegister(poolCollector{stats: stats})
+}
+
+var (
+	poolConnsDesc   = prometheus.NewDesc("pgtenant_pool_connections", "Upstream connections of the transaction pool, by upstream and state.", []string{"upstream", "state"}, nil)
+	poolWaitingDesc = prometheus.NewDesc("pgtenant_pool_waiting_clients", "Clients waiting for a pooled upstream connection, by upstream.", []string{"upstream"}, nil)
+)
+
+// poolCollector reads the pools at each scrape.
+type poolCollector struct{ stats func() []proxy.PoolStat }
+
+func (poolCollector) Describe(ch chan<- *prometheus.Desc) {
+	ch <- poolConnsDesc
+	ch <- poolWaitingDesc
+}
+
+func (c poolCollector) Collect(ch chan<- prometheus.Metric) {
+	for _, p := range c.stats() {
+		ch <- prometheus.MustNewConstMetric(poolConnsDesc, prometheus.GaugeValue, float64(p.Idle), p.Upstream, "idle")
+		ch <- prometheus.MustNewConstMetric(poolConnsDesc, prometheus.GaugeValue, float64(p.Open-p.Idle), p.Upstream, "active")
+		ch <- prometheus.MustNewConstMetric(poolWaitingDesc, prometheus.GaugeValue, float64(p.Waiting), p.Upstream)
 	}
-	m.reg.MustRegister(
-		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "pgtenant_pool_connections", Help: "Upstream connections of the transaction pool, by state.", ConstLabels: prometheus.Labels{"state": "idle"}}, conns(false)),
-		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "pgtenant_pool_connections", Help: "Upstream connections of the transaction pool, by state.", ConstLabels: prometheus.Labels{"state": "active"}}, conns(true)),
-		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "pgtenant_pool_waiting_clients", Help: "Clients waiting for a pooled upstream connection."}, func() float64 {
-			_, _, waiting := stats()
-			return float64(waiting)
-		}),
-	)
 }
 
 // WatchAudit exports dropped, the count of audit log lines dropped because

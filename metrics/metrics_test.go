@@ -12,6 +12,8 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
+
+	"github.com/pgtenant/pgtenant/proxy"
 )
 
 func TestNewRegistersOwnRegistry(t *testing.T) {
@@ -394,7 +396,9 @@ func BenchmarkTransactionOverBudget(b *testing.B) {
 
 func TestWatchPool(t *testing.T) {
 	m := New(Options{})
-	m.WatchPool(func() (int, int, int) { return 7, 3, 2 })
+	m.WatchPool(func() []proxy.PoolStat {
+		return []proxy.PoolStat{{Upstream: "default", Open: 7, Idle: 3, Waiting: 2}, {Upstream: "eu", Open: 1, Idle: 1}}
+	})
 	fams, err := m.Registry().Gather()
 	if err != nil {
 		t.Fatal(err)
@@ -412,7 +416,8 @@ func TestWatchPool(t *testing.T) {
 		}
 	}
 	for name, want := range map[string]float64{
-		"pgtenant_pool_connections/idle": 3, "pgtenant_pool_connections/active": 4, "pgtenant_pool_waiting_clients": 2,
+		"pgtenant_pool_connections/idle/default": 3, "pgtenant_pool_connections/active/default": 4, "pgtenant_pool_waiting_clients/default": 2,
+		"pgtenant_pool_connections/idle/eu": 1, "pgtenant_pool_connections/active/eu": 0, "pgtenant_pool_waiting_clients/eu": 0,
 	} {
 		if got[name] != want {
 			t.Errorf("%s = %v, want %v", name, got[name], want)

@@ -50,12 +50,21 @@ type SessionInfo struct {
 	ID          uint64    `json:"id"`
 	User        string    `json:"user"`
 	Tenant      string    `json:"tenant"`
+	Upstream    string    `json:"upstream"` // the upstream its tenant is placed on
 	Remote      string    `json:"remote"`
 	UpstreamPID uint32    `json:"upstream_pid"`
 	Started     time.Time `json:"started"`
 	TxStatus    string    `json:"tx_status"` // I, T or E as last reported by the upstream
 	Assertions  int64     `json:"assertions"`
 	Refusals    int64     `json:"refusals"`
+}
+
+// PoolStat describes one upstream's transaction pool for an admin view.
+type PoolStat struct {
+	Upstream string `json:"upstream"`
+	Open     int    `json:"open"` // idle or held
+	Idle     int    `json:"idle"`
+	Waiting  int    `json:"waiting"` // clients waiting for a connection
 }
 
 type nopObserver struct{}

@@ -799,10 +799,10 @@ func (p *txPool) close() {
 	p.readers.Wait()
 }
 
-// dialPooled opens an upstream connection for the pool: no client
-// parameters and no tenant; those come with each transaction.
-func (rt *runtime) dialPooled(ctx context.Context) (*serverConn, error) {
-	hc, err := rt.dialUpstream(ctx, nil, nil)
+// dialPooled opens a connection to up for its pool: no client parameters
+// and no tenant; those come with each transaction.
+func (rt *runtime) dialPooled(ctx context.Context, up *pgconn.Config) (*serverConn, error) {
+	hc, err := rt.dialUpstream(ctx, up, nil, nil)
 	if err != nil {
 		return nil, err
 	}

@@ -12,7 +12,6 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
-	"reflect"
 	"slices"
 	"strconv"
 	"sync"
@@ -26,7 +25,6 @@ import (
 
 	"github.com/pgtenant/pgtenant/auth"
 	"github.com/pgtenant/pgtenant/config"
-	"github.com/pgtenant/pgtenant/guard"
 	"github.com/pgtenant/pgtenant/signedctx"
 	"github.com/pgtenant/pgtenant/throttle"
 )
@@ -70,12 +68,13 @@ type runtime struct {
 	auth           Authenticator
 	tlsConfig      *tls.Config
 	requireTLS     bool
-	upstreamConfig *pgconn.Config
-	database       string
+	upstreamConfig *pgconn.Config // the default upstream's
+	database       string         // the default upstream's: the one clients name
 	policy         startupPolicy
-	guard          *guard.Guard
-	pooledGuard    *guard.Guard    // for transaction-mode sessions; nil when no user is in that mode
-	pool           *txPool         // transaction mode's upstream connections
+	guards         *guards
+	upstreams      map[string]*upstream // by name (placement.go)
+	defaultUp      *upstream
+	pool           *txPool         // the default upstream's transaction-mode connections
 	unguarded      map[string]bool // users whose SQL the guard does not check
 	protected      []string        // the settings a context may set, for any identity
 	carryRules     *carryRules     // what transaction-mode clients' carried settings leave out
@@ -85,10 +84,7 @@ type runtime struct {
 	// authentication (PostgreSQL's authentication_timeout).
 	startupTimeout time.Duration
 
-	// Read-only sessions (users[].read_only, jwt.read_only_claim) have
-	// guards of their own; readOnlyPooledGuard is nil when pooledGuard is.
-	readOnlyGuard, readOnlyPooledGuard *guard.Guard
-	limiters                           *rateLimiters // per-tenant transaction rate limits
+	limiters *rateLimiters // per-tenant transaction rate limits
 }
 
 // New prepares a server from a validated config.
@@ -105,7 +101,9 @@ func New(cfg *config.Config, authn Authenticator, log *slog.Logger) (*Server, er
 	if err != nil {
 		return nil, err
 	}
-	s.adoptPool(rt, nil)
+	if err := s.adoptUpstreams(rt, nil); err != nil {
+		return nil, err
+	}
 	s.rt.Store(rt)
 	return s, nil
 }
@@ -121,42 +119,25 @@ func (s *Server) Reload(cfg *config.Config, authn Authenticator) error {
 	if err != nil {
 		return err
 	}
-	s.adoptPool(rt, old)
+	if err := s.adoptUpstreams(rt, old); err != nil {
+		return err
+	}
 	s.rt.Store(rt)
 	s.log.Info("configuration reloaded", "users", len(cfg.Users))
 	return nil
 }
 
 func newRuntime(cfg *config.Config, authn Authenticator, old *runtime, log *slog.Logger) (*runtime, error) {
-	upstreamConfig, err := pgconn.ParseConfig(cfg.Upstream)
-	if err != nil {
-		return nil, fmt.Errorf("upstream: %w", err)
-	}
-	dial := upstreamConfig.DialFunc
-	upstreamConfig.DialFunc = func(ctx context.Context, network, addr string) (net.Conn, error) {
-		conn, err := dial(ctx, network, addr)
-		if err != nil {
-			return nil, err
-		}
-		return newDirectConn(conn), nil
-	}
 	rt := &runtime{
 		cfg:            cfg,
 		auth:           authn,
-		upstreamConfig: upstreamConfig,
-		database:       upstreamConfig.Database,
 		policy:         newStartupPolicy(cfg.TenantSetting).protect(cfg.ProtectedLimitSettings()),
-		guard:          guard.New(guard.Policy{TenantSetting: cfg.TenantSetting, ExtraSettings: cfg.ProtectedSettings()}),
-		readOnlyGuard:  guard.New(guard.Policy{TenantSetting: cfg.TenantSetting, ExtraSettings: cfg.ProtectedSettings(), ReadOnly: true}),
+		guards:         newGuards(cfg),
 		unguarded:      make(map[string]bool),
 		protected:      append([]string{cfg.TenantSetting, "role"}, cfg.ProtectedSettings()...),
 		startupTimeout: cfg.Auth.Timeout.Duration,
 	}
 	rt.carryRules = newCarryRules(rt.protected, rt.policy)
-	if cfg.UsesTransactionPool() {
-		rt.pooledGuard = guard.New(guard.Policy{TenantSetting: cfg.TenantSetting, ExtraSettings: cfg.ProtectedSettings(), Pooled: true})
-		rt.readOnlyPooledGuard = guard.New(guard.Policy{TenantSetting: cfg.TenantSetting, ExtraSettings: cfg.ProtectedSettings(), Pooled: true, ReadOnly: true})
-	}
 	// Token buckets survive a reload: a reload must not hand out a burst.
 	rt.limiters = newRateLimiters(old)
 	// The back-off state survives a reload unless its settings changed.
@@ -172,6 +153,7 @@ func newRuntime(cfg *config.Config, authn Authenticator, old *runtime, log *slog
 		}
 	}
 	if cfg.SignedContext != nil {
+		var err error
 		if rt.signingKey, err = signedctx.ParseKey(cfg.SignedContext.Key); err != nil {
 			return nil, fmt.Errorf("signed_context.key: %w", err)
 		}
@@ -185,24 +167,6 @@ func newRuntime(cfg *config.Config, authn Authenticator, old *runtime, log *slog
 		rt.requireTLS = cfg.TLS.Mode == config.TLSModeRequire
 	}
 	return rt, nil
-}
-
-// adoptPool gives rt its transaction pool: the old runtime's when the
-// upstream and the pool settings are unchanged, else a new one. A replaced
-// pool serves the sessions that started with it until Close.
-func (s *Server) adoptPool(rt, old *runtime) {
-	if !rt.cfg.UsesTransactionPool() {
-		return
-	}
-	if old != nil && old.pool != nil && old.cfg.Upstream == rt.cfg.Upstream && reflect.DeepEqual(old.cfg.Pool, rt.cfg.Pool) {
-		rt.pool = old.pool
-		return
-	}
-	rt.pool = newTxPool(rt.cfg.Pool, rt.dialPooled, s.observer)
-	rt.pool.log = s.log
-	s.mu.Lock()
-	s.pools = append(s.pools, rt.pool)
-	s.mu.Unlock()
 }
 
 // ListenAndServe listens on the configured address and serves until Close.
@@ -458,7 +422,7 @@ func (s *Server) Sessions() []SessionInfo {
 	out := make([]SessionInfo, 0, len(s.sessions))
 	for ss := range s.sessions {
 		out = append(out, SessionInfo{
-			ID: ss.id, User: ss.ident.User, Tenant: ss.ident.Tenant, Remote: ss.client.RemoteAddr().String(),
+			ID: ss.id, User: ss.ident.User, Tenant: ss.ident.Tenant, Upstream: ss.placedOn, Remote: ss.client.RemoteAddr().String(),
 			UpstreamPID: ss.upstreamPID, Started: ss.started, TxStatus: string(rune(ss.relay.txStatus.Load())),
 			Assertions: ss.relay.stats.assertions.Load(), Refusals: ss.relay.stats.refusals.Load(),
 		})
@@ -467,13 +431,34 @@ func (s *Server) Sessions() []SessionInfo {
 	return out
 }
 
-// PoolStats reports the transaction pool's upstream connections (open, of
-// them idle) and the clients waiting for one; zeros without a pool.
+// PoolStats reports the transaction pools' upstream connections (open, of
+// them idle) and the clients waiting for one, summed over the upstreams
+// new sessions use; zeros without a pool.
 func (s *Server) PoolStats() (open, idle, waiting int) {
-	if p := s.rt.Load().pool; p != nil {
-		return p.stats()
+	for _, up := range s.rt.Load().upstreams {
+		if up.pool != nil {
+			o, i, w := up.pool.stats()
+			open, idle, waiting = open+o, idle+i, waiting+w
+		}
 	}
-	return 0, 0, 0
+	return open, idle, waiting
+}
+
+// UpstreamPools reports each upstream's transaction pool, in name order
+// (the default first); none without a pool.
+func (s *Server) UpstreamPools() []PoolStat {
+	var out []PoolStat
+	for _, up := range s.rt.Load().upstreams {
+		if up.pool != nil {
+			st := PoolStat{Upstream: up.name}
+			st.Open, st.Idle, st.Waiting = up.pool.stats()
+			out = append(out, st)
+		}
+	}
+	slices.SortFunc(out, func(a, b PoolStat) int {
+		return cmp.Or(-cmp.Compare(b2i(a.Upstream == config.DefaultUpstream), b2i(b.Upstream == config.DefaultUpstream)), cmp.Compare(a.Upstream, b.Upstream))
+	})
+	return out
 }
 
 // Ready reports whether the server accepts sessions: not draining, and the
@@ -505,8 +490,8 @@ func (s *Server) OnClose(f func()) {
 
 // contextSettings are the settings asserted for an identity: the tenant,
 // its signature, the settings from its claims, its limits, read-only, and
-// its role last.
-func (rt *runtime) contextSettings(ident auth.Identity) []setting {
+// its placement's search_path and role last.
+func (rt *runtime) contextSettings(ident auth.Identity, pl placement) []setting {
 	settings := []setting{{name: rt.cfg.TenantSetting, value: ident.Tenant}}
 	if rt.signingKey != nil {
 		settings = append(settings, setting{name: rt.cfg.SignatureSetting(), value: signedctx.Sign(rt.signingKey, ident.Tenant)})
@@ -518,10 +503,7 @@ func (rt *runtime) contextSettings(ident auth.Identity) []setting {
 	if ident.ReadOnly {
 		settings = append(settings, setting{name: "default_transaction_read_only", value: "on"})
 	}
-	if ident.Role != "" {
-		settings = append(settings, setting{name: "role", value: ident.Role})
-	}
-	return settings
+	return append(settings, pl.settings()...)
 }
 
 // handleCancel forwards a CancelRequest whose key pgtenant issued. Unknown

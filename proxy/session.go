@@ -134,6 +134,7 @@ type session struct {
 	ended       func() // cleans up once the session is over
 	id          uint64
 	ident       auth.Identity
+	placedOn    string // the name of the upstream its tenant is placed on
 	upstreamPID uint32
 	started     time.Time
 }
@@ -217,22 +218,29 @@ func (s *Server) startSession(rt *runtime, st *startup, cr *bufio.Reader, cw *bu
 	if database != rt.database {
 		return nil, fatalf(codeInvalidCatalogName, "database %q does not exist", database)
 	}
+	pl, err := rt.placementOf(ident)
+	if err != nil {
+		return nil, err
+	}
+	if err := pl.checkStartup(params); err != nil {
+		return nil, err
+	}
+	if pl.up != rt.defaultUp {
+		log = log.With("upstream", pl.up.name)
+	}
 
 	if rt.pool != nil && rt.cfg.PoolModeFor(user) == config.PoolModeTransaction {
-		return s.startPooledSession(rt, st, cr, cw, ident, params, log)
+		return s.startPooledSession(rt, pl, st, cr, cw, ident, params, log)
 	}
-	a := newAssertion(rt.contextSettings(ident))
+	a := newAssertion(rt.contextSettings(ident, pl))
 	start := time.Now()
-	hc, err := rt.connectUpstream(context.Background(), params, a)
+	hc, err := rt.connectUpstream(context.Background(), pl.up.config, params, a)
 	s.observer().UpstreamConnect(time.Since(start), err)
 	if err != nil {
 		log.Warn("upstream connection failed", "err", err)
 		return nil, err
 	}
-	g := rt.guard
-	if ident.ReadOnly {
-		g = rt.readOnlyGuard
-	}
+	g := rt.guards.pick(false, ident.ReadOnly, pl)
 	if rt.unguarded[ident.User] {
 		g = nil
 	}
@@ -268,6 +276,7 @@ func (s *Server) startSession(rt *runtime, st *startup, cr *bufio.Reader, cw *bu
 		key:      key,
 
 		ident:       ident,
+		placedOn:    pl.up.name,
 		upstreamPID: hc.PID,
 		started:     time.Now(),
 	}, nil
@@ -315,7 +324,7 @@ func writeSessionStart(cw *bufio.Writer, statuses map[string]string, key cancelK
 // asserted with the tenant at every transaction start; one round trip on a
 // pooled connection checks that they apply and learns the parameter
 // statuses to report.
-func (s *Server) startPooledSession(rt *runtime, st *startup, cr *bufio.Reader, cw *bufio.Writer, ident auth.Identity, params map[string]string, log *slog.Logger) (*session, error) {
+func (s *Server) startPooledSession(rt *runtime, pl placement, st *startup, cr *bufio.Reader, cw *bufio.Writer, ident auth.Identity, params map[string]string, log *slog.Logger) (*session, error) {
 	if strings.Contains(strings.ToLower(params["search_path"]), "pg_temp") {
 		// pg_temp first in the path would make plain CREATE TABLE create
 		// temporary tables, which outlive the transaction on a shared connection.
@@ -333,16 +342,14 @@ func (s *Server) startPooledSession(rt *runtime, st *startup, cr *bufio.Reader, 
 		settings = append(settings, setting{name: name, value: params[name]})
 	}
 	// The tenant's settings last, the role at the very end.
-	settings = append(settings, rt.contextSettings(ident)...)
-	pc := rt.pool.takeContext(settings, len(names))
+	settings = append(settings, rt.contextSettings(ident, pl)...)
+	pool := pl.up.pool
+	pc := pool.takeContext(settings, len(names))
 	a := pc.assertion
-	g := rt.pooledGuard
-	if ident.ReadOnly {
-		g = rt.readOnlyPooledGuard
-	}
+	g := rt.guards.pick(true, ident.ReadOnly, pl)
 	rl := newRelay(st.conn, cr, cw, nil, a, g, ident.Expires)
 	rl.pooledState = pooledState{
-		pool:       rt.pool,
+		pool:       pool,
 		pctx:       pc,
 		startup:    settings[:len(names)],
 		context:    settings[len(names):],
@@ -352,7 +359,7 @@ func (s *Server) startPooledSession(rt *runtime, st *startup, cr *bufio.Reader, 
 	started := false
 	defer func() {
 		if !started {
-			rt.pool.dropContext(pc.key)
+			pool.dropContext(pc.key)
 		}
 	}()
 
@@ -361,13 +368,13 @@ func (s *Server) startPooledSession(rt *runtime, st *startup, cr *bufio.Reader, 
 	// a pooled connection (the pool may be busy with long transactions).
 	start := time.Now()
 	paramsKey := setStatements(settings[:len(names)])
-	merged, ok := rt.pool.cachedStatuses(paramsKey)
+	merged, ok := pool.cachedStatuses(paramsKey)
 	if !ok {
 		var err error
-		if merged, err = rt.pool.learnStatuses(ident.Tenant, pc, a.standalone, rt.cfg.ConnectTimeout.Duration); err != nil {
+		if merged, err = pool.learnStatuses(ident.Tenant, pc, a.standalone, rt.cfg.ConnectTimeout.Duration); err != nil {
 			return nil, err
 		}
-		rt.pool.cacheStatuses(paramsKey, merged)
+		pool.cacheStatuses(paramsKey, merged)
 	}
 	key := s.cancels.register(cancelTarget{pid: randomPID(), pooled: rl})
 	if err := writeSessionStart(cw, merged, key); err != nil {
@@ -387,7 +394,7 @@ func (s *Server) startPooledSession(rt *runtime, st *startup, cr *bufio.Reader, 
 		}
 	}
 	started = true // session.close drops the context
-	ss := &session{s: s, user: st.params["user"], client: st.conn, relay: rl, key: key, ident: ident, started: time.Now()}
+	ss := &session{s: s, user: st.params["user"], client: st.conn, relay: rl, key: key, ident: ident, placedOn: pl.up.name, started: time.Now()}
 	rl.resume = ss.resume
 	return ss, nil
 }

@@ -14,8 +14,8 @@ import (
 // the tenant once in a round trip of its own, so that the committed session
 // value is the client's tenant before the client sends anything, and then
 // takes over the raw connection for relaying.
-func (rt *runtime) connectUpstream(ctx context.Context, params map[string]string, a assertion) (*pgconn.HijackedConn, error) {
-	return rt.dialUpstream(ctx, params, func(ctx context.Context, conn *pgconn.PgConn) error {
+func (rt *runtime) connectUpstream(ctx context.Context, up *pgconn.Config, params map[string]string, a assertion) (*pgconn.HijackedConn, error) {
+	return rt.dialUpstream(ctx, up, params, func(ctx context.Context, conn *pgconn.PgConn) error {
 		if _, err := conn.Exec(ctx, a.statements).ReadAll(); err != nil {
 			var pgErr *pgconn.PgError
 			if errors.As(err, &pgErr) {
@@ -27,10 +27,10 @@ func (rt *runtime) connectUpstream(ctx context.Context, params map[string]string
 	})
 }
 
-// dialUpstream connects with params as startup parameters, runs setup (if
-// any) on the new connection, and hijacks it.
-func (rt *runtime) dialUpstream(ctx context.Context, params map[string]string, setup func(context.Context, *pgconn.PgConn) error) (*pgconn.HijackedConn, error) {
-	cfg := rt.upstreamConfig.Copy()
+// dialUpstream connects to up with params as startup parameters, runs
+// setup (if any) on the new connection, and hijacks it.
+func (rt *runtime) dialUpstream(ctx context.Context, up *pgconn.Config, params map[string]string, setup func(context.Context, *pgconn.PgConn) error) (*pgconn.HijackedConn, error) {
+	cfg := up.Copy()
 	for k, v := range params {
 		cfg.RuntimeParams[k] = v
 	}

@@ -26,7 +26,7 @@ import (
 func startAdmin(cfg *config.Config, srv *proxy.Server, log *slog.Logger, ln net.Listener) (func(), error) {
 	m := metrics.New(metrics.Options{MaxTenantLabels: cfg.MetricsTenantLabels})
 	srv.SetObserver(m)
-	m.WatchPool(srv.PoolStats)
+	m.WatchPool(srv.UpstreamPools)
 	m.WatchAudit(srv.AuditDropped)
 	if cfg.AdminListen == "" {
 		return func() {}, nil
@@ -88,9 +88,9 @@ func runStatus(args []string, stdout, stderr io.Writer) int {
 		return 1
 	}
 	tw := tabwriter.NewWriter(stdout, 0, 0, 2, ' ', 0)
-	fmt.Fprintln(tw, "ID\tUSER\tTENANT\tREMOTE\tUPSTREAM PID\tSTATE\tSINCE\tASSERTIONS\tREFUSALS")
+	fmt.Fprintln(tw, "ID\tUSER\tTENANT\tREMOTE\tUPSTREAM\tUPSTREAM PID\tSTATE\tSINCE\tASSERTIONS\tREFUSALS")
 	for _, s := range status.Sessions {
-		fmt.Fprintf(tw, "%d\t%s\t%s\t%s\t%d\t%s\t%s\t%d\t%d\n", s.ID, s.User, s.Tenant, s.Remote, s.UpstreamPID,
+		fmt.Fprintf(tw, "%d\t%s\t%s\t%s\t%s\t%d\t%s\t%s\t%d\t%d\n", s.ID, s.User, s.Tenant, s.Remote, s.Upstream, s.UpstreamPID,
 			map[string]string{"I": "idle", "T": "in transaction", "E": "failed transaction"}[s.TxStatus],
 			s.Started.Format(time.RFC3339), s.Assertions, s.Refusals)
 	}

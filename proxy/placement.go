@@ -1,0 +1,187 @@
+package proxy
+
+import (
+	"context"
+	"fmt"
+	"net"
+	"reflect"
+	"strings"
+
+	"github.com/jackc/pgx/v5/pgconn"
+
+	"github.com/pgtenant/pgtenant/auth"
+	"github.com/pgtenant/pgtenant/config"
+	"github.com/pgtenant/pgtenant/guard"
+)
+
+// Tenant placement (config/placement.go): each tenant's sessions go to
+// the upstream its placement names (in transaction mode, that upstream's
+// own pool), and a tenant placed in a schema gets search_path and its role
+// asserted with the context, both protected by the guard.
+
+// upstream is one database tenants are placed on.
+type upstream struct {
+	name    string
+	url     string
+	config  *pgconn.Config // dials through directConn
+	poolCfg config.Pool
+	pool    *txPool // transaction mode's connections; nil when no user is in that mode
+}
+
+// newUpstream parses an upstream's connection string.
+func newUpstream(u config.Upstream) (*upstream, error) {
+	cfg, err := pgconn.ParseConfig(u.URL)
+	if err != nil {
+		return nil, fmt.Errorf("upstream %q: %w", u.Name, err)
+	}
+	dial := cfg.DialFunc
+	cfg.DialFunc = func(ctx context.Context, network, addr string) (net.Conn, error) {
+		conn, err := dial(ctx, network, addr)
+		if err != nil {
+			return nil, err
+		}
+		return newDirectConn(conn), nil
+	}
+	return &upstream{name: u.Name, url: u.URL, config: cfg, poolCfg: u.Effective}, nil
+}
+
+// placement is where a session's tenant lives, resolved at login.
+type placement struct {
+	up     *upstream
+	schema string // "": search_path is the client's
+	role   string // the role SET with the context; "" for none
+}
+
+// placementOf resolves ident's placement: its tenant's in the config,
+// with what the identity source says (db_users columns) over it. The
+// identity's own role and the placement's must agree. A schema without a
+// role is refused: search_path alone does not isolate.
+func (rt *runtime) placementOf(ident auth.Identity) (placement, error) {
+	p := rt.cfg.Placement(ident.Tenant)
+	if ident.Upstream != "" {
+		p.Upstream = ident.Upstream
+	}
+	if ident.Schema != "" {
+		p.Schema = ident.Schema
+	}
+	role := p.Role
+	switch {
+	case ident.Role != "" && role != "" && ident.Role != role:
+		return placement{}, &pgconn.PgError{Severity: severityFatal, Code: codeInsufficientPrivilege,
+			Message: fmt.Sprintf("role %q of user %q differs from the role %q of tenant %q's placement", ident.Role, ident.User, role, ident.Tenant),
+			Hint:    "The operator must give the user no role of its own, or the placement's."}
+	case ident.Role != "":
+		role = ident.Role
+	}
+	if p.Schema != "" && role == "" {
+		return placement{}, &pgconn.PgError{Severity: severityFatal, Code: codeInsufficientPrivilege,
+			Message: fmt.Sprintf("tenant %q is placed in schema %q without a role", ident.Tenant, p.Schema),
+			Detail:  "search_path alone does not isolate a tenant: pgtenant refuses the session.",
+			Hint:    "The operator must give the tenant's placement a role with USAGE on its schema only."}
+	}
+	up := rt.upstreams[p.Upstream]
+	if up == nil {
+		return placement{}, fatalf(codeConnectionRejected, "tenant %q is placed on upstream %q, which the configuration does not have", ident.Tenant, p.Upstream)
+	}
+	return placement{up: up, schema: p.Schema, role: role}, nil
+}
+
+// checkStartup refuses a startup search_path for a tenant placed in a
+// schema: pgtenant sets it.
+func (pl placement) checkStartup(params map[string]string) error {
+	if _, ok := params["search_path"]; ok && pl.schema != "" {
+		return &pgconn.PgError{Severity: severityFatal, Code: codeInsufficientPrivilege,
+			Message: `permission denied to set parameter "search_path"`,
+			Detail:  "pgtenant sets search_path to the tenant's schema; a client may not set it."}
+	}
+	return nil
+}
+
+// placementSettings are the settings a placement adds to the context:
+// search_path, then the role (last of all).
+func (pl placement) settings() []setting {
+	var out []setting
+	if pl.schema != "" {
+		// Quoted, so that the schema's name is taken as written.
+		out = append(out, setting{name: "search_path", value: `"` + strings.ReplaceAll(pl.schema, `"`, `""`) + `"`})
+	}
+	if pl.role != "" {
+		out = append(out, setting{name: "role", value: pl.role})
+	}
+	return out
+}
+
+// guards are a runtime's statement guards, one per kind of session.
+type guards struct {
+	// By [pooled][readOnly][schema]: sessions in transaction mode, read-only
+	// ones, and those of tenants placed in a schema (search_path protected).
+	g [2][2][2]*guard.Guard
+}
+
+func newGuards(cfg *config.Config) *guards {
+	gs := &guards{}
+	for pooled := range 2 {
+		if pooled == 1 && !cfg.UsesTransactionPool() {
+			continue
+		}
+		for readOnly := range 2 {
+			for schema := range 2 {
+				extra := cfg.ProtectedSettings()
+				if schema == 1 {
+					extra = append(extra, "search_path")
+				}
+				gs.g[pooled][readOnly][schema] = guard.New(guard.Policy{TenantSetting: cfg.TenantSetting, ExtraSettings: extra,
+					Pooled: pooled == 1, ReadOnly: readOnly == 1})
+			}
+		}
+	}
+	return gs
+}
+
+// pick returns the guard of a session.
+func (gs *guards) pick(pooled, readOnly bool, pl placement) *guard.Guard {
+	return gs.g[b2i(pooled)][b2i(readOnly)][b2i(pl.schema != "")]
+}
+
+func b2i(b bool) int {
+	if b {
+		return 1
+	}
+	return 0
+}
+
+// adoptUpstreams gives rt its upstreams, each with its transaction pool
+// when some user is in that mode: the old runtime's pool where the URL and
+// the pool settings are unchanged, else a new one. A replaced pool serves
+// the sessions that started with it until Close.
+func (s *Server) adoptUpstreams(rt, old *runtime) error {
+	rt.upstreams = map[string]*upstream{}
+	for _, u := range rt.cfg.AllUpstreams() {
+		up, err := newUpstream(u)
+		if err != nil {
+			return err
+		}
+		rt.upstreams[u.Name] = up
+	}
+	rt.defaultUp = rt.upstreams[config.DefaultUpstream]
+	rt.upstreamConfig, rt.database = rt.defaultUp.config, rt.defaultUp.config.Database
+	if !rt.cfg.UsesTransactionPool() {
+		return nil
+	}
+	for _, up := range rt.upstreams {
+		if old != nil {
+			if o := old.upstreams[up.name]; o != nil && o.pool != nil && o.url == up.url && reflect.DeepEqual(o.poolCfg, up.poolCfg) {
+				up.pool = o.pool
+				continue
+			}
+		}
+		cfg := up.config
+		up.pool = newTxPool(up.poolCfg, func(ctx context.Context) (*serverConn, error) { return rt.dialPooled(ctx, cfg) }, s.observer)
+		up.pool.log = s.log.With("upstream", up.name)
+		s.mu.Lock()
+		s.pools = append(s.pools, up.pool)
+		s.mu.Unlock()
+	}
+	rt.pool = rt.defaultUp.pool
+	return nil
+}
