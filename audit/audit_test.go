@@ -65,7 +65,10 @@ func TestFingerprintIgnoresValues(t *testing.T) {
 
 func TestMaskQuoted(t *testing.T) {
 	tests := []struct{ in, want string }{
-		{`permission denied to set parameter "app.tenant_id" to "x" through pgtenant`, `permission denied to set parameter "…" to "…" through pgtenant`},
+		{`permission denied to set parameter "app.tenant_id" to "x" through pgtenant`, `permission denied to set parameter "…" through pgtenant`},
+		{`unterminated quoted string at or near "'{"token": "s3cr3t"} WHERE id = 1"`, `unterminated quoted string at or near "…"`},
+		{`permission denied: "a\"b" is refused`, `permission denied: "…" is refused`},
+		{`invalid value 'x"y' for setting`, `invalid value "…" for setting`},
 		{`syntax error at or near "secret"`, `syntax error at or near "…"`},
 		{`no quotes here`, `no quotes here`},
 		{`unterminated "abc`, `unterminated "…"`},
@@ -209,7 +212,7 @@ func TestFileAppendAndReopen(t *testing.T) {
 		}
 	}
 	last := cur[len(cur)-1]
-	if !strings.Contains(last, `"reason":"permission denied to set parameter \"…\" to \"…\""`) || !strings.Contains(last, `"kind":"refusal"`) {
+	if !strings.Contains(last, `"reason":"permission denied to set parameter \"…\""`) || !strings.Contains(last, `"kind":"refusal"`) {
 		t.Errorf("refusal line = %s", last)
 	}
 	if fi, err := os.Stat(path); err != nil || fi.Mode().Perm() != 0o600 {

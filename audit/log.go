@@ -273,32 +273,22 @@ func (j *jsonLine) fill(e *proxy.AuditEvent) {
 	}
 }
 
-// maskQuoted elides the double-quoted parts of an error message:
-// PostgreSQL's and the guard's messages quote what the statement held (a
-// setting's value, the token at a syntax error), which may be a literal
-// value. The statement's normalized text shows the names.
+// maskQuoted elides the quoted parts of an error message: PostgreSQL's
+// and the guard's messages quote what the statement held (a setting's
+// value, the token at a syntax error), which may be a literal value. A
+// quoted token may itself hold quote characters (a JSON literal), so
+// quotes are not paired: everything from the first quote to the last goes
+// (and to the end, after a lone one). The statement's normalized text shows
+// the names.
 func maskQuoted(msg string) string {
-	if !strings.Contains(msg, `"`) {
+	first := strings.IndexAny(msg, `"'`)
+	if first < 0 {
 		return msg
 	}
-	var b strings.Builder
-	in := false
-	for _, c := range msg {
-		switch {
-		case c == '"':
-			if !in {
-				b.WriteString(`"…`)
-			}
-			in = !in
-			if !in {
-				b.WriteByte('"')
-			}
-		case !in:
-			b.WriteRune(c)
-		}
+	last := strings.LastIndexAny(msg, `"'`)
+	rest := ""
+	if last > first {
+		rest = msg[last+1:]
 	}
-	if in {
-		b.WriteByte('"')
-	}
-	return b.String()
+	return msg[:first] + `"…"` + rest
 }

@@ -94,6 +94,20 @@ func runsNow(stmt *pg_query.Node) bool {
 	return false
 }
 
+// runsNowAll is runsNow, looking through EXPLAIN at what it runs (EXPLAIN
+// ANALYZE CREATE MATERIALIZED VIEW creates one).
+func runsNowAll(stmt *pg_query.Node) bool {
+	for {
+		e, ok := stmt.Node.(*pg_query.Node_ExplainStmt)
+		if !ok {
+			return runsNow(stmt)
+		}
+		if stmt = e.ExplainStmt.Query; stmt == nil {
+			return false
+		}
+	}
+}
+
 // findChannels locates the channels of sql: names counts the identifiers
 // the parse tree has, notifyCalls where the pg_notify calls start. A name
 // that cannot be placed is refused: unscoped, it would reach other tenants.

@@ -1,7 +1,9 @@
 package guard
 
 import (
+	"strconv"
 	"strings"
+	"unicode"
 
 	pg_query "github.com/pganalyze/pg_query_go/v6"
 )
@@ -44,7 +46,7 @@ func lonePrepare(sql, name string) (*Prepare, bool) {
 			continue
 		}
 		nt := toks[i+1]
-		if tokenName(sql, nt) != name {
+		if truncateIdentifier(tokenName(sql, nt)) != name {
 			return nil, false
 		}
 		p := &Prepare{NameAt: NameAt{Name: name, Start: int(nt.Start), End: int(nt.End)}}
@@ -100,7 +102,7 @@ func executedNames(sql string, names []string) []NameAt {
 				continue
 			}
 		}
-		name := tokenName(sql, nt)
+		name := truncateIdentifier(tokenName(sql, nt))
 		for _, n := range names {
 			if n == name {
 				out = append(out, NameAt{Name: name, Start: int(nt.Start), End: int(nt.End)})
@@ -128,9 +130,17 @@ func scanTokens(sql string) ([]*pg_query.ScanToken, bool) {
 
 // tokenName is the name an identifier or keyword token stands for: quoted,
 // its text unquoted; else folded to lower case as PostgreSQL folds ASCII. A
-// Unicode-escaped identifier (U&"...") is not decoded: it matches nothing.
+// Unicode-escaped identifier (U&"...") is decoded with the default escape
+// character; one followed by UESCAPE is not (it matches nothing).
 func tokenName(sql string, t *pg_query.ScanToken) string {
 	text := sql[t.Start:t.End]
+	if t.Token == pg_query.Token_UIDENT {
+		if len(text) < 4 || !strings.EqualFold(text[:2], "u&") || text[2] != '"' || text[len(text)-1] != '"' ||
+			strings.Contains(strings.ToUpper(sql[t.End:min(len(sql), int(t.End)+20)]), "UESCAPE") {
+			return ""
+		}
+		return decodeUnicodeEscapes(strings.ReplaceAll(text[3:len(text)-1], `""`, `"`))
+	}
 	if len(text) >= 2 && text[0] == '"' && text[len(text)-1] == '"' {
 		return strings.ReplaceAll(text[1:len(text)-1], `""`, `"`)
 	}
@@ -148,4 +158,79 @@ func asciiLower(s string) string {
 		}
 	}
 	return string(b)
+}
+
+// transactionEnds are the statements that end a transaction.
+var transactionEnds = map[pg_query.Token]bool{
+	pg_query.Token_COMMIT: true, pg_query.Token_END_P: true, pg_query.Token_ABORT_P: true,
+	pg_query.Token_ROLLBACK: true, pg_query.Token_PREPARE: true,
+}
+
+// Transactions counts the transactions a simple Query may run: one, and
+// one more after each statement that ends a transaction with statements
+// following it (COMMIT, END, ABORT, ROLLBACK but ROLLBACK TO, PREPARE
+// TRANSACTION). A text it cannot lex counts as one.
+func Transactions(sql []byte) int {
+	toks, ok := scanTokens(string(sql))
+	if !ok {
+		return 1
+	}
+	n, start := 1, true
+	for i, t := range toks {
+		isStart := start
+		start = t.Token == pg_query.Token_ASCII_59
+		if !isStart || !transactionEnds[t.Token] {
+			continue
+		}
+		next := pg_query.Token_ASCII_59
+		if i+1 < len(toks) {
+			next = toks[i+1].Token
+		}
+		switch {
+		case t.Token == pg_query.Token_ROLLBACK && next == pg_query.Token_TO:
+			continue // to a savepoint
+		case t.Token == pg_query.Token_PREPARE && next != pg_query.Token_TRANSACTION:
+			continue // a prepared statement
+		}
+		// Anything after it runs in a transaction of its own.
+		for _, rest := range toks[i+1:] {
+			if rest.Token != pg_query.Token_ASCII_59 {
+				n++
+				break
+			}
+		}
+	}
+	return n
+}
+
+// decodeUnicodeEscapes decodes \XXXX, \+XXXXXX and \\ as PostgreSQL does in
+// U&"..." with the default escape character; "" when malformed.
+func decodeUnicodeEscapes(s string) string {
+	var b strings.Builder
+	for i := 0; i < len(s); i++ {
+		if s[i] != '\\' {
+			b.WriteByte(s[i])
+			continue
+		}
+		n := 4
+		switch {
+		case i+1 < len(s) && s[i+1] == '\\':
+			b.WriteByte('\\')
+			i++
+			continue
+		case i+1 < len(s) && s[i+1] == '+':
+			n = 6
+			i++
+		}
+		if i+1+n > len(s) {
+			return ""
+		}
+		v, err := strconv.ParseUint(s[i+1:i+1+n], 16, 32)
+		if err != nil || v == 0 || v > unicode.MaxRune {
+			return ""
+		}
+		b.WriteRune(rune(v))
+		i += n
+	}
+	return b.String()
 }

@@ -2,14 +2,17 @@ package proxy
 
 import (
 	"bytes"
+	"crypto/hmac"
 	"crypto/sha256"
 	"encoding/binary"
 	"encoding/hex"
+	"slices"
 	"sort"
 	"strings"
 
 	"github.com/jackc/pgx/v5/pgconn"
 
+	"github.com/pgtenant/pgtenant/config"
 	"github.com/pgtenant/pgtenant/guard"
 )
 
@@ -21,11 +24,24 @@ import (
 // maxChannelName is PostgreSQL's limit on a channel name (NAMEDATALEN-1).
 const maxChannelName = 63
 
-// channelScope is a tenant's channel prefix: a hash of the tenant id (fixed
-// length, so no tenant's scope starts another's).
-func channelScope(tenant string) string {
-	sum := sha256.Sum256([]byte(tenant))
-	return hex.EncodeToString(sum[:8]) + ":"
+// channelScope is a tenant's channel prefix: a keyed hash of the tenant id
+// (fixed length, so no tenant's scope starts another's; keyed, so that
+// knowing another tenant's id does not give its scope to pass to a function
+// in the database that notifies a channel it is given).
+func channelScope(key []byte, tenant string) string {
+	m := hmac.New(sha256.New, key)
+	m.Write([]byte(tenant))
+	return hex.EncodeToString(m.Sum(nil)[:8]) + ":"
+}
+
+// channelKey keys the scopes: the signed context's key when there is one,
+// else the upstream connection string (its password is no tenant's to
+// know). Every replica with the same configuration has the same scopes.
+func channelKey(cfg *config.Config) []byte {
+	if cfg.SignedContext != nil && cfg.SignedContext.Key != "" {
+		return []byte("signed_context\x00" + cfg.SignedContext.Key)
+	}
+	return []byte("upstream\x00" + cfg.Upstream)
 }
 
 // checkChannels refuses the channel names that do not fit with the scope.
@@ -38,17 +54,36 @@ func (r *relay) checkChannels(channels []guard.Channel) *pgconn.PgError {
 	return nil
 }
 
-// scopeChannels adds the edits that scope the text's channels.
+// scopeChannels adds the edits that scope the text's channels. A
+// pg_notify may stand in another's first argument: the outer edit holds
+// the inner ones.
 func (r *relay) scopeChannels(text []byte, edits []textEdit) []textEdit {
-	for _, c := range r.channels {
-		if c.Expr() {
-			edits = append(edits, textEdit{c.Start, c.End,
-				"('" + r.notifyScope + "' OPERATOR(pg_catalog.||) (" + string(text[c.Start:c.End]) + "))"})
-			continue
-		}
-		edits = append(edits, textEdit{c.Start, c.End, quoteIdent(r.notifyScope + c.Name)})
+	chans := slices.Clone(r.channels)
+	slices.SortFunc(chans, func(a, b guard.Channel) int { return a.Start - b.Start })
+	for i := 0; i < len(chans); {
+		var e textEdit
+		e, i = r.scopeChannel(text, chans, i)
+		edits = append(edits, e)
 	}
 	return edits
+}
+
+// scopeChannel is the edit for chans[i], with the channels inside it, and
+// the index of the next channel after it.
+func (r *relay) scopeChannel(text []byte, chans []guard.Channel, i int) (textEdit, int) {
+	c := chans[i]
+	i++
+	if !c.Expr() {
+		return textEdit{c.Start, c.End, quoteIdent(r.notifyScope + c.Name)}, i
+	}
+	var inner []textEdit
+	for i < len(chans) && chans[i].Start < c.End {
+		var e textEdit
+		e, i = r.scopeChannel(text, chans, i)
+		inner = append(inner, e)
+	}
+	expr := applyEdits(nil, text, inner, c.Start, c.End)
+	return textEdit{c.Start, c.End, "('" + r.notifyScope + "' OPERATOR(pg_catalog.||) (" + string(expr) + "))"}, i
 }
 
 func quoteIdent(name string) string {

@@ -319,6 +319,14 @@ func (r *relay) relayMessage(typ byte, size int) error {
 		if substitute, resets, deallocates, err = r.check(msg); err != nil {
 			return err
 		}
+		if typ == 'Q' && r.rate != nil && substitute == nil {
+			// One token per transaction the Query runs: the unit's came first.
+			for n := guard.Transactions(statementText(msg)); n > 1; n-- {
+				if err := r.waitForToken(); err != nil {
+					return err
+				}
+			}
+		}
 		// DEALLOCATE ALL drops the prepared context statements too.
 		r.changes = r.changes || deallocates
 		r.deallocs = deallocates

@@ -286,7 +286,7 @@ func (s *Server) startSession(rt *runtime, st *startup, cr *bufio.Reader, cw *bu
 func (s *Server) configureRelay(rt *runtime, rl *relay, ident auth.Identity) {
 	rl.obs, rl.user, rl.tenant = s.observer(), ident.User, ident.Tenant
 	if rl.guard != nil {
-		rl.notifyScope = channelScope(ident.Tenant)
+		rl.notifyScope = channelScope(channelKey(rt.cfg), ident.Tenant)
 	}
 	rl.knobs = s.knobs.Load()
 	if tp := rt.cfg.TenantPolicy(ident.Tenant); tp.TransactionsPerSecond > 0 {
