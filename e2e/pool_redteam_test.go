@@ -565,6 +565,11 @@ func TestPoolRedTeamAbandonedWork(t *testing.T) {
 			{"terminate mid-group", func(t *testing.T, a *ppConn) {
 				rtSend(t, a, ppParse("", insert("redteam-terminate")), ppBind(""), ppExec(), &pgproto3.Terminate{})
 			}},
+			{"terminate mid-group while it runs, then disconnect", func(t *testing.T, a *ppConn) {
+				// The Terminate waits for the statement (PostgreSQL reads it
+				// only then), but not for a client that has gone.
+				rtSend(t, a, ppParse("", "SELECT pg_sleep(3)"), ppBind(""), ppExec(), &pgproto3.Terminate{})
+			}},
 			{"terminate inside a block", func(t *testing.T, a *ppConn) {
 				rtSend(t, a, ppQuery("BEGIN; "+insert("redteam-block")), &pgproto3.Terminate{})
 			}},

@@ -348,6 +348,9 @@ func (r *relay) relayMessage(typ byte, size int) error {
 	}
 	if r.pooled() {
 		if typ == 'X' {
+			if r.inGroup {
+				return r.terminateInGroup(size)
+			}
 			// The pooled connection is not the client's to terminate. What the
 			// client sent before is answered, as PostgreSQL answers it before
 			// it reads the Terminate (unless the client has gone).
@@ -723,6 +726,55 @@ func (r *relay) relayIntoCopy(typ byte, size int, msg, substitute []byte, peeked
 		return err
 	}
 	return nil
+}
+
+// terminateInGroup ends a transaction-mode session whose client sent
+// Terminate in an extended-protocol group with no Sync yet. Of that group
+// PostgreSQL sends what it has flushed before it reads the Terminate: an
+// error or notice at once (with everything before it), other replies only
+// after a Flush; the rest is lost as the backend exits. Only the upstream
+// knows which that is, so the Terminate goes to it: the connection, in the
+// middle of a group, was not going back to the pool anyway. The reply side
+// relays what comes until the upstream closes, unless the client hangs up
+// first.
+func (r *relay) terminateInGroup(size int) error {
+	r.leaseMu.Lock()
+	sc := r.sc
+	if sc != nil && !r.writing {
+		r.writing = true
+		r.uw, r.wconn = sc.w, sc.conn
+	}
+	r.leaseMu.Unlock()
+	if sc == nil {
+		return errClientTerminated
+	}
+	// The upstream closes behind it: that is no news to tell the client.
+	r.closing.Store(true)
+	if err := forward(r.uw, r.cr, size); err != nil {
+		return err
+	}
+	if err := r.uw.Flush(); err != nil {
+		return err
+	}
+	r.awaitReplyEnd()
+	return errClientTerminated
+}
+
+// awaitReplyEnd waits until the reply side has ended, or the client has hung
+// up: a client that has left must not keep an upstream connection.
+func (r *relay) awaitReplyEnd() {
+	tick := time.NewTicker(hangUpCheck)
+	defer tick.Stop()
+	for {
+		select {
+		case <-r.done:
+			return
+		case <-tick.C:
+			if peerClosed(r.client) {
+				return
+			}
+		}
+	}
 }
 
 // startUnit decides whether and how to assert the tenant ahead of a unit,
