@@ -7,6 +7,7 @@ package e2e
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"strings"
 	"testing"
@@ -15,6 +16,7 @@ import (
 	"github.com/jackc/pgx/v5/pgconn"
 
 	"github.com/pgtenant/pgtenant/config"
+	"github.com/pgtenant/pgtenant/internal/demo"
 )
 
 // rtbQuery runs sql on conn and returns its rows as strings, or the first
@@ -87,18 +89,32 @@ func TestRedTeamS6bFinding2(t *testing.T) {
 		for i := range 80000 {
 			fmt.Fprintf(&sb, "LISTEN c%05d;", i)
 		}
+		if m.tx {
+			// Fixed: a transaction-mode client listens on at most 1000
+			// channels (the hub serves the whole pool on one backend).
+			ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+			defer cancel()
+			if _, err := a.Exec(ctx, sb.String()).ReadAll(); pgCode(err) != "54000" {
+				t.Fatalf("80000 LISTENs in transaction mode: %v, want 54000", err)
+			}
+		}
 		done := make(chan struct{})
+		actx, stop := context.WithTimeout(context.Background(), 60*time.Second)
 		go func() {
 			defer close(done)
-			ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
-			defer cancel()
-			_, _ = a.Exec(ctx, sb.String()).ReadAll()
+			if m.tx {
+				return
+			}
+			_, _ = a.Exec(actx, sb.String()).ReadAll()
 		}()
 		t.Cleanup(func() {
-			a.Close(context.Background())
+			stop() // A's statement ends before its connection is closed
 			<-done
 		})
 		eventually(t, 30*time.Second, "a backend busy with A's LISTENs", func() bool {
+			if m.tx {
+				return true
+			}
 			rows := superQuery(t, `SELECT count(*) FROM pg_stat_activity WHERE state = 'active' AND query LIKE 'LISTEN %'`)
 			return rows[0][0] != "0"
 		})
@@ -132,10 +148,45 @@ func TestRedTeamS6bFinding3(t *testing.T) {
 			mustExec(t, c, "SET client_encoding TO 'LATIN1'")
 		}
 		const ch = "caf\xc3\xa9" // LATIN1 "cafÃ©"
+		if m.tx {
+			// Fixed: refused, saying why (the hub speaks UTF8).
+			err := rtExec(a.conn, `LISTEN "`+ch+`"`)
+			if pgCode(err) != "0A000" || !strings.Contains(err.Error(), "client_encoding UTF8") {
+				t.Fatalf("LISTEN from a LATIN1 client in transaction mode: %v, want 0A000", err)
+			}
+			return
+		}
 		mustExec(t, a.conn, `LISTEN "`+ch+`"`)
 		mustExec(t, n, `NOTIFY "`+ch+`", 'x'`)
 		if got := a.drain(t, 1); strings.Join(got, ";") != ch+"=x" {
 			t.Errorf("a LATIN1 client heard %q, want %q", got, ch+"=x")
+		}
+	})
+}
+
+// The fix of finding 1: while the upstream login role inherits from the
+// tenants' roles, a session that would run as it (a tenant without a role
+// of its own) is refused, saying what to change; tenants with a role are
+// served. The demo's login role is NOINHERIT, as the README asks.
+func TestLoginRoleInheritRefused(t *testing.T) {
+	eachPoolMode(t, func(t *testing.T, m poolMode) {
+		place := schemaTenants(t)
+		superQuery(t, "ALTER ROLE "+demo.RLSRole+" INHERIT")
+		t.Cleanup(func() { superQuery(t, "ALTER ROLE "+demo.RLSRole+" NOINHERIT") })
+		p := m.start(t, func(c *config.Config) {
+			place(c)
+			delete(c.Tenants, tenantA.ID)
+		})
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		_, err := pgconn.Connect(ctx, p.connString(tenantA))
+		var pgErr *pgconn.PgError
+		if !errors.As(err, &pgErr) || pgErr.Code != "42501" || !strings.Contains(pgErr.Hint, "NOINHERIT") {
+			t.Fatalf("a tenant without a role while the login role inherits: %v, want FATAL 42501 naming NOINHERIT", err)
+		}
+		b := p.pgconnect(t, tenantB)
+		if rows, err := rtbQuery(b, "SELECT note FROM placement_notes"); err != nil || len(rows) != 1 {
+			t.Fatalf("tenant B (with its role): %v %v", rows, err)
 		}
 	})
 }

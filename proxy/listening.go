@@ -1,6 +1,7 @@
 package proxy
 
 import (
+	"fmt"
 	"strings"
 	"time"
 
@@ -274,4 +275,37 @@ func (r *relay) stopListening() {
 	if r.notes != nil {
 		close(r.notes.done)
 	}
+}
+
+// maxListenChannels bounds the channels a transaction-mode client listens
+// on: the hub listens for every client of the pool on one backend, which
+// PostgreSQL makes pay for each channel on every LISTEN.
+const maxListenChannels = 1000
+
+// checkListening refuses, in transaction mode, a LISTEN the hub cannot
+// serve: past maxListenChannels, or from a client whose client_encoding is
+// not UTF8 (the hub's connection speaks UTF8, and would listen on other
+// bytes than the client's channel).
+func (r *relay) checkListening() *pgconn.PgError {
+	listens := 0
+	for _, c := range r.channels {
+		if c.Listen {
+			listens++
+		}
+	}
+	if listens == 0 {
+		return nil
+	}
+	if enc, _ := r.clientEncoding.Load().(string); enc != "" && !strings.EqualFold(enc, "UTF8") {
+		return &pgconn.PgError{Severity: severityError, Code: codeFeatureNotSupported,
+			Message: "LISTEN needs client_encoding UTF8 in transaction pool mode",
+			Detail:  "pgtenant listens for transaction-mode clients on a connection of its own, which speaks UTF8.",
+			Hint:    "Use client_encoding UTF8, or pool_mode: session for this client."}
+	}
+	if len(r.listen.committed)+listens > maxListenChannels {
+		return &pgconn.PgError{Severity: severityError, Code: codeProgramLimitExceeded,
+			Message: fmt.Sprintf("pgtenant listens on at most %d channels per session in transaction pool mode", maxListenChannels),
+			Hint:    "Listen on fewer channels (a channel per kind of event, with the id in the payload), or pool_mode: session for this client."}
+	}
+	return nil
 }

@@ -36,12 +36,13 @@ type notifyHub struct {
 	mu      sync.Mutex
 	sc      *serverConn                // nil until needed, and after a loss
 	subs    map[string]map[*relay]bool // scoped channel → its clients
+	byRelay map[*relay]map[string]bool // and each client's channels
 	waiting []chan error               // commands sent, in order, awaiting ReadyForQuery
 	cmdErr  error                      // the error of the command being answered
 }
 
 func newNotifyHub(ctx context.Context, dial func(context.Context) (*serverConn, error)) *notifyHub {
-	return &notifyHub{dial: dial, ctx: ctx, subs: map[string]map[*relay]bool{}}
+	return &notifyHub{dial: dial, ctx: ctx, subs: map[string]map[*relay]bool{}, byRelay: map[*relay]map[string]bool{}}
 }
 
 // hubTimeout bounds a LISTEN on the hub's connection.
@@ -50,18 +51,24 @@ const hubTimeout = 10 * time.Second
 // set subscribes r to exactly channels (scoped names), and waits until the
 // hub listens on each.
 func (h *notifyHub) set(r *relay, channels []string) error {
+	want := make(map[string]bool, len(channels))
+	for _, ch := range channels {
+		want[ch] = true
+	}
 	h.mu.Lock()
 	var listen, unlisten []string
-	for ch, rs := range h.subs {
-		if rs[r] && !contains(channels, ch) {
-			delete(rs, r)
-			if len(rs) == 0 {
-				delete(h.subs, ch)
-				unlisten = append(unlisten, ch)
-			}
+	for ch := range h.byRelay[r] {
+		if want[ch] {
+			continue
+		}
+		rs := h.subs[ch]
+		delete(rs, r)
+		if len(rs) == 0 {
+			delete(h.subs, ch)
+			unlisten = append(unlisten, ch)
 		}
 	}
-	for _, ch := range channels {
+	for ch := range want {
 		rs := h.subs[ch]
 		if rs == nil {
 			rs = map[*relay]bool{}
@@ -69,6 +76,11 @@ func (h *notifyHub) set(r *relay, channels []string) error {
 			listen = append(listen, ch)
 		}
 		rs[r] = true
+	}
+	if len(want) == 0 {
+		delete(h.byRelay, r)
+	} else {
+		h.byRelay[r] = want
 	}
 	wait, err := h.sendLocked(listen, unlisten)
 	h.mu.Unlock()
@@ -94,11 +106,9 @@ func (h *notifyHub) add(r *relay, channels []string) error {
 func (h *notifyHub) channelsOf(r *relay) []string {
 	h.mu.Lock()
 	defer h.mu.Unlock()
-	var out []string
-	for ch, rs := range h.subs {
-		if rs[r] {
-			out = append(out, ch)
-		}
+	out := make([]string, 0, len(h.byRelay[r]))
+	for ch := range h.byRelay[r] {
+		out = append(out, ch)
 	}
 	return out
 }
@@ -175,6 +185,9 @@ func (h *notifyHub) sendLocked(listen, unlisten []string) (chan error, error) {
 // LISTEN was for.
 func (h *notifyHub) dropListenersLocked(channels []string) {
 	for _, ch := range channels {
+		for r := range h.subs[ch] {
+			delete(h.byRelay[r], ch)
+		}
 		delete(h.subs, ch)
 	}
 }
@@ -266,7 +279,7 @@ func (h *notifyHub) lost(sc *serverConn, err error) {
 	}
 	h.waiting, h.cmdErr = nil, nil
 	subs := h.subs
-	h.subs = map[string]map[*relay]bool{}
+	h.subs, h.byRelay = map[string]map[*relay]bool{}, map[*relay]map[string]bool{}
 	h.mu.Unlock()
 	if h.ctx.Err() != nil {
 		return // the pool is closing

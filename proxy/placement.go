@@ -6,6 +6,8 @@ import (
 	"net"
 	"reflect"
 	"strings"
+	"sync"
+	"time"
 
 	"github.com/jackc/pgx/v5/pgconn"
 
@@ -26,6 +28,7 @@ type upstream struct {
 	config  *pgconn.Config // dials through directConn
 	poolCfg config.Pool
 	pool    *txPool // transaction mode's connections; nil when no user is in that mode
+	roles   roleCheck
 }
 
 // newUpstream parses an upstream's connection string.
@@ -184,4 +187,77 @@ func (s *Server) adoptUpstreams(rt, old *runtime) error {
 	}
 	rt.pool = rt.defaultUp.pool
 	return nil
+}
+
+// Roles. A session with a role of its own (its placement's, its user's,
+// its token's) runs as that role; one without runs as the upstream login
+// role. That role is a member of the tenants' roles (it SETs ROLE to them),
+// and a member inherits the privileges of its roles unless it is NOINHERIT:
+// a tenant without a role would then read and write the schemas of the
+// tenants with one. Such sessions are refused while the login role
+// inherits from roles.
+
+// roleCheckEvery bounds how long a check of the login role stands.
+const roleCheckEvery = time.Minute
+
+// roleCheck is an upstream's last check of its login role; mu guards it.
+type roleCheck struct {
+	mu      sync.Mutex
+	checked time.Time
+	err     error
+}
+
+// rolesInUse reports whether any session may run as a role of its own.
+func rolesInUse(cfg *config.Config) bool {
+	if cfg.JWT != nil && cfg.JWT.RoleClaim != "" || cfg.DBUsers != nil {
+		return true
+	}
+	for _, u := range cfg.Users {
+		if u.Role != "" {
+			return true
+		}
+	}
+	for _, t := range cfg.Tenants {
+		if t.Role != "" {
+			return true
+		}
+	}
+	return false
+}
+
+// checkLoginRole refuses a session without a role of its own on up while
+// the login role inherits the privileges of roles it is a member of.
+func (rt *runtime) checkLoginRole(ctx context.Context, pl placement) error {
+	if pl.role != "" || !rt.rolesInUse {
+		return nil
+	}
+	rc := &pl.up.roles
+	rc.mu.Lock()
+	defer rc.mu.Unlock()
+	if time.Since(rc.checked) < roleCheckEvery {
+		return rc.err
+	}
+	ctx, cancel := context.WithTimeout(ctx, rt.cfg.ConnectTimeout.Duration)
+	defer cancel()
+	conn, err := pgconn.ConnectConfig(ctx, pl.up.config)
+	if err != nil {
+		return upstreamConnectError(ctx, err, rt.cfg.ConnectTimeout.Duration)
+	}
+	defer conn.Close(context.Background())
+	res, err := conn.Exec(ctx, `SELECT r.rolname, pg_catalog.string_agg(g.rolname, ', ' ORDER BY g.rolname)
+		FROM pg_catalog.pg_roles r JOIN pg_catalog.pg_auth_members m ON m.member OPERATOR(pg_catalog.=) r.oid
+		JOIN pg_catalog.pg_roles g ON g.oid OPERATOR(pg_catalog.=) m.roleid
+		WHERE r.rolname OPERATOR(pg_catalog.=) CURRENT_USER AND r.rolinherit GROUP BY r.rolname`).ReadAll()
+	if err != nil {
+		return fatalf(codeConnectionFailure, "pgtenant could not check the upstream role: %v", err)
+	}
+	rc.checked, rc.err = time.Now(), nil
+	if len(res) == 1 && len(res[0].Rows) == 1 {
+		login, roles := string(res[0].Rows[0][0]), string(res[0].Rows[0][1])
+		rc.err = &pgconn.PgError{Severity: severityFatal, Code: codeInsufficientPrivilege,
+			Message: fmt.Sprintf("the upstream role %q inherits the privileges of %s: a tenant without a role of its own would have them", login, roles),
+			Detail:  "pgtenant refuses sessions that would run as the upstream role while it inherits from other roles.",
+			Hint:    fmt.Sprintf("The operator must make it NOINHERIT (ALTER ROLE %s NOINHERIT): it can still SET ROLE to the tenants' roles.", login)}
+	}
+	return rc.err
 }

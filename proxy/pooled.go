@@ -50,9 +50,11 @@ type pooledState struct {
 	stmtExecutes []*clientStmt
 	listening    bool // and its Listening
 	unlistensAll bool // and its UnlistensAll
-	// The client's channels and notifications (listening.go, notifyhub.go).
-	listen listenState
-	notes  *noteBox
+	// The client's channels and notifications (listening.go, notifyhub.go);
+	// clientEncoding is its client_encoding as last reported (a string).
+	listen         listenState
+	notes          *noteBox
+	clientEncoding atomic.Value
 
 	// The client's own settings (carried.go): startup are its startup
 	// parameters, context the tenant context asserted after them.

@@ -141,6 +141,9 @@ func (r *relay) check(msg []byte) (substitute []byte, resets, deallocates bool, 
 	if verdictErr == nil {
 		verdictErr = r.checkChannels(r.channels)
 	}
+	if verdictErr == nil && r.listening && r.pooled() && r.notifyScope != "" {
+		verdictErr = r.checkListening()
+	}
 	if pins == "" && verdictErr == nil {
 		pins = r.stmts.runsPin(r.executes) // what the carried statements it runs pin
 	}

@@ -432,6 +432,9 @@ func (r *relay) watchParameter(size int) {
 	if !lexsafe.Safe(string(name), string(rest)) {
 		r.unsafeLexing.Store(string(name) + " is " + string(rest))
 	}
+	if string(name) == "client_encoding" {
+		r.clientEncoding.Store(string(rest))
+	}
 }
 
 // noteFatal records and reports whether the ErrorResponse at the head of

@@ -85,6 +85,8 @@ type runtime struct {
 	startupTimeout time.Duration
 
 	limiters *rateLimiters // per-tenant transaction rate limits
+	// rolesInUse: some session may run as a role of its own (placement.go).
+	rolesInUse bool
 }
 
 // New prepares a server from a validated config.
@@ -129,6 +131,7 @@ func (s *Server) Reload(cfg *config.Config, authn Authenticator) error {
 
 func newRuntime(cfg *config.Config, authn Authenticator, old *runtime, log *slog.Logger) (*runtime, error) {
 	rt := &runtime{
+		rolesInUse:     rolesInUse(cfg),
 		cfg:            cfg,
 		auth:           authn,
 		policy:         newStartupPolicy(cfg.TenantSetting).protect(cfg.ProtectedLimitSettings()),

@@ -225,6 +225,10 @@ func (s *Server) startSession(rt *runtime, st *startup, cr *bufio.Reader, cw *bu
 	if err := pl.checkStartup(params); err != nil {
 		return nil, err
 	}
+	if err := rt.checkLoginRole(context.Background(), pl); err != nil {
+		log.Warn("session refused", "err", err)
+		return nil, err
+	}
 	if pl.up != rt.defaultUp {
 		log = log.With("upstream", pl.up.name)
 	}
@@ -386,6 +390,7 @@ func (s *Server) startPooledSession(rt *runtime, pl placement, st *startup, cr *
 	rl.cw = nil
 	log.Info("session started", "pool_mode", config.PoolModeTransaction, "startup_ms", time.Since(start).Milliseconds())
 	s.configureRelay(rt, rl, ident)
+	rl.clientEncoding.Store(merged["client_encoding"])
 	rl.watchTransactions(rt.cfg.TenantPolicy(ident.Tenant).MaxTransactionDuration, cancelTarget{})
 	if lim := rt.cfg.Limits; lim.IdleTimeout.Duration == 0 && lim.IdleInTransactionTimeout.Duration == 0 {
 		// Idle timeouts are read deadlines: a parked client has no read.
