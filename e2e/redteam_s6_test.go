@@ -203,3 +203,36 @@ func TestRedTeamS6Finding6(t *testing.T) {
 		ppAs(ppA, rows, q("EXECUTE "+long+"zzz")),
 	})
 }
+
+// Finding 5, extended protocol: a group that commits between its Executes
+// before one Sync runs a transaction per commit, and takes a token for each.
+func TestRedTeamS6Finding5Extended(t *testing.T) {
+	eachPoolMode(t, func(t *testing.T, m poolMode) {
+		p := m.start(t, tenantLimits(config.TenantLimits{TransactionsPerSecond: ptr(0.5), RateLimitWait: dur(100 * time.Millisecond)}))
+		a := p.pgconnect(t, tenantA)
+		batch := &pgconn.Batch{}
+		for range 20 {
+			batch.ExecParams("SELECT pg_catalog.txid_current()", nil, nil, nil, nil)
+			batch.ExecParams("COMMIT", nil, nil, nil, nil)
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		results, err := a.ExecBatch(ctx, batch).ReadAll()
+		var pgErr *pgconn.PgError
+		if errors.As(err, &pgErr) && pgErr.Code == "53400" {
+			return // the limit held
+		}
+		if err != nil {
+			t.Fatalf("20 transactions in one group: %v", err)
+		}
+		xids := map[string]bool{}
+		for _, r := range results {
+			for _, row := range r.Rows {
+				xids[string(row[0])] = true
+			}
+		}
+		if len(xids) > 1 {
+			t.Errorf("one group ran %d upstream transactions under a limit of 0.5 per second", len(xids))
+		}
+	})
+}

@@ -71,6 +71,9 @@ type relay struct {
 	rate        *rateLimit                     // the tenant's transaction rate limit; nil: none (limits.go)
 	txw         *txWatch                       // the tenant's max_transaction_duration; nil: none
 	endReason   atomic.Pointer[pgconn.PgError] // why pgtenant closed the upstream under the session (txWatch)
+	// groupTxEnded: an Execute of the group under way ended a transaction;
+	// groupTokenDue: the Execute being relayed starts another (limits.go).
+	groupTxEnded, groupTokenDue bool
 
 	ledger   ledger        // what the upstream owes, in order
 	txStatus atomic.Uint32 // status byte of the last ReadyForQuery
@@ -341,6 +344,12 @@ func (r *relay) relayMessage(typ byte, size int) error {
 	if err != nil {
 		return err
 	}
+	if r.groupTokenDue {
+		r.groupTokenDue = false
+		if err := r.waitForToken(); err != nil {
+			return err
+		}
+	}
 	if r.audit != nil {
 		if err := r.auditRequest(typ, size, msg, substitute != nil); err != nil {
 			return err
@@ -568,6 +577,7 @@ func (r *relay) trackStatements(typ byte, size int, msg []byte, refused bool) (m
 	switch typ {
 	case 'Q':
 		r.groupPortals = r.groupPortals[:0] // it ends a group's transaction, if any
+		r.groupTxEnded = false
 		return !refused && r.mayStartCopy(typ, size, msg), false, nil
 	case 'P':
 		copyText := !refused && r.mayStartCopy(typ, size, msg)
@@ -611,9 +621,16 @@ func (r *relay) trackStatements(typ byte, size int, msg []byte, refused bool) (m
 		}
 		portal, _, _ := splitName(head[5:])
 		ends, bound := r.boundInGroup(portal)
+		if r.rate != nil {
+			// What runs after a transaction ended in the group runs in a
+			// new one: it takes a token of its own.
+			r.groupTokenDue = r.groupTxEnded
+			r.groupTxEnded = r.groupTxEnded || ends
+		}
 		return r.copyPortals[string(portal)], ends || !bound, nil
 	case 'S':
 		r.groupPortals = r.groupPortals[:0]
+		r.groupTxEnded = false
 	}
 	return false, false, nil
 }
