@@ -112,3 +112,33 @@ func TestPoolPreparedSQLErrors(t *testing.T) {
 		}
 	})
 }
+
+// A PREPARE sent as a Parse (PgJDBC sends every statement so) is carried
+// too, from the Bind that runs it: no pin, and every reply PostgreSQL's.
+func TestPoolPreparedSQLByParse(t *testing.T) {
+	q := func(sql string) *pgproto3.Query { return ppQuery(sql) }
+	count := ppCount + " WHERE id > $1"
+	wipe := ppAs(ppB, ppOK("CommandComplete DEALLOCATE ALL"), q("DEALLOCATE ALL"))
+	rows := ppOK("RowDescription tenant,n", ppCountRow(tenantA), "CommandComplete SELECT 1")
+	eachPoolMode(t, func(t *testing.T, m poolMode) {
+		p := startProxy(t, m.config(1))
+		ppScenario(t, p, ppTenants[:2], []ppStep{
+			ppAs(ppA, ppOK("ParseComplete", "BindComplete", "CommandComplete PREPARE"), ppRun("", "PREPARE jq (int) AS "+count)...),
+			ppAs(ppA, rows, q("EXECUTE jq(0)")),
+			ppAs(ppB, ppFail("26000"), q("EXECUTE jq(0)")),
+			wipe,
+			ppAs(ppA, ppOK("ParseComplete", "BindComplete", ppCountRow(tenantA), "CommandComplete SELECT 1"), ppRun("", "EXECUTE jq(0)")...),
+			// Parsed once, run twice: the second run finds the name taken.
+			ppAs(ppA, ppOK("ParseComplete"), ppParse("mk", "PREPARE jr AS "+ppWho), ppSync()),
+			ppAs(ppA, ppOK("BindComplete", "CommandComplete PREPARE"), ppBind("mk"), ppExec(), ppSync()),
+			ppAs(ppA, ppFail("42P05", "BindComplete"), ppBind("mk"), ppExec(), ppSync()),
+			wipe,
+			ppAs(ppA, ppOK("RowDescription tenant,names", ppWhoRow(tenantA), "CommandComplete SELECT 1"), q("EXECUTE jr")),
+			// A Bind that fails makes nothing.
+			ppAs(ppA, nil, q("BEGIN; SELECT 1/0")),
+			ppAs(ppA, nil, ppRun("", "PREPARE jf AS SELECT 1")...),
+			ppAs(ppA, nil, q("ROLLBACK")),
+			ppAs(ppA, ppFail("26000"), q("EXECUTE jf")),
+		})
+	})
+}

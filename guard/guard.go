@@ -215,7 +215,7 @@ func (g *Guard) full(sql string, simple bool) Verdict {
 				"Its channel is scoped to the tenant that writes it, not to whoever runs it later: call pg_notify from the statements that notify.")}
 		}
 		if c.prepare != "" {
-			if p, ok := lonePrepare(sql, c.prepare); ok && simple && len(tree.Stmts) == 1 {
+			if p, ok := lonePrepare(sql, c.prepare); ok && len(tree.Stmts) == 1 {
 				// Carried: PREPARE itself leaves nothing the relay does not
 				// follow; running the statement does what its text does.
 				p.Pins = c.pins

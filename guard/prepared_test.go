@@ -23,8 +23,9 @@ func TestPooledPrepare(t *testing.T) {
 		{sql: "/* c */ PREPARE p(numeric(10, 2)) -- x\n AS\n INSERT INTO t SELECT $1 AS a ; ", name: "p", inner: "INSERT INTO t SELECT $1 AS a", nameAt: "p"},
 		{sql: "PREPARE function AS SELECT 1", name: "function", inner: "SELECT 1", nameAt: "function"},
 		{sql: "PREPARE p AS SELECT pg_advisory_lock(1)", name: "p", inner: "SELECT pg_advisory_lock(1)", nameAt: "p", ipins: PinAdvisoryLock},
-		// Pinned, not carried: in a Parse, or with other statements.
-		{sql: "PREPARE p AS SELECT 1", parse: true, pins: PinPrepared},
+		// In a Parse too (carried from the Bind that runs it); pinned with
+		// other statements.
+		{sql: "PREPARE p AS SELECT 1", parse: true, name: "p", inner: "SELECT 1", nameAt: "p"},
 		{sql: "PREPARE p AS SELECT 1; SELECT 2", pins: PinPrepared},
 		{sql: "PREPARE p AS SELECT pg_advisory_lock(1); SELECT 2", pins: PinPrepared},
 		// EXECUTE names, wherever an EXECUTE statement stands.

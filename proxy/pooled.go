@@ -48,8 +48,9 @@ type pooledState struct {
 	prepare      *guard.Prepare
 	executes     []guard.NameAt
 	stmtExecutes []*clientStmt
-	listening    bool // and its Listening
-	unlistensAll bool // and its UnlistensAll
+	stmtMakes    *clientStmt // a Parse of PREPARE: what its Binds make (sqlprepared.go)
+	listening    bool        // and its Listening
+	unlistensAll bool        // and its UnlistensAll
 	// The client's channels and notifications (listening.go, notifyhub.go);
 	// clientEncoding is its client_encoding as last reported (a string).
 	listen         listenState
@@ -481,6 +482,7 @@ func (r *relay) relayStatementMessage(typ byte, size int, msg []byte, peeked boo
 			st.unnamedChanges, st.unnamedDeallocates, st.unnamedPins = r.changes, r.deallocs, r.pins
 			st.unnamedRuns = r.stmtExecutes
 			st.unnamedChans = r.channelChange()
+			st.unnamedMakes = r.stmtMakes
 			st.mu.Unlock()
 			sc.mu.Lock()
 			undo.prevOwner, undo.prevOwnerN = sc.unnamed, sc.unnamedN
@@ -503,7 +505,7 @@ func (r *relay) relayStatementMessage(typ byte, size int, msg []byte, peeked boo
 		}
 		server := serverStmtName(r.pctx.key, rest)
 		cs := &clientStmt{client: string(name), server: server, parse: appendParse(nil, server, rest), changes: r.changes, deallocates: r.deallocs, pins: r.pins, runs: r.stmtExecutes,
-			chans: r.channelChange()}
+			chans: r.channelChange(), makes: r.stmtMakes}
 		st.mu.Lock()
 		if st.byName == nil {
 			st.byName = map[string]*clientStmt{} // most clients never prepare by name
@@ -645,11 +647,14 @@ func (r *relay) relayBind(size int) error {
 		st.mu.Lock()
 		changes := st.unnamedChanges && st.unnamed != nil
 		deallocates := st.unnamedDeallocates && st.unnamed != nil
-		pins, runs, chans := st.unnamedPins, st.unnamedRuns, st.unnamedChans
+		pins, runs, chans, makes := st.unnamedPins, st.unnamedRuns, st.unnamedChans, st.unnamedMakes
 		if st.unnamed == nil {
-			pins, runs, chans = "", nil, nil
+			pins, runs, chans, makes = "", nil, nil, nil
 		}
 		st.mu.Unlock()
+		if makes != nil {
+			r.makeAtBind(makes)
+		}
 		if chans != nil {
 			if err := r.beforeListening(chans, mirrorInline); err != nil {
 				return err
@@ -686,6 +691,9 @@ func (r *relay) relayBind(size int) error {
 			if err := r.beforeListening(cs.chans, mirrorInline); err != nil {
 				return err
 			}
+		}
+		if cs.makes != nil {
+			r.makeAtBind(cs.makes)
 		}
 		if cs.changes {
 			r.noteSettingsChange()

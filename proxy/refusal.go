@@ -129,7 +129,7 @@ func (r *relay) check(msg []byte) (substitute []byte, resets, deallocates bool, 
 		v := r.guard.CheckParse(statementText(msg))
 		verdictErr, deallocates, pins = v.Err, v.DeallocatesAll, v.Pins
 		r.changes, r.dealloc = v.ChangesSettings, v.Deallocate
-		r.executes, r.channels = v.Executes, v.Channels
+		r.prepare, r.executes, r.channels = v.Prepare, v.Executes, v.Channels
 		r.listening, r.unlistensAll = v.Listening, v.UnlistensAll
 		if verdictErr == nil {
 			verdictErr = r.noteCustomSettings(v.CustomSettings)

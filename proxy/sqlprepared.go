@@ -53,7 +53,13 @@ func (r *relay) carrySQLStatements(typ byte, edits []textEdit) ([]textEdit, *cli
 			runs = append(runs, cs)
 		}
 	}
-	if p := r.prepare; p != nil {
+	if p := r.prepare; p != nil && typ == 'P' {
+		// A Parse of PREPARE prepares nothing yet: each Bind of it that
+		// runs registers the statement (makeAtBind), under this name.
+		server := serverStmtName(r.pctx.key, strconv.AppendUint([]byte("sql "), sqlStmtCount.Add(1), 10))
+		added = &clientStmt{client: p.Name, server: server, pins: p.Pins}
+		edits = append(edits, textEdit{p.Start, p.End, quoteIdent(server)})
+	} else if p != nil {
 		if cs := st.byName[p.Name]; cs != nil {
 			// PostgreSQL refuses to redefine a statement (42P05): let it,
 			// under the upstream name (the error names the client's).
@@ -75,7 +81,10 @@ func (r *relay) carrySQLStatements(typ byte, edits []textEdit) ([]textEdit, *cli
 	}
 	if typ == 'P' {
 		r.stmtExecutes = runs // prepared ahead when the statement is bound
-	} else if err := r.prepareAhead(runs); err != nil {
+		r.stmtMakes = added
+		return edits, added, nil
+	}
+	if err := r.prepareAhead(runs); err != nil {
 		return nil, nil, err
 	}
 	if added != nil {
@@ -190,4 +199,24 @@ func (st *statements) runsPin(names []guard.NameAt) string {
 		}
 	}
 	return ""
+}
+
+// makeAtBind registers, at the Bind of a Parse of PREPARE (tmpl), the
+// statement it makes when it runs, as a PREPARE in a Query does: read back
+// behind the unit; a Bind that fails, or whose Execute does, leaves
+// nothing. A name the client has is replaced (PostgreSQL would refuse it
+// with 42P05; the upstream, under a new name, does not).
+func (r *relay) makeAtBind(tmpl *clientStmt) {
+	cs := &clientStmt{client: tmpl.client, server: tmpl.server, inner: tmpl.inner, pins: tmpl.pins}
+	st := &r.stmts
+	st.mu.Lock()
+	if st.byName == nil {
+		st.byName = map[string]*clientStmt{}
+	}
+	st.byName[cs.client] = cs
+	st.mu.Unlock()
+	r.sc.touch(cs.server)
+	r.carry.prepares = append(r.carry.prepares, cs)
+	r.carry.touched = true
+	r.holdForReadback()
 }

@@ -95,6 +95,8 @@ type clientStmt struct {
 	inner string
 	// chans: running it may change the client's channels (listening.go).
 	chans *channelChange
+	// makes: it is a PREPARE; what each Bind of it makes (sqlprepared.go).
+	makes *clientStmt
 }
 
 // statements is a client's prepared-statement state in transaction mode.
@@ -107,8 +109,10 @@ type statements struct {
 	// unnamedRuns is like clientStmt.runs. A skipped Parse does not bring
 	// the previous back: preparing more than needed is harmless.
 	unnamedRuns []*clientStmt
-	// unnamedChans is like clientStmt.chans, with the same caveat.
+	// unnamedChans and unnamedMakes are like clientStmt's, with the same
+	// caveat.
 	unnamedChans *channelChange
+	unnamedMakes *clientStmt
 	gen          uint64 // which unnamed Parse that was
 
 	// mu guards replies, and byName and unnamed against undo by the
