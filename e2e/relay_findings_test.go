@@ -306,6 +306,39 @@ func TestRelayQueryAfterUnsyncedExtendedMessages(t *testing.T) {
 	})
 }
 
+// A Query ending a transaction block (END, ROLLBACK, COMMIT), sent after
+// extended-protocol messages with no Sync while the block's failure was not
+// yet known to pgtenant (all in one write), ends the block as on PostgreSQL;
+// anything else keeps its assertion (fuzzer seed 4569883905413853720:
+// pgtenant asserted ahead of the END, the assertion failed with 25P02, and
+// the server skipped the END up to a Sync the client never sends).
+func TestRelayTransactionEndAfterUnsyncedClose(t *testing.T) {
+	failed := []pgproto3.FrontendMessage{ppQuery("BEGIN"), ppQuery("SELECT 1/0"), ppCloseStmt("")}
+	ended := []string{"CommandComplete BEGIN", "ReadyForQuery T", "ErrorResponse 22012", "ReadyForQuery E",
+		"CloseComplete", "CommandComplete ROLLBACK", ppRFQ}
+	eachPoolMode(t, func(t *testing.T, m poolMode) {
+		for _, tc := range []struct {
+			desc  string
+			steps []ppStep
+		}{
+			{"END after a failed block", []ppStep{ppAs(0, ended, append(failed, ppQuery("END"))...)}},
+			{"ROLLBACK after a failed block", []ppStep{ppAs(0, ended, append(failed, ppQuery("ROLLBACK"))...)}},
+			{"the fuzzer's shape: PgJDBC autosave, a failed Execute, Close, END", []ppStep{ppAs(0, nil,
+				ppParse("", "BEGIN"), ppBind(""), ppExec(), ppQuery("SAVEPOINT PGJDBC_AUTOSAVE"),
+				ppParse("", "SELECT 1/0"), ppBind(""), ppExec(), ppSync(),
+				ppCloseStmt(""), ppQuery("END"),
+			)}},
+			{"COMMIT of a valid block", []ppStep{ppAs(0, nil,
+				ppQuery("BEGIN"), ppQuery(ppCount), ppCloseStmt(""), ppQuery("COMMIT"),
+			)}},
+		} {
+			t.Run(tc.desc, func(t *testing.T) {
+				ppScenario(t, m.start(t), []demo.Tenant{tenantA}, tc.steps)
+			})
+		}
+	})
+}
+
 // relaySlowWriter takes its first write after a pause, as a client that
 // reads slowly (psql's \copy ... to program 'sleep 3; wc -c').
 type relaySlowWriter struct {
