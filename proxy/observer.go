@@ -32,8 +32,8 @@ type Observer interface {
 	// SessionEnd reports the bytes a session relayed each way.
 	SessionEnd(tenant string, fromClient, toClient int64)
 	// Pinned reports a pooled connection pinned to one client (delta 1,
-	// with the reason: "WITH HOLD cursor", "temporary table", "LISTEN",
-	// "session advisory lock") or unpinned (delta -1).
+	// with the reason: "WITH HOLD cursor", "temporary table", "SQL
+	// prepared statement", "session advisory lock") or unpinned (delta -1).
 	Pinned(reason string, delta int)
 	// RateLimitWait reports a transaction start of tenant under its rate
 	// limit: how long it waited for its turn, or, refused, how long it
