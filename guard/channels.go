@@ -81,10 +81,14 @@ func isPgNotify(names []*pg_query.Node) bool {
 // runsNow reports whether a statement runs its expressions now, rather than
 // storing them in the database (a view, a default, a constraint) where they
 // would later run for whichever tenant reads them, in the writer's scope.
+// EXPLAIN is what it runs (EXPLAIN ANALYZE CREATE MATERIALIZED VIEW creates
+// one).
 func runsNow(stmt *pg_query.Node) bool {
 	switch n := stmt.Node.(type) {
+	case *pg_query.Node_ExplainStmt:
+		return n.ExplainStmt.Query != nil && runsNow(n.ExplainStmt.Query)
 	case *pg_query.Node_SelectStmt, *pg_query.Node_InsertStmt, *pg_query.Node_UpdateStmt,
-		*pg_query.Node_DeleteStmt, *pg_query.Node_MergeStmt, *pg_query.Node_ExplainStmt,
+		*pg_query.Node_DeleteStmt, *pg_query.Node_MergeStmt,
 		*pg_query.Node_PrepareStmt, *pg_query.Node_DeclareCursorStmt, *pg_query.Node_CopyStmt:
 		return true
 	case *pg_query.Node_CreateTableAsStmt:
@@ -92,20 +96,6 @@ func runsNow(stmt *pg_query.Node) bool {
 		return n.CreateTableAsStmt.Objtype != pg_query.ObjectType_OBJECT_MATVIEW
 	}
 	return false
-}
-
-// runsNowAll is runsNow, looking through EXPLAIN at what it runs (EXPLAIN
-// ANALYZE CREATE MATERIALIZED VIEW creates one).
-func runsNowAll(stmt *pg_query.Node) bool {
-	for {
-		e, ok := stmt.Node.(*pg_query.Node_ExplainStmt)
-		if !ok {
-			return runsNow(stmt)
-		}
-		if stmt = e.ExplainStmt.Query; stmt == nil {
-			return false
-		}
-	}
 }
 
 // findChannels locates the channels of sql: names counts the identifiers

@@ -1,6 +1,7 @@
 package guard
 
 import (
+	"bytes"
 	"strconv"
 	"strings"
 	"unicode"
@@ -171,6 +172,9 @@ var transactionEnds = map[pg_query.Token]bool{
 // following it (COMMIT, END, ABORT, ROLLBACK but ROLLBACK TO, PREPARE
 // TRANSACTION). A text it cannot lex counts as one.
 func Transactions(sql []byte) int {
+	if bytes.IndexByte(bytes.TrimRight(sql, "; \t\r\n\f\v"), ';') < 0 {
+		return 1 // one statement: not worth lexing (most Queries)
+	}
 	toks, ok := scanTokens(string(sql))
 	if !ok {
 		return 1

@@ -68,3 +68,24 @@ func TestPooledPrepare(t *testing.T) {
 		}
 	}
 }
+
+func TestTransactions(t *testing.T) {
+	for _, tc := range []struct {
+		sql  string
+		want int
+	}{
+		{"SELECT 1", 1},
+		{"SELECT 1; ", 1},
+		{"BEGIN; SELECT 1; COMMIT", 1},
+		{"SELECT 1; COMMIT; SELECT 2", 2},
+		{"SELECT txid_current(); COMMIT; SELECT txid_current(); COMMIT; ", 2},
+		{"BEGIN; SAVEPOINT s; ROLLBACK TO s; COMMIT", 1},
+		{"PREPARE p AS SELECT 1; SELECT 2", 1},
+		{"SELECT ';COMMIT; x'", 1},
+		{"END; SELECT 1; ABORT; SELECT 2; ROLLBACK", 3},
+	} {
+		if got := Transactions([]byte(tc.sql)); got != tc.want {
+			t.Errorf("Transactions(%q) = %d, want %d", tc.sql, got, tc.want)
+		}
+	}
+}

@@ -97,22 +97,38 @@ func (r *relay) relayNotification(size int) error {
 	if err != nil {
 		return err
 	}
-	body := msg[5:]
-	if len(body) < 4 {
-		return fatalf(codeProtocolViolation, "pgtenant: invalid NotificationResponse from the upstream")
-	}
-	channel, payload, ok := splitName(body[4:])
-	if !ok || !bytes.HasPrefix(channel, []byte(r.notifyScope)) {
+	out := unscoped(msg, r.notifyScope)
+	if out == nil {
 		return nil // another tenant's (or unscoped: a function's in the database)
 	}
-	out := make([]byte, 0, len(msg))
-	out = append(out, 'A', 0, 0, 0, 0)
-	out = append(out, body[:4]...)
-	out = append(append(out, channel[len(r.notifyScope):]...), 0)
-	out = append(out, payload...)
-	binary.BigEndian.PutUint32(out[1:], uint32(len(out)-1))
 	_, err = r.cw.Write(out)
 	return err
+}
+
+// notificationChannel splits a NotificationResponse (type byte included)
+// into its sender's pid, its channel and its payload (NUL included).
+func notificationChannel(msg []byte) (pid, channel, payload []byte, ok bool) {
+	if len(msg) < 9 {
+		return nil, nil, nil, false
+	}
+	channel, payload, ok = splitName(msg[9:])
+	return msg[5:9], channel, payload, ok
+}
+
+// unscoped is the NotificationResponse msg under the client's name for its
+// channel, nil when the channel is not in scope.
+func unscoped(msg []byte, scope string) []byte {
+	pid, channel, payload, ok := notificationChannel(msg)
+	if !ok || !bytes.HasPrefix(channel, []byte(scope)) {
+		return nil
+	}
+	out := make([]byte, 0, len(msg)-len(scope))
+	out = append(out, 'A', 0, 0, 0, 0)
+	out = append(out, pid...)
+	out = append(append(out, channel[len(scope):]...), 0)
+	out = append(out, payload...)
+	binary.BigEndian.PutUint32(out[1:], uint32(len(out)-1))
+	return out
 }
 
 // textEdit replaces text[start:end] of the statement being relayed.

@@ -2,6 +2,7 @@ package proxy
 
 import (
 	"fmt"
+	"slices"
 	"strings"
 	"time"
 
@@ -177,7 +178,7 @@ func (r *relay) takeChannels(found []string) error {
 	all := ls.allSeen
 	ls.tracking, ls.mirrored, ls.allSeen = false, false, false
 	// UNLISTEN * and DISCARD ALL end the marker too: taken as committed.
-	if contains(found, hubMarker) || all {
+	if slices.Contains(found, hubMarker) || all {
 		ls.committed = ls.committed[:0]
 		for _, ch := range found {
 			if strings.HasPrefix(ch, r.notifyScope) {

@@ -2,8 +2,8 @@ package proxy
 
 import (
 	"context"
-	"encoding/binary"
 	"errors"
+	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -119,7 +119,7 @@ func (h *notifyHub) remove(r *relay, channels []string, all bool) {
 	keep := []string{}
 	if !all {
 		for _, ch := range h.channelsOf(r) {
-			if !contains(channels, ch) {
+			if !slices.Contains(channels, ch) {
 				keep = append(keep, ch)
 			}
 		}
@@ -129,15 +129,6 @@ func (h *notifyHub) remove(r *relay, channels []string, all bool) {
 
 // leave unsubscribes r from everything.
 func (h *notifyHub) leave(r *relay) { _ = h.set(r, nil) }
-
-func contains(list []string, s string) bool {
-	for _, x := range list {
-		if x == s {
-			return true
-		}
-	}
-	return false
-}
 
 // sendLocked sends the LISTENs and UNLISTENs as one Query, dialling first if
 // need be. It returns where the answer to the LISTENs comes, nil when
@@ -233,11 +224,7 @@ func (h *notifyHub) handle(typ byte, msg []byte) {
 // deliver queues a notification for the clients of its channel, under the
 // channel name they use.
 func (h *notifyHub) deliver(msg []byte) {
-	body := msg[5:]
-	if len(body) < 4 {
-		return
-	}
-	channel, payload, ok := splitName(body[4:])
+	_, channel, _, ok := notificationChannel(msg)
 	if !ok {
 		return
 	}
@@ -251,16 +238,11 @@ func (h *notifyHub) deliver(msg []byte) {
 	if len(targets) == 0 {
 		return
 	}
-	scope := len(targets[0].notifyScope)
-	if scope > len(channel) {
+	// A channel's clients are of one tenant: one scope, one message for all.
+	out := unscoped(msg, targets[0].notifyScope)
+	if out == nil {
 		return
 	}
-	out := make([]byte, 0, len(msg)-scope)
-	out = append(out, 'A', 0, 0, 0, 0)
-	out = append(out, body[:4]...)
-	out = append(append(out, channel[scope:]...), 0)
-	out = append(out, payload...)
-	binary.BigEndian.PutUint32(out[1:], uint32(len(out)-1))
 	for _, r := range targets {
 		r.notes.offer(out)
 	}

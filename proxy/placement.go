@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"net"
 	"reflect"
-	"strings"
 	"sync"
 	"time"
 
@@ -106,7 +105,7 @@ func (pl placement) settings() []setting {
 	var out []setting
 	if pl.schema != "" {
 		// Quoted, so that the schema's name is taken as written.
-		out = append(out, setting{name: "search_path", value: `"` + strings.ReplaceAll(pl.schema, `"`, `""`) + `"`})
+		out = append(out, setting{name: "search_path", value: quoteIdent(pl.schema)})
 	}
 	if pl.role != "" {
 		out = append(out, setting{name: "role", value: pl.role})

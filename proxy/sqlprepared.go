@@ -68,10 +68,6 @@ func (r *relay) carrySQLStatements(typ byte, edits []textEdit) ([]textEdit, *cli
 		} else {
 			server := serverStmtName(r.pctx.key, strconv.AppendUint([]byte("sql "), sqlStmtCount.Add(1), 10))
 			added = &clientStmt{client: p.Name, server: server, pins: p.Pins}
-			if st.byName == nil {
-				st.byName = map[string]*clientStmt{}
-			}
-			st.byName[p.Name] = added
 			edits = append(edits, textEdit{p.Start, p.End, quoteIdent(server)})
 		}
 	}
@@ -88,10 +84,7 @@ func (r *relay) carrySQLStatements(typ byte, edits []textEdit) ([]textEdit, *cli
 		return nil, nil, err
 	}
 	if added != nil {
-		r.sc.touch(added.server)
-		r.carry.prepares = append(r.carry.prepares, added)
-		r.carry.touched = true // its parameter types are read back behind the unit
-		r.holdForReadback()
+		r.registerMade(added)
 	}
 	return edits, added, nil
 }
@@ -207,7 +200,12 @@ func (st *statements) runsPin(names []guard.NameAt) string {
 // nothing. A name the client has is replaced (PostgreSQL would refuse it
 // with 42P05; the upstream, under a new name, does not).
 func (r *relay) makeAtBind(tmpl *clientStmt) {
-	cs := &clientStmt{client: tmpl.client, server: tmpl.server, inner: tmpl.inner, pins: tmpl.pins}
+	r.registerMade(&clientStmt{client: tmpl.client, server: tmpl.server, inner: tmpl.inner, pins: tmpl.pins})
+}
+
+// registerMade gives the client's name to a statement its PREPARE makes on
+// the held connection: its parameter types are read back behind the unit.
+func (r *relay) registerMade(cs *clientStmt) {
 	st := &r.stmts
 	st.mu.Lock()
 	if st.byName == nil {
