@@ -7,6 +7,7 @@ package e2e
 import (
 	"context"
 	"fmt"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -331,11 +332,36 @@ func TestRelayTransactionEndAfterUnsyncedClose(t *testing.T) {
 			{"COMMIT of a valid block", []ppStep{ppAs(0, nil,
 				ppQuery("BEGIN"), ppQuery(ppCount), ppCloseStmt(""), ppQuery("COMMIT"),
 			)}},
+			// Anything else in a failed block is PostgreSQL's to answer:
+			// 25P02, or what follows a ROLLBACK in the string, which runs
+			// with the tenant's committed context (in transaction mode after
+			// another tenant held the connection).
+			{"SELECT after a failed block", []ppStep{
+				ppAs(0, append(ended[:4:4], "CloseComplete", "ErrorResponse 25P02", "ReadyForQuery E"), append(failed, ppQuery("SELECT 1"))...),
+				ppAs(0, []string{"CommandComplete ROLLBACK", ppRFQ}, ppQuery("ROLLBACK")),
+			}},
+			{"ROLLBACK and a SELECT in one Query after a failed block", []ppStep{
+				ppAs(1, nil, ppQuery(ppCount)),
+				ppAs(0, nil, append(failed, ppQuery("ROLLBACK; SELECT current_setting('app.tenant_id')"))...),
+				ppAs(1, nil, ppQuery(ppCount)),
+			}},
 		} {
 			t.Run(tc.desc, func(t *testing.T) {
-				ppScenario(t, m.start(t), []demo.Tenant{tenantA}, tc.steps)
+				ppScenario(t, m.start(t), []demo.Tenant{tenantA, tenantB}, tc.steps)
 			})
 		}
+		// The guard's refusal takes the place of PostgreSQL's 25P02, and
+		// the session goes on.
+		t.Run("a refused statement after a failed block", func(t *testing.T) {
+			c := ppHijack(t, m.start(t).pgconnect(t, tenantA))
+			want := append(ended[:4:4], "CloseComplete", "ErrorResponse 42501", "ReadyForQuery E")
+			if got, err := c.exchange(append(failed, ppQuery("SET app.tenant_id = 'x'")), 0); err != nil || !slices.Equal(got, want) {
+				t.Fatalf("got %q (%v), want %q", got, err, want)
+			}
+			if got, err := c.exchange([]pgproto3.FrontendMessage{ppQuery("ROLLBACK")}, 0); err != nil || !slices.Equal(got, []string{"CommandComplete ROLLBACK", ppRFQ}) {
+				t.Fatalf("ROLLBACK: %q (%v)", got, err)
+			}
+		})
 	})
 }
 

@@ -448,7 +448,7 @@ func (r *relay) relayMessage(typ byte, size int) error {
 	if r.pooled() && typ == 'P' {
 		r.stmts.record(replyEntry{seq: r.seq}) // the refusal's failing Parse
 	}
-	if r.assertDue != nil && (typ == 'E' && blindExecute || typ == 'Q' && substitute == nil && r.wholeTransactionEnd(size, msg)) {
+	if r.assertDue != nil && (typ == 'E' && blindExecute || typ == 'Q' || typ == 'F') {
 		if err := r.settleAssertion(); err != nil {
 			return err
 		}
@@ -871,10 +871,14 @@ func (r *relay) startUnit(typ byte, size int, msg []byte, refused, simple bool) 
 
 // settleAssertion decides, from the exact transaction state, the assertion
 // due ahead of an Execute of a portal the relay cannot vouch for, or of a
-// Query ending a group that only ends a transaction block (END, ROLLBACK,
-// COMMIT...: it needs no context). In a failed block PostgreSQL answers such
-// a message itself (it runs a ROLLBACK, or says the portal does not exist),
-// where the assertion would fail first and the server skip the message.
+// Query or FunctionCall ending a group that ran nothing yet. In a failed
+// block PostgreSQL answers such a message itself (25P02, a ROLLBACK, or the
+// portal does not exist), where the assertion would fail first and the
+// server skip the message up to a Sync the client never sends. Inside a
+// block no assertion is due, as for a Query of its own: the block was
+// asserted when it began, and what follows a ROLLBACK in the same string
+// runs with the connection's committed context, which is this client's
+// (the session's start, or the pool's prepare) or none.
 func (r *relay) settleAssertion() error {
 	if r.ledger.pending.Load() > 1 {
 		if err := r.await(untilOnlyThisUnit); err != nil {
@@ -888,18 +892,6 @@ func (r *relay) settleAssertion() error {
 		r.assertDue = nil // inside a block (asserted when it began), or skipped
 	}
 	return nil
-}
-
-// wholeTransactionEnd reports whether the Query of size bytes (msg, or at
-// the head of the client reader) is one statement that ends a transaction
-// block. Its whole text must be seen: a statement that only starts like one
-// may run something after it.
-func (r *relay) wholeTransactionEnd(size int, msg []byte) bool {
-	if msg == nil && size > screenPeekLen+5 {
-		return false
-	}
-	text := r.statementHead('Q', size, msg)
-	return text != nil && isTransactionEnd(text)
 }
 
 // sendAssertionIfDue sends the unit's assertion ahead of a message that

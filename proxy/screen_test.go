@@ -1,13 +1,6 @@
 package proxy
 
-import (
-	"bufio"
-	"bytes"
-	"strings"
-	"testing"
-
-	"github.com/jackc/pgx/v5/pgproto3"
-)
+import "testing"
 
 func TestPipelineSafe(t *testing.T) {
 	tests := []struct {
@@ -82,41 +75,5 @@ func TestQuoteLiteral(t *testing.T) {
 		if got := quoteLiteral(tt.in); got != tt.want {
 			t.Errorf("quoteLiteral(%q) = %s, want %s", tt.in, got, tt.want)
 		}
-	}
-}
-
-// A Query ending a group loses its assertion only when its whole text is
-// one transaction end: a long one read only in part keeps it.
-func TestWholeTransactionEnd(t *testing.T) {
-	long := "COMMIT" + strings.Repeat(" ", screenPeekLen) + "; SELECT 1"
-	tests := []struct {
-		desc   string
-		sql    string
-		readIn bool // the guard read the whole message
-		want   bool
-	}{
-		{"END", "END", false, true},
-		{"ROLLBACK, read whole", "ROLLBACK", true, true},
-		{"COMMIT then a SELECT", "COMMIT; SELECT 1", false, false},
-		{"a SELECT", "SELECT 1", false, false},
-		{"a long one, peeked in part", long, false, false},
-		{"a long one, read whole", long, true, false},
-		{"a long END, peeked in part", "END" + strings.Repeat(" ", screenPeekLen), false, false},
-	}
-	for _, tt := range tests {
-		t.Run(tt.desc, func(t *testing.T) {
-			q, err := (&pgproto3.Query{String: tt.sql}).Encode(nil)
-			if err != nil {
-				t.Fatal(err)
-			}
-			r := &relay{cr: bufio.NewReaderSize(bytes.NewReader(q), 8192)}
-			var msg []byte
-			if tt.readIn {
-				msg = q
-			}
-			if got := r.wholeTransactionEnd(len(q), msg); got != tt.want {
-				t.Errorf("wholeTransactionEnd(%q) = %v, want %v", tt.sql, got, tt.want)
-			}
-		})
 	}
 }
