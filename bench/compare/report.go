@@ -24,6 +24,7 @@ type cellKey struct {
 // stat is the median of a cell's successful runs.
 type stat struct {
 	tps, latencyMS float64
+	cpuPerTx       float64 // µs of proxy CPU per transaction; 0 when not measured
 	runs, failed   int
 }
 
@@ -33,6 +34,7 @@ func (s stat) ok() bool { return s.runs > 0 }
 func medians(results []result) map[cellKey]stat {
 	tps := map[cellKey][]float64{}
 	lat := map[cellKey][]float64{}
+	cpu := map[cellKey][]float64{}
 	failed := map[cellKey]int{}
 	for _, r := range results {
 		k := cellKey{r.Target, r.Mode, r.Protocol, r.Clients}
@@ -42,13 +44,20 @@ func medians(results []result) map[cellKey]stat {
 		}
 		tps[k] = append(tps[k], r.TPS)
 		lat[k] = append(lat[k], r.LatencyMS)
+		if r.CPUPerTx > 0 {
+			cpu[k] = append(cpu[k], r.CPUPerTx)
+		}
 	}
 	out := map[cellKey]stat{}
 	for k, n := range failed {
 		out[k] = stat{failed: n}
 	}
 	for k, v := range tps {
-		out[k] = stat{tps: benchutil.Median(v), latencyMS: benchutil.Median(lat[k]), runs: len(v), failed: failed[k]}
+		s := stat{tps: benchutil.Median(v), latencyMS: benchutil.Median(lat[k]), runs: len(v), failed: failed[k]}
+		if len(cpu[k]) > 0 {
+			s.cpuPerTx = benchutil.Median(cpu[k])
+		}
+		out[k] = s
 	}
 	return out
 }
@@ -93,20 +102,23 @@ func report(m *meta, results []result) string {
 		fmt.Fprintf(&b, "- Note: %s\n", n)
 	}
 
-	b.WriteString("\n| mode | protocol | clients | direct TPS | PgBouncer TPS | pgtenant TPS | pgtenant / PgBouncer | pgtenant / direct | latency ms: direct / PgBouncer / pgtenant | added µs per query vs direct: PgBouncer / pgtenant |\n")
-	b.WriteString("|---|---|--:|--:|--:|--:|--:|--:|--:|--:|\n")
+	b.WriteString("\n| mode | protocol | clients | direct TPS | PgBouncer TPS | pgtenant TPS | pgtenant / PgBouncer | pgtenant / direct | latency ms: direct / PgBouncer / pgtenant | added µs per query vs direct: PgBouncer / pgtenant | proxy CPU µs per transaction: PgBouncer / pgtenant | CPU pgtenant / PgBouncer |\n")
+	b.WriteString("|---|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|\n")
 	for _, r := range rows(o, medians(results)) {
 		added := ""
 		if r.clients == 1 {
 			added = addedMicros(r.bouncer, r.direct) + " / " + addedMicros(r.tenant, r.direct)
 		}
-		fmt.Fprintf(&b, "| %s | %s | %d | %s | %s | %s | %s | %s | %s / %s / %s | %s |\n",
+		fmt.Fprintf(&b, "| %s | %s | %d | %s | %s | %s | %s | %s | %s / %s / %s | %s | %s / %s | %s |\n",
 			r.mode, r.protocol, r.clients,
 			fmtTPS(r.direct), fmtTPS(r.bouncer), fmtTPS(r.tenant),
 			ratio(r.tenant, r.bouncer), ratio(r.tenant, r.direct),
-			fmtLat(r.direct), fmtLat(r.bouncer), fmtLat(r.tenant), added)
+			fmtLat(r.direct), fmtLat(r.bouncer), fmtLat(r.tenant), added,
+			fmtCPU(r.bouncer), fmtCPU(r.tenant), cpuRatio(r.tenant, r.bouncer))
 	}
-	b.WriteString("\nAdded latency is shown for 1 client, where pgbench's average latency is one query's round trip.\n")
+	b.WriteString("\nAdded latency is shown for 1 client, where pgbench's average latency is one query's round trip. " +
+		"Proxy CPU is the proxy process's user + system time over each run (all its threads, from /proc/<pid>/stat) divided by the transactions pgbench completed; " +
+		"pgtenant runs inside the benchmark's process, which does nothing else meanwhile.\n")
 
 	if len(m.Idle) > 0 {
 		fmt.Fprintf(&b, "\n## Memory per idle client\n\n%d authenticated idle clients in %s mode; growth of the proxy process's resident memory (VmRSS) divided by the number of clients. pgtenant runs as its own binary here.\n\n",
@@ -145,6 +157,20 @@ func ratio(a, b stat) string {
 	return strconv.FormatFloat(a.tps/b.tps, 'f', 2, 64)
 }
 
+func fmtCPU(s stat) string {
+	if !s.ok() || s.cpuPerTx == 0 {
+		return "–"
+	}
+	return strconv.FormatFloat(s.cpuPerTx, 'f', 1, 64)
+}
+
+func cpuRatio(a, b stat) string {
+	if !a.ok() || !b.ok() || a.cpuPerTx == 0 || b.cpuPerTx == 0 {
+		return "–"
+	}
+	return strconv.FormatFloat(a.cpuPerTx/b.cpuPerTx, 'f', 2, 64)
+}
+
 func addedMicros(s, direct stat) string {
 	if !s.ok() || !direct.ok() {
 		return "–"
@@ -172,14 +198,17 @@ func writeCSV(path string, results []result) error {
 		return err
 	}
 	w := csv.NewWriter(f)
-	_ = w.Write([]string{"round", "seq", "mode", "protocol", "clients", "target", "tps", "latency_ms", "error"})
+	_ = w.Write([]string{"round", "seq", "mode", "protocol", "clients", "target", "tps", "latency_ms", "proxy_cpu_us_per_tx", "error"})
 	for _, r := range results {
-		tps, lat := "", ""
+		tps, lat, cpu := "", "", ""
 		if r.Err == "" {
 			tps = strconv.FormatFloat(r.TPS, 'f', -1, 64)
 			lat = strconv.FormatFloat(r.LatencyMS, 'f', -1, 64)
+			if r.CPUPerTx > 0 {
+				cpu = strconv.FormatFloat(r.CPUPerTx, 'f', 2, 64)
+			}
 		}
-		_ = w.Write([]string{strconv.Itoa(r.Round), strconv.Itoa(r.Seq), r.Mode, r.Protocol, strconv.Itoa(r.Clients), r.Target, tps, lat, r.Err})
+		_ = w.Write([]string{strconv.Itoa(r.Round), strconv.Itoa(r.Seq), r.Mode, r.Protocol, strconv.Itoa(r.Clients), r.Target, tps, lat, cpu, r.Err})
 	}
 	w.Flush()
 	if err := w.Error(); err != nil {

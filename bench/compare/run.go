@@ -26,6 +26,7 @@ type target struct {
 	user     string
 	password string
 	skip     map[string]string // protocol (or "*") -> why its cells are not run
+	pid      int               // the proxy's process, whose CPU time is measured; 0 for direct
 	logTail  func() string     // for failures: the end of the target's log, if it has one
 }
 
@@ -34,6 +35,28 @@ func (t *target) label() string {
 		return t.name
 	}
 	return t.name + "/" + t.mode
+}
+
+// cpu returns the proxy process's CPU time so far (0 for direct).
+func (t *target) cpu() (time.Duration, error) {
+	if t.pid == 0 {
+		return 0, nil
+	}
+	return processCPU(t.pid)
+}
+
+// cpuPerTx returns the proxy's CPU time since before, in µs per
+// transaction of txs (0 for direct). It includes the logins pgbench makes
+// at its start (SCRAM in both proxies), a small share over a run of seconds.
+func (t *target) cpuPerTx(before time.Duration, txs int64) (float64, error) {
+	if t.pid == 0 || txs == 0 {
+		return 0, nil
+	}
+	after, err := t.cpu()
+	if err != nil {
+		return 0, err
+	}
+	return float64((after - before).Microseconds()) / float64(txs), nil
 }
 
 func (t *target) skipReason(protocol string) string {
@@ -53,6 +76,7 @@ type result struct {
 	Target    string
 	TPS       float64
 	LatencyMS float64
+	CPUPerTx  float64 // the proxy process's CPU time per transaction, µs; 0 for direct
 	Err       string
 }
 
@@ -169,13 +193,15 @@ func run(ctx context.Context, o options) error {
 			return err
 		}
 		closers = append(closers, b.stop)
-		bt := &target{name: "pgbouncer", mode: mode, port: b.port, user: demo.RLSRole, password: demo.RLSPassword, skip: map[string]string{},
+		bt := &target{name: "pgbouncer", mode: mode, port: b.port, user: demo.RLSRole, password: demo.RLSPassword, skip: map[string]string{}, pid: b.cmd.Process.Pid,
 			logTail: func() string { return tailFile(b.log, 10) }}
 		if mode == "transaction" && !bouncerPrepared {
 			bt.skip["prepared"] = fmt.Sprintf("PgBouncer %s has no prepared-statement support; prepared protocol runs skipped for pgbouncer transaction mode", m.PgBouncer)
 		}
 
-		pt := &target{name: "pgtenant", mode: mode, user: demo.TenantA.User, password: demo.TenantA.Password, skip: map[string]string{}}
+		// pgtenant runs in this process, which does nothing else while
+		// pgbench runs.
+		pt := &target{name: "pgtenant", mode: mode, user: demo.TenantA.User, password: demo.TenantA.Password, skip: map[string]string{}, pid: os.Getpid()}
 		p, err := startInProcess(c, mode, o.poolSize)
 		switch {
 		case errors.Is(err, errNoPool):
@@ -271,12 +297,24 @@ func benchmark(ctx context.Context, o options, targets []*target) ([]result, err
 					if t.skipReason(proto) != "" {
 						continue
 					}
-					tps, lat, err := pgbench(ctx, t.port, t.user, t.password, proto, clients, o.duration)
+					cpu, err := t.cpu()
+					var tps, lat float64
+					var txs int64
+					if err == nil {
+						tps, lat, txs, err = pgbench(ctx, t.port, t.user, t.password, proto, clients, o.duration)
+					}
 					if ctx.Err() != nil {
 						return nil, ctx.Err()
 					}
-					res := result{Round: r + 1, Seq: len(results) + 1, Mode: t.mode, Protocol: proto, Clients: clients, Target: t.name, TPS: tps, LatencyMS: lat}
+					var perTx float64
+					if err == nil {
+						perTx, err = t.cpuPerTx(cpu, txs)
+					}
+					res := result{Round: r + 1, Seq: len(results) + 1, Mode: t.mode, Protocol: proto, Clients: clients, Target: t.name, TPS: tps, LatencyMS: lat, CPUPerTx: perTx}
 					status := fmt.Sprintf("%9.0f tps %8.3f ms", tps, lat)
+					if perTx > 0 {
+						status += fmt.Sprintf(" %6.1f µs CPU/tx", perTx)
+					}
 					if err != nil {
 						res.Err = strings.Join(strings.Fields(err.Error()), " ")
 						status = "FAILED: " + err.Error()
