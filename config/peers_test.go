@@ -59,3 +59,15 @@ func TestPeers(t *testing.T) {
 		})
 	}
 }
+
+// One config file for every replica: the id from the environment.
+func TestPeerIDFromEnvironment(t *testing.T) {
+	t.Setenv("PGTENANT_TEST_PEER_ID", "3")
+	c, err := Parse([]byte(minimal + "admin_listen: \"127.0.0.1:918${PGTENANT_TEST_PEER_ID}\"\npeer_id: ${PGTENANT_TEST_PEER_ID}\npeers: [{id: 1, address: \"h:1\"}, {id: 3, address: \"h:3\"}]\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if self, _ := c.Self(); self != (Peer{ID: 3, Address: "h:3"}) || c.AdminListen != "127.0.0.1:9183" {
+		t.Fatalf("Self() = %+v, admin_listen %q", self, c.AdminListen)
+	}
+}
