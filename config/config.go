@@ -53,6 +53,11 @@ type Config struct {
 	// ReusePort sets SO_REUSEPORT on the listener, so that a new pgtenant
 	// can start on the same address while the old one drains.
 	ReusePort bool `yaml:"reuse_port"`
+	// PeerID and Peers make this process one of several replicas serving
+	// one address: cancel requests reach the replica that issued the key
+	// (see peers.go). Absent: a single pgtenant.
+	PeerID int    `yaml:"peer_id"`
+	Peers  []Peer `yaml:"peers"`
 	// AdminListen, when set, serves /metrics (Prometheus), /healthz, /readyz
 	// and /status (live sessions, JSON) on this address.
 	AdminListen string `yaml:"admin_listen"`
@@ -346,6 +351,7 @@ func (c *Config) Validate() error {
 	c.validatePlacements(add)
 	c.validateAudit(add)
 	c.validateTenants(add)
+	c.validatePeers(add)
 	seen := make(map[string]int, len(c.Users))
 	for i, u := range c.Users {
 		field := UserField(i, u.Name)

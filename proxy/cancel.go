@@ -39,22 +39,29 @@ func randomPID() uint32 {
 }
 
 type cancelRegistry struct {
+	// peer is this replica's peer id, put in the keys it issues (peers.go);
+	// 0 without peers. Fixed for the process: keys outlive a reload.
+	peer    uint32
 	mu      sync.Mutex
 	targets map[cancelKey]cancelTarget
 }
 
-func newCancelRegistry() *cancelRegistry {
-	return &cancelRegistry{targets: make(map[cancelKey]cancelTarget)}
+func newCancelRegistry(peer uint32) *cancelRegistry {
+	return &cancelRegistry{peer: peer, targets: make(map[cancelKey]cancelTarget)}
 }
 
 // register issues a key for target; the caller must unregister it.
 func (c *cancelRegistry) register(t cancelTarget) cancelKey {
+	pid := t.pid
+	if c.peer != 0 {
+		pid = keyPID(c.peer, pid)
+	}
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	for {
 		var b [4]byte
 		_, _ = rand.Read(b[:])
-		k := cancelKey{pid: t.pid, secret: binary.BigEndian.Uint32(b[:])}
+		k := cancelKey{pid: pid, secret: binary.BigEndian.Uint32(b[:])}
 		if _, taken := c.targets[k]; !taken {
 			c.targets[k] = t
 			return k

@@ -51,14 +51,17 @@ type Server struct {
 	mu         sync.Mutex
 	perTenant  map[string]int // sessions per tenant
 	listeners  map[net.Listener]struct{}
-	conns      map[net.Conn]struct{}
-	sessions   map[*session]struct{}
-	pools      []*txPool // every transaction pool made, closed by Close
-	closed     bool
-	draining   bool
-	onClose    []func()
-	wg         sync.WaitGroup
-	parker     *parker // made with the first client it may park; nil until then
+	// peerListeners take cancel requests forwarded by other replicas
+	// (peers.go); a drain leaves them open, Close closes them.
+	peerListeners map[net.Listener]struct{}
+	conns         map[net.Conn]struct{}
+	sessions      map[*session]struct{}
+	pools         []*txPool // every transaction pool made, closed by Close
+	closed        bool
+	draining      bool
+	onClose       []func()
+	wg            sync.WaitGroup
+	parker        *parker // made with the first client it may park; nil until then
 }
 
 // runtime is everything a session takes from the configuration. A session
@@ -92,12 +95,13 @@ type runtime struct {
 // New prepares a server from a validated config.
 func New(cfg *config.Config, authn Authenticator, log *slog.Logger) (*Server, error) {
 	s := &Server{
-		log:       log,
-		cancels:   newCancelRegistry(),
-		listeners: make(map[net.Listener]struct{}),
-		conns:     make(map[net.Conn]struct{}),
-		sessions:  make(map[*session]struct{}),
-		perTenant: make(map[string]int),
+		log:           log,
+		cancels:       newCancelRegistry(uint32(cfg.PeerID)),
+		listeners:     make(map[net.Listener]struct{}),
+		peerListeners: make(map[net.Listener]struct{}),
+		conns:         make(map[net.Conn]struct{}),
+		sessions:      make(map[*session]struct{}),
+		perTenant:     make(map[string]int),
 	}
 	rt, err := newRuntime(cfg, authn, nil, log)
 	if err != nil {
@@ -116,6 +120,10 @@ func (s *Server) Reload(cfg *config.Config, authn Authenticator) error {
 	old := s.rt.Load()
 	if cfg.Listen != old.cfg.Listen {
 		s.log.Warn("listen address changes need a restart; keeping the old one", "listen", old.cfg.Listen, "configured", cfg.Listen)
+	}
+	oldSelf, _ := old.cfg.Self()
+	if self, _ := cfg.Self(); cfg.PeerID != old.cfg.PeerID || self != oldSelf {
+		s.log.Warn("peer_id and this replica's peer address change with a restart only; keeping the old ones", "peer_id", old.cfg.PeerID, "configured", cfg.PeerID)
 	}
 	rt, err := newRuntime(cfg, authn, old, s.log)
 	if err != nil {
@@ -172,11 +180,20 @@ func newRuntime(cfg *config.Config, authn Authenticator, old *runtime, log *slog
 	return rt, nil
 }
 
-// ListenAndServe listens on the configured address and serves until Close.
+// ListenAndServe listens on the configured address (and peer address) and
+// serves until Close.
 func (s *Server) ListenAndServe() error {
 	ln, err := s.Listen()
 	if err != nil {
 		return err
+	}
+	pln, err := s.ListenPeers()
+	if err != nil {
+		ln.Close()
+		return err
+	}
+	if pln != nil {
+		go func() { _ = s.ServePeers(pln) }()
 	}
 	return s.Serve(ln)
 }
@@ -184,10 +201,16 @@ func (s *Server) ListenAndServe() error {
 // Listen opens the configured listener (with SO_REUSEPORT when configured).
 func (s *Server) Listen() (net.Listener, error) {
 	cfg := s.rt.Load().cfg
+	return listen(cfg.Listen, cfg.ReusePort)
+}
+
+// listen opens a TCP listener on address. With reusePort another process
+// can bind the same address: a new pgtenant while this one drains, or the
+// other replicas of a set.
+func listen(address string, reusePort bool) (net.Listener, error) {
 	var lc net.ListenConfig
-	if cfg.ReusePort {
-		// A new pgtenant can bind the same port while this one drains: the
-		// kernel spreads new connections over both until this one closes.
+	if reusePort {
+		// The kernel spreads new connections over every socket bound.
 		lc.Control = func(network, address string, c syscall.RawConn) error {
 			var sockErr error
 			if err := c.Control(func(fd uintptr) {
@@ -198,7 +221,7 @@ func (s *Server) Listen() (net.Listener, error) {
 			return sockErr
 		}
 	}
-	return lc.Listen(context.Background(), "tcp", cfg.Listen)
+	return lc.Listen(context.Background(), "tcp", address)
 }
 
 // ErrServerClosed is returned by Serve after Close.
@@ -206,17 +229,31 @@ var ErrServerClosed = errors.New("pgtenant: server closed")
 
 // Serve accepts connections on ln until Close.
 func (s *Server) Serve(ln net.Listener) error {
+	return s.serve(ln, s.listeners, func(conn net.Conn) {
+		conn = newDirectConn(conn)
+		if !s.track(conn) {
+			conn.Close()
+			return
+		}
+		s.wg.Add(1)
+		go s.serveConn(conn) // which calls connDone when the connection ends
+	})
+}
+
+// serve accepts connections on ln, kept in set while it serves, and hands
+// each to accepted until Close.
+func (s *Server) serve(ln net.Listener, set map[net.Listener]struct{}, accepted func(net.Conn)) error {
 	s.mu.Lock()
 	if s.closed {
 		s.mu.Unlock()
 		ln.Close()
 		return ErrServerClosed
 	}
-	s.listeners[ln] = struct{}{}
+	set[ln] = struct{}{}
 	s.mu.Unlock()
 	defer func() {
 		s.mu.Lock()
-		delete(s.listeners, ln)
+		delete(set, ln)
 		s.mu.Unlock()
 	}()
 
@@ -236,13 +273,7 @@ func (s *Server) Serve(ln net.Listener) error {
 			}
 			return err
 		}
-		conn = newDirectConn(conn)
-		if !s.track(conn) {
-			conn.Close()
-			return ErrServerClosed
-		}
-		s.wg.Add(1)
-		go s.serveConn(conn) // which calls connDone when the connection ends
+		accepted(conn)
 	}
 }
 
@@ -274,6 +305,9 @@ func (s *Server) Close() error {
 	s.mu.Lock()
 	s.closed = true
 	for ln := range s.listeners {
+		ln.Close()
+	}
+	for ln := range s.peerListeners {
 		ln.Close()
 	}
 	pk := s.parker
@@ -509,9 +543,13 @@ func (rt *runtime) contextSettings(ident auth.Identity, pl placement) []setting 
 	return append(settings, pl.settings()...)
 }
 
-// handleCancel forwards a CancelRequest whose key pgtenant issued. Unknown
-// keys are ignored silently, as PostgreSQL does.
-func (s *Server) handleCancel(cr *pgproto3.CancelRequest, log *slog.Logger) {
+// handleCancel forwards a CancelRequest whose key pgtenant issued: to the
+// upstream, or to the replica that issued it (peers.go). Unknown keys are
+// ignored silently, as PostgreSQL does.
+func (s *Server) handleCancel(cr *pgproto3.CancelRequest, log *slog.Logger, fromPeer bool) {
+	if s.routeCancel(cr, log, fromPeer) {
+		return
+	}
 	t, ok := s.cancels.lookup(cr.ProcessID, cr.SecretKey)
 	if !ok {
 		log.Debug("cancel request with unknown key ignored")

@@ -79,7 +79,7 @@ func (s *Server) establish(conn net.Conn, id uint64, rt *runtime, log *slog.Logg
 		return nil
 	}
 	if st.cancel != nil {
-		s.handleCancel(st.cancel, log)
+		s.handleCancel(st.cancel, log, false)
 		st.conn.Close()
 		return nil
 	}

@@ -150,7 +150,30 @@ func Main(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 		srv.Close()
 		return 1
 	}
+	if err := servePeers(srv, log); err != nil {
+		log.Error("listen failed on this replica's peer address", "err", err)
+		ln.Close()
+		srv.Close()
+		return 1
+	}
 	return serve(srv, ln, cfg, *configPath, log, signals)
+}
+
+// servePeers takes the cancel requests other replicas forward, on this
+// replica's own peer address, until the server closes; nothing without peers.
+func servePeers(srv *proxy.Server, log *slog.Logger) error {
+	ln, err := srv.ListenPeers()
+	if err != nil || ln == nil {
+		return err
+	}
+	log.Info("pgtenant listening for cancel requests from its peers", "addr", ln.Addr().String())
+	go func() {
+		if err := srv.ServePeers(ln); err != nil && !errors.Is(err, proxy.ErrServerClosed) {
+			// Sessions go on; only cancels forwarded here are lost.
+			log.Error("peer listener failed: cancel requests other replicas forward are lost", "err", err)
+		}
+	}()
+	return nil
 }
 
 // notifySignals catches what serve handles: SIGHUP, SIGTERM and SIGINT.
