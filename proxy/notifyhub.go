@@ -160,10 +160,17 @@ func (h *notifyHub) sendLocked(listen, unlisten []string) (chan error, error) {
 	}
 	wait := make(chan error, 1)
 	h.waiting = append(h.waiting, wait)
-	if _, err := h.sc.w.Write(encodeQuery(sql.String())); err != nil {
-		return nil, err
+	// Bounded: the write holds mu, which every LISTEN of the pool and the
+	// hub's reader need. A connection that takes no write is lost: closing
+	// it makes the reader end its clients' sessions (lost).
+	sc := h.sc
+	_ = sc.conn.SetWriteDeadline(time.Now().Add(hubTimeout))
+	_, err := sc.w.Write(encodeQuery(sql.String()))
+	if err == nil {
+		err = sc.w.Flush()
 	}
-	if err := h.sc.w.Flush(); err != nil {
+	if err != nil {
+		sc.conn.Close()
 		return nil, err
 	}
 	if len(listen) == 0 {
