@@ -110,6 +110,7 @@ func Main(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 		return 1
 	}
 	log := newLogger(cfg, stderr)
+	raiseOpenFiles(cfg, log)
 	srv, err := NewServer(cfg, log)
 	if err != nil {
 		// What NewServer refuses (a broken verifier, a key file) is in the file.
