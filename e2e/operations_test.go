@@ -10,6 +10,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -61,12 +62,19 @@ func startBinary(t *testing.T, extra string, users ...demo.Tenant) *runningProxy
 
 func startBinaryAt(t *testing.T, addr, extra string, users ...demo.Tenant) *runningProxy {
 	t.Helper()
+	return startBinaryWrapped(t, addr, extra, nil, users...)
+}
+
+// startBinaryWrapped runs pgtenant under the command wrap (prlimit ...), if any.
+func startBinaryWrapped(t *testing.T, addr, extra string, wrap []string, users ...demo.Tenant) *runningProxy {
+	t.Helper()
 	bin := buildBinary(t)
 	dir := t.TempDir()
 	rp := &runningProxy{config: filepath.Join(dir, "pgtenant.yaml"), pidFile: filepath.Join(dir, "pgtenant.pid"), done: make(chan error, 1), logs: &testutil.SyncBuffer{}, extra: extra}
 	_, rp.port, _ = net.SplitHostPort(addr)
 	writeConfig(t, rp.config, addr, extra, users...)
-	rp.cmd = exec.Command(bin, "--config", rp.config, "--pid-file", rp.pidFile)
+	args := append(wrap[:len(wrap):len(wrap)], bin, "--config", rp.config, "--pid-file", rp.pidFile)
+	rp.cmd = exec.Command(args[0], args[1:]...)
 	rp.cmd.Stderr = rp.logs
 	if err := rp.cmd.Start(); err != nil {
 		t.Fatal(err)
@@ -293,6 +301,64 @@ func TestRestartWithReusePort(t *testing.T) {
 		defer conn.Close(context.Background())
 		if got := queryOne(t, conn, "SELECT current_setting('app.tenant_id')"); got != tenantA.ID {
 			t.Fatalf("through the successor: %q", got)
+		}
+	})
+}
+
+// Out of file descriptors, pgtenant keeps its listener, as PostgreSQL's
+// postmaster does: connections past the limit wait in the backlog, and once
+// clients leave new ones log in (on the code before, Accept's EMFILE ended
+// Serve and the process).
+func TestAcceptOutOfFiles(t *testing.T) {
+	eachPoolMode(t, func(t *testing.T, m poolMode) {
+		ln, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		addr := ln.Addr().String()
+		ln.Close()
+		rp := startBinaryWrapped(t, addr, m.yaml(), []string{"prlimit", "--nofile=48:48"}, tenantA)
+		var (
+			mu     sync.Mutex
+			opened []*pgconn.PgConn
+			wg     sync.WaitGroup
+		)
+		for range 60 {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
+				defer cancel()
+				c, err := pgconn.Connect(ctx, fmt.Sprintf("host=127.0.0.1 port=%s user=%s password=%s dbname=app sslmode=disable", rp.port, tenantA.User, tenantA.Password))
+				if err == nil {
+					mu.Lock()
+					opened = append(opened, c)
+					mu.Unlock()
+				}
+			}()
+		}
+		wg.Wait()
+		if len(opened) == 0 || len(opened) == 60 {
+			t.Fatalf("%d of 60 clients logged in with 48 open files: the limit was not reached", len(opened))
+		}
+		if !strings.Contains(rp.logs.String(), "cannot accept new connections") {
+			t.Errorf("no warning about accepting in the log")
+		}
+		for _, c := range opened {
+			c.Close(context.Background())
+		}
+		eventually(t, 10*time.Second, "a new client to log in once the others left", func() bool {
+			c, err := rp.connect(tenantA)
+			if err != nil {
+				return false
+			}
+			defer c.Close(context.Background())
+			return queryOne(t, c, "SELECT current_setting('app.tenant_id')") == tenantA.ID
+		})
+		select {
+		case err := <-rp.done:
+			t.Fatalf("pgtenant exited: %v", err)
+		default:
 		}
 	})
 }

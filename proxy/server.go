@@ -257,6 +257,7 @@ func (s *Server) serve(ln net.Listener, set map[net.Listener]struct{}, accepted 
 		s.mu.Unlock()
 	}()
 
+	var delay time.Duration // backoff while accepting fails for want of resources
 	for {
 		conn, err := ln.Accept()
 		if err != nil {
@@ -266,15 +267,37 @@ func (s *Server) serve(ln net.Listener, set map[net.Listener]struct{}, accepted 
 			if closed {
 				return ErrServerClosed
 			}
-			var ne net.Error
-			if errors.As(err, &ne) && ne.Timeout() {
-				time.Sleep(10 * time.Millisecond)
-				continue
+			if !acceptRetryable(err) {
+				return err
 			}
-			return err
+			// As PostgreSQL's postmaster: out of file descriptors (or
+			// memory), the connection waits in the backlog until a client
+			// leaves; the listener stays.
+			if delay == 0 {
+				s.log.Warn("cannot accept new connections; retrying (raise the open-files limit, or limits.max_clients)", "err", err)
+			}
+			delay = min(max(2*delay, 5*time.Millisecond), time.Second)
+			time.Sleep(delay)
+			continue
 		}
+		delay = 0
 		accepted(conn)
 	}
+}
+
+// acceptRetryable reports whether a failed Accept may succeed later: a
+// timeout, too many open files, or memory or buffers short for a while.
+func acceptRetryable(err error) bool {
+	var ne net.Error
+	if errors.As(err, &ne) && ne.Timeout() {
+		return true
+	}
+	for _, errno := range []syscall.Errno{syscall.EMFILE, syscall.ENFILE, syscall.ENOBUFS, syscall.ENOMEM, syscall.ECONNABORTED} {
+		if errors.Is(err, errno) {
+			return true
+		}
+	}
+	return false
 }
 
 func (s *Server) track(c net.Conn) bool {
