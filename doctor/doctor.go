@@ -34,10 +34,20 @@ const (
 	CheckFailClosed      = "fail-closed"
 	CheckTenantType      = "tenant-type"
 	CheckIndex           = "index"
+
+	// Per placement (see placement.go and schemas.go).
+	CheckReachable    = "reachable"
+	CheckLoginRole    = "login-role"
+	CheckTenantRole   = "tenant-role"
+	CheckSchemaAccess = "schema-access"
+	CheckOwnership    = "ownership"
 )
 
 // Checks lists every check in report order.
-var Checks = []string{CheckRLS, CheckRole, CheckPrivileges, CheckSecurityDefiner, CheckViews, CheckFailClosed, CheckTenantType, CheckIndex}
+var Checks = []string{
+	CheckReachable, CheckRLS, CheckRole, CheckPrivileges, CheckSecurityDefiner, CheckViews, CheckFailClosed, CheckTenantType, CheckIndex,
+	CheckLoginRole, CheckTenantRole, CheckSchemaAccess, CheckOwnership,
+}
 
 // Options configures Run.
 type Options struct {
@@ -62,6 +72,10 @@ type Finding struct {
 	Object  string `json:"object"`
 	Problem string `json:"problem"`
 	Fix     string `json:"fix"`
+	// Upstream and Placement say where it was found (set by Check): the
+	// upstream's name and the placement's kind.
+	Upstream  string `json:"upstream,omitempty"`
+	Placement string `json:"placement,omitempty"`
 }
 
 // Run inspects the database conn is connected to. conn must be connected as
@@ -110,6 +124,12 @@ func Run(ctx context.Context, conn *pgconn.PgConn, opts Options) ([]Finding, err
 			return nil, fmt.Errorf("doctor: %w", err)
 		}
 	}
+	return d.sorted(), nil
+}
+
+// sorted returns the findings sorted by check (in the order of Checks),
+// then object; never nil.
+func (d *doctor) sorted() []Finding {
 	order := func(check string) int { return slices.Index(Checks, check) }
 	slices.SortStableFunc(d.findings, func(a, b Finding) int {
 		if c := order(a.Check) - order(b.Check); c != 0 {
@@ -120,7 +140,7 @@ func Run(ctx context.Context, conn *pgconn.PgConn, opts Options) ([]Finding, err
 	if d.findings == nil {
 		d.findings = []Finding{}
 	}
-	return d.findings, nil
+	return d.findings
 }
 
 type doctor struct {

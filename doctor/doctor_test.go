@@ -19,7 +19,10 @@ func TestMain(m *testing.M) {
 	pgcluster.RunMain(m, pgcluster.Options{}, func(c *pgcluster.Cluster) error {
 		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 		defer cancel()
-		return demo.Setup(ctx, c)
+		if err := demo.Setup(ctx, c); err != nil {
+			return err
+		}
+		return demo.SetupPlacements(ctx, c)
 	})
 }
 
@@ -73,7 +76,10 @@ func TestSuperuserConnectionIsReported(t *testing.T) {
 // policy and an index, rows of two tenants, and a role with SELECT only.
 // %[1]s is the database, %[2]s the role.
 const baseSchema = `
-CREATE ROLE %[2]s LOGIN PASSWORD 'pw' NOSUPERUSER NOBYPASSRLS;
+CREATE ROLE %[2]s LOGIN PASSWORD 'pw' NOSUPERUSER NOBYPASSRLS;` + itemsSchema
+
+// itemsSchema is baseSchema without the role.
+const itemsSchema = `
 REVOKE CREATE ON SCHEMA public FROM PUBLIC;
 REVOKE TEMPORARY ON DATABASE %[1]s FROM PUBLIC;
 GRANT USAGE ON SCHEMA public TO %[2]s;

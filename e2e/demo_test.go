@@ -9,6 +9,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"syscall"
@@ -24,10 +25,13 @@ import (
 )
 
 // The README's first command: `pgtenant demo` starts everything, prints psql
-// lines that work as printed, writes a config that the operations commands
-// it prints (doctor, status, /metrics, reload) work with, and on Ctrl-C
-// drains as SIGTERM does (a connected client gets FATAL 57P01) and cleans up.
-// The demo runs in session mode only: its config has no pool.
+// lines that work as printed, one per tenant in each of the three
+// placements, writes a config that the operations commands it prints
+// (doctor, status, /metrics, reload) work with, and on Ctrl-C drains as
+// SIGTERM does (a connected client gets FATAL 57P01) and cleans up. The
+// demo runs in session mode (its config has no pool); the test edits the
+// config to transaction mode before the reload it runs and checks each
+// tenant's placement again through the pools.
 func TestDemoCommand(t *testing.T) {
 	noLeaks(t)
 	bin := buildBinary(t)
@@ -75,25 +79,31 @@ func TestDemoCommand(t *testing.T) {
 			break
 		}
 	}
-	if len(psqlLines) != 2 {
-		t.Fatalf("demo printed %d psql lines, want 2", len(psqlLines))
+	demoTenants := []demo.Tenant{demo.TenantA, demo.TenantB, demo.TenantC, demo.TenantD}
+	if len(psqlLines) != len(demoTenants) {
+		t.Fatalf("demo printed %d psql lines, want %d", len(psqlLines), len(demoTenants))
 	}
-	want := []string{"acme", "globex"}
 	for i, line := range psqlLines {
+		tn := demoTenants[i]
 		out, err := exec.CommandContext(ctx, "bash", "-c", line+" -X -A -t").CombinedOutput()
 		if err != nil {
 			t.Fatalf("%s: %v\n%s", line, err, out)
 		}
-		rows := strings.Split(strings.TrimSpace(string(out)), "\n")
-		if len(rows) != 3 {
-			t.Fatalf("%s: got %d rows, want 3:\n%s", line, len(rows), out)
-		}
-		for _, r := range rows {
-			if !strings.Contains(r, tenantIDFor(want[i])) {
-				t.Fatalf("tenant %s saw a row of another tenant: %s", want[i], r)
+		// id|tenant_id|name in shared tables and the tenant's database,
+		// id|name in its schema.
+		var names []string
+		for _, r := range strings.Split(strings.TrimSpace(string(out)), "\n") {
+			f := strings.Split(r, "|")
+			if len(f) == 3 && f[1] != tn.ID {
+				t.Fatalf("tenant %s saw a row of another tenant: %s", tn.Name, r)
 			}
+			names = append(names, f[len(f)-1])
+		}
+		if !slices.Equal(names, demo.Projects[tn.ID]) {
+			t.Fatalf("%s: tenant %s sees projects %q, want %q", line, tn.Name, names, demo.Projects[tn.ID])
 		}
 	}
+	demoPlacements(ctx, t, listen)
 
 	// A client that stays connected: status lists it, and Ctrl-C must tell
 	// it why its session ends.
@@ -103,6 +113,16 @@ func TestDemoCommand(t *testing.T) {
 	}
 	client := ppHijack(t, pc)
 	demoOperations(ctx, t, bin, commands, logs)
+
+	// The same through the transaction pool: the demo's config switched to
+	// transaction mode by a reload (demoOperations).
+	demoPlacements(ctx, t, listen)
+	metrics := httpGet(t, "http://"+demoAdmin(commands)+"/metrics")
+	for _, up := range []string{"default", demo.UpstreamD} {
+		if want := fmt.Sprintf(`pgtenant_pool_connections{state="idle",upstream=%q} 1`, up); !strings.Contains(metrics, want) {
+			t.Errorf("after the reload to transaction mode, the metrics lack %s:\n%s", want, metrics)
+		}
+	}
 
 	if err := cmd.Process.Signal(syscall.SIGINT); err != nil {
 		t.Fatal(err)
@@ -162,32 +182,117 @@ func demoOperations(ctx context.Context, t *testing.T, bin string, commands []st
 		t.Fatalf("the demo's config: %v", err)
 	}
 	admin, _ := strings.CutPrefix(statusLine, "pgtenant status --admin ")
-	if cfg.AdminListen != admin || len(cfg.Users) != 2 || !strings.Contains(cfg.Upstream, demo.RLSPassword) {
+	if cfg.AdminListen != admin || len(cfg.Users) != 4 || !strings.Contains(cfg.Upstream, demo.RLSPassword) {
 		t.Fatalf("the demo's config: admin_listen %q (status uses %q), %d users, upstream %q", cfg.AdminListen, admin, len(cfg.Users), cfg.Upstream)
 	}
-	if out := run(doctorLine); !strings.Contains(out, "no problems found") {
-		t.Fatalf("%s:\n%s", doctorLine, out)
+	wantPlacements := map[string]config.Placement{
+		demo.TenantA.ID: {Upstream: config.DefaultUpstream},
+		demo.TenantB.ID: {Upstream: config.DefaultUpstream},
+		demo.TenantC.ID: {Upstream: config.DefaultUpstream, Schema: demo.SchemaC, Role: demo.RoleC},
+		demo.TenantD.ID: {Upstream: demo.UpstreamD},
+	}
+	for id, want := range wantPlacements {
+		if got := cfg.Placement(id); got != want {
+			t.Errorf("the demo's config places %s at %+v, want %+v", id, got, want)
+		}
+	}
+	// doctor checks each placement and finds nothing (exit status 0: run
+	// fails otherwise).
+	out := run(doctorLine)
+	for _, want := range []string{
+		"upstream default, shared tables (tenant " + demo.TenantA.ID + ", tenant " + demo.TenantB.ID + "):\n  no problems\n",
+		"upstream default, schema per tenant (tenant " + demo.TenantC.ID + " in schema " + demo.SchemaC + " as role " + demo.RoleC + "):\n  no problems\n",
+		"upstream " + demo.UpstreamD + ", database per tenant (tenant " + demo.TenantD.ID + "):\n  no problems\n",
+		"\nno problems found\n",
+	} {
+		if !strings.Contains(out, want) {
+			t.Fatalf("%s: output lacks %q:\n%s", doctorLine, want, out)
+		}
 	}
 	if out := run(statusLine); !strings.Contains(out, tenantA.ID) || !strings.Contains(out, "1 sessions") {
 		t.Fatalf("%s:\n%s", statusLine, out)
 	}
 
 	// curl may be missing: the URL is fetched here.
-	url := strings.Fields(curlLine)[2]
-	resp, err := http.Get(url)
-	if err != nil {
-		t.Fatalf("%s: %v", curlLine, err)
-	}
-	body, err := io.ReadAll(resp.Body)
-	resp.Body.Close()
-	if err != nil || resp.StatusCode != http.StatusOK || !strings.Contains(string(body), `pgtenant_client_connections{state="active"} 1`) {
-		t.Fatalf("%s: %s %v\n%s", curlLine, resp.Status, err, body)
+	if body := httpGet(t, strings.Fields(curlLine)[2]); !strings.Contains(body, `pgtenant_client_connections{state="active"} 1`) {
+		t.Fatalf("%s:\n%s", curlLine, body)
 	}
 
+	// To transaction mode: the reload brings a pool per upstream.
+	f, err := os.OpenFile(configPath, os.O_APPEND|os.O_WRONLY, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, err = f.WriteString("pool: {mode: transaction}\n")
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
 	run(reloadLine)
 	eventually(t, 10*time.Second, "the demo to reload its config", func() bool {
 		return strings.Contains(logs.String(), "configuration reloaded")
 	})
+}
+
+// demoPlacements logs in as each demo tenant through the running demo
+// (listening on listen): each is where its placement says (database,
+// role), sees its own projects only, and reaches none of the others' data
+// by naming it.
+func demoPlacements(ctx context.Context, t *testing.T, listen string) {
+	t.Helper()
+	initech := demo.SchemaC + ".projects"
+	for _, x := range []struct {
+		tn       demo.Tenant
+		db, user string
+		other    string // another placement's table
+		code     string // what naming it gets
+	}{
+		{demo.TenantA, demo.Database, demo.RLSRole, initech, "42501"}, // permission denied for schema
+		{demo.TenantB, demo.Database, demo.RLSRole, initech, "42501"},
+		{demo.TenantC, demo.Database, demo.RoleC, "public.projects", "42501"}, // permission denied for table
+		{demo.TenantD, demo.DatabaseD, demo.RLSRole, initech, "42P01"},        // not in its database
+	} {
+		conn, err := pgconn.Connect(ctx, fmt.Sprintf("postgres://%s:%s@%s/%s?sslmode=disable", x.tn.User, x.tn.Password, listen, demo.Database))
+		if err != nil {
+			t.Fatalf("%s: %v", x.tn.Name, err)
+		}
+		got := queryRows(t, conn, "SELECT current_database(), current_user, current_setting('app.tenant_id'), string_agg(name, ',' ORDER BY id) FROM projects")
+		want := []string{x.db, x.user, x.tn.ID, strings.Join(demo.Projects[x.tn.ID], ",")}
+		if len(got) != 1 || !slices.Equal(got[0], want) {
+			t.Errorf("%s sees %q, want %q", x.tn.Name, got, want)
+		}
+		if err := execErr(conn, "SELECT count(*) FROM "+x.other); pgCode(err) != x.code {
+			t.Errorf("%s: SELECT from %s: %v, want SQLSTATE %s", x.tn.Name, x.other, err, x.code)
+		}
+		conn.Close(ctx)
+	}
+}
+
+// httpGet returns the body of a 200 answer to a GET of url.
+func httpGet(t *testing.T, url string) string {
+	t.Helper()
+	resp, err := http.Get(url)
+	if err != nil {
+		t.Fatalf("GET %s: %v", url, err)
+	}
+	body, err := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if err != nil || resp.StatusCode != http.StatusOK {
+		t.Fatalf("GET %s: %s %v\n%s", url, resp.Status, err, body)
+	}
+	return string(body)
+}
+
+// demoAdmin is the admin address of the demo's status command.
+func demoAdmin(commands []string) string {
+	for _, c := range commands {
+		if a, ok := strings.CutPrefix(c, "pgtenant status --admin "); ok {
+			return a
+		}
+	}
+	return ""
 }
 
 var (
@@ -216,11 +321,4 @@ func buildBinary(t *testing.T) string {
 		t.Fatal(binaryErr)
 	}
 	return binaryPath
-}
-
-func tenantIDFor(name string) string {
-	if name == tenantA.Name {
-		return tenantA.ID
-	}
-	return tenantB.ID
 }

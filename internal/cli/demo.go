@@ -21,9 +21,10 @@ import (
 // port is taken: the default of `pgtenant status --admin`.
 const demoAdminListen = "127.0.0.1:9187"
 
-// runDemo starts a throwaway PostgreSQL with the README's schema and two
-// tenants, writes a config for it and runs the proxy from that config, as
-// `pgtenant --config` would, until Ctrl-C drains it.
+// runDemo starts a throwaway PostgreSQL with the README's schema, two
+// tenants in its shared tables, one in a schema of its own and one in a
+// database of its own, writes a config for it and runs the proxy from that
+// config, as `pgtenant --config` would, until Ctrl-C drains it.
 func runDemo(args []string, stdout, stderr io.Writer) int {
 	listen := "127.0.0.1:6432"
 	if len(args) == 2 && args[0] == "--listen" {
@@ -48,6 +49,10 @@ func runDemo(args []string, stdout, stderr io.Writer) int {
 	}()
 	if err := demo.Setup(ctx, cluster); err != nil {
 		fmt.Fprintf(stderr, "pgtenant demo: setting up the demo schema: %v\n", err)
+		return 1
+	}
+	if err := demo.SetupPlacements(ctx, cluster); err != nil {
+		fmt.Fprintf(stderr, "pgtenant demo: setting up the demo placements: %v\n", err)
 		return 1
 	}
 
@@ -119,22 +124,44 @@ func listenOrAny(addr string) (net.Listener, error) {
 	return net.Listen("tcp", "127.0.0.1:0")
 }
 
-// writeDemoConfig writes the demo's config file: the demo tenants as users
-// (with SCRAM verifiers, their passwords in comments), the upstream URL with
-// the RLS role's password, and the admin endpoints.
+// demoTenants are the demo's tenants, each with the placement the help
+// describes it by.
+var demoTenants = []struct {
+	demo.Tenant
+	placement string
+}{
+	{demo.TenantA, fmt.Sprintf("shared tables in database %s, row-level security forced", demo.Database)},
+	{demo.TenantB, fmt.Sprintf("shared tables in database %s, row-level security forced", demo.Database)},
+	{demo.TenantC, fmt.Sprintf("its own schema %s in database %s, as role %s", demo.SchemaC, demo.Database, demo.RoleC)},
+	{demo.TenantD, fmt.Sprintf("its own database %s (upstream %s), row-level security forced", demo.DatabaseD, demo.UpstreamD)},
+}
+
+// writeDemoConfig writes the demo's config file: the upstream URL with the
+// RLS role's password, tenant D's database as another upstream, the
+// placements of tenants C and D, the demo tenants as users (with SCRAM
+// verifiers, their passwords in comments) and the admin endpoints.
 func writeDemoConfig(path, listen, admin string, cluster *pgcluster.Cluster) error {
 	var b strings.Builder
 	fmt.Fprintf(&b, `# Written by pgtenant demo; removed with its directory when the demo stops.
 # Edit it and run pgtenant reload (see the demo's output) to try a reload.
 listen: %s
-upstream: %q
+upstream: %q   # the default upstream: tenants not placed elsewhere
 tenant_setting: %s
 admin_listen: %s   # /metrics /healthz /readyz /status
 shutdown_timeout: 10s   # how long Ctrl-C waits for open transactions
 log_level: info
+upstreams:
+  - name: %s
+    url: %q
+tenants:   # placements; a tenant not listed lives in the default upstream's shared tables
+  %s: {schema: %s, role: %s}   # %s: its own schema
+  %s: {upstream: %s}   # %s: its own database
 users:
-`, listen, cluster.URL(demo.RLSRole, demo.RLSPassword, demo.Database), demo.TenantSetting, admin)
-	for _, t := range []demo.Tenant{demo.TenantA, demo.TenantB} {
+`, listen, cluster.URL(demo.RLSRole, demo.RLSPassword, demo.Database), demo.TenantSetting, admin,
+		demo.UpstreamD, cluster.URL(demo.RLSRole, demo.RLSPassword, demo.DatabaseD),
+		demo.TenantC.ID, demo.SchemaC, demo.RoleC, demo.TenantC.Name,
+		demo.TenantD.ID, demo.UpstreamD, demo.TenantD.Name)
+	for _, t := range demoTenants {
 		v, err := auth.NewVerifier(t.Password)
 		if err != nil {
 			return err
@@ -153,16 +180,18 @@ users:
 func printDemoHelp(w io.Writer, cfg *config.Config, upstreamPort int, configPath, pidFile string) {
 	host, port, _ := net.SplitHostPort(cfg.Listen)
 	fmt.Fprintf(w, `
-pgtenant is listening on %s, in front of PostgreSQL on 127.0.0.1:%d (database %q, role %q, password %q, row-level security forced).
+pgtenant is listening on %s, in front of PostgreSQL on 127.0.0.1:%d (role %q, password %q).
 
-Each tenant sees only its own projects. Paste one of these into another terminal:
+Four tenants in the three placements, behind one connection string (database %q):
+each sees only its own projects. Paste one of these into another terminal:
 
-`, cfg.Listen, upstreamPort, demo.Database, demo.RLSRole, demo.RLSPassword)
-	for _, t := range []demo.Tenant{demo.TenantA, demo.TenantB} {
-		fmt.Fprintf(w, "  # tenant %s (%s)\n  PGPASSWORD=%s psql \"host=%s port=%s user=%s dbname=%s\" -c 'SELECT * FROM projects'\n\n",
-			t.Name, t.ID, t.Password, host, port, t.User, demo.Database)
+`, cfg.Listen, upstreamPort, demo.RLSRole, demo.RLSPassword, demo.Database)
+	for _, t := range demoTenants {
+		fmt.Fprintf(w, "  # tenant %s (%s): %s\n  PGPASSWORD=%s psql \"host=%s port=%s user=%s dbname=%s\" -c 'SELECT * FROM projects'\n\n",
+			t.Name, t.ID, t.placement, t.Password, host, port, t.User, demo.Database)
 	}
-	fmt.Fprintf(w, `Drop the -c option for an interactive session. Inserting a row for the other tenant is refused by the policy.
+	fmt.Fprintf(w, `Drop the -c option for an interactive session. Inserting a row for another tenant is refused
+by the policy; naming another tenant's schema (SELECT * FROM %[4]s.projects, as acme) by PostgreSQL.
 
 The proxy runs from %[1]s. Operations to try (from the source tree, "go run ." in place of "pgtenant"):
 
@@ -172,5 +201,5 @@ The proxy runs from %[1]s. Operations to try (from the source tree, "go run ." i
   pgtenant reload --pid-file %[3]s
 
 Press Ctrl-C to drain (sessions end with FATAL 57P01, as on SIGTERM), stop and clean up.
-`, configPath, cfg.AdminListen, pidFile)
+`, configPath, cfg.AdminListen, pidFile, demo.SchemaC)
 }

@@ -8,7 +8,6 @@ import (
 	"fmt"
 	"io"
 	"strings"
-	"time"
 
 	"github.com/jackc/pgx/v5/pgconn"
 
@@ -20,9 +19,14 @@ const doctorUsage = `usage: pgtenant doctor --upstream <conn string> [--config f
                        [--allow-definer 'schema.func(args)']... [--json]
 
 Connects upstream as the RLS role and reports what would break tenant isolation.
-With --config, upstream and tenant_setting come from the config file (--upstream
-overrides it), and the tenant ids of its users and of a db_users sample are
-checked against the types the policies cast the tenant setting to. Exit status: 0 no problems, 1 problems found, 2 usage or connection error.
+With --config, every upstream and tenant placement of the config file is
+checked, each reported under its own heading: shared tables and databases
+per tenant for row-level security, schemas per tenant for what each tenant
+role reaches and owns (--upstream overrides the default upstream); the tenant
+ids of its users and of a db_users sample are checked against the types the
+policies cast the tenant setting to. An upstream that cannot be reached is a
+problem. Exit status: 0 no problems, 1 problems found, 2 usage error or a
+check that could not run.
 `
 
 // stringList is a repeatable string flag.
@@ -55,57 +59,44 @@ func runDoctor(args []string, stdout, stderr io.Writer) int {
 		return 2
 	}
 	opts := doctor.Options{TenantColumn: *tenantColumn, AllowedDefinerFunctions: allowed}
-	connString := *upstream
-	connectTimeout := config.DefaultConnectTimeout
+	cfg := &config.Config{ConnectTimeout: config.Duration{Duration: config.DefaultConnectTimeout}}
+	var tenants []doctor.Tenant
 	ctx := context.Background()
 	if *configPath != "" {
-		cfg, err := config.Load(*configPath)
-		if err != nil {
+		var err error
+		if cfg, err = config.Load(*configPath); err != nil {
 			fmt.Fprintf(stderr, "pgtenant doctor: %v\n", err)
 			return 2
 		}
-		if connString == "" {
-			connString = cfg.Upstream
-		}
 		opts.TenantSetting = cfg.TenantSetting
-		connectTimeout = cfg.ConnectTimeout.Duration
-		opts.Tenants = configTenants(cfg)
+		tenants = configTenants(cfg)
 		sample, err := dbUserTenants(ctx, cfg)
 		if err != nil {
 			// The other checks are still worth having.
 			fmt.Fprintf(stderr, "pgtenant doctor: note: db_users tenant ids not checked: %v\n", err)
 		}
-		opts.Tenants = append(opts.Tenants, sample...)
+		tenants = append(tenants, sample...)
 	}
-	if connString == "" {
+	if *upstream != "" {
+		cfg.Upstream = *upstream
+	}
+	if cfg.Upstream == "" {
 		fmt.Fprintf(stderr, "pgtenant doctor: --upstream or --config is required\n\n%s", doctorUsage)
 		return 2
 	}
-	pgcfg, err := pgconn.ParseConfig(connString)
-	if err != nil {
+	if _, err := pgconn.ParseConfig(cfg.Upstream); err != nil {
 		fmt.Fprintf(stderr, "pgtenant doctor: upstream: %v\n", err)
 		return 2
 	}
-	if pgcfg.ConnectTimeout == 0 {
-		pgcfg.ConnectTimeout = connectTimeout
-	}
-	if _, ok := pgcfg.RuntimeParams["application_name"]; !ok {
-		pgcfg.RuntimeParams["application_name"] = "pgtenant doctor"
-	}
 
-	connectCtx, cancel := context.WithTimeout(ctx, pgcfg.ConnectTimeout+time.Second)
-	conn, err := pgconn.ConnectConfig(connectCtx, pgcfg)
-	cancel()
-	if err != nil {
-		fmt.Fprintf(stderr, "pgtenant doctor: connecting upstream: %v\n", err)
-		return 2
-	}
-	defer conn.Close(context.Background())
-
-	findings, err := doctor.Run(ctx, conn, opts)
+	reports, err := doctor.Check(ctx, doctor.Targets(cfg, tenants), cfg.ConnectTimeout.Duration, opts)
 	if err != nil {
 		fmt.Fprintf(stderr, "pgtenant doctor: %v\n", err)
 		return 2
+	}
+	findings := []doctor.Finding{}
+	for _, r := range reports {
+		findings = append(findings, r.Findings...)
 	}
 	if *asJSON {
 		enc := json.NewEncoder(stdout)
@@ -115,7 +106,7 @@ func runDoctor(args []string, stdout, stderr io.Writer) int {
 			return 2
 		}
 	} else {
-		printFindings(stdout, findings)
+		printReports(stdout, reports)
 	}
 	if len(findings) > 0 {
 		return 1
@@ -123,28 +114,42 @@ func runDoctor(args []string, stdout, stderr io.Writer) int {
 	return 0
 }
 
-// printFindings writes the findings grouped by check: a heading per check,
-// then a line per finding with its fix on the next line.
+// printReports writes a section per placement, labelled with its upstream,
+// kind and tenants, and a total.
+func printReports(w io.Writer, reports []doctor.Report) {
+	n := 0
+	for i, r := range reports {
+		if i > 0 {
+			fmt.Fprintln(w)
+		}
+		fmt.Fprintf(w, "%s:\n", r.Target.Label())
+		printFindings(w, r.Findings)
+		n += len(r.Findings)
+	}
+	switch n {
+	case 0:
+		fmt.Fprintln(w, "\nno problems found")
+	case 1:
+		fmt.Fprintln(w, "\n1 problem found")
+	default:
+		fmt.Fprintf(w, "\n%d problems found\n", n)
+	}
+}
+
+// printFindings writes one placement's findings grouped by check: a
+// heading per check, then a line per finding with its fix on the next line.
 func printFindings(w io.Writer, findings []doctor.Finding) {
 	if len(findings) == 0 {
-		fmt.Fprintln(w, "no problems found")
+		fmt.Fprintln(w, "  no problems")
 		return
 	}
 	for i, f := range findings {
 		if i == 0 || findings[i-1].Check != f.Check {
-			if i > 0 {
-				fmt.Fprintln(w)
-			}
-			fmt.Fprintf(w, "%s:\n", f.Check)
+			fmt.Fprintf(w, "  %s:\n", f.Check)
 		}
-		fmt.Fprintf(w, "  %s: %s\n", f.Object, f.Problem)
+		fmt.Fprintf(w, "    %s: %s\n", f.Object, f.Problem)
 		if f.Fix != "" {
-			fmt.Fprintf(w, "    fix: %s\n", f.Fix)
+			fmt.Fprintf(w, "      fix: %s\n", f.Fix)
 		}
 	}
-	noun := "problems"
-	if len(findings) == 1 {
-		noun = "problem"
-	}
-	fmt.Fprintf(w, "\n%d %s found\n", len(findings), noun)
 }

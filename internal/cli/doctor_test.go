@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"net"
 	"os"
 	"path/filepath"
 	"strings"
@@ -62,6 +63,19 @@ func TestDoctor(t *testing.T) {
 	if err := os.WriteFile(tenantsFile, []byte(tenantsCfg), 0o600); err != nil {
 		t.Fatal(err)
 	}
+	// An upstream nothing listens on, with tenant B placed there.
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	gone := fmt.Sprintf("postgres://x:y@%s/app?sslmode=disable", ln.Addr())
+	ln.Close()
+	placementsFile := filepath.Join(t.TempDir(), "placements.yaml")
+	placementsCfg := fmt.Sprintf("upstream: %q\nupstreams: [{name: gone, url: %q}]\ntenants: {%s: {upstream: gone}}\nusers:\n  - {name: a, password: p, tenant: %s}\n",
+		clean, gone, demo.TenantB.ID, demo.TenantA.ID)
+	if err := os.WriteFile(placementsFile, []byte(placementsCfg), 0o600); err != nil {
+		t.Fatal(err)
+	}
 	tests := []struct {
 		desc   string
 		args   []string
@@ -76,7 +90,7 @@ func TestDoctor(t *testing.T) {
 			"2 problems found",
 		}, ""},
 		{"clean", []string{"--upstream", clean}, 0, []string{"no problems found"}, ""},
-		{"bad", []string{"--upstream", bad}, 1, []string{"rls:\n  public.orders: ", "index:\n  public.orders: ", "fix: CREATE INDEX ON public.orders (tenant_id);", "2 problems found"}, ""},
+		{"bad", []string{"--upstream", bad}, 1, []string{"upstream default, shared tables:\n  rls:\n    public.orders: ", "index:\n    public.orders: ", "fix: CREATE INDEX ON public.orders (tenant_id);", "2 problems found"}, ""},
 		{"config", []string{"--config", configFile}, 1, []string{"public.orders", "2 problems found"}, ""},
 		{"upstream overrides config", []string{"--config", configFile, "--upstream", clean}, 0, []string{"no problems found"}, ""},
 		{"other tenant column", []string{"--upstream", bad, "--tenant-column", "org_id"}, 0, []string{"no problems found"}, ""},
@@ -84,7 +98,12 @@ func TestDoctor(t *testing.T) {
 		{"extra argument", []string{"--upstream", clean, "extra"}, 2, nil, `unexpected argument "extra"`},
 		{"bad flag", []string{"--frobnicate"}, 2, nil, "flag provided but not defined"},
 		{"bad conn string", []string{"--upstream", "postgres://%zz"}, 2, nil, "pgtenant doctor: upstream:"},
-		{"wrong password", []string{"--upstream", c.URL(demo.RLSRole, "wrong", demo.Database)}, 2, nil, "connecting upstream"},
+		{"wrong password", []string{"--upstream", c.URL(demo.RLSRole, "wrong", demo.Database)}, 1, []string{
+			"upstream default, shared tables:\n  reachable:\n    upstream default: cannot be reached (", "password authentication failed", "1 problem found"}, ""},
+		{"placements", []string{"--config", placementsFile}, 1, []string{
+			"upstream default, shared tables (tenant " + demo.TenantA.ID + "):\n  no problems\n",
+			"upstream gone, database per tenant (tenant " + demo.TenantB.ID + "):\n  reachable:\n    upstream gone: cannot be reached (",
+			"1 problem found"}, ""},
 		{"missing config", []string{"--config", "/nonexistent/pgtenant.yaml"}, 2, nil, "nonexistent"},
 		{"help", []string{"--help"}, 0, []string{"usage: pgtenant doctor"}, ""},
 	}
@@ -139,6 +158,9 @@ func TestDoctorJSON(t *testing.T) {
 		}
 	}
 	want := []string{"rls public.orders", "index public.orders"}
+	if f := findings[0]; f.Upstream != "default" || f.Placement != doctor.PlacementShared {
+		t.Errorf("finding of upstream %q placement %q", f.Upstream, f.Placement)
+	}
 	if fmt.Sprint(got) != fmt.Sprint(want) {
 		t.Fatalf("got %v, want %v\n%s", got, want, stdout.String())
 	}
@@ -148,7 +170,7 @@ func TestDoctorJSON(t *testing.T) {
 		t.Fatal(err)
 	}
 	for k := range raw[0] {
-		if k != "check" && k != "object" && k != "problem" && k != "fix" {
+		if k != "check" && k != "object" && k != "problem" && k != "fix" && k != "upstream" && k != "placement" {
 			t.Errorf("unexpected JSON key %q", k)
 		}
 	}

@@ -18,7 +18,10 @@ func TestMain(m *testing.M) {
 	pgcluster.RunMain(m, pgcluster.Options{}, func(c *pgcluster.Cluster) error {
 		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 		defer cancel()
-		return Setup(ctx, c)
+		if err := Setup(ctx, c); err != nil {
+			return err
+		}
+		return SetupPlacements(ctx, c)
 	})
 }
 
@@ -136,7 +139,7 @@ func TestRoleCannotEscape(t *testing.T) {
 
 	var super, bypass, owner bool
 	err = conn.QueryRow(ctx, `SELECT rolsuper, rolbypassrls,
-		(SELECT tableowner = current_user FROM pg_tables WHERE tablename = 'projects')
+		(SELECT tableowner = current_user FROM pg_tables WHERE schemaname = 'public' AND tablename = 'projects')
 		FROM pg_roles WHERE rolname = current_user`).Scan(&super, &bypass, &owner)
 	if err != nil {
 		t.Fatal(err)
@@ -155,5 +158,53 @@ func TestSetupIdempotent(t *testing.T) {
 	conn := connectRLS(ctx, t, TenantB.ID)
 	if got := projectNames(ctx, t, conn); !slices.Equal(got, Projects[TenantB.ID]) {
 		t.Errorf("after second Setup: %q", got)
+	}
+}
+
+// The other placements, as pgtenant runs their sessions: tenant C as its
+// role with search_path on its schema sees its projects, and neither the
+// shared tables nor (as the login role) its schema; tenant D's database
+// holds its rows only. SetupPlacements run again changes nothing.
+func TestPlacements(t *testing.T) {
+	defer goleak.VerifyNone(t)
+	ctx := testutil.Context(t)
+	if err := SetupPlacements(ctx, pgcluster.Shared()); err != nil {
+		t.Fatal(err)
+	}
+	c := connectRLS(ctx, t, TenantC.ID)
+	if _, err := c.Exec(ctx, "SELECT count(*) FROM "+SchemaC+".projects"); err == nil {
+		t.Error("the login role reads tenant C's schema")
+	} else {
+		wantCode(t, err, "42501", "login role on C's schema")
+	}
+	if _, err := c.Exec(ctx, "SET search_path = "+SchemaC+"; SET ROLE "+RoleC); err != nil {
+		t.Fatal(err)
+	}
+	if got := projectNames(ctx, t, c); !slices.Equal(got, Projects[TenantC.ID]) {
+		t.Errorf("C sees %q", got)
+	}
+	_, err := c.Exec(ctx, "SELECT * FROM public.projects")
+	wantCode(t, err, "42501", "C on the shared tables")
+
+	d, err := pgx.Connect(ctx, pgcluster.Shared().URL(RLSRole, RLSPassword, DatabaseD))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer d.Close(ctx)
+	if _, err := d.Exec(ctx, "SELECT set_config($1, $2, false)", TenantSetting, TenantD.ID); err != nil {
+		t.Fatal(err)
+	}
+	if got := projectNames(ctx, t, d); !slices.Equal(got, Projects[TenantD.ID]) {
+		t.Errorf("D sees %q", got)
+	}
+	// As the superuser, whom no policy binds: D's rows are all there is.
+	super, err := pgx.Connect(ctx, pgcluster.Shared().SuperURL(DatabaseD))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer super.Close(ctx)
+	var all int
+	if err := super.QueryRow(ctx, "SELECT count(*) FROM projects").Scan(&all); err != nil || all != len(Projects[TenantD.ID]) {
+		t.Errorf("D's database holds %d projects (%v), want only D's %d", all, err, len(Projects[TenantD.ID]))
 	}
 }
