@@ -41,6 +41,15 @@ const settle = 2 * time.Second
 // measured (the benchmark's proxies are stopped by then), so the upstream
 // connection count is its own.
 func idleCheck(ctx context.Context, c *pgcluster.Cluster, o options, bin, dir string, bc bouncerConf, sessionPool int) ([]idleResult, error) {
+	if o.idle > perProcess {
+		// One PgBouncer process meets the same open-files limit: only
+		// pgtenant's replicas are measured.
+		r, err := idleManyCheck(ctx, c, o, bin, dir)
+		if err != nil {
+			return nil, fmt.Errorf("pgtenant: %w", err)
+		}
+		return []idleResult{r}, nil
+	}
 	p, err := startBinary(ctx, c, bin, dir, o.idleMode, o.poolSize)
 	if err != nil {
 		return nil, err
@@ -179,14 +188,19 @@ func closeClients(conns []*pgconn.PgConn) {
 // over a second, which frees their goroutines. What stays is what idle
 // clients cost.
 func settledRSS(pid int, max time.Duration) (int64, error) {
+	return settled(func() (int64, error) { return rss(pid) }, max)
+}
+
+// settled waits until measure stops falling, as settledRSS.
+func settled(measure func() (int64, error), max time.Duration) (int64, error) {
 	time.Sleep(settle)
-	prev, err := rss(pid)
+	prev, err := measure()
 	if err != nil {
 		return 0, err
 	}
 	for deadline := time.Now().Add(max); time.Now().Before(deadline); {
 		time.Sleep(2 * time.Second)
-		cur, err := rss(pid)
+		cur, err := measure()
 		if err != nil {
 			return 0, err
 		}

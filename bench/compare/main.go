@@ -4,6 +4,7 @@
 //
 //	go run ./bench/compare                       # full matrix, ~12 minutes
 //	go run ./bench/compare -quick -clients 1,8 -protocols simple -modes session -idle 200
+//	go run ./bench/compare -only pgtenant -protocols simple -clients 1 -quick -idle 100000
 //
 // Every cell is `pgbench -n -S` (one primary-key SELECT on pgbench_accounts
 // per transaction). pgbench's tables have no row-level security, so the same
@@ -52,6 +53,9 @@ type options struct {
 }
 
 func main() {
+	if spec := os.Getenv(idleChildEnv); spec != "" {
+		os.Exit(runIdleChild(spec)) // a client process of idleManyCheck
+	}
 	rounds := flag.Int("rounds", 3, "interleaved rounds; the table shows medians over rounds")
 	duration := flag.Duration("duration", 5*time.Second, "pgbench run length per cell, round and target (whole seconds)")
 	clients := flag.String("clients", "1,8,64", "comma-separated pgbench client counts")
@@ -105,6 +109,8 @@ func main() {
 		fatal(errors.New("-pool-size must be at least 1"))
 	case o.idle < 0:
 		fatal(errors.New("-idle must not be negative"))
+	case o.idle > perProcess && o.idleMode != "transaction":
+		fatal(fmt.Errorf("-idle over %d runs replicas, in transaction mode only (session mode would hold an upstream connection per client)", perProcess))
 	}
 
 	// Ctrl-C and SIGTERM cancel ctx: running pgbench processes are killed and

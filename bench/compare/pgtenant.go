@@ -121,15 +121,24 @@ func buildPgtenant(ctx context.Context, dir string) (string, error) {
 // startBinary runs the pgtenant binary with a config in dir and waits until
 // a tenant login through it works.
 func startBinary(ctx context.Context, c *pgcluster.Cluster, bin, dir, mode string, poolSize int) (*binary, error) {
-	p := &binary{dir: dir, log: filepath.Join(dir, "pgtenant.log"), done: make(chan struct{})}
+	return startBinaryOn(ctx, c, bin, dir, mode, poolSize, 0, "")
+}
+
+// startBinaryOn is startBinary on port (0: a free one), with the config
+// lines extra.
+func startBinaryOn(ctx context.Context, c *pgcluster.Cluster, bin, dir, mode string, poolSize, port int, extra string) (*binary, error) {
+	p := &binary{dir: dir, log: filepath.Join(dir, "pgtenant.log"), done: make(chan struct{}), port: port}
 	var err error
-	if p.port, err = freePort(); err != nil {
-		return nil, err
+	if p.port == 0 {
+		if p.port, err = freePort(); err != nil {
+			return nil, err
+		}
 	}
 	text, err := pgtenantYAML(c, "127.0.0.1:"+strconv.Itoa(p.port), mode, poolSize, "warn")
 	if err != nil {
 		return nil, err
 	}
+	text += extra
 	cfgPath := filepath.Join(dir, "pgtenant.yaml")
 	if err := os.WriteFile(cfgPath, []byte(text), 0o600); err != nil {
 		return nil, err

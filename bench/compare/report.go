@@ -121,8 +121,8 @@ func report(m *meta, results []result) string {
 		"pgtenant runs inside the benchmark's process, which does nothing else meanwhile.\n")
 
 	if len(m.Idle) > 0 {
-		fmt.Fprintf(&b, "\n## Memory per idle client\n\n%d authenticated idle clients in %s mode; growth of the proxy process's resident memory (VmRSS) divided by the number of clients. pgtenant runs as its own binary here.\n\n",
-			m.Idle[0].N, m.Idle[0].Mode)
+		fmt.Fprintf(&b, "\n## Memory per idle client\n\n%d authenticated idle clients in %s mode; growth of the proxy process's resident memory (VmRSS) divided by the number of clients. pgtenant runs as its own binary here; past %d clients as replicas on one port (reuse_port), their RSS summed, and PgBouncer is not measured (one process's open-files limit).\n\n",
+			m.Idle[0].N, m.Idle[0].Mode, perProcess)
 		b.WriteString("| proxy | RSS before | RSS with clients | per idle client | upstream connections before / with clients | time to log in all |\n|---|--:|--:|--:|--:|--:|\n")
 		for _, r := range m.Idle {
 			fmt.Fprintf(&b, "| %s | %s | %s | %.1f KiB | %d / %d | %s |\n", r.Target, mib(r.RSSBefore), mib(r.RSSAfter), r.PerClient()/1024, r.UpBefore, r.UpAfter, r.Elapsed)

@@ -109,7 +109,7 @@ func run(ctx context.Context, o options) error {
 	)
 	if o.idle > 0 {
 		// Client sockets of the idle check, and the proxies' (they inherit it).
-		if err := raiseNoFile(uint64(o.idle) + 1024); err != nil {
+		if err := raiseNoFile(uint64(min(o.idle, perProcess)) + 1024); err != nil {
 			return err
 		}
 		// Built first, so that a broken build fails now rather than after
