@@ -84,6 +84,10 @@ type relay struct {
 	queryGen   uint64   // request side: statements.gen when the Query being sent went (pooled)
 	waitSilent []uint64 // request side: scratch for settleSilent
 	inGroup    bool     // request side: an extended-protocol group has no Sync yet
+	// Request side, context_scope: transaction: inBlockDue, assertDue is
+	// the assertion inside a block the client began (startUnit);
+	// blockAsserted, that one was sent since the last transaction start.
+	inBlockDue, blockAsserted bool
 	// Request side: the statements whose text mentions COPY, and the
 	// portals bound to them (nil for most sessions): an Execute of one may
 	// start a COPY.
@@ -848,6 +852,16 @@ func (r *relay) startUnit(typ byte, size int, msg []byte, refused, simple bool) 
 		return r.beginUnit()
 	}
 	need := r.mayNeedAssertion()
+	r.inBlockDue = false
+	if need {
+		r.blockAsserted = false
+	} else if r.assertion.local && !r.blockAsserted && byte(r.txStatus.Load()) == 'T' {
+		// context_scope: transaction: once more inside the block the
+		// client began. Its first assertion went ahead of the BEGIN, where
+		// Citus does not carry a SET LOCAL to its workers (only inside a
+		// block); PostgreSQL has the context already.
+		need, r.inBlockDue, r.blockAsserted = true, true, true
+	}
 	short := need && r.pooled() && r.sc.settled == r.pctx.key
 	if err := r.beginUnit(); err != nil {
 		return err
@@ -916,6 +930,11 @@ func (r *relay) sendAssertion(o origin) error {
 	inline := r.assertDue
 	r.assertDue = nil
 	r.stats.assertions.Add(1)
+	if r.inBlockDue {
+		// Inside a block already counted.
+		r.inBlockDue = false
+		return r.sendMsgs(inline, o)
+	}
 	r.txStarted()
 	r.obs.Transaction(r.tenant)
 	r.obs.Statements(r.tenant, r.stats.statements)

@@ -42,7 +42,7 @@ func requestSide(t testing.TB, stream []byte, g *guard.Guard) []byte {
 // assertion ahead of every unit).
 func requestSideTo(t testing.TB, stream []byte, g *guard.Guard, txStatus byte, upstream io.Writer) {
 	r := newRelay(nil, bufio.NewReaderSize(bytes.NewReader(stream), relayBufSize), nil, nil,
-		newAssertion([]setting{{"app.tenant_id", "t1"}}), g, zeroTime)
+		newAssertion([]setting{{name: "app.tenant_id", value: "t1"}}), g, zeroTime)
 	r.uw = bufio.NewWriterSize(&fakeUpstream{r: r, status: txStatus, out: upstream}, relayBufSize)
 	r.txStatus.Store(uint32(txStatus))
 	err := r.clientToUpstream()
@@ -183,7 +183,7 @@ func TestRequestSideForwardsBytes(t *testing.T) {
 		// COPY with a data message larger than the relay's buffer.
 		&pgproto3.Query{String: "COPY t FROM STDIN"}, &pgproto3.CopyData{Data: bytes.Repeat([]byte("x"), 20000)}, &pgproto3.CopyDone{},
 	)
-	a := newAssertion([]setting{{"app.tenant_id", "t1"}})
+	a := newAssertion([]setting{{name: "app.tenant_id", value: "t1"}})
 	for _, g := range []*guard.Guard{nil, guard.New(guard.Policy{TenantSetting: "app.tenant_id"})} {
 		// While replies are outstanding the relay may assert ahead of a group
 		// and send a Flush of its own before it waits; apart from that the
@@ -237,7 +237,7 @@ func BenchmarkRequestSide(b *testing.B) {
 // n units, each ending with ReadyForQuery, writing to the client writer w.
 func responseSide(t testing.TB, stream []byte, n int, w io.Writer) {
 	r := newRelay(nil, nil, bufio.NewWriterSize(w, relayBufSize), nil,
-		newAssertion([]setting{{"app.tenant_id", "t1"}}), nil, zeroTime)
+		newAssertion([]setting{{name: "app.tenant_id", value: "t1"}}), nil, zeroTime)
 	r.ur = bufio.NewReaderSize(bytes.NewReader(stream), relayBufSize)
 	// Every Query sent up front: no goroutine, nothing but the response
 	// side allocating.
