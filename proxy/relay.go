@@ -446,19 +446,19 @@ func (r *relay) relayMessage(typ byte, size int) error {
 		// (relayBind), perhaps on another connection.
 		r.deallocateAll()
 	}
-	if r.pooled() && substitute == nil && (typ == 'P' || typ == 'B' || typ == 'D' || typ == 'C') {
-		return r.relayStatementMessage(typ, size, msg, peeked)
-	}
-	if r.pooled() && typ == 'P' {
-		r.stmts.record(replyEntry{seq: r.seq}) // the refusal's failing Parse
-	}
-	if r.assertDue != nil && (typ == 'E' && blindExecute || typ == 'Q' && substitute == nil && r.wholeTransactionEnd(size, msg)) {
+	if r.assertDue != nil && ((typ == 'E' || typ == 'B') && blindExecute || typ == 'Q' && substitute == nil && r.wholeTransactionEnd(size, msg)) {
 		if err := r.settleAssertion(); err != nil {
 			return err
 		}
 	}
 	if err := r.sendAssertionIfDue(typ); err != nil {
 		return err
+	}
+	if r.pooled() && substitute == nil && (typ == 'P' || typ == 'B' || typ == 'D' || typ == 'C') {
+		return r.relayStatementMessage(typ, size, msg, peeked)
+	}
+	if r.pooled() && typ == 'P' {
+		r.stmts.record(replyEntry{seq: r.seq}) // the refusal's failing Parse
 	}
 	if msg == nil {
 		return r.forwardUp(typ, size, mayCopy)
@@ -618,7 +618,11 @@ func (r *relay) trackStatements(typ byte, size int, msg []byte, refused bool) (m
 		if len(r.copyStmts) > 0 || len(r.copyPortals) > 0 {
 			r.copyPortals = markName(r.copyPortals, portal, r.copyStmts[string(stmt)])
 		}
-		r.bindInGroup(portal, r.endStmts[string(stmt)])
+		ends := r.endStmts[string(stmt)]
+		r.bindInGroup(portal, ends)
+		// A transaction-scoped assertion goes ahead of a Bind (see
+		// sendAssertionIfDue): not blind ahead of one that ends a block.
+		return false, ends && r.assertion.local, nil
 	case 'E':
 		head, err := r.peekHead(size)
 		if err != nil {
@@ -918,8 +922,12 @@ func (r *relay) wholeTransactionEnd(size int, msg []byte) bool {
 
 // sendAssertionIfDue sends the unit's assertion ahead of a message that
 // runs a statement (Execute, or a Query or FunctionCall ending a group).
+// A transaction-scoped context goes ahead of a Bind too: PostgreSQL plans
+// the statement there and may evaluate the policies' current_setting
+// (estimating a selectivity), which with no context in the session would
+// fail the Bind.
 func (r *relay) sendAssertionIfDue(typ byte) error {
-	if r.assertDue == nil || typ != 'E' && typ != 'Q' && typ != 'F' {
+	if r.assertDue == nil || typ != 'E' && typ != 'Q' && typ != 'F' && (typ != 'B' || !r.assertion.local) {
 		return nil
 	}
 	return r.sendAssertion(fromAssert)
