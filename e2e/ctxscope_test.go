@@ -14,6 +14,7 @@ import (
 
 	"github.com/pgtenant/pgtenant/config"
 	"github.com/pgtenant/pgtenant/internal/demo"
+	"github.com/pgtenant/pgtenant/internal/pgcluster"
 )
 
 // contextScopes: the isolation tests run under both (eachScope).
@@ -299,4 +300,89 @@ func extendedValue(ctx context.Context, conn *pgconn.PgConn) string {
 		return fmt.Sprint("error: ", res.Err)
 	}
 	return string(res.Rows[0][0])
+}
+
+// With context_scope: transaction, the client gets the notices PostgreSQL
+// would send it and no more: not the warning of pgtenant's SET LOCAL in an
+// implicit transaction, but its own statements' (here the same warning, and
+// COMMIT's outside a block).
+func TestContextScopeNoticesAsPostgres(t *testing.T) {
+	statements := []string{
+		"SELECT count(*) FROM projects",
+		"SELECT 1; COMMIT; SELECT 2",
+		"SET LOCAL work_mem = '4MB'",
+		"BEGIN",
+		"SELECT 1",
+		"COMMIT",
+	}
+	notices := func(connString string, setContext bool) []string {
+		cfg, err := pgconn.ParseConfig(connString)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var got []string
+		cfg.OnNotice = func(_ *pgconn.PgConn, n *pgconn.Notice) {
+			got = append(got, n.Severity+" "+n.Code+" "+n.Message)
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		conn, err := pgconn.ConnectConfig(ctx, cfg)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer conn.Close(context.Background())
+		if setContext {
+			queryRows(t, conn, "SET app.tenant_id TO '"+tenantA.ID+"'")
+		}
+		got = nil
+		for _, sql := range statements {
+			queryRows(t, conn, sql)
+			extendedOne(t, conn, "SELECT count(*) FROM projects")
+		}
+		return got
+	}
+	want := notices(pgcluster.Shared().URL(demo.RLSRole, demo.RLSPassword, demo.Database), true)
+	if len(want) != 2 {
+		t.Fatalf("PostgreSQL sent %d notices, want 2: %q", len(want), want)
+	}
+	eachPoolMode(t, func(t *testing.T, m poolMode) {
+		p := m.start(t, transactionScope)
+		if got := notices(p.connString(tenantA), false); !slices.Equal(got, want) {
+			t.Fatalf("notices through pgtenant:\n%q\nPostgreSQL:\n%q", got, want)
+		}
+	})
+}
+
+// With context_scope: transaction, the context is set once more inside a
+// block the client began (Citus carries a SET LOCAL to its workers only
+// inside a block): the server's statement log shows a SET LOCAL between
+// the client's BEGIN and its first statement in the block.
+func TestContextScopeAssertedInsideBlock(t *testing.T) {
+	eachPoolMode(t, func(t *testing.T, m poolMode) {
+		p := m.start(t, transactionScope)
+		app := "ctxscope_inblock_" + m.name
+		conn := p.pgconnect(t, tenantA, "application_name="+app)
+		queryRows(t, conn, "BEGIN")
+		queryRows(t, conn, "SELECT 'ctxscope-in-block'")
+		queryRows(t, conn, "COMMIT")
+		var lines []string
+		eventually(t, 5*time.Second, "the statements in the server log", func() bool {
+			logs, err := pgcluster.Shared().LogContents()
+			if err != nil {
+				t.Fatal(err)
+			}
+			lines = lines[:0]
+			for _, l := range strings.Split(logs, "\n") {
+				if strings.HasPrefix(l, app+"|") && strings.Contains(l, "LOG:") {
+					lines = append(lines, l)
+				}
+			}
+			return slices.ContainsFunc(lines, func(l string) bool { return strings.Contains(l, "statement: COMMIT") })
+		})
+		begin := slices.IndexFunc(lines, func(l string) bool { return strings.HasSuffix(l, "statement: BEGIN") })
+		stmt := slices.IndexFunc(lines, func(l string) bool { return strings.Contains(l, "'ctxscope-in-block'") })
+		if begin < 0 || stmt < begin || !slices.ContainsFunc(lines[begin:stmt], func(l string) bool { return strings.Contains(l, "SET LOCAL") }) {
+			t.Fatalf("no SET LOCAL between BEGIN and the block's statement:\n%s", strings.Join(lines, "\n"))
+		}
+	})
 }
