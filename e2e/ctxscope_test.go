@@ -386,3 +386,23 @@ func TestContextScopeAssertedInsideBlock(t *testing.T) {
 		}
 	})
 }
+
+// With context_scope: transaction, a string that starts with SET, which the
+// relay would otherwise assert in a round trip of its own, gets the
+// assertion in its own transaction: it sees the tenant's rows. (DO, also
+// asserted inline then, is the guard's to refuse.)
+func TestContextScopeSetAndDo(t *testing.T) {
+	eachPoolMode(t, func(t *testing.T, m poolMode) {
+		p := m.start(t, transactionScope)
+		conn := p.pgconnect(t, tenantA)
+		want := queryOne(t, directConnect(t, tenantA.ID), "SELECT count(*) FROM projects")
+		rows := queryRows(t, conn, "SET work_mem = '4MB'; SELECT count(*) FROM projects")
+		if len(rows) != 1 || rows[0][0] != want {
+			t.Fatalf("SET; SELECT: %q, want %s", rows, want)
+		}
+		rows = queryRows(t, conn, "RESET work_mem; SELECT count(*) FROM projects")
+		if len(rows) != 1 || rows[0][0] != want {
+			t.Fatalf("RESET; SELECT: %q, want %s", rows, want)
+		}
+	})
+}

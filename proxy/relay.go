@@ -843,7 +843,7 @@ func (r *relay) startUnit(typ byte, size int, msg []byte, refused, simple bool) 
 		// the skipping early.
 		return r.beginUnit()
 	}
-	if text != nil && r.mayNeedAssertion() && !pipelineSafe(text) {
+	if text != nil && r.mayNeedAssertion() && !pipelineSafe(text, r.assertion.local) {
 		// Not after an unsynced Execute: assert in a round trip of its own.
 		if err := r.waitDrained(); err != nil {
 			return err
