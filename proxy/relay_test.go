@@ -41,8 +41,14 @@ func requestSide(t testing.TB, stream []byte, g *guard.Guard) []byte {
 // status txStatus after every unit: 'T' (no assertion due) or 'I' (an
 // assertion ahead of every unit).
 func requestSideTo(t testing.TB, stream []byte, g *guard.Guard, txStatus byte, upstream io.Writer) {
+	requestSideScoped(t, stream, g, txStatus, upstream, false)
+}
+
+// requestSideScoped is requestSideTo with the context set locally
+// (context_scope: transaction) when local.
+func requestSideScoped(t testing.TB, stream []byte, g *guard.Guard, txStatus byte, upstream io.Writer, local bool) {
 	r := newRelay(nil, bufio.NewReaderSize(bytes.NewReader(stream), relayBufSize), nil, nil,
-		newAssertion([]setting{{name: "app.tenant_id", value: "t1"}}), g, zeroTime)
+		newAssertion([]setting{{name: "app.tenant_id", value: "t1", local: local}}), g, zeroTime)
 	r.uw = bufio.NewWriterSize(&fakeUpstream{r: r, status: txStatus, out: upstream}, relayBufSize)
 	r.txStatus.Store(uint32(txStatus))
 	err := r.clientToUpstream()
@@ -221,12 +227,14 @@ func BenchmarkRequestSide(b *testing.B) {
 		name   string
 		g      *guard.Guard
 		status byte
-	}{{"guard off", nil, 'T'}, {"guard on", guarded, 'T'}, {"guard on, assertion", guarded, 'I'}} {
+		local  bool
+	}{{"guard off", nil, 'T', false}, {"guard on", guarded, 'T', false}, {"guard on, assertion", guarded, 'I', false},
+		{"guard on, transaction-scoped assertion", guarded, 'I', true}} {
 		b.Run(tc.name, func(b *testing.B) {
 			b.ReportAllocs()
 			b.SetBytes(int64(len(stream)))
 			for b.Loop() {
-				requestSideTo(b, stream, tc.g, tc.status, io.Discard)
+				requestSideScoped(b, stream, tc.g, tc.status, io.Discard, tc.local)
 			}
 			b.ReportMetric(float64(b.Elapsed().Nanoseconds())/float64(b.N*n), "ns/msg")
 		})
