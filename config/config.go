@@ -40,10 +40,15 @@ const (
 
 // Config is the whole pgtenant configuration.
 type Config struct {
-	Listen         string   `yaml:"listen"`          // default "127.0.0.1:6432"
-	TLS            *TLS     `yaml:"tls"`             // optional
-	Upstream       string   `yaml:"upstream"`        // required; libpq URL or keyword/value string
-	TenantSetting  string   `yaml:"tenant_setting"`  // default "app.tenant_id"
+	Listen        string `yaml:"listen"`         // default "127.0.0.1:6432"
+	TLS           *TLS   `yaml:"tls"`            // optional
+	Upstream      string `yaml:"upstream"`       // required; libpq URL or keyword/value string
+	TenantSetting string `yaml:"tenant_setting"` // default "app.tenant_id"
+	// ContextScope says how the tenant context is set upstream: "session"
+	// (default; a session-level SET) or "transaction" (SET LOCAL in every
+	// transaction, for upstreams such as Citus that carry only
+	// transaction-local settings to their workers). See contextscope.go.
+	ContextScope   string   `yaml:"context_scope"`
 	ConnectTimeout Duration `yaml:"connect_timeout"` // default 10s; upstream connect timeout
 	LogLevel       string   `yaml:"log_level"`       // debug|info|warn|error, default info
 	LogFormat      string   `yaml:"log_format"`      // text|json, default text
@@ -310,6 +315,10 @@ func (c *Config) Validate() error {
 
 	if !tenantSettingRE.MatchString(c.TenantSetting) {
 		add("tenant_setting", "%q is not a custom setting name: it must contain a dot and use lowercase letters, digits and underscores, e.g. %q", c.TenantSetting, DefaultTenantSetting)
+	}
+
+	if !validContextScope(c.ContextScope) {
+		add("context_scope", "%q is not one of %s", c.ContextScope, strings.Join(contextScopes, ", "))
 	}
 
 	if c.ConnectTimeout.Duration <= 0 {

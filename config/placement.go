@@ -31,6 +31,9 @@ type Upstream struct {
 	Pool UpstreamPool `yaml:"pool"`
 	// Effective is Pool over the top-level pool, defaults applied (Validate).
 	Effective Pool `yaml:"-"`
+	// ContextScope overrides the top-level context_scope for this upstream
+	// (a Citus cluster among plain PostgreSQL databases).
+	ContextScope string `yaml:"context_scope"`
 }
 
 // UpstreamPool is the part of Pool that is per upstream: the pool mode is
@@ -110,6 +113,9 @@ func (c *Config) validateUpstreams(add func(field, format string, args ...any)) 
 			add(field+".url", "must be set to the PostgreSQL connection string, e.g. \"postgres://pgtenant@db2:5432/app_acme\"")
 		} else if _, err := pgconn.ParseConfig(u.URL); err != nil {
 			add(field+".url", "%v", err)
+		}
+		if !validContextScope(u.ContextScope) {
+			add(field+".context_scope", "%q is not one of %s", u.ContextScope, strings.Join(contextScopes, ", "))
 		}
 		u.Effective = overlayPool(c.poolWritten, u.Pool)
 		u.Effective.applyDefaults()

@@ -7,13 +7,15 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5/pgconn"
+
+	"github.com/pgtenant/pgtenant/config"
 )
 
 // Each tenant sees, updates and deletes only its own rows; inserting a row for
 // the other tenant is refused by the policy.
 func TestTenantsSeeOnlyTheirRows(t *testing.T) {
-	eachPoolMode(t, func(t *testing.T, m poolMode) {
-		p := m.start(t)
+	eachScope(t, func(t *testing.T, m poolMode, scope string) {
+		p := m.start(t, withScope(scope))
 		a := p.pgconnect(t, tenantA)
 		b := p.pgconnect(t, tenantB)
 
@@ -66,13 +68,20 @@ func execTag(t *testing.T, conn *pgconn.PgConn, sql string) string {
 	return res[len(res)-1].CommandTag.String()
 }
 
-// The tenant context is right in every transaction state a client can reach.
+// The tenant context is right in every transaction state a client can reach
+// (with context_scope: transaction, in every transaction pgtenant can
+// assert: not one that begins after a COMMIT or ROLLBACK in the middle of a
+// string, which runs with the connection's empty session value).
 func TestTenantContextEverywhere(t *testing.T) {
-	eachPoolMode(t, func(t *testing.T, m poolMode) {
-		p := m.start(t)
+	eachScope(t, func(t *testing.T, m poolMode, scope string) {
+		p := m.start(t, withScope(scope))
 		conn := p.pgconnect(t, tenantA)
 		want := tenantA.ID
 		setting := "SELECT current_setting('app.tenant_id')"
+		midString := want // what a statement after a COMMIT in the middle of a string sees
+		if scope == config.ContextScopeTransaction {
+			midString = ""
+		}
 
 		check := func(desc, sql string) {
 			t.Helper()
@@ -86,7 +95,7 @@ func TestTenantContextEverywhere(t *testing.T) {
 		// On a fresh connection, a ROLLBACK in the first string must not undo the context.
 		fresh := p.pgconnect(t, tenantA)
 		rows := queryRows(t, fresh, "BEGIN; ROLLBACK; "+setting)
-		if rows[0][0] != want {
+		if rows[0][0] != midString {
 			t.Fatalf("after BEGIN; ROLLBACK in the first string: %q", rows[0][0])
 		}
 
@@ -119,7 +128,10 @@ func TestTenantContextEverywhere(t *testing.T) {
 		queryRows(t, conn, "ROLLBACK")
 		check("after an error inside a transaction", setting)
 
-		check("after COMMIT in a multi-statement string", "BEGIN; SELECT 1; COMMIT; "+setting)
+		if rows := queryRows(t, conn, "BEGIN; SELECT 1; COMMIT; "+setting); rows[len(rows)-1][0] != midString {
+			t.Fatalf("after COMMIT in a multi-statement string: current_setting = %q, want %q", rows[len(rows)-1][0], midString)
+		}
+		check("after the string", setting)
 		check("multi-statement implicit transaction", "SELECT 1; "+setting)
 
 		queryRows(t, conn, "BEGIN")
@@ -137,8 +149,8 @@ func TestTenantContextEverywhere(t *testing.T) {
 // Every statement of a pipeline runs with the tenant, across Syncs, explicit
 // blocks inside the pipeline, and errors.
 func TestTenantContextInPipeline(t *testing.T) {
-	eachPoolMode(t, func(t *testing.T, m poolMode) {
-		p := m.start(t)
+	eachScope(t, func(t *testing.T, m poolMode, scope string) {
+		p := m.start(t, withScope(scope))
 		gotValues, gotErrs := runPipeline(t, p.pgconnect(t, tenantB))
 		// The same pipeline straight to PostgreSQL: the proxy must not change a result.
 		wantValues, wantErrs := runPipeline(t, directConnect(t, tenantB.ID))

@@ -27,8 +27,8 @@ const contextStmtPrefix = "pgtenant_ctx"
 // "SET TRANSACTION ISOLATION LEVEL" (or BEGIN ISOLATION LEVEL) in the same
 // transaction still works.
 type assertion struct {
-	// statements is the assertion as one simple-query string, for the
-	// round trip at session start.
+	// statements is the assertion as one simple-query string at session
+	// level (sessionStatements), for the round trip at session start.
 	statements string
 	// inline is, per setting, Parse, Bind, Execute, Close, Close without Sync.
 	// Sent ahead of a client's messages, it runs in the same implicit
@@ -42,6 +42,8 @@ type assertion struct {
 	// replies are the backend message types inline produces, in order:
 	// per setting ParseComplete, BindComplete, CommandComplete, CloseComplete x2.
 	replies []byte
+	// local: some settings are SET LOCAL (context_scope: transaction).
+	local bool
 }
 
 // newPreparedAssertion asserts settings through statements prepared on the
@@ -50,6 +52,7 @@ type assertion struct {
 // server parsing the SET each time.
 func newPreparedAssertion(settings []setting) (a assertion, prepare []byte) {
 	for i, st := range settings {
+		a.local = a.local || st.local
 		stmt := contextStmtPrefix + strconv.Itoa(i)
 		for _, m := range []pgproto3.FrontendMessage{
 			&pgproto3.Close{ObjectType: 'S', Name: stmt},
@@ -66,7 +69,7 @@ func newPreparedAssertion(settings []setting) (a assertion, prepare []byte) {
 		}
 		a.replies = append(a.replies, '2', 'C', '3')
 	}
-	a.statements = setStatements(settings)
+	a.statements = sessionStatements(settings)
 	return a, prepare
 }
 
@@ -79,11 +82,29 @@ func mustEncode(buf []byte, m pgproto3.FrontendMessage) []byte {
 	return buf
 }
 
-// setting is one name and value the assertion sets.
-type setting struct{ name, value string }
+// setting is one name and value the assertion sets. A local setting
+// (context_scope: transaction) is set with SET LOCAL in every transaction,
+// and is empty at session level (sessionStatements).
+type setting struct {
+	name, value string
+	local       bool
+}
 
-// setStatement is the statement that sets one setting.
+// setStatement is the statement that sets one setting in a transaction.
 func setStatement(st setting) string {
+	if st.local {
+		// Like SET, SET LOCAL takes no snapshot (set_config would, and a
+		// client's BEGIN ISOLATION LEVEL behind it would then fail). In an
+		// implicit transaction PostgreSQL warns that it "can only be used
+		// in transaction blocks" but applies it: the reply side hides the
+		// warning (see reply).
+		return "SET LOCAL" + sessionSetStatement(st)[len("SET"):]
+	}
+	return sessionSetStatement(st)
+}
+
+// sessionSetStatement is the session-level SET of one setting.
+func sessionSetStatement(st setting) string {
 	if listSettings[asciiLower(st.name)] {
 		// SET search_path TO 'a, b' would name one schema "a, b": a list
 		// setting takes its elements one by one.
@@ -173,7 +194,9 @@ func splitIdentifierList(value string) ([]string, bool) {
 	}
 }
 
-// setStatements is settings as one simple-query string.
+// setStatements is settings as one simple-query string, as asserted in a
+// transaction: it names a context (poolContext.key) but runs only in
+// assertions.
 func setStatements(settings []setting) string {
 	stmts := make([]string, len(settings))
 	for i, st := range settings {
@@ -182,9 +205,25 @@ func setStatements(settings []setting) string {
 	return strings.Join(stmts, "; ")
 }
 
+// sessionStatements is what a connection commits at session level for
+// settings: each local setting emptied, so that between transactions the
+// connection holds no tenant (a previous holder's least of all), the
+// others set.
+func sessionStatements(settings []setting) string {
+	stmts := make([]string, len(settings))
+	for i, st := range settings {
+		if st.local {
+			st.value = ""
+		}
+		stmts[i] = sessionSetStatement(st)
+	}
+	return strings.Join(stmts, "; ")
+}
+
 func newAssertion(settings []setting) assertion {
 	var a assertion
 	for _, st := range settings {
+		a.local = a.local || st.local
 		stmt := setStatement(st)
 		msgs := []pgproto3.FrontendMessage{
 			&pgproto3.Parse{Name: assertName, Query: stmt},
@@ -201,7 +240,7 @@ func newAssertion(settings []setting) assertion {
 		}
 		a.replies = append(a.replies, '1', '2', 'C', '3', '3')
 	}
-	a.statements = setStatements(settings)
+	a.statements = sessionStatements(settings)
 	var err error
 	if a.standalone, err = (&pgproto3.Sync{}).Encode(append([]byte(nil), a.inline...)); err != nil {
 		panic(err)

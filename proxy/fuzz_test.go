@@ -396,7 +396,7 @@ func FuzzStartupParams(f *testing.F) {
 }
 
 // fuzzSettings is the assertion the request-side fuzzing uses.
-var fuzzSettings = []setting{{"app.tenant_id", "t1"}}
+var fuzzSettings = []setting{{name: "app.tenant_id", value: "t1"}}
 
 // clientMessage is one message of a client stream, split by its header.
 type clientMessage struct {

@@ -45,12 +45,12 @@ func TestLimitSettings(t *testing.T) {
 		own  []auth.Setting
 		want []setting
 	}{
-		{desc: "the tenant's", want: []setting{{"statement_timeout", "30000"}, {"idle_in_transaction_session_timeout", "60000"}}},
+		{desc: "the tenant's", want: []setting{{name: "statement_timeout", value: "30000"}, {name: "idle_in_transaction_session_timeout", value: "60000"}}},
 		{desc: "a claim replaces one, adds another, in a fixed order",
 			own:  []auth.Setting{{Name: "lock_timeout", Value: "5"}, {Name: "statement_timeout", Value: "100"}},
-			want: []setting{{"statement_timeout", "100"}, {"lock_timeout", "5"}, {"idle_in_transaction_session_timeout", "60000"}}},
+			want: []setting{{name: "statement_timeout", value: "100"}, {name: "lock_timeout", value: "5"}, {name: "idle_in_transaction_session_timeout", value: "60000"}}},
 		{desc: "a claim of 0 lifts the tenant's", own: []auth.Setting{{Name: "statement_timeout", Value: "0"}, {Name: "lock_timeout", Value: "0"}},
-			want: []setting{{"idle_in_transaction_session_timeout", "60000"}}},
+			want: []setting{{name: "idle_in_transaction_session_timeout", value: "60000"}}},
 	}
 	for _, tt := range tests {
 		if got := limitSettings(p, tt.own); !slices.Equal(got, tt.want) {

@@ -11,10 +11,10 @@ func TestSplitOptions(t *testing.T) {
 		want    []setting
 		wantErr bool
 	}{
-		{"-c search_path=a", []setting{{"search_path", "a"}}, false},
-		{"-csearch_path=a  -c work_mem=1MB", []setting{{"search_path", "a"}, {"work_mem", "1MB"}}, false},
-		{"--work-mem=4MB", []setting{{"work_mem", "4MB"}}, false},
-		{`-c application_name=a\ b`, []setting{{"application_name", "a b"}}, false},
+		{"-c search_path=a", []setting{{name: "search_path", value: "a"}}, false},
+		{"-csearch_path=a  -c work_mem=1MB", []setting{{name: "search_path", value: "a"}, {name: "work_mem", value: "1MB"}}, false},
+		{"--work-mem=4MB", []setting{{name: "work_mem", value: "4MB"}}, false},
+		{`-c application_name=a\ b`, []setting{{name: "application_name", value: "a b"}}, false},
 		{"-c", nil, true},
 		{"-B 100", nil, true},
 		{"-c noequals", nil, true},

@@ -24,15 +24,15 @@ func TestPlacementOf(t *testing.T) {
 		code     string
 	}{
 		{desc: "shared tables", ident: auth.Identity{Tenant: "x"}, up: def},
-		{desc: "a user's role", ident: auth.Identity{Tenant: "x", Role: "bi"}, up: def, settings: []setting{{"role", "bi"}}},
+		{desc: "a user's role", ident: auth.Identity{Tenant: "x", Role: "bi"}, up: def, settings: []setting{{name: "role", value: "bi"}}},
 		{desc: "schema and role", ident: auth.Identity{Tenant: "s"}, up: def,
-			settings: []setting{{"search_path", `"tenant_s"`}, {"role", "s_role"}}},
+			settings: []setting{{name: "search_path", value: `"tenant_s"`}, {name: "role", value: "s_role"}}},
 		{desc: "the same role from the user", ident: auth.Identity{Tenant: "s", Role: "s_role"}, up: def,
-			settings: []setting{{"search_path", `"tenant_s"`}, {"role", "s_role"}}},
+			settings: []setting{{name: "search_path", value: `"tenant_s"`}, {name: "role", value: "s_role"}}},
 		{desc: "another role from the user", ident: auth.Identity{Tenant: "s", Role: "other"}, code: codeInsufficientPrivilege},
 		{desc: "own database", ident: auth.Identity{Tenant: "d"}, up: eu},
 		{desc: "db_users places it", ident: auth.Identity{Tenant: "x", Upstream: "eu", Schema: `We"ird`, Role: "r"}, up: eu,
-			settings: []setting{{"search_path", `"We""ird"`}, {"role", "r"}}},
+			settings: []setting{{name: "search_path", value: `"We""ird"`}, {name: "role", value: "r"}}},
 		{desc: "db_users schema without a role", ident: auth.Identity{Tenant: "x", Schema: "a"}, code: codeInsufficientPrivilege},
 		{desc: "unknown upstream", ident: auth.Identity{Tenant: "x", Upstream: "mars"}, code: codeConnectionRejected},
 	}

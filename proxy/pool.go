@@ -124,6 +124,7 @@ func (p *txPool) notifyHub() *notifyHub {
 // assertions, kept once rather than per idle client.
 type poolContext struct {
 	key        string    // the SET statements (serverConn.dirtyKey, settled)
+	commit     string    // what a connection commits for it (sessionStatements)
 	assertion  assertion // every setting
 	settled    assertion // the context settings, through ctxPrepare's statements
 	ctxPrepare []byte
@@ -142,7 +143,7 @@ func (p *txPool) takeContext(settings []setting, startupN int) *poolContext {
 		pc.refs++
 		return pc
 	}
-	pc := &poolContext{key: key, assertion: newAssertion(settings), refs: 1}
+	pc := &poolContext{key: key, commit: sessionStatements(settings), assertion: newAssertion(settings), refs: 1}
 	pc.settled, pc.ctxPrepare = newPreparedAssertion(settings[startupN:])
 	pc.ctxCount = len(settings) - startupN
 	p.contexts[key] = pc
@@ -367,11 +368,11 @@ func (p *txPool) prepare(sc *serverConn, pc *poolContext) error {
 		return err
 	}
 	// One round trip resets the last holder's settings if they differ,
-	// commits this key's (key is its SET statements) and prepares the
-	// context statements.
-	sql := key
+	// commits this key's (its session-level statements: a transaction-scoped
+	// context is emptied) and prepares the context statements.
+	sql := pc.commit
 	if needReset {
-		sql = serverResetQuery + "; " + key
+		sql = serverResetQuery + "; " + pc.commit
 	}
 	// Every context statement a previous holder had is closed first: one it
 	// had and this holder has not must not stay behind.

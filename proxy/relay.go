@@ -84,6 +84,10 @@ type relay struct {
 	queryGen   uint64   // request side: statements.gen when the Query being sent went (pooled)
 	waitSilent []uint64 // request side: scratch for settleSilent
 	inGroup    bool     // request side: an extended-protocol group has no Sync yet
+	// Request side, context_scope: transaction: inBlockDue, assertDue is
+	// the assertion inside a block the client began (startUnit);
+	// blockAsserted, that one was sent since the last transaction start.
+	inBlockDue, blockAsserted bool
 	// Request side: the statements whose text mentions COPY, and the
 	// portals bound to them (nil for most sessions): an Execute of one may
 	// start a COPY.
@@ -442,19 +446,19 @@ func (r *relay) relayMessage(typ byte, size int) error {
 		// (relayBind), perhaps on another connection.
 		r.deallocateAll()
 	}
-	if r.pooled() && substitute == nil && (typ == 'P' || typ == 'B' || typ == 'D' || typ == 'C') {
-		return r.relayStatementMessage(typ, size, msg, peeked)
-	}
-	if r.pooled() && typ == 'P' {
-		r.stmts.record(replyEntry{seq: r.seq}) // the refusal's failing Parse
-	}
-	if r.assertDue != nil && (typ == 'E' && blindExecute || typ == 'Q' || typ == 'F') {
+	if r.assertDue != nil && ((typ == 'E' || typ == 'B') && blindExecute || typ == 'Q' || typ == 'F') {
 		if err := r.settleAssertion(); err != nil {
 			return err
 		}
 	}
 	if err := r.sendAssertionIfDue(typ); err != nil {
 		return err
+	}
+	if r.pooled() && substitute == nil && (typ == 'P' || typ == 'B' || typ == 'D' || typ == 'C') {
+		return r.relayStatementMessage(typ, size, msg, peeked)
+	}
+	if r.pooled() && typ == 'P' {
+		r.stmts.record(replyEntry{seq: r.seq}) // the refusal's failing Parse
 	}
 	if msg == nil {
 		return r.forwardUp(typ, size, mayCopy)
@@ -614,7 +618,11 @@ func (r *relay) trackStatements(typ byte, size int, msg []byte, refused bool) (m
 		if len(r.copyStmts) > 0 || len(r.copyPortals) > 0 {
 			r.copyPortals = markName(r.copyPortals, portal, r.copyStmts[string(stmt)])
 		}
-		r.bindInGroup(portal, r.endStmts[string(stmt)])
+		ends := r.endStmts[string(stmt)]
+		r.bindInGroup(portal, ends)
+		// A transaction-scoped assertion goes ahead of a Bind (see
+		// sendAssertionIfDue): not blind ahead of one that ends a block.
+		return false, ends && r.assertion.local, nil
 	case 'E':
 		head, err := r.peekHead(size)
 		if err != nil {
@@ -835,7 +843,7 @@ func (r *relay) startUnit(typ byte, size int, msg []byte, refused, simple bool) 
 		// the skipping early.
 		return r.beginUnit()
 	}
-	if text != nil && r.mayNeedAssertion() && !pipelineSafe(text) {
+	if text != nil && r.mayNeedAssertion() && !pipelineSafe(text, r.assertion.local) {
 		// Not after an unsynced Execute: assert in a round trip of its own.
 		if err := r.waitDrained(); err != nil {
 			return err
@@ -848,6 +856,16 @@ func (r *relay) startUnit(typ byte, size int, msg []byte, refused, simple bool) 
 		return r.beginUnit()
 	}
 	need := r.mayNeedAssertion()
+	r.inBlockDue = false
+	if need {
+		r.blockAsserted = false
+	} else if r.assertion.local && !r.blockAsserted && byte(r.txStatus.Load()) == 'T' {
+		// context_scope: transaction: once more inside the block the
+		// client began. Its first assertion went ahead of the BEGIN, where
+		// Citus does not carry a SET LOCAL to its workers (only inside a
+		// block); PostgreSQL has the context already.
+		need, r.inBlockDue, r.blockAsserted = true, true, true
+	}
 	short := need && r.pooled() && r.sc.settled == r.pctx.key
 	if err := r.beginUnit(); err != nil {
 		return err
@@ -896,8 +914,12 @@ func (r *relay) settleAssertion() error {
 
 // sendAssertionIfDue sends the unit's assertion ahead of a message that
 // runs a statement (Execute, or a Query or FunctionCall ending a group).
+// A transaction-scoped context goes ahead of a Bind too: PostgreSQL plans
+// the statement there and may evaluate the policies' current_setting
+// (estimating a selectivity), which with no context in the session would
+// fail the Bind.
 func (r *relay) sendAssertionIfDue(typ byte) error {
-	if r.assertDue == nil || typ != 'E' && typ != 'Q' && typ != 'F' {
+	if r.assertDue == nil || typ != 'E' && typ != 'Q' && typ != 'F' && (typ != 'B' || !r.assertion.local) {
 		return nil
 	}
 	return r.sendAssertion(fromAssert)
@@ -908,6 +930,11 @@ func (r *relay) sendAssertion(o origin) error {
 	inline := r.assertDue
 	r.assertDue = nil
 	r.stats.assertions.Add(1)
+	if r.inBlockDue {
+		// Inside a block already counted.
+		r.inBlockDue = false
+		return r.sendMsgs(inline, o)
+	}
 	r.txStarted()
 	r.obs.Transaction(r.tenant)
 	r.obs.Statements(r.tenant, r.stats.statements)

@@ -41,8 +41,14 @@ func requestSide(t testing.TB, stream []byte, g *guard.Guard) []byte {
 // status txStatus after every unit: 'T' (no assertion due) or 'I' (an
 // assertion ahead of every unit).
 func requestSideTo(t testing.TB, stream []byte, g *guard.Guard, txStatus byte, upstream io.Writer) {
+	requestSideScoped(t, stream, g, txStatus, upstream, false)
+}
+
+// requestSideScoped is requestSideTo with the context set locally
+// (context_scope: transaction) when local.
+func requestSideScoped(t testing.TB, stream []byte, g *guard.Guard, txStatus byte, upstream io.Writer, local bool) {
 	r := newRelay(nil, bufio.NewReaderSize(bytes.NewReader(stream), relayBufSize), nil, nil,
-		newAssertion([]setting{{"app.tenant_id", "t1"}}), g, zeroTime)
+		newAssertion([]setting{{name: "app.tenant_id", value: "t1", local: local}}), g, zeroTime)
 	r.uw = bufio.NewWriterSize(&fakeUpstream{r: r, status: txStatus, out: upstream}, relayBufSize)
 	r.txStatus.Store(uint32(txStatus))
 	err := r.clientToUpstream()
@@ -183,7 +189,7 @@ func TestRequestSideForwardsBytes(t *testing.T) {
 		// COPY with a data message larger than the relay's buffer.
 		&pgproto3.Query{String: "COPY t FROM STDIN"}, &pgproto3.CopyData{Data: bytes.Repeat([]byte("x"), 20000)}, &pgproto3.CopyDone{},
 	)
-	a := newAssertion([]setting{{"app.tenant_id", "t1"}})
+	a := newAssertion([]setting{{name: "app.tenant_id", value: "t1"}})
 	for _, g := range []*guard.Guard{nil, guard.New(guard.Policy{TenantSetting: "app.tenant_id"})} {
 		// While replies are outstanding the relay may assert ahead of a group
 		// and send a Flush of its own before it waits; apart from that the
@@ -221,12 +227,14 @@ func BenchmarkRequestSide(b *testing.B) {
 		name   string
 		g      *guard.Guard
 		status byte
-	}{{"guard off", nil, 'T'}, {"guard on", guarded, 'T'}, {"guard on, assertion", guarded, 'I'}} {
+		local  bool
+	}{{"guard off", nil, 'T', false}, {"guard on", guarded, 'T', false}, {"guard on, assertion", guarded, 'I', false},
+		{"guard on, transaction-scoped assertion", guarded, 'I', true}} {
 		b.Run(tc.name, func(b *testing.B) {
 			b.ReportAllocs()
 			b.SetBytes(int64(len(stream)))
 			for b.Loop() {
-				requestSideTo(b, stream, tc.g, tc.status, io.Discard)
+				requestSideScoped(b, stream, tc.g, tc.status, io.Discard, tc.local)
 			}
 			b.ReportMetric(float64(b.Elapsed().Nanoseconds())/float64(b.N*n), "ns/msg")
 		})
@@ -237,7 +245,7 @@ func BenchmarkRequestSide(b *testing.B) {
 // n units, each ending with ReadyForQuery, writing to the client writer w.
 func responseSide(t testing.TB, stream []byte, n int, w io.Writer) {
 	r := newRelay(nil, nil, bufio.NewWriterSize(w, relayBufSize), nil,
-		newAssertion([]setting{{"app.tenant_id", "t1"}}), nil, zeroTime)
+		newAssertion([]setting{{name: "app.tenant_id", value: "t1"}}), nil, zeroTime)
 	r.ur = bufio.NewReaderSize(bytes.NewReader(stream), relayBufSize)
 	// Every Query sent up front: no goroutine, nothing but the response
 	// side allocating.

@@ -80,6 +80,13 @@ func (r *relay) reply(typ byte, size int) error {
 				return err
 			}
 		}
+		if typ == 'N' && r.ledger.answering().own() {
+			// pgtenant's own statements' notices are not the client's: the
+			// warning of a SET LOCAL in an implicit transaction
+			// (context_scope: transaction) above all.
+			_, err := r.ur.Discard(size)
+			return err
+		}
 		if typ == 'S' && r.guard != nil {
 			r.watchParameter(size)
 		}

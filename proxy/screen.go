@@ -3,7 +3,8 @@ package proxy
 // This file holds the lexical screens the relay uses to choose how to assert
 // the tenant ahead of a statement. They are not a security check (that is the
 // guard's job): a wrong answer costs a round trip or a refused VACUUM, never
-// the tenant context.
+// the tenant context (with context_scope: transaction, a statement asserted
+// in a round trip of its own runs with no context: refused, fail closed).
 
 // pipelineSafeKeywords start statements that behave the same after an
 // unsynced Execute as on their own. Statements outside this list (VACUUM,
@@ -18,16 +19,24 @@ var pipelineSafeKeywords = map[string]bool{
 	"fetch": true, "move": true, "close": true,
 }
 
+// localSafeKeywords start more statements that run after an unsynced
+// Execute, asserted inline when the context is transaction-scoped: a
+// standalone assertion would not reach their transaction, and they (a DO
+// block, "SET ...; SELECT ...") may read the tenant's rows.
+var localSafeKeywords = map[string]bool{"set": true, "reset": true, "do": true}
+
 // pipelineSafe reports whether the statement text may follow the inline
-// assertion. An unknown or unreadable start answers false.
-func pipelineSafe(text []byte) bool {
+// assertion; local, the assertion is transaction-scoped. An unknown or
+// unreadable start answers false.
+func pipelineSafe(text []byte, local bool) bool {
 	i := skipSpaceAndComments(text, 0)
 	if i == len(text) || text[i] == '(' || text[i] == ';' {
 		return true // empty, or a parenthesised SELECT
 	}
 	var buf [keywordMax]byte
 	word, _ := keyword(text, i, &buf)
-	return pipelineSafeKeywords[string(word)] // no allocation: the compiler looks up without converting
+	// No allocation: the compiler looks up without converting.
+	return pipelineSafeKeywords[string(word)] || local && localSafeKeywords[string(word)]
 }
 
 // isTransactionEnd reports whether text is exactly one statement that ends or

@@ -4,33 +4,38 @@ import "testing"
 
 func TestPipelineSafe(t *testing.T) {
 	tests := []struct {
-		in   string
-		want bool
+		in          string
+		want, local bool // session scope; transaction scope (local)
 	}{
-		{"SELECT 1", true},
-		{"  select 1", true},
-		{"/* a /* nested */ comment */ SELECT 1", true},
-		{"-- line\nINSERT INTO t VALUES (1)", true},
-		{"(SELECT 1) UNION (SELECT 2)", true},
-		{"WITH x AS (SELECT 1) SELECT * FROM x", true},
-		{"begin", true},
-		{"VACUUM", false},
-		{"vacuum analyze t", false},
-		{"CREATE DATABASE x", false},
-		{"CREATE INDEX CONCURRENTLY i ON t (a)", false},
-		{"CALL p()", false},
-		{"DO $$ BEGIN END $$", false},
-		{"SET work_mem = '1MB'", false},
-		{"LOCK TABLE t", false},
-		{"/* unterminated SELECT 1", true},
-		{"", true},
-		{" -- nothing\n", true},
-		{";", true},
-		{"selectx 1", false},
+		{"SELECT 1", true, true},
+		{"  select 1", true, true},
+		{"/* a /* nested */ comment */ SELECT 1", true, true},
+		{"-- line\nINSERT INTO t VALUES (1)", true, true},
+		{"(SELECT 1) UNION (SELECT 2)", true, true},
+		{"WITH x AS (SELECT 1) SELECT * FROM x", true, true},
+		{"begin", true, true},
+		{"VACUUM", false, false},
+		{"vacuum analyze t", false, false},
+		{"CREATE DATABASE x", false, false},
+		{"CREATE INDEX CONCURRENTLY i ON t (a)", false, false},
+		{"CALL p()", false, false},
+		{"DO $$ BEGIN END $$", false, true},
+		{"SET work_mem = '1MB'", false, true},
+		{"reset work_mem; SELECT 1", false, true},
+		{"LOCK TABLE t", false, false},
+		{"/* unterminated SELECT 1", true, true},
+		{"", true, true},
+		{" -- nothing\n", true, true},
+		{";", true, true},
+		{"selectx 1", false, false},
+		{"setx 1", false, false},
 	}
 	for _, tt := range tests {
-		if got := pipelineSafe([]byte(tt.in)); got != tt.want {
+		if got := pipelineSafe([]byte(tt.in), false); got != tt.want {
 			t.Errorf("pipelineSafe(%q) = %v, want %v", tt.in, got, tt.want)
+		}
+		if got := pipelineSafe([]byte(tt.in), true); got != tt.local {
+			t.Errorf("pipelineSafe(%q, local) = %v, want %v", tt.in, got, tt.local)
 		}
 	}
 }

@@ -551,13 +551,25 @@ func (s *Server) OnClose(f func()) {
 // contextSettings are the settings asserted for an identity: the tenant,
 // its signature, the settings from its claims, its limits, read-only, and
 // its placement's search_path and role last.
+//
+// With context_scope: transaction the first three, what policies read, are
+// local (SET LOCAL per transaction). The others stay session-level on
+// purpose: a statement after a COMMIT in the middle of a string runs in a
+// transaction pgtenant cannot assert, and there it must still be read-only,
+// time-limited, in the tenant's schema and role; only the context is gone,
+// which the policies refuse.
 func (rt *runtime) contextSettings(ident auth.Identity, pl placement) []setting {
-	settings := []setting{{name: rt.cfg.TenantSetting, value: ident.Tenant}}
+	upName := config.DefaultUpstream
+	if pl.up != nil {
+		upName = pl.up.name
+	}
+	local := rt.cfg.ContextScopeOf(upName) == config.ContextScopeTransaction
+	settings := []setting{{name: rt.cfg.TenantSetting, value: ident.Tenant, local: local}}
 	if rt.signingKey != nil {
-		settings = append(settings, setting{name: rt.cfg.SignatureSetting(), value: signedctx.Sign(rt.signingKey, ident.Tenant)})
+		settings = append(settings, setting{name: rt.cfg.SignatureSetting(), value: signedctx.Sign(rt.signingKey, ident.Tenant), local: local})
 	}
 	for _, st := range ident.Settings {
-		settings = append(settings, setting{name: st.Name, value: st.Value})
+		settings = append(settings, setting{name: st.Name, value: st.Value, local: local})
 	}
 	settings = append(settings, limitSettings(rt.cfg.TenantPolicy(ident.Tenant), ident.Limits)...)
 	if ident.ReadOnly {

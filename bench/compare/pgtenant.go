@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"errors"
+	"flag"
 	"fmt"
 	"io"
 	"log/slog"
@@ -23,6 +24,9 @@ import (
 	"github.com/pgtenant/pgtenant/internal/pgcluster"
 )
 
+// contextScope is pgtenant's context_scope; "" leaves it out (session).
+var contextScope = flag.String("context-scope", "", "pgtenant's context_scope: session or transaction (default: left out, session)")
+
 // errNoPool means this pgtenant's config has no pool section yet, so
 // transaction mode cannot be asked for.
 var errNoPool = errors.New("this pgtenant's config has no pool section (transaction pooling not available)")
@@ -36,6 +40,9 @@ var errNoPool = errors.New("this pgtenant's config has no pool section (transact
 func pgtenantYAML(c *pgcluster.Cluster, listen, mode string, poolSize int, logLevel string) (string, error) {
 	var b strings.Builder
 	fmt.Fprintf(&b, "listen: %q\n", listen)
+	if *contextScope != "" {
+		fmt.Fprintf(&b, "context_scope: %s\n", *contextScope)
+	}
 	fmt.Fprintf(&b, "upstream: %q\n", c.URL(demo.RLSRole, demo.RLSPassword, demo.Database))
 	fmt.Fprintf(&b, "tenant_setting: %q\n", demo.TenantSetting)
 	fmt.Fprintf(&b, "log_level: %s\n", logLevel)
