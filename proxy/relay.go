@@ -896,7 +896,8 @@ func (r *relay) startUnit(typ byte, size int, msg []byte, refused, simple bool) 
 // block no assertion is due, as for a Query of its own: the block was
 // asserted when it began, and what follows a ROLLBACK in the same string
 // runs with the connection's committed context, which is this client's
-// (the session's start, or the pool's prepare) or none.
+// (the session's start, or the pool's prepare) or none (a failed prepare,
+// or context_scope: transaction, where the policies then refuse).
 func (r *relay) settleAssertion() error {
 	if r.ledger.pending.Load() > 1 {
 		if err := r.await(untilOnlyThisUnit); err != nil {
