@@ -79,6 +79,14 @@ func (pt placedTenant) runsAs() string {
 	return demo.RLSRole
 }
 
+// qualify is table's name in the tenant's schema (or public).
+func (pt placedTenant) qualify(table string) string {
+	if pt.schema != "" {
+		return pt.schema + "." + table
+	}
+	return "public." + table
+}
+
 // exec runs sql as superuser in the tenant's database, with search_path
 // set to its schema when it has one (so unqualified names land there).
 func (pt placedTenant) exec(t testing.TB, sql string) {

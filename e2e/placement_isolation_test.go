@@ -104,12 +104,7 @@ func TestPlacementIsolation(t *testing.T) {
 }
 
 // notes is the schema-qualified name of the tenant's pl_notes.
-func (pt placedTenant) notes() string {
-	if pt.schema != "" {
-		return pt.schema + ".pl_notes"
-	}
-	return "public.pl_notes"
-}
+func (pt placedTenant) notes() string { return pt.qualify("pl_notes") }
 
 // checkPlacedContext checks where x's session runs: its tenant, database,
 // role and, in a schema, search_path.
