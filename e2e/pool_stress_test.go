@@ -26,11 +26,12 @@ const (
 	stressTxns    = 10
 )
 
-// stressTenant i owns i+1 rows of pool_stress, so a count names the tenant.
+// stressTenant is TestPoolStress's tenant i, who owns i+1 rows of
+// pool_stress, so a count names the tenant.
 func stressTenant(i int) string { return fmt.Sprintf("stress-tenant-%02d", i) }
 
-// stressTenants are the demo layout's stress tenants: all in the shared
-// tables, the default upstream.
+// sharedStressTenants are TestPoolStress's tenants: all in the shared
+// tables, on the default upstream.
 func sharedStressTenants() []placedTenant {
 	out := make([]placedTenant, stressTenants)
 	for i := range out {
@@ -100,10 +101,11 @@ type stressRun struct {
 	limits map[stressPlace]int
 }
 
+// run runs the clients and checks what they saw, the upstream connections
+// and what they left behind.
 func (r stressRun) run(t *testing.T) {
 	t.Helper()
 	p := r.proxy
-	stressClients, stressTenants := r.clients, len(r.tenants)
 	modes := []pgx.QueryExecMode{pgx.QueryExecModeCacheStatement, pgx.QueryExecModeSimpleProtocol, pgx.QueryExecModeExec, pgx.QueryExecModeDescribeExec, pgx.QueryExecModeCacheDescribe}
 	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
 	defer cancel()
@@ -120,11 +122,11 @@ func (r stressRun) run(t *testing.T) {
 	}
 	connecting := make(chan struct{}, 16) // logins are CPU-bound (SCRAM); do not pile them up
 	var wg sync.WaitGroup
-	for c := 0; c < stressClients; c++ {
+	for c := 0; c < r.clients; c++ {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			tenant := c % stressTenants
+			tenant := c % len(r.tenants)
 			pt := r.tenants[tenant]
 			// Where the client's transactions must run: its tenant, its
 			// database and its role.
@@ -285,7 +287,7 @@ func (r stressRun) run(t *testing.T) {
 	}
 	slices.Sort(mostText)
 	t.Logf("%s: %d clients of %d tenants, %d checked transactions, at most %v upstream connections; %d cross-tenant observations, %d failures",
-		time.Since(start).Round(time.Millisecond), stressClients, stressTenants, transactions.Load(), mostText, crossTenant.Load(), failures.Load())
+		time.Since(start).Round(time.Millisecond), r.clients, len(r.tenants), transactions.Load(), mostText, crossTenant.Load(), failures.Load())
 	if crossTenant.Load() != 0 || failures.Load() != 0 {
 		t.Fatal("stress run failed")
 	}
