@@ -7,6 +7,8 @@ import (
 	"os/exec"
 	"slices"
 	"strings"
+	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -289,15 +291,33 @@ GRANT SELECT ON placement_users TO pgtenant_lookup;`)
 	})
 }
 
-// A reload (SIGHUP) changes placements for new sessions: tenant C moves
-// to its own database and A into a schema, then C back; sessions in
-// progress keep the placement they started with.
+// A reload (SIGHUP) changes placements for new sessions, while other
+// tenants, in every layout, run transactions without a pause on their
+// sessions and open new ones: tenant A moves from the shared tables to a
+// schema, then to a database on the second cluster (an upstream the same
+// reload adds), then back; C from the default upstream to a database of
+// its own and back. Sessions in progress keep the placement they started
+// with; no other tenant sees an error or a transaction out of place.
 func TestReloadPlacement(t *testing.T) {
 	eachPoolMode(t, func(t *testing.T, m poolMode) {
-		schemaTenants(t)
-		databaseTenant(t)
-		upstreams := fmt.Sprintf("upstreams: [{name: c_db, url: %q}]\n", pgcluster.Shared().URL(demo.RLSRole, demo.RLSPassword, placementDB))
-		rp := startBinary(t, m.yaml()+upstreams, tenantA, tenantB, tenantC)
+		// Each place holds a note naming it ("secret of <name>").
+		aShared := sharedTenant(tenantA)
+		aSchema := as(newPlacedTenant(t, 31, "acme_schema", layoutSchema), tenantA)
+		aRemote := as(newPlacedTenant(t, 32, "acme_remote", layoutRemote), tenantA)
+		cShared := as(sharedTenant(demo.Tenant{Name: "initech_shared"}), tenantC)
+		cOwn := as(newPlacedTenant(t, 33, "initech_own", layoutDatabase), tenantC)
+		workers := []placedTenant{sharedTenant(tenantB), newPlacedTenant(t, 34, "hooli", layoutSchema), newPlacedTenant(t, 35, "soylent", layoutRemote)}
+		placeTenants(t, append([]placedTenant{aSchema, aRemote, cOwn}, workers...)...)
+		setupNotes(t, append([]placedTenant{aShared, aSchema, aRemote, cShared, cOwn}, workers...))
+
+		users := []demo.Tenant{tenantA, tenantC}
+		for _, w := range workers {
+			users = append(users, w.Tenant)
+		}
+		layoutYAML := func(a, c placedTenant) string {
+			return m.yaml() + placementYAML(append([]placedTenant{a, c}, workers...)...)
+		}
+		rp := startBinary(t, layoutYAML(aShared, cShared), users...)
 		connect := func(tn demo.Tenant) *pgconn.PgConn {
 			t.Helper()
 			c, err := rp.connect(tn)
@@ -307,38 +327,164 @@ func TestReloadPlacement(t *testing.T) {
 			t.Cleanup(func() { c.Close(context.Background()) })
 			return c
 		}
-		reload := func(extra string) {
+		load := startPlacedLoad(t, rp, workers)
+		reload := func(a, c placedTenant) {
 			t.Helper()
-			writeConfig(t, rp.config, "127.0.0.1:"+rp.port, m.yaml()+upstreams+extra, tenantA, tenantB, tenantC)
+			writeConfig(t, rp.config, "127.0.0.1:"+rp.port, layoutYAML(a, c), users...)
 			if out, err := exec.Command(buildBinary(t), "reload", "--pid-file", rp.pidFile).CombinedOutput(); err != nil {
 				t.Fatalf("pgtenant reload: %v\n%s", err, out)
 			}
+			eventually(t, 5*time.Second, "A's and C's new sessions to go to their new places", func() bool {
+				return placedAt(t, connect(tenantA), a) == "" && placedAt(t, connect(tenantC), c) == ""
+			})
+			load.progressed(t)
 		}
-		oldC, oldA := connect(tenantC), connect(tenantA)
-		if got := queryOne(t, oldC, "SELECT current_database()"); got != demo.Database {
-			t.Fatalf("C before the reload is in %s", got)
-		}
-
-		reload(fmt.Sprintf("tenants:\n  %q: {upstream: c_db}\n  %q: {schema: placement_s1, role: placement_r1}\n", tenantC.ID, tenantA.ID))
-		eventually(t, 5*time.Second, "C's new sessions to go to its database", func() bool {
-			return queryOne(t, connect(tenantC), "SELECT current_database()") == placementDB
-		})
-		if got := queryOne(t, connect(tenantA), "SELECT note FROM placement_notes"); got != "secret of s1" {
-			t.Fatalf("A after the reload sees %q", got)
-		}
-		if got := queryRows(t, oldC, "SELECT current_database(), current_setting('app.tenant_id')"); !slices.Equal(got[0], []string{demo.Database, tenantC.ID}) {
-			t.Fatalf("C's session from before the reload: %v", got)
-		}
-		if got := queryOne(t, oldA, "SELECT current_user"); got != demo.RLSRole {
-			t.Fatalf("A's session from before the reload runs as %q", got)
-		}
-		if got := queryOne(t, connect(tenantB), "SELECT current_database() || ' ' || current_user"); got != demo.Database+" "+demo.RLSRole {
-			t.Fatalf("B, not placed, after the reload: %q", got)
+		oldA, oldC := connect(tenantA), connect(tenantC)
+		if err := placedAt(t, oldC, cShared); err != "" {
+			t.Fatal(err)
 		}
 
-		reload("")
-		eventually(t, 5*time.Second, "C's new sessions to come back", func() bool {
-			return queryOne(t, connect(tenantC), "SELECT current_database()") == demo.Database
-		})
+		reload(aSchema, cOwn)
+		if err := placedAt(t, oldA, aShared); err != "" {
+			t.Fatalf("A's session from before the reload: %s", err)
+		}
+		if err := placedAt(t, oldC, cShared); err != "" {
+			t.Fatalf("C's session from before the reload: %s", err)
+		}
+		reload(aRemote, cOwn)
+		if got := queryOne(t, connect(tenantA), "SELECT inet_server_port()"); got != fmt.Sprint(second(t).Port) {
+			t.Fatalf("A on the second cluster is served by port %s, want %d", got, second(t).Port)
+		}
+		reload(aShared, cShared)
+		if err := placedAt(t, oldA, aShared); err != "" {
+			t.Fatalf("A's session from before the reloads: %s", err)
+		}
+		load.stop(t)
 	})
+}
+
+// as is pt's place, with tenant tn in it (pt's name stays: its note).
+func as(pt placedTenant, tn demo.Tenant) placedTenant {
+	pt.Tenant = demo.Tenant{ID: tn.ID, Name: pt.Name, User: tn.User, Password: tn.Password}
+	return pt
+}
+
+// placedAt says how conn's next transaction is not in pt's place: its
+// tenant, database, role and note ("" when it is).
+func placedAt(t *testing.T, conn *pgconn.PgConn, pt placedTenant) string {
+	t.Helper()
+	want := []string{pt.ID + " " + pt.db + " " + pt.runsAs(), "secret of " + pt.Name}
+	got := queryRows(t, conn, "SELECT "+whereSQL+", (SELECT string_agg(note, ',') FROM pl_notes)")
+	if len(got) == 1 && slices.Equal(got[0], want) {
+		return ""
+	}
+	return fmt.Sprintf("runs at %q, want %q", got, want)
+}
+
+// placedLoad is tenants running transactions without a pause, each on a
+// session of its own, and every fifth one on a new session, checking that
+// every transaction runs in the tenant's place.
+type placedLoad struct {
+	done     chan struct{}
+	wg       sync.WaitGroup
+	sessions []atomic.Int64 // new sessions checked, per tenant
+	txns     atomic.Int64
+	failures atomic.Int64
+}
+
+func startPlacedLoad(t *testing.T, rp *runningProxy, tenants []placedTenant) *placedLoad {
+	l := &placedLoad{done: make(chan struct{}), sessions: make([]atomic.Int64, len(tenants))}
+	for i, pt := range tenants {
+		l.wg.Go(func() { l.run(t, rp, pt, &l.sessions[i]) })
+	}
+	t.Cleanup(func() { l.stop(t) })
+	return l
+}
+
+func (l *placedLoad) run(t *testing.T, rp *runningProxy, pt placedTenant, sessions *atomic.Int64) {
+	fail := func(format string, args ...any) {
+		l.failures.Add(1)
+		t.Errorf("%s (%s): %s", pt.Name, pt.layout, fmt.Sprintf(format, args...))
+	}
+	own, err := rp.connect(pt.Tenant)
+	if err != nil {
+		fail("connect: %v", err)
+		return
+	}
+	defer own.Close(context.Background())
+	want := []string{pt.ID + " " + pt.db + " " + pt.runsAs(), "secret of " + pt.Name}
+	check := func(conn *pgconn.PgConn) bool {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		res, err := conn.Exec(ctx, "BEGIN; SELECT "+whereSQL+", (SELECT string_agg(note, ',') FROM pl_notes); COMMIT").ReadAll()
+		if err == nil && len(res) == 3 && len(res[1].Rows) == 1 {
+			got := []string{string(res[1].Rows[0][0]), string(res[1].Rows[0][1])}
+			if !slices.Equal(got, want) {
+				fail("a transaction runs at %q, want %q", got, want)
+				return false
+			}
+			l.txns.Add(1)
+			return true
+		}
+		fail("a transaction: %v", err)
+		return false
+	}
+	for i := 0; ; i++ {
+		select {
+		case <-l.done:
+			return
+		default:
+		}
+		if i%5 != 4 {
+			if !check(own) {
+				return
+			}
+			continue
+		}
+		conn, err := rp.connect(pt.Tenant)
+		if err != nil {
+			fail("a new session: %v", err)
+			return
+		}
+		ok := check(conn)
+		conn.Close(context.Background())
+		if !ok {
+			return
+		}
+		sessions.Add(1)
+	}
+}
+
+// progressed waits until every tenant of the load has checked two new
+// sessions more, so that each reload is followed by sessions that started
+// under it.
+func (l *placedLoad) progressed(t *testing.T) {
+	t.Helper()
+	from := make([]int64, len(l.sessions))
+	for i := range l.sessions {
+		from[i] = l.sessions[i].Load()
+	}
+	eventually(t, 10*time.Second, "the load's new sessions", func() bool {
+		for i := range l.sessions {
+			if l.sessions[i].Load() < from[i]+2 {
+				return l.failures.Load() != 0
+			}
+		}
+		return true
+	})
+	if l.failures.Load() != 0 {
+		t.FailNow()
+	}
+}
+
+// stop ends the load (idempotent) and reports what it ran.
+func (l *placedLoad) stop(t *testing.T) {
+	select {
+	case <-l.done:
+		return
+	default:
+	}
+	close(l.done)
+	l.wg.Wait()
+	t.Logf("load: %d transactions, %d failures", l.txns.Load(), l.failures.Load())
 }

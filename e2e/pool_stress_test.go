@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"os"
+	"slices"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -25,19 +26,39 @@ const (
 	stressTxns    = 10
 )
 
-// stressTenant i owns i+1 rows of pool_stress, so a count names the tenant.
+// stressTenant is TestPoolStress's tenant i, who owns i+1 rows of
+// pool_stress, so a count names the tenant.
 func stressTenant(i int) string { return fmt.Sprintf("stress-tenant-%02d", i) }
 
-func setupStressTable(t *testing.T) {
-	t.Helper()
-	superQuery(t, `DROP TABLE IF EXISTS pool_stress;
-CREATE TABLE pool_stress (tenant_id text NOT NULL, n int NOT NULL);
-ALTER TABLE pool_stress ENABLE ROW LEVEL SECURITY;
-CREATE POLICY tenant_isolation ON pool_stress USING (tenant_id = current_setting('app.tenant_id'));
-GRANT SELECT, INSERT ON pool_stress TO `+demo.RLSRole)
-	for i := 0; i < stressTenants; i++ {
-		superQuery(t, fmt.Sprintf("INSERT INTO pool_stress SELECT '%s', g FROM generate_series(1, %d) g", stressTenant(i), i+1))
+// sharedStressTenants are TestPoolStress's tenants: all in the shared
+// tables, on the default upstream.
+func sharedStressTenants() []placedTenant {
+	out := make([]placedTenant, stressTenants)
+	for i := range out {
+		out[i] = sharedTenant(demo.Tenant{ID: stressTenant(i), Name: stressTenant(i), User: fmt.Sprintf("stress%02d", i), Password: "pw"})
 	}
+	return out
+}
+
+// setupStressTables gives tenant i i+1 rows of a pool_stress table: the
+// shared tenants one table under RLS, the others one in their own place.
+func setupStressTables(t *testing.T, tenants []placedTenant) {
+	t.Helper()
+	const table = "CREATE TABLE pool_stress (tenant_id text NOT NULL, n int NOT NULL);\n"
+	rows := func(i int, pt placedTenant) string {
+		return fmt.Sprintf("INSERT INTO pool_stress SELECT '%s', g FROM generate_series(1, %d) g;\n", pt.ID, i+1)
+	}
+	shared := "DROP TABLE IF EXISTS pool_stress;\n" + table + `ALTER TABLE pool_stress ENABLE ROW LEVEL SECURITY;
+CREATE POLICY tenant_isolation ON pool_stress USING (tenant_id = current_setting('app.tenant_id'));
+GRANT SELECT, INSERT ON pool_stress TO ` + demo.RLSRole + ";\n"
+	for i, pt := range tenants {
+		if pt.layout == layoutShared {
+			shared += rows(i, pt)
+			continue
+		}
+		pt.exec(t, table+"GRANT SELECT, INSERT ON pool_stress TO "+pt.runsAs()+";\n"+rows(i, pt))
+	}
+	superQuery(t, shared)
 	t.Cleanup(func() { superQuery(t, "DROP TABLE IF EXISTS pool_stress") })
 }
 
@@ -49,47 +70,51 @@ GRANT SELECT, INSERT ON pool_stress TO `+demo.RLSRole)
 // setting; none may see another tenant's or another client's, none may fail
 // unexpectedly, and no pin, lock or cursor outlives it.
 func TestPoolStress(t *testing.T) {
-	setupStressTable(t)
+	tenants := sharedStressTenants()
+	setupStressTables(t, tenants)
 	p := startProxy(t, func(c *config.Config) {
 		transactionPool(stressPool)(c)
 		c.Pool.WaitTimeout = config.Duration{Duration: 30 * time.Second}
 		c.Users = nil
-		for i := 0; i < stressTenants; i++ {
-			c.Users = append(c.Users, config.User{Name: fmt.Sprintf("stress%02d", i), Password: "pw", Tenant: stressTenant(i)})
+		for _, pt := range tenants {
+			c.Users = append(c.Users, config.User{Name: pt.User, Password: pt.Password, Tenant: pt.ID})
 		}
 	})
+	stressRun{proxy: p, tenants: tenants, clients: stressClients,
+		limits: map[stressPlace]int{{pgcluster.Shared(), demo.Database}: stressPool}}.run(t)
+}
+
+// stressPlace is a database on a cluster.
+type stressPlace struct {
+	cluster *pgcluster.Cluster
+	db      string
+}
+
+// stressRun is a stress run: clients (client c of tenants[c % len]) run
+// stressTxns transactions each through proxy.
+type stressRun struct {
+	proxy   *testProxy
+	tenants []placedTenant // tenant i owns i+1 rows of its pool_stress (setupStressTables)
+	clients int
+	// limits are the most upstream connections each place may have at
+	// once (transaction mode: its pool's size); nil in session mode.
+	limits map[stressPlace]int
+}
+
+// run runs the clients and checks what they saw, the upstream connections
+// and what they left behind.
+func (r stressRun) run(t *testing.T) {
+	t.Helper()
+	p := r.proxy
 	modes := []pgx.QueryExecMode{pgx.QueryExecModeCacheStatement, pgx.QueryExecModeSimpleProtocol, pgx.QueryExecModeExec, pgx.QueryExecModeDescribeExec, pgx.QueryExecModeCacheDescribe}
 	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
 	defer cancel()
 
 	var crossTenant, failures, transactions atomic.Int64
-	var maxUpstream atomic.Int64
 	stop := make(chan struct{})
-	sampled := make(chan struct{})
-	sampler, err := pgconn.Connect(ctx, pgcluster.Shared().SuperURL(demo.Database))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer sampler.Close(context.Background())
+	sampled := make(chan map[stressPlace]int)
 	start := time.Now()
-	go func() {
-		// How many upstream connections the pool holds while the clients run.
-		defer close(sampled)
-		for {
-			select {
-			case <-stop:
-				return
-			case <-time.After(20 * time.Millisecond):
-			}
-			n := upstreamBackends(t, sampler)
-			for {
-				m := maxUpstream.Load()
-				if n <= m || maxUpstream.CompareAndSwap(m, n) {
-					break
-				}
-			}
-		}
-	}()
+	go func() { sampled <- r.sampleUpstreams(t, stop) }()
 
 	if m := os.Getenv("STRESS_MODE"); m != "" {
 		i, _ := strconv.Atoi(m)
@@ -97,16 +122,20 @@ func TestPoolStress(t *testing.T) {
 	}
 	connecting := make(chan struct{}, 16) // logins are CPU-bound (SCRAM); do not pile them up
 	var wg sync.WaitGroup
-	for c := 0; c < stressClients; c++ {
+	for c := 0; c < r.clients; c++ {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			tenant := c % stressTenants
+			tenant := c % len(r.tenants)
+			pt := r.tenants[tenant]
+			// Where the client's transactions must run: its tenant, its
+			// database and its role.
+			want := pt.ID + " " + pt.db + " " + pt.runsAs()
 			report := func(format string, args ...any) {
 				failures.Add(1)
-				t.Errorf("client %d (%s): %s", c, stressTenant(tenant), fmt.Sprintf(format, args...))
+				t.Errorf("client %d (%s, %s): %s", c, pt.Name, pt.layout, fmt.Sprintf(format, args...))
 			}
-			cfg, err := pgx.ParseConfig(fmt.Sprintf("postgres://stress%02d:pw@%s/%s?sslmode=disable", tenant, p.addr, demo.Database))
+			cfg, err := pgx.ParseConfig(fmt.Sprintf("postgres://%s:%s@%s/%s?sslmode=disable", pt.User, pt.Password, p.addr, demo.Database))
 			if err != nil {
 				report("%v", err)
 				return
@@ -128,12 +157,12 @@ func TestPoolStress(t *testing.T) {
 					return
 				}
 				transactions.Add(1)
-				if setting != stressTenant(tenant) || count != tenant+1 {
+				if setting != want || count != tenant+1 {
 					crossTenant.Add(1)
 					report("%s: ran as %q seeing %d rows", what, setting, count)
 				}
 			}
-			const probe = "SELECT current_setting('app.tenant_id'), count(*)::int FROM pool_stress"
+			const probe = "SELECT " + whereSQL + ", count(*)::int FROM pool_stress"
 			mine := [1]string{"4MB"} // the work_mem this client set, or the default
 			for i := 0; i < stressTxns; i++ {
 				if i%3 == 2 {
@@ -158,7 +187,7 @@ func TestPoolStress(t *testing.T) {
 					}
 					var setting string
 					var count int
-					if err := tx.QueryRow(ctx, probe).Scan(&setting, &count); err != nil || setting != stressTenant(tenant) || count != tenant+2 {
+					if err := tx.QueryRow(ctx, probe).Scan(&setting, &count); err != nil || setting != want || count != tenant+2 {
 						crossTenant.Add(1)
 						report("in block: %q %d %v", setting, count, err)
 					}
@@ -218,7 +247,7 @@ func TestPoolStress(t *testing.T) {
 					for err == nil && rows.Next() {
 						var setting string
 						var v int
-						if err := rows.Scan(&setting, &v); err != nil || setting != stressTenant(tenant) {
+						if err := rows.Scan(&setting, &v); err != nil || setting != pt.ID {
 							crossTenant.Add(1)
 							report("held cursor row: %q %v", setting, err)
 						}
@@ -239,9 +268,9 @@ func TestPoolStress(t *testing.T) {
 				case 4: // a statement with parameters, prepared by pgx's cache
 					var setting string
 					var count int
-					if err := conn.QueryRow(ctx, "SELECT current_setting('app.tenant_id'), count(*)::int FROM pool_stress WHERE n > $1", 0).Scan(&setting, &count); err != nil {
+					if err := conn.QueryRow(ctx, "SELECT "+whereSQL+", count(*)::int FROM pool_stress WHERE n > $1", 0).Scan(&setting, &count); err != nil {
 						report("param: %v", err)
-					} else if transactions.Add(1); setting != stressTenant(tenant) || count != tenant+1 {
+					} else if transactions.Add(1); setting != want || count != tenant+1 {
 						crossTenant.Add(1)
 						report("param: %q %d", setting, count)
 					}
@@ -251,34 +280,153 @@ func TestPoolStress(t *testing.T) {
 	}
 	wg.Wait()
 	close(stop)
-	<-sampled
-	t.Logf("%s: %d clients of %d tenants, %d checked transactions, at most %d upstream connections; %d cross-tenant observations, %d failures",
-		time.Since(start).Round(time.Millisecond), stressClients, stressTenants, transactions.Load(), maxUpstream.Load(), crossTenant.Load(), failures.Load())
+	most := <-sampled
+	var mostText []string
+	for place, n := range most {
+		mostText = append(mostText, fmt.Sprintf("%s:%d", place.db, n))
+	}
+	slices.Sort(mostText)
+	t.Logf("%s: %d clients of %d tenants, %d checked transactions, at most %v upstream connections; %d cross-tenant observations, %d failures",
+		time.Since(start).Round(time.Millisecond), r.clients, len(r.tenants), transactions.Load(), mostText, crossTenant.Load(), failures.Load())
 	if crossTenant.Load() != 0 || failures.Load() != 0 {
 		t.Fatal("stress run failed")
 	}
-	if m := maxUpstream.Load(); m > stressPool {
-		t.Fatalf("%d upstream connections, pool size %d", m, stressPool)
+	for place, limit := range r.limits {
+		if n := most[place]; n > limit {
+			t.Errorf("%d upstream connections to %s, pool size %d", n, place.db, limit)
+		}
 	}
-	if n := superQuery(t, "SELECT count(*) FROM pool_stress WHERE n = -1")[0][0]; n != "0" {
-		t.Fatalf("%s rolled-back rows committed", n)
+	r.checkLeftovers(t)
+}
+
+// whereSQL says where a transaction runs: tenant, database and role.
+const whereSQL = "current_setting('app.tenant_id') || ' ' || current_database() || ' ' || current_user"
+
+// sampleUpstreams returns the most upstream connections each place of
+// r.limits had at once, sampled until stop.
+func (r stressRun) sampleUpstreams(t *testing.T, stop <-chan struct{}) map[stressPlace]int {
+	most := map[stressPlace]int{}
+	conns := map[*pgcluster.Cluster]*pgconn.PgConn{}
+	for place := range r.limits {
+		if conns[place.cluster] != nil {
+			continue
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		conn, err := pgconn.Connect(ctx, place.cluster.SuperURL("postgres"))
+		cancel()
+		if err != nil {
+			t.Error(err)
+			<-stop
+			return most
+		}
+		defer conn.Close(context.Background())
+		conns[place.cluster] = conn
 	}
-	// No state left behind on the pooled connections.
-	leftovers := superQuery(t, `SELECT
-  (SELECT count(*) FROM pg_stat_activity WHERE usename = '`+demo.RLSRole+`' AND state <> 'idle'),
-  (SELECT count(*) FROM pg_locks WHERE locktype = 'advisory'),
-  (SELECT count(*) FROM pg_class WHERE relpersistence = 't')`)[0]
-	for i, what := range []string{"busy or idle-in-transaction backends", "advisory locks", "temporary tables"} {
-		if leftovers[i] != "0" {
-			t.Errorf("%s: %s", what, leftovers[i])
+	for {
+		select {
+		case <-stop:
+			return most
+		case <-time.After(20 * time.Millisecond):
+		}
+		for cluster, conn := range conns {
+			for db, n := range upstreamBackends(t, conn) {
+				place := stressPlace{cluster, db}
+				most[place] = max(most[place], n)
+			}
 		}
 	}
 }
 
-func upstreamBackends(t *testing.T, conn *pgconn.PgConn) int64 {
-	n, err := strconv.ParseInt(queryOne(t, conn, "SELECT count(*) FROM pg_stat_activity WHERE usename = '"+demo.RLSRole+"' AND backend_type = 'client backend'"), 10, 64)
-	if err != nil {
-		t.Error(err)
+// upstreamBackends counts the login role's backends per database.
+func upstreamBackends(t *testing.T, conn *pgconn.PgConn) map[string]int {
+	out := map[string]int{}
+	for _, r := range queryRows(t, conn, "SELECT datname, count(*) FROM pg_stat_activity WHERE usename = '"+demo.RLSRole+"' AND backend_type = 'client backend' GROUP BY datname") {
+		n, err := strconv.Atoi(r[1])
+		if err != nil {
+			t.Error(err)
+		}
+		out[r[0]] = n
 	}
-	return n
+	return out
+}
+
+// checkLeftovers checks that no rolled-back row was committed and that no
+// state is left behind upstream: no busy backend, advisory lock or
+// temporary table in any of the tenants' places.
+func (r stressRun) checkLeftovers(t *testing.T) {
+	t.Helper()
+	seen := map[stressPlace]bool{}
+	for _, pt := range r.tenants {
+		if n := pt.query(t, "SELECT count(*) FROM "+pt.qualify("pool_stress")+" WHERE n = -1")[0][0]; n != "0" {
+			t.Errorf("%s: %s rolled-back rows committed", pt.Name, n)
+		}
+		place := stressPlace{pt.cluster, pt.db}
+		if seen[place] {
+			continue
+		}
+		seen[place] = true
+		leftovers := pt.query(t, `SELECT
+  (SELECT count(*) FROM pg_stat_activity WHERE usename = '`+demo.RLSRole+`' AND datname = current_database() AND state <> 'idle'),
+  (SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND database = (SELECT oid FROM pg_database WHERE datname = current_database())),
+  (SELECT count(*) FROM pg_class WHERE relpersistence = 't')`)[0]
+		for i, what := range []string{"busy or idle-in-transaction backends", "advisory locks", "temporary tables"} {
+			if leftovers[i] != "0" {
+				t.Errorf("%s in %s: %s", what, pt.db, leftovers[i])
+			}
+		}
+	}
+}
+
+// placedStressPool is the pool size of each database tenant's upstream.
+const placedStressPool = 3
+
+// placedStressTenants are twelve tenants over the layouts: four in the
+// shared tables, four in schemas, two in databases on the shared cluster
+// and two on the second cluster.
+func placedStressTenants(t *testing.T) []placedTenant {
+	layouts := []layout{layoutShared, layoutShared, layoutShared, layoutShared, layoutSchema, layoutSchema, layoutSchema, layoutSchema,
+		layoutDatabase, layoutDatabase, layoutRemote, layoutRemote}
+	out := make([]placedTenant, len(layouts))
+	for i, l := range layouts {
+		out[i] = newPlacedTenant(t, 11+i, fmt.Sprintf("stress%02d", i), l)
+	}
+	return out
+}
+
+// The stress run over every layout at once, in both modes: tenants in
+// the shared tables, in schemas and in databases of their own on both
+// clusters run the same mix of transactions concurrently (in transaction
+// mode, the shared and schema tenants through the default upstream's pool
+// of 10, each database tenant through its upstream's own pool of 3; in
+// session mode, 60 clients, for the clusters' max_connections). Every
+// transaction checks its tenant, database and role and the rows it sees:
+// no cross-tenant observation, no unexpected failure, no pool above its
+// size, nothing left behind in any place.
+func TestPoolStressPlacements(t *testing.T) {
+	tenants := placedStressTenants(t)
+	placeTenants(t, tenants...)
+	setupStressTables(t, tenants)
+	eachPoolMode(t, func(t *testing.T, m poolMode) {
+		run := stressRun{tenants: tenants, clients: 60}
+		run.proxy = startProxy(t, func(c *config.Config) {
+			c.Users = nil
+			placedInConfig(tenants...)(c)
+			if !m.tx {
+				return
+			}
+			transactionPool(stressPool)(c)
+			c.Pool.WaitTimeout = config.Duration{Duration: 30 * time.Second}
+			run.clients = stressClients
+			run.limits = map[stressPlace]int{{pgcluster.Shared(), demo.Database}: stressPool}
+			for i := range c.Upstreams {
+				c.Upstreams[i].Pool.Size = placedStressPool
+			}
+			for _, pt := range tenants {
+				if pt.upstream() != config.DefaultUpstream {
+					run.limits[stressPlace{pt.cluster, pt.db}] = placedStressPool
+				}
+			}
+		})
+		run.run(t)
+	})
 }

@@ -22,7 +22,7 @@ func Shared() *Cluster {
 
 // RunMain is meant for TestMain: it starts one cluster for the package, runs
 // setup (e.g. demo.Setup) against it, runs the tests, stops the cluster and
-// exits with the tests' code.
+// exits with the tests' code. It stops the package's Lazy clusters too.
 //
 // Missing PostgreSQL binaries make it fail (exit 1 with an install hint), never
 // skip: a silently skipped suite looks green.
@@ -65,5 +65,7 @@ func runMain(m *testing.M, opts Options, setup func(*Cluster) error) int {
 			return 1
 		}
 	}
+	// Stopped before the shared cluster, each after the tests that used it.
+	defer stopLazies()
 	return m.Run()
 }
