@@ -59,6 +59,10 @@ type Server struct {
 	onClose    []func()
 	wg         sync.WaitGroup
 	parker     *parker // made with the first client it may park; nil until then
+	// Paused tenants (pause.go), and the count of resumes so far.
+	paused  map[string]*tenantPause
+	resumes uint64
+	stop    chan struct{} // closed by Close: waits for a resume end
 }
 
 // runtime is everything a session takes from the configuration. A session
@@ -98,6 +102,8 @@ func New(cfg *config.Config, authn Authenticator, log *slog.Logger) (*Server, er
 		conns:     make(map[net.Conn]struct{}),
 		sessions:  make(map[*session]struct{}),
 		perTenant: make(map[string]int),
+		paused:    make(map[string]*tenantPause),
+		stop:      make(chan struct{}),
 	}
 	rt, err := newRuntime(cfg, authn, nil, log)
 	if err != nil {
@@ -272,6 +278,9 @@ func (s *Server) untrack(c net.Conn) {
 // connections close with them) and waits for the sessions to end.
 func (s *Server) Close() error {
 	s.mu.Lock()
+	if !s.closed {
+		close(s.stop)
+	}
 	s.closed = true
 	for ln := range s.listeners {
 		ln.Close()
@@ -395,6 +404,12 @@ func (s *Server) takeIdle(idleSince time.Time) {
 func (s *Server) addSession(ss *session) {
 	s.mu.Lock()
 	s.sessions[ss] = struct{}{}
+	if p := s.paused[ss.ident.Tenant]; p != nil {
+		ss.relay.hold.Store(p)
+	} else if s.resumes != ss.resumes && !ss.placedAsIn(s.rt.Load()) {
+		// Placed before a resume that moved its tenant.
+		ss.relay.hold.Store(movedHold)
+	}
 	draining := s.draining
 	s.mu.Unlock()
 	if draining {
