@@ -359,9 +359,6 @@ func TestPauseMoveTenant(t *testing.T) {
 			t.Fatalf("C's new session: %s", got)
 		}
 		// C's transaction from before the pause committed on the old placement.
-		if got := queryOne(t, b, "SELECT count(*) FROM copy_sink"); got != "0" {
-			t.Fatalf("B sees C's rows: %s", got)
-		}
 		if got := superQuery(t, "SELECT count(*) FROM copy_sink WHERE line = 'move: in progress' AND tenant_id = '"+tenantC.ID+"'"); got[0][0] != "1" {
 			t.Fatalf("C's transaction in progress: %v rows", got)
 		}
