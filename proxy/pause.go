@@ -178,14 +178,17 @@ func (s *Server) pauseOfLocked(tenant string) (*tenantPause, uint64) {
 }
 
 // awaitLogin holds a login of tenant while the tenant is paused, and
-// returns the runtime to place it with (rt, or the one current at the
-// resume). It gives up with FATAL 57P03 after pause_timeout.
+// returns the runtime to place it with and the count of resumes then. The
+// runtime is the current one, loaded after the count: a resume that
+// moved the tenant either came before (and so did its reload) or is
+// counted after (addSession then checks the placement). It gives up with
+// FATAL 57P03 after pause_timeout.
 func (s *Server) awaitLogin(rt *runtime, tenant string, client net.Conn) (*runtime, uint64, error) {
 	s.mu.Lock()
 	p, gen := s.pauseOfLocked(tenant)
 	s.mu.Unlock()
 	if p == nil {
-		return rt, gen, nil
+		return s.rt.Load(), gen, nil
 	}
 	timeout := rt.cfg.PauseTimeout.Duration
 	deadline := time.NewTimer(timeout)
