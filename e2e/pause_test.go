@@ -55,6 +55,27 @@ func goQuery(conn *pgconn.PgConn, sql string) *asyncResult {
 	return a
 }
 
+// goExecParams runs sql with the extended protocol (Parse, Bind,
+// Describe, Execute, Sync) in the background.
+func goExecParams(conn *pgconn.PgConn, sql string) *asyncResult {
+	a := &asyncResult{done: make(chan struct{})}
+	go func() {
+		defer close(a.done)
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		defer cancel()
+		res := conn.ExecParams(ctx, sql, nil, nil, nil, nil).Read()
+		a.err = res.Err
+		for _, row := range res.Rows {
+			var vals []string
+			for _, v := range row {
+				vals = append(vals, string(v))
+			}
+			a.rows = append(a.rows, vals)
+		}
+	}()
+	return a
+}
+
 // goConnect logs in with connString in the background; the test closes
 // the connection.
 func goConnect(t *testing.T, connString string) *asyncResult {
@@ -156,6 +177,7 @@ func TestPauseTenant(t *testing.T) {
 		pauseCleanCopySink(t)
 		p := m.start(t, pauseTimeout(20*time.Second))
 		idle, inTx, b := p.pgconnect(t, tenantA), p.pgconnect(t, tenantA), p.pgconnect(t, tenantB)
+		ext := p.pgconnect(t, tenantA)
 		queryRows(t, inTx, "BEGIN; INSERT INTO copy_sink (line) VALUES ('pause: before')")
 
 		ctx := context.Background()
@@ -169,11 +191,12 @@ func TestPauseTenant(t *testing.T) {
 		}
 
 		waiting := goQuery(idle, "SELECT current_setting('app.tenant_id')")
+		extWaiting := goExecParams(ext, "INSERT INTO copy_sink (line) VALUES ('pause: extended') RETURNING current_setting('app.tenant_id')")
 		login := goConnect(t, p.connString(tenantA))
-		if !waiting.stillWaiting(300 * time.Millisecond) {
-			t.Fatalf("a paused tenant's statement ran: %v %v", waiting.rows, waiting.err)
+		if !waiting.stillWaiting(300*time.Millisecond) || !extWaiting.stillWaiting(0) {
+			t.Fatalf("a paused tenant's statement ran: %v %v / %v %v", waiting.rows, waiting.err, extWaiting.rows, extWaiting.err)
 		}
-		eventually(t, 5*time.Second, "the statement and the login to wait", func() bool { return pausedWaiting(p, tenantA.ID) == 2 })
+		eventually(t, 5*time.Second, "the statements and the login to wait", func() bool { return pausedWaiting(p, tenantA.ID) == 3 })
 		if login.stillWaiting(0) == false {
 			t.Fatalf("a paused tenant's login went through: %v", login.err)
 		}
@@ -186,7 +209,7 @@ func TestPauseTenant(t *testing.T) {
 		// The transaction in progress finishes.
 		queryRows(t, inTx, "INSERT INTO copy_sink (line) VALUES ('pause: during')")
 		queryRows(t, inTx, "COMMIT")
-		if info := p.srv.Pause(ctx, tenantA.ID, 5*time.Second); info.InTransaction != 0 || info.Waiting != 2 {
+		if info := p.srv.Pause(ctx, tenantA.ID, 5*time.Second); info.InTransaction != 0 || info.Waiting != 3 {
 			t.Fatalf("pause after the commit: %+v", info)
 		}
 		if !waiting.stillWaiting(100 * time.Millisecond) {
@@ -194,11 +217,14 @@ func TestPauseTenant(t *testing.T) {
 		}
 
 		info, err := p.srv.Resume(tenantA.ID)
-		if err != nil || info.Waiting != 2 || info.Moved != 0 {
+		if err != nil || info.Waiting != 3 || info.Moved != 0 {
 			t.Fatalf("resume: %+v %v", info, err)
 		}
 		if w := waiting.wait(t, 5*time.Second, "the waiting statement"); w.err != nil || len(w.rows) != 1 || w.rows[0][0] != tenantA.ID {
 			t.Fatalf("after the resume: %v %v", w.rows, w.err)
+		}
+		if e := extWaiting.wait(t, 5*time.Second, "the waiting Execute"); e.err != nil || len(e.rows) != 1 || e.rows[0][0] != tenantA.ID {
+			t.Fatalf("extended protocol after the resume: %v %v", e.rows, e.err)
 		}
 		if l := login.wait(t, 5*time.Second, "the waiting login"); l.err != nil {
 			t.Fatalf("login after the resume: %v", l.err)
@@ -206,7 +232,7 @@ func TestPauseTenant(t *testing.T) {
 		if got := queryOne(t, login.conn, "SELECT current_setting('app.tenant_id')"); got != tenantA.ID {
 			t.Fatalf("the login's session: %s", got)
 		}
-		if got := queryOne(t, idle, "SELECT count(*) FROM copy_sink WHERE line LIKE 'pause: %'"); got != "2" {
+		if got := queryOne(t, idle, "SELECT count(*) FROM copy_sink WHERE line LIKE 'pause: %'"); got != "3" {
 			t.Fatalf("rows of the transaction in progress: %s", got)
 		}
 		if _, err := p.srv.Resume(tenantA.ID); err != proxy.ErrNotPaused {
@@ -214,6 +240,18 @@ func TestPauseTenant(t *testing.T) {
 		}
 		if len(p.srv.Paused()) != 0 {
 			t.Fatalf("still paused: %+v", p.srv.Paused())
+		}
+
+		// A drain ends a waiting statement's session at once, as an idle one.
+		p.srv.Pause(ctx, tenantA.ID, 0)
+		waiting = goQuery(idle, "SELECT 1")
+		eventually(t, 5*time.Second, "the statement to wait", func() bool { return pausedWaiting(p, tenantA.ID) == 1 })
+		shutdown, cancel := context.WithTimeout(ctx, 10*time.Second)
+		defer cancel()
+		start = time.Now()
+		_ = p.srv.Shutdown(shutdown)
+		if w := waiting.wait(t, 5*time.Second, "the statement during the drain"); pgCode(w.err) != "57P01" || time.Since(start) > 5*time.Second {
+			t.Fatalf("waiting statement at the drain: %v after %s, want FATAL 57P01 at once", w.err, time.Since(start))
 		}
 	})
 }
