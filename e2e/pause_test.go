@@ -309,6 +309,7 @@ func TestPauseMoveTenant(t *testing.T) {
 		}
 		p := m.start(t, pauseTimeout(20*time.Second), unplaced)
 		cIdle, cWait, cTx := p.pgconnect(t, tenantC), p.pgconnect(t, tenantC), p.pgconnect(t, tenantC)
+		cLate := p.pgconnect(t, tenantC) // still in a transaction at the resume
 		aWait := p.pgconnect(t, tenantA)
 		b := p.pgconnect(t, tenantB)
 		for _, c := range []*pgconn.PgConn{cIdle, cWait, aWait} {
@@ -317,6 +318,7 @@ func TestPauseMoveTenant(t *testing.T) {
 			}
 		}
 		queryRows(t, cTx, "BEGIN; INSERT INTO copy_sink (line) VALUES ('move: in progress')")
+		queryRows(t, cLate, "BEGIN")
 		stopB := keepQuerying(b, "SELECT count(*) FROM projects")
 
 		ctx := context.Background()
@@ -327,8 +329,8 @@ func TestPauseMoveTenant(t *testing.T) {
 		cLogin := goConnect(t, p.connString(tenantC))
 		eventually(t, 5*time.Second, "C's statement and login to wait", func() bool { return pausedWaiting(p, tenantC.ID) == 2 })
 		queryRows(t, cTx, "COMMIT")
-		if info := p.srv.Pause(ctx, tenantC.ID, 5*time.Second); info.InTransaction != 0 {
-			t.Fatalf("C still in a transaction: %+v", info)
+		if info := p.srv.Pause(ctx, tenantC.ID, 300*time.Millisecond); info.InTransaction != 1 {
+			t.Fatalf("C in a transaction: %+v, want cLate's only", info)
 		}
 
 		moved := proxyConfig(t, m.config(modePoolSize, pauseTimeout(20*time.Second), placeC, func(c *config.Config) {
@@ -346,11 +348,26 @@ func TestPauseMoveTenant(t *testing.T) {
 				t.Fatal(err)
 			}
 			// C: the idle session, the waiting one, the one that was in a
-			// transaction (the waiting login is no session yet); A: one.
-			wantMoved := map[string]int{tenantC.ID: 3, tenantA.ID: 1}[tn.ID]
+			// transaction, the one that still is (the waiting login is no
+			// session yet); A: one.
+			wantMoved := map[string]int{tenantC.ID: 4, tenantA.ID: 1}[tn.ID]
 			if info.Moved != wantMoved {
 				t.Errorf("resume %s: %+v, want %d sessions moved", tn.Name, info, wantMoved)
 			}
+		}
+
+		// A transaction in progress at the resume (the pause did not wait for
+		// it) finishes where it began; the session moves, or ends, after it.
+		if got := queryOne(t, cLate, "SELECT current_database()"); got != demo.Database {
+			t.Fatalf("C's transaction in progress at the resume runs in %s", got)
+		}
+		queryRows(t, cLate, "COMMIT")
+		if m.tx {
+			if got := queryOne(t, cLate, "SELECT current_database()"); got != placementDB {
+				t.Fatalf("C's session after its transaction: %s", got)
+			}
+		} else if err := execErr(cLate, "SELECT 1"); pgCode(err) != "57P01" || !strings.Contains(err.Error(), "was moved while paused") {
+			t.Fatalf("C's session-mode session after its transaction: %v, want FATAL 57P01", err)
 		}
 
 		c := cStmt.wait(t, 5*time.Second, "C's waiting statement")

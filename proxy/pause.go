@@ -404,10 +404,11 @@ var errCannotMove = errors.New("the session holds state on its old placement")
 // for a session holding a connection (pinned) or listening for
 // notifications: that state is on the old placement.
 func (r *relay) movePooled(rt *runtime, ident auth.Identity, pl placement) error {
+	// Under leaseMu: the reply side of the last lease reads the pool
+	// (pinned idle timeout) under it.
 	r.leaseMu.Lock()
-	held := r.sc != nil
-	r.leaseMu.Unlock()
-	if held || r.listen.hub != nil || r.carry.sent {
+	defer r.leaseMu.Unlock()
+	if r.sc != nil || r.listen.hub != nil || r.carry.sent {
 		return errCannotMove
 	}
 	tenantCtx := rt.contextSettings(ident, pl)
