@@ -317,6 +317,7 @@ func TestPauseMoveTenant(t *testing.T) {
 				t.Fatalf("before the move: %s", got)
 			}
 		}
+		queryRows(t, cIdle, "SET work_mem = '7MB'") // the client's own setting
 		queryRows(t, cTx, "BEGIN; INSERT INTO copy_sink (line) VALUES ('move: in progress')")
 		queryRows(t, cLate, "BEGIN")
 		stopB := keepQuerying(b, "SELECT count(*) FROM projects")
@@ -384,6 +385,14 @@ func TestPauseMoveTenant(t *testing.T) {
 					t.Fatalf("C's session after the move: %s", got)
 				}
 			}
+			if got := queryOne(t, cIdle, "SHOW work_mem"); got != "7MB" {
+				t.Fatalf("the client's setting after the move: %s", got)
+			}
+			for _, s := range p.srv.Sessions() {
+				if s.Tenant == tenantC.ID && s.Upstream != "c_db" {
+					t.Fatalf("status after the move: %+v", s)
+				}
+			}
 			if got := queryOne(t, aWait, "SELECT note FROM placement_notes"); got != "secret of s1" {
 				t.Fatalf("A's session after the move sees %q", got)
 			}
@@ -422,6 +431,45 @@ func TestPauseMoveTenant(t *testing.T) {
 			t.Fatalf("B during the move: %d queries, errors %v", n, errs)
 		}
 	})
+}
+
+// Transaction mode only (session mode ends every moved session): a
+// session pinned to its pooled connection, or that has used LISTEN, keeps
+// state on the old placement, so a resume that moves its tenant ends it
+// (57P01) at its next statement; the pinned connection is not reused.
+func TestPauseMovePinned(t *testing.T) {
+	placeC := databaseTenant(t)
+	p := poolModes[1].start(t, pauseTimeout(20*time.Second), func(c *config.Config) {
+		placeC(c)
+		delete(c.Tenants, tenantC.ID)
+	})
+	pinned, listening, plain := p.pgconnect(t, tenantC), p.pgconnect(t, tenantC), p.pgconnect(t, tenantC)
+	queryRows(t, pinned, "SELECT pg_advisory_lock(4242)")
+	queryRows(t, listening, "LISTEN pause_moves")
+	p.srv.Pause(context.Background(), tenantC.ID, 0)
+	waiting := goQuery(pinned, "SELECT 1")
+	eventually(t, 5*time.Second, "the pinned session to wait", func() bool { return pausedWaiting(p, tenantC.ID) == 1 })
+	moved := proxyConfig(t, poolModes[1].config(modePoolSize, pauseTimeout(20*time.Second), placeC))
+	if err := cli.Reload(p.srv, moved, slog.New(slog.NewTextHandler(io.Discard, nil))); err != nil {
+		t.Fatal(err)
+	}
+	if info, err := p.srv.Resume(tenantC.ID); err != nil || info.Moved != 3 {
+		t.Fatalf("resume: %+v %v", info, err)
+	}
+	w := waiting.wait(t, 5*time.Second, "the pinned session's statement")
+	if pgCode(w.err) != "57P01" || !strings.Contains(w.err.Error(), "was moved while paused") {
+		t.Fatalf("pinned session: %v, want FATAL 57P01", w.err)
+	}
+	if err := execErr(listening, "SELECT 1"); pgCode(err) != "57P01" {
+		t.Fatalf("listening session: %v, want FATAL 57P01", err)
+	}
+	if got := queryOne(t, plain, "SELECT current_database()"); got != placementDB {
+		t.Fatalf("C's plain session after the move: %s", got)
+	}
+	// The advisory lock went with the pinned connection.
+	if got := queryOne(t, p.pgconnect(t, tenantA), "SELECT pg_try_advisory_lock(4242)"); got != "t" {
+		t.Fatalf("the pinned session's lock is still held")
+	}
 }
 
 // `pgtenant pause` and `pgtenant resume` through the admin endpoint: the
