@@ -245,13 +245,17 @@ func TestPauseTenant(t *testing.T) {
 		// A drain ends a waiting statement's session at once, as an idle one.
 		p.srv.Pause(ctx, tenantA.ID, 0)
 		waiting = goQuery(idle, "SELECT 1")
-		eventually(t, 5*time.Second, "the statement to wait", func() bool { return pausedWaiting(p, tenantA.ID) == 1 })
+		login = goConnect(t, p.connString(tenantA))
+		eventually(t, 5*time.Second, "the statement and the login to wait", func() bool { return pausedWaiting(p, tenantA.ID) == 2 })
 		shutdown, cancel := context.WithTimeout(ctx, 10*time.Second)
 		defer cancel()
 		start = time.Now()
 		_ = p.srv.Shutdown(shutdown)
 		if w := waiting.wait(t, 5*time.Second, "the statement during the drain"); pgCode(w.err) != "57P01" || time.Since(start) > 5*time.Second {
 			t.Fatalf("waiting statement at the drain: %v after %s, want FATAL 57P01 at once", w.err, time.Since(start))
+		}
+		if l := login.wait(t, 5*time.Second, "the login during the drain"); pgCode(l.err) != "57P03" || !strings.Contains(l.err.Error(), "shutting down") {
+			t.Fatalf("waiting login at the drain: %v, want FATAL 57P03", l.err)
 		}
 	})
 }

@@ -195,7 +195,7 @@ func (s *Server) awaitLogin(rt *runtime, tenant string, client net.Conn) (*runti
 	defer deadline.Stop()
 	for p != nil {
 		p.waiting.Add(1)
-		err := waitResume(p, deadline.C, nil, s.stop, client)
+		err := waitResume(p, deadline.C, s.drained, s.stop, client)
 		p.waiting.Add(-1)
 		if errors.Is(err, errPauseTimeout) {
 			return nil, 0, &pgconn.PgError{Severity: severityFatal, Code: codeCannotConnectNow,
@@ -204,6 +204,12 @@ func (s *Server) awaitLogin(rt *runtime, tenant string, client net.Conn) (*runti
 				Hint:    "Connect again later."}
 		}
 		if err != nil {
+			s.mu.Lock()
+			draining := s.draining
+			s.mu.Unlock()
+			if draining {
+				return nil, 0, fatalf(codeCannotConnectNow, "the database system is shutting down")
+			}
 			return nil, 0, err
 		}
 		s.mu.Lock()
@@ -217,7 +223,8 @@ var errPauseTimeout = errors.New("pause_timeout passed")
 
 // waitResume waits for p's resume. It gives up with errPauseTimeout when
 // timeout fires, and with io.ErrUnexpectedEOF when done (the session's
-// reply side) or stop (the server) closes or the client hangs up.
+// reply side, or the server's drain for a login) or stop (the server's
+// close) closes or the client hangs up.
 func waitResume(p *tenantPause, timeout <-chan time.Time, done, stop <-chan struct{}, client net.Conn) error {
 	tick := time.NewTicker(hangUpCheck)
 	defer tick.Stop()

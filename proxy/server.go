@@ -63,6 +63,7 @@ type Server struct {
 	paused  map[string]*tenantPause
 	resumes uint64
 	stop    chan struct{} // closed by Close: waits for a resume end
+	drained chan struct{} // closed by Shutdown: logins waiting for a resume end
 }
 
 // runtime is everything a session takes from the configuration. A session
@@ -104,6 +105,7 @@ func New(cfg *config.Config, authn Authenticator, log *slog.Logger) (*Server, er
 		perTenant: make(map[string]int),
 		paused:    make(map[string]*tenantPause),
 		stop:      make(chan struct{}),
+		drained:   make(chan struct{}),
 	}
 	rt, err := newRuntime(cfg, authn, nil, log)
 	if err != nil {
@@ -317,6 +319,9 @@ func (s *Server) Close() error {
 // Then it closes like Close.
 func (s *Server) Shutdown(ctx context.Context) error {
 	s.mu.Lock()
+	if !s.draining {
+		close(s.drained)
+	}
 	s.draining = true
 	for ln := range s.listeners {
 		ln.Close()
