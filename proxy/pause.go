@@ -23,12 +23,15 @@ import (
 // go, each on the tenant's placement as the configuration then says: a
 // reload made while the tenant was paused applies to its existing sessions
 // too. A transaction-mode session moves to the new placement's pool at its
-// next unit; a session-mode session, whose upstream connection is on the
-// old placement, is ended (57P01) at its next idle point.
+// next unit (unless it holds state there: a pinned connection, LISTEN); a
+// session-mode session, whose upstream connection is on the old placement,
+// is ended (57P01) at its next idle point.
 //
-// The hot path pays one atomic load per unit (relay.hold) and, once per
-// batch of client messages, an atomic store (relay.busy): a pause must see
-// a session that has let a unit through but not begun it yet.
+// The hot path, at a unit's start: loads of relay.hold and relay.busy;
+// busy is stored at most twice per batch of client messages (set at its
+// first unit, cleared when the request side waits for the client again),
+// so that a pause sees a session that has let a unit through but not yet
+// sent it.
 
 // tenantPause is one pause of a tenant, from Pause to Resume.
 type tenantPause struct {
@@ -171,7 +174,7 @@ func (s *Server) PauseCounts() (tenants, waiting int) {
 	return len(s.paused), waiting
 }
 
-// pauseOf returns tenant's pause, if it is paused, and the count of
+// pauseOfLocked returns tenant's pause, if it is paused, and the count of
 // resumes so far. Caller holds s.mu.
 func (s *Server) pauseOfLocked(tenant string) (*tenantPause, uint64) {
 	return s.paused[tenant], s.resumes
