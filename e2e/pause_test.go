@@ -437,6 +437,46 @@ func TestPauseMoveTenant(t *testing.T) {
 	})
 }
 
+// A unit the session let through just before the pause, but has not sent
+// yet (held here in the guard), counts as in progress: the pause does not
+// report the tenant idle while it could still start a transaction on the
+// old placement. It runs once let go, and then the pause finds none.
+func TestPauseSeesUnitLetThrough(t *testing.T) {
+	eachPoolMode(t, func(t *testing.T, m poolMode) {
+		pauseCleanCopySink(t)
+		p := m.start(t, pauseTimeout(20*time.Second))
+		held, release := make(chan struct{}), make(chan struct{})
+		var once sync.Once
+		p.srv.SetTestingKnobs(&proxy.TestingKnobs{OnStatement: func(text []byte) {
+			if strings.Contains(string(text), "INSERT INTO copy_sink (line) VALUES ('pause: let through')") {
+				once.Do(func() {
+					close(held)
+					<-release
+				})
+			}
+		}})
+		a := p.pgconnect(t, tenantA)
+		stmt := goQuery(a, "INSERT INTO copy_sink (line) VALUES ('pause: let through')")
+		<-held
+		if info := p.srv.Pause(context.Background(), tenantA.ID, 300*time.Millisecond); info.InTransaction != 1 {
+			t.Fatalf("pause with a unit let through: %+v, want it counted in a transaction", info)
+		}
+		close(release)
+		if s := stmt.wait(t, 5*time.Second, "the statement let through"); s.err != nil {
+			t.Fatalf("the statement let through before the pause: %v", s.err)
+		}
+		if info := p.srv.Pause(context.Background(), tenantA.ID, 5*time.Second); info.InTransaction != 0 {
+			t.Fatalf("pause after it: %+v", info)
+		}
+		if _, err := p.srv.Resume(tenantA.ID); err != nil {
+			t.Fatal(err)
+		}
+		if got := queryOne(t, a, "SELECT count(*) FROM copy_sink WHERE line = 'pause: let through'"); got != "1" {
+			t.Fatalf("rows: %s", got)
+		}
+	})
+}
+
 // Transaction mode only (session mode ends every moved session): a
 // session pinned to its pooled connection, or that has used LISTEN, keeps
 // state on the old placement, so a resume that moves its tenant ends it
