@@ -456,12 +456,15 @@ func TestPauseSeesUnitLetThrough(t *testing.T) {
 			}
 		}})
 		a := p.pgconnect(t, tenantA)
+		var releaseOnce sync.Once
+		letGo := func() { releaseOnce.Do(func() { close(release) }) }
+		t.Cleanup(letGo) // a failing test must not leave the session held
 		stmt := goQuery(a, "INSERT INTO copy_sink (line) VALUES ('pause: let through')")
 		<-held
 		if info := p.srv.Pause(context.Background(), tenantA.ID, 300*time.Millisecond); info.InTransaction != 1 {
 			t.Fatalf("pause with a unit let through: %+v, want it counted in a transaction", info)
 		}
-		close(release)
+		letGo()
 		if s := stmt.wait(t, 5*time.Second, "the statement let through"); s.err != nil {
 			t.Fatalf("the statement let through before the pause: %v", s.err)
 		}
