@@ -72,6 +72,9 @@ type Config struct {
 	// ShutdownTimeout is how long SIGTERM lets transactions in progress
 	// finish before their sessions are ended. Default 30s.
 	ShutdownTimeout Duration `yaml:"shutdown_timeout"`
+	// PauseTimeout bounds how long a paused tenant's new transaction (or
+	// login) waits for the tenant to be resumed. Default 30s.
+	PauseTimeout Duration `yaml:"pause_timeout"`
 	// SignedContext, when set, makes pgtenant assert an HMAC of the tenant
 	// next to it, for policies that verify it (see signedctx).
 	SignedContext *SignedContext `yaml:"signed_context"`
@@ -323,6 +326,9 @@ func (c *Config) Validate() error {
 
 	if c.ConnectTimeout.Duration <= 0 {
 		add("connect_timeout", "must be greater than zero, e.g. \"10s\"")
+	}
+	if c.PauseTimeout.Duration < 0 {
+		add("pause_timeout", "must be greater than zero, e.g. \"30s\"")
 	}
 
 	if !slices.Contains(validLogLevels, c.LogLevel) {

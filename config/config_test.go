@@ -64,6 +64,7 @@ tls:
 upstream: host=db dbname=app user=proxy
 tenant_setting: myapp.tenant
 connect_timeout: 1m30s
+pause_timeout: 2m
 log_level: debug
 log_format: json
 users:
@@ -79,6 +80,9 @@ users:
 	}
 	if c.ConnectTimeout.Duration != 90*time.Second {
 		t.Errorf("ConnectTimeout = %v", c.ConnectTimeout)
+	}
+	if c.PauseTimeout.Duration != 2*time.Minute {
+		t.Errorf("PauseTimeout = %v", c.PauseTimeout)
 	}
 	if c.Listen != "0.0.0.0:7000" || c.TenantSetting != "myapp.tenant" || c.LogLevel != "debug" || c.LogFormat != "json" {
 		t.Errorf("unexpected config %+v", *c)
@@ -116,6 +120,7 @@ func TestParseErrors(t *testing.T) {
 		{"tenant_setting empty part", up + "tenant_setting: app..tenant\n" + users, []string{"tenant_setting:"}},
 		{"connect_timeout zero", up + "connect_timeout: 0s\n" + users, []string{"connect_timeout: must be greater than zero"}},
 		{"connect_timeout negative", up + "connect_timeout: -1s\n" + users, []string{"connect_timeout:"}},
+		{"pause_timeout negative", up + "pause_timeout: -1s\n" + users, []string{"pause_timeout: must be greater than zero"}},
 		{"connect_timeout no unit", up + "connect_timeout: 10\n" + users, []string{"line 2", "invalid duration", "10s"}},
 		{"connect_timeout mapping", up + "connect_timeout: {a: 1}\n" + users, []string{"line 2", "duration"}},
 		{"log_level", up + "log_level: verbose\n" + users, []string{"log_level:", "verbose"}},

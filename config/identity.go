@@ -142,6 +142,9 @@ func (c *Config) applyIdentityDefaults() {
 	if c.ShutdownTimeout.Duration == 0 {
 		c.ShutdownTimeout.Duration = 30 * time.Second
 	}
+	if c.PauseTimeout.Duration == 0 {
+		c.PauseTimeout.Duration = 30 * time.Second
+	}
 	if c.Auth.Timeout.Duration == 0 {
 		c.Auth.Timeout.Duration = 30 * time.Second
 	}

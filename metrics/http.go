@@ -3,7 +3,10 @@ package metrics
 import (
 	"context"
 	"encoding/json"
+	"errors"
+	"fmt"
 	"net/http"
+	"time"
 
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
@@ -13,21 +16,49 @@ import (
 // Status is the body served at /status.
 type Status struct {
 	Sessions []proxy.SessionInfo `json:"sessions"`
+	Paused   []proxy.PauseInfo   `json:"paused"`
 }
 
-// Handler serves, for GET and HEAD only (other methods get 405):
+// Admin is what the admin endpoints report on and act on; a nil func
+// serves an empty answer (or no endpoint, for Pause and Resume).
+type Admin struct {
+	Ready    func(context.Context) error
+	Sessions func() []proxy.SessionInfo
+	Paused   func() []proxy.PauseInfo
+	// Pause pauses a tenant, waiting up to the duration for its
+	// transactions in progress to end; Resume resumes it.
+	Pause  func(ctx context.Context, tenant string, wait time.Duration) proxy.PauseInfo
+	Resume func(tenant string) (proxy.PauseInfo, error)
+}
+
+// Handler serves the read-only endpoints of AdminHandler.
+func Handler(m *Metrics, ready func(context.Context) error, sessions func() []proxy.SessionInfo) http.Handler {
+	return AdminHandler(m, Admin{Ready: ready, Sessions: sessions})
+}
+
+// AdminHandler serves, for GET and HEAD:
 //
 //   - /metrics: m's registry in the Prometheus exposition format (404 when m
 //     is nil);
 //   - /healthz: 200 "ok" while the process runs;
-//   - /readyz: 200 "ok" when ready returns nil (or ready is nil), else 503
-//     with the error text; ready gets the request's context;
-//   - /status: JSON {"sessions": [...]} from sessions (an empty list when
-//     sessions is nil or returns nil).
+//   - /readyz: 200 "ok" when Ready returns nil (or is nil), else 503
+//     with the error text; Ready gets the request's context;
+//   - /status: JSON {"sessions": [...], "paused": [...]} (empty lists when
+//     the funcs are nil or return nil);
 //
-// /status lists users, tenants and client addresses: serve Handler on an
-// address only operators can reach.
-func Handler(m *Metrics, ready func(context.Context) error, sessions func() []proxy.SessionInfo) http.Handler {
+// and for POST (when a.Pause and a.Resume are set):
+//
+//   - /tenants/{tenant}/pause[?wait=30s]: pauses the tenant; with wait,
+//     answers once none of its transactions is in progress or wait has
+//     passed (the answer's in_transaction says which); JSON PauseInfo;
+//   - /tenants/{tenant}/resume: resumes it (404 if it is not paused);
+//     JSON PauseInfo, with the sessions moved.
+//
+// Other methods get 405. Browsers' cross-origin POSTs are refused (403),
+// so that a web page cannot pause a tenant through an operator's browser.
+// /status lists users, tenants and client addresses: serve AdminHandler on
+// an address only operators can reach.
+func AdminHandler(m *Metrics, a Admin) http.Handler {
 	mux := http.NewServeMux()
 	if m != nil {
 		mux.Handle("GET /metrics", promhttp.HandlerFor(m.reg, promhttp.HandlerOpts{
@@ -40,8 +71,8 @@ func Handler(m *Metrics, ready func(context.Context) error, sessions func() []pr
 		writeText(w, http.StatusOK, "ok")
 	})
 	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, r *http.Request) {
-		if ready != nil {
-			if err := ready(r.Context()); err != nil {
+		if a.Ready != nil {
+			if err := a.Ready(r.Context()); err != nil {
 				writeText(w, http.StatusServiceUnavailable, err.Error())
 				return
 			}
@@ -50,24 +81,55 @@ func Handler(m *Metrics, ready func(context.Context) error, sessions func() []pr
 	})
 	mux.HandleFunc("GET /status", func(w http.ResponseWriter, _ *http.Request) {
 		var st Status
-		if sessions != nil {
-			st.Sessions = sessions()
+		if a.Sessions != nil {
+			st.Sessions = a.Sessions()
 		}
 		if st.Sessions == nil {
 			st.Sessions = []proxy.SessionInfo{}
 		}
-		body, err := json.Marshal(st)
-		if err != nil {
-			writeText(w, http.StatusInternalServerError, err.Error())
-			return
+		if a.Paused != nil {
+			st.Paused = a.Paused()
 		}
-		h := w.Header()
-		h.Set("Content-Type", "application/json")
-		h.Set("Cache-Control", "no-store")
-		w.WriteHeader(http.StatusOK)
-		_, _ = w.Write(append(body, '\n'))
+		if st.Paused == nil {
+			st.Paused = []proxy.PauseInfo{}
+		}
+		writeJSON(w, http.StatusOK, st)
 	})
-	return mux
+	if a.Pause != nil && a.Resume != nil {
+		mux.HandleFunc("POST /tenants/{tenant}/pause", func(w http.ResponseWriter, r *http.Request) {
+			var wait time.Duration
+			if v := r.URL.Query().Get("wait"); v != "" {
+				var err error
+				if wait, err = time.ParseDuration(v); err != nil || wait < 0 {
+					writeText(w, http.StatusBadRequest, "wait: not a duration like 30s: "+v)
+					return
+				}
+			}
+			writeJSON(w, http.StatusOK, a.Pause(r.Context(), r.PathValue("tenant"), wait))
+		})
+		mux.HandleFunc("POST /tenants/{tenant}/resume", func(w http.ResponseWriter, r *http.Request) {
+			info, err := a.Resume(r.PathValue("tenant"))
+			if errors.Is(err, proxy.ErrNotPaused) {
+				writeText(w, http.StatusNotFound, fmt.Sprintf("tenant %q is not paused", info.Tenant))
+				return
+			}
+			writeJSON(w, http.StatusOK, info)
+		})
+	}
+	return http.NewCrossOriginProtection().Handler(mux)
+}
+
+func writeJSON(w http.ResponseWriter, code int, v any) {
+	body, err := json.Marshal(v)
+	if err != nil {
+		writeText(w, http.StatusInternalServerError, err.Error())
+		return
+	}
+	h := w.Header()
+	h.Set("Content-Type", "application/json")
+	h.Set("Cache-Control", "no-store")
+	w.WriteHeader(code)
+	_, _ = w.Write(append(body, '\n'))
 }
 
 func writeText(w http.ResponseWriter, code int, msg string) {

@@ -75,7 +75,7 @@ func TestHandlerNilFuncs(t *testing.T) {
 		t.Fatalf("metrics with nil Metrics: %d", code)
 	}
 	code, _, body := get(t, h, http.MethodGet, "/status")
-	if code != 200 || strings.TrimSpace(body) != `{"sessions":[]}` {
+	if code != 200 || strings.TrimSpace(body) != `{"sessions":[],"paused":[]}` {
 		t.Fatalf("status: %d %q", code, body)
 	}
 }
@@ -149,7 +149,7 @@ func TestHandlerStatus(t *testing.T) {
 
 	// No sessions is an empty list, not null.
 	h = Handler(New(Options{}), nil, func() []proxy.SessionInfo { return nil })
-	if _, _, body := get(t, h, http.MethodGet, "/status"); strings.TrimSpace(body) != `{"sessions":[]}` {
+	if _, _, body := get(t, h, http.MethodGet, "/status"); strings.TrimSpace(body) != `{"sessions":[],"paused":[]}` {
 		t.Fatalf("empty status %q", body)
 	}
 }
@@ -168,5 +168,90 @@ func TestHandlerServer(t *testing.T) {
 		if res.StatusCode != 200 {
 			t.Errorf("%s: %d", path, res.StatusCode)
 		}
+	}
+}
+
+// The pause and resume endpoints: POST only, the tenant from the path,
+// wait parsed, 404 for a tenant not paused, and a browser's cross-origin
+// POST refused.
+func TestHandlerPauseResume(t *testing.T) {
+	var calls []string
+	paused := map[string]bool{}
+	a := Admin{
+		Pause: func(_ context.Context, tenant string, wait time.Duration) proxy.PauseInfo {
+			calls = append(calls, "pause "+tenant+" "+wait.String())
+			paused[tenant] = true
+			return proxy.PauseInfo{Tenant: tenant, InTransaction: 1}
+		},
+		Resume: func(tenant string) (proxy.PauseInfo, error) {
+			calls = append(calls, "resume "+tenant)
+			if !paused[tenant] {
+				return proxy.PauseInfo{Tenant: tenant}, proxy.ErrNotPaused
+			}
+			delete(paused, tenant)
+			return proxy.PauseInfo{Tenant: tenant, Moved: 2}, nil
+		},
+		Paused: func() []proxy.PauseInfo { return []proxy.PauseInfo{{Tenant: "t 1", Waiting: 3}} },
+	}
+	h := AdminHandler(nil, a)
+	tests := []struct {
+		desc, method, path string
+		header             map[string]string
+		code               int
+		body               string // substring
+		call               string // the last call made, "" for none
+	}{
+		{desc: "pause", method: "POST", path: "/tenants/t%201/pause", code: 200, body: `"tenant":"t 1","since":"0001-01-01T00:00:00Z","waiting":0,"in_transaction":1`, call: "pause t 1 0s"},
+		{desc: "pause with wait", method: "POST", path: "/tenants/acme/pause?wait=1500ms", code: 200, call: "pause acme 1.5s"},
+		{desc: "bad wait", method: "POST", path: "/tenants/acme/pause?wait=soon", code: 400, body: "not a duration"},
+		{desc: "negative wait", method: "POST", path: "/tenants/acme/pause?wait=-1s", code: 400, body: "not a duration"},
+		{desc: "resume", method: "POST", path: "/tenants/acme/resume", code: 200, body: `"moved":2`, call: "resume acme"},
+		{desc: "resume not paused", method: "POST", path: "/tenants/acme/resume", code: 404, body: `tenant "acme" is not paused`, call: "resume acme"},
+		{desc: "GET pause", method: "GET", path: "/tenants/acme/pause", code: 405},
+		{desc: "cross-origin POST", method: "POST", path: "/tenants/acme/pause", header: map[string]string{"Sec-Fetch-Site": "cross-site", "Origin": "https://evil.example"}, code: 403},
+		{desc: "status lists paused", method: "GET", path: "/status", code: 200, body: `"paused":[{"tenant":"t 1","since":"0001-01-01T00:00:00Z","waiting":3,"in_transaction":0}]`},
+	}
+	for _, tt := range tests {
+		t.Run(tt.desc, func(t *testing.T) {
+			calls = nil
+			rec := httptest.NewRecorder()
+			req := httptest.NewRequest(tt.method, tt.path, nil)
+			for k, v := range tt.header {
+				req.Header.Set(k, v)
+			}
+			h.ServeHTTP(rec, req)
+			body, _ := io.ReadAll(rec.Result().Body)
+			if rec.Code != tt.code || !strings.Contains(string(body), tt.body) {
+				t.Fatalf("%s %s: %d %q, want %d with %q", tt.method, tt.path, rec.Code, body, tt.code, tt.body)
+			}
+			last := ""
+			if len(calls) > 0 {
+				last = calls[len(calls)-1]
+			}
+			if last != tt.call {
+				t.Fatalf("call %q, want %q", last, tt.call)
+			}
+		})
+	}
+	// Without Pause and Resume there are no such endpoints.
+	if code, _, _ := get(t, Handler(nil, nil, nil), http.MethodPost, "/tenants/acme/pause"); code != 404 && code != 405 {
+		t.Fatalf("read-only handler answers a pause with %d", code)
+	}
+}
+
+func TestWatchPauses(t *testing.T) {
+	m := New(Options{})
+	tenants, waiting := 2, 5
+	m.WatchPauses(func() (int, int) { return tenants, waiting })
+	_, _, body := get(t, Handler(m, nil, nil), http.MethodGet, "/metrics")
+	for _, want := range []string{"pgtenant_paused_tenants 2", "pgtenant_pause_waiting 5"} {
+		if !strings.Contains(body, want) {
+			t.Errorf("metrics lack %q", want)
+		}
+	}
+	tenants, waiting = 0, 0
+	_, _, body = get(t, Handler(m, nil, nil), http.MethodGet, "/metrics")
+	if !strings.Contains(body, "pgtenant_paused_tenants 0") {
+		t.Errorf("after the resume: %s", body)
 	}
 }

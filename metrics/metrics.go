@@ -313,6 +313,21 @@ func (c poolCollector) Collect(ch chan<- prometheus.Metric) {
 	}
 }
 
+// WatchPauses exports the paused tenants and what waits for them, read
+// from counts at each scrape.
+func (m *Metrics) WatchPauses(counts func() (tenants, waiting int)) {
+	m.reg.MustRegister(
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+			Name: "pgtenant_paused_tenants",
+			Help: "Tenants paused (pgtenant pause) and not yet resumed.",
+		}, func() float64 { n, _ := counts(); return float64(n) }),
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+			Name: "pgtenant_pause_waiting",
+			Help: "Transaction starts and logins of paused tenants waiting for a resume.",
+		}, func() float64 { _, n := counts(); return float64(n) }),
+	)
+}
+
 // WatchAudit exports dropped, the count of audit log lines dropped because
 // the writer fell behind.
 func (m *Metrics) WatchAudit(dropped func() float64) {

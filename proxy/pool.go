@@ -130,6 +130,10 @@ type poolContext struct {
 	ctxPrepare []byte
 	ctxCount   int // statements ctxPrepare prepares
 	refs       int // sessions using it
+	// settings are its settings, the first own the client's (a session
+	// moving to another pool takes those along: pause.go).
+	settings []setting
+	own      int
 }
 
 // takeContext returns the shared context of settings, whose first
@@ -143,7 +147,7 @@ func (p *txPool) takeContext(settings []setting, startupN int) *poolContext {
 		pc.refs++
 		return pc
 	}
-	pc := &poolContext{key: key, commit: sessionStatements(settings), assertion: newAssertion(settings), refs: 1}
+	pc := &poolContext{key: key, commit: sessionStatements(settings), assertion: newAssertion(settings), refs: 1, settings: settings, own: startupN}
 	pc.settled, pc.ctxPrepare = newPreparedAssertion(settings[startupN:])
 	pc.ctxCount = len(settings) - startupN
 	p.contexts[key] = pc

@@ -35,7 +35,11 @@ import (
 
 // pooledState is the relay's transaction-mode state.
 type pooledState struct {
-	pool *txPool
+	// txMode: the session is in transaction mode. pool is its placement's
+	// pool, which a resume may change (pause.go) while the reply side of
+	// the last lease reads txMode.
+	txMode bool
+	pool   *txPool
 	// pctx is this client's settings, shared with the sessions that have the
 	// same: pctx.key names them (serverConn.dirtyKey, settled).
 	pctx     *poolContext
@@ -220,7 +224,7 @@ func (r *relay) clientWriter() *bufio.Writer {
 }
 
 // pooled reports whether the relay runs in transaction mode.
-func (r *relay) pooled() bool { return r.pool != nil }
+func (r *relay) pooled() bool { return r.txMode }
 
 // serverResetQuery takes a pooled connection back to its own state before
 // a client with other settings (another tenant, for one) holds it: every

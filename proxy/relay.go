@@ -68,9 +68,18 @@ type relay struct {
 	// (channels.go); channels are those of the message being relayed.
 	notifyScope string
 	channels    []guard.Channel
-	rate        *rateLimit                     // the tenant's transaction rate limit; nil: none (limits.go)
-	txw         *txWatch                       // the tenant's max_transaction_duration; nil: none
-	endReason   atomic.Pointer[pgconn.PgError] // why pgtenant closed the upstream under the session (txWatch)
+	rate        *rateLimit // the tenant's transaction rate limit; nil: none (limits.go)
+	// Pausing (pause.go): hold is the tenant's pause, movedHold, or nil;
+	// busy, set by the request side from a unit's start until it waits for
+	// the client again; moveTo (the session's) moves it after a resume;
+	// stop closes when the server does.
+	hold         atomic.Pointer[tenantPause]
+	busy         atomic.Bool
+	pauseTimeout time.Duration
+	moveTo       func() error
+	stop         <-chan struct{}
+	txw          *txWatch                       // the tenant's max_transaction_duration; nil: none
+	endReason    atomic.Pointer[pgconn.PgError] // why pgtenant closed the upstream under the session (txWatch)
 	// groupTxEnded: an Execute of the group under way ended a transaction;
 	// groupTokenDue: the Execute being relayed starts another (limits.go).
 	groupTxEnded, groupTokenDue bool
@@ -258,6 +267,9 @@ func (r *relay) clientToUpstream() error {
 			if err := r.flushUpstream(); err != nil {
 				return err
 			}
+			if r.busy.Load() {
+				r.busy.Store(false) // what it let through is pending now
+			}
 			r.armIdleTimeout()
 			if r.pooled() && r.cr.Buffered() == 0 {
 				if err := r.parkReader(!r.inGroup); err != nil {
@@ -309,6 +321,18 @@ func (r *relay) relayMessage(typ byte, size int) error {
 		// this one is asserted, and whether it needs a new pin (check).
 		if err := r.takeReadback(); err != nil {
 			return err
+		}
+	}
+	if startsUnit && !r.inGroup {
+		// From here a pause sees this unit (pause.go); one load when the
+		// tenant is not paused.
+		if !r.busy.Load() {
+			r.busy.Store(true)
+		}
+		if r.hold.Load() != nil {
+			if err := r.waitPaused(); err != nil {
+				return err
+			}
 		}
 	}
 	if startsUnit && r.rate != nil && r.mayNeedAssertion() {

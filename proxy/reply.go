@@ -355,6 +355,9 @@ func (r *relay) readyForQuery(size int, res replyResult) error {
 				return err
 			}
 		}
+		if e := r.endReason.Load(); e != nil {
+			return e // why (a tenant moved while paused: pause.go)
+		}
 		return errDraining
 	}
 	if !r.pooled() {

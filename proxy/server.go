@@ -62,6 +62,11 @@ type Server struct {
 	onClose       []func()
 	wg            sync.WaitGroup
 	parker        *parker // made with the first client it may park; nil until then
+	// Paused tenants (pause.go), and the count of resumes so far.
+	paused  map[string]*tenantPause
+	resumes uint64
+	stop    chan struct{} // closed by Close: waits for a resume end
+	drained chan struct{} // closed by Shutdown: logins waiting for a resume end
 }
 
 // runtime is everything a session takes from the configuration. A session
@@ -102,6 +107,9 @@ func New(cfg *config.Config, authn Authenticator, log *slog.Logger) (*Server, er
 		conns:         make(map[net.Conn]struct{}),
 		sessions:      make(map[*session]struct{}),
 		perTenant:     make(map[string]int),
+		paused:        make(map[string]*tenantPause),
+		stop:          make(chan struct{}),
+		drained:       make(chan struct{}),
 	}
 	rt, err := newRuntime(cfg, authn, nil, log)
 	if err != nil {
@@ -326,6 +334,9 @@ func (s *Server) untrack(c net.Conn) {
 // connections close with them) and waits for the sessions to end.
 func (s *Server) Close() error {
 	s.mu.Lock()
+	if !s.closed {
+		close(s.stop)
+	}
 	s.closed = true
 	for ln := range s.listeners {
 		ln.Close()
@@ -365,6 +376,9 @@ func (s *Server) Close() error {
 // Then it closes like Close.
 func (s *Server) Shutdown(ctx context.Context) error {
 	s.mu.Lock()
+	if !s.draining {
+		close(s.drained)
+	}
 	s.draining = true
 	for ln := range s.listeners {
 		ln.Close()
@@ -452,6 +466,12 @@ func (s *Server) takeIdle(idleSince time.Time) {
 func (s *Server) addSession(ss *session) {
 	s.mu.Lock()
 	s.sessions[ss] = struct{}{}
+	if p := s.paused[ss.ident.Tenant]; p != nil {
+		ss.relay.hold.Store(p)
+	} else if s.resumes != ss.resumes && !ss.placedAsIn(s.rt.Load()) {
+		// Placed before a resume that moved its tenant.
+		ss.relay.hold.Store(movedHold)
+	}
 	draining := s.draining
 	s.mu.Unlock()
 	if draining {

@@ -134,7 +134,9 @@ type session struct {
 	ended       func() // cleans up once the session is over
 	id          uint64
 	ident       auth.Identity
-	placedOn    string // the name of the upstream its tenant is placed on
+	placedOn    string    // the name of the upstream its tenant is placed on
+	pl          placement // where it is; changed only by move, under s.mu
+	resumes     uint64    // Server.resumes when its login checked for a pause
 	upstreamPID uint32
 	started     time.Time
 }
@@ -213,6 +215,12 @@ func (s *Server) startSession(rt *runtime, st *startup, cr *bufio.Reader, cw *bu
 			s.releaseTenant(ident.Tenant)
 		}
 	}()
+	// A paused tenant's login waits before it is placed: where it goes is
+	// the placement at the resume.
+	rt, resumes, err := s.awaitLogin(rt, ident.Tenant, st.conn)
+	if err != nil {
+		return nil, err
+	}
 	// Checked after authentication, as PostgreSQL does, so that an
 	// unauthenticated client learns nothing about the database.
 	if database != rt.database {
@@ -234,7 +242,11 @@ func (s *Server) startSession(rt *runtime, st *startup, cr *bufio.Reader, cw *bu
 	}
 
 	if rt.pool != nil && rt.cfg.PoolModeFor(user) == config.PoolModeTransaction {
-		return s.startPooledSession(rt, pl, st, cr, cw, ident, params, log)
+		ss, err := s.startPooledSession(rt, pl, st, cr, cw, ident, params, log)
+		if ss != nil {
+			ss.resumes = resumes
+		}
+		return ss, err
 	}
 	a := newAssertion(rt.contextSettings(ident, pl))
 	start := time.Now()
@@ -271,7 +283,7 @@ func (s *Server) startSession(rt *runtime, st *startup, cr *bufio.Reader, cw *bu
 	rl := newRelay(st.conn, cr, cw, hc.Conn, a, g, ident.Expires)
 	s.configureRelay(rt, rl, ident)
 	rl.watchTransactions(rt.cfg.TenantPolicy(ident.Tenant).MaxTransactionDuration, cancelTarget{network: addr.Network(), address: addr.String(), pid: hc.PID, secret: hc.SecretKey})
-	return &session{
+	ss := &session{
 		s:        s,
 		user:     st.params["user"],
 		client:   st.conn,
@@ -281,14 +293,19 @@ func (s *Server) startSession(rt *runtime, st *startup, cr *bufio.Reader, cw *bu
 
 		ident:       ident,
 		placedOn:    pl.up.name,
+		pl:          pl,
+		resumes:     resumes,
 		upstreamPID: hc.PID,
 		started:     time.Now(),
-	}, nil
+	}
+	rl.moveTo = ss.move
+	return ss, nil
 }
 
 // configureRelay gives a session's relay its user, tenant, observer and limits.
 func (s *Server) configureRelay(rt *runtime, rl *relay, ident auth.Identity) {
 	rl.obs, rl.user, rl.tenant = s.observer(), ident.User, ident.Tenant
+	rl.pauseTimeout, rl.stop = rt.cfg.PauseTimeout.Duration, s.stop
 	if rl.guard != nil {
 		rl.notifyScope = channelScope(channelKey(rt.cfg), ident.Tenant)
 	}
@@ -353,6 +370,7 @@ func (s *Server) startPooledSession(rt *runtime, pl placement, st *startup, cr *
 	g := rt.guards.pick(true, ident.ReadOnly, pl)
 	rl := newRelay(st.conn, cr, cw, nil, a, g, ident.Expires)
 	rl.pooledState = pooledState{
+		txMode:     true,
 		pool:       pool,
 		pctx:       pc,
 		startup:    settings[:len(names)],
@@ -399,8 +417,9 @@ func (s *Server) startPooledSession(rt *runtime, pl placement, st *startup, cr *
 		}
 	}
 	started = true // session.close drops the context
-	ss := &session{s: s, user: st.params["user"], client: st.conn, relay: rl, key: key, ident: ident, placedOn: pl.up.name, started: time.Now()}
+	ss := &session{s: s, user: st.params["user"], client: st.conn, relay: rl, key: key, ident: ident, placedOn: pl.up.name, pl: pl, started: time.Now()}
 	rl.resume = ss.resume
+	rl.moveTo = ss.move
 	return ss, nil
 }
 

@@ -37,6 +37,11 @@ Usage:
                                     run the proxy; SIGHUP reloads the config, SIGTERM drains
   pgtenant reload --pid-file f      make the running proxy re-read its config
   pgtenant status [--admin addr]    list the running proxy's sessions (needs admin_listen)
+  pgtenant pause <tenant> [--admin addr] [--wait 30s]
+                                    hold the tenant's new transactions and logins; returns once
+                                    none of its transactions is in progress (exit 1 if some still are)
+  pgtenant resume <tenant> [--admin addr]
+                                    let them go on, on the tenant's placement as configured now
   pgtenant demo [--listen addr]     start a throwaway PostgreSQL with two demo tenants and the
                                     proxy in front of it, run from a config it writes; prints psql
                                     lines and operations to try; Ctrl-C drains and cleans up
@@ -77,6 +82,8 @@ func Main(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 			return runReload(args[1:], stderr)
 		case "status":
 			return runStatus(args[1:], stdout, stderr)
+		case "pause", "resume":
+			return runPauseResume(args[0], args[1:], stdout, stderr)
 		}
 	}
 	fs := flag.NewFlagSet("pgtenant", flag.ContinueOnError)
@@ -236,23 +243,30 @@ func reload(srv *proxy.Server, configPath string, log *slog.Logger) {
 		log.Error("reload refused: the running configuration stays", "err", err)
 		return
 	}
+	if err := Reload(srv, cfg, log); err != nil {
+		log.Error("reload refused: the running configuration stays", "err", fmt.Errorf("config file %s: %w", configPath, err))
+	}
+}
+
+// Reload makes srv use cfg (a validated config), as SIGHUP does; on an
+// error the running configuration stays.
+func Reload(srv *proxy.Server, cfg *config.Config, log *slog.Logger) error {
 	authn, closers, err := newAuthenticator(cfg, log)
 	if err != nil {
-		log.Error("reload refused: the running configuration stays", "err", fmt.Errorf("config file %s: %w", configPath, err))
-		return
+		return err
 	}
 	if err := srv.Reload(cfg, authn); err != nil {
 		for _, c := range closers {
 			c()
 		}
-		log.Error("reload refused: the running configuration stays", "err", err)
-		return
+		return err
 	}
 	for _, c := range closers {
 		srv.OnClose(c)
 	}
 	reloadAudit(srv, cfg.Audit, log)
 	go warnTenantTypes(context.Background(), cfg, log)
+	return nil
 }
 
 // NewServer builds the proxy from a validated config: the user directory,
