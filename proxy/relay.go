@@ -132,6 +132,10 @@ type relay struct {
 	rconn   net.Conn
 	rsc     *serverConn
 	resp    respState // reply side only
+
+	// up is how the relay is bound to the upstream (binding.go): set when
+	// the relay is made, for good.
+	up binding
 }
 
 type relayStats struct {
@@ -159,6 +163,7 @@ func newRelay(client net.Conn, cr *bufio.Reader, cw *bufio.Writer, upstream net.
 		wconn:      upstream,
 		rconn:      upstream,
 	}
+	r.up = sessionBinding{r}
 	r.clientOut = client
 	if upstream != nil {
 		r.ur = bufio.NewReaderSize(upstream, relayBufSize)
@@ -271,13 +276,8 @@ func (r *relay) clientToUpstream() error {
 				r.busy.Store(false) // what it let through is pending now
 			}
 			r.armIdleTimeout()
-			if r.pooled() && r.cr.Buffered() == 0 {
-				if err := r.parkReader(!r.inGroup); err != nil {
-					if err == errParked {
-						return err
-					}
-					return r.idleError(err)
-				}
+			if err := r.up.awaitClient(); err != nil {
+				return err
 			}
 		}
 		typ, size, err := readHeader(r.cr)
@@ -384,34 +384,11 @@ func (r *relay) relayMessage(typ byte, size int) error {
 			return err
 		}
 	}
-	if r.pooled() {
-		if typ == 'X' {
-			if r.inGroup {
-				return r.terminateInGroup(size)
-			}
-			// The pooled connection is not the client's to terminate. What the
-			// client sent before is answered, as PostgreSQL answers it before
-			// it reads the Terminate (unless the client has gone).
-			if r.ledger.pending.Load() > 0 {
-				_ = r.await(untilAnswered)
-			}
-			return errClientTerminated
-		}
-		held, err := r.leaseFor(typ, startsUnit)
-		if err != nil {
-			return err
-		}
-		if held && r.changes {
-			// The connection's committed settings may not stay this client's.
-			r.noteSettingsChange()
-		}
-		if held && r.carry.touched {
-			r.holdForReadback()
-		}
-		if !held {
-			// Nothing to flush, no COPY in progress: PostgreSQL would ignore it too.
-			return r.discardClientMessage(size, msg, peeked)
-		}
+	if held, err := r.up.take(typ, size, startsUnit); err != nil {
+		return err
+	} else if !held {
+		// Nothing to flush, no COPY in progress: PostgreSQL would ignore it too.
+		return r.discardClientMessage(size, msg, peeked)
 	}
 	inCopy := false
 	if !isCopyStreamMessage(typ) && r.ledger.copyRisk() {
@@ -419,13 +396,8 @@ func (r *relay) relayMessage(typ byte, size int) error {
 			return err
 		}
 	}
-	if r.pooled() && r.dealloc != "" && substitute == nil && !inCopy {
-		if msg, peeked, err = r.deallocateOne(msg, peeked); err != nil {
-			return err
-		}
-	}
-	if (len(r.channels) > 0 || r.pooled() && (r.prepare != nil || len(r.executes) > 0)) && substitute == nil && !inCopy {
-		if msg, peeked, err = r.rewriteStatement(msg, peeked); err != nil {
+	if (r.dealloc != "" || len(r.channels) > 0 || r.prepare != nil || len(r.executes) > 0) && substitute == nil && !inCopy {
+		if msg, peeked, err = r.up.rewrite(msg, peeked); err != nil {
 			return err
 		}
 	}
@@ -465,10 +437,8 @@ func (r *relay) relayMessage(typ byte, size int) error {
 		_ = r.uw.Flush()
 		return errClientTerminated
 	}
-	if r.pooled() && deallocates && typ == 'Q' {
-		// A Parse of DEALLOCATE ALL runs nothing: its Bind does
-		// (relayBind), perhaps on another connection.
-		r.deallocateAll()
+	if deallocates && typ == 'Q' {
+		r.up.deallocatedAll()
 	}
 	if r.assertDue != nil && ((typ == 'E' || typ == 'B') && blindExecute || typ == 'Q' || typ == 'F') {
 		if err := r.settleAssertion(); err != nil {
@@ -478,11 +448,10 @@ func (r *relay) relayMessage(typ byte, size int) error {
 	if err := r.sendAssertionIfDue(typ); err != nil {
 		return err
 	}
-	if r.pooled() && substitute == nil && (typ == 'P' || typ == 'B' || typ == 'D' || typ == 'C') {
-		return r.relayStatementMessage(typ, size, msg, peeked)
-	}
-	if r.pooled() && typ == 'P' {
-		r.stmts.record(replyEntry{seq: r.seq}) // the refusal's failing Parse
+	if typ == 'P' || typ == 'B' || typ == 'D' || typ == 'C' || typ == 'Q' {
+		if done, err := r.up.statement(typ, size, msg, peeked, substitute != nil); done {
+			return err
+		}
 	}
 	if msg == nil {
 		return r.forwardUp(typ, size, mayCopy)
@@ -490,9 +459,6 @@ func (r *relay) relayMessage(typ byte, size int) error {
 	out := msg
 	if substitute != nil {
 		out = substitute
-	}
-	if r.pooled() && typ == 'Q' {
-		r.forgetUnnamed()
 	}
 	if err := r.sendClient(out, mayCopy); err != nil {
 		return err
@@ -890,7 +856,10 @@ func (r *relay) startUnit(typ byte, size int, msg []byte, refused, simple bool) 
 		// block); PostgreSQL has the context already.
 		need, r.inBlockDue, r.blockAsserted = true, true, true
 	}
-	short := need && r.pooled() && r.sc.settled == r.pctx.key
+	var settled []byte
+	if need {
+		settled = r.up.settledAssertion()
+	}
 	if err := r.beginUnit(); err != nil {
 		return err
 	}
@@ -898,8 +867,8 @@ func (r *relay) startUnit(typ byte, size int, msg []byte, refused, simple bool) 
 		return nil
 	}
 	r.assertDue = r.assertion.inline
-	if short {
-		r.assertDue = r.pctx.settled.inline
+	if settled != nil {
+		r.assertDue = settled
 	}
 	if simple {
 		return r.sendAssertion(fromAssertSimple)
@@ -976,14 +945,7 @@ func (r *relay) beginUnit() error {
 			return err
 		}
 	}
-	if r.pooled() {
-		r.leaseMu.Lock()
-		r.seq = r.ledger.begin()
-		r.attachLocked()
-		r.leaseMu.Unlock()
-		return nil
-	}
-	r.seq = r.ledger.begin()
+	r.up.begin()
 	return nil
 }
 
@@ -1142,7 +1104,7 @@ func (r *relay) wake() {
 // sides call it: the request side before it waits for the client, the
 // reply side when the last reply is in.
 func (r *relay) armIdleTimeout() {
-	pinned := r.pooled() && r.pinned.Load()
+	pinned := r.pinned.Load() // only ever in transaction mode
 	if r.idleTimeout == 0 && r.idleInTxTimeout == 0 && !pinned {
 		return
 	}
@@ -1224,19 +1186,7 @@ func (w rearmingWriter) Write(p []byte) (int, error) {
 
 // flushUpstream sends what the request side has buffered. In transaction
 // mode it also ends the write section, which may give the connection back.
-func (r *relay) flushUpstream() error {
-	if r.pooled() {
-		if !r.writing {
-			return nil
-		}
-		defer r.endWrite()
-	}
-	if err := r.uw.Flush(); err != nil {
-		return err
-	}
-	r.armUpstreamTimeout(r.wconn)
-	return nil
-}
+func (r *relay) flushUpstream() error { return r.up.flush() }
 
 // flushUp sends what the request side has buffered for the upstream, if it
 // holds a writer: between leases it has none, and a flush must never reach a
@@ -1251,7 +1201,7 @@ func (r *relay) flushUp() error {
 // idleError turns a read timeout from armIdleTimeout into PostgreSQL's error.
 func (r *relay) idleError(err error) error {
 	var ne net.Error
-	pinned := r.pooled() && r.pinned.Load()
+	pinned := r.pinned.Load() // only ever in transaction mode
 	if r.idleTimeout == 0 && r.idleInTxTimeout == 0 && !pinned || !errors.As(err, &ne) || !ne.Timeout() {
 		return err
 	}
