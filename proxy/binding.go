@@ -87,4 +87,18 @@ type binding interface {
 	// connection, and cancels what it runs (session: the session's cancel
 	// target).
 	endTransaction(session cancelTarget)
+	// viaHub reports whether the client's notifications come through the
+	// pool's hub (listening.go) rather than its upstream connection.
+	viaHub() bool
+
+	// Placement (pause.go).
+
+	// samePlace reports whether a session placed on pl stays where o
+	// would place it.
+	samePlace(pl, o placement) bool
+	// resumedElsewhere follows a resume that places the session's tenant
+	// elsewhere (its hold is movedHold). Caller holds the server's mu.
+	resumedElsewhere(ss *session)
+	// moveTo puts the session on pl, or says why it cannot go.
+	moveTo(ss *session, rt *runtime, pl placement) error
 }

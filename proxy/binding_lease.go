@@ -2,6 +2,7 @@ package proxy
 
 import (
 	"bytes"
+	"context"
 
 	"github.com/jackc/pgx/v5/pgproto3"
 )
@@ -58,6 +59,37 @@ func (b leaseBinding) take(typ byte, size int, startsUnit bool) (bool, error) {
 		r.holdForReadback()
 	}
 	return held, nil
+}
+
+// terminateInGroup ends a transaction-mode session whose client sent
+// Terminate in an extended-protocol group with no Sync yet. Of that group
+// PostgreSQL sends what it has flushed before it reads the Terminate: an
+// error or notice at once (with everything before it), other replies only
+// after a Flush; the rest is lost as the backend exits. Only the upstream
+// knows which that is, so the Terminate goes to it: the connection, in the
+// middle of a group, was not going back to the pool anyway. The reply side
+// relays what comes until the upstream closes, unless the client hangs up
+// first.
+func (r *relay) terminateInGroup(size int) error {
+	r.leaseMu.Lock()
+	sc := r.sc
+	if sc != nil && !r.writing {
+		r.takeWriterLocked()
+	}
+	r.leaseMu.Unlock()
+	if sc == nil {
+		return errClientTerminated
+	}
+	// The upstream closes behind it: that is no news to tell the client.
+	r.closing.Store(true)
+	if err := forward(r.uw, r.cr, size); err != nil {
+		return err
+	}
+	if err := r.uw.Flush(); err != nil {
+		return err
+	}
+	r.awaitReplyEnd()
+	return errClientTerminated
 }
 
 // begin: the held connection's reader now hands its replies to this relay.
@@ -275,6 +307,27 @@ func (b leaseBinding) cut() {
 		r.sc.dead.Store(true)
 		r.sc.conn.Close()
 	}
+}
+
+func (b leaseBinding) viaHub() bool { return true }
+
+// samePlace: the same pool, schema and role.
+func (b leaseBinding) samePlace(pl, o placement) bool {
+	return sameSchemaRole(pl, o) && pl.up.pool == o.up.pool
+}
+
+// resumedElsewhere: nothing now; its next transaction moves it (moveTo).
+func (b leaseBinding) resumedElsewhere(*session) {}
+
+// moveTo takes the session's next transactions to pl's pool.
+func (b leaseBinding) moveTo(ss *session, rt *runtime, pl placement) error {
+	if err := rt.checkLoginRole(context.Background(), pl); err != nil {
+		return err
+	}
+	if err := b.r.movePooled(rt, ss.ident, pl); err != nil {
+		return movedError(ss.ident.Tenant, ss.pl, pl)
+	}
+	return nil
 }
 
 // endTransaction: only while a lease is attached; the connection never

@@ -147,6 +147,21 @@ func (b sessionBinding) cut() {
 	}
 }
 
+func (b sessionBinding) viaHub() bool { return false }
+
+// samePlace: the same upstream URL, schema and role.
+func (b sessionBinding) samePlace(pl, o placement) bool {
+	return sameSchemaRole(pl, o) && pl.up.url == o.up.url
+}
+
+// resumedElsewhere: the session's connection is on the old placement; it
+// ends, now if it is idle.
+func (b sessionBinding) resumedElsewhere(ss *session) { ss.endMoved() }
+
+func (b sessionBinding) moveTo(ss *session, _ *runtime, pl placement) error {
+	return movedError(ss.ident.Tenant, ss.pl, pl)
+}
+
 func (b sessionBinding) endTransaction(session cancelTarget) {
 	b.r.rconn.Close()
 	cancelAbandoned(session)

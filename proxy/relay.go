@@ -36,10 +36,11 @@ const (
 //
 // The request side (relay.go) reads the client, asserts, guards and sends;
 // the reply side (reply.go) reads the upstream's replies against the ledger
-// (ledger.go), hides pgtenant's own and relays the rest. In session mode
-// each side is a goroutine of the session; in transaction mode the reply
-// side runs on the reader of whichever pooled connection the client holds
-// (pooled.go).
+// (ledger.go), hides pgtenant's own and relays the rest. Where session
+// and transaction mode differ, the relay asks its binding (binding.go): in
+// session mode each side is a goroutine of the session; in transaction
+// mode the reply side runs on the reader of whichever pooled connection
+// the client holds (pooled.go).
 //
 // Ownership: cr, uw, wconn, seq, inGroup and copyParsed are the request
 // side's; cw, ur, rconn, rsc and resp the reply side's; the ledger has its own
@@ -49,7 +50,7 @@ type relay struct {
 	cr              *bufio.Reader // client reader (shared with startup)
 	cw              *bufio.Writer // client writer, used only by the reply side
 	ur              *bufio.Reader
-	uw              *bufio.Writer // upstream writer, request side; nil between leases
+	uw              *bufio.Writer // upstream writer, request side; nil outside a lease's write section (binding.go)
 	assertion       assertion
 	guard           *guard.Guard // nil when the guard is off for this user
 	refusals        refusals
@@ -742,38 +743,6 @@ func (r *relay) relayIntoCopy(typ byte, size int, msg, substitute []byte, peeked
 		return err
 	}
 	return nil
-}
-
-// terminateInGroup ends a transaction-mode session whose client sent
-// Terminate in an extended-protocol group with no Sync yet. Of that group
-// PostgreSQL sends what it has flushed before it reads the Terminate: an
-// error or notice at once (with everything before it), other replies only
-// after a Flush; the rest is lost as the backend exits. Only the upstream
-// knows which that is, so the Terminate goes to it: the connection, in the
-// middle of a group, was not going back to the pool anyway. The reply side
-// relays what comes until the upstream closes, unless the client hangs up
-// first.
-func (r *relay) terminateInGroup(size int) error {
-	r.leaseMu.Lock()
-	sc := r.sc
-	if sc != nil && !r.writing {
-		r.writing = true
-		r.uw, r.wconn = sc.w, sc.conn
-	}
-	r.leaseMu.Unlock()
-	if sc == nil {
-		return errClientTerminated
-	}
-	// The upstream closes behind it: that is no news to tell the client.
-	r.closing.Store(true)
-	if err := forward(r.uw, r.cr, size); err != nil {
-		return err
-	}
-	if err := r.uw.Flush(); err != nil {
-		return err
-	}
-	r.awaitReplyEnd()
-	return errClientTerminated
 }
 
 // awaitReplyEnd waits until the reply side has ended, or the client has hung

@@ -370,7 +370,6 @@ func (s *Server) startPooledSession(rt *runtime, pl placement, st *startup, cr *
 	g := rt.guards.pick(true, ident.ReadOnly, pl)
 	rl := newRelay(st.conn, cr, cw, nil, a, g, ident.Expires)
 	rl.pooledState = pooledState{
-		txMode:     true,
 		pool:       pool,
 		pctx:       pc,
 		startup:    settings[:len(names)],
