@@ -46,9 +46,9 @@ type binding interface {
 
 	// Reply side.
 
-	// hidesStatus reports whether a ParameterStatus answering pgtenant's
-	// own message o is hidden from the client.
-	hidesStatus(o origin) bool
+	// hidesStatus reports whether the ParameterStatus at the head of r.ur
+	// is hidden from the client.
+	hidesStatus() bool
 	// notification handles a NotificationResponse at the head of r.ur.
 	notification(size int) error
 	// statementReply handles a ParseComplete, CloseComplete or ErrorResponse

@@ -161,7 +161,10 @@ func (b leaseBinding) statement(typ byte, size int, msg []byte, peeked, refused 
 // hidesStatus: a setting the assertion re-applied, the client knows
 // already. Behind RESET ALL it does not: the server has just told it the
 // pooled connection's own values.
-func (b leaseBinding) hidesStatus(o origin) bool { return o.own() && o != fromReassert }
+func (b leaseBinding) hidesStatus() bool {
+	o := b.r.ledger.answering()
+	return o.own() && o != fromReassert
+}
 
 // notification: left on a pooled connection; the hub is how notifications
 // reach a transaction-mode client (listening.go).

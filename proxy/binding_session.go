@@ -49,7 +49,7 @@ func (b sessionBinding) statement(byte, int, []byte, bool, bool) (bool, error) {
 
 // hidesStatus: pgtenant's own statements re-apply nothing the client set
 // on its own connection.
-func (b sessionBinding) hidesStatus(origin) bool { return false }
+func (b sessionBinding) hidesStatus() bool { return false }
 
 // notification relays what the connection's LISTENs receive, under the
 // client's channel names.

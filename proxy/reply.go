@@ -71,7 +71,7 @@ func (r *relay) reply(typ byte, size int) error {
 	switch typ {
 	case 'A', 'N', 'S':
 		// NotificationResponse, NoticeResponse, ParameterStatus may come at any time.
-		if typ == 'S' && r.up.hidesStatus(r.ledger.answering()) {
+		if typ == 'S' && r.up.hidesStatus() {
 			_, err := r.ur.Discard(size)
 			return err
 		}
