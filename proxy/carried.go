@@ -175,8 +175,7 @@ func (r *relay) readBack() error {
 	r.leaseMu.Lock()
 	held := r.sc != nil
 	if held && !r.writing {
-		r.writing = true
-		r.uw, r.wconn = r.sc.w, r.sc.conn
+		r.takeWriterLocked()
 	}
 	r.leaseMu.Unlock()
 	if !held {
@@ -386,7 +385,7 @@ func (cr *carryRules) isProtected(name string) bool {
 // so the client's carried settings go too (the readback behind it then
 // finds only those).
 func (r *relay) resetAllAssertion() []byte {
-	if !r.pooled() || len(r.startup)+len(r.context) == 0 {
+	if len(r.startup)+len(r.context) == 0 { // session mode too: it carries none
 		return r.assertion.standalone
 	}
 	settings := append(slices.Clone(r.startup), r.context...)

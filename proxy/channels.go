@@ -152,13 +152,13 @@ func applyEdits(dst, text []byte, edits []textEdit, from, to int) []byte {
 }
 
 // rewriteStatement relays a Query or Parse (msg) with its text edited: the
-// client's channels scoped, its carried SQL statements renamed. It returns
-// the message to relay instead.
-func (r *relay) rewriteStatement(msg []byte, peeked bool) ([]byte, bool, error) {
+// client's channels scoped and, with carry (transaction mode), its carried
+// SQL statements renamed. It returns the message to relay instead.
+func (r *relay) rewriteStatement(msg []byte, peeked, carry bool) ([]byte, bool, error) {
 	text := statementText(msg)
 	edits := r.scopeChannels(text, nil)
 	var added *clientStmt
-	if r.pooled() {
+	if carry {
 		var err error
 		if edits, added, err = r.carrySQLStatements(msg[0], edits); err != nil {
 			return nil, false, err

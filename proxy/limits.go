@@ -203,19 +203,5 @@ func (r *relay) transactionTooLong(sessionCancel cancelTarget) {
 	r.endReason.Store(&pgconn.PgError{Severity: severityFatal, Code: codeTransactionTimeout,
 		Message: "terminating connection due to transaction timeout",
 		Detail:  fmt.Sprintf("The transaction was open longer than max_transaction_duration (%s) of tenant %q; it was rolled back.", r.txw.limit, r.tenant)})
-	if !r.pooled() {
-		r.rconn.Close()
-		cancelAbandoned(sessionCancel)
-		return
-	}
-	r.leaseMu.Lock()
-	if !r.attached {
-		r.leaseMu.Unlock()
-		return // between transactions after all
-	}
-	r.broken = true
-	target := r.sc.cancelTarget()
-	r.sc.conn.Close()
-	r.leaseMu.Unlock()
-	cancelAbandoned(target)
+	r.up.endTransaction(sessionCancel)
 }

@@ -133,7 +133,7 @@ type channelChange struct {
 // channelChange is that of the message being relayed, nil if none (or not
 // in transaction mode).
 func (r *relay) channelChange() *channelChange {
-	if !r.listening || !r.pooled() || r.notifyScope == "" {
+	if !r.listening || !r.up.viaHub() || r.notifyScope == "" {
 		return nil
 	}
 	cc := &channelChange{all: r.unlistensAll}

@@ -139,9 +139,7 @@ func (s *Server) Resume(tenant string) (PauseInfo, error) {
 		if !ss.placedAsIn(rt) {
 			info.Moved++
 			ss.relay.hold.Store(movedHold)
-			if !ss.relay.pooled() {
-				ss.endMoved()
-			}
+			ss.relay.up.resumedElsewhere(ss)
 			continue
 		}
 		ss.relay.hold.Store(nil)
@@ -339,24 +337,18 @@ func (pl placement) String() string {
 	return s
 }
 
-// samePlacement reports whether a session placed on pl stays where o
-// would place it: the same pool (transaction mode) or the same upstream
-// URL (session mode), schema and role.
-func samePlacement(pl, o placement, pooled bool) bool {
-	if pl.schema != o.schema || pl.role != o.role || pl.up == nil || o.up == nil {
-		return false
-	}
-	if pooled {
-		return pl.up.pool == o.up.pool
-	}
-	return pl.up.url == o.up.url
+// sameSchemaRole reports whether pl and o, both on an upstream, have the
+// same schema and role: a session stays where it is if its binding's
+// upstream is the same too (samePlace).
+func sameSchemaRole(pl, o placement) bool {
+	return pl.schema == o.schema && pl.role == o.role && pl.up != nil && o.up != nil
 }
 
 // placedAsIn reports whether rt places ss's tenant where ss is. Caller
 // holds s.mu.
 func (ss *session) placedAsIn(rt *runtime) bool {
 	pl, err := rt.placementOf(ss.ident)
-	return err == nil && samePlacement(ss.pl, pl, ss.relay.pooled())
+	return err == nil && ss.relay.up.samePlace(ss.pl, pl)
 }
 
 // endMoved ends a session-mode session whose tenant was resumed on another
@@ -387,17 +379,11 @@ func (ss *session) move() error {
 		return err
 	}
 	r := ss.relay
-	if samePlacement(ss.pl, pl, r.pooled()) {
+	if r.up.samePlace(ss.pl, pl) {
 		return nil
 	}
-	if !r.pooled() {
-		return movedError(ss.ident.Tenant, ss.pl, pl)
-	}
-	if err := rt.checkLoginRole(context.Background(), pl); err != nil {
+	if err := r.up.moveTo(ss, rt, pl); err != nil {
 		return err
-	}
-	if err := r.movePooled(rt, ss.ident, pl); err != nil {
-		return movedError(ss.ident.Tenant, ss.pl, pl)
 	}
 	s.log.Info("session moved", "conn", ss.id, "tenant", ss.ident.Tenant, "from", ss.pl.up.name, "to", pl.up.name)
 	s.mu.Lock()

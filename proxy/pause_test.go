@@ -23,10 +23,10 @@ func TestSamePlacement(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.desc, func(t *testing.T) {
-			if got := samePlacement(tt.from, tt.to, false); got != tt.session {
+			if got := (sessionBinding{}).samePlace(tt.from, tt.to); got != tt.session {
 				t.Errorf("session mode: %v, want %v", got, tt.session)
 			}
-			if got := samePlacement(tt.from, tt.to, true); got != tt.trans {
+			if got := (leaseBinding{}).samePlace(tt.from, tt.to); got != tt.trans {
 				t.Errorf("transaction mode: %v, want %v", got, tt.trans)
 			}
 		})

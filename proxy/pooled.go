@@ -35,11 +35,10 @@ import (
 
 // pooledState is the relay's transaction-mode state.
 type pooledState struct {
-	// txMode: the session is in transaction mode. pool is its placement's
-	// pool, which a resume may change (pause.go) while the reply side of
-	// the last lease reads txMode.
-	txMode bool
-	pool   *txPool
+	// pool is the placement's pool, which a resume may change (pause.go);
+	// the relay's binding (leaseBinding) says the session is in
+	// transaction mode, for good.
+	pool *txPool
 	// pctx is this client's settings, shared with the sessions that have the
 	// same: pctx.key names them (serverConn.dirtyKey, settled).
 	pctx     *poolContext
@@ -223,9 +222,6 @@ func (r *relay) clientWriter() *bufio.Writer {
 	return r.cw
 }
 
-// pooled reports whether the relay runs in transaction mode.
-func (r *relay) pooled() bool { return r.txMode }
-
 // serverResetQuery takes a pooled connection back to its own state before
 // a client with other settings (another tenant, for one) holds it: every
 // session-level setting the last holder had (its startup parameters, its
@@ -252,8 +248,7 @@ func (r *relay) leaseFor(typ byte, startsUnit bool) (bool, error) {
 	}
 	r.leaseMu.Lock()
 	if r.sc != nil {
-		r.writing = true
-		r.uw, r.wconn = r.sc.w, r.sc.conn
+		r.takeWriterLocked()
 		r.leaseMu.Unlock()
 		return true, nil
 	}
@@ -278,12 +273,20 @@ func (r *relay) leaseFor(typ byte, startsUnit bool) (bool, error) {
 		r.pool.release(sc, r.tenant, true)
 		return false, errDraining
 	}
-	r.sc, r.writing, r.broken = sc, true, false
+	r.sc, r.broken = sc, false
+	r.takeWriterLocked()
 	r.leaseMu.Unlock()
-	r.uw = sc.w
-	r.wconn = sc.conn
 	r.txStatus.Store('I')
 	return true, nil
+}
+
+// takeWriterLocked starts a write section on the held connection: the
+// request side gets its writer, the only way it writes upstream in
+// transaction mode, and endWrite takes it away again before the lease
+// can end. Caller holds leaseMu, with a connection held.
+func (r *relay) takeWriterLocked() {
+	r.writing = true
+	r.uw, r.wconn = r.sc.w, r.sc.conn
 }
 
 // attachLocked makes the held connection's reader hand its replies to this

@@ -49,26 +49,7 @@ func (ss *session) catchPanic(where string, f func() error) (err error) {
 
 // cutUpstream closes the upstream connection the relay uses, so that the
 // other side ends too and nothing the session left half done reaches anyone.
-func (r *relay) cutUpstream() {
-	if !r.pooled() {
-		if r.rconn != nil {
-			r.rconn.Close()
-		}
-		return
-	}
-	if !r.leaseMu.TryLock() {
-		// The panic left the lock held: the lease cannot be read safely;
-		// closing the client still ends the session.
-		r.client.Close()
-		return
-	}
-	defer r.leaseMu.Unlock()
-	if r.sc != nil {
-		r.broken = true
-		r.sc.dead.Store(true)
-		r.sc.conn.Close()
-	}
-}
+func (r *relay) cutUpstream() { r.up.cut() }
 
 func logPanic(log *slog.Logger, where string, p any, attrs ...any) {
 	attrs = append(attrs, "where", where, "panic", p, "stack", string(debug.Stack()))

@@ -141,7 +141,7 @@ func (r *relay) check(msg []byte) (substitute []byte, resets, deallocates bool, 
 	if verdictErr == nil {
 		verdictErr = r.checkChannels(r.channels)
 	}
-	if verdictErr == nil && r.listening && r.pooled() && r.notifyScope != "" {
+	if verdictErr == nil && r.listening && r.up.viaHub() && r.notifyScope != "" {
 		verdictErr = r.checkListening()
 	}
 	if pins == "" && verdictErr == nil {

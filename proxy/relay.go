@@ -36,10 +36,11 @@ const (
 //
 // The request side (relay.go) reads the client, asserts, guards and sends;
 // the reply side (reply.go) reads the upstream's replies against the ledger
-// (ledger.go), hides pgtenant's own and relays the rest. In session mode
-// each side is a goroutine of the session; in transaction mode the reply
-// side runs on the reader of whichever pooled connection the client holds
-// (pooled.go).
+// (ledger.go), hides pgtenant's own and relays the rest. Where session
+// and transaction mode differ, the relay asks its binding (binding.go): in
+// session mode each side is a goroutine of the session; in transaction
+// mode the reply side runs on the reader of whichever pooled connection
+// the client holds (pooled.go).
 //
 // Ownership: cr, uw, wconn, seq, inGroup and copyParsed are the request
 // side's; cw, ur, rconn, rsc and resp the reply side's; the ledger has its own
@@ -49,7 +50,7 @@ type relay struct {
 	cr              *bufio.Reader // client reader (shared with startup)
 	cw              *bufio.Writer // client writer, used only by the reply side
 	ur              *bufio.Reader
-	uw              *bufio.Writer // upstream writer, request side; nil between leases
+	uw              *bufio.Writer // upstream writer, request side; nil outside a lease's write section (binding.go)
 	assertion       assertion
 	guard           *guard.Guard // nil when the guard is off for this user
 	refusals        refusals
@@ -132,6 +133,10 @@ type relay struct {
 	rconn   net.Conn
 	rsc     *serverConn
 	resp    respState // reply side only
+
+	// up is how the relay is bound to the upstream (binding.go): set when
+	// the relay is made, for good.
+	up binding
 }
 
 type relayStats struct {
@@ -159,6 +164,7 @@ func newRelay(client net.Conn, cr *bufio.Reader, cw *bufio.Writer, upstream net.
 		wconn:      upstream,
 		rconn:      upstream,
 	}
+	r.up = sessionBinding{r}
 	r.clientOut = client
 	if upstream != nil {
 		r.ur = bufio.NewReaderSize(upstream, relayBufSize)
@@ -271,13 +277,8 @@ func (r *relay) clientToUpstream() error {
 				r.busy.Store(false) // what it let through is pending now
 			}
 			r.armIdleTimeout()
-			if r.pooled() && r.cr.Buffered() == 0 {
-				if err := r.parkReader(!r.inGroup); err != nil {
-					if err == errParked {
-						return err
-					}
-					return r.idleError(err)
-				}
+			if err := r.up.awaitClient(); err != nil {
+				return err
 			}
 		}
 		typ, size, err := readHeader(r.cr)
@@ -384,34 +385,11 @@ func (r *relay) relayMessage(typ byte, size int) error {
 			return err
 		}
 	}
-	if r.pooled() {
-		if typ == 'X' {
-			if r.inGroup {
-				return r.terminateInGroup(size)
-			}
-			// The pooled connection is not the client's to terminate. What the
-			// client sent before is answered, as PostgreSQL answers it before
-			// it reads the Terminate (unless the client has gone).
-			if r.ledger.pending.Load() > 0 {
-				_ = r.await(untilAnswered)
-			}
-			return errClientTerminated
-		}
-		held, err := r.leaseFor(typ, startsUnit)
-		if err != nil {
-			return err
-		}
-		if held && r.changes {
-			// The connection's committed settings may not stay this client's.
-			r.noteSettingsChange()
-		}
-		if held && r.carry.touched {
-			r.holdForReadback()
-		}
-		if !held {
-			// Nothing to flush, no COPY in progress: PostgreSQL would ignore it too.
-			return r.discardClientMessage(size, msg, peeked)
-		}
+	if held, err := r.up.take(typ, size, startsUnit); err != nil {
+		return err
+	} else if !held {
+		// Nothing to flush, no COPY in progress: PostgreSQL would ignore it too.
+		return r.discardClientMessage(size, msg, peeked)
 	}
 	inCopy := false
 	if !isCopyStreamMessage(typ) && r.ledger.copyRisk() {
@@ -419,13 +397,8 @@ func (r *relay) relayMessage(typ byte, size int) error {
 			return err
 		}
 	}
-	if r.pooled() && r.dealloc != "" && substitute == nil && !inCopy {
-		if msg, peeked, err = r.deallocateOne(msg, peeked); err != nil {
-			return err
-		}
-	}
-	if (len(r.channels) > 0 || r.pooled() && (r.prepare != nil || len(r.executes) > 0)) && substitute == nil && !inCopy {
-		if msg, peeked, err = r.rewriteStatement(msg, peeked); err != nil {
+	if (r.dealloc != "" || len(r.channels) > 0 || r.prepare != nil || len(r.executes) > 0) && substitute == nil && !inCopy {
+		if msg, peeked, err = r.up.rewrite(msg, peeked); err != nil {
 			return err
 		}
 	}
@@ -465,10 +438,8 @@ func (r *relay) relayMessage(typ byte, size int) error {
 		_ = r.uw.Flush()
 		return errClientTerminated
 	}
-	if r.pooled() && deallocates && typ == 'Q' {
-		// A Parse of DEALLOCATE ALL runs nothing: its Bind does
-		// (relayBind), perhaps on another connection.
-		r.deallocateAll()
+	if deallocates && typ == 'Q' {
+		r.up.deallocatedAll()
 	}
 	if r.assertDue != nil && ((typ == 'E' || typ == 'B') && blindExecute || typ == 'Q' || typ == 'F') {
 		if err := r.settleAssertion(); err != nil {
@@ -478,11 +449,10 @@ func (r *relay) relayMessage(typ byte, size int) error {
 	if err := r.sendAssertionIfDue(typ); err != nil {
 		return err
 	}
-	if r.pooled() && substitute == nil && (typ == 'P' || typ == 'B' || typ == 'D' || typ == 'C') {
-		return r.relayStatementMessage(typ, size, msg, peeked)
-	}
-	if r.pooled() && typ == 'P' {
-		r.stmts.record(replyEntry{seq: r.seq}) // the refusal's failing Parse
+	if typ == 'P' || typ == 'B' || typ == 'D' || typ == 'C' || typ == 'Q' {
+		if done, err := r.up.statement(typ, size, msg, peeked, substitute != nil); done {
+			return err
+		}
 	}
 	if msg == nil {
 		return r.forwardUp(typ, size, mayCopy)
@@ -490,9 +460,6 @@ func (r *relay) relayMessage(typ byte, size int) error {
 	out := msg
 	if substitute != nil {
 		out = substitute
-	}
-	if r.pooled() && typ == 'Q' {
-		r.forgetUnnamed()
 	}
 	if err := r.sendClient(out, mayCopy); err != nil {
 		return err
@@ -778,38 +745,6 @@ func (r *relay) relayIntoCopy(typ byte, size int, msg, substitute []byte, peeked
 	return nil
 }
 
-// terminateInGroup ends a transaction-mode session whose client sent
-// Terminate in an extended-protocol group with no Sync yet. Of that group
-// PostgreSQL sends what it has flushed before it reads the Terminate: an
-// error or notice at once (with everything before it), other replies only
-// after a Flush; the rest is lost as the backend exits. Only the upstream
-// knows which that is, so the Terminate goes to it: the connection, in the
-// middle of a group, was not going back to the pool anyway. The reply side
-// relays what comes until the upstream closes, unless the client hangs up
-// first.
-func (r *relay) terminateInGroup(size int) error {
-	r.leaseMu.Lock()
-	sc := r.sc
-	if sc != nil && !r.writing {
-		r.writing = true
-		r.uw, r.wconn = sc.w, sc.conn
-	}
-	r.leaseMu.Unlock()
-	if sc == nil {
-		return errClientTerminated
-	}
-	// The upstream closes behind it: that is no news to tell the client.
-	r.closing.Store(true)
-	if err := forward(r.uw, r.cr, size); err != nil {
-		return err
-	}
-	if err := r.uw.Flush(); err != nil {
-		return err
-	}
-	r.awaitReplyEnd()
-	return errClientTerminated
-}
-
 // awaitReplyEnd waits until the reply side has ended, or the client has hung
 // up: a client that has left must not keep an upstream connection.
 func (r *relay) awaitReplyEnd() {
@@ -890,7 +825,10 @@ func (r *relay) startUnit(typ byte, size int, msg []byte, refused, simple bool) 
 		// block); PostgreSQL has the context already.
 		need, r.inBlockDue, r.blockAsserted = true, true, true
 	}
-	short := need && r.pooled() && r.sc.settled == r.pctx.key
+	var settled []byte
+	if need {
+		settled = r.up.settledAssertion()
+	}
 	if err := r.beginUnit(); err != nil {
 		return err
 	}
@@ -898,8 +836,8 @@ func (r *relay) startUnit(typ byte, size int, msg []byte, refused, simple bool) 
 		return nil
 	}
 	r.assertDue = r.assertion.inline
-	if short {
-		r.assertDue = r.pctx.settled.inline
+	if settled != nil {
+		r.assertDue = settled
 	}
 	if simple {
 		return r.sendAssertion(fromAssertSimple)
@@ -976,14 +914,7 @@ func (r *relay) beginUnit() error {
 			return err
 		}
 	}
-	if r.pooled() {
-		r.leaseMu.Lock()
-		r.seq = r.ledger.begin()
-		r.attachLocked()
-		r.leaseMu.Unlock()
-		return nil
-	}
-	r.seq = r.ledger.begin()
+	r.up.begin()
 	return nil
 }
 
@@ -1142,7 +1073,7 @@ func (r *relay) wake() {
 // sides call it: the request side before it waits for the client, the
 // reply side when the last reply is in.
 func (r *relay) armIdleTimeout() {
-	pinned := r.pooled() && r.pinned.Load()
+	pinned := r.pinned.Load() // only ever in transaction mode
 	if r.idleTimeout == 0 && r.idleInTxTimeout == 0 && !pinned {
 		return
 	}
@@ -1224,19 +1155,7 @@ func (w rearmingWriter) Write(p []byte) (int, error) {
 
 // flushUpstream sends what the request side has buffered. In transaction
 // mode it also ends the write section, which may give the connection back.
-func (r *relay) flushUpstream() error {
-	if r.pooled() {
-		if !r.writing {
-			return nil
-		}
-		defer r.endWrite()
-	}
-	if err := r.uw.Flush(); err != nil {
-		return err
-	}
-	r.armUpstreamTimeout(r.wconn)
-	return nil
-}
+func (r *relay) flushUpstream() error { return r.up.flush() }
 
 // flushUp sends what the request side has buffered for the upstream, if it
 // holds a writer: between leases it has none, and a flush must never reach a
@@ -1251,7 +1170,7 @@ func (r *relay) flushUp() error {
 // idleError turns a read timeout from armIdleTimeout into PostgreSQL's error.
 func (r *relay) idleError(err error) error {
 	var ne net.Error
-	pinned := r.pooled() && r.pinned.Load()
+	pinned := r.pinned.Load() // only ever in transaction mode
 	if r.idleTimeout == 0 && r.idleInTxTimeout == 0 && !pinned || !errors.As(err, &ne) || !ne.Timeout() {
 		return err
 	}

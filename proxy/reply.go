@@ -71,14 +71,9 @@ func (r *relay) reply(typ byte, size int) error {
 	switch typ {
 	case 'A', 'N', 'S':
 		// NotificationResponse, NoticeResponse, ParameterStatus may come at any time.
-		if typ == 'S' && r.pooled() {
-			// A setting the assertion re-applied: the client knows it
-			// already. Behind RESET ALL it does not: the server has just
-			// told it the pooled connection's own values.
-			if o := r.ledger.answering(); o.own() && o != fromReassert {
-				_, err := r.ur.Discard(size)
-				return err
-			}
+		if typ == 'S' && r.up.hidesStatus() {
+			_, err := r.ur.Discard(size)
+			return err
 		}
 		if typ == 'N' && r.ledger.answering().own() {
 			// pgtenant's own statements' notices are not the client's: the
@@ -90,14 +85,8 @@ func (r *relay) reply(typ byte, size int) error {
 		if typ == 'S' && r.guard != nil {
 			r.watchParameter(size)
 		}
-		if typ == 'A' && r.pooled() {
-			// Left on a pooled connection: the hub is how notifications reach
-			// a transaction-mode client (listening.go).
-			_, err := r.ur.Discard(size)
-			return err
-		}
-		if typ == 'A' && r.notifyScope != "" {
-			return r.relayNotification(size)
+		if typ == 'A' {
+			return r.up.notification(size)
 		}
 		return forward(r.cw, r.ur, size)
 	}
@@ -139,25 +128,12 @@ func (r *relay) reply(typ byte, size int) error {
 	case res.origin.own():
 		return r.ownReply(typ, size, res)
 	}
-	if r.pooled() {
-		switch typ {
-		case '1', '3':
-			switch r.stmts.reply() {
-			case replyHide:
-				_, err := r.ur.Discard(size)
-				return err
-			case replyAsParse:
-				if _, err := r.ur.Discard(size); err != nil {
-					return err
-				}
-				_, err := r.cw.Write(parseComplete)
-				return err
-			}
-		case 'E':
-			r.stmts.dropUnit(res.unit, r.rsc, res.msgType == 'P' || res.msgType == 'C')
+	if typ == '1' || typ == '3' || typ == 'E' {
+		if done, err := r.up.statementReply(typ, size, res); done {
+			return err
 		}
 	}
-	if typ == 'E' && (r.refusals.outstanding.Load() > 0 || r.pooled() && bytes.Contains(r.peekWhole(size), serverStmtPrefixBytes)) {
+	if typ == 'E' && (r.refusals.outstanding.Load() > 0 || r.up.renamedError(size)) {
 		return r.relayError(size, res.name)
 	}
 	if typ == 'Z' {
@@ -215,13 +191,7 @@ func (r *relay) ownError(size int, res replyResult) error {
 		_, err := r.cw.Write(msg)
 		return err
 	}
-	if r.pooled() {
-		r.stmts.dropUnit(res.unit, r.rsc, false)
-		if !aborted {
-			// A connection that refused the context is not handed out again.
-			r.rsc.dead.Store(true)
-		}
-	}
+	r.up.ownFailed(res, aborted)
 	switch {
 	case aborted && res.origin == fromReassert:
 		return nil // the client has its own statement's error
@@ -262,12 +232,8 @@ func (r *relay) relayError(size int, client string) error {
 	if refusal := r.refusals.match(upstreamErr); refusal != nil {
 		return r.writeClient(errorResponse(refusal))
 	}
-	if r.pooled() && bytes.Contains(msg, serverStmtPrefixBytes) {
-		var er pgproto3.ErrorResponse
-		if er.Decode(msg[5:]) == nil {
-			er.Message, er.Detail = r.stmts.clientNames(er.Message, client), r.stmts.clientNames(er.Detail, client)
-			return r.writeClient(&er)
-		}
+	if renamed := r.up.clientError(msg, client); renamed != nil {
+		return r.writeClient(renamed)
 	}
 	_, err = r.cw.Write(msg)
 	return err
@@ -289,47 +255,9 @@ func (r *relay) readyForQuery(size int, res replyResult) error {
 	standaloneErr := r.resp.standaloneErr
 	r.resp.standaloneErr = nil
 	r.txStatus.Store(uint32(status))
-	if r.pooled() {
-		r.stmts.dropUnit(res.unit, r.rsc, false)
-		r.stmts.unitEnded(res.unit, res.failed)
-		if res.msgType == 'Q' {
-			r.queryRan(res.gen, r.rsc)
-		}
-	}
-	if res.msgType == 'Q' {
-		r.ledger.queryAnswered()
-	}
-	if r.pooled() {
-		if !own {
-			// The client gets everything before the lease can end: the next
-			// lease's reader may write to it.
-			if _, err := r.cw.Write(z); err != nil {
-				return err
-			}
-			if err := r.cw.Flush(); err != nil {
-				return err
-			}
-		}
-		r.leaseMu.Lock()
-		if res.origin == fromReadback {
-			r.readbackAnswered(status)
-		}
-	}
-	left := r.ledger.unitDone()
-	r.txIdle(status, int64(left))
-	if left == 0 {
-		r.armIdleTimeout()
-		r.armUpstreamTimeout(r.rconn)
-	}
-	if r.pooled() {
-		if left == 0 && status == 'I' && r.pin == "" && !r.holdLease {
-			// From here on another connection's reader may serve this relay:
-			// nothing below touches the reply side's state.
-			r.detachLocked()
-		} else if left == 0 && status == 'I' && r.notes != nil {
-			r.notes.poke() // kept (pinned): between transactions all the same
-		}
-		r.leaseMu.Unlock()
+	left, zDue, err := r.up.endUnit(z, res)
+	if err != nil {
+		return err
 	}
 	if own {
 		if res.origin == fromReadback || res.origin == fromPrepare {
@@ -350,7 +278,7 @@ func (r *relay) readyForQuery(size int, res replyResult) error {
 	r.wake()
 	if r.draining.Load() && left == 0 && status == 'I' {
 		// Shutting down and outside a transaction: this is the moment.
-		if !r.pooled() {
+		if zDue {
 			if _, err := r.cw.Write(z); err != nil {
 				return err
 			}
@@ -360,24 +288,30 @@ func (r *relay) readyForQuery(size int, res replyResult) error {
 		}
 		return errDraining
 	}
-	if !r.pooled() {
+	if zDue {
 		_, err := r.cw.Write(z)
 		return err
 	}
 	return nil
 }
 
+// unitDone counts the end of a unit with transaction status status and
+// returns how many are left: with none, the relay waits for the client.
+func (r *relay) unitDone(status byte) int32 {
+	left := r.ledger.unitDone()
+	r.txIdle(status, int64(left))
+	if left == 0 {
+		r.armIdleTimeout()
+		r.armUpstreamTimeout(r.rconn)
+	}
+	return left
+}
+
 // settleSilent undoes the statement bookkeeping on sc of units the server
 // ended without a ReadyForQuery (see ledger.silent); buf is scratch.
 func (r *relay) settleSilent(sc *serverConn, buf []uint64) []uint64 {
 	buf = r.ledger.takeSilent(buf)
-	if !r.pooled() {
-		return buf
-	}
-	for _, u := range buf {
-		r.stmts.dropUnit(u, sc, false)
-		r.stmts.unitEnded(u, true)
-	}
+	r.up.skipped(buf, sc)
 	return buf
 }
 

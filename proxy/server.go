@@ -453,7 +453,7 @@ func (s *Server) takeIdle(idleSince time.Time) {
 	s.mu.Lock()
 	relays := make([]*relay, 0, len(s.sessions))
 	for ss := range s.sessions {
-		if r := ss.relay; r != nil && r.pooled() {
+		if r := ss.relay; r != nil && r.parker != nil {
 			relays = append(relays, r)
 		}
 	}

@@ -370,7 +370,6 @@ func (s *Server) startPooledSession(rt *runtime, pl placement, st *startup, cr *
 	g := rt.guards.pick(true, ident.ReadOnly, pl)
 	rl := newRelay(st.conn, cr, cw, nil, a, g, ident.Expires)
 	rl.pooledState = pooledState{
-		txMode:     true,
 		pool:       pool,
 		pctx:       pc,
 		startup:    settings[:len(names)],
@@ -378,6 +377,7 @@ func (s *Server) startPooledSession(rt *runtime, pl placement, st *startup, cr *
 		carryRules: rt.carryRules,
 		stmts:      statements{changed: make(chan struct{}, 1)},
 	}
+	rl.up = leaseBinding{rl}
 	started := false
 	defer func() {
 		if !started {
@@ -426,58 +426,7 @@ func (s *Server) startPooledSession(rt *runtime, pl placement, st *startup, cr *
 // run relays until either side ends, then tears both down. A client that goes
 // away closes the upstream connection, so an open transaction rolls back.
 // Whichever side ends first reports to the client, once.
-func (ss *session) run() {
-	r := ss.relay
-	if r.pooled() {
-		ss.runPooled()
-		return
-	}
-	respErr := make(chan error, 1)
-	go func() {
-		err := ss.catchPanic("upstream", r.upstreamToClient)
-		if !r.closing.Swap(true) {
-			r.reportEnd(err)
-			_ = r.cw.Flush()
-			// Unblock the request side, which is reading from the client.
-			ss.client.Close()
-		}
-		ss.upstream.Close()
-		respErr <- err
-	}()
-
-	reqErr := ss.catchPanic("client", r.clientToUpstream)
-	first := !r.closing.Swap(true)
-	if errors.Is(reqErr, errClientTerminated) {
-		// The Terminate went upstream: PostgreSQL answers what came before
-		// it, then closes, and the reply side relays all that.
-		err := <-respErr
-		ss.upstream.Close()
-		ss.finish(reqErr, err, first)
-		ss.ended()
-		return
-	}
-	if !r.ledger.quiet() {
-		// Gone without a Terminate: what it still runs is nobody's.
-		if t, ok := ss.s.cancels.targetOf(ss.key); ok {
-			cancelAbandoned(t)
-		}
-	}
-	ss.upstream.Close()
-	if first {
-		// The reply side may be blocked writing to a client that no longer
-		// reads; what it still has to say does not matter now.
-		_ = ss.client.SetWriteDeadline(time.Now().Add(time.Second))
-	}
-	ss.finish(reqErr, <-respErr, first)
-	ss.ended()
-}
-
-// runPooled is run in transaction mode: the request side runs here, the
-// reply side in the reader of whichever pooled connection the session
-// holds.
-func (ss *session) runPooled() {
-	ss.endPooled(ss.catchPanic("client", ss.relay.clientToUpstream))
-}
+func (ss *session) run() { ss.relay.up.run(ss) }
 
 // resume goes on with a session that the parker held, on a new goroutine.
 func (ss *session) resume() {
@@ -534,9 +483,7 @@ func (ss *session) endPooled(reqErr error) {
 func (ss *session) finish(reqErr, respErr error, first bool) {
 	r := ss.relay
 	var pgErr *pgconn.PgError
-	if r.pooled() {
-		r.clientWriter()
-	}
+	r.clientWriter() // a transaction-mode client may have none
 	if first && errors.As(reqErr, &pgErr) {
 		// The reply side has returned: the client writer is ours now.
 		_ = ss.client.SetWriteDeadline(time.Now().Add(time.Second))
@@ -575,31 +522,14 @@ func (r *relay) reportEnd(err error) {
 func (ss *session) drain() {
 	r := ss.relay
 	r.draining.Store(true)
-	if r.pooled() {
-		r.endPooledIdle()
-		return
-	}
-	if r.ledger.pending.Load() == 0 && byte(r.txStatus.Load()) == 'I' {
-		ss.upstream.Close()
-	}
+	r.up.drain(ss)
 }
 
 // terminate ends the session now, with FATAL 57P01.
 func (ss *session) terminate() {
 	r := ss.relay
 	r.draining.Store(true)
-	if r.pooled() {
-		if !r.endPooledIdle() {
-			r.leaseMu.Lock()
-			if r.attached {
-				r.broken = true
-				r.sc.conn.Close()
-			}
-			r.leaseMu.Unlock()
-		}
-		return
-	}
-	ss.upstream.Close()
+	r.up.terminate(ss)
 }
 
 func (ss *session) close() {
@@ -608,17 +538,8 @@ func (ss *session) close() {
 	}
 	ss.s.releaseTenant(ss.ident.Tenant)
 	ss.s.cancels.unregister(ss.key)
-	if ss.relay != nil && ss.relay.pooled() {
-		ss.relay.stopListening()
-		ss.relay.endLease()
-		ss.relay.pool.dropContext(ss.relay.pctx.key)
-		ss.relay.leaseMu.Lock()
-		if next := ss.relay.carry.next; next != nil {
-			ss.relay.carry.next = nil
-			ss.relay.pool.dropContext(next.key)
-		}
-		ss.relay.unpinLocked()
-		ss.relay.leaseMu.Unlock()
+	if ss.relay != nil {
+		ss.relay.up.close(ss)
 		return
 	}
 	ss.upstream.Close()
