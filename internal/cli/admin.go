@@ -30,6 +30,7 @@ func startAdmin(cfg *config.Config, srv *proxy.Server, log *slog.Logger, ln net.
 	m := metrics.New(metrics.Options{MaxTenantLabels: cfg.MetricsTenantLabels})
 	srv.SetObserver(m)
 	m.WatchPool(srv.UpstreamPools)
+	m.WatchUpstreams(srv.UpstreamSessions)
 	m.WatchAudit(srv.AuditDropped)
 	m.WatchPauses(srv.PauseCounts)
 	if cfg.AdminListen == "" {
@@ -41,7 +42,7 @@ func startAdmin(cfg *config.Config, srv *proxy.Server, log *slog.Logger, ln net.
 			return nil, fmt.Errorf("admin_listen: %w", err)
 		}
 	}
-	admin := metrics.Admin{Ready: srv.Ready, Sessions: srv.Sessions, Paused: srv.Paused, Pause: srv.Pause, Resume: srv.Resume}
+	admin := metrics.Admin{Ready: srv.Readiness, Sessions: srv.Sessions, Paused: srv.Paused, Pause: srv.Pause, Resume: srv.Resume}
 	hs := &http.Server{Handler: metrics.AdminHandler(m, admin), ReadHeaderTimeout: 10 * time.Second}
 	go func() {
 		if err := hs.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
