@@ -158,6 +158,10 @@ func TestReloadChangesPoolSize(t *testing.T) {
 		}
 		bPID := queryOne(t, b, "SELECT pg_backend_pid()")
 		queryRows(t, a, "SET work_mem = '7MB'") // the client's own setting goes along
+		ctx := context.Background()
+		if _, err := a.Prepare(ctx, "drain_stmt", "SELECT current_setting('work_mem') || ' ' || $1::text", nil); err != nil {
+			t.Fatal(err) // and its prepared statement
+		}
 		txPID := queryOne(t, aTx, "BEGIN; SELECT pg_backend_pid()")
 		old := backends(t, demo.Database)
 		stopB := keepQuerying(b, "SELECT count(*) FROM projects")
@@ -169,6 +173,10 @@ func TestReloadChangesPoolSize(t *testing.T) {
 		queryRows(t, aTx, "COMMIT")
 		if got := queryOne(t, a, "SELECT current_setting('work_mem')"); got != "7MB" {
 			t.Fatalf("A's own setting after the reload: %s", got)
+		}
+		res := a.ExecPrepared(ctx, "drain_stmt", [][]byte{[]byte("x")}, nil, nil).Read()
+		if res.Err != nil || len(res.Rows) != 1 || string(res.Rows[0][0]) != "7MB x" {
+			t.Fatalf("A's prepared statement after the reload: %v %q", res.Err, res.Rows)
 		}
 		if n, errs := stopB(); n == 0 || len(errs) > 0 {
 			t.Fatalf("B: %d queries, errors %v", n, errs)
