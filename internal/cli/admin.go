@@ -94,7 +94,11 @@ func runStatus(args []string, stdout, stderr io.Writer) int {
 	tw := tabwriter.NewWriter(stdout, 0, 0, 2, ' ', 0)
 	fmt.Fprintln(tw, "ID\tUSER\tTENANT\tREMOTE\tUPSTREAM\tUPSTREAM PID\tSTATE\tSINCE\tASSERTIONS\tREFUSALS")
 	for _, s := range status.Sessions {
-		fmt.Fprintf(tw, "%d\t%s\t%s\t%s\t%s\t%d\t%s\t%s\t%d\t%d\n", s.ID, s.User, s.Tenant, s.Remote, s.Upstream, s.UpstreamPID,
+		upstream := s.Upstream
+		if s.Retired {
+			upstream += " (draining)" // a reload removed or changed it
+		}
+		fmt.Fprintf(tw, "%d\t%s\t%s\t%s\t%s\t%d\t%s\t%s\t%d\t%d\n", s.ID, s.User, s.Tenant, s.Remote, upstream, s.UpstreamPID,
 			map[string]string{"I": "idle", "T": "in transaction", "E": "failed transaction"}[s.TxStatus],
 			s.Started.Format(time.RFC3339), s.Assertions, s.Refusals)
 	}
