@@ -70,7 +70,8 @@ type Config struct {
 	// other tenants are counted together as "other".
 	MetricsTenantLabels int `yaml:"metrics_tenant_labels"`
 	// ShutdownTimeout is how long SIGTERM lets transactions in progress
-	// finish before their sessions are ended. Default 30s.
+	// finish before their sessions are ended, and a reload those on an
+	// upstream it removed or changed. Default 30s.
 	ShutdownTimeout Duration `yaml:"shutdown_timeout"`
 	// PauseTimeout bounds how long a paused tenant's new transaction (or
 	// login) waits for the tenant to be resumed. Default 30s.

@@ -247,8 +247,9 @@ func TestAdminEndpoints(t *testing.T) {
 			`pgtenant_authentications_total{method="scram-sha-256",outcome="ok",reason=""} 1`,
 			`pgtenant_transactions_total{tenant="` + tenantA.ID + `"}`,
 			`pgtenant_guard_refusals_total{tenant="` + tenantA.ID + `"} 1`,
-			`pgtenant_upstream_connects_total{outcome="ok"} 1`,
-			`pgtenant_upstream_connect_duration_seconds_count 1`,
+			`pgtenant_upstream_connects_total{outcome="ok",upstream="default"} 1`,
+			`pgtenant_upstream_connect_duration_seconds_count{upstream="default"} 1`,
+			`pgtenant_upstream_sessions{upstream="default"} 1`,
 			`pgtenant_statements_total{tenant="` + tenantA.ID + `"} 2`,
 			`pgtenant_errors_total{tenant="` + tenantA.ID + `"} 1`,
 		}

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
+	"strings"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus/promhttp"
@@ -22,7 +23,9 @@ type Status struct {
 // Admin is what the admin endpoints report on and act on; a nil func
 // serves an empty answer (or no endpoint, for Pause and Resume).
 type Admin struct {
-	Ready    func(context.Context) error
+	// Ready checks the upstreams (only the one named, when not ""): see
+	// proxy.Server.Readiness.
+	Ready    func(ctx context.Context, upstream string) proxy.Readiness
 	Sessions func() []proxy.SessionInfo
 	Paused   func() []proxy.PauseInfo
 	// Pause pauses a tenant, waiting up to the duration for its
@@ -32,7 +35,7 @@ type Admin struct {
 }
 
 // Handler serves the read-only endpoints of AdminHandler.
-func Handler(m *Metrics, ready func(context.Context) error, sessions func() []proxy.SessionInfo) http.Handler {
+func Handler(m *Metrics, ready func(context.Context, string) proxy.Readiness, sessions func() []proxy.SessionInfo) http.Handler {
 	return AdminHandler(m, Admin{Ready: ready, Sessions: sessions})
 }
 
@@ -41,8 +44,12 @@ func Handler(m *Metrics, ready func(context.Context) error, sessions func() []pr
 //   - /metrics: m's registry in the Prometheus exposition format (404 when m
 //     is nil);
 //   - /healthz: 200 "ok" while the process runs;
-//   - /readyz: 200 "ok" when Ready returns nil (or is nil), else 503
-//     with the error text; Ready gets the request's context;
+//   - /readyz: 200 when Ready says ready (or is nil), else 503; the text
+//     says why on its first line ("ok" when ready), then each upstream
+//     checked on a line of its own ("eu: ok", "eu: unreachable: ...").
+//     /readyz?upstream=eu checks that upstream only (404 when the
+//     configuration has none of that name). Ready gets the request's
+//     context;
 //   - /status: JSON {"sessions": [...], "paused": [...]} (empty lists when
 //     the funcs are nil or return nil);
 //
@@ -71,13 +78,19 @@ func AdminHandler(m *Metrics, a Admin) http.Handler {
 		writeText(w, http.StatusOK, "ok")
 	})
 	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, r *http.Request) {
-		if a.Ready != nil {
-			if err := a.Ready(r.Context()); err != nil {
-				writeText(w, http.StatusServiceUnavailable, err.Error())
-				return
-			}
+		if a.Ready == nil {
+			writeText(w, http.StatusOK, "ok")
+			return
 		}
-		writeText(w, http.StatusOK, "ok")
+		rd := a.Ready(r.Context(), r.URL.Query().Get("upstream"))
+		code := http.StatusOK
+		switch {
+		case rd.Unknown:
+			code = http.StatusNotFound
+		case !rd.Ready():
+			code = http.StatusServiceUnavailable
+		}
+		writeText(w, code, strings.TrimSuffix(rd.String(), "\n"))
 	})
 	mux.HandleFunc("GET /status", func(w http.ResponseWriter, _ *http.Request) {
 		var st Status

@@ -27,40 +27,66 @@ func get(t *testing.T, h http.Handler, method, path string) (int, http.Header, s
 }
 
 func TestHandlerHealthReady(t *testing.T) {
-	var readyErr error
-	ready := func(ctx context.Context) error {
+	refused := errors.New("dial tcp 127.0.0.1:1: connect: connection refused")
+	var state proxy.Readiness
+	var asked string
+	ready := func(ctx context.Context, upstream string) proxy.Readiness {
 		if ctx == nil {
-			return errors.New("no context")
+			panic("no context")
 		}
-		return readyErr
+		asked = upstream
+		rd := state
+		rd.Asked = upstream
+		if upstream != "" {
+			rd.Upstreams = nil
+			for _, u := range state.Upstreams {
+				if u.Upstream == upstream {
+					rd.Upstreams = append(rd.Upstreams, u)
+				}
+			}
+			rd.Unknown = len(rd.Upstreams) == 0
+		}
+		return rd
 	}
 	h := Handler(New(Options{}), ready, nil)
+	allUp := proxy.Readiness{Upstreams: []proxy.UpstreamReadiness{{Upstream: "default"}, {Upstream: "eu"}}}
+	euDown := proxy.Readiness{Upstreams: []proxy.UpstreamReadiness{{Upstream: "default"}, {Upstream: "eu", Err: refused}}}
+	defaultDown := proxy.Readiness{Upstreams: []proxy.UpstreamReadiness{{Upstream: "default", Err: refused}, {Upstream: "eu"}}}
 
 	tests := []struct {
-		name     string
-		method   string
-		path     string
-		readyErr error
-		code     int
-		body     string
+		name   string
+		method string
+		path   string
+		state  proxy.Readiness
+		code   int
+		body   string // the whole text, trimmed; "" to skip
+		asked  string
 	}{
-		{"healthz", http.MethodGet, "/healthz", nil, 200, "ok"},
-		{"healthz while not ready", http.MethodGet, "/healthz", errors.New("upstream down"), 200, "ok"},
-		{"readyz ok", http.MethodGet, "/readyz", nil, 200, "ok"},
-		{"readyz failing", http.MethodGet, "/readyz", errors.New("upstream: connection refused"), 503, "upstream: connection refused"},
-		{"head healthz", http.MethodHead, "/healthz", nil, 200, ""},
-		{"post rejected", http.MethodPost, "/healthz", nil, 405, ""},
-		{"unknown path", http.MethodGet, "/nope", nil, 404, ""},
+		{"healthz", http.MethodGet, "/healthz", allUp, 200, "ok", ""},
+		{"healthz while not ready", http.MethodGet, "/healthz", defaultDown, 200, "ok", ""},
+		{"readyz ok lists each upstream", http.MethodGet, "/readyz", allUp, 200, "ok\ndefault: ok\neu: ok", ""},
+		{"readyz ready with another upstream down", http.MethodGet, "/readyz", euDown, 200, "ok\ndefault: ok\neu: unreachable: " + refused.Error(), ""},
+		{"readyz default down", http.MethodGet, "/readyz", defaultDown, 503, "upstream default unreachable\ndefault: unreachable: " + refused.Error() + "\neu: ok", ""},
+		{"readyz one upstream down", http.MethodGet, "/readyz?upstream=eu", euDown, 503, "upstream eu unreachable\neu: unreachable: " + refused.Error(), "eu"},
+		{"readyz one upstream up", http.MethodGet, "/readyz?upstream=eu", defaultDown, 200, "ok\neu: ok", "eu"},
+		{"readyz unknown upstream", http.MethodGet, "/readyz?upstream=mars", allUp, 404, `no upstream named "mars" in the configuration`, "mars"},
+		{"readyz shutting down", http.MethodGet, "/readyz", proxy.Readiness{ShuttingDown: true, Upstreams: allUp.Upstreams}, 503, "shutting down\ndefault: ok\neu: ok", ""},
+		{"head healthz", http.MethodHead, "/healthz", allUp, 200, "", ""},
+		{"post rejected", http.MethodPost, "/healthz", allUp, 405, "", ""},
+		{"unknown path", http.MethodGet, "/nope", allUp, 404, "", ""},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			readyErr = tt.readyErr
+			state, asked = tt.state, ""
 			code, _, body := get(t, h, tt.method, tt.path)
 			if code != tt.code {
 				t.Fatalf("status %d, want %d (body %q)", code, tt.code, body)
 			}
 			if tt.body != "" && strings.TrimSpace(body) != tt.body {
 				t.Fatalf("body %q, want %q", body, tt.body)
+			}
+			if asked != tt.asked {
+				t.Fatalf("asked about %q, want %q", asked, tt.asked)
 			}
 		})
 	}
@@ -84,7 +110,7 @@ func TestHandlerMetrics(t *testing.T) {
 	m := New(Options{})
 	m.ConnState("", StateStartup)
 	m.Auth("scram-sha-256", "failed", "28P01")
-	m.UpstreamConnect(5*time.Millisecond, nil)
+	m.UpstreamConnect("default", 5*time.Millisecond, nil)
 	m.Transaction("acme")
 	m.Refusal("acme")
 	m.SessionEnd("acme", 10, 20)
@@ -102,9 +128,9 @@ func TestHandlerMetrics(t *testing.T) {
 		`pgtenant_client_connections{state="active"} 0`,
 		`pgtenant_client_connections_closed_total 1`,
 		`pgtenant_authentications_total{method="scram-sha-256",outcome="failed",reason="28P01"} 1`,
-		`pgtenant_upstream_connects_total{outcome="ok"} 1`,
-		`pgtenant_upstream_connect_duration_seconds_bucket{le="0.01"} 1`,
-		`pgtenant_upstream_connect_duration_seconds_count 1`,
+		`pgtenant_upstream_connects_total{outcome="ok",upstream="default"} 1`,
+		`pgtenant_upstream_connect_duration_seconds_bucket{upstream="default",le="0.01"} 1`,
+		`pgtenant_upstream_connect_duration_seconds_count{upstream="default"} 1`,
 		`pgtenant_transactions_total{tenant="acme"} 1`,
 		`pgtenant_guard_refusals_total{tenant="acme"} 1`,
 		`pgtenant_bytes_total{direction="from_client",tenant="acme"} 10`,
@@ -156,7 +182,9 @@ func TestHandlerStatus(t *testing.T) {
 
 func TestHandlerServer(t *testing.T) {
 	// End to end over a real listener, as a scraper would see it.
-	srv := httptest.NewServer(Handler(New(Options{}), func(context.Context) error { return nil }, nil))
+	srv := httptest.NewServer(Handler(New(Options{}), func(context.Context, string) proxy.Readiness {
+		return proxy.Readiness{Upstreams: []proxy.UpstreamReadiness{{Upstream: "default"}}}
+	}, nil))
 	defer srv.Close()
 	for _, path := range []string{"/healthz", "/readyz", "/metrics", "/status"} {
 		res, err := http.Get(srv.URL + path)

@@ -53,13 +53,11 @@ type Metrics struct {
 
 	auth *prometheus.CounterVec
 
-	upstreamOK      prometheus.Counter
-	upstreamError   prometheus.Counter
-	upstreamTimeout prometheus.Counter
-	upstreamLatency prometheus.Histogram
+	upstreamConnects *prometheus.CounterVec   // by upstream, outcome
+	upstreamLatency  *prometheus.HistogramVec // by upstream
 
 	transactions *prometheus.CounterVec
-	poolWaits    prometheus.Counter
+	poolWaits    *prometheus.CounterVec // by upstream
 	statements   *prometheus.CounterVec
 	errors       *prometheus.CounterVec
 	refusals     *prometheus.CounterVec
@@ -132,18 +130,16 @@ func New(opts Options) *Metrics {
 		Help: "Client authentications by method, outcome and (for failures) SQLSTATE reason.",
 	}, []string{"method", "outcome", "reason"})
 
-	upstream := prometheus.NewCounterVec(prometheus.CounterOpts{
+	// Upstream labels are the names of the configuration's upstreams.
+	m.upstreamConnects = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "pgtenant_upstream_connects_total",
-		Help: "Upstream connection attempts by outcome (ok, timeout, error).",
-	}, []string{"outcome"})
-	m.upstreamOK = upstream.WithLabelValues("ok")
-	m.upstreamTimeout = upstream.WithLabelValues("timeout")
-	m.upstreamError = upstream.WithLabelValues("error")
-	m.upstreamLatency = prometheus.NewHistogram(prometheus.HistogramOpts{
+		Help: "Upstream connection attempts by upstream and outcome (ok, timeout, error).",
+	}, []string{"upstream", "outcome"})
+	m.upstreamLatency = prometheus.NewHistogramVec(prometheus.HistogramOpts{
 		Name:    "pgtenant_upstream_connect_duration_seconds",
-		Help:    "Latency of upstream connection attempts, successful or not.",
+		Help:    "Latency of upstream connection attempts, successful or not, by upstream.",
 		Buckets: upstreamBuckets,
-	})
+	}, []string{"upstream"})
 
 	m.transactions = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "pgtenant_transactions_total",
@@ -165,10 +161,10 @@ func New(opts Options) *Metrics {
 		Name: "pgtenant_bytes_total",
 		Help: "Bytes relayed by ended sessions, by tenant and direction (from_client, to_client).",
 	}, []string{"tenant", "direction"})
-	m.poolWaits = prometheus.NewCounter(prometheus.CounterOpts{
+	m.poolWaits = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "pgtenant_pool_waits_total",
-		Help: "Transactions that waited for a pooled upstream connection (transaction mode).",
-	})
+		Help: "Transactions that waited for a pooled upstream connection (transaction mode), by upstream.",
+	}, []string{"upstream"})
 	m.sessions = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "pgtenant_sessions_total",
 		Help: "Sessions ended, by tenant.",
@@ -198,7 +194,7 @@ func New(opts Options) *Metrics {
 	}, []string{"tenant"})
 
 	m.reg.MustRegister(
-		conns, m.connClosed, m.auth, upstream, m.upstreamLatency,
+		conns, m.connClosed, m.auth, m.upstreamConnects, m.upstreamLatency,
 		m.transactions, m.statements, m.errors, m.refusals, m.bytes, m.sessions, m.poolWaits, m.panics, m.pins, m.pinned,
 		m.rateWait, m.rateRefused,
 		collectors.NewGoCollector(),
@@ -244,19 +240,19 @@ func (m *Metrics) Auth(method, outcome, reason string) {
 	m.auth.WithLabelValues(method, outcome, reason).Inc()
 }
 
-// UpstreamConnect counts an upstream connection attempt and observes its
+// UpstreamConnect counts a connection attempt to upstream and observes its
 // latency. A failure whose error is a timeout (context.DeadlineExceeded or a
 // net.Error reporting Timeout) is counted as "timeout", others as "error".
-func (m *Metrics) UpstreamConnect(d time.Duration, err error) {
-	m.upstreamLatency.Observe(d.Seconds())
+func (m *Metrics) UpstreamConnect(upstream string, d time.Duration, err error) {
+	m.upstreamLatency.WithLabelValues(upstream).Observe(d.Seconds())
+	outcome := "error"
 	switch {
 	case err == nil:
-		m.upstreamOK.Inc()
+		outcome = "ok"
 	case isTimeout(err):
-		m.upstreamTimeout.Inc()
-	default:
-		m.upstreamError.Inc()
+		outcome = "timeout"
 	}
+	m.upstreamConnects.WithLabelValues(upstream, outcome).Inc()
 }
 
 func isTimeout(err error) bool {
@@ -286,15 +282,25 @@ func (m *Metrics) Error(tenant string) { m.tenant(tenant).errors.Inc() }
 
 // WatchPool exports each upstream's transaction pool, read from stats at
 // each scrape: pgtenant_pool_connections{upstream, state="idle"|"active"}
+// for the pools new sessions use, state="draining" for the connections of
+// pools a reload replaced (retired, still serving the sessions on them),
 // and pgtenant_pool_waiting_clients{upstream}. Upstreams are the
-// configured ones, so the label is bounded.
+// configured ones (or were, for a pool draining after a reload removed
+// its upstream), so the label is bounded.
 func (m *Metrics) WatchPool(stats func() []proxy.PoolStat) {
 	m.reg.MustRegister(poolCollector{stats: stats})
 }
 
+// WatchUpstreams exports the sessions on each upstream, read from stats at
+// each scrape: pgtenant_upstream_sessions{upstream}.
+func (m *Metrics) WatchUpstreams(stats func() []proxy.UpstreamStat) {
+	m.reg.MustRegister(upstreamCollector{stats: stats})
+}
+
 var (
-	poolConnsDesc   = prometheus.NewDesc("pgtenant_pool_connections", "Upstream connections of the transaction pool, by upstream and state.", []string{"upstream", "state"}, nil)
-	poolWaitingDesc = prometheus.NewDesc("pgtenant_pool_waiting_clients", "Clients waiting for a pooled upstream connection, by upstream.", []string{"upstream"}, nil)
+	poolConnsDesc        = prometheus.NewDesc("pgtenant_pool_connections", "Upstream connections of the transaction pool, by upstream and state (idle, active; draining: of a pool a reload replaced).", []string{"upstream", "state"}, nil)
+	poolWaitingDesc      = prometheus.NewDesc("pgtenant_pool_waiting_clients", "Clients waiting for a pooled upstream connection, by upstream.", []string{"upstream"}, nil)
+	upstreamSessionsDesc = prometheus.NewDesc("pgtenant_upstream_sessions", "Client sessions placed on each upstream (both pool modes).", []string{"upstream"}, nil)
 )
 
 // poolCollector reads the pools at each scrape.
@@ -306,10 +312,35 @@ func (poolCollector) Describe(ch chan<- *prometheus.Desc) {
 }
 
 func (c poolCollector) Collect(ch chan<- prometheus.Metric) {
+	// One series per label set: a reload may leave several retired pools
+	// of one upstream draining at once.
+	draining := map[string]int{}
+	var names []string
 	for _, p := range c.stats() {
+		if p.Retired {
+			if _, ok := draining[p.Upstream]; !ok {
+				names = append(names, p.Upstream)
+			}
+			draining[p.Upstream] += p.Open
+			continue
+		}
 		ch <- prometheus.MustNewConstMetric(poolConnsDesc, prometheus.GaugeValue, float64(p.Idle), p.Upstream, "idle")
 		ch <- prometheus.MustNewConstMetric(poolConnsDesc, prometheus.GaugeValue, float64(p.Open-p.Idle), p.Upstream, "active")
 		ch <- prometheus.MustNewConstMetric(poolWaitingDesc, prometheus.GaugeValue, float64(p.Waiting), p.Upstream)
+	}
+	for _, name := range names {
+		ch <- prometheus.MustNewConstMetric(poolConnsDesc, prometheus.GaugeValue, float64(draining[name]), name, "draining")
+	}
+}
+
+// upstreamCollector reads the sessions per upstream at each scrape.
+type upstreamCollector struct{ stats func() []proxy.UpstreamStat }
+
+func (upstreamCollector) Describe(ch chan<- *prometheus.Desc) { ch <- upstreamSessionsDesc }
+
+func (c upstreamCollector) Collect(ch chan<- prometheus.Metric) {
+	for _, u := range c.stats() {
+		ch <- prometheus.MustNewConstMetric(upstreamSessionsDesc, prometheus.GaugeValue, float64(u.Sessions), u.Upstream)
 	}
 }
 
@@ -349,7 +380,7 @@ func (m *Metrics) RateLimitWait(tenant string, wait time.Duration, refused bool)
 }
 
 // PoolWait implements proxy.Observer.
-func (m *Metrics) PoolWait(string) { m.poolWaits.Inc() }
+func (m *Metrics) PoolWait(upstream, _ string) { m.poolWaits.WithLabelValues(upstream).Inc() }
 
 // Pinned implements proxy.Observer.
 func (m *Metrics) Pinned(reason string, delta int) {

@@ -129,11 +129,11 @@ func TestUpstreamConnect(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			m := New(Options{})
-			m.UpstreamConnect(tt.d, tt.err)
+			m.UpstreamConnect("eu", tt.d, tt.err)
 			got := [3]float64{
-				testutil.ToFloat64(m.upstreamOK),
-				testutil.ToFloat64(m.upstreamTimeout),
-				testutil.ToFloat64(m.upstreamError),
+				testutil.ToFloat64(m.upstreamConnects.WithLabelValues("eu", "ok")),
+				testutil.ToFloat64(m.upstreamConnects.WithLabelValues("eu", "timeout")),
+				testutil.ToFloat64(m.upstreamConnects.WithLabelValues("eu", "error")),
 			}
 			if want := [3]float64{tt.ok, tt.timeout, tt.failure}; got != want {
 				t.Fatalf("ok/timeout/error = %v, want %v", got, want)
@@ -148,6 +148,9 @@ func TestUpstreamConnect(t *testing.T) {
 					continue
 				}
 				found = true
+				if l := mf.GetMetric()[0].GetLabel(); len(l) != 1 || l[0].GetName() != "upstream" || l[0].GetValue() != "eu" {
+					t.Fatalf("histogram labels %v, want upstream=eu", l)
+				}
 				h := mf.GetMetric()[0].GetHistogram()
 				if h.GetSampleCount() != 1 || h.GetSampleSum() != tt.d.Seconds() {
 					t.Fatalf("histogram count=%d sum=%v, want 1, %v", h.GetSampleCount(), h.GetSampleSum(), tt.d.Seconds())
@@ -284,7 +287,7 @@ func TestConcurrent(t *testing.T) {
 				tenant := fmt.Sprint("t", (w+i)%tenants)
 				m.ConnState("", StateStartup)
 				m.Auth("jwt", "ok", "")
-				m.UpstreamConnect(time.Millisecond, nil)
+				m.UpstreamConnect("default", time.Millisecond, nil)
 				m.ConnState(StateStartup, StateActive)
 				m.Transaction(tenant)
 				m.Refusal(tenant)
@@ -394,11 +397,9 @@ func BenchmarkTransactionOverBudget(b *testing.B) {
 	}
 }
 
-func TestWatchPool(t *testing.T) {
-	m := New(Options{})
-	m.WatchPool(func() []proxy.PoolStat {
-		return []proxy.PoolStat{{Upstream: "default", Open: 7, Idle: 3, Waiting: 2}, {Upstream: "eu", Open: 1, Idle: 1}}
-	})
+// gauges gathers m's gauges by name and label values ("name/v1/v2").
+func gauges(t *testing.T, m *Metrics) map[string]float64 {
+	t.Helper()
 	fams, err := m.Registry().Gather()
 	if err != nil {
 		t.Fatal(err)
@@ -415,12 +416,67 @@ func TestWatchPool(t *testing.T) {
 			}
 		}
 	}
-	for name, want := range map[string]float64{
-		"pgtenant_pool_connections/idle/default": 3, "pgtenant_pool_connections/active/default": 4, "pgtenant_pool_waiting_clients/default": 2,
-		"pgtenant_pool_connections/idle/eu": 1, "pgtenant_pool_connections/active/eu": 0, "pgtenant_pool_waiting_clients/eu": 0,
-	} {
-		if got[name] != want {
-			t.Errorf("%s = %v, want %v", name, got[name], want)
+	return got
+}
+
+func TestWatchPool(t *testing.T) {
+	tests := []struct {
+		desc  string
+		pools []proxy.PoolStat
+		want  map[string]float64
+	}{
+		{"current pools", []proxy.PoolStat{{Upstream: "default", Open: 7, Idle: 3, Waiting: 2}, {Upstream: "eu", Open: 1, Idle: 1}}, map[string]float64{
+			"pgtenant_pool_connections/idle/default": 3, "pgtenant_pool_connections/active/default": 4, "pgtenant_pool_waiting_clients/default": 2,
+			"pgtenant_pool_connections/idle/eu": 1, "pgtenant_pool_connections/active/eu": 0, "pgtenant_pool_waiting_clients/eu": 0,
+		}},
+		{"retired pools draining, two of one upstream summed", []proxy.PoolStat{
+			{Upstream: "default", Open: 2, Idle: 1},
+			{Upstream: "default", Open: 3, Retired: true},
+			{Upstream: "default", Open: 1, Retired: true},
+			{Upstream: "gone", Open: 2, Retired: true},
+		}, map[string]float64{
+			"pgtenant_pool_connections/idle/default": 1, "pgtenant_pool_connections/active/default": 1, "pgtenant_pool_connections/draining/default": 4,
+			"pgtenant_pool_connections/draining/gone": 2,
+		}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.desc, func(t *testing.T) {
+			m := New(Options{})
+			m.WatchPool(func() []proxy.PoolStat { return tt.pools })
+			got := gauges(t, m)
+			for name, want := range tt.want {
+				if v, ok := got[name]; !ok || v != want {
+					t.Errorf("%s = %v (present %v), want %v", name, v, ok, want)
+				}
+			}
+			if _, ok := got["pgtenant_pool_connections/idle/gone"]; ok {
+				t.Errorf("a removed upstream's retired pool has an idle series: %v", got)
+			}
+		})
+	}
+}
+
+func TestWatchUpstreams(t *testing.T) {
+	m := New(Options{})
+	m.WatchUpstreams(func() []proxy.UpstreamStat {
+		return []proxy.UpstreamStat{{Upstream: "default", Sessions: 5}, {Upstream: "eu", Sessions: 0}}
+	})
+	got := gauges(t, m)
+	for name, want := range map[string]float64{"pgtenant_upstream_sessions/default": 5, "pgtenant_upstream_sessions/eu": 0} {
+		if v, ok := got[name]; !ok || v != want {
+			t.Errorf("%s = %v (present %v), want %v", name, v, ok, want)
+		}
+	}
+}
+
+func TestPoolWaitByUpstream(t *testing.T) {
+	m := New(Options{})
+	m.PoolWait("eu", "acme")
+	m.PoolWait("eu", "globex")
+	m.PoolWait("default", "acme")
+	for upstream, want := range map[string]float64{"eu": 2, "default": 1} {
+		if got := testutil.ToFloat64(m.poolWaits.WithLabelValues(upstream)); got != want {
+			t.Errorf("pool waits of %s = %v, want %v", upstream, got, want)
 		}
 	}
 }

@@ -1,6 +1,9 @@
 package proxy
 
-import "github.com/jackc/pgx/v5/pgproto3"
+import (
+	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/jackc/pgx/v5/pgproto3"
+)
 
 // binding is how a relay is bound to its upstream server, in one of two
 // ways: sessionBinding (binding_session.go), one direct connection for the
@@ -99,6 +102,24 @@ type binding interface {
 	// resumedElsewhere follows a resume that places the session's tenant
 	// elsewhere (its hold is movedHold). Caller holds the server's mu.
 	resumedElsewhere(ss *session)
-	// moveTo puts the session on pl, or says why it cannot go.
+	// moveTo puts the session on pl; errCannotMove when it cannot go
+	// (its state is on the old placement).
 	moveTo(ss *session, rt *runtime, pl placement) error
+
+	// After a reload (retire.go).
+
+	// keeps reports whether a session on old may stay there now that the
+	// upstream of its name is cur.
+	keeps(old, cur *upstream) bool
+	// strand follows the marking of ss as left on a retired placement,
+	// with e the reason it ends with if it cannot move. Caller holds the
+	// server's mu.
+	strand(ss *session, e *pgconn.PgError)
+	// leftRetired reports whether a stranded ss needs no more watching
+	// (moved, or will move at its next transaction; one that cannot is
+	// ended now with e).
+	leftRetired(ss *session, e *pgconn.PgError) bool
+	// endStranded ends ss now, a transaction in progress included: e is
+	// its endReason already.
+	endStranded(ss *session, e *pgconn.PgError)
 }

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 
+	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgproto3"
 )
 
@@ -316,7 +317,40 @@ func (b leaseBinding) viaHub() bool { return true }
 
 // samePlace: the same pool, schema and role.
 func (b leaseBinding) samePlace(pl, o placement) bool {
-	return sameSchemaRole(pl, o) && pl.up.pool == o.up.pool
+	return sameSchemaRole(pl, o) && b.keeps(pl.up, o.up)
+}
+
+// keeps: the same pool.
+func (b leaseBinding) keeps(old, cur *upstream) bool { return cur.pool == old.pool }
+
+// strand: nothing now; its next transaction moves it.
+func (b leaseBinding) strand(*session, *pgconn.PgError) {}
+
+// leftRetired: between transactions it moves at its next one, unless its
+// pinned connection or its notifications are on the old pool: then it ends.
+func (b leaseBinding) leftRetired(ss *session, e *pgconn.PgError) bool {
+	r := b.r
+	if !r.quietForPause() {
+		return false
+	}
+	if r.pinned.Load() || r.listened.Load() {
+		ss.endStranded(e)
+	}
+	return true
+}
+
+// endStranded: a held connection is closed (the reply side reads the close
+// and reports endReason); between transactions the session ends with e.
+func (b leaseBinding) endStranded(_ *session, e *pgconn.PgError) {
+	r := b.r
+	r.leaseMu.Lock()
+	defer r.leaseMu.Unlock()
+	if r.attached {
+		r.broken = true
+		r.sc.conn.Close()
+		return
+	}
+	r.failResponse(e)
 }
 
 // resumedElsewhere: nothing now; its next transaction moves it (moveTo).
@@ -324,13 +358,13 @@ func (b leaseBinding) resumedElsewhere(*session) {}
 
 // moveTo takes the session's next transactions to pl's pool.
 func (b leaseBinding) moveTo(ss *session, rt *runtime, pl placement) error {
+	if pl.up.pool == nil {
+		return errCannotMove // its user is in session mode now
+	}
 	if err := rt.checkLoginRole(context.Background(), pl); err != nil {
 		return err
 	}
-	if err := b.r.movePooled(rt, ss.ident, pl); err != nil {
-		return movedError(ss.ident.Tenant, ss.pl, pl)
-	}
-	return nil
+	return b.r.movePooled(rt, ss.ident, pl)
 }
 
 // endTransaction: only while a lease is attached; the connection never

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"time"
 
+	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgproto3"
 )
 
@@ -151,15 +152,35 @@ func (b sessionBinding) viaHub() bool { return false }
 
 // samePlace: the same upstream URL, schema and role.
 func (b sessionBinding) samePlace(pl, o placement) bool {
-	return sameSchemaRole(pl, o) && pl.up.url == o.up.url
+	return sameSchemaRole(pl, o) && b.keeps(pl.up, o.up)
 }
+
+// keeps: the same URL (a pool's settings are no session-mode business).
+func (b sessionBinding) keeps(old, cur *upstream) bool { return cur.url == old.url }
+
+// strand: its connection is on the old placement; it ends at its next
+// idle point (now if idle) with e.
+func (b sessionBinding) strand(ss *session, e *pgconn.PgError) {
+	r := b.r
+	r.endReason.Store(e)
+	r.draining.Store(true)
+	if r.quietForPause() {
+		ss.upstream.Close()
+	}
+}
+
+// leftRetired: it ends at its next idle point (strand).
+func (b sessionBinding) leftRetired(*session, *pgconn.PgError) bool { return false }
+
+// endStranded: its upstream connection closes.
+func (b sessionBinding) endStranded(ss *session, _ *pgconn.PgError) { ss.upstream.Close() }
 
 // resumedElsewhere: the session's connection is on the old placement; it
 // ends, now if it is idle.
 func (b sessionBinding) resumedElsewhere(ss *session) { ss.endMoved() }
 
-func (b sessionBinding) moveTo(ss *session, _ *runtime, pl placement) error {
-	return movedError(ss.ident.Tenant, ss.pl, pl)
+func (b sessionBinding) moveTo(*session, *runtime, placement) error {
+	return errCannotMove // its upstream connection is on the old placement
 }
 
 func (b sessionBinding) endTransaction(session cancelTarget) {

@@ -49,6 +49,7 @@ func (r *relay) beforeListening(cc *channelChange, mirror mirrorMode) error {
 	ls := &r.listen
 	if ls.hub == nil {
 		ls.hub = r.pool.notifyHub()
+		r.listened.Store(true) // the session cannot move to another pool now (retire.go)
 	}
 	// Ahead of PostgreSQL's answer: nothing sent once a LISTEN commits may
 	// be missed, nothing sent once an UNLISTEN commits delivered. The

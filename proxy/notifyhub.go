@@ -284,6 +284,13 @@ func (h *notifyHub) lost(sc *serverConn, err error) {
 	}
 }
 
+// listeners counts the clients subscribed to some channel.
+func (h *notifyHub) listeners() int {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return len(h.byRelay)
+}
+
 // close ends the hub's connection (the pool is closing).
 func (h *notifyHub) close() {
 	h.mu.Lock()

@@ -13,8 +13,9 @@ type Observer interface {
 	// "none" when refused before a method was chosen), outcome "ok" or
 	// "failed", and for failures a short reason (the SQLSTATE).
 	Auth(method, outcome, reason string)
-	// UpstreamConnect reports an upstream connection attempt and its latency.
-	UpstreamConnect(d time.Duration, err error)
+	// UpstreamConnect reports a connection attempt to the named upstream
+	// (a name from the configuration) and its latency.
+	UpstreamConnect(upstream string, d time.Duration, err error)
 	// Transaction reports a unit that started outside a transaction block
 	// (an assertion was made) for tenant.
 	Transaction(tenant string)
@@ -27,8 +28,8 @@ type Observer interface {
 	// Error reports an ErrorResponse relayed to a client of tenant.
 	Error(tenant string)
 	// PoolWait reports a transaction-mode client of tenant that had to wait
-	// for a pooled upstream connection.
-	PoolWait(tenant string)
+	// for a pooled connection of the named upstream.
+	PoolWait(upstream, tenant string)
 	// SessionEnd reports the bytes a session relayed each way.
 	SessionEnd(tenant string, fromClient, toClient int64)
 	// Pinned reports a pooled connection pinned to one client (delta 1,
@@ -57,6 +58,9 @@ type SessionInfo struct {
 	TxStatus    string    `json:"tx_status"` // I, T or E as last reported by the upstream
 	Assertions  int64     `json:"assertions"`
 	Refusals    int64     `json:"refusals"`
+	// Retired: a reload removed or changed its upstream; it moves at its
+	// next transaction or ends (see Reload).
+	Retired bool `json:"retired,omitempty"`
 }
 
 // PoolStat describes one upstream's transaction pool for an admin view.
@@ -65,20 +69,30 @@ type PoolStat struct {
 	Open     int    `json:"open"` // idle or held
 	Idle     int    `json:"idle"`
 	Waiting  int    `json:"waiting"` // clients waiting for a connection
+	// Retired: a reload replaced this pool; it serves the transactions of
+	// the sessions still on it until they move or end (then it closes).
+	Retired bool `json:"retired,omitempty"`
+}
+
+// UpstreamStat is one upstream's state for metrics: the sessions placed on
+// it (both modes, those on a pool a reload replaced included).
+type UpstreamStat struct {
+	Upstream string `json:"upstream"`
+	Sessions int    `json:"sessions"`
 }
 
 type nopObserver struct{}
 
-func (nopObserver) ConnState(string, string)             {}
-func (nopObserver) Auth(string, string, string)          {}
-func (nopObserver) UpstreamConnect(time.Duration, error) {}
-func (nopObserver) Transaction(string)                   {}
-func (nopObserver) Refusal(string)                       {}
-func (nopObserver) Statements(string, int64)             {}
-func (nopObserver) Error(string)                         {}
-func (nopObserver) SessionEnd(string, int64, int64)      {}
-func (nopObserver) PoolWait(string)                      {}
-func (nopObserver) Panic(string)                         {}
-func (nopObserver) Pinned(string, int)                   {}
+func (nopObserver) ConnState(string, string)                     {}
+func (nopObserver) Auth(string, string, string)                  {}
+func (nopObserver) UpstreamConnect(string, time.Duration, error) {}
+func (nopObserver) Transaction(string)                           {}
+func (nopObserver) Refusal(string)                               {}
+func (nopObserver) Statements(string, int64)                     {}
+func (nopObserver) Error(string)                                 {}
+func (nopObserver) SessionEnd(string, int64, int64)              {}
+func (nopObserver) PoolWait(string, string)                      {}
+func (nopObserver) Panic(string)                                 {}
+func (nopObserver) Pinned(string, int)                           {}
 
 func (nopObserver) RateLimitWait(string, time.Duration, bool) {}

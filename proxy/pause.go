@@ -293,10 +293,11 @@ func (r *relay) waitPaused() error {
 		case p == nil:
 			return nil
 		case p == movedHold:
+			// The move lets go of the hold once the session is where the
+			// configuration places it (a reload meanwhile: again).
 			if err := r.moveTo(); err != nil {
 				return err
 			}
-			r.hold.CompareAndSwap(movedHold, nil) // unless paused again meanwhile
 			continue
 		}
 		if deadline == nil {
@@ -368,9 +369,12 @@ func (ss *session) endMoved() {
 }
 
 // move puts the session on its tenant's placement in the current runtime,
-// after a resume: a transaction-mode session moves to the new placement's
+// after a resume or a reload that retired its pool or upstream
+// (retire.go): a transaction-mode session moves to the new placement's
 // pool; a session-mode one, whose upstream connection is on the old
-// placement, is ended (57P01). Request side, outside a transaction.
+// placement, is ended (57P01). Then, placed as the configuration says, it
+// lets go of movedHold (unless paused again meanwhile). Request side,
+// outside a transaction.
 func (ss *session) move() error {
 	s := ss.s
 	rt := s.rt.Load()
@@ -379,17 +383,38 @@ func (ss *session) move() error {
 		return err
 	}
 	r := ss.relay
-	if r.up.samePlace(ss.pl, pl) {
-		return nil
+	moved := false
+	if !r.up.samePlace(ss.pl, pl) {
+		if err := r.up.moveTo(ss, rt, pl); err != nil {
+			if errors.Is(err, errCannotMove) {
+				return ss.moveError(pl)
+			}
+			return err
+		}
+		moved = true
+		s.log.Info("session moved", "conn", ss.id, "tenant", ss.ident.Tenant, "from", ss.pl.up.name, "to", pl.up.name)
 	}
-	if err := r.up.moveTo(ss, rt, pl); err != nil {
-		return err
-	}
-	s.log.Info("session moved", "conn", ss.id, "tenant", ss.ident.Tenant, "from", ss.pl.up.name, "to", pl.up.name)
 	s.mu.Lock()
-	ss.pl, ss.placedOn = pl, pl.up.name
-	s.mu.Unlock()
+	defer s.mu.Unlock()
+	if moved {
+		ss.pl, ss.placedOn, ss.stranded = pl, pl.up.name, nil
+	}
+	if ss.placedAsIn(s.rt.Load()) {
+		r.hold.CompareAndSwap(movedHold, nil)
+	}
 	return nil
+}
+
+// moveError ends a session that cannot move to pl: left on a retired
+// upstream, or its tenant moved while paused.
+func (ss *session) moveError(pl placement) error {
+	ss.s.mu.Lock()
+	e := ss.stranded
+	ss.s.mu.Unlock()
+	if e != nil {
+		return e
+	}
+	return movedError(ss.ident.Tenant, ss.pl, pl)
 }
 
 var errCannotMove = errors.New("the session holds state on its old placement")

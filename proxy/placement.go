@@ -154,8 +154,8 @@ func b2i(b bool) int {
 
 // adoptUpstreams gives rt its upstreams, each with its transaction pool
 // when some user is in that mode: the old runtime's pool where the URL and
-// the pool settings are unchanged, else a new one. A replaced pool serves
-// the sessions that started with it until Close.
+// the pool settings are unchanged, else a new one. A replaced pool is
+// retired once rt is in use (retire.go).
 func (s *Server) adoptUpstreams(rt, old *runtime) error {
 	rt.upstreams = map[string]*upstream{}
 	for _, u := range rt.cfg.AllUpstreams() {
@@ -178,7 +178,7 @@ func (s *Server) adoptUpstreams(rt, old *runtime) error {
 			}
 		}
 		cfg := up.config
-		up.pool = newTxPool(up.poolCfg, func(ctx context.Context) (*serverConn, error) { return rt.dialPooled(ctx, cfg) }, s.observer)
+		up.pool = newTxPool(up.name, up.poolCfg, func(ctx context.Context) (*serverConn, error) { return rt.dialPooled(ctx, cfg) }, s.observer)
 		up.pool.log = s.log.With("upstream", up.name)
 		s.mu.Lock()
 		s.pools = append(s.pools, up.pool)

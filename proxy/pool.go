@@ -84,19 +84,24 @@ func (sc *serverConn) cancelTarget() cancelTarget {
 // mode. Waiting clients are served round-robin across tenants, and no tenant
 // holds more than its cap, so one tenant's burst cannot starve the others.
 type txPool struct {
+	name    string // its upstream's (metrics)
 	cfg     config.Pool
 	connect func(context.Context) (*serverConn, error)
 	obs     func() Observer
 	log     *slog.Logger
 
-	mu           sync.Mutex
-	idle         []*serverConn // most recently released last
-	open         int           // connections open or being opened
-	active       map[string]int
-	waiters      map[string][]*poolWaiter
-	ring         []string // tenants with waiters, in service order
-	nwaiting     int
-	closed       bool
+	mu       sync.Mutex
+	idle     []*serverConn // most recently released last
+	open     int           // connections open or being opened
+	active   map[string]int
+	waiters  map[string][]*poolWaiter
+	ring     []string // tenants with waiters, in service order
+	nwaiting int
+	closed   bool
+	// retired: a reload replaced the pool (retire.go). It keeps serving
+	// the sessions still on it, closing each connection they release,
+	// until they have moved or ended; then it closes.
+	retired      bool
 	statuses     map[string]map[string]string // parameter statuses by startup parameters
 	pinned       int                          // connections pinned to a client (pinned.go)
 	tenantPinned map[string]int               // and per tenant
@@ -111,11 +116,19 @@ type txPool struct {
 
 	hubOnce sync.Once
 	hub     *notifyHub // listens for the pool's clients (notifyhub.go)
+	hubMade atomic.Pointer[notifyHub]
+
+	// entering counts logins placed on the pool and not yet sessions
+	// (retire.go): a retired pool stays open for them.
+	entering atomic.Int64
 }
 
 // notifyHub returns the pool's hub, made on first use.
 func (p *txPool) notifyHub() *notifyHub {
-	p.hubOnce.Do(func() { p.hub = newNotifyHub(p.ctx, p.connect) })
+	p.hubOnce.Do(func() {
+		p.hub = newNotifyHub(p.ctx, p.connect)
+		p.hubMade.Store(p.hub)
+	})
 	return p.hub
 }
 
@@ -176,8 +189,9 @@ type poolGrant struct {
 	open bool
 }
 
-func newTxPool(cfg config.Pool, connect func(context.Context) (*serverConn, error), obs func() Observer) *txPool {
+func newTxPool(name string, cfg config.Pool, connect func(context.Context) (*serverConn, error), obs func() Observer) *txPool {
 	p := &txPool{
+		name:    name,
 		cfg:     cfg,
 		connect: connect,
 		obs:     obs,
@@ -257,7 +271,7 @@ func (p *txPool) reserve(cancel <-chan struct{}, tenant, key string) (*serverCon
 	p.waiters[tenant] = append(p.waiters[tenant], w)
 	p.nwaiting++
 	p.mu.Unlock()
-	p.obs().PoolWait(tenant)
+	p.obs().PoolWait(p.name, tenant)
 
 	timer := time.NewTimer(p.cfg.WaitTimeout.Duration)
 	defer timer.Stop()
@@ -628,7 +642,7 @@ func (p *txPool) gone(sc *serverConn) {
 func (p *txPool) dial(ctx context.Context) (*serverConn, error) {
 	start := time.Now()
 	sc, err := p.connect(ctx)
-	p.obs().UpstreamConnect(time.Since(start), err)
+	p.obs().UpstreamConnect(p.name, time.Since(start), err)
 	if err != nil {
 		return nil, err
 	}
@@ -702,7 +716,7 @@ func (p *txPool) release(sc *serverConn, tenant string, reusable bool) {
 	if p.active[tenant] <= 0 {
 		delete(p.active, tenant)
 	}
-	if !reusable || sc.dead.Load() || p.closed || now.Sub(sc.created) > p.cfg.MaxLifetime.Duration {
+	if !reusable || sc.dead.Load() || p.closed || p.retired || now.Sub(sc.created) > p.cfg.MaxLifetime.Duration {
 		sc.dead.Store(true)
 		sc.conn.Close()
 		p.open--
@@ -743,6 +757,9 @@ func (p *txPool) maintain() {
 		})
 		p.open -= len(stale)
 		missing := p.cfg.MinIdle - p.open
+		if p.retired {
+			missing = 0 // its connections are to go
+		}
 		if missing > 0 {
 			p.open += missing
 		}
@@ -755,7 +772,7 @@ func (p *txPool) maintain() {
 		for ; missing > 0; missing-- {
 			sc, err := p.dial(p.ctx)
 			p.mu.Lock()
-			if err != nil || p.closed {
+			if err != nil || p.closed || p.retired {
 				p.open--
 				if sc != nil {
 					sc.dead.Store(true)
@@ -776,6 +793,40 @@ func (p *txPool) stats() (open, idle, waiting int) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	return p.open, len(p.idle), p.nwaiting
+}
+
+// retire makes a pool that a reload replaced close its idle connections
+// now, and each one its sessions release from now on (retire.go).
+func (p *txPool) retire() {
+	p.mu.Lock()
+	if p.retired || p.closed {
+		p.mu.Unlock()
+		return
+	}
+	p.retired = true
+	idle := p.idle
+	p.idle = nil
+	p.open -= len(idle)
+	p.dispatch() // waiters may open connections in place of the idle ones
+	p.mu.Unlock()
+	for _, sc := range idle {
+		sc.dead.Store(true)
+		sc.conn.Close()
+	}
+}
+
+// unused reports whether nothing uses a retired pool any more: no
+// connection open, no client waiting for one or logging in on it, nobody
+// listening on its hub.
+func (p *txPool) unused() bool {
+	p.mu.Lock()
+	busy := p.open > 0 || p.nwaiting > 0
+	p.mu.Unlock()
+	if busy || p.entering.Load() > 0 {
+		return false
+	}
+	h := p.hubMade.Load()
+	return h == nil || h.listeners() == 0
 }
 
 // close closes the idle connections and stops the pool; connections still

@@ -9,7 +9,7 @@ import (
 // Sessions with the same settings share one context (its encoded
 // assertions), which lives as long as a session uses it.
 func TestPoolContextsAreShared(t *testing.T) {
-	p := newTxPool(config.Pool{Size: 1}, nil, func() Observer { return nopObserver{} })
+	p := newTxPool("default", config.Pool{Size: 1}, nil, func() Observer { return nopObserver{} })
 	defer p.close()
 	app := setting{name: "application_name", value: "psql"}
 	tenant := func(id string) setting { return setting{name: "app.tenant_id", value: id} }

@@ -58,6 +58,7 @@ type pooledState struct {
 	// clientEncoding is its client_encoding as last reported (a string).
 	listen         listenState
 	notes          *noteBox
+	listened       atomic.Bool // listen.hub is set: the client's channels are on this pool's hub
 	clientEncoding atomic.Value
 
 	// The client's own settings (carried.go): startup are its startup

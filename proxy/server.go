@@ -13,7 +13,6 @@ import (
 	"log/slog"
 	"net"
 	"slices"
-	"strconv"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -56,7 +55,8 @@ type Server struct {
 	peerListeners map[net.Listener]struct{}
 	conns         map[net.Conn]struct{}
 	sessions      map[*session]struct{}
-	pools         []*txPool // every transaction pool made, closed by Close
+	pools         []*txPool      // the transaction pools open (retired ones until they close), closed by Close
+	retiring      sync.WaitGroup // reloads' drains of what they retired (retire.go)
 	closed        bool
 	draining      bool
 	onClose       []func()
@@ -142,6 +142,7 @@ func (s *Server) Reload(cfg *config.Config, authn Authenticator) error {
 	}
 	s.rt.Store(rt)
 	s.log.Info("configuration reloaded", "users", len(cfg.Users))
+	s.retire(old, rt)
 	return nil
 }
 
@@ -355,6 +356,7 @@ func (s *Server) Close() error {
 	}
 	s.mu.Unlock()
 	s.wg.Wait()
+	s.retiring.Wait() // they end at s.stop, leaving their pools to this
 	s.mu.Lock()
 	onClose := s.onClose
 	s.onClose = nil
@@ -466,11 +468,20 @@ func (s *Server) takeIdle(idleSince time.Time) {
 func (s *Server) addSession(ss *session) {
 	s.mu.Lock()
 	s.sessions[ss] = struct{}{}
+	rt := s.rt.Load()
 	if p := s.paused[ss.ident.Tenant]; p != nil {
 		ss.relay.hold.Store(p)
-	} else if s.resumes != ss.resumes && !ss.placedAsIn(s.rt.Load()) {
+	} else if s.resumes != ss.resumes && !ss.placedAsIn(rt) {
 		// Placed before a resume that moved its tenant.
 		ss.relay.hold.Store(movedHold)
+	}
+	if e := ss.strandedIn(rt); e != nil {
+		// Placed before a reload that retired its pool or upstream.
+		ss.strand(e)
+	}
+	if ss.entered != nil {
+		ss.entered.entering.Add(-1) // a session now, which the reload saw or strand did
+		ss.entered = nil
 	}
 	draining := s.draining
 	s.mu.Unlock()
@@ -505,6 +516,7 @@ func (s *Server) Sessions() []SessionInfo {
 			ID: ss.id, User: ss.ident.User, Tenant: ss.ident.Tenant, Upstream: ss.placedOn, Remote: ss.client.RemoteAddr().String(),
 			UpstreamPID: ss.upstreamPID, Started: ss.started, TxStatus: string(rune(ss.relay.txStatus.Load())),
 			Assertions: ss.relay.stats.assertions.Load(), Refusals: ss.relay.stats.refusals.Load(),
+			Retired: ss.stranded != nil,
 		})
 	}
 	slices.SortFunc(out, func(a, b SessionInfo) int { return cmp.Compare(a.ID, b.ID) })
@@ -524,40 +536,55 @@ func (s *Server) PoolStats() (open, idle, waiting int) {
 	return open, idle, waiting
 }
 
-// UpstreamPools reports each upstream's transaction pool, in name order
-// (the default first); none without a pool.
+// UpstreamPools reports each transaction pool: those of the upstreams new
+// sessions use, in name order (the default first), then those a reload
+// replaced and that still serve sessions (Retired); none without a pool.
 func (s *Server) UpstreamPools() []PoolStat {
-	var out []PoolStat
+	s.mu.Lock()
+	pools := slices.Clone(s.pools)
+	s.mu.Unlock()
+	current := map[*txPool]bool{}
 	for _, up := range s.rt.Load().upstreams {
 		if up.pool != nil {
-			st := PoolStat{Upstream: up.name}
-			st.Open, st.Idle, st.Waiting = up.pool.stats()
-			out = append(out, st)
+			current[up.pool] = true
 		}
 	}
-	slices.SortFunc(out, func(a, b PoolStat) int {
-		return cmp.Or(-cmp.Compare(b2i(a.Upstream == config.DefaultUpstream), b2i(b.Upstream == config.DefaultUpstream)), cmp.Compare(a.Upstream, b.Upstream))
+	out := make([]PoolStat, 0, len(pools))
+	for _, p := range pools {
+		st := PoolStat{Upstream: p.name, Retired: !current[p]}
+		st.Open, st.Idle, st.Waiting = p.stats()
+		out = append(out, st)
+	}
+	slices.SortStableFunc(out, func(a, b PoolStat) int {
+		return cmp.Or(cmp.Compare(b2i(a.Retired), b2i(b.Retired)), compareUpstreams(a.Upstream, b.Upstream))
 	})
 	return out
 }
 
-// Ready reports whether the server accepts sessions: not draining, and the
-// upstream accepting TCP connections.
-func (s *Server) Ready(ctx context.Context) error {
+// compareUpstreams orders upstream names: the default first, then by name.
+func compareUpstreams(a, b string) int {
+	return cmp.Or(-cmp.Compare(b2i(a == config.DefaultUpstream), b2i(b == config.DefaultUpstream)), cmp.Compare(a, b))
+}
+
+// UpstreamSessions counts the sessions on each upstream: every configured
+// upstream (zero included), and the names of upstreams a reload removed
+// while sessions are still on them.
+func (s *Server) UpstreamSessions() []UpstreamStat {
+	counts := map[string]int{}
+	for name := range s.rt.Load().upstreams {
+		counts[name] = 0
+	}
 	s.mu.Lock()
-	draining, closed := s.draining, s.closed
+	for ss := range s.sessions {
+		counts[ss.placedOn]++
+	}
 	s.mu.Unlock()
-	if draining || closed {
-		return errors.New("shutting down")
+	out := make([]UpstreamStat, 0, len(counts))
+	for name, n := range counts {
+		out = append(out, UpstreamStat{Upstream: name, Sessions: n})
 	}
-	cfg := s.rt.Load().upstreamConfig
-	var d net.Dialer
-	conn, err := d.DialContext(ctx, "tcp", net.JoinHostPort(cfg.Host, strconv.Itoa(int(cfg.Port))))
-	if err != nil {
-		return fmt.Errorf("upstream unreachable: %w", err)
-	}
-	conn.Close()
-	return nil
+	slices.SortFunc(out, func(a, b UpstreamStat) int { return compareUpstreams(a.Upstream, b.Upstream) })
+	return out
 }
 
 // OnClose registers f to run when Close has ended every session (closing

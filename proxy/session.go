@@ -131,12 +131,18 @@ type session struct {
 	relay    *relay
 	key      cancelKey
 
-	ended       func() // cleans up once the session is over
-	id          uint64
-	ident       auth.Identity
-	placedOn    string    // the name of the upstream its tenant is placed on
-	pl          placement // where it is; changed only by move, under s.mu
-	resumes     uint64    // Server.resumes when its login checked for a pause
+	ended    func() // cleans up once the session is over
+	id       uint64
+	ident    auth.Identity
+	placedOn string    // the name of the upstream its tenant is placed on
+	pl       placement // where it is; changed only by move, under s.mu
+	// stranded: a reload retired its pool or upstream, and why it is to
+	// leave (retire.go); nil once it has moved. Under s.mu.
+	stranded *pgconn.PgError
+	// entered is the pool its login counted on (Server.place), until
+	// addSession.
+	entered     *txPool
+	resumes     uint64 // Server.resumes when its login checked for a pause
 	upstreamPID uint32
 	started     time.Time
 }
@@ -144,7 +150,7 @@ type session struct {
 // startSession authenticates the client, resolves its tenant, connects
 // upstream and sends the client what a PostgreSQL server sends after
 // authentication.
-func (s *Server) startSession(rt *runtime, st *startup, cr *bufio.Reader, cw *bufio.Writer, log *slog.Logger) (_ *session, err error) {
+func (s *Server) startSession(rt *runtime, st *startup, cr *bufio.Reader, cw *bufio.Writer, log *slog.Logger) (sess *session, err error) {
 	s.mu.Lock()
 	draining := s.draining
 	s.mu.Unlock()
@@ -221,14 +227,21 @@ func (s *Server) startSession(rt *runtime, st *startup, cr *bufio.Reader, cw *bu
 	if err != nil {
 		return nil, err
 	}
+	rt, pl, pooled, err := s.place(rt, ident, user)
+	if err != nil {
+		return nil, err
+	}
+	if pooled {
+		defer func() {
+			if sess == nil {
+				pl.up.pool.entering.Add(-1) // no session after all (an error, or a panic)
+			}
+		}()
+	}
 	// Checked after authentication, as PostgreSQL does, so that an
 	// unauthenticated client learns nothing about the database.
 	if database != rt.database {
 		return nil, fatalf(codeInvalidCatalogName, "database %q does not exist", database)
-	}
-	pl, err := rt.placementOf(ident)
-	if err != nil {
-		return nil, err
 	}
 	if err := pl.checkStartup(params); err != nil {
 		return nil, err
@@ -241,17 +254,18 @@ func (s *Server) startSession(rt *runtime, st *startup, cr *bufio.Reader, cw *bu
 		log = log.With("upstream", pl.up.name)
 	}
 
-	if rt.pool != nil && rt.cfg.PoolModeFor(user) == config.PoolModeTransaction {
+	if pooled {
 		ss, err := s.startPooledSession(rt, pl, st, cr, cw, ident, params, log)
 		if ss != nil {
 			ss.resumes = resumes
+			ss.entered = pl.up.pool
 		}
 		return ss, err
 	}
 	a := newAssertion(rt.contextSettings(ident, pl))
 	start := time.Now()
 	hc, err := rt.connectUpstream(context.Background(), pl.up.config, params, a)
-	s.observer().UpstreamConnect(time.Since(start), err)
+	s.observer().UpstreamConnect(pl.up.name, time.Since(start), err)
 	if err != nil {
 		log.Warn("upstream connection failed", "err", err)
 		return nil, err

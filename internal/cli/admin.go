@@ -30,6 +30,7 @@ func startAdmin(cfg *config.Config, srv *proxy.Server, log *slog.Logger, ln net.
 	m := metrics.New(metrics.Options{MaxTenantLabels: cfg.MetricsTenantLabels})
 	srv.SetObserver(m)
 	m.WatchPool(srv.UpstreamPools)
+	m.WatchUpstreams(srv.UpstreamSessions)
 	m.WatchAudit(srv.AuditDropped)
 	m.WatchPauses(srv.PauseCounts)
 	if cfg.AdminListen == "" {
@@ -41,7 +42,7 @@ func startAdmin(cfg *config.Config, srv *proxy.Server, log *slog.Logger, ln net.
 			return nil, fmt.Errorf("admin_listen: %w", err)
 		}
 	}
-	admin := metrics.Admin{Ready: srv.Ready, Sessions: srv.Sessions, Paused: srv.Paused, Pause: srv.Pause, Resume: srv.Resume}
+	admin := metrics.Admin{Ready: srv.Readiness, Sessions: srv.Sessions, Paused: srv.Paused, Pause: srv.Pause, Resume: srv.Resume}
 	hs := &http.Server{Handler: metrics.AdminHandler(m, admin), ReadHeaderTimeout: 10 * time.Second}
 	go func() {
 		if err := hs.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
@@ -93,7 +94,11 @@ func runStatus(args []string, stdout, stderr io.Writer) int {
 	tw := tabwriter.NewWriter(stdout, 0, 0, 2, ' ', 0)
 	fmt.Fprintln(tw, "ID\tUSER\tTENANT\tREMOTE\tUPSTREAM\tUPSTREAM PID\tSTATE\tSINCE\tASSERTIONS\tREFUSALS")
 	for _, s := range status.Sessions {
-		fmt.Fprintf(tw, "%d\t%s\t%s\t%s\t%s\t%d\t%s\t%s\t%d\t%d\n", s.ID, s.User, s.Tenant, s.Remote, s.Upstream, s.UpstreamPID,
+		upstream := s.Upstream
+		if s.Retired {
+			upstream += " (draining)" // a reload removed or changed it
+		}
+		fmt.Fprintf(tw, "%d\t%s\t%s\t%s\t%s\t%d\t%s\t%s\t%d\t%d\n", s.ID, s.User, s.Tenant, s.Remote, upstream, s.UpstreamPID,
 			map[string]string{"I": "idle", "T": "in transaction", "E": "failed transaction"}[s.TxStatus],
 			s.Started.Format(time.RFC3339), s.Assertions, s.Refusals)
 	}

@@ -68,3 +68,25 @@ func TestPauseResumeCommands(t *testing.T) {
 		})
 	}
 }
+
+// pgtenant status marks a session left on an upstream a reload removed or
+// changed.
+func TestStatusMarksDrainingSessions(t *testing.T) {
+	srv := httptest.NewServer(metrics.AdminHandler(nil, metrics.Admin{
+		Sessions: func() []proxy.SessionInfo {
+			return []proxy.SessionInfo{
+				{ID: 1, User: "alice", Tenant: "acme", Upstream: "default", TxStatus: "I"},
+				{ID: 2, User: "bob", Tenant: "globex", Upstream: "eu", TxStatus: "T", Retired: true},
+			}
+		},
+	}))
+	defer srv.Close()
+	var stdout, stderr bytes.Buffer
+	if code := runStatus([]string{"--admin", strings.TrimPrefix(srv.URL, "http://")}, &stdout, &stderr); code != 0 {
+		t.Fatalf("exit %d: %s", code, stderr.String())
+	}
+	lines := strings.Split(stdout.String(), "\n")
+	if len(lines) < 3 || strings.Contains(lines[1], "draining") || !strings.Contains(lines[2], "eu (draining)") {
+		t.Fatalf("status output:\n%s", stdout.String())
+	}
+}
