@@ -1,12 +1,17 @@
 package e2e
 
 import (
+	"context"
 	"io"
 	"log/slog"
 	"net"
 	"strings"
+	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/jackc/pgx/v5/pgconn"
 
 	"github.com/pgtenant/pgtenant/config"
 	"github.com/pgtenant/pgtenant/internal/cli"
@@ -69,6 +74,64 @@ func TestRedTeamS7CancelForwardLoop(t *testing.T) {
 		}
 		if !strings.Contains(logs.String(), "came back") {
 			t.Errorf("the loop was not reported")
+		}
+	})
+}
+
+// Tenant A sends its own cancel key as fast as it can while A and B run
+// transactions on the same pooled connection (a pool of one): a cancel in
+// flight as A's lease ends must not reach B's statement on the connection
+// A held. B never gets 57014 and always runs as itself. (A's own session
+// may end when a cancel lands on pgtenant's assertion ahead of A's
+// statement; A then reconnects.)
+func TestRedTeamS7CancelStormStaysWithItsTenant(t *testing.T) {
+	eachPoolMode(t, func(t *testing.T, m poolMode) {
+		p := startProxy(t, m.config(1))
+		b := p.pgconnect(t, tenantB)
+		stop := make(chan struct{})
+		var wg sync.WaitGroup
+		var cancels atomic.Int64
+		// A stops before the test ends, whatever ends it.
+		defer func() {
+			close(stop)
+			wg.Wait()
+		}()
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for {
+				a, err := pgconn.Connect(context.Background(), p.connString(tenantA))
+				if err != nil {
+					t.Errorf("A: %v", err)
+					return
+				}
+				pid, secret := a.PID(), a.SecretKey()
+				for !a.IsClosed() {
+					select {
+					case <-stop:
+						a.Close(context.Background())
+						return
+					default:
+					}
+					ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+					rr := a.Exec(ctx, "SELECT pg_sleep(0.001)")
+					sendCancel(t, p.addr, pid, secret)
+					cancels.Add(1)
+					_, _ = rr.ReadAll()
+					cancel()
+				}
+			}
+		}()
+		deadline := time.Now().Add(3 * time.Second)
+		n := 0
+		for ; time.Now().Before(deadline); n++ {
+			got := queryRows(t, b, "SELECT current_setting('app.tenant_id'), pg_sleep(0.002)")
+			if got[0][0] != tenantB.ID {
+				t.Fatalf("B runs as %q", got[0][0])
+			}
+		}
+		if n < 50 || cancels.Load() < 50 {
+			t.Fatalf("B ran %d transactions, A sent %d cancels: too few to tell", n, cancels.Load())
 		}
 	})
 }
