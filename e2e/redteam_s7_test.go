@@ -2,6 +2,7 @@ package e2e
 
 import (
 	"context"
+	"fmt"
 	"io"
 	"log/slog"
 	"net"
@@ -13,8 +14,11 @@ import (
 
 	"github.com/jackc/pgx/v5/pgconn"
 
+	"github.com/pgtenant/pgtenant/auth"
 	"github.com/pgtenant/pgtenant/config"
 	"github.com/pgtenant/pgtenant/internal/cli"
+	"github.com/pgtenant/pgtenant/internal/demo"
+	"github.com/pgtenant/pgtenant/internal/pgcluster"
 	"github.com/pgtenant/pgtenant/internal/testutil"
 )
 
@@ -132,6 +136,56 @@ func TestRedTeamS7CancelStormStaysWithItsTenant(t *testing.T) {
 		}
 		if n < 50 || cancels.Load() < 50 {
 			t.Fatalf("B ran %d transactions, A sent %d cancels: too few to tell", n, cancels.Load())
+		}
+	})
+}
+
+// A tenant placed in a schema is isolated by its role. An identity source
+// that gives a user of another tenant that role (a db_users row here; a
+// JWT role claim is the same) made the user's session SET ROLE to it and
+// read the schema tenant's tables; such a login is now refused, whether
+// the row names the role alone or the schema too. The schema tenant's own
+// users still log in.
+func TestRedTeamS7SchemaRoleOfAnotherTenant(t *testing.T) {
+	eachPoolMode(t, func(t *testing.T, m poolMode) {
+		schemas := schemaTenants(t)
+		superExec(t, demo.Database, dbUsersSQL+`
+DROP TABLE IF EXISTS red_users;
+CREATE TABLE red_users (name text PRIMARY KEY, verifier text NOT NULL, tenant text NOT NULL, schema text, role text);
+GRANT SELECT ON red_users TO pgtenant_lookup;`)
+		t.Cleanup(func() { superExec(t, demo.Database, "DROP TABLE IF EXISTS red_users") })
+		verifier, err := auth.NewVerifier("pw")
+		if err != nil {
+			t.Fatal(err)
+		}
+		superExec(t, demo.Database, fmt.Sprintf(`INSERT INTO red_users VALUES
+    ('a_as_r2', '%[1]s', '%[2]s', NULL, 'placement_r2'),
+    ('a_in_s2', '%[1]s', '%[2]s', 'placement_s2', 'placement_r2'),
+    ('b_own', '%[1]s', '%[3]s', NULL, 'placement_r2')`, verifier, tenantA.ID, tenantB.ID))
+		p := m.start(t, schemas, func(c *config.Config) {
+			delete(c.Tenants, tenantA.ID) // A: shared tables, no role of its own
+			c.DBUsers = &config.DBUsers{
+				Connection: pgcluster.Shared().URL("pgtenant_lookup", "lookup_pw", demo.Database),
+				Query:      "SELECT verifier, tenant, schema, role FROM red_users WHERE name = $1",
+			}
+		})
+		user := func(name string) demo.Tenant { return demo.Tenant{User: name, Password: "pw"} }
+		for _, name := range []string{"a_as_r2", "a_in_s2"} {
+			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+			c, err := pgconn.Connect(ctx, p.connString(user(name)))
+			cancel()
+			if err == nil {
+				got := queryRows(t, c, "SELECT current_user, (SELECT string_agg(note, ',') FROM placement_s2.placement_notes)")
+				c.Close(context.Background())
+				t.Fatalf("%s (tenant A) logged in and sees %v", name, got)
+			}
+			if pgCode(err) != "42501" || !strings.Contains(err.Error(), `role "placement_r2" of user "`+name+`" is another tenant's`) {
+				t.Errorf("%s: %v, want FATAL 42501", name, err)
+			}
+		}
+		b := p.pgconnect(t, user("b_own"))
+		if got := queryRows(t, b, "SELECT current_user, note FROM placement_notes"); len(got) != 1 || got[0][0] != "placement_r2" || got[0][1] != "secret of s2" {
+			t.Fatalf("B's own user sees %v", got)
 		}
 	})
 }
