@@ -6,6 +6,7 @@ import (
 	"io"
 	"log/slog"
 	"net"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -188,4 +189,63 @@ GRANT SELECT ON red_users TO pgtenant_lookup;`)
 			t.Fatalf("B's own user sees %v", got)
 		}
 	})
+}
+
+// A Parse of the unnamed statement that the guard refuses: PostgreSQL
+// drops the unnamed statement before it parses, so after any failing
+// Parse a Bind of the unnamed statement gets 26000 (and when an earlier
+// error makes the server skip the Parse, the statement stays). In
+// transaction mode the refused Parse did not count as one: on the next
+// connection pgtenant prepared the client's previous unnamed statement
+// again and ran it.
+func TestRedTeamS7RefusedUnnamedParse(t *testing.T) {
+	refused := ppParse("", "SELECT set_config('app.tenant_id', 'x', false)")
+	gone := ppFail("26000")
+	ran := ppOK(ppRan(ppWhoRow(tenantA)))
+	parsedRan := ppOK("ParseComplete", ppRan(ppWhoRow(tenantA)))
+	for _, tc := range []struct {
+		desc  string
+		steps []ppStep
+	}{{
+		desc: "refused, then B on the connection",
+		steps: []ppStep{
+			ppAs(ppA, parsedRan, ppParse("", ppWho), ppBind(""), ppExec(), ppSync()),
+			ppAs(ppA, ppFail("42501"), refused, ppSync()),
+			ppAs(ppB, nil, ppQuery(ppWho)),
+			ppAs(ppA, gone, ppBind(""), ppExec(), ppSync()),
+		},
+	}, {
+		desc: "refused, same connection",
+		steps: []ppStep{
+			ppAs(ppA, parsedRan, ppParse("", ppWho), ppBind(""), ppExec(), ppSync()),
+			ppAs(ppA, ppFail("42501"), refused, ppSync()),
+			ppAs(ppA, gone, ppBind(""), ppExec(), ppSync()),
+		},
+	}, {
+		desc: "skipped after an error: the statement stays",
+		steps: []ppStep{
+			ppAs(ppA, parsedRan, ppParse("", ppWho), ppBind(""), ppExec(), ppSync()),
+			ppAs(ppA, ppFail("42P01"), ppParse("x", ppMissing), refused, ppSync()),
+			ppAs(ppB, nil, ppQuery(ppWho)),
+			ppAs(ppA, ran, ppBind(""), ppExec(), ppSync()),
+		},
+	}} {
+		t.Run(tc.desc, func(t *testing.T) {
+			eachPoolMode(t, func(t *testing.T, m poolMode) {
+				p := startProxy(t, m.config(1, func(c *config.Config) {
+					c.Users = append(c.Users, config.User{Name: tenantA2.User, Password: tenantA2.Password, Tenant: tenantA2.ID})
+				}))
+				var conns []*ppConn
+				for _, tn := range ppTenants {
+					conns = append(conns, ppHijack(t, p.pgconnect(t, tn)))
+				}
+				got := ppRunSteps(conns, tc.steps)
+				for i, s := range tc.steps {
+					if s.want != nil && (i >= len(got) || !slices.Equal(got[i], s.want)) {
+						t.Errorf("step %d: %q, want %q", i, got[min(i, len(got)-1)], s.want)
+					}
+				}
+			})
+		})
+	}
 }

@@ -446,6 +446,18 @@ func (r *relay) relayMessage(typ byte, size int) error {
 		return r.relayStatementMessage(typ, size, msg, peeked)
 	}
 	if r.pooled() && typ == 'P' {
+		if len(msg) > 5 && msg[5] == 0 {
+			// A refused Parse of the unnamed statement: PostgreSQL drops
+			// the unnamed statement before parsing, so the client's is gone
+			// when its substitute fails, as after any failing Parse (and
+			// kept if the server skips it). Tracked as that Parse.
+			if peeked {
+				if _, err := r.cr.Discard(len(msg)); err != nil {
+					return err
+				}
+			}
+			return r.relayStatementMessage(typ, len(substitute), substitute, false)
+		}
 		r.stmts.record(replyEntry{seq: r.seq}) // the refusal's failing Parse
 	}
 	if r.assertDue != nil && (typ == 'E' && blindExecute || typ == 'Q' || typ == 'F') {
