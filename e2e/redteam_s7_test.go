@@ -249,3 +249,48 @@ func TestRedTeamS7RefusedUnnamedParse(t *testing.T) {
 		})
 	}
 }
+
+// Two-phase commit on an upstream that allows it (max_prepared_transactions
+// above 0): a prepared transaction belongs to the role, not to a session,
+// and every tenant's sessions share the role, so tenant B could list tenant
+// A's prepared transaction and roll it back (or commit it). PREPARE
+// TRANSACTION, COMMIT PREPARED and ROLLBACK PREPARED are refused through
+// pgtenant (42501), like pg_cancel_backend; one prepared outside pgtenant
+// stays untouched.
+func TestRedTeamS7TwoPhaseCommit(t *testing.T) {
+	ctx := context.Background()
+	c2, err := pgcluster.Start(ctx, pgcluster.Options{ExtraConf: []string{"max_prepared_transactions = 2"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = c2.Stop() })
+	if err := demo.Setup(ctx, c2); err != nil {
+		t.Fatal(err)
+	}
+	// Tenant A's transaction, prepared by its application on a direct connection.
+	direct, err := pgconn.Connect(ctx, c2.URL(demo.RLSRole, demo.RLSPassword, demo.Database))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer direct.Close(ctx)
+	queryRows(t, direct, "SET app.tenant_id = '"+tenantA.ID+"'; BEGIN; INSERT INTO projects (tenant_id, name) VALUES ('"+tenantA.ID+"', 'red-2pc'); PREPARE TRANSACTION 'red_a'")
+	eachPoolMode(t, func(t *testing.T, m poolMode) {
+		p := m.start(t, func(c *config.Config) { c.Upstream = c2.URL(demo.RLSRole, demo.RLSPassword, demo.Database) })
+		a, b := p.pgconnect(t, tenantA), p.pgconnect(t, tenantB)
+		for _, sql := range []string{"ROLLBACK PREPARED 'red_a'", "COMMIT PREPARED 'red_a'", "commit prepared 'red_a'"} {
+			if err := execErr(b, sql); pgCode(err) != "42501" {
+				t.Errorf("B: %s: %v, want 42501", sql, err)
+			}
+		}
+		if err := execErr(a, "BEGIN; INSERT INTO projects (tenant_id, name) VALUES ('"+tenantA.ID+"', 'red-2pc-b'); PREPARE TRANSACTION 'red_a2'"); pgCode(err) != "42501" {
+			t.Errorf("A: PREPARE TRANSACTION: %v, want 42501", err)
+		}
+		if got := queryOne(t, a, "SELECT current_setting('app.tenant_id')"); got != tenantA.ID {
+			t.Errorf("A after the refusal: %q", got)
+		}
+		if got := queryRows(t, direct, "SELECT gid FROM pg_prepared_xacts ORDER BY 1"); len(got) != 1 || got[0][0] != "red_a" {
+			t.Errorf("prepared transactions: %v, want A's red_a alone", got)
+		}
+	})
+	queryRows(t, direct, "ROLLBACK PREPARED 'red_a'")
+}
