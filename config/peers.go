@@ -80,10 +80,24 @@ func (c *Config) validatePeers(add func(field, format string, args ...any)) {
 			add(field+".address", "%q is already peers[%d]'s address; each replica needs an address of its own", p.Address, j)
 		case p.Address == c.Listen:
 			add(field+".address", "%q is the listen address, which any replica may answer; give each replica an address of its own for forwarded cancel requests", p.Address)
+		case onListenPort(p.Address, c.Listen):
+			add(field+".address", "%q has the port of listen %q, on which every replica takes clients on every address; give each replica a port of its own for forwarded cancel requests", p.Address, c.Listen)
 		default:
 			addrs[p.Address] = i
 		}
 	}
+}
+
+// onListenPort reports whether address is on the port of a listen address
+// whose host is unspecified: every replica (all have the same listen) then
+// takes clients there, whatever the host.
+func onListenPort(address, listen string) bool {
+	lhost, lport, err := net.SplitHostPort(listen)
+	if err != nil || lhost != "" && !net.ParseIP(lhost).IsUnspecified() {
+		return false
+	}
+	_, port, err := net.SplitHostPort(address)
+	return err == nil && port == lport
 }
 
 // validatePeerAddress accepts a host:port other replicas can dial.

@@ -35,6 +35,22 @@ func TestPeers(t *testing.T) {
 			desc: "the shared listen address as a peer's", yaml: "listen: \"0.0.0.0:6432\"\npeer_id: 1\npeers: [{id: 1, address: \"0.0.0.0:6432\"}]\n",
 			err: `peers[0].address: "0.0.0.0:6432" is the listen address`,
 		},
+		{
+			desc: "the listen port on a host, listen on every address", yaml: "listen: \"0.0.0.0:6432\"\npeer_id: 1\npeers: [{id: 1, address: \"10.0.0.11:6432\"}]\n",
+			err: `peers[0].address: "10.0.0.11:6432" has the port of listen "0.0.0.0:6432"`,
+		},
+		{
+			desc: "the listen port, listen on every IPv6 address", yaml: "listen: \"[::]:6432\"\npeer_id: 1\npeers: [{id: 1, address: \"h:6432\"}]\n",
+			err: `peers[0].address: "h:6432" has the port of listen "[::]:6432"`,
+		},
+		{
+			desc: "the listen port, listen with no host", yaml: "listen: \":6432\"\npeer_id: 1\npeers: [{id: 1, address: \"h:6432\"}]\n",
+			err: `peers[0].address: "h:6432" has the port of listen ":6432"`,
+		},
+		{
+			desc: "the listen port on another host than a listen host", yaml: "listen: \"10.0.0.5:6432\"\npeer_id: 1\npeers: [{id: 1, address: \"10.0.0.11:6432\"}]\n",
+			wantSelf: Peer{ID: 1, Address: "10.0.0.11:6432"},
+		},
 		{desc: "address without a port", yaml: "peer_id: 1\npeers: [{id: 1, address: \"h\"}]\n", err: `peers[0].address: "h" is not host:port`},
 		{desc: "address without a host", yaml: "peer_id: 1\npeers: [{id: 1, address: \":6441\"}]\n", err: `peers[0].address: ":6441" is not host:port`},
 		{desc: "port 0", yaml: "peer_id: 1\npeers: [{id: 1, address: \"h:0\"}]\n", err: `peers[0].address: port "0" must be a number from 1 to 65535`},

@@ -135,6 +135,21 @@ func overlayPool(base Pool, over UpstreamPool) Pool {
 	return base
 }
 
+// SchemaRoles maps the role of each tenant placed in a schema to that
+// tenant. A schema tenant is isolated by its role (USAGE on its schema
+// only): no other tenant may run as it.
+func (c *Config) SchemaRoles() map[string]string {
+	roles := map[string]string{}
+	for _, tenant := range slices.Sorted(maps.Keys(c.Tenants)) {
+		if l := c.Tenants[tenant]; l.Schema != "" && l.Role != "" {
+			if _, taken := roles[l.Role]; !taken {
+				roles[l.Role] = tenant
+			}
+		}
+	}
+	return roles
+}
+
 // validatePlacements checks the placement keys of tenants; tenant_defaults
 // may not have any (a placement is one tenant's).
 func (c *Config) validatePlacements(add func(field, format string, args ...any)) {
@@ -149,6 +164,7 @@ func (c *Config) validatePlacements(add func(field, format string, args ...any))
 		names = append(names, u.Name)
 	}
 	roles := map[string]string{} // tenant -> placement role
+	schemaRoles := c.SchemaRoles()
 	for _, tenant := range slices.Sorted(maps.Keys(c.Tenants)) {
 		l := c.Tenants[tenant]
 		field := fmt.Sprintf("tenants[%q]", tenant)
@@ -168,11 +184,17 @@ func (c *Config) validatePlacements(add func(field, format string, args ...any))
 		if hasControl(l.Role) {
 			add(field+".role", "must not contain control characters")
 		}
+		if owner := schemaRoles[l.Role]; l.Role != "" && owner != "" && owner != tenant {
+			add(field+".role", "%q is the role of tenant %q, placed in schema %q, which that role isolates: give each tenant placed in a schema a role of its own", l.Role, owner, c.Tenants[owner].Schema)
+		}
 		roles[tenant] = l.Role
 	}
 	for i, u := range c.Users {
-		if r := roles[u.Tenant]; r != "" && u.Role != "" && u.Role != r {
+		switch r := roles[u.Tenant]; {
+		case r != "" && u.Role != "" && u.Role != r:
 			add(UserField(i, u.Name), "role: %q differs from the role of its tenant's placement (tenants[%q].role %q); leave one out", u.Role, u.Tenant, r)
+		case u.Role != "" && schemaRoles[u.Role] != "" && schemaRoles[u.Role] != u.Tenant:
+			add(UserField(i, u.Name), "role: %q is the role of tenant %q, placed in schema %q: a user of tenant %q would reach that tenant's tables", u.Role, schemaRoles[u.Role], c.Tenants[schemaRoles[u.Role]].Schema, u.Tenant)
 		}
 	}
 }

@@ -55,6 +55,26 @@ func TestPlacement(t *testing.T) {
 			err:  `users[0] ("alice"): role: "other" differs from the role of its tenant's placement (tenants["acme"].role "r")`,
 		},
 		{
+			desc: "another tenant's schema role as a tenant's role",
+			yaml: "tenants: {acme: {role: r}, globex: {schema: s, role: r}}\n",
+			err:  `tenants["acme"].role: "r" is the role of tenant "globex", placed in schema "s"`,
+		},
+		{
+			desc: "two schema tenants with one role",
+			yaml: "tenants: {acme: {schema: s1, role: r}, globex: {schema: s2, role: r}}\n",
+			err:  `tenants["globex"].role: "r" is the role of tenant "acme", placed in schema "s1"`,
+		},
+		{
+			desc: "a user's role that is another tenant's schema role",
+			yaml: "    role: r\ntenants: {globex: {schema: s, role: r}}\n",
+			err:  `users[0] ("alice"): role: "r" is the role of tenant "globex", placed in schema "s": a user of tenant "acme" would reach that tenant's tables`,
+		},
+		{
+			desc:   "tenants in shared tables sharing a role",
+			yaml:   "tenants: {acme: {role: app_user}, globex: {role: app_user}}\n",
+			tenant: "globex", want: Placement{Upstream: DefaultUpstream, Role: "app_user"},
+		},
+		{
 			desc:   "a user's role equal to the placement's",
 			yaml:   "    role: r\ntenants: {acme: {schema: s, role: r}}\n",
 			tenant: "acme", want: Placement{Upstream: DefaultUpstream, Schema: "s", Role: "r"},

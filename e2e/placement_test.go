@@ -247,9 +247,9 @@ GRANT SELECT ON placement_users TO pgtenant_lookup;`)
 			t.Fatal(err)
 		}
 		superExec(t, demo.Database, fmt.Sprintf(`INSERT INTO placement_users VALUES
-    ('in_schema', '%[1]s', 'dd', NULL, 'placement_s2', 'placement_r2', NULL, 1234),
+    ('in_schema', '%[1]s', '%[2]s', NULL, 'placement_s2', 'placement_r2', NULL, 1234),
     ('in_database', '%[1]s', 'ee', 'c_db', NULL, NULL, true, NULL),
-    ('nowhere', '%[1]s', 'ff', 'mars', NULL, NULL, NULL, NULL)`, verifier))
+    ('nowhere', '%[1]s', 'ff', 'mars', NULL, NULL, NULL, NULL)`, verifier, tenantB.ID))
 		p := m.start(t, schemas, database, func(c *config.Config) {
 			c.DBUsers = &config.DBUsers{
 				Connection: pgcluster.Shared().URL("pgtenant_lookup", "lookup_pw", demo.Database),
@@ -261,7 +261,7 @@ GRANT SELECT ON placement_users TO pgtenant_lookup;`)
 
 		s := p.pgconnect(t, user("in_schema"))
 		if got := queryRows(t, s, "SELECT current_user, current_setting('app.tenant_id'), current_setting('statement_timeout'), note FROM placement_notes"); len(got) != 1 ||
-			!slices.Equal(got[0], []string{"placement_r2", "dd", "1234ms", "secret of s2"}) {
+			!slices.Equal(got[0], []string{"placement_r2", tenantB.ID, "1234ms", "secret of s2"}) {
 			t.Fatalf("in_schema sees %v", got)
 		}
 		for _, sql := range []string{"SET search_path TO placement_s1", "SET statement_timeout = 0", "SELECT note FROM placement_s1.placement_notes"} {

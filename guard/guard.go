@@ -345,6 +345,15 @@ func (c *checker) visit(m protoreflect.Message) bool {
 		}
 	case *pg_query.DoStmt:
 		return c.refuse("permission denied: DO blocks are not allowed through pgtenant", "")
+	case *pg_query.TransactionStmt:
+		switch n.Kind {
+		case pg_query.TransactionStmtKind_TRANS_STMT_PREPARE, pg_query.TransactionStmtKind_TRANS_STMT_COMMIT_PREPARED,
+			pg_query.TransactionStmtKind_TRANS_STMT_ROLLBACK_PREPARED:
+			// A prepared transaction belongs to the role, not the session,
+			// and pg_prepared_xacts shows every identifier.
+			return c.refuse("permission denied: two-phase commit (PREPARE TRANSACTION, COMMIT PREPARED, ROLLBACK PREPARED) is not allowed through pgtenant",
+				"Every tenant's sessions run as the same database role: any of them could commit or roll back another tenant's prepared transaction.")
+		}
 	case *pg_query.CreateFunctionStmt:
 		kind := "FUNCTION"
 		if n.IsProcedure {

@@ -293,6 +293,13 @@ var pooledCases = []struct {
 	{sql: `SELECT * FROM U&"pg_\0073tat_activity"`, pooled: CodeRefused, plain: CodeRefused},
 	{sql: "SELECT table_to_xml('pg_stat_activity', true, false, '')", pooled: CodeRefused, plain: CodeRefused},
 	{sql: "SELECT 'pg_stat_activity'"},
+	// Two-phase commit: a prepared transaction is the role's, any session of it may finish it.
+	{sql: "PREPARE TRANSACTION 'a1'", pooled: CodeRefused, plain: CodeRefused},
+	{sql: "commit prepared 'a1'", pooled: CodeRefused, plain: CodeRefused},
+	{sql: "ROLLBACK PREPARED 'a1'", pooled: CodeRefused, plain: CodeRefused},
+	{sql: "BEGIN; INSERT INTO t VALUES (1); PREPARE TRANSACTION 'a1'", pooled: CodeRefused, plain: CodeRefused},
+	{sql: "COMMIT"},
+	{sql: "SELECT 'prepared'"},
 	{sql: "SELECT setseed(0.42)", pooled: CodeNotSupported},
 	{sql: "SELECT random()"},
 	// 1. Session-level SET: carried by the relay, reported as changing settings.
@@ -401,7 +408,7 @@ var pooledCases = []struct {
 	{sql: "EXECUTE PGTENANT_S0123", pooled: CodeRefused},
 	{sql: "EXPLAIN EXECUTE pgtenant_ctx0", pooled: CodeRefused},
 	{sql: "CREATE TABLE t AS EXECUTE pgtenant_ctx1", pooled: CodeRefused},
-	{sql: "PREPARE TRANSACTION 'x'"},
+	{sql: "PREPARE TRANSACTION 'x'", pooled: CodeRefused, plain: CodeRefused}, // not SQL PREPARE: two-phase commit, refused in both modes
 	{sql: "DISCARD PLANS"},
 
 	// 6. Session-level advisory locks.
@@ -535,7 +542,7 @@ func TestPooledScreen(t *testing.T) {
 		"select * from projects where tenant_id = $1",
 		"INSERT INTO projects (tenant_id, name) VALUES ($1, $2)",
 		"WITH x AS (SELECT 1) SELECT * FROM x",
-		"SELECT tmp, holder, prepared, listener FROM t",
+		"SELECT tmp, holder, prepares, listener FROM t",
 	} {
 		if !screen([]byte(sql), true) {
 			t.Errorf("pooled screen sends %q to the parser", sql)

@@ -47,7 +47,8 @@ func isWordByte(c byte) bool {
 
 // screenWords are the words without which no refused construct can be
 // written: SET/RESET/DISCARD, DO, function and role DDL, ALTER ... SET on
-// databases and the system, extensions, LOAD, rules, pg_settings, the
+// databases and the system, extensions, LOAD, rules, pg_settings, two-phase
+// commit (PREPARE TRANSACTION, COMMIT/ROLLBACK PREPARED), the
 // functions that change settings or run SQL from text, and the views and
 // functions that show other sessions' statements.
 var screenWords = map[string]bool{
@@ -57,6 +58,7 @@ var screenWords = map[string]bool{
 	"grant": true, "revoke": true,
 	"database": true, "system": true, "extension": true, "load": true,
 	"rule": true, "pg_settings": true,
+	"prepare": true, "prepared": true, // two-phase commit
 	"set_config": true, "query_to_xml": true, "query_to_xml_and_xmlschema": true,
 	"query_to_xmlschema": true, "ts_stat": true, "ts_rewrite": true,
 	"loread": true, "lowrite": true, "pg_cancel_backend": true, "pg_terminate_backend": true,

@@ -43,9 +43,9 @@ type binding interface {
 	// deallocatedAll follows a Query that runs DEALLOCATE ALL or DISCARD ALL.
 	deallocatedAll()
 	// statement relays a Parse, Bind, Describe, Close or Query if the
-	// binding has its own way with statement names (done); refused: the
-	// guard replaced the message.
-	statement(typ byte, size int, msg []byte, peeked, refused bool) (done bool, err error)
+	// binding has its own way with statement names (done); substitute is
+	// what the guard replaced the message with, if it refused it.
+	statement(typ byte, size int, msg, substitute []byte, peeked bool) (done bool, err error)
 
 	// Reply side.
 

@@ -146,11 +146,22 @@ func (b leaseBinding) rewrite(msg []byte, peeked bool) ([]byte, bool, error) {
 // (relayBind), perhaps on another connection.
 func (b leaseBinding) deallocatedAll() { b.r.deallocateAll() }
 
-func (b leaseBinding) statement(typ byte, size int, msg []byte, peeked, refused bool) (bool, error) {
+func (b leaseBinding) statement(typ byte, size int, msg, substitute []byte, peeked bool) (bool, error) {
 	r := b.r
 	switch {
-	case !refused && (typ == 'P' || typ == 'B' || typ == 'D' || typ == 'C'):
+	case substitute == nil && (typ == 'P' || typ == 'B' || typ == 'D' || typ == 'C'):
 		return true, r.relayStatementMessage(typ, size, msg, peeked)
+	case typ == 'P' && len(msg) > 5 && msg[5] == 0:
+		// A refused Parse of the unnamed statement: PostgreSQL drops the
+		// unnamed statement before parsing, so the client's is gone when
+		// its substitute fails, as after any failing Parse (and kept if the
+		// server skips it). Tracked as that Parse.
+		if peeked {
+			if _, err := r.cr.Discard(len(msg)); err != nil {
+				return true, err
+			}
+		}
+		return true, r.relayStatementMessage(typ, len(substitute), substitute, false)
 	case typ == 'P':
 		r.stmts.record(replyEntry{seq: r.seq}) // the refusal's failing Parse
 	case typ == 'Q' && msg != nil:

@@ -46,7 +46,7 @@ func (b sessionBinding) rewrite(msg []byte, peeked bool) ([]byte, bool, error) {
 
 func (b sessionBinding) deallocatedAll() {}
 
-func (b sessionBinding) statement(byte, int, []byte, bool, bool) (bool, error) { return false, nil }
+func (b sessionBinding) statement(byte, int, []byte, []byte, bool) (bool, error) { return false, nil }
 
 // hidesStatus: pgtenant's own statements re-apply nothing the client set
 // on its own connection.

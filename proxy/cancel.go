@@ -44,10 +44,40 @@ type cancelRegistry struct {
 	peer    uint32
 	mu      sync.Mutex
 	targets map[cancelKey]cancelTarget
+	// forwarding are the other replicas' keys (process id and secret as
+	// sent) this replica is forwarding now (peers.go).
+	forwarding map[string]bool
 }
 
 func newCancelRegistry(peer uint32) *cancelRegistry {
-	return &cancelRegistry{peer: peer, targets: make(map[cancelKey]cancelTarget)}
+	return &cancelRegistry{peer: peer, targets: make(map[cancelKey]cancelTarget), forwarding: make(map[string]bool)}
+}
+
+// startForward marks the key of cr as being forwarded; false when it is
+// already: the request has come back to this replica on its way.
+func (c *cancelRegistry) startForward(cr *pgproto3.CancelRequest) (string, bool) {
+	k := forwardKey(cr)
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.forwarding[k] {
+		return k, false
+	}
+	c.forwarding[k] = true
+	return k, true
+}
+
+func (c *cancelRegistry) endForward(k string) {
+	c.mu.Lock()
+	delete(c.forwarding, k)
+	c.mu.Unlock()
+}
+
+// forwardKey is a CancelRequest's key as a map key, whatever the length
+// of its secret.
+func forwardKey(cr *pgproto3.CancelRequest) string {
+	var pid [4]byte
+	binary.BigEndian.PutUint32(pid[:], cr.ProcessID)
+	return string(pid[:]) + string(cr.SecretKey)
 }
 
 // register issues a key for target; the caller must unregister it.

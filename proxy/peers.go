@@ -130,6 +130,17 @@ func (s *Server) routeCancel(cr *pgproto3.CancelRequest, log *slog.Logger, fromP
 	case cancelUnknownPeer:
 		log.Debug("cancel request for an unknown peer id ignored")
 	case cancelForward:
+		// A peers address that reaches a listen address (the shared one, a
+		// load balancer's) rather than the replica's peer address brings
+		// the request back here as a client's, to be forwarded again, and
+		// again: while this replica forwards a key, it drops the same key.
+		// A loop then ends after one forward per replica.
+		k, ok := s.cancels.startForward(cr)
+		if !ok {
+			log.Warn("cancel request for another replica's key came back while this replica forwards it, dropped: the peers address of its replica must be that replica's own peer address, not a listen address", "address", p.Address)
+			return true
+		}
+		defer s.cancels.endForward(k)
 		// Unchanged: the key is the issuing replica's to look up.
 		fwd := cancelTarget{network: "tcp", address: p.Address, pid: cr.ProcessID, secret: cr.SecretKey}
 		if err := fwd.send(context.Background(), cfg.ConnectTimeout.Duration); err != nil {

@@ -4,6 +4,8 @@ import (
 	"encoding/binary"
 	"testing"
 
+	"github.com/jackc/pgx/v5/pgproto3"
+
 	"github.com/pgtenant/pgtenant/config"
 )
 
@@ -105,5 +107,33 @@ func TestRouteOf(t *testing.T) {
 				t.Fatalf("routeOf(%d, %#x, %v) = %d, %q; want %d, %q", tc.self, tc.pid, tc.fromPeer, got, to.Address, tc.want, tc.wantTo)
 			}
 		})
+	}
+}
+
+// A key being forwarded is refused a second forward until the first ends:
+// a request that comes back through a listen address stops there.
+func TestForwardInFlight(t *testing.T) {
+	reg := newCancelRegistry(1)
+	a := &pgproto3.CancelRequest{ProcessID: 2<<22 | 7, SecretKey: []byte{1, 2, 3, 4}}
+	b := &pgproto3.CancelRequest{ProcessID: 2<<22 | 7, SecretKey: []byte{1, 2, 3, 5}}
+	for _, step := range []struct {
+		desc string
+		cr   *pgproto3.CancelRequest
+		end  bool // end the forward of the previous start instead
+		want bool
+	}{
+		{desc: "a first forward", cr: a, want: true},
+		{desc: "the same key while it is forwarded", cr: a, want: false},
+		{desc: "another secret for the same pid", cr: b, want: true},
+		{desc: "the first forward ends", cr: a, end: true},
+		{desc: "the key again after it ended", cr: a, want: true},
+	} {
+		if step.end {
+			reg.endForward(forwardKey(step.cr))
+			continue
+		}
+		if _, got := reg.startForward(step.cr); got != step.want {
+			t.Errorf("%s: startForward = %v, want %v", step.desc, got, step.want)
+		}
 	}
 }

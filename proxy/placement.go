@@ -75,6 +75,13 @@ func (rt *runtime) placementOf(ident auth.Identity) (placement, error) {
 	case ident.Role != "":
 		role = ident.Role
 	}
+	if owner, ok := rt.schemaRoles[role]; ok && owner != ident.Tenant {
+		// A token's role claim or a db_users row naming another tenant's
+		// schema role (the config refuses users[].role doing so).
+		return placement{}, &pgconn.PgError{Severity: severityFatal, Code: codeInsufficientPrivilege,
+			Message: fmt.Sprintf("role %q of user %q is another tenant's: a tenant placed in a schema is isolated by its role", role, ident.User),
+			Hint:    "The identity source must give the user no role, or a role of its own tenant."}
+	}
 	if p.Schema != "" && role == "" {
 		return placement{}, &pgconn.PgError{Severity: severityFatal, Code: codeInsufficientPrivilege,
 			Message: fmt.Sprintf("tenant %q is placed in schema %q without a role", ident.Tenant, p.Schema),

@@ -450,7 +450,7 @@ func (r *relay) relayMessage(typ byte, size int) error {
 		return err
 	}
 	if typ == 'P' || typ == 'B' || typ == 'D' || typ == 'C' || typ == 'Q' {
-		if done, err := r.up.statement(typ, size, msg, peeked, substitute != nil); done {
+		if done, err := r.up.statement(typ, size, msg, substitute, peeked); done {
 			return err
 		}
 	}

@@ -95,6 +95,9 @@ type runtime struct {
 	limiters *rateLimiters // per-tenant transaction rate limits
 	// rolesInUse: some session may run as a role of its own (placement.go).
 	rolesInUse bool
+	// schemaRoles are the roles of the tenants placed in a schema, each
+	// with its tenant: no other tenant's session may run as one.
+	schemaRoles map[string]string
 }
 
 // New prepares a server from a validated config.
@@ -149,6 +152,7 @@ func (s *Server) Reload(cfg *config.Config, authn Authenticator) error {
 func newRuntime(cfg *config.Config, authn Authenticator, old *runtime, log *slog.Logger) (*runtime, error) {
 	rt := &runtime{
 		rolesInUse:     rolesInUse(cfg),
+		schemaRoles:    cfg.SchemaRoles(),
 		cfg:            cfg,
 		auth:           authn,
 		policy:         newStartupPolicy(cfg.TenantSetting).protect(cfg.ProtectedLimitSettings()),
