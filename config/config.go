@@ -113,6 +113,11 @@ type Limits struct {
 	MaxClients          int `yaml:"max_clients"`            // client connections in all
 	MaxClientsPerTenant int `yaml:"max_clients_per_tenant"` // sessions per tenant
 	MaxMessageSize      int `yaml:"max_message_size"`       // bytes in one protocol message (default 1 GiB, PostgreSQL's own bound)
+	// MaxPreparedBytes bounds what pgtenant keeps of one transaction-mode
+	// client's prepared statements (their texts, to prepare them again on
+	// other connections): default 64 MiB. Past it the session ends (54000):
+	// all tenants share pgtenant's memory.
+	MaxPreparedBytes int `yaml:"max_prepared_bytes"`
 	// IdleTimeout ends a session that sends nothing for this long outside a
 	// transaction; IdleInTransactionTimeout, inside one (its transaction
 	// rolls back).

@@ -136,6 +136,9 @@ func (c *Config) applyIdentityDefaults() {
 	if c.Limits.MaxMessageSize == 0 {
 		c.Limits.MaxMessageSize = 1 << 30
 	}
+	if c.Limits.MaxPreparedBytes == 0 {
+		c.Limits.MaxPreparedBytes = DefaultMaxPreparedBytes
+	}
 	if c.MetricsTenantLabels == 0 {
 		c.MetricsTenantLabels = 100
 	}
@@ -231,6 +234,9 @@ func (c *Config) validateIdentity(add func(field, format string, args ...any)) {
 	}
 	if c.Limits.MaxClients < 0 || c.Limits.MaxClientsPerTenant < 0 || c.Limits.IdleTimeout.Duration < 0 || c.Limits.IdleInTransactionTimeout.Duration < 0 {
 		add("limits", "values must not be negative (0 means no limit)")
+	}
+	if c.Limits.MaxPreparedBytes < 0 {
+		add("limits.max_prepared_bytes", "must not be negative")
 	}
 	if c.Limits.MaxMessageSize < 0 || c.Limits.MaxMessageSize > 1<<30 {
 		add("limits.max_message_size", "must be between 1 and 1073741824 bytes")

@@ -21,7 +21,9 @@ const (
 	DefaultPoolMaxLifetime       = time.Hour
 	DefaultPoolHealthCheckAfter  = 30 * time.Second
 	DefaultMaxPreparedStatements = 200
-	DefaultPinnedIdleTimeout     = 5 * time.Minute
+	// DefaultMaxPreparedBytes is limits.max_prepared_bytes unless set.
+	DefaultMaxPreparedBytes  = 64 << 20
+	DefaultPinnedIdleTimeout = 5 * time.Minute
 )
 
 // Pool configures how client sessions share upstream connections.

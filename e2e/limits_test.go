@@ -2,6 +2,7 @@ package e2e
 
 import (
 	"context"
+	"fmt"
 	"strings"
 	"testing"
 	"time"
@@ -85,5 +86,58 @@ func TestLimits(t *testing.T) {
 			time.Sleep(500 * time.Millisecond)
 			queryOne(t, other, "SELECT 1")
 		})
+	})
+}
+
+// limits.max_prepared_bytes bounds what pgtenant keeps of one
+// transaction-mode client's prepared statements (it prepares them again on
+// other connections, so it holds their texts): past it the session ends
+// with 54000, and a statement closed gives its bytes back. In session mode
+// the statements are the client's backend's, and PostgreSQL's business.
+func TestPreparedBytesLimit(t *testing.T) {
+	eachPoolMode(t, func(t *testing.T, m poolMode) {
+		p := m.start(t, func(c *config.Config) { c.Limits.MaxPreparedBytes = 64 << 10 })
+		conn := p.pgconnect(t, tenantA)
+		ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+		defer cancel()
+		text := "SELECT count(*) FROM projects /* " + strings.Repeat("x", 10<<10) + " */"
+		prepare := func(name string) error {
+			_, err := conn.Prepare(ctx, name, text, nil)
+			return err
+		}
+		for i := range 5 {
+			if err := prepare(fmt.Sprintf("s%d", i)); err != nil {
+				t.Fatalf("statement %d of 10 KiB under a limit of 64 KiB: %v", i, err)
+			}
+		}
+		for i := range 5 {
+			if err := conn.Deallocate(ctx, fmt.Sprintf("s%d", i)); err != nil {
+				t.Fatal(err)
+			}
+		}
+		for i := range 5 {
+			if err := prepare(fmt.Sprintf("t%d", i)); err != nil {
+				t.Fatalf("statement %d after closing the first five: %v", i, err)
+			}
+		}
+		var err error
+		for i := 5; i < 10; i++ {
+			if err = prepare(fmt.Sprintf("t%d", i)); err != nil {
+				break
+			}
+		}
+		if !m.tx {
+			if err != nil {
+				t.Fatalf("session mode: %v", err)
+			}
+			return
+		}
+		if pgCode(err) != "54000" || !strings.Contains(err.Error(), "max_prepared_bytes") {
+			t.Fatalf("transaction mode, 100 KiB of statements under a limit of 64 KiB: %v", err)
+		}
+		other := p.pgconnect(t, tenantB)
+		if got := queryOne(t, other, "SELECT current_setting('app.tenant_id')"); got != tenantB.ID {
+			t.Fatalf("another client: %q", got)
+		}
 	})
 }

@@ -511,14 +511,14 @@ func (r *relay) relayStatementMessage(typ byte, size int, msg []byte, peeked boo
 			st.record(replyEntry{seq: seq})
 			return r.writeRewrittenAs(len(msg), peeked, existing.client)
 		}
+		if err := st.overLimit(len(msg), r.maxPrepared); err != nil {
+			return err
+		}
 		server := serverStmtName(r.pctx.key, rest)
 		cs := &clientStmt{client: string(name), server: server, parse: appendParse(nil, server, rest), changes: r.changes, deallocates: r.deallocs, pins: r.pins, runs: r.stmtExecutes,
 			chans: r.channelChange(), makes: r.stmtMakes}
 		st.mu.Lock()
-		if st.byName == nil {
-			st.byName = map[string]*clientStmt{} // most clients never prepare by name
-		}
-		st.byName[string(name)] = cs
+		st.put(string(name), cs)
 		st.mu.Unlock()
 		had := sc.touch(server)
 		if had && r.ledger.pending.Load() <= 1 && byte(r.txStatus.Load()) != 'E' {
@@ -588,7 +588,7 @@ func (r *relay) relayStatementMessage(typ byte, size int, msg []byte, peeked boo
 		st.mu.Lock()
 		cs := st.byName[string(name)]
 		if cs != nil && typ == 'C' {
-			delete(st.byName, string(name))
+			st.remove(string(name))
 		}
 		st.mu.Unlock()
 		switch {
@@ -929,7 +929,7 @@ func (r *relay) deallocateOne(msg []byte, peeked bool) ([]byte, bool, error) {
 	st.mu.Lock()
 	cs := st.byName[name]
 	if cs != nil {
-		delete(st.byName, name)
+		st.remove(name)
 	}
 	st.mu.Unlock()
 	var server string

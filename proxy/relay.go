@@ -56,6 +56,7 @@ type relay struct {
 	refusals        refusals
 	expires         time.Time // no transaction may start after this (token expiry); zero: never
 	maxMessage      int       // largest client message accepted
+	maxPrepared     int       // limits.max_prepared_bytes (transaction mode: statements.overLimit)
 	idleTimeout     time.Duration
 	idleInTxTimeout time.Duration
 	upstreamTimeout time.Duration // no byte from the upstream for this long while a reply is owed ends the session

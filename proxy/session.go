@@ -328,7 +328,7 @@ func (s *Server) configureRelay(rt *runtime, rl *relay, ident auth.Identity) {
 		rl.rate = &rateLimit{bucket: rt.limiters.bucket(ident.Tenant), rate: tp.TransactionsPerSecond, burst: tp.RateLimitBurst, maxWait: tp.RateLimitWait}
 	}
 	lim := rt.cfg.Limits
-	rl.maxMessage = lim.MaxMessageSize
+	rl.maxMessage, rl.maxPrepared = lim.MaxMessageSize, lim.MaxPreparedBytes
 	rl.idleTimeout, rl.idleInTxTimeout = lim.IdleTimeout.Duration, lim.IdleInTransactionTimeout.Duration
 	rl.setUpstreamTimeout(lim.UpstreamTimeout.Duration)
 }

@@ -75,6 +75,11 @@ func (r *relay) carrySQLStatements(typ byte, edits []textEdit) ([]textEdit, *cli
 	if r.prepare == nil && len(runs) == 0 {
 		return edits, nil, nil
 	}
+	if added != nil {
+		if err := st.overLimit(0, r.maxPrepared); err != nil {
+			return nil, nil, err
+		}
+	}
 	if typ == 'P' {
 		r.stmtExecutes = runs // prepared ahead when the statement is bound
 		r.stmtMakes = added
@@ -162,7 +167,7 @@ func (r *relay) resolvePrepares(found []stmtTypes) {
 		i := slices.IndexFunc(found, func(f stmtTypes) bool { return f.server == cs.server })
 		if i < 0 {
 			if st.byName[cs.client] == cs {
-				delete(st.byName, cs.client)
+				st.remove(cs.client)
 			}
 			continue
 		}
@@ -174,6 +179,7 @@ func (r *relay) resolvePrepares(found []stmtTypes) {
 			rest = binary.BigEndian.AppendUint32(rest, uint32(n))
 		}
 		cs.parse = appendParse(nil, cs.server, rest)
+		st.grew(cs)
 	}
 	clear(r.carry.prepares)
 	r.carry.prepares = r.carry.prepares[:0]
@@ -208,10 +214,7 @@ func (r *relay) makeAtBind(tmpl *clientStmt) {
 func (r *relay) registerMade(cs *clientStmt) {
 	st := &r.stmts
 	st.mu.Lock()
-	if st.byName == nil {
-		st.byName = map[string]*clientStmt{}
-	}
-	st.byName[cs.client] = cs
+	st.put(cs.client, cs)
 	st.mu.Unlock()
 	r.sc.touch(cs.server)
 	r.carry.prepares = append(r.carry.prepares, cs)

@@ -97,11 +97,21 @@ type clientStmt struct {
 	chans *channelChange
 	// makes: it is a PREPARE; what each Bind of it makes (sqlprepared.go).
 	makes *clientStmt
+	// counted is what statements.bytes counts for it.
+	counted int
+}
+
+// size is what cs keeps in memory, roughly.
+func (cs *clientStmt) size() int {
+	return len(cs.client) + len(cs.server) + len(cs.parse) + len(cs.inner) + 128
 }
 
 // statements is a client's prepared-statement state in transaction mode.
 type statements struct {
-	byName             map[string]*clientStmt
+	byName map[string]*clientStmt
+	// bytes is what byName keeps (put, remove), bounded by
+	// limits.max_prepared_bytes at each new statement (overLimit).
+	bytes              int
 	unnamed            []byte // the client's last unnamed Parse, nil when it has none
 	unnamedChanges     bool   // like clientStmt.changes
 	unnamedDeallocates bool   // like clientStmt.deallocates
@@ -126,6 +136,49 @@ type statements struct {
 }
 
 var serverStmtPrefixBytes = []byte(serverStmtPrefix)
+
+// put names cs the client's statement name. Caller holds st.mu.
+func (st *statements) put(name string, cs *clientStmt) {
+	if st.byName == nil {
+		st.byName = map[string]*clientStmt{} // most clients never prepare by name
+	}
+	if old := st.byName[name]; old != nil {
+		st.bytes -= old.counted
+	}
+	cs.counted = cs.size()
+	st.bytes += cs.counted
+	st.byName[name] = cs
+}
+
+// remove forgets the client's statement name. Caller holds st.mu.
+func (st *statements) remove(name string) {
+	if old := st.byName[name]; old != nil {
+		st.bytes -= old.counted
+		delete(st.byName, name)
+	}
+}
+
+// grew counts what cs took on after put (a PREPARE's Parse, read back).
+// Caller holds st.mu.
+func (st *statements) grew(cs *clientStmt) {
+	if st.byName[cs.client] == cs {
+		n := cs.size()
+		st.bytes += n - cs.counted
+		cs.counted = n
+	}
+}
+
+// overLimit is the error ending a session whose statements, with more
+// bytes to come, would take more than max.
+func (st *statements) overLimit(more, max int) error {
+	st.mu.Lock()
+	n := st.bytes
+	st.mu.Unlock()
+	if max <= 0 || n+more <= max {
+		return nil
+	}
+	return fatalf(codeProgramLimitExceeded, "pgtenant: this session's prepared statements would take more than %d bytes of pgtenant's memory (limits.max_prepared_bytes); deallocate some", max)
+}
 
 // clientNames replaces, in text from the upstream, the names of server
 // statements with the client's names for them: with client, when the
@@ -278,12 +331,9 @@ func (st *statements) dropUnit(seq uint64, sc *serverConn, headFailed bool) {
 		}
 		switch e.kind {
 		case effectClientAdd, effectClientAddServer:
-			delete(st.byName, e.client)
+			st.remove(e.client)
 		case effectClientRemove:
-			if st.byName == nil {
-				st.byName = map[string]*clientStmt{}
-			}
-			st.byName[e.client] = e.stmt
+			st.put(e.client, e.stmt)
 		case effectClientUnnamed:
 			if i == st.head && headFailed {
 				// Failed: PostgreSQL drops the unnamed statement before it
@@ -312,6 +362,7 @@ func (st *statements) unitEnded(seq uint64, failed bool) {
 		st.deallocSeq = 0
 		if !failed {
 			clear(st.byName)
+			st.bytes = 0
 		}
 	}
 }
