@@ -80,30 +80,42 @@ func idleCheck(ctx context.Context, c *pgcluster.Cluster, o options, bin, dir st
 // moment and reads it again.
 func measureIdle(ctx context.Context, c *pgcluster.Cluster, name string, o options, pid int, connStr string) (idleResult, error) {
 	r := idleResult{Target: name, Mode: o.idleMode, N: o.idle}
+	what := fmt.Sprintf("%d %s-mode clients to %s", o.idle, o.idleMode, name)
+	return measureIdleWith(ctx, c, r, what, func() (int64, error) { return rss(pid) }, 30*time.Second, func() (func(), error) {
+		conns, err := openClients(ctx, connStr, o.idle, 50, o.idle >= 1000)
+		return func() { closeClients(conns) }, err
+	})
+}
+
+// measureIdleWith fills r: the memory measure gives, and the upstream
+// connections, before and after open logs r.N clients in (what says which
+// to whom), once the memory has settled (at most settleMax). stop, which
+// open returns, logs them out.
+func measureIdleWith(ctx context.Context, c *pgcluster.Cluster, r idleResult, what string, measure func() (int64, error), settleMax time.Duration, open func() (stop func(), err error)) (idleResult, error) {
 	time.Sleep(settle)
 	var err error
-	if r.RSSBefore, err = rss(pid); err != nil {
+	if r.RSSBefore, err = measure(); err != nil {
 		return r, err
 	}
 	if r.UpBefore, err = upstreamConns(ctx, c); err != nil {
 		return r, err
 	}
-	fmt.Fprintf(os.Stderr, "idle check: opening %d %s-mode clients to %s...\n", o.idle, o.idleMode, name)
+	fmt.Fprintf(os.Stderr, "idle check: opening %s...\n", what)
 	start := time.Now()
-	conns, err := openClients(ctx, connStr, o.idle, 50, o.idle >= 1000)
-	defer closeClients(conns)
+	stop, err := open()
+	defer stop()
 	if err != nil {
 		return r, err
 	}
 	r.Elapsed = time.Since(start).Round(100 * time.Millisecond)
-	if r.RSSAfter, err = settledRSS(pid, 30*time.Second); err != nil {
+	if r.RSSAfter, err = settled(measure, settleMax); err != nil {
 		return r, err
 	}
 	if r.UpAfter, err = upstreamConns(ctx, c); err != nil {
 		return r, err
 	}
 	fmt.Fprintf(os.Stderr, "idle check: %s: RSS %s -> %s, %.1f KiB per idle client; upstream connections %d -> %d (%s to connect)\n",
-		name, mib(r.RSSBefore), mib(r.RSSAfter), r.PerClient()/1024, r.UpBefore, r.UpAfter, r.Elapsed)
+		r.Target, mib(r.RSSBefore), mib(r.RSSAfter), r.PerClient()/1024, r.UpBefore, r.UpAfter, r.Elapsed)
 	return r, nil
 }
 
@@ -181,17 +193,12 @@ func closeClients(conns []*pgconn.PgConn) {
 	wg.Wait()
 }
 
-// settledRSS waits until pid's RSS has stopped falling (by less than 1% in
-// two seconds), at most max, and returns it. Logging in thousands of clients
+// settled waits until the memory measure gives has stopped falling (by
+// less than 1% in two seconds), at most max, and returns it. Logging in thousands of clients
 // takes memory that is free again afterwards, and the Go runtime gives free
 // memory back to the system gradually; pgtenant also parks clients idle for
 // over a second, which frees their goroutines. What stays is what idle
 // clients cost.
-func settledRSS(pid int, max time.Duration) (int64, error) {
-	return settled(func() (int64, error) { return rss(pid) }, max)
-}
-
-// settled waits until measure stops falling, as settledRSS.
 func settled(measure func() (int64, error), max time.Duration) (int64, error) {
 	time.Sleep(settle)
 	prev, err := measure()

@@ -70,30 +70,10 @@ func idleManyCheck(ctx context.Context, c *pgcluster.Cluster, o options, bin, di
 		}
 		return sum, nil
 	}
-	time.Sleep(settle)
-	if r.RSSBefore, err = total(); err != nil {
-		return r, err
-	}
-	if r.UpBefore, err = upstreamConns(ctx, c); err != nil {
-		return r, err
-	}
-	fmt.Fprintf(os.Stderr, "idle check: opening %d clients from %d processes to %d pgtenant replicas...\n", n, procs, procs)
-	start := time.Now()
-	stopClients, err := startIdleChildren(ctx, port, n, procs)
-	defer stopClients()
-	if err != nil {
-		return r, err
-	}
-	r.Elapsed = time.Since(start).Round(100 * time.Millisecond)
-	if r.RSSAfter, err = settled(total, 60*time.Second); err != nil {
-		return r, err
-	}
-	if r.UpAfter, err = upstreamConns(ctx, c); err != nil {
-		return r, err
-	}
-	fmt.Fprintf(os.Stderr, "idle check: %s: RSS %s -> %s, %.1f KiB per idle client; upstream connections %d -> %d (%s to connect)\n",
-		r.Target, mib(r.RSSBefore), mib(r.RSSAfter), r.PerClient()/1024, r.UpBefore, r.UpAfter, r.Elapsed)
-	return r, nil
+	what := fmt.Sprintf("%d clients from %d processes to %d pgtenant replicas", n, procs, procs)
+	return measureIdleWith(ctx, c, r, what, total, 60*time.Second, func() (func(), error) {
+		return startIdleChildren(ctx, port, n, procs)
+	})
 }
 
 // startIdleChildren runs procs client processes holding n clients in all
