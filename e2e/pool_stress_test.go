@@ -322,6 +322,12 @@ func (r stressRun) sampleUpstreams(t *testing.T, stop <-chan struct{}) map[stres
 		defer conn.Close(context.Background())
 		conns[place.cluster] = conn
 	}
+	// Backends of earlier tests' proxies may still be going away: only
+	// those started since the run began are this run's.
+	since := map[*pgcluster.Cluster]string{}
+	for cluster, conn := range conns {
+		since[cluster] = queryOne(t, conn, "SELECT now()::text")
+	}
 	for {
 		select {
 		case <-stop:
@@ -329,7 +335,7 @@ func (r stressRun) sampleUpstreams(t *testing.T, stop <-chan struct{}) map[stres
 		case <-time.After(20 * time.Millisecond):
 		}
 		for cluster, conn := range conns {
-			for db, n := range upstreamBackends(t, conn) {
+			for db, n := range upstreamBackends(t, conn, since[cluster]) {
 				place := stressPlace{cluster, db}
 				most[place] = max(most[place], n)
 			}
@@ -337,10 +343,11 @@ func (r stressRun) sampleUpstreams(t *testing.T, stop <-chan struct{}) map[stres
 	}
 }
 
-// upstreamBackends counts the login role's backends per database.
-func upstreamBackends(t *testing.T, conn *pgconn.PgConn) map[string]int {
+// upstreamBackends counts the login role's backends per database, those
+// started at since (a timestamp of the server's clock) or later.
+func upstreamBackends(t *testing.T, conn *pgconn.PgConn, since string) map[string]int {
 	out := map[string]int{}
-	for _, r := range queryRows(t, conn, "SELECT datname, count(*) FROM pg_stat_activity WHERE usename = '"+demo.RLSRole+"' AND backend_type = 'client backend' GROUP BY datname") {
+	for _, r := range queryRows(t, conn, "SELECT datname, count(*) FROM pg_stat_activity WHERE usename = '"+demo.RLSRole+"' AND backend_type = 'client backend' AND backend_start >= '"+since+"'::timestamptz GROUP BY datname") {
 		n, err := strconv.Atoi(r[1])
 		if err != nil {
 			t.Error(err)
