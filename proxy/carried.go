@@ -244,7 +244,7 @@ func (r *relay) takeReadback() error {
 	}
 	if next != nil {
 		r.pool.dropContext(r.pctx.key)
-		r.pctx, r.assertion = next, next.assertion
+		r.pctx, r.assertion = next, &next.assertion
 	}
 	return nil
 }

@@ -442,7 +442,7 @@ func (r *relay) movePooled(rt *runtime, ident auth.Identity, pl placement) error
 	settings := append(own, tenantCtx...)
 	pc := pl.up.pool.takeContext(settings, len(own))
 	r.pool.dropContext(r.pctx.key)
-	r.pool, r.pctx, r.assertion = pl.up.pool, pc, pc.assertion
+	r.pool, r.pctx, r.assertion = pl.up.pool, pc, &pc.assertion
 	r.context = settings[len(own):]
 	r.carryRules = rt.carryRules
 	if r.guard != nil {

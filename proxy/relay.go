@@ -51,7 +51,7 @@ type relay struct {
 	cw              *bufio.Writer // client writer, used only by the reply side
 	ur              *bufio.Reader
 	uw              *bufio.Writer // upstream writer, request side; nil outside a lease's write section (binding.go)
-	assertion       assertion
+	assertion       *assertion // shared: the pool context's in transaction mode
 	guard           *guard.Guard // nil when the guard is off for this user
 	refusals        refusals
 	expires         time.Time // no transaction may start after this (token expiry); zero: never
@@ -149,7 +149,7 @@ type relayStats struct {
 
 var errClientTerminated = errors.New("client sent Terminate")
 
-func newRelay(client net.Conn, cr *bufio.Reader, cw *bufio.Writer, upstream net.Conn, a assertion, g *guard.Guard, expires time.Time) *relay {
+func newRelay(client net.Conn, cr *bufio.Reader, cw *bufio.Writer, upstream net.Conn, a *assertion, g *guard.Guard, expires time.Time) *relay {
 	r := &relay{
 		maxMessage: maxMessageLen,
 		obs:        nopObserver{},

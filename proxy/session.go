@@ -294,7 +294,7 @@ func (s *Server) startSession(rt *runtime, st *startup, cr *bufio.Reader, cw *bu
 		return nil, err
 	}
 	log.Info("session started", "upstream_pid", hc.PID, "connect_ms", time.Since(start).Milliseconds(), "guard", g != nil)
-	rl := newRelay(st.conn, cr, cw, hc.Conn, a, g, ident.Expires)
+	rl := newRelay(st.conn, cr, cw, hc.Conn, &a, g, ident.Expires)
 	s.configureRelay(rt, rl, ident)
 	rl.watchTransactions(rt.cfg.TenantPolicy(ident.Tenant).MaxTransactionDuration, cancelTarget{network: addr.Network(), address: addr.String(), pid: hc.PID, secret: hc.SecretKey})
 	ss := &session{
@@ -380,7 +380,7 @@ func (s *Server) startPooledSession(rt *runtime, pl placement, st *startup, cr *
 	settings = append(settings, rt.contextSettings(ident, pl)...)
 	pool := pl.up.pool
 	pc := pool.takeContext(settings, len(names))
-	a := pc.assertion
+	a := &pc.assertion
 	g := rt.guards.pick(true, ident.ReadOnly, pl)
 	rl := newRelay(st.conn, cr, cw, nil, a, g, ident.Expires)
 	rl.pooledState = pooledState{
