@@ -56,7 +56,7 @@ func (b leaseBinding) take(typ byte, size int, startsUnit bool) (bool, error) {
 		// The connection's committed settings may not stay this client's.
 		r.noteSettingsChange()
 	}
-	if held && r.carry.touched {
+	if held && r.carryTouched() {
 		r.holdForReadback()
 	}
 	return held, nil
@@ -289,8 +289,9 @@ func (b leaseBinding) close(*session) {
 	r.endLease()
 	r.pool.dropContext(r.pctx.key)
 	r.leaseMu.Lock()
-	if next := r.carry.next; next != nil {
-		r.carry.next = nil
+	if c := r.carry; c != nil && c.next != nil {
+		next := c.next
+		c.next = nil
 		r.pool.dropContext(next.key)
 	}
 	r.unpinLocked()

@@ -66,7 +66,7 @@ func (r *relay) beforeListening(cc *channelChange, mirror mirrorMode) error {
 	r.noteSettingsChange() // the connection is reset before anyone else holds it, unless read back
 	ls.tracking = true
 	ls.allSeen = ls.allSeen || cc.all
-	r.carry.touched = true
+	r.carrying().touched = true
 	r.holdForReadback()
 	if mirror == mirrorNone || ls.mirrored {
 		return nil

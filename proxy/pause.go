@@ -264,7 +264,7 @@ func (r *relay) waitPaused() error {
 	// The exact transaction state first, with everything sent answered and
 	// the settings read back: then, in transaction mode, the lease is given
 	// back unless the connection is pinned.
-	if r.carry.touched {
+	if r.carryTouched() {
 		if err := r.readBack(); err != nil {
 			return err
 		}
@@ -429,7 +429,7 @@ func (r *relay) movePooled(rt *runtime, ident auth.Identity, pl placement) error
 	// (pinned idle timeout) under it.
 	r.leaseMu.Lock()
 	defer r.leaseMu.Unlock()
-	if r.sc != nil || r.listen.hub != nil || r.carry.sent {
+	if r.sc != nil || r.listen.hub != nil || r.carry != nil && r.carry.sent {
 		return errCannotMove
 	}
 	tenantCtx := rt.contextSettings(ident, pl)

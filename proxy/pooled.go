@@ -65,7 +65,11 @@ type pooledState struct {
 	// parameters, context the tenant context asserted after them.
 	startup, context []setting
 	carryRules       *carryRules
-	carry            carryState
+	// carry is nil until the client first does something its settings
+	// are read back for (carrying): most clients never do. The request
+	// side makes it; the reply side touches it only while a readback it
+	// sent is outstanding.
+	carry *carryState
 	// pin is why the held connection is pinned to this client ("": it is
 	// not; pinned.go), under leaseMu; pinned mirrors it for readers
 	// without the lock.

@@ -51,8 +51,8 @@ type relay struct {
 	cw              *bufio.Writer // client writer, used only by the reply side
 	ur              *bufio.Reader
 	uw              *bufio.Writer // upstream writer, request side; nil outside a lease's write section (binding.go)
-	assertion       *assertion // shared: the pool context's in transaction mode
-	guard           *guard.Guard // nil when the guard is off for this user
+	assertion       *assertion    // shared: the pool context's in transaction mode
+	guard           *guard.Guard  // nil when the guard is off for this user
 	refusals        refusals
 	expires         time.Time // no transaction may start after this (token expiry); zero: never
 	maxMessage      int       // largest client message accepted
@@ -262,7 +262,7 @@ func statementText(msg []byte) []byte {
 func (r *relay) clientToUpstream() error {
 	for {
 		if r.cr.Buffered() < 5 {
-			if r.carry.touched {
+			if r.carryTouched() {
 				// About to wait for the client: its settings, if they are
 				// final, are read back now, so that the lease can end.
 				if err := r.readBack(); err != nil {
@@ -295,7 +295,7 @@ func (r *relay) clientToUpstream() error {
 		if err := r.relayMessage(typ, size); err != nil {
 			return err
 		}
-		if r.carry.due {
+		if r.carry != nil && r.carry.due {
 			r.carry.due = false
 			if err := r.readBack(); err != nil {
 				return err
@@ -317,7 +317,7 @@ func (r *relay) relayMessage(typ byte, size int) error {
 	// Only a unit's first message may take a new connection: anything
 	// else with none held means pgtenant lost track of the stream.
 	startsUnit := typ == 'Q' || typ == 'F' || !r.inGroup && (typ == 'P' || typ == 'B' || typ == 'E' || typ == 'D' || typ == 'C' || typ == 'S')
-	if startsUnit && r.carry.sent {
+	if startsUnit && r.carry != nil && r.carry.sent {
 		// The settings and pin read back behind the last unit decide how
 		// this one is asserted, and whether it needs a new pin (check).
 		if err := r.takeReadback(); err != nil {
@@ -412,7 +412,7 @@ func (r *relay) relayMessage(typ byte, size int) error {
 		r.assertDue = nil // the group ends having run nothing that needed it
 	}
 	r.inGroup = inGroup
-	if r.carry.touched && !inGroup && step != stepDrop && step != stepIntoCopy && bytes.IndexByte(unitEnds, typ) >= 0 {
+	if r.carryTouched() && !inGroup && step != stepDrop && step != stepIntoCopy && bytes.IndexByte(unitEnds, typ) >= 0 {
 		r.carry.due = true // a unit or a COPY ends: read the settings back behind it
 	}
 	switch step {

@@ -158,7 +158,8 @@ func (r *relay) resolvePrepares(found []stmtTypes) {
 	st := &r.stmts
 	st.mu.Lock()
 	defer st.mu.Unlock()
-	for _, cs := range r.carry.prepares {
+	c := r.carrying()
+	for _, cs := range c.prepares {
 		i := slices.IndexFunc(found, func(f stmtTypes) bool { return f.server == cs.server })
 		if i < 0 {
 			if st.byName[cs.client] == cs {
@@ -175,8 +176,8 @@ func (r *relay) resolvePrepares(found []stmtTypes) {
 		}
 		cs.parse = appendParse(nil, cs.server, rest)
 	}
-	clear(r.carry.prepares)
-	r.carry.prepares = r.carry.prepares[:0]
+	clear(c.prepares)
+	c.prepares = c.prepares[:0]
 }
 
 // runsPin is what running the carried statements named pins, if anything.
@@ -214,7 +215,8 @@ func (r *relay) registerMade(cs *clientStmt) {
 	st.byName[cs.client] = cs
 	st.mu.Unlock()
 	r.sc.touch(cs.server)
-	r.carry.prepares = append(r.carry.prepares, cs)
-	r.carry.touched = true
+	c := r.carrying()
+	c.prepares = append(c.prepares, cs)
+	c.touched = true
 	r.holdForReadback()
 }
