@@ -295,7 +295,7 @@ func (r *relay) waitPaused() error {
 		case p == movedHold:
 			// The move lets go of the hold once the session is where the
 			// configuration places it (a reload meanwhile: again).
-			if err := r.moveTo(); err != nil {
+			if err := r.sess.move(); err != nil {
 				return err
 			}
 			continue

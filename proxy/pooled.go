@@ -101,7 +101,6 @@ type pooledState struct {
 	parker    *parker
 	parkFD    int32
 	noPark    atomic.Bool // set for good once the session ends or parking failed
-	resume    func()      // the session's way back from the parker
 	parkMu    sync.Mutex
 	parkState uint8 // parkNone, parkWaiting (in parkReader), parkTaken
 	parkSince int64 // when it started waiting, UnixNano

@@ -72,12 +72,12 @@ type relay struct {
 	rate        *rateLimit // the tenant's transaction rate limit; nil: none (limits.go)
 	// Pausing (pause.go): hold is the tenant's pause, movedHold, or nil;
 	// busy, set by the request side from a unit's start until it waits for
-	// the client again; moveTo (the session's) moves it after a resume;
+	// the client again; sess.move moves it after a resume;
 	// stop closes when the server does.
 	hold         atomic.Pointer[tenantPause]
 	busy         atomic.Bool
 	pauseTimeout time.Duration
-	moveTo       func() error
+	sess         *session // its session: what moves it (moveTo) and resumes it from the parker
 	stop         <-chan struct{}
 	txw          *txWatch                       // the tenant's max_transaction_duration; nil: none
 	endReason    atomic.Pointer[pgconn.PgError] // why pgtenant closed the upstream under the session (txWatch)

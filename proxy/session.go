@@ -312,7 +312,7 @@ func (s *Server) startSession(rt *runtime, st *startup, cr *bufio.Reader, cw *bu
 		upstreamPID: hc.PID,
 		started:     time.Now(),
 	}
-	rl.moveTo = ss.move
+	rl.sess = ss
 	return ss, nil
 }
 
@@ -432,8 +432,7 @@ func (s *Server) startPooledSession(rt *runtime, pl placement, st *startup, cr *
 	}
 	started = true // session.close drops the context
 	ss := &session{s: s, user: st.params["user"], client: st.conn, relay: rl, key: key, ident: ident, placedOn: pl.up.name, pl: pl, started: time.Now()}
-	rl.resume = ss.resume
-	rl.moveTo = ss.move
+	rl.sess = ss
 	return ss, nil
 }
 
@@ -441,6 +440,10 @@ func (s *Server) startPooledSession(rt *runtime, pl placement, st *startup, cr *
 // away closes the upstream connection, so an open transaction rolls back.
 // Whichever side ends first reports to the client, once.
 func (ss *session) run() { ss.relay.up.run(ss) }
+
+// resumeParked is how the parker gives a client back (a function, not a
+// closure per session: an idle client should cost little).
+func resumeParked(r *relay) { r.sess.resume() }
 
 // resume goes on with a session that the parker held, on a new goroutine.
 func (ss *session) resume() {
