@@ -152,7 +152,7 @@ func (b leaseBinding) statement(typ byte, size int, msg []byte, peeked, refused 
 	case !refused && (typ == 'P' || typ == 'B' || typ == 'D' || typ == 'C'):
 		return true, r.relayStatementMessage(typ, size, msg, peeked)
 	case typ == 'P':
-		r.stmts.record(replyEntry{seq: r.seq}) // the refusal's failing Parse
+		r.prepared().record(replyEntry{seq: r.seq}) // the refusal's failing Parse
 	case typ == 'Q' && msg != nil:
 		r.forgetUnnamed()
 	}
@@ -206,7 +206,7 @@ func (b leaseBinding) clientError(msg []byte, client string) pgproto3.BackendMes
 	if er.Decode(msg[5:]) != nil {
 		return nil
 	}
-	st := &b.r.stmts
+	st := b.r.prepared()
 	er.Message, er.Detail = st.clientNames(er.Message, client), st.clientNames(er.Detail, client)
 	return &er
 }

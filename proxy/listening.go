@@ -77,7 +77,7 @@ func (r *relay) beforeListening(cc *channelChange, mirror mirrorMode) error {
 			return err
 		}
 	}
-	st := &r.stmts
+	st := r.prepared()
 	var buf []byte
 	for _, ch := range append([]string{hubMarker}, ls.committed...) {
 		buf = mustEncode(buf, &pgproto3.Parse{Name: listenName, Query: "LISTEN " + quoteIdent(ch)})

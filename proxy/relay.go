@@ -1013,7 +1013,7 @@ func (r *relay) holds(w waitFor) bool {
 			// their statements: settle them here (the lease is held).
 			r.waitSilent = r.settleSilent(r.sc, r.waitSilent[:0])
 		}
-		return !r.stmts.pendingBefore(r.waitSeq)
+		return !r.prepared().pendingBefore(r.waitSeq)
 	}
 }
 
@@ -1038,6 +1038,10 @@ func (r *relay) await(cond waitFor) error {
 	r.waiting.Store(true)
 	defer r.waiting.Store(false)
 	var tick *time.Ticker
+	var stmtsChanged chan struct{} // nil (never ready) in session mode
+	if r.stmts != nil {
+		stmtsChanged = r.stmts.changed
+	}
 	for !r.holds(cond) {
 		if tick == nil {
 			tick = time.NewTicker(hangUpCheck)
@@ -1045,7 +1049,7 @@ func (r *relay) await(cond waitFor) error {
 		}
 		select {
 		case <-r.notify:
-		case <-r.stmts.changed:
+		case <-stmtsChanged:
 		case <-r.done:
 			return io.ErrUnexpectedEOF
 		case <-tick.C:

@@ -389,7 +389,6 @@ func (s *Server) startPooledSession(rt *runtime, pl placement, st *startup, cr *
 		startup:    settings[:len(names)],
 		context:    settings[len(names):],
 		carryRules: rt.carryRules,
-		stmts:      statements{changed: make(chan struct{}, 1)},
 	}
 	rl.up = leaseBinding{rl}
 	started := false

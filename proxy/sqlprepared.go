@@ -43,7 +43,7 @@ const readbackStmtTag = "stmt "
 // a new PREPARE (returned: its text is known once every edit is), and
 // prepares ahead what a Query runs.
 func (r *relay) carrySQLStatements(typ byte, edits []textEdit) ([]textEdit, *clientStmt, error) {
-	st := &r.stmts
+	st := r.prepared()
 	var runs []*clientStmt
 	var added *clientStmt
 	st.mu.Lock()
@@ -111,7 +111,7 @@ func (r *relay) prepareAhead(stmts []*clientStmt) error {
 			return err
 		}
 	}
-	st := &r.stmts
+	st := r.prepared()
 	var buf []byte
 	for _, cs := range missing {
 		buf = appendClose(buf, 'S', cs.server)
@@ -155,7 +155,7 @@ func readbackStmtsSQL(prepares []*clientStmt) string {
 // resolvePrepares settles the PREPAREs read back (request side): a statement
 // the server has is a Parse from now on; one it has not never was.
 func (r *relay) resolvePrepares(found []stmtTypes) {
-	st := &r.stmts
+	st := r.prepared()
 	st.mu.Lock()
 	defer st.mu.Unlock()
 	c := r.carrying()
@@ -207,7 +207,7 @@ func (r *relay) makeAtBind(tmpl *clientStmt) {
 // registerMade gives the client's name to a statement its PREPARE makes on
 // the held connection: its parameter types are read back behind the unit.
 func (r *relay) registerMade(cs *clientStmt) {
-	st := &r.stmts
+	st := r.prepared()
 	st.mu.Lock()
 	if st.byName == nil {
 		st.byName = map[string]*clientStmt{}
