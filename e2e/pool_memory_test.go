@@ -3,8 +3,6 @@ package e2e
 import (
 	"context"
 	"net"
-	"os"
-	"runtime/pprof"
 	"runtime"
 	"testing"
 	"time"
@@ -43,11 +41,6 @@ func BenchmarkIdleClientMemory(b *testing.B) {
 		after, afterStack := liveBytes()
 		b.ReportMetric(float64(after-before)/clients, "B/idle-client")
 		b.ReportMetric(float64(afterStack-beforeStack)/clients, "stack-B/idle-client")
-		if fn := os.Getenv("MEM_HEAPPROF"); fn != "" {
-			f, _ := os.Create(fn)
-			_ = pprof.Lookup("heap").WriteTo(f, 0)
-			f.Close()
-		}
 		for _, c := range conns {
 			c.Close()
 		}
