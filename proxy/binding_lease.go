@@ -56,7 +56,7 @@ func (b leaseBinding) take(typ byte, size int, startsUnit bool) (bool, error) {
 		// The connection's committed settings may not stay this client's.
 		r.noteSettingsChange()
 	}
-	if held && r.carry.touched {
+	if held && r.carryTouched() {
 		r.holdForReadback()
 	}
 	return held, nil
@@ -163,7 +163,7 @@ func (b leaseBinding) statement(typ byte, size int, msg, substitute []byte, peek
 		}
 		return true, r.relayStatementMessage(typ, len(substitute), substitute, false)
 	case typ == 'P':
-		r.stmts.record(replyEntry{seq: r.seq}) // the refusal's failing Parse
+		r.prepared().record(replyEntry{seq: r.seq}) // the refusal's failing Parse
 	case typ == 'Q' && msg != nil:
 		r.forgetUnnamed()
 	}
@@ -217,7 +217,7 @@ func (b leaseBinding) clientError(msg []byte, client string) pgproto3.BackendMes
 	if er.Decode(msg[5:]) != nil {
 		return nil
 	}
-	st := &b.r.stmts
+	st := b.r.prepared()
 	er.Message, er.Detail = st.clientNames(er.Message, client), st.clientNames(er.Detail, client)
 	return &er
 }
@@ -300,8 +300,9 @@ func (b leaseBinding) close(*session) {
 	r.endLease()
 	r.pool.dropContext(r.pctx.key)
 	r.leaseMu.Lock()
-	if next := r.carry.next; next != nil {
-		r.carry.next = nil
+	if c := r.carry; c != nil && c.next != nil {
+		next := c.next
+		c.next = nil
 		r.pool.dropContext(next.key)
 	}
 	r.unpinLocked()

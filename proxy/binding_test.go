@@ -18,10 +18,10 @@ func bindingRelay(t *testing.T, txMode bool) (*relay, *txPool) {
 	t.Cleanup(func() { up.Close(); other.Close() })
 	a := newAssertion([]setting{{name: "app.tenant_id", value: "t1"}})
 	if !txMode {
-		return newRelay(nil, nil, nil, up, a, nil, zeroTime), nil
+		return newRelay(nil, nil, nil, up, &a, nil, zeroTime), nil
 	}
 	pool := &txPool{active: map[string]int{"t1": 1}}
-	r := newRelay(nil, nil, nil, nil, a, nil, zeroTime)
+	r := newRelay(nil, nil, nil, nil, &a, nil, zeroTime)
 	r.tenant = "t1"
 	r.pooledState = pooledState{pool: pool, sc: &serverConn{conn: up, w: bufio.NewWriterSize(up, relayBufSize)}}
 	r.up = leaseBinding{r}

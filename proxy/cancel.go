@@ -41,16 +41,20 @@ func randomPID() uint32 {
 type cancelRegistry struct {
 	// peer is this replica's peer id, put in the keys it issues (peers.go);
 	// 0 without peers. Fixed for the process: keys outlive a reload.
-	peer    uint32
-	mu      sync.Mutex
+	peer uint32
+	mu   sync.Mutex
+	// targets are session-mode clients' upstream backends; pooled the
+	// transaction-mode clients, a map of its own so that an idle client's
+	// entry holds a pointer, not a whole cancelTarget.
 	targets map[cancelKey]cancelTarget
+	pooled  map[cancelKey]*relay
 	// forwarding are the other replicas' keys (process id and secret as
 	// sent) this replica is forwarding now (peers.go).
 	forwarding map[string]bool
 }
 
 func newCancelRegistry(peer uint32) *cancelRegistry {
-	return &cancelRegistry{peer: peer, targets: make(map[cancelKey]cancelTarget), forwarding: make(map[string]bool)}
+	return &cancelRegistry{peer: peer, targets: make(map[cancelKey]cancelTarget), pooled: make(map[cancelKey]*relay), forwarding: make(map[string]bool)}
 }
 
 // startForward marks the key of cr as being forwarded; false when it is
@@ -92,16 +96,25 @@ func (c *cancelRegistry) register(t cancelTarget) cancelKey {
 		var b [4]byte
 		_, _ = rand.Read(b[:])
 		k := cancelKey{pid: pid, secret: binary.BigEndian.Uint32(b[:])}
-		if _, taken := c.targets[k]; !taken {
-			c.targets[k] = t
-			return k
+		if _, taken := c.targets[k]; taken {
+			continue
 		}
+		if _, taken := c.pooled[k]; taken {
+			continue
+		}
+		if t.pooled != nil {
+			c.pooled[k] = t.pooled
+		} else {
+			c.targets[k] = t
+		}
+		return k
 	}
 }
 
 func (c *cancelRegistry) unregister(k cancelKey) {
 	c.mu.Lock()
 	delete(c.targets, k)
+	delete(c.pooled, k)
 	c.mu.Unlock()
 }
 
@@ -109,6 +122,13 @@ func (c *cancelRegistry) unregister(k cancelKey) {
 func (c *cancelRegistry) targetOf(k cancelKey) (cancelTarget, bool) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
+	return c.targetLocked(k)
+}
+
+func (c *cancelRegistry) targetLocked(k cancelKey) (cancelTarget, bool) {
+	if r, ok := c.pooled[k]; ok {
+		return cancelTarget{pooled: r}, true
+	}
 	t, ok := c.targets[k]
 	return t, ok
 }
@@ -119,8 +139,7 @@ func (c *cancelRegistry) lookup(pid uint32, secret []byte) (cancelTarget, bool) 
 	}
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	t, ok := c.targets[cancelKey{pid: pid, secret: binary.BigEndian.Uint32(secret)}]
-	return t, ok
+	return c.targetLocked(cancelKey{pid: pid, secret: binary.BigEndian.Uint32(secret)})
 }
 
 // send delivers a CancelRequest to the upstream backend. Like PostgreSQL,

@@ -32,6 +32,18 @@ import (
 // it is reset before anyone holds it next, even a client with the same
 // settings.
 
+// carrying returns the relay's carryState, making it at the first change
+// to carry (request side).
+func (r *relay) carrying() *carryState {
+	if r.carry == nil {
+		r.carry = new(carryState)
+	}
+	return r.carry
+}
+
+// carryTouched says the client's settings are to be read back.
+func (r *relay) carryTouched() bool { return r.carry != nil && r.carry.touched }
+
 // carryState is the relay's record of its client's settings changes.
 type carryState struct {
 	// Request side.
@@ -128,7 +140,7 @@ const maxCustomSettings = 64
 func (r *relay) noteSettingsChange() {
 	r.sc.settled = ""
 	r.sc.dirtyKey = changedKey
-	r.carry.touched = true
+	r.carrying().touched = true
 }
 
 // noteCustomSettings records the custom names a statement the client sent
@@ -137,16 +149,17 @@ func (r *relay) noteSettingsChange() {
 // the next client with the same settings.
 func (r *relay) noteCustomSettings(custom []string) *pgconn.PgError {
 	for _, name := range custom {
-		if slices.Contains(r.carry.custom, name) {
+		c := r.carrying()
+		if slices.Contains(c.custom, name) {
 			continue
 		}
-		if len(r.carry.custom) >= maxCustomSettings {
+		if len(c.custom) >= maxCustomSettings {
 			return &pgconn.PgError{Severity: severityError, Code: codeProgramLimitExceeded,
 				Message: "pgtenant carries at most " + strconv.Itoa(maxCustomSettings) + " custom settings per session in transaction pool mode",
 				Hint:    "Use fewer distinct custom setting names, or pool_mode: session for this client."}
 		}
-		r.carry.custom = append(r.carry.custom, name)
-		r.carry.msgs, r.carry.pinMsgs = nil, nil
+		c.custom = append(c.custom, name)
+		c.msgs, c.pinMsgs = nil, nil
 	}
 	return nil
 }
@@ -167,7 +180,7 @@ func (r *relay) holdForReadback() {
 // the moment the client goes quiet, reads back instead (and until then the
 // connection stays marked changed, and the lease held).
 func (r *relay) readBack() error {
-	if r.carry.sent {
+	if r.carry == nil || r.carry.sent {
 		return nil
 	}
 	// Between messages the request side may have no writer: take the held
@@ -217,8 +230,8 @@ func (r *relay) readBack() error {
 // takeReadback waits for the readback outstanding, if any, and takes the
 // client's settings from it: the next unit is asserted with them.
 func (r *relay) takeReadback() error {
-	c := &r.carry
-	if !c.sent {
+	c := r.carry
+	if c == nil || !c.sent {
 		return nil
 	}
 	if err := r.await(untilReadback); err != nil {
@@ -244,7 +257,7 @@ func (r *relay) takeReadback() error {
 	}
 	if next != nil {
 		r.pool.dropContext(r.pctx.key)
-		r.pctx, r.assertion = next, next.assertion
+		r.pctx, r.assertion = next, &next.assertion
 	}
 	return nil
 }
@@ -292,7 +305,7 @@ func twoTextColumns(body []byte) (string, string, bool) {
 // readbackAnswered ends a readback at its ReadyForQuery (reply side,
 // leaseMu held, the connection still this client's).
 func (r *relay) readbackAnswered(status byte) {
-	c := &r.carry
+	c := r.carry
 	defer func() {
 		c.rows, c.failed, c.pinLeft, c.stmts, c.chans = c.rows[:0], false, "", nil, nil
 		c.answered.Store(true)

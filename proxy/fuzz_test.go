@@ -435,7 +435,7 @@ type requestRun struct {
 func runRequestSide(t *testing.T, run requestRun) (upstream []byte, err error) {
 	t.Helper()
 	var up bytes.Buffer
-	r := newRelay(nil, bufio.NewReaderSize(run.reader, relayBufSize), nil, nil, newAssertion(fuzzSettings), run.guard, zeroTime)
+	r := newRelay(nil, bufio.NewReaderSize(run.reader, relayBufSize), nil, nil, ptrTo(newAssertion(fuzzSettings)), run.guard, zeroTime)
 	r.uw = bufio.NewWriterSize(&fakeUpstream{r: r, status: run.txStatus, out: &up}, relayBufSize)
 	r.txStatus.Store(uint32(run.txStatus))
 	withDeadline(t, "clientToUpstream", func() {

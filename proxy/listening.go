@@ -66,7 +66,7 @@ func (r *relay) beforeListening(cc *channelChange, mirror mirrorMode) error {
 	r.noteSettingsChange() // the connection is reset before anyone else holds it, unless read back
 	ls.tracking = true
 	ls.allSeen = ls.allSeen || cc.all
-	r.carry.touched = true
+	r.carrying().touched = true
 	r.holdForReadback()
 	if mirror == mirrorNone || ls.mirrored {
 		return nil
@@ -77,7 +77,7 @@ func (r *relay) beforeListening(cc *channelChange, mirror mirrorMode) error {
 			return err
 		}
 	}
-	st := &r.stmts
+	st := r.prepared()
 	var buf []byte
 	for _, ch := range append([]string{hubMarker}, ls.committed...) {
 		buf = mustEncode(buf, &pgproto3.Parse{Name: listenName, Query: "LISTEN " + quoteIdent(ch)})

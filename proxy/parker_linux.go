@@ -23,6 +23,7 @@ type parker struct {
 	epfd   int
 	wakefd int // eventfd: tells the loop to stop
 	sweep  func(idleSince time.Time)
+	resume func(*relay) // gives a client its goroutine back
 
 	// After freeAfter parks, when parking has stopped, free (at most every
 	// freeEvery): freeAfterParks, freeEvery and debug.FreeOSMemory, which
@@ -53,11 +54,11 @@ const (
 // newParker starts a parker whose loop calls sweep every parkAfter/2 to
 // find clients to park. It returns nil if the system refuses (the clients
 // then simply keep their goroutines).
-func newParker(sweep func(idleSince time.Time)) *parker {
-	return newParkerFreeing(sweep, freeAfterParks, freeEvery, debug.FreeOSMemory)
+func newParker(sweep func(idleSince time.Time), resume func(*relay)) *parker {
+	return newParkerFreeing(sweep, resume, freeAfterParks, freeEvery, debug.FreeOSMemory)
 }
 
-func newParkerFreeing(sweep func(idleSince time.Time), after uint64, every time.Duration, free func()) *parker {
+func newParkerFreeing(sweep func(idleSince time.Time), resume func(*relay), after uint64, every time.Duration, free func()) *parker {
 	epfd, err := unix.EpollCreate1(unix.EPOLL_CLOEXEC)
 	if err != nil {
 		return nil
@@ -72,7 +73,7 @@ func newParkerFreeing(sweep func(idleSince time.Time), after uint64, every time.
 		unix.Close(wakefd)
 		return nil
 	}
-	p := &parker{epfd: epfd, wakefd: wakefd, sweep: sweep, parked: map[int32]*relay{}, done: make(chan struct{}),
+	p := &parker{epfd: epfd, wakefd: wakefd, sweep: sweep, resume: resume, parked: map[int32]*relay{}, done: make(chan struct{}),
 		freeAfter: after, freeEvery: every, free: free}
 	go p.loop()
 	return p
@@ -113,7 +114,7 @@ func (p *parker) unpark(r *relay) {
 	}
 	p.mu.Unlock()
 	if parked {
-		go r.resume()
+		go p.resume(r)
 	}
 }
 
@@ -148,7 +149,7 @@ func (p *parker) loop() {
 			r := p.takeLocked(ev.Fd)
 			p.mu.Unlock()
 			if r != nil {
-				go r.resume()
+				go p.resume(r)
 			}
 		}
 		if now := time.Now(); now.Sub(lastSweep) >= parkAfter/2 {
@@ -194,7 +195,7 @@ func (p *parker) resumeAll() {
 	}
 	p.mu.Unlock()
 	for _, r := range parked {
-		go r.resume()
+		go p.resume(r)
 	}
 }
 

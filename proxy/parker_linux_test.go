@@ -1,6 +1,7 @@
 package proxy
 
 import (
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -21,8 +22,19 @@ func parkedRelay(t *testing.T) (r *relay, peer int, resumed chan struct{}) {
 	resumed = make(chan struct{}, 1)
 	r = &relay{}
 	r.parkFD = int32(fds[0])
-	r.resume = func() { resumed <- struct{}{} }
+	testResumed.Store(r, resumed)
+	t.Cleanup(func() { testResumed.Delete(r) })
 	return r, fds[1], resumed
+}
+
+// testResumed is each parkedRelay's resumed channel.
+var testResumed sync.Map
+
+// signalResumed is the tests' parkers' resume: it signals the relay's channel.
+func signalResumed(r *relay) {
+	if ch, ok := testResumed.Load(r); ok {
+		ch.(chan struct{}) <- struct{}{}
+	}
 }
 
 func TestParker(t *testing.T) {
@@ -99,7 +111,7 @@ func TestParker(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			testutil.NoLeaks(t)
-			p := newParker(func(time.Time) {})
+			p := newParker(func(time.Time) {}, signalResumed)
 			if p == nil {
 				t.Fatal("no parker on Linux")
 			}
@@ -124,7 +136,7 @@ func TestParkerFreesMemoryAfterABurst(t *testing.T) {
 		t.Run(tt.name, func(t *testing.T) {
 			testutil.NoLeaks(t)
 			var frees atomic.Int32
-			p := newParkerFreeing(func(time.Time) {}, 3, time.Hour, func() { frees.Add(1) })
+			p := newParkerFreeing(func(time.Time) {}, signalResumed, 3, time.Hour, func() { frees.Add(1) })
 			defer p.close()
 			for i := 0; i < tt.parks; i++ {
 				r, _, _ := parkedRelay(t)

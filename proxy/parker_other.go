@@ -11,7 +11,7 @@ import (
 // idle client keeps its goroutine.
 type parker struct{}
 
-func newParker(func(idleSince time.Time)) *parker { return nil }
+func newParker(func(idleSince time.Time), func(*relay)) *parker { return nil }
 
 func (p *parker) park(*relay) bool { return false }
 func (p *parker) unpark(*relay)    {}

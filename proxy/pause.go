@@ -264,7 +264,7 @@ func (r *relay) waitPaused() error {
 	// The exact transaction state first, with everything sent answered and
 	// the settings read back: then, in transaction mode, the lease is given
 	// back unless the connection is pinned.
-	if r.carry.touched {
+	if r.carryTouched() {
 		if err := r.readBack(); err != nil {
 			return err
 		}
@@ -295,7 +295,7 @@ func (r *relay) waitPaused() error {
 		case p == movedHold:
 			// The move lets go of the hold once the session is where the
 			// configuration places it (a reload meanwhile: again).
-			if err := r.moveTo(); err != nil {
+			if err := r.sess.move(); err != nil {
 				return err
 			}
 			continue
@@ -429,7 +429,7 @@ func (r *relay) movePooled(rt *runtime, ident auth.Identity, pl placement) error
 	// (pinned idle timeout) under it.
 	r.leaseMu.Lock()
 	defer r.leaseMu.Unlock()
-	if r.sc != nil || r.listen.hub != nil || r.carry.sent {
+	if r.sc != nil || r.listen.hub != nil || r.carry != nil && r.carry.sent {
 		return errCannotMove
 	}
 	tenantCtx := rt.contextSettings(ident, pl)
@@ -442,7 +442,7 @@ func (r *relay) movePooled(rt *runtime, ident auth.Identity, pl placement) error
 	settings := append(own, tenantCtx...)
 	pc := pl.up.pool.takeContext(settings, len(own))
 	r.pool.dropContext(r.pctx.key)
-	r.pool, r.pctx, r.assertion = pl.up.pool, pc, pc.assertion
+	r.pool, r.pctx, r.assertion = pl.up.pool, pc, &pc.assertion
 	r.context = settings[len(own):]
 	r.carryRules = rt.carryRules
 	if r.guard != nil {

@@ -49,7 +49,7 @@ func TestQuietForPause(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.desc, func(t *testing.T) {
-			r := newRelay(nil, nil, nil, nil, assertion{}, nil, zeroTime)
+			r := newRelay(nil, nil, nil, nil, &assertion{}, nil, zeroTime)
 			r.busy.Store(tt.busy)
 			if tt.pending {
 				r.ledger.begin()

@@ -51,7 +51,7 @@ func (r *relay) pinFor(reason string) *pgconn.PgError {
 	r.pin = reason
 	r.pinned.Store(true)
 	r.leaseMu.Unlock()
-	r.carry.touched = true // read back after every unit, to learn when it ends
+	r.carrying().touched = true // read back after every unit, to learn when it ends
 	r.obs.Pinned(reason, 1)
 	return nil
 }

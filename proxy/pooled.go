@@ -65,7 +65,11 @@ type pooledState struct {
 	// parameters, context the tenant context asserted after them.
 	startup, context []setting
 	carryRules       *carryRules
-	carry            carryState
+	// carry is nil until the client first does something its settings
+	// are read back for (carrying): most clients never do. The request
+	// side makes it; the reply side touches it only while a readback it
+	// sent is outstanding.
+	carry *carryState
 	// pin is why the held connection is pinned to this client ("": it is
 	// not; pinned.go), under leaseMu; pinned mirrors it for readers
 	// without the lock.
@@ -85,7 +89,9 @@ type pooledState struct {
 
 	failOnce sync.Once
 	respErr  error // why the reply side ended, once done is closed
-	stmts    statements
+	// stmts is nil until the client's first lease (prepared): a client
+	// that has run nothing keeps none.
+	stmts *statements
 
 	// An idle transaction-mode client holds no read or write buffer: the
 	// request side waits for its next bytes in park, the reply side
@@ -97,7 +103,6 @@ type pooledState struct {
 	parker    *parker
 	parkFD    int32
 	noPark    atomic.Bool // set for good once the session ends or parking failed
-	resume    func()      // the session's way back from the parker
 	parkMu    sync.Mutex
 	parkState uint8 // parkNone, parkWaiting (in parkReader), parkTaken
 	parkSince int64 // when it started waiting, UnixNano
@@ -263,6 +268,7 @@ func (r *relay) leaseFor(typ byte, startsUnit bool) (bool, error) {
 	if r.draining.Load() {
 		return false, errDraining
 	}
+	r.prepared() // before the reply side can need them
 	sc, err := r.pool.acquire(r.done, r.tenant, r.pctx)
 	if err != nil {
 		return false, err
@@ -468,7 +474,7 @@ func (r *relay) cancelPooled(timeout time.Duration) (uint32, bool, error) {
 // the caller has it (Parse always, through the guard).
 func (r *relay) relayStatementMessage(typ byte, size int, msg []byte, peeked bool) error {
 	sc := r.sc
-	st := &r.stmts
+	st := r.prepared()
 	seq := r.seq
 	// Decisions rest on what the connection and the client have prepared;
 	// an earlier Sync group whose Parse or Close is still unanswered may be
@@ -648,7 +654,7 @@ func (r *relay) relayBind(size int) error {
 		return fatalf(codeProtocolViolation, "invalid Bind message: names too long")
 	}
 	headLen := 5 + len(portal) + 1 + len(stmt) + 1
-	st := &r.stmts
+	st := r.prepared()
 	seq := r.seq
 	server := string(stmt)
 	if len(stmt) == 0 {
@@ -759,7 +765,7 @@ func (r *relay) ensurePrepared(cs *clientStmt, seq uint64) error {
 	if r.sc.touch(cs.server) {
 		return nil
 	}
-	st := &r.stmts
+	st := r.prepared()
 	buf := appendClose(nil, 'S', cs.server)
 	st.record(replyEntry{seq: seq, action: replyHide, kind: effectServerRemove, server: cs.server})
 	buf = append(buf, cs.parse...)
@@ -780,7 +786,7 @@ func (r *relay) ensureUnnamed(seq uint64) error {
 			return err
 		}
 	}
-	sc, st := r.sc, &r.stmts
+	sc, st := r.sc, r.prepared()
 	st.mu.Lock()
 	unnamed, gen := st.unnamed, st.gen
 	st.mu.Unlock()
@@ -824,7 +830,7 @@ func (r *relay) evict(keep string, seq uint64) error {
 		}
 		delete(sc.prepared, oldest)
 		sc.mu.Unlock()
-		r.stmts.record(replyEntry{seq: seq, action: replyHide, kind: effectServerRemove, server: oldest, had: true})
+		r.prepared().record(replyEntry{seq: seq, action: replyHide, kind: effectServerRemove, server: oldest, had: true})
 		if err := r.sendMsgs(appendClose(nil, 'S', oldest), fromClient); err != nil {
 			return err
 		}
@@ -840,11 +846,11 @@ func (r *relay) writeRewritten(size int, peeked bool) error {
 // writeRewrittenAs is writeRewritten for a message whose errors name the
 // client's statement client (see relayError).
 func (r *relay) writeRewrittenAs(size int, peeked bool, client string) error {
-	r.ledger.sendMsgs(r.stmts.scratch, r.seq, fromClient)
+	r.ledger.sendMsgs(r.prepared().scratch, r.seq, fromClient)
 	if client != "" {
 		r.ledger.nameLast(client)
 	}
-	if _, err := r.uw.Write(r.stmts.scratch); err != nil {
+	if _, err := r.uw.Write(r.prepared().scratch); err != nil {
 		return err
 	}
 	if peeked {
@@ -873,7 +879,7 @@ func (r *relay) deallocateAll() {
 	// DEALLOCATE ALL in a failed block or behind a failed statement does
 	// not run. What the connection has is forgotten now (forgetting too
 	// much is safe: statements are closed before they are prepared again).
-	st := &r.stmts
+	st := r.prepared()
 	st.mu.Lock()
 	st.deallocSeq = r.seq
 	st.mu.Unlock()
@@ -887,9 +893,10 @@ func (r *relay) deallocateAll() {
 // once the server runs it (queryRan): after an error the server skips
 // Queries up to the next Sync, and they drop nothing.
 func (r *relay) forgetUnnamed() {
-	r.stmts.mu.Lock()
-	r.queryGen = r.stmts.gen
-	r.stmts.mu.Unlock()
+	st := r.prepared()
+	st.mu.Lock()
+	r.queryGen = st.gen
+	st.mu.Unlock()
 }
 
 // queryRan follows a Query the server ran on sc (its ReadyForQuery): it
@@ -898,7 +905,7 @@ func (r *relay) forgetUnnamed() {
 // unnamed statement sc holds for another client predates this lease, so
 // the Query dropped it too.
 func (r *relay) queryRan(gen uint64, sc *serverConn) {
-	st := &r.stmts
+	st := r.prepared()
 	st.mu.Lock()
 	if st.gen == gen {
 		st.unnamed = nil
@@ -925,7 +932,7 @@ func (r *relay) queryRan(gen uint64, sc *serverConn) {
 // failed block) leaves the statement gone for the client too, where
 // PostgreSQL would keep it.
 func (r *relay) deallocateOne(msg []byte, peeked bool) ([]byte, bool, error) {
-	st, name := &r.stmts, r.dealloc
+	st, name := r.prepared(), r.dealloc
 	st.mu.Lock()
 	cs := st.byName[name]
 	if cs != nil {

@@ -145,7 +145,7 @@ func (r *relay) check(msg []byte) (substitute []byte, resets, deallocates bool, 
 		verdictErr = r.checkListening()
 	}
 	if pins == "" && verdictErr == nil {
-		pins = r.stmts.runsPin(r.executes) // what the carried statements it runs pin
+		pins = r.prepared().runsPin(r.executes) // what the carried statements it runs pin
 	}
 	r.pins = pins
 	if verdictErr == nil && pins != "" {

@@ -51,8 +51,8 @@ type relay struct {
 	cw              *bufio.Writer // client writer, used only by the reply side
 	ur              *bufio.Reader
 	uw              *bufio.Writer // upstream writer, request side; nil outside a lease's write section (binding.go)
-	assertion       assertion
-	guard           *guard.Guard // nil when the guard is off for this user
+	assertion       *assertion    // shared: the pool context's in transaction mode
+	guard           *guard.Guard  // nil when the guard is off for this user
 	refusals        refusals
 	expires         time.Time // no transaction may start after this (token expiry); zero: never
 	maxMessage      int       // largest client message accepted
@@ -73,12 +73,12 @@ type relay struct {
 	rate        *rateLimit // the tenant's transaction rate limit; nil: none (limits.go)
 	// Pausing (pause.go): hold is the tenant's pause, movedHold, or nil;
 	// busy, set by the request side from a unit's start until it waits for
-	// the client again; moveTo (the session's) moves it after a resume;
+	// the client again; sess.move moves it after a resume;
 	// stop closes when the server does.
 	hold         atomic.Pointer[tenantPause]
 	busy         atomic.Bool
 	pauseTimeout time.Duration
-	moveTo       func() error
+	sess         *session // its session: what moves it (moveTo) and resumes it from the parker
 	stop         <-chan struct{}
 	txw          *txWatch                       // the tenant's max_transaction_duration; nil: none
 	endReason    atomic.Pointer[pgconn.PgError] // why pgtenant closed the upstream under the session (txWatch)
@@ -150,7 +150,7 @@ type relayStats struct {
 
 var errClientTerminated = errors.New("client sent Terminate")
 
-func newRelay(client net.Conn, cr *bufio.Reader, cw *bufio.Writer, upstream net.Conn, a assertion, g *guard.Guard, expires time.Time) *relay {
+func newRelay(client net.Conn, cr *bufio.Reader, cw *bufio.Writer, upstream net.Conn, a *assertion, g *guard.Guard, expires time.Time) *relay {
 	r := &relay{
 		maxMessage: maxMessageLen,
 		obs:        nopObserver{},
@@ -263,7 +263,7 @@ func statementText(msg []byte) []byte {
 func (r *relay) clientToUpstream() error {
 	for {
 		if r.cr.Buffered() < 5 {
-			if r.carry.touched {
+			if r.carryTouched() {
 				// About to wait for the client: its settings, if they are
 				// final, are read back now, so that the lease can end.
 				if err := r.readBack(); err != nil {
@@ -296,7 +296,7 @@ func (r *relay) clientToUpstream() error {
 		if err := r.relayMessage(typ, size); err != nil {
 			return err
 		}
-		if r.carry.due {
+		if r.carry != nil && r.carry.due {
 			r.carry.due = false
 			if err := r.readBack(); err != nil {
 				return err
@@ -318,7 +318,7 @@ func (r *relay) relayMessage(typ byte, size int) error {
 	// Only a unit's first message may take a new connection: anything
 	// else with none held means pgtenant lost track of the stream.
 	startsUnit := typ == 'Q' || typ == 'F' || !r.inGroup && (typ == 'P' || typ == 'B' || typ == 'E' || typ == 'D' || typ == 'C' || typ == 'S')
-	if startsUnit && r.carry.sent {
+	if startsUnit && r.carry != nil && r.carry.sent {
 		// The settings and pin read back behind the last unit decide how
 		// this one is asserted, and whether it needs a new pin (check).
 		if err := r.takeReadback(); err != nil {
@@ -413,7 +413,7 @@ func (r *relay) relayMessage(typ byte, size int) error {
 		r.assertDue = nil // the group ends having run nothing that needed it
 	}
 	r.inGroup = inGroup
-	if r.carry.touched && !inGroup && step != stepDrop && step != stepIntoCopy && bytes.IndexByte(unitEnds, typ) >= 0 {
+	if r.carryTouched() && !inGroup && step != stepDrop && step != stepIntoCopy && bytes.IndexByte(unitEnds, typ) >= 0 {
 		r.carry.due = true // a unit or a COPY ends: read the settings back behind it
 	}
 	switch step {
@@ -1014,7 +1014,7 @@ func (r *relay) holds(w waitFor) bool {
 			// their statements: settle them here (the lease is held).
 			r.waitSilent = r.settleSilent(r.sc, r.waitSilent[:0])
 		}
-		return !r.stmts.pendingBefore(r.waitSeq)
+		return !r.prepared().pendingBefore(r.waitSeq)
 	}
 }
 
@@ -1039,6 +1039,10 @@ func (r *relay) await(cond waitFor) error {
 	r.waiting.Store(true)
 	defer r.waiting.Store(false)
 	var tick *time.Ticker
+	var stmtsChanged chan struct{} // nil (never ready) in session mode
+	if r.stmts != nil {
+		stmtsChanged = r.stmts.changed
+	}
 	for !r.holds(cond) {
 		if tick == nil {
 			tick = time.NewTicker(hangUpCheck)
@@ -1046,7 +1050,7 @@ func (r *relay) await(cond waitFor) error {
 		}
 		select {
 		case <-r.notify:
-		case <-r.stmts.changed:
+		case <-stmtsChanged:
 		case <-r.done:
 			return io.ErrUnexpectedEOF
 		case <-tick.C:

@@ -48,7 +48,7 @@ func requestSideTo(t testing.TB, stream []byte, g *guard.Guard, txStatus byte, u
 // (context_scope: transaction) when local.
 func requestSideScoped(t testing.TB, stream []byte, g *guard.Guard, txStatus byte, upstream io.Writer, local bool) {
 	r := newRelay(nil, bufio.NewReaderSize(bytes.NewReader(stream), relayBufSize), nil, nil,
-		newAssertion([]setting{{name: "app.tenant_id", value: "t1", local: local}}), g, zeroTime)
+		ptrTo(newAssertion([]setting{{name: "app.tenant_id", value: "t1", local: local}})), g, zeroTime)
 	r.uw = bufio.NewWriterSize(&fakeUpstream{r: r, status: txStatus, out: upstream}, relayBufSize)
 	r.txStatus.Store(uint32(txStatus))
 	err := r.clientToUpstream()
@@ -245,7 +245,7 @@ func BenchmarkRequestSide(b *testing.B) {
 // n units, each ending with ReadyForQuery, writing to the client writer w.
 func responseSide(t testing.TB, stream []byte, n int, w io.Writer) {
 	r := newRelay(nil, nil, bufio.NewWriterSize(w, relayBufSize), nil,
-		newAssertion([]setting{{name: "app.tenant_id", value: "t1"}}), nil, zeroTime)
+		ptrTo(newAssertion([]setting{{name: "app.tenant_id", value: "t1"}})), nil, zeroTime)
 	r.ur = bufio.NewReaderSize(bytes.NewReader(stream), relayBufSize)
 	// Every Query sent up front: no goroutine, nothing but the response
 	// side allocating.
@@ -291,3 +291,6 @@ func BenchmarkResponseSide(b *testing.B) {
 	}
 	b.ReportMetric(float64(b.Elapsed().Nanoseconds())/float64(b.N*4*n), "ns/msg")
 }
+
+// ptrTo returns a pointer to a copy of v.
+func ptrTo[T any](v T) *T { return &v }

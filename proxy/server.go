@@ -447,7 +447,7 @@ func (s *Server) parkerFor() *parker {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.parker == nil && !s.closed {
-		s.parker = newParker(s.takeIdle)
+		s.parker = newParker(s.takeIdle, resumeParked)
 	}
 	return s.parker
 }

@@ -294,7 +294,7 @@ func (s *Server) startSession(rt *runtime, st *startup, cr *bufio.Reader, cw *bu
 		return nil, err
 	}
 	log.Info("session started", "upstream_pid", hc.PID, "connect_ms", time.Since(start).Milliseconds(), "guard", g != nil)
-	rl := newRelay(st.conn, cr, cw, hc.Conn, a, g, ident.Expires)
+	rl := newRelay(st.conn, cr, cw, hc.Conn, &a, g, ident.Expires)
 	s.configureRelay(rt, rl, ident)
 	rl.watchTransactions(rt.cfg.TenantPolicy(ident.Tenant).MaxTransactionDuration, cancelTarget{network: addr.Network(), address: addr.String(), pid: hc.PID, secret: hc.SecretKey})
 	ss := &session{
@@ -312,7 +312,7 @@ func (s *Server) startSession(rt *runtime, st *startup, cr *bufio.Reader, cw *bu
 		upstreamPID: hc.PID,
 		started:     time.Now(),
 	}
-	rl.moveTo = ss.move
+	rl.sess = ss
 	return ss, nil
 }
 
@@ -380,7 +380,7 @@ func (s *Server) startPooledSession(rt *runtime, pl placement, st *startup, cr *
 	settings = append(settings, rt.contextSettings(ident, pl)...)
 	pool := pl.up.pool
 	pc := pool.takeContext(settings, len(names))
-	a := pc.assertion
+	a := &pc.assertion
 	g := rt.guards.pick(true, ident.ReadOnly, pl)
 	rl := newRelay(st.conn, cr, cw, nil, a, g, ident.Expires)
 	rl.pooledState = pooledState{
@@ -389,7 +389,6 @@ func (s *Server) startPooledSession(rt *runtime, pl placement, st *startup, cr *
 		startup:    settings[:len(names)],
 		context:    settings[len(names):],
 		carryRules: rt.carryRules,
-		stmts:      statements{changed: make(chan struct{}, 1)},
 	}
 	rl.up = leaseBinding{rl}
 	started := false
@@ -432,8 +431,7 @@ func (s *Server) startPooledSession(rt *runtime, pl placement, st *startup, cr *
 	}
 	started = true // session.close drops the context
 	ss := &session{s: s, user: st.params["user"], client: st.conn, relay: rl, key: key, ident: ident, placedOn: pl.up.name, pl: pl, started: time.Now()}
-	rl.resume = ss.resume
-	rl.moveTo = ss.move
+	rl.sess = ss
 	return ss, nil
 }
 
@@ -441,6 +439,10 @@ func (s *Server) startPooledSession(rt *runtime, pl placement, st *startup, cr *
 // away closes the upstream connection, so an open transaction rolls back.
 // Whichever side ends first reports to the client, once.
 func (ss *session) run() { ss.relay.up.run(ss) }
+
+// resumeParked is how the parker gives a client back (a function, not a
+// closure per session: an idle client should cost little).
+func resumeParked(r *relay) { r.sess.resume() }
 
 // resume goes on with a session that the parker held, on a new goroutine.
 func (ss *session) resume() {

@@ -43,7 +43,7 @@ const readbackStmtTag = "stmt "
 // a new PREPARE (returned: its text is known once every edit is), and
 // prepares ahead what a Query runs.
 func (r *relay) carrySQLStatements(typ byte, edits []textEdit) ([]textEdit, *clientStmt, error) {
-	st := &r.stmts
+	st := r.prepared()
 	var runs []*clientStmt
 	var added *clientStmt
 	st.mu.Lock()
@@ -116,7 +116,7 @@ func (r *relay) prepareAhead(stmts []*clientStmt) error {
 			return err
 		}
 	}
-	st := &r.stmts
+	st := r.prepared()
 	var buf []byte
 	for _, cs := range missing {
 		buf = appendClose(buf, 'S', cs.server)
@@ -160,10 +160,11 @@ func readbackStmtsSQL(prepares []*clientStmt) string {
 // resolvePrepares settles the PREPAREs read back (request side): a statement
 // the server has is a Parse from now on; one it has not never was.
 func (r *relay) resolvePrepares(found []stmtTypes) {
-	st := &r.stmts
+	st := r.prepared()
 	st.mu.Lock()
 	defer st.mu.Unlock()
-	for _, cs := range r.carry.prepares {
+	c := r.carrying()
+	for _, cs := range c.prepares {
 		i := slices.IndexFunc(found, func(f stmtTypes) bool { return f.server == cs.server })
 		if i < 0 {
 			if st.byName[cs.client] == cs {
@@ -181,8 +182,8 @@ func (r *relay) resolvePrepares(found []stmtTypes) {
 		cs.parse = appendParse(nil, cs.server, rest)
 		st.grew(cs)
 	}
-	clear(r.carry.prepares)
-	r.carry.prepares = r.carry.prepares[:0]
+	clear(c.prepares)
+	c.prepares = c.prepares[:0]
 }
 
 // runsPin is what running the carried statements named pins, if anything.
@@ -212,12 +213,13 @@ func (r *relay) makeAtBind(tmpl *clientStmt) {
 // registerMade gives the client's name to a statement its PREPARE makes on
 // the held connection: its parameter types are read back behind the unit.
 func (r *relay) registerMade(cs *clientStmt) {
-	st := &r.stmts
+	st := r.prepared()
 	st.mu.Lock()
 	st.put(cs.client, cs)
 	st.mu.Unlock()
 	r.sc.touch(cs.server)
-	r.carry.prepares = append(r.carry.prepares, cs)
-	r.carry.touched = true
+	c := r.carrying()
+	c.prepares = append(c.prepares, cs)
+	c.touched = true
 	r.holdForReadback()
 }

@@ -266,9 +266,15 @@ func (st *statements) record(e replyEntry) {
 	st.mu.Unlock()
 }
 
+// The reply side's methods below take a nil *statements (a client before
+// its first lease, prepared) as one with nothing recorded.
+
 // reply tells the reply side what to do with a ParseComplete or
 // CloseComplete: the oldest recorded Parse or Close answers to it.
 func (st *statements) reply() replyAction {
+	if st == nil {
+		return replyForward // nothing recorded
+	}
 	st.mu.Lock()
 	defer st.mu.Unlock()
 	if st.head == len(st.replies) {
@@ -300,6 +306,9 @@ func (st *statements) pendingBefore(seq uint64) bool {
 // Close messages that got no reply: the upstream skipped them, or failed the
 // oldest of them (headFailed: the error answers a Parse or Close).
 func (st *statements) dropUnit(seq uint64, sc *serverConn, headFailed bool) {
+	if st == nil {
+		return // nothing recorded
+	}
 	st.mu.Lock()
 	defer st.mu.Unlock()
 	end := st.head
@@ -356,6 +365,9 @@ func (st *statements) dropUnit(seq uint64, sc *serverConn, headFailed bool) {
 
 // unitEnded applies a DEALLOCATE ALL of unit seq once it has succeeded.
 func (st *statements) unitEnded(seq uint64, failed bool) {
+	if st == nil {
+		return
+	}
 	st.mu.Lock()
 	defer st.mu.Unlock()
 	if st.deallocSeq != 0 && st.deallocSeq == seq {
@@ -369,6 +381,9 @@ func (st *statements) unitEnded(seq uint64, failed bool) {
 
 // reset forgets the replies of a connection that is gone.
 func (st *statements) reset() {
+	if st == nil {
+		return
+	}
 	st.mu.Lock()
 	clear(st.replies)
 	st.replies, st.head = st.replies[:0], 0
@@ -382,4 +397,14 @@ func splitName(b []byte) (name, rest []byte, ok bool) {
 		return nil, nil, false
 	}
 	return b[:i], b[i+1:], true
+}
+
+// prepared returns the client's statements, making them at the first use:
+// on the request side, at the latest before its first lease, so that the
+// reply side (which reads them only under a lease) always finds them.
+func (r *relay) prepared() *statements {
+	if r.stmts == nil {
+		r.stmts = &statements{changed: make(chan struct{}, 1)}
+	}
+	return r.stmts
 }
