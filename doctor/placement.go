@@ -68,7 +68,9 @@ type Report struct {
 // Targets lists the placements cfg describes, upstream by upstream in
 // the config's order, the shared tables (or database) before the
 // schemas. tenants are the tenant ids known besides cfg.Tenants' keys
-// (the users', a db_users sample); each is placed as cfg.Placement says.
+// (the users', a db_users sample); each is placed as cfg.Placement says,
+// over which a db_users row's upstream, schema and role go (as pgtenant
+// places its sessions).
 //
 // The default upstream holds shared tables unless everything known lives
 // elsewhere or in schemas: tenants pgtenant does not know in advance (from
@@ -96,7 +98,7 @@ func Targets(cfg *config.Config, tenants []Tenant) []Target {
 		data := Target{Upstream: up.Name, URL: up.URL, Kind: PlacementDatabase}
 		schemas := Target{Upstream: up.Name, URL: up.URL, Kind: PlacementSchema}
 		for _, id := range ids {
-			p := cfg.Placement(id)
+			p := placementOf(cfg, byID[id])
 			switch {
 			case p.Upstream != up.Name:
 			case p.Schema != "":
@@ -118,6 +120,22 @@ func Targets(cfg *config.Config, tenants []Tenant) []Target {
 		}
 	}
 	return out
+}
+
+// placementOf is where t lives: its config placement, with what its
+// db_users row says over it.
+func placementOf(cfg *config.Config, t Tenant) config.Placement {
+	p := cfg.Placement(t.ID)
+	if t.Upstream != "" {
+		p.Upstream = t.Upstream
+	}
+	if t.Schema != "" {
+		p.Schema = t.Schema
+	}
+	if t.Role != "" {
+		p.Role = t.Role
+	}
+	return p
 }
 
 // Check inspects every target, connecting to each upstream once (with

@@ -28,6 +28,7 @@ func TestTargets(t *testing.T) {
 		desc    string
 		cfg     config.Config
 		tenants []string // from users
+		placed  []Tenant // from db_users rows
 		want    []string // "upstream/kind/tenant ids"
 	}{
 		{desc: "upstream only", want: []string{"default/shared tables/"}},
@@ -63,6 +64,12 @@ func TestTargets(t *testing.T) {
 			want: []string{"default/shared tables/", "default/schema per tenant/" + tenant3},
 		},
 		{
+			desc:   "db_users rows place tenants over the config",
+			cfg:    config.Config{DBUsers: &config.DBUsers{}, Upstreams: []config.Upstream{{Name: "eu", URL: "postgres://eu/db"}}},
+			placed: []Tenant{{ID: tenant4, Upstream: "eu"}, {ID: tenant5, Schema: "s5", Role: "r5"}, {ID: tenant1}},
+			want:   []string{"default/shared tables/" + tenant1, "default/schema per tenant/" + tenant5, "eu/database per tenant/" + tenant4},
+		},
+		{
 			desc: "several tenants on another upstream share its tables",
 			cfg: config.Config{
 				Upstreams: []config.Upstream{{Name: "eu", URL: "postgres://eu/db"}},
@@ -80,6 +87,7 @@ func TestTargets(t *testing.T) {
 			for i, id := range tt.tenants {
 				tenants = append(tenants, Tenant{ID: id, Source: fmt.Sprintf("users[%d]", i)})
 			}
+			tenants = append(tenants, tt.placed...)
 			var got []string
 			for _, tg := range Targets(&cfg, tenants) {
 				var ids []string

@@ -17,6 +17,9 @@ import (
 type Tenant struct {
 	ID     string
 	Source string
+	// Upstream, Schema and Role place the tenant over the config's
+	// placement, as a db_users row's columns do.
+	Upstream, Schema, Role string
 }
 
 // TenantCast is a policy that casts the tenant setting to a type, e.g.
@@ -248,26 +251,39 @@ func typeSQL(tn *pg_query.TypeName, version int32) (string, error) {
 
 // SampleTenants runs a db_users query without its WHERE clause (the $1
 // lookup), limited to limit rows, on conn (the lookup role's connection),
-// and returns the distinct tenants of its second column. A query that is
-// not a plain SELECT, or uses $1 elsewhere, cannot be sampled.
-func SampleTenants(ctx context.Context, conn *pgconn.PgConn, query string, limit int) ([]string, error) {
+// and returns the distinct tenants of its second column, each with the
+// placement its row's upstream, schema and role columns give (the first
+// row of a tenant's wins). A query that is not a plain SELECT, or uses $1
+// elsewhere, cannot be sampled.
+func SampleTenants(ctx context.Context, conn *pgconn.PgConn, query string, limit int) ([]Tenant, error) {
 	sql, err := sampleSQL(query, limit)
 	if err != nil {
 		return nil, err
 	}
-	d := &doctor{conn: conn}
-	rows, err := d.query(ctx, sql)
-	if err != nil {
-		return nil, fmt.Errorf("sampling db_users: %w", err)
+	res := conn.ExecParams(ctx, sql, nil, nil, nil, nil).Read()
+	if res.Err != nil {
+		return nil, fmt.Errorf("sampling db_users: %w", res.Err)
 	}
-	var out []string
-	for _, r := range rows {
+	column := map[string]int{}
+	for i, fd := range res.FieldDescriptions {
+		column[fd.Name] = i
+	}
+	value := func(r [][]byte, name string) string {
+		if i, ok := column[name]; ok && i < len(r) {
+			return string(r[i])
+		}
+		return ""
+	}
+	var out []Tenant
+	for _, r := range res.Rows {
 		if len(r) < 2 || r[1] == nil {
 			continue
 		}
-		if !slices.Contains(out, *r[1]) {
-			out = append(out, *r[1])
+		id := string(r[1])
+		if slices.ContainsFunc(out, func(t Tenant) bool { return t.ID == id }) {
+			continue
 		}
+		out = append(out, Tenant{ID: id, Source: "db_users", Upstream: value(r, "upstream"), Schema: value(r, "schema"), Role: value(r, "role")})
 	}
 	return out, nil
 }

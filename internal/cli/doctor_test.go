@@ -76,6 +76,14 @@ func TestDoctor(t *testing.T) {
 	if err := os.WriteFile(placementsFile, []byte(placementsCfg), 0o600); err != nil {
 		t.Fatal(err)
 	}
+	// The same placement, from a db_users row's upstream column.
+	rowsFile := filepath.Join(t.TempDir(), "rows.yaml")
+	rowsCfg := fmt.Sprintf("upstream: %q\nupstreams: [{name: gone, url: %q}]\nusers:\n  - {name: a, password: p, tenant: %s}\n"+
+		"db_users: {connection: %q, query: 'SELECT verifier, tenant, upstream FROM cli_placed_users WHERE name = $1'}\n",
+		clean, gone, demo.TenantA.ID, c.URL("cli_lookup", "cli_lookup_pw", demo.Database))
+	if err := os.WriteFile(rowsFile, []byte(rowsCfg), 0o600); err != nil {
+		t.Fatal(err)
+	}
 	tests := []struct {
 		desc   string
 		args   []string
@@ -101,6 +109,10 @@ func TestDoctor(t *testing.T) {
 		{"wrong password", []string{"--upstream", c.URL(demo.RLSRole, "wrong", demo.Database)}, 1, []string{
 			"upstream default, shared tables:\n  reachable:\n    upstream default: cannot be reached (", "password authentication failed", "1 problem found"}, ""},
 		{"placements", []string{"--config", placementsFile}, 1, []string{
+			"upstream default, shared tables (tenant " + demo.TenantA.ID + "):\n  no problems\n",
+			"upstream gone, database per tenant (tenant " + demo.TenantB.ID + "):\n  reachable:\n    upstream gone: cannot be reached (",
+			"1 problem found"}, ""},
+		{"placements from db_users rows", []string{"--config", rowsFile}, 1, []string{
 			"upstream default, shared tables (tenant " + demo.TenantA.ID + "):\n  no problems\n",
 			"upstream gone, database per tenant (tenant " + demo.TenantB.ID + "):\n  reachable:\n    upstream gone: cannot be reached (",
 			"1 problem found"}, ""},

@@ -48,15 +48,7 @@ func dbUserTenants(ctx context.Context, cfg *config.Config) ([]doctor.Tenant, er
 		return nil, fmt.Errorf("db_users: %w", err)
 	}
 	defer conn.Close(context.Background())
-	ids, err := doctor.SampleTenants(ctx, conn, cfg.DBUsers.Query, dbUsersSampleSize)
-	if err != nil {
-		return nil, err
-	}
-	out := make([]doctor.Tenant, len(ids))
-	for i, id := range ids {
-		out[i] = doctor.Tenant{ID: id, Source: "db_users"}
-	}
-	return out, nil
+	return doctor.SampleTenants(ctx, conn, cfg.DBUsers.Query, dbUsersSampleSize)
 }
 
 // connect opens a connection for a check, named so in pg_stat_activity.

@@ -51,7 +51,11 @@ GRANT SELECT ON accounts TO %[2]s;`, intDatabase, demo.RLSRole)},
 CREATE TABLE IF NOT EXISTS cli_text_users (name text PRIMARY KEY, verifier text NOT NULL, tenant text NOT NULL);
 GRANT SELECT ON cli_text_users TO cli_lookup;
 TRUNCATE cli_text_users;
-INSERT INTO cli_text_users VALUES ('ok', '%[1]s', '%[2]s'), ('bad', '%[1]s', 'globex');`, verifier, demo.TenantA.ID)},
+INSERT INTO cli_text_users VALUES ('ok', '%[1]s', '%[2]s'), ('bad', '%[1]s', 'globex');
+CREATE TABLE IF NOT EXISTS cli_placed_users (name text PRIMARY KEY, verifier text NOT NULL, tenant text NOT NULL, upstream text);
+GRANT SELECT ON cli_placed_users TO cli_lookup;
+TRUNCATE cli_placed_users;
+INSERT INTO cli_placed_users VALUES ('b', '%[1]s', '%[3]s', 'gone');`, verifier, demo.TenantA.ID, demo.TenantB.ID)},
 	}
 	for _, s := range steps {
 		if err := c.Exec(ctx, s.db, s.sql); err != nil {
