@@ -3,6 +3,8 @@ package e2e
 import (
 	"context"
 	"fmt"
+	"io"
+	"log/slog"
 	"slices"
 	"strings"
 	"testing"
@@ -12,6 +14,7 @@ import (
 
 	"github.com/pgtenant/pgtenant/auth"
 	"github.com/pgtenant/pgtenant/config"
+	"github.com/pgtenant/pgtenant/internal/cli"
 	"github.com/pgtenant/pgtenant/internal/demo"
 	"github.com/pgtenant/pgtenant/internal/pgcluster"
 )
@@ -49,7 +52,8 @@ GRANT SELECT ON moved_users TO pgtenant_lookup;`)
 // and C is resumed. The resume reads the row again (past the lookup
 // cache): in transaction mode C's existing sessions run their next
 // transactions in the new database; in session mode they end with 57P01;
-// a new login goes to the new database. Then the row is deleted while C
+// a login that waited during the pause, and a new one, go to the new
+// database. Then the row is deleted while C
 // is paused again: at the resume, C's session ends with 28000. A, not
 // paused, runs all along without an error.
 func TestPauseMoveDatabaseUsersTenant(t *testing.T) {
@@ -69,6 +73,9 @@ func TestPauseMoveDatabaseUsersTenant(t *testing.T) {
 		if info := p.srv.Pause(ctx, tenantC.ID, 5*time.Second); info.InTransaction != 0 {
 			t.Fatalf("pause: %+v", info)
 		}
+		// A login during the pause authenticates with the cached row, then waits.
+		cLogin := goConnect(t, p.connString(cUser))
+		eventually(t, 5*time.Second, "C's login to wait", func() bool { return pausedWaiting(p, tenantC.ID) == 1 })
 		superExec(t, demo.Database, "UPDATE moved_users SET upstream = 'c_db' WHERE name = 'c_moved'")
 		if info, err := p.srv.Resume(tenantC.ID); err != nil || info.Moved != 2 {
 			t.Fatalf("resume: %+v %v, want 2 sessions moved", info, err)
@@ -84,6 +91,13 @@ func TestPauseMoveDatabaseUsersTenant(t *testing.T) {
 			if len(got) != 1 || !slices.Equal(got[0], []string{placementDB, tenantC.ID, "secret of C"}) {
 				t.Fatalf("session %d after the move sees %v, want C's own database", i, got)
 			}
+		}
+		l := cLogin.wait(t, 5*time.Second, "C's login")
+		if l.err != nil {
+			t.Fatalf("C's login during the pause: %v", l.err)
+		}
+		if got := queryOne(t, l.conn, "SELECT current_database()"); got != placementDB {
+			t.Fatalf("C's login during the pause went to %s", got)
 		}
 		n := p.pgconnect(t, cUser)
 		if got := queryOne(t, n, "SELECT current_database() || ' ' || current_setting('app.tenant_id')"); got != placementDB+" "+tenantC.ID {
@@ -102,11 +116,45 @@ func TestPauseMoveDatabaseUsersTenant(t *testing.T) {
 		if _, err := pgconn.Connect(ctx, p.connString(cUser)); pgCode(err) != "28P01" {
 			t.Fatalf("a login of the deleted user: %v, want 28P01", err)
 		}
-		if n, errs := stopA(); len(errs) > 0 || n < 5 {
+		if n, errs := stopA(); len(errs) > 0 || n == 0 {
 			t.Fatalf("A during C's moves: %d queries, errors %v", n, errs)
 		}
 		if got := queryOne(t, a, "SELECT current_database() || ' ' || current_setting('app.tenant_id')"); got != demo.Database+" "+tenantA.ID {
 			t.Fatalf("A after C's moves: %s", got)
+		}
+	})
+}
+
+// A reload that removes the upstream a db_users user's row placed its
+// session on, after the row was changed to the shared tables: the reload
+// reads the row again for the sessions it moves. In transaction mode the
+// session's next transaction runs in the shared database (by the old row
+// it would have no placement left); in session mode it ends with 57P01.
+func TestReloadMovesDatabaseUsersSession(t *testing.T) {
+	eachPoolMode(t, func(t *testing.T, m poolMode) {
+		cUser, placed := dbUsersPlaced(t)
+		superExec(t, demo.Database, "UPDATE moved_users SET upstream = 'c_db' WHERE name = 'c_moved'")
+		p := m.start(t, placed)
+		c := p.pgconnect(t, cUser)
+		if got := queryOne(t, c, "SELECT current_database()"); got != placementDB {
+			t.Fatalf("before the reload: %s", got)
+		}
+		superExec(t, demo.Database, "UPDATE moved_users SET upstream = NULL WHERE name = 'c_moved'")
+		noC := proxyConfig(t, m.config(modePoolSize, placed, func(c *config.Config) {
+			c.Upstreams = slices.DeleteFunc(c.Upstreams, func(u config.Upstream) bool { return u.Name == "c_db" })
+		}))
+		if err := cli.Reload(p.srv, noC, slog.New(slog.NewTextHandler(io.Discard, nil))); err != nil {
+			t.Fatal(err)
+		}
+		if !m.tx {
+			if err := execErr(c, "SELECT 1"); pgCode(err) != "57P01" || !strings.Contains(err.Error(), `upstream "c_db" was removed`) {
+				t.Fatalf("session-mode session after the reload: %v, want FATAL 57P01", err)
+			}
+		} else if got := queryOne(t, c, "SELECT current_database() || ' ' || current_setting('app.tenant_id')"); got != demo.Database+" "+tenantC.ID {
+			t.Fatalf("the session after the reload runs in %s", got)
+		}
+		if got := queryOne(t, p.pgconnect(t, cUser), "SELECT current_database()"); got != demo.Database {
+			t.Fatalf("a login after the reload went to %s", got)
 		}
 	})
 }
