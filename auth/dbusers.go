@@ -154,9 +154,7 @@ func newDBDirectory(cfg *config.DBUsers, log *slog.Logger, query dbQueryFunc) *D
 
 // Lookup returns the user's entry, from the cache or from the database.
 func (d *DBDirectory) Lookup(user string) (Entry, bool) {
-	// Names the database could not take as text are unknown without asking
-	// (and without filling the cache).
-	if user == "" || !utf8.ValidString(user) || strings.IndexByte(user, 0) >= 0 {
+	if !queryable(user) {
 		return Entry{}, false
 	}
 	d.mu.Lock()
@@ -169,21 +167,71 @@ func (d *DBDirectory) Lookup(user string) (Entry, bool) {
 		<-c.done
 		return c.entry, c.found
 	}
+	c := d.startCallLocked(user)
+	d.mu.Unlock()
+	entry, found, _ := d.finishCall(c, user)
+	return entry, found
+}
+
+// Refresh reads the user's row again, past the cache, and caches the
+// answer in place of the cached one, so that later logins use it too
+// (after a lookup already in flight, which may have read the row before
+// it changed). A pgtenant resume places the sessions it moves by it. An
+// error means the answer is unknown (the query failed); the cached entry
+// is dropped then, so logins ask again.
+func (d *DBDirectory) Refresh(user string) (Entry, bool, error) {
+	if !queryable(user) {
+		return Entry{}, false, nil
+	}
+	d.mu.Lock()
+	for {
+		c, ok := d.inflight[user]
+		if !ok {
+			break
+		}
+		d.mu.Unlock()
+		<-c.done
+		d.mu.Lock()
+	}
+	c := d.startCallLocked(user)
+	d.mu.Unlock()
+	entry, found, cacheable := d.finishCall(c, user)
+	if !cacheable {
+		return Entry{}, false, fmt.Errorf("db_users: the lookup of user %q failed", user)
+	}
+	return entry, found, nil
+}
+
+// queryable reports whether user can be asked about: names the database
+// could not take as text are unknown without asking (and without filling
+// the cache).
+func queryable(user string) bool {
+	return user != "" && utf8.ValidString(user) && strings.IndexByte(user, 0) < 0
+}
+
+// startCallLocked registers a query for user, which later lookups of the
+// name wait for. d.mu is held.
+func (d *DBDirectory) startCallLocked(user string) *dbCall {
 	c := &dbCall{done: make(chan struct{})}
 	d.inflight[user] = c
-	d.mu.Unlock()
+	return c
+}
 
-	entry, found, cacheable := d.fetch(user)
-
+// finishCall runs c's query, caches its answer (drops the cached one when
+// the answer is unknown) and wakes the lookups waiting for it.
+func (d *DBDirectory) finishCall(c *dbCall, user string) (entry Entry, found, cacheable bool) {
+	entry, found, cacheable = d.fetch(user)
 	d.mu.Lock()
 	delete(d.inflight, user)
 	if cacheable {
 		d.store(user, entry, found)
+	} else if old, ok := d.cache[user]; ok {
+		d.remove(old)
 	}
 	d.mu.Unlock()
 	c.entry, c.found = entry, found
 	close(c.done)
-	return entry, found
+	return entry, found, cacheable
 }
 
 // fetch runs the query and checks the row. cacheable is false when the

@@ -3,6 +3,8 @@ package proxy
 import (
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgproto3"
+
+	"github.com/pgtenant/pgtenant/auth"
 )
 
 // binding is how a relay is bound to its upstream server, in one of two
@@ -104,7 +106,7 @@ type binding interface {
 	resumedElsewhere(ss *session)
 	// moveTo puts the session on pl; errCannotMove when it cannot go
 	// (its state is on the old placement).
-	moveTo(ss *session, rt *runtime, pl placement) error
+	moveTo(ss *session, rt *runtime, ident auth.Identity, pl placement) error
 
 	// After a reload (retire.go).
 

@@ -6,6 +6,8 @@ import (
 
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgproto3"
+
+	"github.com/pgtenant/pgtenant/auth"
 )
 
 // leaseBinding is transaction mode: a connection of the pool is leased
@@ -369,14 +371,14 @@ func (b leaseBinding) endStranded(_ *session, e *pgconn.PgError) {
 func (b leaseBinding) resumedElsewhere(*session) {}
 
 // moveTo takes the session's next transactions to pl's pool.
-func (b leaseBinding) moveTo(ss *session, rt *runtime, pl placement) error {
+func (b leaseBinding) moveTo(_ *session, rt *runtime, ident auth.Identity, pl placement) error {
 	if pl.up.pool == nil {
 		return errCannotMove // its user is in session mode now
 	}
 	if err := rt.checkLoginRole(context.Background(), pl); err != nil {
 		return err
 	}
-	return b.r.movePooled(rt, ss.ident, pl)
+	return b.r.movePooled(rt, ident, pl)
 }
 
 // endTransaction: only while a lease is attached; the connection never

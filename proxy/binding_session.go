@@ -6,6 +6,8 @@ import (
 
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgproto3"
+
+	"github.com/pgtenant/pgtenant/auth"
 )
 
 // sessionBinding is session mode: one upstream connection for the whole
@@ -179,7 +181,7 @@ func (b sessionBinding) endStranded(ss *session, _ *pgconn.PgError) { ss.upstrea
 // ends, now if it is idle.
 func (b sessionBinding) resumedElsewhere(ss *session) { ss.endMoved() }
 
-func (b sessionBinding) moveTo(*session, *runtime, placement) error {
+func (b sessionBinding) moveTo(*session, *runtime, auth.Identity, placement) error {
 	return errCannotMove // its upstream connection is on the old placement
 }
 

@@ -39,6 +39,9 @@ type tenantPause struct {
 	since   time.Time
 	resumed chan struct{} // closed by Resume
 	waiting atomic.Int64  // units and logins waiting for the resume
+	// fresh: the db_users rows the resume read again (refresh.go), set
+	// before resumed is closed.
+	fresh map[userTenant]freshIdentity
 }
 
 // movedHold is the hold of a session whose tenant was resumed on another
@@ -120,22 +123,34 @@ func (s *Server) Pause(ctx context.Context, tenant string, wait time.Duration) P
 }
 
 // Resume lets a paused tenant's waiting units and logins go on, on the
-// tenant's placement in the configuration as it is now.
+// tenant's placement in the configuration as it is now, and in its
+// users' db_users rows as they are now (read again, refresh.go).
 func (s *Server) Resume(tenant string) (PauseInfo, error) {
+	s.mu.Lock()
+	if s.paused[tenant] == nil {
+		s.mu.Unlock()
+		return PauseInfo{Tenant: tenant}, ErrNotPaused
+	}
+	idents := s.identsLocked(func(ss *session) bool { return ss.ident.Tenant == tenant })
+	s.mu.Unlock()
+	// Outside s.mu: it queries. The tenant's units and logins still wait.
+	fresh := refreshIdentities(s.rt.Load(), idents)
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	p := s.paused[tenant]
 	if p == nil {
-		return PauseInfo{Tenant: tenant}, ErrNotPaused
+		return PauseInfo{Tenant: tenant}, ErrNotPaused // resumed meanwhile
 	}
 	rt := s.rt.Load()
 	info := s.pauseInfoLocked(p)
 	delete(s.paused, tenant)
 	s.resumes++
+	p.fresh = fresh
 	for ss := range s.sessions {
 		if ss.ident.Tenant != tenant {
 			continue
 		}
+		ss.refreshedBy(fresh)
 		if !ss.placedAsIn(rt) {
 			info.Moved++
 			ss.relay.hold.Store(movedHold)
@@ -184,7 +199,8 @@ func (s *Server) pauseOfLocked(tenant string) (*tenantPause, uint64) {
 // moved the tenant either came before (and so did its reload) or is
 // counted after (addSession then checks the placement). It gives up with
 // FATAL 57P03 after pause_timeout.
-func (s *Server) awaitLogin(rt *runtime, tenant string, client net.Conn) (*runtime, uint64, error) {
+func (s *Server) awaitLogin(rt *runtime, ident *auth.Identity, client net.Conn) (*runtime, uint64, error) {
+	tenant := ident.Tenant
 	s.mu.Lock()
 	p, gen := s.pauseOfLocked(tenant)
 	s.mu.Unlock()
@@ -194,7 +210,9 @@ func (s *Server) awaitLogin(rt *runtime, tenant string, client net.Conn) (*runti
 	timeout := rt.cfg.PauseTimeout.Duration
 	deadline := time.NewTimer(timeout)
 	defer deadline.Stop()
+	var waited *tenantPause
 	for p != nil {
+		waited = p
 		p.waiting.Add(1)
 		err := waitResume(p, deadline.C, s.drained, s.stop, client)
 		p.waiting.Add(-1)
@@ -216,6 +234,13 @@ func (s *Server) awaitLogin(rt *runtime, tenant string, client net.Conn) (*runti
 		s.mu.Lock()
 		p, gen = s.pauseOfLocked(tenant)
 		s.mu.Unlock()
+	}
+	// Authenticated before the resume: placed by the user's row as the
+	// resume read it.
+	if waited != nil {
+		if err := refreshLogin(s.rt.Load(), waited, ident); err != nil {
+			return nil, 0, err
+		}
 	}
 	return s.rt.Load(), gen, nil
 }
@@ -348,7 +373,7 @@ func sameSchemaRole(pl, o placement) bool {
 // placedAsIn reports whether rt places ss's tenant where ss is. Caller
 // holds s.mu.
 func (ss *session) placedAsIn(rt *runtime) bool {
-	pl, err := rt.placementOf(ss.ident)
+	pl, err := ss.placementIn(rt)
 	return err == nil && ss.relay.up.samePlace(ss.pl, pl)
 }
 
@@ -357,11 +382,16 @@ func (ss *session) placedAsIn(rt *runtime) bool {
 // next unit cannot start meanwhile (hold is movedHold). Caller holds s.mu.
 func (ss *session) endMoved() {
 	r := ss.relay
-	pl, err := ss.s.rt.Load().placementOf(ss.ident)
-	if err != nil {
+	pl, err := ss.placementIn(ss.s.rt.Load())
+	switch {
+	case ss.gone != nil:
+		r.endReason.Store(ss.gone)
+	case err != nil:
 		pl = placement{up: &upstream{name: "(none)"}}
+		fallthrough
+	default:
+		r.endReason.Store(movedError(ss.ident.Tenant, ss.pl, pl))
 	}
-	r.endReason.Store(movedError(ss.ident.Tenant, ss.pl, pl))
 	r.draining.Store(true)
 	if r.quietForPause() {
 		ss.upstream.Close()
@@ -378,14 +408,18 @@ func (ss *session) endMoved() {
 func (ss *session) move() error {
 	s := ss.s
 	rt := s.rt.Load()
-	pl, err := rt.placementOf(ss.ident)
+	// Under s.mu: a resume or a reload may be re-reading the identity.
+	s.mu.Lock()
+	ident := ss.ident
+	pl, err := ss.placementIn(rt)
+	s.mu.Unlock()
 	if err != nil {
 		return err
 	}
 	r := ss.relay
 	moved := false
 	if !r.up.samePlace(ss.pl, pl) {
-		if err := r.up.moveTo(ss, rt, pl); err != nil {
+		if err := r.up.moveTo(ss, rt, ident, pl); err != nil {
 			if errors.Is(err, errCannotMove) {
 				return ss.moveError(pl)
 			}

@@ -54,6 +54,12 @@ func (s *Server) retire(old, rt *runtime) {
 		}
 	}
 	ret := &retirement{}
+	// The sessions to move are placed by their users' db_users rows as
+	// they are now (refresh.go), read outside s.mu.
+	s.mu.Lock()
+	idents := s.identsLocked(func(ss *session) bool { return ss.strandedIn(rt) != nil })
+	s.mu.Unlock()
+	fresh := refreshIdentities(rt, idents)
 	s.mu.Lock()
 	// Under s.mu: a login takes a pool under it too (Server.place).
 	for _, up := range old.upstreams {
@@ -63,6 +69,10 @@ func (s *Server) retire(old, rt *runtime) {
 		}
 	}
 	for ss := range s.sessions {
+		if ss.strandedIn(rt) == nil {
+			continue
+		}
+		ss.refreshedBy(fresh)
 		if e := ss.strandedIn(rt); e != nil {
 			ss.strand(e)
 			ret.sessions = append(ret.sessions, ss)

@@ -139,6 +139,10 @@ type session struct {
 	// stranded: a reload retired its pool or upstream, and why it is to
 	// leave (retire.go); nil once it has moved. Under s.mu.
 	stranded *pgconn.PgError
+	// gone: a re-read of its user's db_users row (refresh.go) found the
+	// user gone or moved to another tenant, or failed; it ends at its
+	// move. Under s.mu.
+	gone *pgconn.PgError
 	// entered is the pool its login counted on (Server.place), until
 	// addSession.
 	entered     *txPool
@@ -223,7 +227,7 @@ func (s *Server) startSession(rt *runtime, st *startup, cr *bufio.Reader, cw *bu
 	}()
 	// A paused tenant's login waits before it is placed: where it goes is
 	// the placement at the resume.
-	rt, resumes, err := s.awaitLogin(rt, ident.Tenant, st.conn)
+	rt, resumes, err := s.awaitLogin(rt, &ident, st.conn)
 	if err != nil {
 		return nil, err
 	}
