@@ -581,13 +581,13 @@ func (r *relay) relayStatementMessage(typ byte, size int, msg []byte, peeked boo
 				}
 			} else {
 				st.mu.Lock()
-				prev := st.unnamed
+				prev, gen := st.unnamed, st.gen
 				st.unnamed = nil
 				st.mu.Unlock()
 				sc.mu.Lock()
 				sc.unnamed = nil
 				sc.mu.Unlock()
-				st.record(replyEntry{seq: seq, kind: effectClientUnnamedClose, prev: prev})
+				st.record(replyEntry{seq: seq, kind: effectClientUnnamedClose, prev: prev, prevGen: gen})
 			}
 			return r.writeClientMessage(msg, peeked)
 		}
@@ -909,6 +909,14 @@ func (r *relay) queryRan(gen uint64, sc *serverConn) {
 	st.mu.Lock()
 	if st.gen == gen {
 		st.unnamed = nil
+	}
+	// A Close or Parse of the unnamed statement sent after the Query
+	// would, if the server skipped it, bring back the statement the Query
+	// has dropped: it brings back none.
+	for i := st.head; i < len(st.replies); i++ {
+		if e := &st.replies[i]; (e.kind == effectClientUnnamed || e.kind == effectClientUnnamedClose) && e.prevGen == gen {
+			e.prev = nil
+		}
 	}
 	st.mu.Unlock()
 	sc.mu.Lock()

@@ -71,8 +71,8 @@ type replyEntry struct {
 	prev                         []byte
 	prevChanges, prevDeallocates bool
 	prevPins                     string
-	// For effectClientUnnamed: the client's statements.gen before, and whose
-	// unnamed statement the connection held.
+	// For effectClientUnnamed (and effectClientUnnamedClose): the client's
+	// statements.gen before, and whose unnamed statement the connection held.
 	prevGen    uint64
 	prevOwner  *relay
 	prevOwnerN uint64
