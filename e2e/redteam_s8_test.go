@@ -5,12 +5,19 @@ package e2e
 // modes. These found no difference; they keep the corners covered.
 
 import (
+	"context"
 	"fmt"
+	"strings"
+	"sync"
 	"testing"
+	"time"
 
+	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgproto3"
 
 	"github.com/pgtenant/pgtenant/config"
+	"github.com/pgtenant/pgtenant/internal/demo"
+	"github.com/pgtenant/pgtenant/internal/pgcluster"
 )
 
 type rt8Case struct {
@@ -180,6 +187,65 @@ GRANT SELECT ON projects TO limits_reader`)
 			if err := execErr(a, "SELECT count(*) FROM projects"); err != nil {
 				t.Errorf("after %s: reading: %v", reset, err)
 			}
+		}
+	})
+}
+
+// pg_notify called by its three-part name (database.pg_catalog.pg_notify,
+// which PostgreSQL accepts when the database is the current one) is scoped
+// to the tenant like the other spellings. It used to go upstream unscoped:
+// any tenant could notify any channel of the database, heard by whatever
+// listens on PostgreSQL directly (an operator's own services), outside
+// every tenant's scope.
+func TestRedTeamS8NotifyThreePartName(t *testing.T) {
+	eachPoolMode(t, func(t *testing.T, m poolMode) {
+		p := m.start(t)
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		cfg, err := pgconn.ParseConfig(pgcluster.Shared().SuperURL(demo.Database))
+		if err != nil {
+			t.Fatal(err)
+		}
+		var mu sync.Mutex
+		var direct []string
+		cfg.OnNotification = func(_ *pgconn.PgConn, n *pgconn.Notification) {
+			mu.Lock()
+			direct = append(direct, n.Channel+"="+n.Payload)
+			mu.Unlock()
+		}
+		service, err := pgconn.ConnectConfig(ctx, cfg)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer service.Close(context.Background())
+		mustExec(t, service, "LISTEN jobs")
+		a, b := listen(t, p, tenantA), listen(t, p, tenantB)
+		mustExec(t, a.conn, "LISTEN jobs")
+		mustExec(t, b.conn, "LISTEN jobs")
+		sender := p.pgconnect(t, tenantA)
+		for _, sql := range []string{
+			"SELECT " + demo.Database + ".pg_catalog.pg_notify('jobs', 'three-part')",
+			`SELECT "` + demo.Database + `".pg_catalog.pg_notify('jobs', 'quoted')`,
+			"SELECT * FROM " + demo.Database + ".pg_catalog.pg_notify('jobs', 'from')",
+		} {
+			mustExec(t, sender, sql)
+		}
+		want := []string{"jobs=three-part", "jobs=quoted", "jobs=from"}
+		if got := a.drain(t, len(want)); strings.Join(got, ";") != strings.Join(want, ";") {
+			t.Errorf("tenant A's listener heard %q, want %q", got, want)
+		}
+		if got := b.drain(t, 0); len(got) != 0 {
+			t.Errorf("LEAK: tenant B's listener heard tenant A's notifications %q", got)
+		}
+		for end := time.Now().Add(500 * time.Millisecond); time.Now().Before(end); {
+			wctx, wcancel := context.WithTimeout(context.Background(), 100*time.Millisecond)
+			_ = service.WaitForNotification(wctx)
+			wcancel()
+		}
+		mu.Lock()
+		defer mu.Unlock()
+		if len(direct) != 0 {
+			t.Errorf("LEAK: a listener on PostgreSQL directly heard tenant A's notifications, unscoped: %q", direct)
 		}
 	})
 }

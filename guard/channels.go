@@ -66,14 +66,17 @@ func (c *checker) visitChannels(m protoreflect.Message) {
 	}
 }
 
-// isPgNotify reports whether a function name is pg_notify, unqualified or
-// in pg_catalog.
+// isPgNotify reports whether a function name is pg_notify: unqualified, in
+// pg_catalog, or as database.pg_catalog.pg_notify (PostgreSQL accepts a
+// database name in front when it is the current database, and refuses any
+// other: either way the call is scoped, never relayed unscoped).
 func isPgNotify(names []*pg_query.Node) bool {
 	switch len(names) {
 	case 1:
 		return names[0].GetString_().GetSval() == "pg_notify"
-	case 2:
-		return names[0].GetString_().GetSval() == "pg_catalog" && names[1].GetString_().GetSval() == "pg_notify"
+	case 2, 3:
+		n := len(names)
+		return names[n-2].GetString_().GetSval() == "pg_catalog" && names[n-1].GetString_().GetSval() == "pg_notify"
 	}
 	return false
 }
