@@ -191,6 +191,40 @@ GRANT SELECT ON projects TO limits_reader`)
 	})
 }
 
+// rt8DirectListener listens on channel on PostgreSQL directly, as an
+// operator's own service would, and returns what it heard when asked.
+func rt8DirectListener(t *testing.T, channel string) func() []string {
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	cfg, err := pgconn.ParseConfig(pgcluster.Shared().SuperURL(demo.Database))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var mu sync.Mutex
+	var heard []string
+	cfg.OnNotification = func(_ *pgconn.PgConn, n *pgconn.Notification) {
+		mu.Lock()
+		heard = append(heard, n.Channel+"="+n.Payload)
+		mu.Unlock()
+	}
+	service, err := pgconn.ConnectConfig(ctx, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { service.Close(context.Background()) })
+	mustExec(t, service, "LISTEN "+channel)
+	return func() []string {
+		for end := time.Now().Add(500 * time.Millisecond); time.Now().Before(end); {
+			wctx, wcancel := context.WithTimeout(context.Background(), 100*time.Millisecond)
+			_ = service.WaitForNotification(wctx)
+			wcancel()
+		}
+		mu.Lock()
+		defer mu.Unlock()
+		return append([]string(nil), heard...)
+	}
+}
+
 // pg_notify called by its three-part name (database.pg_catalog.pg_notify,
 // which PostgreSQL accepts when the database is the current one) is scoped
 // to the tenant like the other spellings. It used to go upstream unscoped:
@@ -200,25 +234,7 @@ GRANT SELECT ON projects TO limits_reader`)
 func TestRedTeamS8NotifyThreePartName(t *testing.T) {
 	eachPoolMode(t, func(t *testing.T, m poolMode) {
 		p := m.start(t)
-		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-		defer cancel()
-		cfg, err := pgconn.ParseConfig(pgcluster.Shared().SuperURL(demo.Database))
-		if err != nil {
-			t.Fatal(err)
-		}
-		var mu sync.Mutex
-		var direct []string
-		cfg.OnNotification = func(_ *pgconn.PgConn, n *pgconn.Notification) {
-			mu.Lock()
-			direct = append(direct, n.Channel+"="+n.Payload)
-			mu.Unlock()
-		}
-		service, err := pgconn.ConnectConfig(ctx, cfg)
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer service.Close(context.Background())
-		mustExec(t, service, "LISTEN jobs")
+		heard := rt8DirectListener(t, "jobs")
 		a, b := listen(t, p, tenantA), listen(t, p, tenantB)
 		mustExec(t, a.conn, "LISTEN jobs")
 		mustExec(t, b.conn, "LISTEN jobs")
@@ -237,15 +253,38 @@ func TestRedTeamS8NotifyThreePartName(t *testing.T) {
 		if got := b.drain(t, 0); len(got) != 0 {
 			t.Errorf("LEAK: tenant B's listener heard tenant A's notifications %q", got)
 		}
-		for end := time.Now().Add(500 * time.Millisecond); time.Now().Before(end); {
-			wctx, wcancel := context.WithTimeout(context.Background(), 100*time.Millisecond)
-			_ = service.WaitForNotification(wctx)
-			wcancel()
+		if got := heard(); len(got) != 0 {
+			t.Errorf("LEAK: a listener on PostgreSQL directly heard tenant A's notifications, unscoped: %q", got)
 		}
-		mu.Lock()
-		defer mu.Unlock()
-		if len(direct) != 0 {
-			t.Errorf("LEAK: a listener on PostgreSQL directly heard tenant A's notifications, unscoped: %q", direct)
+	})
+}
+
+// An operator (or aggregate, or cast) whose function is pg_notify calls
+// it later, unscoped: creating one through pgtenant is refused, as storing
+// a pg_notify call is. It used to be allowed wherever the role may create
+// objects (TEMP on the database, PostgreSQL's default for PUBLIC, which
+// pgtenant doctor reports; CREATE on a schema): then
+// SELECT 'jobs' OPERATOR(pg_temp.###) 'x' notified any channel of the
+// database, outside the tenant's scope.
+func TestRedTeamS8NotifyThroughOperator(t *testing.T) {
+	superQuery(t, "GRANT TEMPORARY ON DATABASE "+demo.Database+" TO "+demo.RLSRole+"; GRANT CREATE ON SCHEMA public TO "+demo.RLSRole)
+	t.Cleanup(func() {
+		superQuery(t, "DROP OPERATOR IF EXISTS public.### (text, text); REVOKE TEMPORARY ON DATABASE "+demo.Database+" FROM "+demo.RLSRole+"; REVOKE CREATE ON SCHEMA public FROM "+demo.RLSRole)
+	})
+	eachPoolMode(t, func(t *testing.T, m poolMode) {
+		t.Cleanup(func() { superQuery(t, "DROP OPERATOR IF EXISTS public.### (text, text)") })
+		p := m.start(t)
+		heard := rt8DirectListener(t, "jobs")
+		a := p.pgconnect(t, tenantA)
+		for _, schema := range []string{"pg_temp", "public"} {
+			create := "CREATE OPERATOR " + schema + ".### (leftarg = text, rightarg = text, function = pg_catalog.pg_notify)"
+			if err := execErr(a, create); pgCode(err) != "42501" {
+				t.Errorf("%s: %v, want 42501", create, err)
+				_ = execErr(a, "SELECT 'jobs' OPERATOR("+schema+".###) 'operator in "+schema+"'")
+			}
+		}
+		if got := heard(); len(got) != 0 {
+			t.Errorf("LEAK: a listener on PostgreSQL directly heard tenant A's notifications, unscoped: %q", got)
 		}
 	})
 }

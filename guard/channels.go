@@ -52,6 +52,13 @@ func (c *checker) visitChannels(m protoreflect.Message) {
 		}
 	case *pg_query.NotifyStmt:
 		c.channelNames++
+	case *pg_query.String:
+		// Any mention of the name, the calls' own included: a statement
+		// that stores one (CREATE OPERATOR ... (function = pg_notify), an
+		// aggregate, a cast) would call it later, unscoped (full).
+		if n.Sval == "pg_notify" {
+			c.notifyNames++
+		}
 	case *pg_query.FuncCall:
 		if !isPgNotify(n.Funcname) {
 			return

@@ -210,7 +210,7 @@ func (g *Guard) full(sql string, simple bool) Verdict {
 		v.Listening = v.Listening || c.listening
 		v.UnlistensAll = v.UnlistensAll || c.unlistensAll
 		notifyArgs = append(notifyArgs, c.notifyArgs...)
-		if len(c.notifyArgs) > 0 && !runsNow(raw.Stmt) {
+		if (len(c.notifyArgs) > 0 || c.notifyNames > 0) && !runsNow(raw.Stmt) {
 			return Verdict{Err: refused("permission denied: pg_notify may not be stored in the database through pgtenant",
 				"Its channel is scoped to the tenant that writes it, not to whoever runs it later: call pg_notify from the statements that notify.")}
 		}
@@ -296,6 +296,7 @@ type checker struct {
 	unlistensAll  bool               // UNLISTEN * or DISCARD ALL
 	channelNames  int                // identifiers naming one
 	notifyArgs    []int              // pg_notify's first arguments' locations
+	notifyNames   int                // names pg_notify (calls or not)
 	dropsOnCommit *pg_query.RangeVar // the temporary table an ON COMMIT DROP creates
 }
 
