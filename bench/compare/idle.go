@@ -12,6 +12,7 @@ import (
 
 	"github.com/jackc/pgx/v5/pgconn"
 
+	"github.com/pgtenant/pgtenant/bench/internal/benchutil"
 	"github.com/pgtenant/pgtenant/internal/demo"
 	"github.com/pgtenant/pgtenant/internal/pgcluster"
 )
@@ -40,7 +41,7 @@ const settle = 2 * time.Second
 // clients. Each proxy is the only client of the RLS role while it is
 // measured (the benchmark's proxies are stopped by then), so the upstream
 // connection count is its own.
-func idleCheck(ctx context.Context, c *pgcluster.Cluster, o options, bin, dir string, bc bouncerConf, sessionPool int) ([]idleResult, error) {
+func idleCheck(ctx context.Context, c *pgcluster.Cluster, o options, bin, dir string, bc benchutil.BouncerConf, sessionPool int) ([]idleResult, error) {
 	if o.idle > perProcess {
 		// One PgBouncer process meets the same open-files limit: only
 		// pgtenant's replicas are measured.
@@ -54,22 +55,22 @@ func idleCheck(ctx context.Context, c *pgcluster.Cluster, o options, bin, dir st
 	if err != nil {
 		return nil, err
 	}
-	pr, err := measureIdle(ctx, c, "pgtenant", o, p.pid(), connString(p.port, demo.TenantA.User, demo.TenantA.Password))
+	pr, err := measureIdle(ctx, c, "pgtenant", o, p.pid(), benchutil.ConnString(p.port, demo.TenantA.User, demo.TenantA.Password))
 	p.stop()
 	if err != nil {
 		return nil, fmt.Errorf("pgtenant: %w", err)
 	}
 
-	bc.mode, bc.poolSize = o.idleMode, o.poolSize
+	bc.Mode, bc.PoolSize = o.idleMode, o.poolSize
 	if o.idleMode == "session" {
-		bc.poolSize = sessionPool
+		bc.PoolSize = sessionPool
 	}
-	b, err := startPgBouncer(ctx, c, bc)
+	b, err := benchutil.StartPgBouncer(ctx, c, bc)
 	if err != nil {
 		return nil, err
 	}
-	br, err := measureIdle(ctx, c, "pgbouncer", o, b.pid(), connString(b.port, demo.RLSRole, demo.RLSPassword))
-	b.stop()
+	br, err := measureIdle(ctx, c, "pgbouncer", o, b.Pid(), benchutil.ConnString(b.Port, demo.RLSRole, demo.RLSPassword))
+	b.Stop()
 	if err != nil {
 		return nil, fmt.Errorf("pgbouncer: %w", err)
 	}

@@ -16,6 +16,7 @@ import (
 
 	"github.com/jackc/pgx/v5/pgconn"
 
+	"github.com/pgtenant/pgtenant/bench/internal/benchutil"
 	"github.com/pgtenant/pgtenant/internal/demo"
 	"github.com/pgtenant/pgtenant/internal/pgcluster"
 )
@@ -38,7 +39,7 @@ func idleManyCheck(ctx context.Context, c *pgcluster.Cluster, o options, bin, di
 	n := o.idle
 	procs := (n + perProcess - 1) / perProcess
 	r := idleResult{Target: fmt.Sprintf("pgtenant (%d replicas)", procs), Mode: o.idleMode, N: n}
-	port, err := freePort()
+	port, err := benchutil.FreePort()
 	if err != nil {
 		return r, err
 	}
@@ -99,7 +100,7 @@ func startIdleChildren(ctx context.Context, port, n, procs int) (stop func(), er
 		cmd := exec.CommandContext(ctx, self)
 		cmd.Env = append(os.Environ(), fmt.Sprintf("%s=%d %d 127.0.%d.%d", idleChildEnv, port, count, 1+i/250, 2+i%250))
 		cmd.Stderr = os.Stderr
-		cmd.SysProcAttr = childAttr(nil)
+		cmd.SysProcAttr = benchutil.ChildAttr(nil)
 		out, err := cmd.StdoutPipe()
 		if err != nil {
 			return stop, err
@@ -141,7 +142,7 @@ func runIdleChild(spec string) int {
 		fmt.Println(err)
 		return 1
 	}
-	cfg, err := pgconn.ParseConfig(connString(port, demo.TenantA.User, demo.TenantA.Password))
+	cfg, err := pgconn.ParseConfig(benchutil.ConnString(port, demo.TenantA.User, demo.TenantA.Password))
 	if err != nil {
 		fmt.Println(err)
 		return 1

@@ -14,10 +14,8 @@ import (
 	"strconv"
 	"strings"
 	"syscall"
-	"time"
 
-	"github.com/jackc/pgx/v5/pgconn"
-
+	"github.com/pgtenant/pgtenant/bench/internal/benchutil"
 	"github.com/pgtenant/pgtenant/config"
 	"github.com/pgtenant/pgtenant/internal/cli"
 	"github.com/pgtenant/pgtenant/internal/demo"
@@ -137,7 +135,7 @@ func startBinaryOn(ctx context.Context, c *pgcluster.Cluster, bin, dir, mode str
 	p := &binary{dir: dir, log: filepath.Join(dir, "pgtenant.log"), done: make(chan struct{}), port: port}
 	var err error
 	if p.port == 0 {
-		if p.port, err = freePort(); err != nil {
+		if p.port, err = benchutil.FreePort(); err != nil {
 			return nil, err
 		}
 	}
@@ -158,7 +156,7 @@ func startBinaryOn(ctx context.Context, c *pgcluster.Cluster, bin, dir, mode str
 	p.cmd = exec.Command(bin, "--config", cfgPath)
 	p.cmd.Stdout = logf
 	p.cmd.Stderr = logf
-	p.cmd.SysProcAttr = childAttr(nil)
+	p.cmd.SysProcAttr = benchutil.ChildAttr(nil)
 	if err := p.cmd.Start(); err != nil {
 		return nil, fmt.Errorf("start pgtenant: %w", err)
 	}
@@ -166,9 +164,9 @@ func startBinaryOn(ctx context.Context, c *pgcluster.Cluster, bin, dir, mode str
 		_ = p.cmd.Wait()
 		close(p.done)
 	}()
-	if err := waitLogin(ctx, p.port, demo.TenantA.User, demo.TenantA.Password, p.done); err != nil {
+	if err := benchutil.WaitLogin(ctx, p.port, demo.TenantA.User, demo.TenantA.Password, p.done); err != nil {
 		p.stop()
-		return nil, fmt.Errorf("pgtenant binary did not come up: %w\nlog:\n%s", err, tailFile(p.log, 20))
+		return nil, fmt.Errorf("pgtenant binary did not come up: %w\nlog:\n%s", err, benchutil.TailFile(p.log, 20))
 	}
 	return p, nil
 }
@@ -179,101 +177,17 @@ func (p *binary) pid() int { return p.cmd.Process.Pid }
 // after 5s. It is idempotent; the directory belongs to the caller.
 func (p *binary) stop() {
 	if p.cmd != nil {
-		stopProcess(p.cmd.Process, p.done, syscall.SIGTERM)
+		benchutil.StopProcess(p.cmd.Process, p.done, syscall.SIGTERM)
 		p.cmd = nil
 	}
-}
-
-// freePort asks the kernel for an unused loopback port. Another process may
-// take it before the proxy binds it; that fails loudly and is rare enough.
-func freePort() (int, error) {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return 0, err
-	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port, nil
-}
-
-// connString is a libpq keyword/value string for demo.Database on
-// 127.0.0.1:port. No TLS: none of the targets is configured for it, and it
-// would only add a round trip.
-func connString(port int, user, password string) string {
-	return fmt.Sprintf("host=127.0.0.1 port=%d user=%s password=%s dbname=%s sslmode=disable connect_timeout=30",
-		port, user, password, demo.Database)
-}
-
-// waitLogin polls until user can log in on port and run a query, done is
-// closed (the process died) or 15s pass.
-func waitLogin(ctx context.Context, port int, user, password string, done <-chan struct{}) error {
-	ctx, cancel := context.WithTimeout(ctx, 15*time.Second)
-	defer cancel()
-	var last error
-	for {
-		select {
-		case <-done:
-			return errExited
-		default:
-		}
-		conn, err := pgconn.Connect(ctx, connString(port, user, password))
-		if err == nil {
-			_, err = conn.Exec(ctx, "SELECT 1").ReadAll()
-			conn.Close(context.Background())
-			if err == nil {
-				return nil
-			}
-		}
-		last = err
-		select {
-		case <-ctx.Done():
-			return fmt.Errorf("%w (last error: %v)", ctx.Err(), last)
-		case <-done:
-			return errExited
-		case <-time.After(100 * time.Millisecond):
-		}
-	}
-}
-
-// queryValue runs sql as the cluster's superuser in database and returns the
-// first column of the first row as text. pgcluster.Exec returns no rows.
-func queryValue(ctx context.Context, c *pgcluster.Cluster, database, sql string) (string, error) {
-	conn, err := pgconn.Connect(ctx, c.SuperURL(database))
-	if err != nil {
-		return "", err
-	}
-	defer conn.Close(context.Background())
-	res := conn.ExecParams(ctx, sql, nil, nil, nil, nil).Read()
-	if res.Err != nil {
-		return "", res.Err
-	}
-	if len(res.Rows) == 0 || len(res.Rows[0]) == 0 {
-		return "", fmt.Errorf("no rows from %q", sql)
-	}
-	return string(res.Rows[0][0]), nil
 }
 
 // upstreamConns counts RLSRole's server connections: the proxies' upstream
 // connections and any direct clients.
 func upstreamConns(ctx context.Context, c *pgcluster.Cluster) (int, error) {
-	s, err := queryValue(ctx, c, "postgres", "SELECT count(*) FROM pg_stat_activity WHERE usename = '"+demo.RLSRole+"'")
+	s, err := benchutil.QueryValue(ctx, c, "postgres", "SELECT count(*) FROM pg_stat_activity WHERE usename = '"+demo.RLSRole+"'")
 	if err != nil {
 		return 0, err
 	}
 	return strconv.Atoi(s)
-}
-
-func tailFile(path string, n int) string {
-	b, err := os.ReadFile(path)
-	if err != nil {
-		return "(" + err.Error() + ")"
-	}
-	return tailLines(string(b), n)
-}
-
-func tailLines(s string, n int) string {
-	lines := strings.Split(strings.TrimRight(s, "\n"), "\n")
-	if len(lines) > n {
-		lines = lines[len(lines)-n:]
-	}
-	return strings.Join(lines, "\n")
 }

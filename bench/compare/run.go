@@ -42,7 +42,7 @@ func (t *target) cpu() (time.Duration, error) {
 	if t.pid == 0 {
 		return 0, nil
 	}
-	return processCPU(t.pid)
+	return benchutil.ProcessCPU(t.pid)
 }
 
 // cpuPerTx returns the proxy's CPU time since before, in µs per
@@ -123,12 +123,12 @@ func run(ctx context.Context, o options) error {
 			return err
 		}
 	}
-	bouncerBin, err := findPgBouncer(ctx)
+	bouncerBin, err := benchutil.FindPgBouncer(ctx)
 	if err != nil {
 		return err
 	}
 	var bouncerPrepared bool
-	if m.PgBouncer, bouncerPrepared, err = pgbouncerVersion(bouncerBin); err != nil {
+	if m.PgBouncer, bouncerPrepared, err = benchutil.PgBouncerVersion(bouncerBin); err != nil {
 		return err
 	}
 	fmt.Fprintf(os.Stderr, "PgBouncer %s at %s\n", m.PgBouncer, bouncerBin)
@@ -161,14 +161,14 @@ func run(ctx context.Context, o options) error {
 	if err := setupData(ctx, c); err != nil {
 		return err
 	}
-	if m.PG, err = queryValue(ctx, c, "postgres", "SHOW server_version"); err != nil {
+	if m.PG, err = benchutil.QueryValue(ctx, c, "postgres", "SHOW server_version"); err != nil {
 		return err
 	}
-	secret, err := queryValue(ctx, c, "postgres", "SELECT rolpassword FROM pg_authid WHERE rolname = '"+demo.RLSRole+"'")
+	secret, err := benchutil.QueryValue(ctx, c, "postgres", "SELECT rolpassword FROM pg_authid WHERE rolname = '"+demo.RLSRole+"'")
 	if err != nil {
 		return fmt.Errorf("reading %s's SCRAM verifier for PgBouncer: %w", demo.RLSRole, err)
 	}
-	bc := bouncerConf{bin: bouncerBin, secret: secret, prepared: bouncerPrepared, maxClients: max(1000, o.idle+100)}
+	bc := benchutil.BouncerConf{Bin: bouncerBin, Secret: secret, Prepared: bouncerPrepared, MaxClients: max(1000, o.idle+100)}
 
 	// Proxies are stopped before the idle check, which counts upstream
 	// connections, and on every return.
@@ -184,17 +184,17 @@ func run(ctx context.Context, o options) error {
 	targets := []*target{{name: "direct", port: c.Port, user: demo.RLSRole, password: demo.RLSPassword}}
 	for _, mode := range o.modes {
 		bc := bc
-		bc.mode, bc.poolSize = mode, o.poolSize
+		bc.Mode, bc.PoolSize = mode, o.poolSize
 		if mode == "session" {
-			bc.poolSize = sessionPool
+			bc.PoolSize = sessionPool
 		}
-		b, err := startPgBouncer(ctx, c, bc)
+		b, err := benchutil.StartPgBouncer(ctx, c, bc)
 		if err != nil {
 			return err
 		}
-		closers = append(closers, b.stop)
-		bt := &target{name: "pgbouncer", mode: mode, port: b.port, user: demo.RLSRole, password: demo.RLSPassword, skip: map[string]string{}, pid: b.cmd.Process.Pid,
-			logTail: func() string { return tailFile(b.log, 10) }}
+		closers = append(closers, b.Stop)
+		bt := &target{name: "pgbouncer", mode: mode, port: b.Port, user: demo.RLSRole, password: demo.RLSPassword, skip: map[string]string{}, pid: b.Pid(),
+			logTail: func() string { return benchutil.TailFile(b.Log, 10) }}
 		if mode == "transaction" && !bouncerPrepared {
 			bt.skip["prepared"] = fmt.Sprintf("PgBouncer %s has no prepared-statement support; prepared protocol runs skipped for pgbouncer transaction mode", m.PgBouncer)
 		}
@@ -301,7 +301,7 @@ func benchmark(ctx context.Context, o options, targets []*target) ([]result, err
 					var tps, lat float64
 					var txs int64
 					if err == nil {
-						tps, lat, txs, err = pgbench(ctx, t.port, t.user, t.password, proto, clients, o.duration)
+						tps, lat, txs, err = benchutil.Pgbench(ctx, t.port, t.user, t.password, proto, clients, o.duration)
 					}
 					if ctx.Err() != nil {
 						return nil, ctx.Err()
@@ -340,7 +340,7 @@ func checkPooling(ctx context.Context, c *pgcluster.Cluster, port, poolSize int)
 		return "pooling check failed: " + err.Error()
 	}
 	n := poolSize + 10
-	conns, err := openClients(ctx, connString(port, demo.TenantA.User, demo.TenantA.Password), n, 10, false)
+	conns, err := openClients(ctx, benchutil.ConnString(port, demo.TenantA.User, demo.TenantA.Password), n, 10, false)
 	defer closeClients(conns)
 	if err != nil {
 		return "pooling check failed: " + err.Error()

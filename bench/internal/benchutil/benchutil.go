@@ -1,4 +1,6 @@
-// Package benchutil holds what the benchmark commands under bench/ share.
+// Package benchutil holds what the benchmark commands under bench/ share:
+// the pgbench data set and runner, PgBouncer, a process's CPU time, and
+// helpers for starting and reaching servers.
 package benchutil
 
 import (

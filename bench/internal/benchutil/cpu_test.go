@@ -1,4 +1,4 @@
-package main
+package benchutil
 
 import (
 	"os"
@@ -30,13 +30,13 @@ func TestParseStatCPU(t *testing.T) {
 
 // The test process's own CPU time grows while it spins.
 func TestProcessCPU(t *testing.T) {
-	before, err := processCPU(os.Getpid())
+	before, err := ProcessCPU(os.Getpid())
 	if err != nil {
 		t.Fatal(err)
 	}
 	for end := time.Now().Add(150 * time.Millisecond); time.Now().Before(end); {
 	}
-	after, err := processCPU(os.Getpid())
+	after, err := ProcessCPU(os.Getpid())
 	if err != nil {
 		t.Fatal(err)
 	}

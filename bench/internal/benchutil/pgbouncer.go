@@ -1,4 +1,4 @@
-package main
+package benchutil
 
 import (
 	"context"
@@ -21,9 +21,9 @@ import (
 // pgbouncerPath is where Debian's package installs the binary.
 const pgbouncerPath = "/usr/sbin/pgbouncer"
 
-// findPgBouncer returns the PgBouncer binary, installing Debian's package
+// FindPgBouncer returns the PgBouncer binary, installing Debian's package
 // when it is missing (the benchmark runs as root in the dev container).
-func findPgBouncer(ctx context.Context) (string, error) {
+func FindPgBouncer(ctx context.Context) (string, error) {
 	if p, err := exec.LookPath("pgbouncer"); err == nil {
 		return p, nil
 	}
@@ -40,12 +40,12 @@ func findPgBouncer(ctx context.Context) (string, error) {
 	if err != nil {
 		// A fresh container often has no package lists yet.
 		if upd, uerr := exec.CommandContext(ctx, "apt-get", "update").CombinedOutput(); uerr != nil {
-			return "", fmt.Errorf("pgbouncer is not installed and apt-get update failed: %v\n%s", uerr, tailLines(string(upd), 20))
+			return "", fmt.Errorf("pgbouncer is not installed and apt-get update failed: %v\n%s", uerr, TailLines(string(upd), 20))
 		}
 		out, err = install()
 	}
 	if err != nil {
-		return "", fmt.Errorf("pgbouncer is not installed and `apt-get install -y pgbouncer` failed (install it by hand, e.g. apt-get install pgbouncer or brew install pgbouncer): %v\n%s", err, tailLines(string(out), 20))
+		return "", fmt.Errorf("pgbouncer is not installed and `apt-get install -y pgbouncer` failed (install it by hand, e.g. apt-get install pgbouncer or brew install pgbouncer): %v\n%s", err, TailLines(string(out), 20))
 	}
 	if _, err := os.Stat(pgbouncerPath); err != nil {
 		return "", fmt.Errorf("apt-get installed pgbouncer but %s is missing", pgbouncerPath)
@@ -55,10 +55,10 @@ func findPgBouncer(ctx context.Context) (string, error) {
 
 var pgbouncerVersionRE = regexp.MustCompile(`PgBouncer (\d+)\.(\d+)(?:\.(\d+))?`)
 
-// pgbouncerVersion returns the version string ("1.18.0") and whether it can
+// PgBouncerVersion returns the version string ("1.18.0") and whether it can
 // track prepared statements in transaction mode (max_prepared_statements,
 // added in 1.21).
-func pgbouncerVersion(bin string) (string, bool, error) {
+func PgBouncerVersion(bin string) (string, bool, error) {
 	out, err := exec.Command(bin, "--version").CombinedOutput()
 	if err != nil {
 		return "", false, fmt.Errorf("%s --version: %v\n%s", bin, err, out)
@@ -76,34 +76,34 @@ func pgbouncerVersion(bin string) (string, bool, error) {
 	return ver, major > 1 || (major == 1 && minor >= 21), nil
 }
 
-// bouncerConf is one PgBouncer instance's settings.
-type bouncerConf struct {
-	bin        string
-	mode       string // pool_mode: session or transaction
-	poolSize   int    // default_pool_size
-	maxClients int    // max_client_conn
-	prepared   bool   // set max_prepared_statements (PgBouncer 1.21+)
-	secret     string // RLSRole's SCRAM verifier, from pg_authid
+// BouncerConf is one PgBouncer instance's settings.
+type BouncerConf struct {
+	Bin        string
+	Mode       string // pool_mode: session or transaction
+	PoolSize   int    // default_pool_size
+	MaxClients int    // max_client_conn
+	Prepared   bool   // set max_prepared_statements (PgBouncer 1.21+)
+	Secret     string // RLSRole's SCRAM verifier, from pg_authid
 }
 
-// bouncer is a running PgBouncer process.
-type bouncer struct {
-	port int
-	dir  string
-	log  string
-	cmd  *exec.Cmd
+// Bouncer is a running PgBouncer process.
+type Bouncer struct {
+	Port int
+	Dir  string
+	Log  string // its log file
+	Cmd  *exec.Cmd
 	done chan struct{} // closed when the process has exited
 }
 
-// startPgBouncer runs PgBouncer in front of c in a temp dir with a generated
+// StartPgBouncer runs PgBouncer in front of c in a temp dir with a generated
 // pgbouncer.ini and userlist.txt, and waits until a login through it works.
 //
 // Authentication is SCRAM with RLSRole's verifier copied from pg_authid (what
 // auth_query would read): clients are checked against it without PBKDF2 on
 // PgBouncer's side, and PgBouncer logs into PostgreSQL with the client's
 // proof ("SCRAM pass-through"), so no plaintext password is stored.
-func startPgBouncer(ctx context.Context, c *pgcluster.Cluster, bc bouncerConf) (*bouncer, error) {
-	cred, err := postgresCredential()
+func StartPgBouncer(ctx context.Context, c *pgcluster.Cluster, bc BouncerConf) (*Bouncer, error) {
+	cred, err := PostgresCredential()
 	if err != nil {
 		return nil, err
 	}
@@ -117,12 +117,12 @@ func startPgBouncer(ctx context.Context, c *pgcluster.Cluster, bc bouncerConf) (
 	if err != nil {
 		return nil, err
 	}
-	b := &bouncer{dir: dir, log: filepath.Join(dir, "pgbouncer.log"), done: make(chan struct{})}
-	fail := func(err error) (*bouncer, error) {
-		b.stop()
+	b := &Bouncer{Dir: dir, Log: filepath.Join(dir, "pgbouncer.log"), done: make(chan struct{})}
+	fail := func(err error) (*Bouncer, error) {
+		b.Stop()
 		return nil, err
 	}
-	if b.port, err = freePort(); err != nil {
+	if b.Port, err = FreePort(); err != nil {
 		return fail(err)
 	}
 	ini := []string{
@@ -131,23 +131,23 @@ func startPgBouncer(ctx context.Context, c *pgcluster.Cluster, bc bouncerConf) (
 		"",
 		"[pgbouncer]",
 		"listen_addr = 127.0.0.1",
-		"listen_port = " + strconv.Itoa(b.port),
+		"listen_port = " + strconv.Itoa(b.Port),
 		"unix_socket_dir =", // no socket file left behind in /tmp
 		"auth_type = scram-sha-256",
 		"auth_file = " + filepath.Join(dir, "userlist.txt"),
-		"pool_mode = " + bc.mode,
-		"default_pool_size = " + strconv.Itoa(bc.poolSize),
-		"max_client_conn = " + strconv.Itoa(bc.maxClients),
+		"pool_mode = " + bc.Mode,
+		"default_pool_size = " + strconv.Itoa(bc.PoolSize),
+		"max_client_conn = " + strconv.Itoa(bc.MaxClients),
 		// Thousands of logins in the idle check would flood the log.
 		"log_connections = 0",
 		"log_disconnections = 0",
 		"log_pooler_errors = 1",
 		"ignore_startup_parameters = extra_float_digits",
 	}
-	if bc.prepared {
+	if bc.Prepared {
 		ini = append(ini, "max_prepared_statements = 200")
 	}
-	userlist := fmt.Sprintf("%q %q\n", demo.RLSRole, bc.secret)
+	userlist := fmt.Sprintf("%q %q\n", demo.RLSRole, bc.Secret)
 	for name, content := range map[string]string{"pgbouncer.ini": strings.Join(ini, "\n") + "\n", "userlist.txt": userlist} {
 		if err := os.WriteFile(filepath.Join(dir, name), []byte(content), 0o600); err != nil {
 			return fail(err)
@@ -160,49 +160,49 @@ func startPgBouncer(ctx context.Context, c *pgcluster.Cluster, bc bouncerConf) (
 			}
 		}
 	}
-	logf, err := os.Create(b.log)
+	logf, err := os.Create(b.Log)
 	if err != nil {
 		return fail(err)
 	}
 	defer logf.Close()
-	b.cmd = exec.Command(bc.bin, filepath.Join(dir, "pgbouncer.ini"))
-	b.cmd.Dir = dir
-	b.cmd.Stdout = logf
-	b.cmd.Stderr = logf
-	b.cmd.SysProcAttr = childAttr(cred)
-	if err := b.cmd.Start(); err != nil {
-		b.cmd = nil
+	b.Cmd = exec.Command(bc.Bin, filepath.Join(dir, "pgbouncer.ini"))
+	b.Cmd.Dir = dir
+	b.Cmd.Stdout = logf
+	b.Cmd.Stderr = logf
+	b.Cmd.SysProcAttr = ChildAttr(cred)
+	if err := b.Cmd.Start(); err != nil {
+		b.Cmd = nil
 		return fail(fmt.Errorf("start pgbouncer: %w", err))
 	}
 	go func() {
-		_ = b.cmd.Wait()
+		_ = b.Cmd.Wait()
 		close(b.done)
 	}()
-	if err := waitLogin(ctx, b.port, demo.RLSRole, demo.RLSPassword, b.done); err != nil {
-		return fail(fmt.Errorf("pgbouncer (%s mode) did not come up: %w\nlog:\n%s", bc.mode, err, tailFile(b.log, 20)))
+	if err := WaitLogin(ctx, b.Port, demo.RLSRole, demo.RLSPassword, b.done); err != nil {
+		return fail(fmt.Errorf("pgbouncer (%s mode) did not come up: %w\nlog:\n%s", bc.Mode, err, TailFile(b.Log, 20)))
 	}
 	return b, nil
 }
 
-// pid returns PgBouncer's process id.
-func (b *bouncer) pid() int { return b.cmd.Process.Pid }
+// Pid returns PgBouncer's process id.
+func (b *Bouncer) Pid() int { return b.Cmd.Process.Pid }
 
-// stop ends PgBouncer (SIGTERM is its immediate shutdown) and removes its
+// Stop ends PgBouncer (SIGTERM is its immediate shutdown) and removes its
 // directory. It is idempotent.
-func (b *bouncer) stop() {
-	if b.cmd != nil {
-		stopProcess(b.cmd.Process, b.done, syscall.SIGTERM)
-		b.cmd = nil
+func (b *Bouncer) Stop() {
+	if b.Cmd != nil {
+		StopProcess(b.Cmd.Process, b.done, syscall.SIGTERM)
+		b.Cmd = nil
 	}
-	if b.dir != "" {
-		_ = os.RemoveAll(b.dir)
-		b.dir = ""
+	if b.Dir != "" {
+		_ = os.RemoveAll(b.Dir)
+		b.Dir = ""
 	}
 }
 
-// postgresCredential returns OS user postgres's credential when we are root
+// PostgresCredential returns OS user postgres's credential when we are root
 // (PgBouncer refuses root), nil otherwise.
-func postgresCredential() (*syscall.Credential, error) {
+func PostgresCredential() (*syscall.Credential, error) {
 	if os.Geteuid() != 0 {
 		return nil, nil
 	}
@@ -221,15 +221,15 @@ func postgresCredential() (*syscall.Credential, error) {
 	return &syscall.Credential{Uid: uint32(uid), Gid: uint32(gid), Groups: []uint32{}}, nil
 }
 
-// childAttr puts a child in its own process group (a terminal ^C reaches us,
+// ChildAttr puts a child in its own process group (a terminal ^C reaches us,
 // and we stop it in order) and has the kernel kill it if we die without
 // cleaning up (SIGKILL, a crash).
-func childAttr(cred *syscall.Credential) *syscall.SysProcAttr {
+func ChildAttr(cred *syscall.Credential) *syscall.SysProcAttr {
 	return &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL, Credential: cred}
 }
 
-// stopProcess signals p, waits up to 5s for done, then kills it.
-func stopProcess(p *os.Process, done <-chan struct{}, sig syscall.Signal) {
+// StopProcess signals p, waits up to 5s for done, then kills it.
+func StopProcess(p *os.Process, done <-chan struct{}, sig syscall.Signal) {
 	_ = p.Signal(sig)
 	select {
 	case <-done:
@@ -240,5 +240,5 @@ func stopProcess(p *os.Process, done <-chan struct{}, sig syscall.Signal) {
 	<-done
 }
 
-// errExited is returned by waitLogin when the process it waits for is gone.
-var errExited = errors.New("process exited")
+// ErrExited is returned by WaitLogin when the process it waits for is gone.
+var ErrExited = errors.New("process exited")

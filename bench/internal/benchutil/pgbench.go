@@ -1,4 +1,4 @@
-package main
+package benchutil
 
 import (
 	"context"
@@ -20,11 +20,11 @@ var (
 	processedNoneRE = regexp.MustCompile(`(?m)^number of transactions actually processed: 0$`)
 )
 
-// pgbench runs select-only pgbench against 127.0.0.1:port and returns its
+// Pgbench runs select-only pgbench against 127.0.0.1:port and returns its
 // TPS (without connection time), average latency in milliseconds and the
 // transactions it completed. Each run opens fresh connections, so nothing
 // carries over between targets.
-func pgbench(ctx context.Context, port int, user, password, protocol string, clients int, duration time.Duration) (tps, latencyMS float64, txs int64, err error) {
+func Pgbench(ctx context.Context, port int, user, password, protocol string, clients int, duration time.Duration) (tps, latencyMS float64, txs int64, err error) {
 	cmd := exec.CommandContext(ctx, "pgbench", "-n", "-S",
 		"-M", protocol,
 		"-c", strconv.Itoa(clients),
@@ -37,7 +37,7 @@ func pgbench(ctx context.Context, port int, user, password, protocol string, cli
 		return 0, 0, 0, ctx.Err()
 	}
 	if err != nil {
-		return 0, 0, 0, fmt.Errorf("pgbench: %v\n%s", err, tailLines(string(out), 10))
+		return 0, 0, 0, fmt.Errorf("pgbench: %v\n%s", err, TailLines(string(out), 10))
 	}
 	if processedNoneRE.Match(out) {
 		// pgbench's -T clock includes connecting; logging 64 clients in

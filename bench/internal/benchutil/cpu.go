@@ -1,4 +1,4 @@
-package main
+package benchutil
 
 import (
 	"bytes"
@@ -12,9 +12,9 @@ import (
 // every Linux architecture pgbench and PostgreSQL run on here).
 const userHZ = 100
 
-// processCPU returns the CPU time (user + system, all threads) process pid
+// ProcessCPU returns the CPU time (user + system, all threads) process pid
 // has used so far.
-func processCPU(pid int) (time.Duration, error) {
+func ProcessCPU(pid int) (time.Duration, error) {
 	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")
 	if err != nil {
 		return 0, err
