@@ -221,7 +221,7 @@ func TestPoolCancel(t *testing.T) {
 func TestPoolWaitLimits(t *testing.T) {
 	p := startProxy(t, func(c *config.Config) {
 		transactionPool(1)(c)
-		c.Pool.WaitTimeout = config.Duration{Duration: 300 * time.Millisecond}
+		c.Pool.WaitTimeout = config.Duration{Duration: time.Second}
 		c.Pool.MaxWaiting = 1
 	})
 	holder := p.pgconnect(t, tenantA)
@@ -231,19 +231,25 @@ func TestPoolWaitLimits(t *testing.T) {
 	waiter := p.pgconnect(t, tenantB)
 	start := time.Now()
 	_, err := waiter.Exec(context.Background(), "SELECT 1").ReadAll()
-	if code := pgCode(err); code != "57014" || time.Since(start) > 3*time.Second {
-		t.Fatalf("waiting past wait_timeout: %v after %s, want 57014 after ~300ms", err, time.Since(start))
+	if code := pgCode(err); code != "57014" || time.Since(start) > 5*time.Second {
+		t.Fatalf("waiting past wait_timeout: %v after %s, want 57014 after ~1s", err, time.Since(start))
 	}
 
-	// One client waits; the next one is refused at once.
+	// One client waits; the next one is refused at once. Both are logged in
+	// first, so that the first still waits when the second asks, even on a
+	// loaded machine.
 	waiting := p.pgconnect(t, tenantB)
+	third := p.pgconnect(t, tenantB)
 	waited := make(chan struct{})
+	defer func() { <-waited }() // before the connections close
 	go func() {
 		defer close(waited)
 		_, _ = waiting.Exec(context.Background(), "SELECT 1").ReadAll()
 	}()
-	time.Sleep(50 * time.Millisecond)
-	third := p.pgconnect(t, tenantB)
+	eventually(t, 5*time.Second, "a client waiting for the pool", func() bool {
+		_, _, w := p.srv.PoolStats()
+		return w == 1
+	})
 	_, err = third.Exec(context.Background(), "SELECT 1").ReadAll()
 	if code := pgCode(err); code != "53300" {
 		t.Fatalf("beyond max_waiting: %v, want 53300", err)
