@@ -260,7 +260,8 @@ func (au *auditState) tagSent(typ byte, unit uint64) uint64 {
 // a unit of the client's: rows from CommandComplete, the SQLSTATE of an
 // ErrorResponse; an Execute is over at its CommandComplete, error, empty
 // query or suspension, a Query at its ReadyForQuery.
-func (r *relay) auditReply(typ byte, size int, res replyResult) {
+func (r *relay) auditReply(msg []byte, res replyResult) {
+	typ := msg[0]
 	au := r.audit
 	au.mu.Lock()
 	defer au.mu.Unlock()
@@ -273,11 +274,11 @@ func (r *relay) auditReply(typ byte, size int, res replyResult) {
 		done := false
 		switch typ {
 		case 'C':
-			e.rows += commandRows(r.peekWhole(size))
+			e.rows += commandRows(msg)
 			done = res.msgType == 'E'
 		case 'E':
 			if e.code == "" {
-				e.code = r.peekErrorCode(size)
+				e.code = errorCode(msg)
 			}
 			done = res.msgType == 'E'
 		case 'I', 's':
@@ -290,7 +291,7 @@ func (r *relay) auditReply(typ byte, size int, res replyResult) {
 		}
 	}
 	if res.audit == 0 && typ == 'E' && au.failUnit != res.unit {
-		au.failUnit, au.failCode = res.unit, r.peekErrorCode(size)
+		au.failUnit, au.failCode = res.unit, errorCode(msg)
 	}
 	if res.endsUnit {
 		au.endUnitLocked(res.unit)

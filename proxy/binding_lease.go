@@ -182,33 +182,26 @@ func (b leaseBinding) hidesStatus() bool {
 
 // notification: left on a pooled connection; the hub is how notifications
 // reach a transaction-mode client (listening.go).
-func (b leaseBinding) notification(size int) error {
-	_, err := b.r.ur.Discard(size)
-	return err
-}
+func (b leaseBinding) notification([]byte) error { return nil }
 
-func (b leaseBinding) statementReply(typ byte, size int, res replyResult) (bool, error) {
+func (b leaseBinding) statementReply(msg []byte, res replyResult) (bool, error) {
 	r := b.r
-	if typ == 'E' {
+	if msg[0] == 'E' {
 		r.stmts.dropUnit(res.unit, r.rsc, res.msgType == 'P' || res.msgType == 'C')
 		return false, nil
 	}
 	switch r.stmts.reply() {
 	case replyHide:
-		_, err := r.ur.Discard(size)
-		return true, err
+		return true, nil
 	case replyAsParse:
-		if _, err := r.ur.Discard(size); err != nil {
-			return true, err
-		}
 		_, err := r.cw.Write(parseComplete)
 		return true, err
 	}
 	return false, nil
 }
 
-func (b leaseBinding) renamedError(size int) bool {
-	return bytes.Contains(b.r.peekWhole(size), serverStmtPrefixBytes)
+func (b leaseBinding) renamedError(msg []byte) bool {
+	return bytes.Contains(msg, serverStmtPrefixBytes)
 }
 
 func (b leaseBinding) clientError(msg []byte, client string) pgproto3.BackendMessage {

@@ -56,17 +56,18 @@ func (b sessionBinding) hidesStatus() bool { return false }
 
 // notification relays what the connection's LISTENs receive, under the
 // client's channel names.
-func (b sessionBinding) notification(size int) error {
+func (b sessionBinding) notification(msg []byte) error {
 	r := b.r
 	if r.notifyScope != "" {
-		return r.relayNotification(size)
+		return r.relayNotification(msg)
 	}
-	return forward(r.cw, r.ur, size)
+	_, err := r.cw.Write(msg)
+	return err
 }
 
-func (b sessionBinding) statementReply(byte, int, replyResult) (bool, error) { return false, nil }
+func (b sessionBinding) statementReply([]byte, replyResult) (bool, error) { return false, nil }
 
-func (b sessionBinding) renamedError(int) bool { return false }
+func (b sessionBinding) renamedError([]byte) bool { return false }
 
 func (b sessionBinding) clientError([]byte, string) pgproto3.BackendMessage { return nil }
 

@@ -90,18 +90,14 @@ func quoteIdent(name string) string {
 	return `"` + strings.ReplaceAll(name, `"`, `""`) + `"`
 }
 
-// relayNotification passes on a NotificationResponse of the client's scope
-// under the client's channel name, and drops any other (reply side).
-func (r *relay) relayNotification(size int) error {
-	msg, err := readMessage(r.ur, size)
-	if err != nil {
-		return err
-	}
+// relayNotification passes on a NotificationResponse, msg, of the client's
+// scope under the client's channel name, and drops any other (reply side).
+func (r *relay) relayNotification(msg []byte) error {
 	out := unscoped(msg, r.notifyScope)
 	if out == nil {
 		return nil // another tenant's (or unscoped: a function's in the database)
 	}
-	_, err = r.cw.Write(out)
+	_, err := r.cw.Write(out)
 	return err
 }
 
