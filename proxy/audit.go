@@ -194,10 +194,7 @@ func (r *relay) auditRequest(typ byte, size int, msg []byte, refused bool) error
 		}
 		au.stmts[string(name)] = au.a.Statement(statementText(msg))
 	case 'B':
-		head, err := r.peekHead(size)
-		if err != nil {
-			return err
-		}
+		head := r.in
 		portal, rest, _ := splitName(head[5:])
 		stmt, _, _ := splitName(rest)
 		st := au.stmts[string(stmt)]
@@ -212,10 +209,7 @@ func (r *relay) auditRequest(typ byte, size int, msg []byte, refused bool) error
 		if !au.a.Sample(au.tenant) {
 			return nil
 		}
-		head, err := r.peekHead(size)
-		if err != nil {
-			return err
-		}
+		head := r.in
 		portal, _, _ := splitName(head[5:])
 		st := au.portals[string(portal)]
 		switch st {

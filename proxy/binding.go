@@ -41,13 +41,13 @@ type binding interface {
 	settledAssertion() []byte
 	// rewrite relays a Query or Parse the guard found statements in that
 	// name channels, prepared statements or DEALLOCATE: what to send instead.
-	rewrite(msg []byte, peeked bool) ([]byte, bool, error)
+	rewrite(msg []byte) ([]byte, error)
 	// deallocatedAll follows a Query that runs DEALLOCATE ALL or DISCARD ALL.
 	deallocatedAll()
 	// statement relays a Parse, Bind, Describe, Close or Query if the
 	// binding has its own way with statement names (done); substitute is
 	// what the guard replaced the message with, if it refused it.
-	statement(typ byte, size int, msg, substitute []byte, peeked bool) (done bool, err error)
+	statement(typ byte, size int, msg, substitute []byte) (done bool, err error)
 
 	// Reply side.
 

@@ -85,7 +85,7 @@ func (r *relay) terminateInGroup(size int) error {
 	}
 	// The upstream closes behind it: that is no news to tell the client.
 	r.closing.Store(true)
-	if err := forward(r.uw, r.cr, size); err != nil {
+	if err := r.passUp(0, size); err != nil {
 		return err
 	}
 	if err := r.uw.Flush(); err != nil {
@@ -130,40 +130,35 @@ func (b leaseBinding) settledAssertion() []byte {
 
 // rewrite renames the client's statements to the upstream names of the
 // held connection and scopes its channels.
-func (b leaseBinding) rewrite(msg []byte, peeked bool) ([]byte, bool, error) {
+func (b leaseBinding) rewrite(msg []byte) ([]byte, error) {
 	r := b.r
 	var err error
 	if r.dealloc != "" {
-		if msg, peeked, err = r.deallocateOne(msg, peeked); err != nil {
-			return nil, false, err
+		if msg, err = r.deallocateOne(msg); err != nil {
+			return nil, err
 		}
 	}
 	if len(r.channels) > 0 || r.prepare != nil || len(r.executes) > 0 {
-		return r.rewriteStatement(msg, peeked, true)
+		return r.rewriteStatement(msg, true)
 	}
-	return msg, peeked, nil
+	return msg, nil
 }
 
 // deallocatedAll: a Parse of DEALLOCATE ALL runs nothing: its Bind does
 // (relayBind), perhaps on another connection.
 func (b leaseBinding) deallocatedAll() { b.r.deallocateAll() }
 
-func (b leaseBinding) statement(typ byte, size int, msg, substitute []byte, peeked bool) (bool, error) {
+func (b leaseBinding) statement(typ byte, size int, msg, substitute []byte) (bool, error) {
 	r := b.r
 	switch {
 	case substitute == nil && (typ == 'P' || typ == 'B' || typ == 'D' || typ == 'C'):
-		return true, r.relayStatementMessage(typ, size, msg, peeked)
+		return true, r.relayStatementMessage(typ, size, msg)
 	case typ == 'P' && len(msg) > 5 && msg[5] == 0:
 		// A refused Parse of the unnamed statement: PostgreSQL drops the
 		// unnamed statement before parsing, so the client's is gone when
 		// its substitute fails, as after any failing Parse (and kept if the
 		// server skips it). Tracked as that Parse.
-		if peeked {
-			if _, err := r.cr.Discard(len(msg)); err != nil {
-				return true, err
-			}
-		}
-		return true, r.relayStatementMessage(typ, len(substitute), substitute, false)
+		return true, r.relayStatementMessage(typ, len(substitute), substitute)
 	case typ == 'P':
 		r.prepared().record(replyEntry{seq: r.seq}) // the refusal's failing Parse
 	case typ == 'Q' && msg != nil:

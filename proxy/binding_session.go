@@ -39,16 +39,16 @@ func (b sessionBinding) settledAssertion() []byte { return nil }
 
 // rewrite scopes channel names only: the client's statements keep their
 // names on its own connection.
-func (b sessionBinding) rewrite(msg []byte, peeked bool) ([]byte, bool, error) {
+func (b sessionBinding) rewrite(msg []byte) ([]byte, error) {
 	if len(b.r.channels) == 0 {
-		return msg, peeked, nil
+		return msg, nil
 	}
-	return b.r.rewriteStatement(msg, peeked, false)
+	return b.r.rewriteStatement(msg, false)
 }
 
 func (b sessionBinding) deallocatedAll() {}
 
-func (b sessionBinding) statement(byte, int, []byte, []byte, bool) (bool, error) { return false, nil }
+func (b sessionBinding) statement(byte, int, []byte, []byte) (bool, error) { return false, nil }
 
 // hidesStatus: pgtenant's own statements re-apply nothing the client set
 // on its own connection.
