@@ -327,26 +327,47 @@ func (r *relay) clientToUpstream() error {
 }
 
 // nextRequest reads the client message of type typ and size bytes whose
-// header is at the head of the client reader for the core: whole, or as
-// much of it as the reader holds when the core needs no more (a message
-// the core needs whole is copied out when larger than the buffer, up to
-// maxGuardedStatement; the core refuses a larger one).
+// header is at the head of the client reader for the core: as much as the
+// core needs of it (requestNeed), and whatever more of it the reader holds
+// already. A message the core needs whole that is larger than the buffer
+// is copied out.
 func (r *relay) nextRequest(typ byte, size int) ([]byte, error) {
-	n := min(size, r.cr.Size())
-	whole := size > n && size <= maxGuardedStatement && r.requestWhole(typ)
-	if r.cr.Buffered() < n || whole {
+	need := r.requestNeed(typ, size)
+	if r.cr.Buffered() < need {
 		// About to wait for the client: what is buffered goes first.
 		if err := r.flushUp(); err != nil {
 			return nil, err
 		}
 	}
-	r.inPeeked = !whole
-	if whole {
+	if need > r.cr.Size() {
+		r.inPeeked = false
 		msg := make([]byte, size)
 		_, err := io.ReadFull(r.cr, msg)
 		return msg, err
 	}
-	return r.cr.Peek(n)
+	r.inPeeked = true
+	if _, err := r.cr.Peek(need); err != nil {
+		return nil, err
+	}
+	return r.cr.Peek(min(size, r.cr.Buffered()))
+}
+
+// requestNeed is how much of a message the core reads: the whole of one it
+// reads whole (requestWhole; only the header of one too large for that,
+// which the core refuses), the names and start of the text of the rest of
+// the statement messages, the header of any other. It never waits for
+// more: a client that declares a message and sends no more of it gets the
+// upstream's answer to what it sent, as from PostgreSQL.
+func (r *relay) requestNeed(typ byte, size int) int {
+	switch {
+	case r.requestWhole(typ) && size <= maxGuardedStatement:
+		return size
+	case r.requestWhole(typ):
+		return 5
+	case typ == 'Q' || typ == 'P' || typ == 'B' || typ == 'E':
+		return min(size, r.cr.Size())
+	}
+	return 5
 }
 
 // requestWhole reports whether the core reads a message of type typ whole:

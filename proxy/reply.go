@@ -73,15 +73,24 @@ func (r *relay) nextReply(rd *bufio.Reader) ([]byte, int, error) {
 func (r *relay) replyFrom(rd *bufio.Reader, msg []byte, size int) error {
 	r.armUpstreamTimeout(r.rconn)
 	err := r.reply(msg, size)
-	if len(msg) < size || size <= rd.Size() {
-		_, _ = rd.Discard(len(msg)) // peeked: it is buffered
-	}
-	rest, pass := r.resp.rest, r.resp.restPass
-	r.resp.rest = 0
-	if err != nil || rest == 0 {
+	if len(msg) == size {
+		// Whole: nothing of it is left to move. The core may have ended
+		// the lease (a ReadyForQuery): the relay is then no longer this
+		// reader's to touch.
+		if size <= rd.Size() {
+			_, _ = rd.Discard(size) // peeked: it is buffered
+		}
 		return err
 	}
-	if pass {
+	// A head: a row, copy data or a function's result, which ends no unit,
+	// so the relay is still this reader's.
+	_, _ = rd.Discard(len(msg))
+	rest, pass := r.resp.rest, r.resp.restPass
+	r.resp.rest = 0
+	switch {
+	case err != nil || rest == 0:
+		return err
+	case pass:
 		return forward(r.cw, rd, rest)
 	}
 	_, err = rd.Discard(rest)
