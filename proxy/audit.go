@@ -194,10 +194,7 @@ func (r *relay) auditRequest(typ byte, size int, msg []byte, refused bool) error
 		}
 		au.stmts[string(name)] = au.a.Statement(statementText(msg))
 	case 'B':
-		head, err := r.peekHead(size)
-		if err != nil {
-			return err
-		}
+		head := r.in
 		portal, rest, _ := splitName(head[5:])
 		stmt, _, _ := splitName(rest)
 		st := au.stmts[string(stmt)]
@@ -212,10 +209,7 @@ func (r *relay) auditRequest(typ byte, size int, msg []byte, refused bool) error
 		if !au.a.Sample(au.tenant) {
 			return nil
 		}
-		head, err := r.peekHead(size)
-		if err != nil {
-			return err
-		}
+		head := r.in
 		portal, _, _ := splitName(head[5:])
 		st := au.portals[string(portal)]
 		switch st {
@@ -260,7 +254,8 @@ func (au *auditState) tagSent(typ byte, unit uint64) uint64 {
 // a unit of the client's: rows from CommandComplete, the SQLSTATE of an
 // ErrorResponse; an Execute is over at its CommandComplete, error, empty
 // query or suspension, a Query at its ReadyForQuery.
-func (r *relay) auditReply(typ byte, size int, res replyResult) {
+func (r *relay) auditReply(msg []byte, res replyResult) {
+	typ := msg[0]
 	au := r.audit
 	au.mu.Lock()
 	defer au.mu.Unlock()
@@ -273,11 +268,11 @@ func (r *relay) auditReply(typ byte, size int, res replyResult) {
 		done := false
 		switch typ {
 		case 'C':
-			e.rows += commandRows(r.peekWhole(size))
+			e.rows += commandRows(msg)
 			done = res.msgType == 'E'
 		case 'E':
 			if e.code == "" {
-				e.code = r.peekErrorCode(size)
+				e.code = errorCode(msg)
 			}
 			done = res.msgType == 'E'
 		case 'I', 's':
@@ -290,7 +285,7 @@ func (r *relay) auditReply(typ byte, size int, res replyResult) {
 		}
 	}
 	if res.audit == 0 && typ == 'E' && au.failUnit != res.unit {
-		au.failUnit, au.failCode = res.unit, r.peekErrorCode(size)
+		au.failUnit, au.failCode = res.unit, errorCode(msg)
 	}
 	if res.endsUnit {
 		au.endUnitLocked(res.unit)

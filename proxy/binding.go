@@ -41,27 +41,28 @@ type binding interface {
 	settledAssertion() []byte
 	// rewrite relays a Query or Parse the guard found statements in that
 	// name channels, prepared statements or DEALLOCATE: what to send instead.
-	rewrite(msg []byte, peeked bool) ([]byte, bool, error)
+	rewrite(msg []byte) ([]byte, error)
 	// deallocatedAll follows a Query that runs DEALLOCATE ALL or DISCARD ALL.
 	deallocatedAll()
 	// statement relays a Parse, Bind, Describe, Close or Query if the
 	// binding has its own way with statement names (done); substitute is
 	// what the guard replaced the message with, if it refused it.
-	statement(typ byte, size int, msg, substitute []byte, peeked bool) (done bool, err error)
+	statement(typ byte, size int, msg, substitute []byte) (done bool, err error)
 
 	// Reply side.
 
-	// hidesStatus reports whether the ParameterStatus at the head of r.ur
-	// is hidden from the client.
+	// hidesStatus reports whether the ParameterStatus being answered is
+	// hidden from the client.
 	hidesStatus() bool
-	// notification handles a NotificationResponse at the head of r.ur.
-	notification(size int) error
-	// statementReply handles a ParseComplete, CloseComplete or ErrorResponse
-	// (the binding's statement bookkeeping); done: nothing else to do.
-	statementReply(typ byte, size int, res replyResult) (done bool, err error)
-	// renamedError reports whether the ErrorResponse of size bytes at the
-	// head of r.ur may name statements under names pgtenant gave them.
-	renamedError(size int) bool
+	// notification handles a NotificationResponse, msg.
+	notification(msg []byte) error
+	// statementReply handles a ParseComplete, CloseComplete or
+	// ErrorResponse, msg (the binding's statement bookkeeping); done:
+	// nothing else to do.
+	statementReply(msg []byte, res replyResult) (done bool, err error)
+	// renamedError reports whether the ErrorResponse msg may name
+	// statements under names pgtenant gave them.
+	renamedError(msg []byte) bool
 	// clientError is msg, an ErrorResponse, in the client's statement names
 	// (client: the name of the statement the failed message named); nil when
 	// msg goes as it is.

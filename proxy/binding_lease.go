@@ -85,7 +85,7 @@ func (r *relay) terminateInGroup(size int) error {
 	}
 	// The upstream closes behind it: that is no news to tell the client.
 	r.closing.Store(true)
-	if err := forward(r.uw, r.cr, size); err != nil {
+	if err := r.passUp(0, size); err != nil {
 		return err
 	}
 	if err := r.uw.Flush(); err != nil {
@@ -130,40 +130,35 @@ func (b leaseBinding) settledAssertion() []byte {
 
 // rewrite renames the client's statements to the upstream names of the
 // held connection and scopes its channels.
-func (b leaseBinding) rewrite(msg []byte, peeked bool) ([]byte, bool, error) {
+func (b leaseBinding) rewrite(msg []byte) ([]byte, error) {
 	r := b.r
 	var err error
 	if r.dealloc != "" {
-		if msg, peeked, err = r.deallocateOne(msg, peeked); err != nil {
-			return nil, false, err
+		if msg, err = r.deallocateOne(msg); err != nil {
+			return nil, err
 		}
 	}
 	if len(r.channels) > 0 || r.prepare != nil || len(r.executes) > 0 {
-		return r.rewriteStatement(msg, peeked, true)
+		return r.rewriteStatement(msg, true)
 	}
-	return msg, peeked, nil
+	return msg, nil
 }
 
 // deallocatedAll: a Parse of DEALLOCATE ALL runs nothing: its Bind does
 // (relayBind), perhaps on another connection.
 func (b leaseBinding) deallocatedAll() { b.r.deallocateAll() }
 
-func (b leaseBinding) statement(typ byte, size int, msg, substitute []byte, peeked bool) (bool, error) {
+func (b leaseBinding) statement(typ byte, size int, msg, substitute []byte) (bool, error) {
 	r := b.r
 	switch {
 	case substitute == nil && (typ == 'P' || typ == 'B' || typ == 'D' || typ == 'C'):
-		return true, r.relayStatementMessage(typ, size, msg, peeked)
+		return true, r.relayStatementMessage(typ, size, msg)
 	case typ == 'P' && len(msg) > 5 && msg[5] == 0:
 		// A refused Parse of the unnamed statement: PostgreSQL drops the
 		// unnamed statement before parsing, so the client's is gone when
 		// its substitute fails, as after any failing Parse (and kept if the
 		// server skips it). Tracked as that Parse.
-		if peeked {
-			if _, err := r.cr.Discard(len(msg)); err != nil {
-				return true, err
-			}
-		}
-		return true, r.relayStatementMessage(typ, len(substitute), substitute, false)
+		return true, r.relayStatementMessage(typ, len(substitute), substitute)
 	case typ == 'P':
 		r.prepared().record(replyEntry{seq: r.seq}) // the refusal's failing Parse
 	case typ == 'Q' && msg != nil:
@@ -182,33 +177,26 @@ func (b leaseBinding) hidesStatus() bool {
 
 // notification: left on a pooled connection; the hub is how notifications
 // reach a transaction-mode client (listening.go).
-func (b leaseBinding) notification(size int) error {
-	_, err := b.r.ur.Discard(size)
-	return err
-}
+func (b leaseBinding) notification([]byte) error { return nil }
 
-func (b leaseBinding) statementReply(typ byte, size int, res replyResult) (bool, error) {
+func (b leaseBinding) statementReply(msg []byte, res replyResult) (bool, error) {
 	r := b.r
-	if typ == 'E' {
+	if msg[0] == 'E' {
 		r.stmts.dropUnit(res.unit, r.rsc, res.msgType == 'P' || res.msgType == 'C')
 		return false, nil
 	}
 	switch r.stmts.reply() {
 	case replyHide:
-		_, err := r.ur.Discard(size)
-		return true, err
+		return true, nil
 	case replyAsParse:
-		if _, err := r.ur.Discard(size); err != nil {
-			return true, err
-		}
 		_, err := r.cw.Write(parseComplete)
 		return true, err
 	}
 	return false, nil
 }
 
-func (b leaseBinding) renamedError(size int) bool {
-	return bytes.Contains(b.r.peekWhole(size), serverStmtPrefixBytes)
+func (b leaseBinding) renamedError(msg []byte) bool {
+	return bytes.Contains(msg, serverStmtPrefixBytes)
 }
 
 func (b leaseBinding) clientError(msg []byte, client string) pgproto3.BackendMessage {

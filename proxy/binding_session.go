@@ -39,16 +39,16 @@ func (b sessionBinding) settledAssertion() []byte { return nil }
 
 // rewrite scopes channel names only: the client's statements keep their
 // names on its own connection.
-func (b sessionBinding) rewrite(msg []byte, peeked bool) ([]byte, bool, error) {
+func (b sessionBinding) rewrite(msg []byte) ([]byte, error) {
 	if len(b.r.channels) == 0 {
-		return msg, peeked, nil
+		return msg, nil
 	}
-	return b.r.rewriteStatement(msg, peeked, false)
+	return b.r.rewriteStatement(msg, false)
 }
 
 func (b sessionBinding) deallocatedAll() {}
 
-func (b sessionBinding) statement(byte, int, []byte, []byte, bool) (bool, error) { return false, nil }
+func (b sessionBinding) statement(byte, int, []byte, []byte) (bool, error) { return false, nil }
 
 // hidesStatus: pgtenant's own statements re-apply nothing the client set
 // on its own connection.
@@ -56,17 +56,18 @@ func (b sessionBinding) hidesStatus() bool { return false }
 
 // notification relays what the connection's LISTENs receive, under the
 // client's channel names.
-func (b sessionBinding) notification(size int) error {
+func (b sessionBinding) notification(msg []byte) error {
 	r := b.r
 	if r.notifyScope != "" {
-		return r.relayNotification(size)
+		return r.relayNotification(msg)
 	}
-	return forward(r.cw, r.ur, size)
+	_, err := r.cw.Write(msg)
+	return err
 }
 
-func (b sessionBinding) statementReply(byte, int, replyResult) (bool, error) { return false, nil }
+func (b sessionBinding) statementReply([]byte, replyResult) (bool, error) { return false, nil }
 
-func (b sessionBinding) renamedError(int) bool { return false }
+func (b sessionBinding) renamedError([]byte) bool { return false }
 
 func (b sessionBinding) clientError([]byte, string) pgproto3.BackendMessage { return nil }
 

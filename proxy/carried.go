@@ -262,12 +262,8 @@ func (r *relay) takeReadback() error {
 	return nil
 }
 
-// readbackRow takes one row of a readback (reply side).
-func (r *relay) readbackRow(size int) error {
-	msg, err := readMessage(r.ur, size)
-	if err != nil {
-		return err
-	}
+// readbackRow takes one row of a readback, msg (reply side).
+func (r *relay) readbackRow(msg []byte) {
 	switch name, value, ok := twoTextColumns(msg[5:]); {
 	case ok && name == "":
 		r.carry.pinLeft = value
@@ -278,7 +274,6 @@ func (r *relay) readbackRow(size int) error {
 	case ok:
 		r.carry.rows = append(r.carry.rows, setting{name: name, value: value})
 	}
-	return nil
 }
 
 // twoTextColumns decodes a DataRow body of two non-null columns.

@@ -90,18 +90,14 @@ func quoteIdent(name string) string {
 	return `"` + strings.ReplaceAll(name, `"`, `""`) + `"`
 }
 
-// relayNotification passes on a NotificationResponse of the client's scope
-// under the client's channel name, and drops any other (reply side).
-func (r *relay) relayNotification(size int) error {
-	msg, err := readMessage(r.ur, size)
-	if err != nil {
-		return err
-	}
+// relayNotification passes on a NotificationResponse, msg, of the client's
+// scope under the client's channel name, and drops any other (reply side).
+func (r *relay) relayNotification(msg []byte) error {
 	out := unscoped(msg, r.notifyScope)
 	if out == nil {
 		return nil // another tenant's (or unscoped: a function's in the database)
 	}
-	_, err = r.cw.Write(out)
+	_, err := r.cw.Write(out)
 	return err
 }
 
@@ -154,29 +150,24 @@ func applyEdits(dst, text []byte, edits []textEdit, from, to int) []byte {
 // rewriteStatement relays a Query or Parse (msg) with its text edited: the
 // client's channels scoped and, with carry (transaction mode), its carried
 // SQL statements renamed. It returns the message to relay instead.
-func (r *relay) rewriteStatement(msg []byte, peeked, carry bool) ([]byte, bool, error) {
+func (r *relay) rewriteStatement(msg []byte, carry bool) ([]byte, error) {
 	text := statementText(msg)
 	edits := r.scopeChannels(text, nil)
 	var added *clientStmt
 	if carry {
 		var err error
 		if edits, added, err = r.carrySQLStatements(msg[0], edits); err != nil {
-			return nil, false, err
+			return nil, err
 		}
 	}
 	if len(edits) == 0 {
-		return msg, peeked, nil
+		return msg, nil
 	}
 	sort.Slice(edits, func(i, j int) bool { return edits[i].start < edits[j].start })
 	if added != nil {
 		// What is prepared again elsewhere is what ran here.
 		p := r.prepare
 		added.inner = string(applyEdits(nil, text, edits, p.InnerStart, p.InnerStart+len(p.Inner)))
-	}
-	if peeked {
-		if _, err := r.cr.Discard(len(msg)); err != nil {
-			return nil, false, err
-		}
 	}
 	textStart := 5
 	if msg[0] == 'P' {
@@ -187,5 +178,5 @@ func (r *relay) rewriteStatement(msg []byte, peeked, carry bool) ([]byte, bool, 
 	out = applyEdits(out, text, edits, 0, len(text))
 	out = append(out, msg[textStart+len(text):]...)
 	binary.BigEndian.PutUint32(out[1:], uint32(len(out)-1))
-	return out, false, nil
+	return out, nil
 }

@@ -565,7 +565,13 @@ func (p *txPool) serve(sc *serverConn) {
 			return
 		}
 		if r := sc.holder.Load(); r != nil {
-			if err := r.reply(typ, size); err != nil {
+			msg, size, err := r.nextReply(sc.r)
+			if err != nil {
+				err = r.upstreamReadError(err)
+			} else {
+				err = r.replyFrom(sc.r, msg, size)
+			}
+			if err != nil {
 				if errors.Is(err, errDraining) {
 					// The session ends at an idle point (the lease is over); the
 					// connection is fine.

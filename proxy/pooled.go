@@ -472,7 +472,7 @@ func (r *relay) cancelPooled(timeout time.Duration) (uint32, bool, error) {
 // transaction mode, under upstream names and with whatever the connection
 // lacks prepared first (see statements.go). msg is the whole message when
 // the caller has it (Parse always, through the guard).
-func (r *relay) relayStatementMessage(typ byte, size int, msg []byte, peeked bool) error {
+func (r *relay) relayStatementMessage(typ byte, size int, msg []byte) error {
 	sc := r.sc
 	st := r.prepared()
 	seq := r.seq
@@ -503,7 +503,7 @@ func (r *relay) relayStatementMessage(typ byte, size int, msg []byte, peeked boo
 			sc.unnamed, sc.unnamedN = r, st.gen
 			sc.mu.Unlock()
 			st.record(undo)
-			return r.writeClientMessage(msg, peeked)
+			return r.writeClientMessage(msg)
 		}
 		st.mu.Lock()
 		existing := st.byName[string(name)]
@@ -515,7 +515,7 @@ func (r *relay) relayStatementMessage(typ byte, size int, msg []byte, peeked boo
 			}
 			st.scratch = appendParse(st.scratch[:0], existing.server, rest)
 			st.record(replyEntry{seq: seq})
-			return r.writeRewrittenAs(len(msg), peeked, existing.client)
+			return r.writeRewrittenAs(existing.client)
 		}
 		if err := st.overLimit(len(msg), r.maxPrepared); err != nil {
 			return err
@@ -533,7 +533,7 @@ func (r *relay) relayStatementMessage(typ byte, size int, msg []byte, peeked boo
 			// but would accept the stand-in Close.)
 			st.scratch = appendClose(st.scratch[:0], 'P', noPortal)
 			st.record(replyEntry{seq: seq, action: replyAsParse, kind: effectClientAdd, client: string(name)})
-			return r.writeRewritten(len(msg), peeked)
+			return r.writeRewritten()
 		}
 		if err := r.evict(server, seq); err != nil {
 			return err
@@ -544,13 +544,13 @@ func (r *relay) relayStatementMessage(typ byte, size int, msg []byte, peeked boo
 		st.record(replyEntry{seq: seq, action: replyHide, kind: effectServerRemove, server: server, had: had})
 		st.scratch = append(st.scratch, cs.parse...)
 		st.record(replyEntry{seq: seq, kind: effectClientAddServer, server: server, client: string(name)})
-		return r.writeRewritten(len(msg), peeked)
+		return r.writeRewritten()
 	case 'B':
 		return r.relayBind(size)
 	case 'D', 'C':
 		if msg == nil {
 			var err error
-			if msg, peeked, err = r.wholeMessage(size); err != nil {
+			if msg, err = r.wholeMessage(size); err != nil {
 				return err
 			}
 		}
@@ -566,7 +566,7 @@ func (r *relay) relayStatementMessage(typ byte, size int, msg []byte, peeked boo
 			if typ == 'C' {
 				st.record(replyEntry{seq: seq}) // its CloseComplete, in order
 			}
-			return r.writeClientMessage(msg, peeked)
+			return r.writeClientMessage(msg)
 		}
 		if len(name) == 0 {
 			if typ == 'D' {
@@ -589,7 +589,7 @@ func (r *relay) relayStatementMessage(typ byte, size int, msg []byte, peeked boo
 				sc.mu.Unlock()
 				st.record(replyEntry{seq: seq, kind: effectClientUnnamedClose, prev: prev, prevGen: gen})
 			}
-			return r.writeClientMessage(msg, peeked)
+			return r.writeClientMessage(msg)
 		}
 		st.mu.Lock()
 		cs := st.byName[string(name)]
@@ -606,17 +606,17 @@ func (r *relay) relayStatementMessage(typ byte, size int, msg []byte, peeked boo
 			} else {
 				st.scratch = appendDescribe(st.scratch[:0], 'S', serverStmtPrefix+"unknown")
 			}
-			return r.writeRewritten(len(msg), peeked)
+			return r.writeRewritten()
 		case cs == nil:
 			if typ == 'C' {
 				st.record(replyEntry{seq: seq})
 			}
-			return r.writeClientMessage(msg, peeked)
+			return r.writeClientMessage(msg)
 		case typ == 'C':
 			// The upstream statement stays, cached for the next Parse of it.
 			st.scratch = appendClose(st.scratch[:0], 'P', noPortal)
 			st.record(replyEntry{seq: seq, kind: effectClientRemove, client: string(name), stmt: cs})
-			return r.writeRewritten(len(msg), peeked)
+			return r.writeRewritten()
 		default:
 			if err := r.ensurePrepared(cs, seq); err != nil {
 				return err
@@ -625,7 +625,7 @@ func (r *relay) relayStatementMessage(typ byte, size int, msg []byte, peeked boo
 				return err
 			}
 			st.scratch = appendDescribe(st.scratch[:0], 'S', cs.server)
-			return r.writeRewritten(len(msg), peeked)
+			return r.writeRewritten()
 		}
 	}
 	return nil
@@ -641,10 +641,7 @@ func (r *relay) waitStatements(seq uint64) error {
 // relayBind sends a Bind under the upstream statement name. Only the head
 // of the message is rewritten; parameters are streamed.
 func (r *relay) relayBind(size int) error {
-	head, err := r.peekHead(size)
-	if err != nil {
-		return err
-	}
+	head := r.in
 	portal, rest, ok := splitName(head[5:])
 	var stmt []byte
 	if ok {
@@ -737,22 +734,7 @@ func (r *relay) relayBind(size int) error {
 	if _, err := r.uw.Write(out); err != nil {
 		return err
 	}
-	if _, err := r.cr.Discard(headLen); err != nil {
-		return err
-	}
-	return forward(r.uw, r.cr, size-headLen)
-}
-
-// peekHead peeks at as much of a message as the client reader holds, at
-// least its names: enough for any Bind a driver sends.
-func (r *relay) peekHead(size int) ([]byte, error) {
-	n := min(size, r.cr.Size())
-	if r.cr.Buffered() < n {
-		if err := r.flushUp(); err != nil {
-			return nil, err
-		}
-	}
-	return r.cr.Peek(n)
+	return r.passUp(headLen, size)
 }
 
 // ensurePrepared prepares a client statement on the held connection if it
@@ -837,39 +819,25 @@ func (r *relay) evict(keep string, seq uint64) error {
 	}
 }
 
-// writeRewritten sends the scratch buffer in place of the client's message
-// of size bytes.
-func (r *relay) writeRewritten(size int, peeked bool) error {
-	return r.writeRewrittenAs(size, peeked, "")
+// writeRewritten sends the scratch buffer in place of the client's message.
+func (r *relay) writeRewritten() error {
+	return r.writeRewrittenAs("")
 }
 
 // writeRewrittenAs is writeRewritten for a message whose errors name the
 // client's statement client (see relayError).
-func (r *relay) writeRewrittenAs(size int, peeked bool, client string) error {
+func (r *relay) writeRewrittenAs(client string) error {
 	r.ledger.sendMsgs(r.prepared().scratch, r.seq, fromClient)
 	if client != "" {
 		r.ledger.nameLast(client)
 	}
-	if _, err := r.uw.Write(r.prepared().scratch); err != nil {
-		return err
-	}
-	if peeked {
-		_, err := r.cr.Discard(size)
-		return err
-	}
-	return nil
+	_, err := r.uw.Write(r.prepared().scratch)
+	return err
 }
 
 // writeClientMessage sends a message that was read whole, unchanged.
-func (r *relay) writeClientMessage(msg []byte, peeked bool) error {
-	if err := r.sendClient(msg, false); err != nil {
-		return err
-	}
-	if peeked {
-		_, err := r.cr.Discard(len(msg))
-		return err
-	}
-	return nil
+func (r *relay) writeClientMessage(msg []byte) error {
+	return r.sendClient(msg, false)
 }
 
 // deallocateAll follows a DEALLOCATE ALL or DISCARD ALL the client sent:
@@ -939,7 +907,7 @@ func (r *relay) queryRan(gen uint64, sc *serverConn) {
 // The client's name goes now: a DEALLOCATE the server then refuses (in a
 // failed block) leaves the statement gone for the client too, where
 // PostgreSQL would keep it.
-func (r *relay) deallocateOne(msg []byte, peeked bool) ([]byte, bool, error) {
+func (r *relay) deallocateOne(msg []byte) ([]byte, error) {
 	st, name := r.prepared(), r.dealloc
 	st.mu.Lock()
 	cs := st.byName[name]
@@ -954,13 +922,13 @@ func (r *relay) deallocateOne(msg []byte, peeked bool) ([]byte, bool, error) {
 	case strings.HasPrefix(name, serverStmtPrefix):
 		server = serverStmtPrefix + "unknown" // never pgtenant's own statements
 	default:
-		return msg, peeked, nil // not prepared: the server says so in the client's words
+		return msg, nil // not prepared: the server says so in the client's words
 	}
 	own := !r.inGroup && !r.ledger.skipsNext()
 	if cs != nil && (own || r.inGroup) && !r.sc.touch(server) {
 		if own {
 			if err := r.beginUnit(); err != nil {
-				return nil, false, err
+				return nil, err
 			}
 		}
 		// Its replies are hidden; what the connection has prepared under
@@ -974,21 +942,16 @@ func (r *relay) deallocateOne(msg []byte, peeked bool) ([]byte, bool, error) {
 			buf, o = append(buf, syncMessage...), fromPrepare
 		}
 		if err := r.sendMsgs(buf, o); err != nil {
-			return nil, false, err
+			return nil, err
 		}
 	}
 	r.sc.mu.Lock()
 	delete(r.sc.prepared, server)
 	r.sc.mu.Unlock()
-	if peeked {
-		if _, err := r.cr.Discard(len(msg)); err != nil {
-			return nil, false, err
-		}
-	}
 	sql := `DEALLOCATE "` + server + `"`
 	if msg[0] == 'Q' {
-		return encodeQuery(sql), false, nil
+		return encodeQuery(sql), nil
 	}
 	stmtName, _, _ := splitName(msg[5:])
-	return mustEncode(nil, &pgproto3.Parse{Name: string(stmtName), Query: sql}), false, nil
+	return mustEncode(nil, &pgproto3.Parse{Name: string(stmtName), Query: sql}), nil
 }

@@ -2,7 +2,6 @@ package proxy
 
 import (
 	"bytes"
-	"io"
 	"strconv"
 	"strings"
 	"sync"
@@ -72,27 +71,16 @@ func (rf *refusals) match(upstream *pgconn.PgError) *pgconn.PgError {
 	return e
 }
 
-// wholeMessage returns the complete message at the head of the client
-// reader. When it fits the buffer it is only peeked (peeked is true and the
-// caller must Discard it); a larger one is read out into its own slice.
-func (r *relay) wholeMessage(size int) (msg []byte, peeked bool, err error) {
-	if size <= r.cr.Size() {
-		if r.cr.Buffered() < size {
-			if err := r.flushUp(); err != nil {
-				return nil, false, err
-			}
-		}
-		msg, err = r.cr.Peek(size)
-		return msg, true, err
+// wholeMessage returns the whole message being relayed, of size bytes (the
+// driver reads it whole: requestWhole).
+func (r *relay) wholeMessage(size int) ([]byte, error) {
+	if len(r.in) == size {
+		return r.in, nil
 	}
 	if size > maxGuardedStatement {
-		return nil, false, fatalf(codeProgramLimitExceeded, "statement of %d bytes exceeds pgtenant's limit of %d bytes", size, maxGuardedStatement)
+		return nil, fatalf(codeProgramLimitExceeded, "statement of %d bytes exceeds pgtenant's limit of %d bytes", size, maxGuardedStatement)
 	}
-	msg = make([]byte, size)
-	if _, err := io.ReadFull(r.cr, msg); err != nil {
-		return nil, false, err
-	}
-	return msg, false, nil
+	return nil, fatalf(codeInternalError, "pgtenant: message %q of %d bytes not read whole", r.in[0], size)
 }
 
 // check runs the guard on a Query, Parse or FunctionCall message. It returns

@@ -89,6 +89,14 @@ type relay struct {
 	ledger   ledger        // what the upstream owes, in order
 	txStatus atomic.Uint32 // status byte of the last ReadyForQuery
 
+	// The request side's core and driver: in is the message being relayed
+	// (whole, or its head), inPeeked whether it is in the client reader
+	// still; inRest is what the driver still moves of it, upstream if
+	// inRestPass, else nowhere.
+	in         []byte
+	inPeeked   bool
+	inRest     int
+	inRestPass bool
 	seq        uint64   // the unit being sent (request side)
 	assertDue  []byte   // request side: the assertion the unit still needs, before it runs anything
 	waitSeq    uint64   // request side: the unit untilStatements waits for
@@ -221,18 +229,13 @@ func readMessage(rd *bufio.Reader, size int) ([]byte, error) {
 	return msg, nil
 }
 
-// peekStatementText peeks at the start of the SQL text of a Query or Parse
-// message. It returns nil for other messages, and may return a prefix of a
-// long statement.
-func peekStatementText(rd *bufio.Reader, typ byte, size int) []byte {
+// peekStatementText is the start of the SQL text of the Query or Parse
+// being relayed (nil for other messages): a prefix of a long statement.
+func (r *relay) peekStatementText(typ byte) []byte {
 	if typ != 'Q' && typ != 'P' {
 		return nil
 	}
-	msg, err := rd.Peek(min(size, screenPeekLen+5))
-	if err != nil {
-		return nil
-	}
-	return statementText(msg)
+	return statementText(r.in[:min(len(r.in), screenPeekLen+5)])
 }
 
 // statementText returns the SQL text of a (possibly truncated) Query or
@@ -257,9 +260,20 @@ func statementText(msg []byte) []byte {
 	return body
 }
 
-// clientToUpstream is the request side. It returns nil when the client sent
-// Terminate, the read error when the client went away, or a *pgconn.PgError
-// to report to the client as FATAL.
+// The request side is a core and a driver, like the reply side (reply.go).
+// The core (relayMessage and what it calls) takes one client message as
+// bytes, r.in, and writes what goes upstream to the upstream writer; it
+// never reads the client. Where it must wait (for replies, a pooled
+// connection, a paused tenant, a rate token) it calls await and the like,
+// which block the driver's goroutine. The driver, clientToUpstream, reads
+// the client and hands the core each message: whole, or the head of one
+// larger than the read buffer that the core relays or drops without reading
+// it (requestWhole); it then takes the message out of the reader and moves
+// the rest as the core said (inRest).
+
+// clientToUpstream is the request side's driver. It returns nil when the
+// client sent Terminate, the read error when the client went away, or a
+// *pgconn.PgError to report to the client as FATAL.
 func (r *relay) clientToUpstream() error {
 	for {
 		if r.cr.Buffered() < 5 {
@@ -293,7 +307,14 @@ func (r *relay) clientToUpstream() error {
 		if typ == 'Q' || typ == 'E' {
 			r.stats.statements++
 		}
-		if err := r.relayMessage(typ, size); err != nil {
+		if r.in, err = r.nextRequest(typ, size); err != nil {
+			return r.idleError(err)
+		}
+		err = r.relayMessage(typ, size)
+		if err == nil {
+			err = r.consumeRequest()
+		}
+		if err != nil {
 			return err
 		}
 		if r.carry != nil && r.carry.due {
@@ -305,12 +326,102 @@ func (r *relay) clientToUpstream() error {
 	}
 }
 
-// relayMessage guards, asserts ahead of and sends the client message of
-// size bytes whose header is at the head of the client reader.
+// nextRequest reads the client message of type typ and size bytes whose
+// header is at the head of the client reader for the core: as much as the
+// core needs of it (requestNeed), and whatever more of it the reader holds
+// already. A message the core needs whole that is larger than the buffer
+// is copied out.
+func (r *relay) nextRequest(typ byte, size int) ([]byte, error) {
+	need := r.requestNeed(typ, size)
+	if r.cr.Buffered() < need {
+		// About to wait for the client: what is buffered goes first.
+		if err := r.flushUp(); err != nil {
+			return nil, err
+		}
+	}
+	if need > r.cr.Size() {
+		r.inPeeked = false
+		msg := make([]byte, size)
+		_, err := io.ReadFull(r.cr, msg)
+		return msg, err
+	}
+	r.inPeeked = true
+	if _, err := r.cr.Peek(need); err != nil {
+		return nil, err
+	}
+	return r.cr.Peek(min(size, r.cr.Buffered()))
+}
+
+// requestNeed is how much of a message the core reads: the whole of one it
+// reads whole (requestWhole; only the header of one too large for that,
+// which the core refuses), the names and start of the text of the rest of
+// the statement messages, the header of any other. It never waits for
+// more: a client that declares a message and sends no more of it gets the
+// upstream's answer to what it sent, as from PostgreSQL.
+func (r *relay) requestNeed(typ byte, size int) int {
+	switch {
+	case r.requestWhole(typ) && size <= maxGuardedStatement:
+		return size
+	case r.requestWhole(typ):
+		return 5
+	case typ == 'Q' || typ == 'P' || typ == 'B' || typ == 'E':
+		return min(size, r.cr.Size())
+	}
+	return 5
+}
+
+// requestWhole reports whether the core reads a message of type typ whole:
+// the statements the guard or the audit log reads, and Describe and Close,
+// never large but from a hostile client.
+func (r *relay) requestWhole(typ byte) bool {
+	switch typ {
+	case 'Q', 'P':
+		return r.guard != nil || r.audit != nil
+	case 'F':
+		return r.guard != nil
+	case 'D', 'C':
+		return true
+	}
+	return false
+}
+
+// consumeRequest takes the message the core has handled out of the client
+// reader, and moves what the core did not see of it as it said.
+func (r *relay) consumeRequest() error {
+	if r.inPeeked {
+		if _, err := r.cr.Discard(len(r.in)); err != nil {
+			return err
+		}
+	}
+	r.in = nil
+	rest, pass := r.inRest, r.inRestPass
+	r.inRest = 0
+	switch {
+	case rest == 0:
+		return nil
+	case pass:
+		return forward(r.uw, r.cr, rest)
+	}
+	_, err := r.cr.Discard(rest)
+	return err
+}
+
+// passUp sends the message being relayed upstream from its byte from on
+// (the message of size bytes, or its head: the driver sends the rest).
+func (r *relay) passUp(from, size int) error {
+	if len(r.in) < size {
+		r.inRest, r.inRestPass = size-len(r.in), true
+	}
+	_, err := r.uw.Write(r.in[from:])
+	return err
+}
+
+// relayMessage is the core of the request side: it guards, asserts ahead
+// of and sends the client message r.in, of type typ and size bytes.
 func (r *relay) relayMessage(typ byte, size int) error {
 	var msg []byte // the whole message, when the guard needs to read it
 	var substitute []byte
-	peeked, resets, deallocates := false, false, false
+	resets, deallocates := false, false
 	r.changes, r.deallocs, r.dealloc = false, false, ""
 	r.prepare, r.executes, r.stmtExecutes, r.channels, r.listening, r.unlistensAll = nil, nil, nil, nil, false, false
 	r.stmtMakes = nil
@@ -347,7 +458,7 @@ func (r *relay) relayMessage(typ byte, size int) error {
 		if why, _ := r.unsafeLexing.Load().(string); why != "" {
 			return fatalf(codeInsufficientPrivilege, "pgtenant cannot guard this session's statements: %s", why)
 		}
-		if msg, peeked, err = r.wholeMessage(size); err != nil {
+		if msg, err = r.wholeMessage(size); err != nil {
 			return err
 		}
 		if substitute, resets, deallocates, err = r.check(msg); err != nil {
@@ -367,7 +478,7 @@ func (r *relay) relayMessage(typ byte, size int) error {
 	}
 	if r.audit != nil && msg == nil && (typ == 'Q' || typ == 'P') {
 		// The audit log needs the whole text.
-		if msg, peeked, err = r.wholeMessage(size); err != nil {
+		if msg, err = r.wholeMessage(size); err != nil {
 			return err
 		}
 	}
@@ -390,7 +501,7 @@ func (r *relay) relayMessage(typ byte, size int) error {
 		return err
 	} else if !held {
 		// Nothing to flush, no COPY in progress: PostgreSQL would ignore it too.
-		return r.discardClientMessage(size, msg, peeked)
+		return r.dropIn(size)
 	}
 	inCopy := false
 	if !isCopyStreamMessage(typ) && r.ledger.copyRisk() {
@@ -399,7 +510,7 @@ func (r *relay) relayMessage(typ byte, size int) error {
 		}
 	}
 	if (r.dealloc != "" || len(r.channels) > 0 || r.prepare != nil || len(r.executes) > 0) && substitute == nil && !inCopy {
-		if msg, peeked, err = r.up.rewrite(msg, peeked); err != nil {
+		if msg, err = r.up.rewrite(msg); err != nil {
 			return err
 		}
 	}
@@ -418,10 +529,10 @@ func (r *relay) relayMessage(typ byte, size int) error {
 	}
 	switch step {
 	case stepDrop:
-		return r.discardClientMessage(size, msg, peeked)
+		return r.dropIn(size)
 	case stepIntoCopy:
 		r.assertDue = nil // nothing runs now
-		return r.relayIntoCopy(typ, size, msg, substitute, peeked)
+		return r.relayIntoCopy(typ, size, msg, substitute)
 	case stepUnit:
 		if err := r.startUnit(typ, size, msg, substitute != nil, typ == 'Q' || typ == 'F'); err != nil {
 			return err
@@ -433,7 +544,7 @@ func (r *relay) relayMessage(typ byte, size int) error {
 	case stepTerminate:
 		// The upstream closes behind it: that is no news to tell the client.
 		r.closing.Store(true)
-		if err := forward(r.uw, r.cr, size); err != nil {
+		if err := r.passUp(0, size); err != nil {
 			return err
 		}
 		_ = r.uw.Flush()
@@ -451,7 +562,7 @@ func (r *relay) relayMessage(typ byte, size int) error {
 		return err
 	}
 	if typ == 'P' || typ == 'B' || typ == 'D' || typ == 'C' || typ == 'Q' {
-		if done, err := r.up.statement(typ, size, msg, substitute, peeked); done {
+		if done, err := r.up.statement(typ, size, msg, substitute); done {
 			return err
 		}
 	}
@@ -464,11 +575,6 @@ func (r *relay) relayMessage(typ byte, size int) error {
 	}
 	if err := r.sendClient(out, mayCopy); err != nil {
 		return err
-	}
-	if peeked {
-		if _, err := r.cr.Discard(len(msg)); err != nil {
-			return err
-		}
 	}
 	if resets {
 		// Re-assert right behind RESET ALL / DISCARD ALL, in a round trip of
@@ -555,7 +661,7 @@ func (r *relay) mayStartCopy(typ byte, size int, msg []byte) bool {
 	if msg != nil {
 		text = statementText(msg)
 	} else {
-		text = peekStatementText(r.cr, typ, size)
+		text = r.peekStatementText(typ)
 		if size > screenPeekLen+5 {
 			return true
 		}
@@ -587,11 +693,9 @@ func (r *relay) trackStatements(typ byte, size int, msg []byte, refused bool) (m
 		if !copyText && !ends && len(r.copyStmts) == 0 && len(r.endStmts) == 0 {
 			return false, false, nil
 		}
-		head := msg // read whole, perhaps out of the reader already
+		head := msg // read whole
 		if head == nil {
-			if head, err = r.peekHead(size); err != nil {
-				return false, false, err
-			}
+			head = r.in
 		}
 		name, _, _ := splitName(head[5:])
 		// A statement that may COPY stays marked when the server may not
@@ -601,10 +705,7 @@ func (r *relay) trackStatements(typ byte, size int, msg []byte, refused bool) (m
 		r.copyStmts = markName(r.copyStmts, name, copyText || keepCopy)
 		r.endStmts = markName(r.endStmts, name, ends)
 	case 'B':
-		head, err := r.peekHead(size)
-		if err != nil {
-			return false, false, err
-		}
+		head := r.in
 		portal, rest, _ := splitName(head[5:])
 		stmt, _, _ := splitName(rest)
 		if len(r.copyStmts) > 0 || len(r.copyPortals) > 0 {
@@ -616,10 +717,7 @@ func (r *relay) trackStatements(typ byte, size int, msg []byte, refused bool) (m
 		// sendAssertionIfDue): not blind ahead of one that ends a block.
 		return false, ends && r.assertion.local, nil
 	case 'E':
-		head, err := r.peekHead(size)
-		if err != nil {
-			return false, false, err
-		}
+		head := r.in
 		portal, _, _ := splitName(head[5:])
 		ends, bound := r.boundInGroup(portal)
 		if r.rate != nil {
@@ -641,7 +739,7 @@ func (r *relay) statementHead(typ byte, size int, msg []byte) []byte {
 	if msg != nil {
 		return statementText(msg)
 	}
-	return peekStatementText(r.cr, typ, size)
+	return r.peekStatementText(typ)
 }
 
 // boundPortal is a portal the client bound in the group under way.
@@ -698,13 +796,13 @@ func containsFold(text []byte, word string) bool {
 	return false
 }
 
-// discardClientMessage drops a client message that goes nowhere.
-func (r *relay) discardClientMessage(size int, msg []byte, peeked bool) error {
-	if msg != nil && !peeked {
-		return nil // read out whole already
+// dropIn drops the client message being relayed, of size bytes: it goes
+// nowhere.
+func (r *relay) dropIn(size int) error {
+	if len(r.in) < size {
+		r.inRest, r.inRestPass = size-len(r.in), false
 	}
-	_, err := r.cr.Discard(size)
-	return err
+	return nil
 }
 
 // serverInCopy waits until the server has read everything sent so far, and
@@ -722,7 +820,7 @@ func (r *relay) serverInCopy() (bool, error) {
 // (08P01) and, its place in the stream lost, the server ends the session
 // with a FATAL. pgtenant relays it as it is, with no assertion ahead of it
 // (the server never runs it), and lets that happen.
-func (r *relay) relayIntoCopy(typ byte, size int, msg, substitute []byte, peeked bool) error {
+func (r *relay) relayIntoCopy(typ byte, size int, msg, substitute []byte) error {
 	if typ == 'Q' || typ == 'F' {
 		// A unit of its own, which ends when the server reads it.
 		if err := r.beginUnit(); err != nil {
@@ -736,14 +834,7 @@ func (r *relay) relayIntoCopy(typ byte, size int, msg, substitute []byte, peeked
 	if substitute != nil {
 		out = substitute
 	}
-	if err := r.sendClient(out, false); err != nil {
-		return err
-	}
-	if peeked {
-		_, err := r.cr.Discard(len(msg))
-		return err
-	}
-	return nil
+	return r.sendClient(out, false)
 }
 
 // awaitReplyEnd waits until the reply side has ended, or the client has hung
@@ -775,7 +866,7 @@ func (r *relay) startUnit(typ byte, size int, msg []byte, refused, simple bool) 
 		if msg != nil {
 			text = statementText(msg)
 		} else {
-			text = peekStatementText(r.cr, typ, size)
+			text = r.peekStatementText(typ)
 		}
 	}
 	// While replies are outstanding the upstream's transaction state is not
@@ -949,19 +1040,10 @@ func (r *relay) forwardUp(typ byte, size int, mayCopy bool) error {
 		m.audit = r.audit.tagSent(typ, r.seq)
 	}
 	if (typ == 'D' || typ == 'C') && size > 5 {
-		if r.cr.Buffered() < 6 {
-			if err := r.flushUp(); err != nil {
-				return err
-			}
-		}
-		b, err := r.cr.Peek(6)
-		if err != nil {
-			return err
-		}
-		m.kind = b[5]
+		m.kind = r.in[5]
 	}
 	r.ledger.send(m)
-	return forward(r.uw, r.cr, size)
+	return r.passUp(0, size)
 }
 
 // flushMessage is a Flush: the server sends what it has, and reads on.

@@ -1,6 +1,7 @@
 package proxy
 
 import (
+	"bufio"
 	"bytes"
 	"errors"
 	"io"
@@ -17,9 +18,17 @@ import (
 // ledger (what was sent, in order), then hidden (the answer to pgtenant's
 // own messages), rewritten (a guard refusal, a Parse served from a
 // connection's cache) or relayed as bytes.
+//
+// It is split in two. The core (reply and what it calls) takes one message
+// as bytes, decides, and writes what the client gets to the client writer;
+// it never reads a socket. A driver reads the upstream and hands the core
+// its messages: upstreamToClient in session mode, the pooled connection's
+// reader in transaction mode (pool.go). A message comes whole, except a
+// DataRow, CopyData or FunctionCallResponse larger than the read buffer
+// that the core relays or drops on its header (replyWhole): the driver then
+// moves the rest as the core said (resp.rest), streaming it.
 
-// upstreamToClient is the reply side in session mode. It hides the replies to the relay's
-// own assertions and forwards everything else as bytes.
+// upstreamToClient is the reply side's driver in session mode.
 func (r *relay) upstreamToClient() (err error) {
 	defer close(r.done)
 	for {
@@ -28,14 +37,78 @@ func (r *relay) upstreamToClient() (err error) {
 				return err
 			}
 		}
-		typ, size, err := readHeader(r.ur)
+		msg, size, err := r.nextReply(r.ur)
 		if err != nil {
 			return r.upstreamReadError(err)
 		}
-		if err := r.reply(typ, size); err != nil {
+		if err := r.replyFrom(r.ur, msg, size); err != nil {
 			return err
 		}
 	}
+}
+
+// nextReply reads the next upstream message from rd for the core: whole,
+// or its buffered head when the core needs no more (replyWhole). A message
+// larger than rd's buffer that the core needs whole is copied out.
+func (r *relay) nextReply(rd *bufio.Reader) ([]byte, int, error) {
+	typ, size, err := readHeader(rd)
+	if err != nil {
+		return nil, 0, err
+	}
+	if size <= rd.Size() {
+		msg, err := rd.Peek(size)
+		return msg, size, err
+	}
+	if !r.replyWhole(typ) {
+		msg, err := rd.Peek(rd.Buffered())
+		return msg, size, err
+	}
+	msg := make([]byte, size) // rare: a huge error, notice or row description
+	_, err = io.ReadFull(rd, msg)
+	return msg, size, err
+}
+
+// replyFrom hands msg (read by nextReply from rd) to the core, then takes
+// it out of rd and moves the part the core did not see as it said.
+func (r *relay) replyFrom(rd *bufio.Reader, msg []byte, size int) error {
+	r.armUpstreamTimeout(r.rconn)
+	err := r.reply(msg, size)
+	if len(msg) == size {
+		// Whole: nothing of it is left to move. The core may have ended
+		// the lease (a ReadyForQuery): the relay is then no longer this
+		// reader's to touch.
+		if size <= rd.Size() {
+			_, _ = rd.Discard(size) // peeked: it is buffered
+		}
+		return err
+	}
+	// A head: a row, copy data or a function's result, which ends no unit,
+	// so the relay is still this reader's.
+	_, _ = rd.Discard(len(msg))
+	rest, pass := r.resp.rest, r.resp.restPass
+	r.resp.rest = 0
+	switch {
+	case err != nil || rest == 0:
+		return err
+	case pass:
+		return forward(r.cw, rd, rest)
+	}
+	_, err = rd.Discard(rest)
+	return err
+}
+
+// replyWhole reports whether the core needs a message of type typ whole
+// even when it is larger than the read buffer: all but the rows, copy data
+// and function results it relays (or, answering pgtenant's own, drops)
+// unread, except the rows of a settings readback (carried.go).
+func (r *relay) replyWhole(typ byte) bool {
+	switch typ {
+	case 'd', 'V':
+		return false
+	case 'D':
+		return r.ledger.answering() == fromReadback
+	}
+	return true
 }
 
 // upstreamReadError names why reading from the upstream failed.
@@ -59,65 +132,85 @@ type respState struct {
 	standaloneErr *pgconn.PgError // failure of the standalone assertion being answered
 	silent        []uint64        // scratch for ledger.takeSilent
 	z             [6]byte         // the ReadyForQuery being handled
+	// rest is what the driver still moves of the message the core had only
+	// the head of: to the client if restPass, else nowhere.
+	rest     int
+	restPass bool
 }
 
-// reply handles one upstream message whose header is at the head of r.ur.
-func (r *relay) reply(typ byte, size int) error {
+// pass relays msg, the whole message of size bytes or its head.
+func (r *relay) pass(msg []byte, size int) error {
+	if len(msg) < size {
+		r.resp.rest, r.resp.restPass = size-len(msg), true
+	}
+	_, err := r.cw.Write(msg)
+	return err
+}
+
+// drop hides msg, the whole message of size bytes or its head.
+func (r *relay) drop(msg []byte, size int) error {
+	if len(msg) < size {
+		r.resp.rest, r.resp.restPass = size-len(msg), false
+	}
+	return nil
+}
+
+// reply is the core of the reply side: it handles one upstream message,
+// msg, of size bytes (whole, or its head: see nextReply).
+func (r *relay) reply(msg []byte, size int) error {
+	typ := msg[0]
 	if r.knobs != nil && r.knobs.OnReply != nil {
 		r.knobs.OnReply(typ)
 	}
-	r.armUpstreamTimeout(r.rconn)
 	r.stats.toClient += int64(size)
 	switch typ {
 	case 'A', 'N', 'S':
 		// NotificationResponse, NoticeResponse, ParameterStatus may come at any time.
 		if typ == 'S' && r.up.hidesStatus() {
-			_, err := r.ur.Discard(size)
-			return err
+			return nil
 		}
 		if typ == 'N' && r.ledger.answering().own() {
 			// pgtenant's own statements' notices are not the client's: the
 			// warning of a SET LOCAL in an implicit transaction
 			// (context_scope: transaction) above all.
-			_, err := r.ur.Discard(size)
-			return err
+			return nil
 		}
 		if typ == 'S' && r.guard != nil {
-			r.watchParameter(size)
+			r.watchParameter(msg)
 		}
 		if typ == 'A' {
-			return r.up.notification(size)
+			return r.up.notification(msg)
 		}
-		return forward(r.cw, r.ur, size)
+		return r.pass(msg, size)
 	}
 	if r.ledger.silentN.Load() > 0 {
 		r.resp.silent = r.settleSilent(r.rsc, r.resp.silent[:0])
 	}
 	code := ""
 	if typ == 'E' {
-		if r.noteFatal(size) {
+		if r.noteFatal(msg) {
 			// The server ends the connection: whatever it answers, this is
 			// the last word, the client's to read as it is.
 			r.obs.Error(r.tenant)
-			return forward(r.cw, r.ur, size)
+			return r.pass(msg, size)
 		}
 		if r.ledger.inCopyIn() {
-			code = r.peekErrorCode(size)
+			code = errorCode(msg)
 		}
 	}
 	res := r.ledger.reply(typ, code)
 	r.wake()
 	if r.audit != nil && (res.audit != 0 || res.endsUnit || typ == 'E') && !res.origin.own() {
-		r.auditReply(typ, size, res)
+		r.auditReply(msg, res)
 	}
 	switch {
 	case res.async:
 		// Nothing outstanding: an asynchronous error. Pass it on.
-		return forward(r.cw, r.ur, size)
+		return r.pass(msg, size)
 	case res.lost:
 		// Relay the error, then end the session: what the upstream still
 		// owes is not known.
-		if err := forward(r.cw, r.ur, size); err != nil {
+		if err := r.pass(msg, size); err != nil {
 			return err
 		}
 		return fatalf(codeProtocolViolation, "pgtenant: lost track of the upstream's replies: the COPY failed on its data after Sync messages were sent among that data")
@@ -126,51 +219,47 @@ func (r *relay) reply(typ byte, size int) error {
 		// the connection would carry that to the next client, so stop here.
 		return fatalf(codeProtocolViolation, "pgtenant: unexpected reply %q from the upstream", typ)
 	case res.origin.own():
-		return r.ownReply(typ, size, res)
+		return r.ownReply(msg, size, res)
 	}
 	if typ == '1' || typ == '3' || typ == 'E' {
-		if done, err := r.up.statementReply(typ, size, res); done {
+		if done, err := r.up.statementReply(msg, res); done {
 			return err
 		}
 	}
-	if typ == 'E' && (r.refusals.outstanding.Load() > 0 || r.up.renamedError(size)) {
-		return r.relayError(size, res.name)
+	if typ == 'E' && (r.refusals.outstanding.Load() > 0 || r.up.renamedError(msg)) {
+		return r.relayError(msg, res.name)
 	}
 	if typ == 'Z' {
-		return r.readyForQuery(size, res)
+		return r.readyForQuery(msg, res)
 	}
 	if typ == 'E' {
 		r.obs.Error(r.tenant)
 	}
-	return forward(r.cw, r.ur, size)
+	return r.pass(msg, size)
 }
 
 // ownReply handles a reply to pgtenant's own messages: hidden, unless the
 // assertion failed.
-func (r *relay) ownReply(typ byte, size int, res replyResult) error {
+func (r *relay) ownReply(msg []byte, size int, res replyResult) error {
+	typ := msg[0]
 	switch {
 	case typ == 'Z':
-		return r.readyForQuery(size, res)
+		return r.readyForQuery(msg, res)
 	case typ == 'D' && res.origin == fromReadback:
-		return r.readbackRow(size)
+		r.readbackRow(msg)
 	case typ == 'E' && res.origin == fromReadback:
 		// In a failed block: a later unit reads back again.
 		r.carry.failed = true
 	case (typ == '1' || typ == '3') && (res.origin == fromPrepare || res.origin == fromPrepareInline):
 		r.stmts.reply() // its effect on what the connection has prepared
 	case typ == 'E':
-		return r.ownError(size, res)
+		return r.ownError(msg, res)
 	}
-	_, err := r.ur.Discard(size)
-	return err
+	return r.drop(msg, size)
 }
 
-// ownError handles an error answering pgtenant's own messages.
-func (r *relay) ownError(size int, res replyResult) error {
-	msg, err := readMessage(r.ur, size)
-	if err != nil {
-		return err
-	}
+// ownError handles an error, msg, answering pgtenant's own messages.
+func (r *relay) ownError(msg []byte, res replyResult) error {
 	upstreamErr := decodeError(msg)
 	// In a failed transaction block the assertion fails as the client's own
 	// first statement would: PostgreSQL's error is the client's.
@@ -217,16 +306,12 @@ func (r *relay) ownError(size int, res replyResult) error {
 	return r.writeClient(errorResponse(e))
 }
 
-// relayError passes on an upstream error as the client would have it from
-// PostgreSQL: the guard's error when a statement pgtenant substituted caused
-// it, and with the client's statement names for the names pgtenant gave
-// them upstream (transaction mode; client, when known, is the name of the
-// statement the failed message named).
-func (r *relay) relayError(size int, client string) error {
-	msg, err := readMessage(r.ur, size)
-	if err != nil {
-		return err
-	}
+// relayError passes on an upstream error, msg, as the client would have it
+// from PostgreSQL: the guard's error when a statement pgtenant substituted
+// caused it, and with the client's statement names for the names pgtenant
+// gave them upstream (transaction mode; client, when known, is the name of
+// the statement the failed message named).
+func (r *relay) relayError(msg []byte, client string) error {
 	upstreamErr := decodeError(msg)
 	r.obs.Error(r.tenant)
 	if refusal := r.refusals.match(upstreamErr); refusal != nil {
@@ -235,21 +320,19 @@ func (r *relay) relayError(size int, client string) error {
 	if renamed := r.up.clientError(msg, client); renamed != nil {
 		return r.writeClient(renamed)
 	}
-	_, err = r.cw.Write(msg)
+	_, err := r.cw.Write(msg)
 	return err
 }
 
-// readyForQuery handles the ReadyForQuery that ends unit res.unit.
-func (r *relay) readyForQuery(size int, res replyResult) error {
-	if size != 6 {
+// readyForQuery handles the ReadyForQuery, msg, that ends unit res.unit.
+func (r *relay) readyForQuery(msg []byte, res replyResult) error {
+	if len(msg) != 6 {
 		return fatalf(codeProtocolViolation, "pgtenant: invalid ReadyForQuery from upstream")
 	}
-	// Read it out before the pending count drops: in transaction mode
-	// that may give the connection to another client.
+	// Copied out before the pending count drops: in transaction mode that
+	// may give the connection, and its read buffer, to another client.
 	z := r.resp.z[:] // in the relay, not on the stack: it would escape to the heap
-	if _, err := io.ReadFull(r.ur, z); err != nil {
-		return err
-	}
+	copy(z, msg)
 	status := z[5]
 	own := res.origin.own()
 	standaloneErr := r.resp.standaloneErr
@@ -315,24 +398,10 @@ func (r *relay) settleSilent(sc *serverConn, buf []uint64) []uint64 {
 	return buf
 }
 
-// peekErrorCode returns the SQLSTATE of the ErrorResponse at the head of
-// the upstream reader, or "".
-func (r *relay) peekErrorCode(size int) string {
-	code, _ := errorField(r.peekWhole(size), 'C')
+// errorCode returns the SQLSTATE of an ErrorResponse, msg, or "".
+func errorCode(msg []byte) string {
+	code, _ := errorField(msg, 'C')
 	return string(code)
-}
-
-// peekWhole peeks at the whole message of size bytes at the head of the
-// upstream reader, or returns nil when it does not fit the buffer.
-func (r *relay) peekWhole(size int) []byte {
-	if size > r.ur.Size() {
-		return nil
-	}
-	msg, err := r.ur.Peek(size)
-	if err != nil {
-		return nil
-	}
-	return msg
 }
 
 // errorField returns the value of field in an ErrorResponse or
@@ -359,11 +428,7 @@ func errorField(msg []byte, field byte) ([]byte, bool) {
 // SQL differently from the guard (standard_conforming_strings off, an
 // encoding that is not ASCII-safe): however it came about, no statement is
 // relayed after that.
-func (r *relay) watchParameter(size int) {
-	msg := r.peekWhole(size)
-	if msg == nil {
-		return
-	}
+func (r *relay) watchParameter(msg []byte) {
 	body := msg[5:]
 	nul := bytes.IndexByte(body, 0)
 	if nul < 0 {
@@ -381,11 +446,10 @@ func (r *relay) watchParameter(size int) {
 	}
 }
 
-// noteFatal records and reports whether the ErrorResponse at the head of
-// the upstream reader is FATAL or PANIC: the upstream closes after it, and
-// the client must not get a second error for that.
-func (r *relay) noteFatal(size int) bool {
-	msg := r.peekWhole(size)
+// noteFatal records and reports whether the ErrorResponse msg is FATAL or
+// PANIC: the upstream closes after it, and the client must not get a
+// second error for that.
+func (r *relay) noteFatal(msg []byte) bool {
 	// V is the unlocalized severity (PostgreSQL 9.6+), S the localized one.
 	sev, ok := errorField(msg, 'V')
 	if !ok {
