@@ -565,6 +565,10 @@ func (p *txPool) serve(sc *serverConn) {
 			return
 		}
 		if r := sc.holder.Load(); r != nil {
+			if err := r.flushIfShort(sc.r); err != nil {
+				p.fail(sc, r, err)
+				return
+			}
 			msg, size, err := r.nextReply(sc.r)
 			if err != nil {
 				err = r.upstreamReadError(err)

@@ -37,6 +37,9 @@ func (r *relay) upstreamToClient() (err error) {
 				return err
 			}
 		}
+		if err := r.flushIfShort(r.ur); err != nil {
+			return err
+		}
 		msg, size, err := r.nextReply(r.ur)
 		if err != nil {
 			return r.upstreamReadError(err)
@@ -45,6 +48,19 @@ func (r *relay) upstreamToClient() (err error) {
 			return err
 		}
 	}
+}
+
+// flushIfShort sends the client what it has so far when the next message
+// in rd is not all there yet: the wait for its rest may be long.
+func (r *relay) flushIfShort(rd *bufio.Reader) error {
+	typ, size, err := readHeader(rd)
+	if err != nil {
+		return nil // it comes again from nextReply
+	}
+	if rd.Buffered() < size && (size <= rd.Size() || r.replyWhole(typ)) {
+		return r.cw.Flush()
+	}
+	return nil
 }
 
 // nextReply reads the next upstream message from rd for the core: whole,
