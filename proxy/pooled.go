@@ -2,6 +2,7 @@ package proxy
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"encoding/binary"
 	"errors"
@@ -492,7 +493,12 @@ func (r *relay) relayStatementMessage(typ byte, size int, msg []byte) error {
 			st.mu.Lock()
 			st.gen++
 			undo := replyEntry{seq: seq, kind: effectClientUnnamed, prev: st.unnamed, prevChanges: st.unnamedChanges, prevDeallocates: st.unnamedDeallocates, prevPins: st.unnamedPins, prevGen: st.gen - 1}
-			st.unnamed = append(st.unnamed[:0:0], msg...)
+			if !bytes.Equal(st.unnamed, msg) {
+				// A slice of its own: undo entries keep the one before.
+				// The same text again (a driver's every transaction) keeps
+				// the one it has, with no allocation.
+				st.unnamed = append(st.unnamed[:0:0], msg...)
+			}
 			st.unnamedChanges, st.unnamedDeallocates, st.unnamedPins = r.changes, r.deallocs, r.pins
 			st.unnamedRuns = r.stmtExecutes
 			st.unnamedChans = r.channelChange()

@@ -46,8 +46,16 @@ func pipelineSafe(text []byte, local bool) bool {
 // would fail if the block had already failed and turn the ROLLBACK into an error.
 // AND CHAIN and PREPARED forms are excluded.
 func isTransactionEnd(text []byte) bool {
-	var words []string
 	var buf [keywordMax]byte
+	// The first word decides for nearly every statement, with no allocation
+	// (every Parse is asked: trackStatements).
+	first, _ := keyword(text, skipSpaceAndComments(text, 0), &buf)
+	switch string(first) {
+	case "commit", "end", "abort", "rollback", "release":
+	default:
+		return false
+	}
+	var words []string
 	i := 0
 	for {
 		i = skipSpaceAndComments(text, i)

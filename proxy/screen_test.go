@@ -61,12 +61,20 @@ func TestIsTransactionEnd(t *testing.T) {
 		{"COMMIT; SELECT 1", false},
 		{"ROLLBACK TO", false},
 		{"SELECT 1", false},
+		{"/* COMMIT */ SELECT 1", false},
+		{`"commit"`, false},
 		{"", false},
 	}
 	for _, tt := range tests {
 		if got := isTransactionEnd([]byte(tt.in)); got != tt.want {
 			t.Errorf("isTransactionEnd(%q) = %v, want %v", tt.in, got, tt.want)
 		}
+	}
+	// Every Parse is asked: a statement that is no transaction end costs
+	// no allocation.
+	text := []byte("SELECT abalance FROM pgbench_accounts WHERE aid = $1")
+	if n := testing.AllocsPerRun(100, func() { isTransactionEnd(text) }); n != 0 {
+		t.Errorf("isTransactionEnd of a SELECT: %v allocations, want 0", n)
 	}
 }
 
