@@ -91,6 +91,9 @@ func TestRelayLargeMessagesSameAsPostgres(t *testing.T) {
 		relayAt(ppQuery("COPY (SELECT '" + big + "' AS v, 2 AS n) TO STDOUT")),
 		relayAt(ppQuery("COPY copy_sink (line) FROM STDIN"), &pgproto3.CopyData{Data: []byte(relayLine + "-large-" + huge + "\n")}, &pgproto3.CopyDone{}),
 		relayAt(ppQuery("DELETE FROM copy_sink WHERE line LIKE '" + relayLine + "-large-%' RETURNING length(line), md5(line)")),
+		// Large messages arriving in pieces.
+		{msgs: []pgproto3.FrontendMessage{ppQuery("SELECT md5('" + huge + "') AS h")}, chunk: 16000},
+		{msgs: []pgproto3.FrontendMessage{ppBind("large_bind", huge), ppExec(), ppSync()}, chunk: 16000},
 		// In one write: a large Query, a large Bind, a small Query.
 		relayAt(ppQuery("SELECT md5('"+huge+"') AS h"), ppParse("", "SELECT md5($1::text) AS h"), ppBind("", huge), ppExec(), ppSync(), ppQuery("SELECT 1 AS n")),
 	}
@@ -225,5 +228,102 @@ func TestRelayLargeUnguarded(t *testing.T) {
 		relayAt(&pgproto3.FunctionCall{Function: oid, ArgFormatCodes: []uint16{0}, Arguments: [][]byte{[]byte(big), []byte("3")}, ResultFormatCode: 0}),
 		relayAt(ppQuery("COPY copy_sink (line) FROM STDIN /* "+big+" */"), &pgproto3.CopyData{Data: []byte(relayLine + "-unguarded-" + big + "\n")}, &pgproto3.CopyDone{}),
 		relayAt(ppQuery("DELETE FROM copy_sink WHERE line LIKE '" + relayLine + "-unguarded-%' RETURNING length(line)")),
+	})
+}
+
+// TestRelayLargeHangUpReleasesUpstream: a client that hangs up in the middle
+// of a message larger than the read buffer (one read whole for the guard,
+// or one whose head went upstream and whose rest was streaming) releases its
+// upstream.
+func TestRelayLargeHangUpReleasesUpstream(t *testing.T) {
+	relayCleanCopySink(t)
+	cut := func(t *testing.T, msgs []pgproto3.FrontendMessage, keep int) []byte {
+		b := relayEncode(t, msgs)
+		return b[:len(b)-keep]
+	}
+	huge := relayBig(100000)
+	eachPoolMode(t, func(t *testing.T, m poolMode) {
+		for i, tc := range []struct {
+			desc string
+			send func(t *testing.T) []byte
+		}{
+			{"a 100 KB Query, 20 KB sent", func(t *testing.T) []byte {
+				return cut(t, []pgproto3.FrontendMessage{ppQuery("SELECT '" + huge + "'")}, 80000)
+			}},
+			{"a named statement's 100 KB Bind, 20 KB sent", func(t *testing.T) []byte {
+				return cut(t, []pgproto3.FrontendMessage{ppParse("s", "SELECT $1::text"), ppBind("s", huge)}, 80000)
+			}},
+			{"a 100 KB CopyData, 20 KB sent", func(t *testing.T) []byte {
+				return cut(t, []pgproto3.FrontendMessage{ppQuery("COPY copy_sink (line) FROM STDIN"), &pgproto3.CopyData{Data: []byte(huge)}}, 80000)
+			}},
+		} {
+			t.Run(tc.desc, func(t *testing.T) {
+				since := relayNow(t)
+				p := m.start(t)
+				app := fmt.Sprintf("relay_large_hangup_%d", i)
+				c := relayProxied(t, p, tenantA, app)
+				if got, err := c.exchange([]pgproto3.FrontendMessage{ppQuery("SELECT 1")}, 0); err != nil {
+					t.Fatalf("warm-up: %q %v", got, err)
+				}
+				if err := relayWrite(c, tc.send(t), 0); err != nil {
+					t.Fatalf("send: %v", err)
+				}
+				time.Sleep(500 * time.Millisecond)
+				c.conn.Close()
+				relayWantReleased(t, p, m, app, since, modePoolSize, "hung up in "+tc.desc)
+			})
+		}
+	})
+}
+
+// TestRelayLargeRowsSharedConnection: two tenants take turns on one pooled
+// connection (transaction mode; in session mode each has its own), one
+// reading rows larger than the read buffer with a large setting carried,
+// the other short statements: each gets its own values, whole (under
+// -race, also no relay touched by a connection's reader after its lease).
+func TestRelayLargeRowsSharedConnection(t *testing.T) {
+	eachPoolMode(t, func(t *testing.T, m poolMode) {
+		p := startProxy(t, m.config(1))
+		a := p.pgconnect(t, tenantA)
+		b := p.pgconnect(t, tenantB)
+		blob := relayBig(12000)
+		queryRows(t, a, "SET myapp.blob = '"+blob+"'")
+		stop := time.Now().Add(2 * time.Second)
+		done := make(chan error, 2)
+		go func() {
+			for i := 0; time.Now().Before(stop); i++ {
+				res, err := a.Exec(context.Background(), "SELECT current_setting('myapp.blob') || n, current_setting('app.tenant_id') FROM generate_series(1, 3) n").ReadAll()
+				if err != nil {
+					done <- fmt.Errorf("tenant A, round %d: %v", i, err)
+					return
+				}
+				for j, row := range res[0].Rows {
+					if string(row[0]) != blob+fmt.Sprint(j+1) || string(row[1]) != tenantA.ID {
+						done <- fmt.Errorf("tenant A, round %d, row %d: %d bytes, tenant %q", i, j, len(row[0]), row[1])
+						return
+					}
+				}
+			}
+			done <- nil
+		}()
+		go func() {
+			for i := 0; time.Now().Before(stop); i++ {
+				res, err := b.Exec(context.Background(), "SELECT current_setting('app.tenant_id'), coalesce(current_setting('myapp.blob', true), '')").ReadAll()
+				if err != nil {
+					done <- fmt.Errorf("tenant B, round %d: %v", i, err)
+					return
+				}
+				if row := res[0].Rows[0]; string(row[0]) != tenantB.ID || len(row[1]) != 0 {
+					done <- fmt.Errorf("tenant B, round %d: tenant %q, myapp.blob of %d bytes", i, row[0], len(row[1]))
+					return
+				}
+			}
+			done <- nil
+		}()
+		for range 2 {
+			if err := <-done; err != nil {
+				t.Fatal(err)
+			}
+		}
 	})
 }
