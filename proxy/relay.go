@@ -353,17 +353,19 @@ func (r *relay) nextRequest(typ byte, size int) ([]byte, error) {
 }
 
 // requestNeed is how much of a message the core reads: the whole of one it
-// reads whole (requestWhole; only the header of one too large for that,
-// which the core refuses), the names and start of the text of the rest of
-// the statement messages, the header of any other. It never waits for
-// more: a client that declares a message and sends no more of it gets the
-// upstream's answer to what it sent, as from PostgreSQL.
+// reads whole (requestWhole; of one too large for that, which the core
+// refuses or, a Describe or Close in session mode, relays, the header and
+// the byte that says what it describes or closes: forwardUp), the names
+// and start of the text of the rest of the statement messages, the header
+// of any other. It never waits for more: a client that declares a message
+// and sends no more of it gets the upstream's answer to what it sent, as
+// from PostgreSQL.
 func (r *relay) requestNeed(typ byte, size int) int {
 	switch {
 	case r.requestWhole(typ) && size <= maxGuardedStatement:
 		return size
 	case r.requestWhole(typ):
-		return 5
+		return 6 // size > maxGuardedStatement
 	case typ == 'Q' || typ == 'P' || typ == 'B' || typ == 'E':
 		return min(size, r.cr.Size())
 	}
