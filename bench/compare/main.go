@@ -31,11 +31,10 @@ import (
 	"os"
 	"os/signal"
 	"runtime/pprof"
-	"slices"
-	"strconv"
-	"strings"
 	"syscall"
 	"time"
+
+	"github.com/pgtenant/pgtenant/bench/internal/benchutil"
 )
 
 // options are the command-line settings.
@@ -83,21 +82,21 @@ func main() {
 		}
 	}
 	var err error
-	if o.clients, err = parseInts(*clients); err != nil {
+	if o.clients, err = benchutil.ParseInts(*clients, 1); err != nil {
 		fatal(fmt.Errorf("-clients: %w", err))
 	}
-	if o.protocols, err = parseList(*protocols, "simple", "extended", "prepared"); err != nil {
+	if o.protocols, err = benchutil.ParseList(*protocols, "simple", "extended", "prepared"); err != nil {
 		fatal(fmt.Errorf("-protocols: %w", err))
 	}
-	if o.modes, err = parseList(*modes, "session", "transaction"); err != nil {
+	if o.modes, err = benchutil.ParseList(*modes, "session", "transaction"); err != nil {
 		fatal(fmt.Errorf("-modes: %w", err))
 	}
 	if *only != "" {
-		if o.only, err = parseList(*only, "direct", "pgbouncer", "pgtenant"); err != nil {
+		if o.only, err = benchutil.ParseList(*only, "direct", "pgbouncer", "pgtenant"); err != nil {
 			fatal(fmt.Errorf("-only: %w", err))
 		}
 	}
-	if _, err := parseList(o.idleMode, "session", "transaction"); err != nil {
+	if _, err := benchutil.ParseList(o.idleMode, "session", "transaction"); err != nil {
 		fatal(fmt.Errorf("-idle-mode: %w", err))
 	}
 	switch {
@@ -141,32 +140,4 @@ func main() {
 func fatal(err error) {
 	fmt.Fprintln(os.Stderr, "compare:", err)
 	os.Exit(1)
-}
-
-func parseInts(s string) ([]int, error) {
-	var out []int
-	for _, f := range strings.Split(s, ",") {
-		n, err := strconv.Atoi(strings.TrimSpace(f))
-		if err != nil || n < 1 {
-			return nil, fmt.Errorf("%q is not a positive number", f)
-		}
-		if !slices.Contains(out, n) {
-			out = append(out, n)
-		}
-	}
-	return out, nil
-}
-
-func parseList(s string, valid ...string) ([]string, error) {
-	var out []string
-	for _, f := range strings.Split(s, ",") {
-		f = strings.TrimSpace(f)
-		if !slices.Contains(valid, f) {
-			return nil, fmt.Errorf("%q is not one of %s", f, strings.Join(valid, ", "))
-		}
-		if !slices.Contains(out, f) {
-			out = append(out, f)
-		}
-	}
-	return out, nil
 }

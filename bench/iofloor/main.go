@@ -35,11 +35,11 @@ import (
 	"fmt"
 	"os"
 	"os/signal"
-	"slices"
-	"strconv"
 	"strings"
 	"syscall"
 	"time"
+
+	"github.com/pgtenant/pgtenant/bench/internal/benchutil"
 )
 
 // options are the command-line settings.
@@ -71,17 +71,17 @@ func main() {
 
 	o := options{rounds: *rounds, duration: *duration, syscalls: *syscalls, sysDuration: *sysDuration, out: *out}
 	var err error
-	if o.clients, err = parseInts(*clients, 1); err != nil {
+	if o.clients, err = benchutil.ParseInts(*clients, 1); err != nil {
 		fatal(fmt.Errorf("-clients: %w", err))
 	}
-	if o.protocols, err = parseList(*protocols, "simple", "extended", "prepared"); err != nil {
+	if o.protocols, err = benchutil.ParseList(*protocols, "simple", "extended", "prepared"); err != nil {
 		fatal(fmt.Errorf("-protocols: %w", err))
 	}
-	ks, err := parseList(*kinds, relayKinds...)
+	ks, err := benchutil.ParseList(*kinds, relayKinds...)
 	if err != nil {
 		fatal(fmt.Errorf("-relays: %w", err))
 	}
-	ps, err := parseInts(*procs, 0)
+	ps, err := benchutil.ParseInts(*procs, 0)
 	if err != nil {
 		fatal(fmt.Errorf("-procs: %w", err))
 	}
@@ -107,33 +107,4 @@ func main() {
 func fatal(err error) {
 	fmt.Fprintln(os.Stderr, "iofloor:", err)
 	os.Exit(1)
-}
-
-// parseInts parses a comma-separated list of distinct integers >= least.
-func parseInts(s string, least int) ([]int, error) {
-	var out []int
-	for _, f := range strings.Split(s, ",") {
-		n, err := strconv.Atoi(strings.TrimSpace(f))
-		if err != nil || n < least {
-			return nil, fmt.Errorf("%q is not a number >= %d", f, least)
-		}
-		if !slices.Contains(out, n) {
-			out = append(out, n)
-		}
-	}
-	return out, nil
-}
-
-func parseList(s string, valid ...string) ([]string, error) {
-	var out []string
-	for _, f := range strings.Split(s, ",") {
-		f = strings.TrimSpace(f)
-		if !slices.Contains(valid, f) {
-			return nil, fmt.Errorf("%q is not one of %s", f, strings.Join(valid, ", "))
-		}
-		if !slices.Contains(out, f) {
-			out = append(out, f)
-		}
-	}
-	return out, nil
 }
