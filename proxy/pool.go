@@ -565,11 +565,11 @@ func (p *txPool) serve(sc *serverConn) {
 			return
 		}
 		if r := sc.holder.Load(); r != nil {
-			if err := r.flushIfShort(sc.r); err != nil {
+			if err := r.flushIfShort(sc.r, typ, size); err != nil {
 				p.fail(sc, r, err)
 				return
 			}
-			msg, size, err := r.nextReply(sc.r)
+			msg, err := r.nextReply(sc.r, typ, size)
 			if err != nil {
 				err = r.upstreamReadError(err)
 			} else {

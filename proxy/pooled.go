@@ -509,7 +509,7 @@ func (r *relay) relayStatementMessage(typ byte, size int, msg []byte) error {
 			sc.unnamed, sc.unnamedN = r, st.gen
 			sc.mu.Unlock()
 			st.record(undo)
-			return r.writeClientMessage(msg)
+			return r.sendClient(msg, false)
 		}
 		st.mu.Lock()
 		existing := st.byName[string(name)]
@@ -572,7 +572,7 @@ func (r *relay) relayStatementMessage(typ byte, size int, msg []byte) error {
 			if typ == 'C' {
 				st.record(replyEntry{seq: seq}) // its CloseComplete, in order
 			}
-			return r.writeClientMessage(msg)
+			return r.sendClient(msg, false)
 		}
 		if len(name) == 0 {
 			if typ == 'D' {
@@ -595,7 +595,7 @@ func (r *relay) relayStatementMessage(typ byte, size int, msg []byte) error {
 				sc.mu.Unlock()
 				st.record(replyEntry{seq: seq, kind: effectClientUnnamedClose, prev: prev, prevGen: gen})
 			}
-			return r.writeClientMessage(msg)
+			return r.sendClient(msg, false)
 		}
 		st.mu.Lock()
 		cs := st.byName[string(name)]
@@ -617,7 +617,7 @@ func (r *relay) relayStatementMessage(typ byte, size int, msg []byte) error {
 			if typ == 'C' {
 				st.record(replyEntry{seq: seq})
 			}
-			return r.writeClientMessage(msg)
+			return r.sendClient(msg, false)
 		case typ == 'C':
 			// The upstream statement stays, cached for the next Parse of it.
 			st.scratch = appendClose(st.scratch[:0], 'P', noPortal)
@@ -839,11 +839,6 @@ func (r *relay) writeRewrittenAs(client string) error {
 	}
 	_, err := r.uw.Write(r.prepared().scratch)
 	return err
-}
-
-// writeClientMessage sends a message that was read whole, unchanged.
-func (r *relay) writeClientMessage(msg []byte) error {
-	return r.sendClient(msg, false)
 }
 
 // deallocateAll follows a DEALLOCATE ALL or DISCARD ALL the client sent:

@@ -688,7 +688,7 @@ func (r *relay) trackStatements(typ byte, size int, msg []byte, refused bool) (m
 		copyText := !refused && r.mayStartCopy(typ, size, msg)
 		ends := false
 		if !refused {
-			if text := r.statementHead(typ, size, msg); text != nil {
+			if text := r.statementHead(typ, msg); text != nil {
 				ends = isTransactionEnd(text)
 			}
 		}
@@ -737,7 +737,7 @@ func (r *relay) trackStatements(typ byte, size int, msg []byte, refused bool) (m
 }
 
 // statementHead is the text of a Query or Parse, or its start.
-func (r *relay) statementHead(typ byte, size int, msg []byte) []byte {
+func (r *relay) statementHead(typ byte, msg []byte) []byte {
 	if msg != nil {
 		return statementText(msg)
 	}

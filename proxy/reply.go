@@ -37,10 +37,14 @@ func (r *relay) upstreamToClient() (err error) {
 				return err
 			}
 		}
-		if err := r.flushIfShort(r.ur); err != nil {
+		typ, size, err := readHeader(r.ur)
+		if err != nil {
+			return r.upstreamReadError(err)
+		}
+		if err := r.flushIfShort(r.ur, typ, size); err != nil {
 			return err
 		}
-		msg, size, err := r.nextReply(r.ur)
+		msg, err := r.nextReply(r.ur, typ, size)
 		if err != nil {
 			return r.upstreamReadError(err)
 		}
@@ -50,38 +54,30 @@ func (r *relay) upstreamToClient() (err error) {
 	}
 }
 
-// flushIfShort sends the client what it has so far when the next message
-// in rd is not all there yet: the wait for its rest may be long.
-func (r *relay) flushIfShort(rd *bufio.Reader) error {
-	typ, size, err := readHeader(rd)
-	if err != nil {
-		return nil // it comes again from nextReply
-	}
+// flushIfShort sends the client what it has so far when the message of
+// type typ and size bytes whose header is at the head of rd is not all
+// there yet: the wait for its rest may be long.
+func (r *relay) flushIfShort(rd *bufio.Reader, typ byte, size int) error {
 	if rd.Buffered() < size && (size <= rd.Size() || r.replyWhole(typ)) {
 		return r.cw.Flush()
 	}
 	return nil
 }
 
-// nextReply reads the next upstream message from rd for the core: whole,
-// or its buffered head when the core needs no more (replyWhole). A message
-// larger than rd's buffer that the core needs whole is copied out.
-func (r *relay) nextReply(rd *bufio.Reader) ([]byte, int, error) {
-	typ, size, err := readHeader(rd)
-	if err != nil {
-		return nil, 0, err
-	}
+// nextReply reads the upstream message of type typ and size bytes whose
+// header is at the head of rd for the core: whole, or its buffered head
+// when the core needs no more (replyWhole). A message larger than rd's
+// buffer that the core needs whole is copied out.
+func (r *relay) nextReply(rd *bufio.Reader, typ byte, size int) ([]byte, error) {
 	if size <= rd.Size() {
-		msg, err := rd.Peek(size)
-		return msg, size, err
+		return rd.Peek(size)
 	}
 	if !r.replyWhole(typ) {
-		msg, err := rd.Peek(rd.Buffered())
-		return msg, size, err
+		return rd.Peek(rd.Buffered())
 	}
 	msg := make([]byte, size) // rare: a huge error, notice or row description
-	_, err = io.ReadFull(rd, msg)
-	return msg, size, err
+	_, err := io.ReadFull(rd, msg)
+	return msg, err
 }
 
 // replyFrom hands msg (read by nextReply from rd) to the core, then takes
