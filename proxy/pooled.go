@@ -779,7 +779,9 @@ func (r *relay) ensureUnnamed(seq uint64) error {
 	unnamed, gen := st.unnamed, st.gen
 	st.mu.Unlock()
 	sc.mu.Lock()
-	mine := sc.unnamed == r && sc.unnamedN == gen
+	// With none, the client's last one was dropped (a Query, perhaps on
+	// another connection): a connection still marked with it holds it.
+	mine := unnamed != nil && sc.unnamed == r && sc.unnamedN == gen
 	if !mine {
 		sc.unnamed, sc.unnamedN = nil, 0
 		if unnamed != nil {
