@@ -521,6 +521,11 @@ func (l *ledger) quiet() bool {
 	}
 	l.mu.Lock()
 	defer l.mu.Unlock()
+	if l.zOpen.Load() {
+		// Placed (under mu) since the look above: the ReadyForQuery that
+		// emptied the queue is being handled.
+		return false
+	}
 	l.settleLocked()
 	if len(l.queued()) > 0 {
 		return false

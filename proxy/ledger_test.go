@@ -2,6 +2,7 @@ package proxy
 
 import (
 	"strings"
+	"sync/atomic"
 	"testing"
 )
 
@@ -207,5 +208,41 @@ func TestLedgerAllocations(t *testing.T) {
 	round()
 	if n := testing.AllocsPerRun(100, round); n != 0 {
 		t.Fatalf("%v allocations per round", n)
+	}
+}
+
+// TestLedgerQuietNotBeforeUnitDone: while the reply side handles a
+// ReadyForQuery (placed, its unit not yet counted ended), a waiter must not
+// see the server quiet: it would act on the transaction status before the
+// ReadyForQuery's (an assertion sent into a failed block). The window is a
+// few instructions wide: many rounds, two goroutines.
+func TestLedgerQuietNotBeforeUnitDone(t *testing.T) {
+	var l ledger
+	var sent, ending atomic.Int64 // the last unit whose Query went, whose unitDone began
+	var stop atomic.Bool
+	var early atomic.Int32
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		for !stop.Load() {
+			s, e := sent.Load(), ending.Load()
+			if s > e && l.quiet() && ending.Load() < s {
+				early.Add(1) // quiet with the Query in flight or its ReadyForQuery being handled
+			}
+		}
+	}()
+	for i := int64(1); i <= 100000 && early.Load() == 0; i++ {
+		u := l.begin()
+		l.send(sentMsg{unit: u, typ: 'Q', origin: fromClient})
+		sent.Store(i)
+		l.reply('C', "")
+		l.reply('Z', "")
+		ending.Store(i)
+		l.unitDone()
+	}
+	stop.Store(true)
+	<-done
+	if n := early.Load(); n > 0 {
+		t.Fatalf("quiet() while a ReadyForQuery was being handled (%d times)", n)
 	}
 }
