@@ -3,36 +3,52 @@ package e2e
 import (
 	"testing"
 
+	"github.com/jackc/pgx/v5/pgproto3"
+
 	"github.com/pgtenant/pgtenant/config"
 	"github.com/pgtenant/pgtenant/internal/demo"
 )
 
-// TestUnnamedStatementDroppedByQueryElsewhere: a simple Query drops the
-// client's unnamed statement. In transaction mode the Query may run on
-// one pooled connection while the statement was parsed on another, which
+// TestUnnamedStatementDroppedElsewhere: a simple Query or a Close drops
+// the client's unnamed statement. In transaction mode it may run on one
+// pooled connection while the statement was parsed on another, which
 // still holds it; a later Describe or Bind of the unnamed statement that
 // lands there must fail as in PostgreSQL (26000), not find the old one.
-// Found by the differential fuzzer (seed 2923295643220334418, a CI run).
+// The Query was found by the differential fuzzer (seed
+// 2923295643220334418, a CI run).
 // Two sessions of tenant A on a pool of 2: the second holds the first
 // connection while the first session's Query takes the other, and gives it
 // back last, so that the pool hands it out next (most recently idle).
-func TestUnnamedStatementDroppedByQueryElsewhere(t *testing.T) {
+func TestUnnamedStatementDroppedElsewhere(t *testing.T) {
 	const first, second = 0, 1
 	tenants := []demo.Tenant{tenantA, tenantA2}
 	addA2 := func(c *config.Config) {
 		c.Users = append(c.Users, config.User{Name: tenantA2.User, Password: tenantA2.Password, Tenant: tenantA2.ID})
 	}
+	// What drops it, on the connection the first session holds while the
+	// second holds the other.
+	drops := []struct {
+		desc string
+		msgs []pgproto3.FrontendMessage
+	}{
+		{"a Query", list(ppQuery("SELECT 1"))},
+		{"a Close", list(ppCloseStmt(""), ppSync())},
+	}
 	eachPoolMode(t, func(t *testing.T, m poolMode) {
 		p := startProxy(t, m.config(2, addA2))
-		describeFails := ppFail("26000")
-		ppScenario(t, p, tenants, []ppStep{
-			ppAs(first, ppFail("22P02", "ParseComplete"), ppParse("", "SELECT $1::int"), ppBind("", "abc"), ppExec(), ppSync()),
-			ppAs(second, nil, ppParse("b", "BEGIN"), ppBind("b"), ppExec(), ppSync()),
-			ppAs(first, nil, ppQuery("SELECT 1")),
-			ppAs(second, nil, ppParse("c", "COMMIT"), ppBind("c"), ppExec(), ppSync()),
-			ppAs(first, describeFails, ppDescribeStmt(""), ppSync()),
-			ppAs(first, describeFails, ppBind("", "1"), ppExec(), ppSync()),
-			ppAs(first, nil, ppQuery(ppWho)),
-		})
+		for _, d := range drops {
+			t.Run(d.desc, func(t *testing.T) {
+				fails := ppFail("26000")
+				ppScenario(t, p, tenants, []ppStep{
+					ppAs(first, ppFail("22P02", "ParseComplete"), ppParse("", "SELECT $1::int"), ppBind("", "abc"), ppExec(), ppSync()),
+					ppAs(second, nil, ppParse("b", "BEGIN"), ppBind("b"), ppExec(), ppSync()),
+					ppAs(first, nil, d.msgs...),
+					ppAs(second, nil, ppParse("c", "COMMIT"), ppBind("c"), ppExec(), ppSync()),
+					ppAs(first, fails, ppDescribeStmt(""), ppSync()),
+					ppAs(first, fails, ppBind("", "1"), ppExec(), ppSync()),
+					ppAs(first, nil, ppQuery(ppWho)),
+				})
+			})
+		}
 	})
 }
