@@ -3,7 +3,9 @@ package e2e
 import (
 	"context"
 	"net"
+	"os"
 	"runtime"
+	"runtime/pprof"
 	"testing"
 	"time"
 
@@ -16,8 +18,14 @@ import (
 // (pgconn's buffers are dropped), so nearly all of it is the proxy's.
 //
 //	go test -run XXX -bench IdleClientMemory -benchtime 1x ./e2e
+//
+// PGTENANT_IDLE_HEAPPROFILE=file also writes a heap profile while the
+// clients are idle (go tool pprof -sample_index=inuse_space file).
 func BenchmarkIdleClientMemory(b *testing.B) {
 	const clients = 2000
+	if os.Getenv("PGTENANT_IDLE_HEAPPROFILE") != "" {
+		runtime.MemProfileRate = 256 // fine enough to see each idle client's allocations
+	}
 	p := startProxy(b, transactionPool(2))
 	for b.Loop() {
 		before, beforeStack := liveBytes()
@@ -39,11 +47,26 @@ func BenchmarkIdleClientMemory(b *testing.B) {
 		// Idle clients are parked after a second without a goroutine.
 		time.Sleep(3 * time.Second)
 		after, afterStack := liveBytes()
+		if path := os.Getenv("PGTENANT_IDLE_HEAPPROFILE"); path != "" {
+			writeHeapProfile(b, path)
+		}
 		b.ReportMetric(float64(after-before)/clients, "B/idle-client")
 		b.ReportMetric(float64(afterStack-beforeStack)/clients, "stack-B/idle-client")
 		for _, c := range conns {
 			c.Close()
 		}
+	}
+}
+
+// writeHeapProfile writes the heap profile to path.
+func writeHeapProfile(b *testing.B, path string) {
+	f, err := os.Create(path)
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer f.Close()
+	if err := pprof.WriteHeapProfile(f); err != nil {
+		b.Fatal(err)
 	}
 }
 
