@@ -127,7 +127,9 @@ func (r *relay) waitForToken() error {
 		if err := r.flushUp(); err != nil {
 			return err
 		}
+		r.waits.blocking(blockOnToken)
 		time.Sleep(wait)
+		r.waits.resumed(blockOnToken)
 	}
 	return nil
 }

@@ -214,7 +214,7 @@ func (s *Server) awaitLogin(rt *runtime, ident *auth.Identity, client net.Conn) 
 	for p != nil {
 		waited = p
 		p.waiting.Add(1)
-		err := waitResume(p, deadline.C, s.drained, s.stop, client)
+		err := waitResume(p, deadline.C, s.drained, s.stop, goroutineWaiter{client})
 		p.waiting.Add(-1)
 		if errors.Is(err, errPauseTimeout) {
 			return nil, 0, &pgconn.PgError{Severity: severityFatal, Code: codeCannotConnectNow,
@@ -251,7 +251,9 @@ var errPauseTimeout = errors.New("pause_timeout passed")
 // timeout fires, and with io.ErrUnexpectedEOF when done (the session's
 // reply side, or the server's drain for a login) or stop (the server's
 // close) closes or the client hangs up.
-func waitResume(p *tenantPause, timeout <-chan time.Time, done, stop <-chan struct{}, client net.Conn) error {
+func waitResume(p *tenantPause, timeout <-chan time.Time, done, stop <-chan struct{}, w waiter) error {
+	w.blocking(blockOnResume)
+	defer w.resumed(blockOnResume)
 	tick := time.NewTicker(hangUpCheck)
 	defer tick.Stop()
 	for {
@@ -265,7 +267,7 @@ func waitResume(p *tenantPause, timeout <-chan time.Time, done, stop <-chan stru
 		case <-stop:
 			return io.ErrUnexpectedEOF
 		case <-tick.C:
-			if peerClosed(client) {
+			if w.clientGone() {
 				return io.ErrUnexpectedEOF
 			}
 		}
@@ -330,7 +332,7 @@ func (r *relay) waitPaused() error {
 		}
 		r.busy.Store(false)
 		p.waiting.Add(1)
-		err := waitResume(p, deadline.C, r.done, r.stop, r.client)
+		err := waitResume(p, deadline.C, r.done, r.stop, r.waits)
 		p.waiting.Add(-1)
 		r.busy.Store(true)
 		if errors.Is(err, errPauseTimeout) {

@@ -211,13 +211,19 @@ var errPoolClosed = fatalf(codeAdminShutdown, "terminating connection due to adm
 
 // acquire returns a connection for a client of tenant whose context
 // settings are key: clean for it (see serverConn.dirtyKey), checked if it
-// sat idle long, and with no cancel request in flight.
-func (p *txPool) acquire(cancel <-chan struct{}, tenant string, pc *poolContext) (*serverConn, error) {
-	key := pc.key
-	sc, open, err := p.reserve(cancel, tenant, key)
+// sat idle long, and with no cancel request in flight. wt hears of every
+// wait: for a connection to come free, and for the upstream (a dial, or
+// the round trip that readies a connection).
+func (p *txPool) acquire(cancel <-chan struct{}, wt waiter, tenant string, pc *poolContext) (*serverConn, error) {
+	sc, open, err := p.reserve(cancel, wt, tenant, pc.key)
 	if err != nil {
 		return nil, err
 	}
+	if !open && p.readyNow(sc, pc.key) {
+		return sc, nil // the common case: nothing to wait for
+	}
+	wt.blocking(blockOnPool)
+	defer wt.resumed(blockOnPool)
 	for {
 		if open {
 			if sc, err = p.dial(p.ctx); err != nil {
@@ -241,7 +247,7 @@ func (p *txPool) acquire(cancel <-chan struct{}, tenant string, pc *poolContext)
 
 // reserve takes an idle connection or the right to open one, waiting in
 // the tenant's queue when neither is possible now.
-func (p *txPool) reserve(cancel <-chan struct{}, tenant, key string) (*serverConn, bool, error) {
+func (p *txPool) reserve(cancel <-chan struct{}, wt waiter, tenant, key string) (*serverConn, bool, error) {
 	p.mu.Lock()
 	if p.closed {
 		p.mu.Unlock()
@@ -273,6 +279,8 @@ func (p *txPool) reserve(cancel <-chan struct{}, tenant, key string) (*serverCon
 	p.mu.Unlock()
 	p.obs().PoolWait(p.name, tenant)
 
+	wt.blocking(blockOnPool)
+	defer wt.resumed(blockOnPool)
 	timer := time.NewTimer(p.cfg.WaitTimeout.Duration)
 	defer timer.Stop()
 	select {
@@ -367,6 +375,24 @@ func (p *txPool) dispatch() {
 
 // prepare makes a connection ready for a client: no cancel in flight, alive
 // if it sat idle long, and reset if another context may be committed on it.
+// readyNow reports whether sc is ready for a client whose settings are
+// key without a wait: no cancel request in flight, alive, and no round
+// trip due (prepare would return at once).
+func (p *txPool) readyNow(sc *serverConn, key string) bool {
+	if !sc.cancelMu.TryLock() {
+		return false
+	}
+	dead := sc.dead.Load()
+	sc.cancelMu.Unlock()
+	return !dead && !p.needsRoundTrip(sc, key)
+}
+
+// needsRoundTrip reports whether prepare makes a round trip on sc for a
+// client whose settings are key (it then waits on the upstream).
+func (p *txPool) needsRoundTrip(sc *serverConn, key string) bool {
+	return sc.dirtyKey != "" && sc.dirtyKey != key || sc.settled != key || time.Since(sc.used) >= p.cfg.HealthCheckAfter.Duration
+}
+
 func (p *txPool) prepare(sc *serverConn, pc *poolContext) error {
 	key := pc.key
 	// Taking cancelMu waits for a cancel request still in flight.
@@ -376,11 +402,11 @@ func (p *txPool) prepare(sc *serverConn, pc *poolContext) error {
 	if dead {
 		return errors.New("connection lost while idle")
 	}
-	needReset := sc.dirtyKey != "" && sc.dirtyKey != key
-	needSettle := sc.settled != key
-	if !needReset && !needSettle && time.Since(sc.used) < p.cfg.HealthCheckAfter.Duration {
+	if !p.needsRoundTrip(sc, key) {
 		return nil
 	}
+	needReset := sc.dirtyKey != "" && sc.dirtyKey != key
+	needSettle := sc.settled != key
 	if !needReset && !needSettle {
 		_, err := p.roundTrip(sc, emptyQuery, p.cfg.WaitTimeout.Duration)
 		return err
@@ -684,7 +710,7 @@ func (p *txPool) cacheStatuses(paramsKey string, m map[string]string) {
 // checks that the settings apply and returns the parameter statuses a
 // client with those settings is to be told.
 func (p *txPool) learnStatuses(tenant string, pc *poolContext, assertion []byte, timeout time.Duration) (map[string]string, error) {
-	sc, err := p.acquire(nil, tenant, pc)
+	sc, err := p.acquire(nil, noWaiter{}, tenant, pc)
 	if err != nil {
 		return nil, err
 	}

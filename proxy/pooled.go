@@ -270,7 +270,7 @@ func (r *relay) leaseFor(typ byte, startsUnit bool) (bool, error) {
 		return false, errDraining
 	}
 	r.prepared() // before the reply side can need them
-	sc, err := r.pool.acquire(r.done, r.tenant, r.pctx)
+	sc, err := r.pool.acquire(r.done, r.waits, r.tenant, r.pctx)
 	if err != nil {
 		return false, err
 	}

@@ -47,6 +47,7 @@ const (
 // lock; the lease fields (pooledState) are under leaseMu.
 type relay struct {
 	client          net.Conn
+	waits           waiter        // the driver's: how the core blocks (waits.go)
 	cr              *bufio.Reader // client reader (shared with startup)
 	cw              *bufio.Writer // client writer, used only by the reply side
 	ur              *bufio.Reader
@@ -165,6 +166,7 @@ func newRelay(client net.Conn, cr *bufio.Reader, cw *bufio.Writer, upstream net.
 		expires:    expires,
 		guard:      g,
 		client:     client,
+		waits:      goroutineWaiter{client},
 		cr:         cr,
 		cw:         cw,
 		assertion:  a,
@@ -264,8 +266,10 @@ func statementText(msg []byte) []byte {
 // The core (relayMessage and what it calls) takes one client message as
 // bytes, r.in, and writes what goes upstream to the upstream writer; it
 // never reads the client. Where it must wait (for replies, a pooled
-// connection, a paused tenant, a rate token) it calls await and the like,
-// which block the driver's goroutine. The driver, clientToUpstream, reads
+// connection, a paused tenant, a rate token) it blocks the caller's
+// goroutine between calls to the driver's waiter (waits.go), which also
+// looks for a hang-up and sets read deadlines: an event-loop driver hands
+// its loop to another goroutine there. The driver, clientToUpstream, reads
 // the client and hands the core each message: whole, or the head of one
 // larger than the read buffer that the core relays or drops without reading
 // it (requestWhole); it then takes the message out of the reader and moves
@@ -842,6 +846,8 @@ func (r *relay) relayIntoCopy(typ byte, size int, msg, substitute []byte) error 
 // awaitReplyEnd waits until the reply side has ended, or the client has hung
 // up: a client that has left must not keep an upstream connection.
 func (r *relay) awaitReplyEnd() {
+	r.waits.blocking(blockOnReplyEnd)
+	defer r.waits.resumed(blockOnReplyEnd)
 	tick := time.NewTicker(hangUpCheck)
 	defer tick.Stop()
 	for {
@@ -849,7 +855,7 @@ func (r *relay) awaitReplyEnd() {
 		case <-r.done:
 			return
 		case <-tick.C:
-			if peerClosed(r.client) {
+			if r.waits.clientGone() {
 				return
 			}
 		}
@@ -1122,6 +1128,8 @@ func (r *relay) await(cond waitFor) error {
 	}
 	r.waiting.Store(true)
 	defer r.waiting.Store(false)
+	r.waits.blocking(blockOnReplies)
+	defer r.waits.resumed(blockOnReplies)
 	var tick *time.Ticker
 	var stmtsChanged chan struct{} // nil (never ready) in session mode
 	if r.stmts != nil {
@@ -1138,7 +1146,7 @@ func (r *relay) await(cond waitFor) error {
 		case <-r.done:
 			return io.ErrUnexpectedEOF
 		case <-tick.C:
-			if peerClosed(r.client) {
+			if r.waits.clientGone() {
 				return io.ErrUnexpectedEOF
 			}
 		}
@@ -1182,9 +1190,9 @@ func (r *relay) armIdleTimeout() {
 			}
 		}
 		if d > 0 {
-			_ = r.client.SetReadDeadline(time.Now().Add(d))
+			r.waits.clientReadDeadline(time.Now().Add(d))
 		} else {
-			_ = r.client.SetReadDeadline(time.Time{})
+			r.waits.clientReadDeadline(time.Time{})
 		}
 		if r.ledger.pending.Load() == pending {
 			return // nothing moved while the deadline was set
@@ -1202,9 +1210,9 @@ func (r *relay) armUpstreamTimeout(conn net.Conn) {
 	for {
 		pending := r.ledger.pending.Load()
 		if pending > 0 {
-			_ = conn.SetReadDeadline(time.Now().Add(r.upstreamTimeout))
+			r.waits.upstreamReadDeadline(conn, time.Now().Add(r.upstreamTimeout))
 		} else {
-			_ = conn.SetReadDeadline(time.Time{})
+			r.waits.upstreamReadDeadline(conn, time.Time{})
 		}
 		if r.ledger.pending.Load() == pending {
 			return

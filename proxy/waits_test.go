@@ -1,0 +1,166 @@
+package proxy
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"io"
+	"net"
+	"slices"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/pgtenant/pgtenant/config"
+)
+
+// recordingWaiter is a driver's waiter that notes each call, and answers
+// clientGone with gone.
+type recordingWaiter struct {
+	mu     sync.Mutex
+	events []string
+	gone   bool
+}
+
+var waitNames = map[waitKind]string{blockOnReplies: "replies", blockOnReplyEnd: "reply end", blockOnPool: "pool", blockOnResume: "resume", blockOnToken: "token"}
+
+func (w *recordingWaiter) note(s string) {
+	w.mu.Lock()
+	w.events = append(w.events, s)
+	w.mu.Unlock()
+}
+
+func (w *recordingWaiter) blocking(k waitKind) { w.note("blocking " + waitNames[k]) }
+func (w *recordingWaiter) resumed(k waitKind)  { w.note("resumed " + waitNames[k]) }
+func (w *recordingWaiter) clientGone() bool {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return w.gone
+}
+
+func (w *recordingWaiter) clientReadDeadline(time.Time)             {}
+func (w *recordingWaiter) upstreamReadDeadline(net.Conn, time.Time) {}
+
+func (w *recordingWaiter) seen() []string {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return slices.Clone(w.events)
+}
+
+// TestCoreWaitsTellTheDriver: each of the request core's waits blocks only
+// between the driver's blocking and resumed (an event-loop driver hands
+// its loop over there), and one that need not block tells it nothing.
+func TestCoreWaitsTellTheDriver(t *testing.T) {
+	pending := func(r *relay) { r.seq = r.ledger.begin(); r.ledger.send(sentMsg{unit: r.seq, typ: 'Q'}) }
+	endUnit := func(r *relay) { r.ledger.reply('Z', ""); r.ledger.unitDone(); r.wake() }
+	tests := []struct {
+		desc  string
+		setup func(r *relay, w *recordingWaiter) (release func())
+		wait  func(r *relay, w *recordingWaiter) error
+		want  []string
+	}{
+		{desc: "replies owed: until the unit ends",
+			setup: func(r *relay, _ *recordingWaiter) func() { pending(r); return func() { endUnit(r) } },
+			wait:  func(r *relay, _ *recordingWaiter) error { return r.await(untilDrained) },
+			want:  []string{"blocking replies", "resumed replies"}},
+		{desc: "replies owed: the client hangs up meanwhile",
+			setup: func(r *relay, w *recordingWaiter) func() {
+				pending(r)
+				return func() { w.mu.Lock(); w.gone = true; w.mu.Unlock() }
+			},
+			wait: func(r *relay, _ *recordingWaiter) error { return r.await(untilDrained) },
+			want: []string{"blocking replies", "resumed replies"}},
+		{desc: "nothing owed: no wait",
+			setup: func(*relay, *recordingWaiter) func() { return nil },
+			wait:  func(r *relay, _ *recordingWaiter) error { return r.await(untilDrained) },
+			want:  nil},
+		{desc: "the reply side's end after a Terminate",
+			setup: func(r *relay, _ *recordingWaiter) func() { return func() { close(r.done) } },
+			wait:  func(r *relay, _ *recordingWaiter) error { r.awaitReplyEnd(); return nil },
+			want:  []string{"blocking reply end", "resumed reply end"}},
+		{desc: "a rate token due later",
+			setup: func(r *relay, _ *recordingWaiter) func() {
+				r.rate = &rateLimit{bucket: &tokenBucket{}, rate: 50, burst: 1, maxWait: time.Second}
+				_ = r.waitForToken() // the burst's token: no wait
+				return nil
+			},
+			wait: func(r *relay, _ *recordingWaiter) error { return r.waitForToken() },
+			want: []string{"blocking token", "resumed token"}},
+		{desc: "a paused tenant's resume",
+			setup: func(r *relay, _ *recordingWaiter) func() {
+				r.uw = bufio.NewWriter(io.Discard)
+				p := &tenantPause{resumed: make(chan struct{})}
+				r.hold.Store(p)
+				return func() { r.hold.Store(nil); close(p.resumed) }
+			},
+			wait: func(r *relay, _ *recordingWaiter) error { return r.waitPaused() },
+			want: []string{"blocking resume", "resumed resume"}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.desc, func(t *testing.T) {
+			r := newRelay(nil, nil, nil, nil, ptrTo(newAssertion([]setting{{name: "app.tenant_id", value: "t1"}})), nil, zeroTime)
+			r.pauseTimeout = time.Minute
+			w := &recordingWaiter{}
+			r.waits = w
+			release := tt.setup(r, w)
+			errc := make(chan error, 1)
+			go func() { errc <- tt.wait(r, w) }()
+			if release != nil {
+				eventually(t, func() bool { return len(w.seen()) > 0 }) // blocked
+				release()
+			}
+			select {
+			case <-errc:
+			case <-time.After(5 * time.Second):
+				t.Fatal("still waiting")
+			}
+			if got := w.seen(); !slices.Equal(got, tt.want) {
+				t.Errorf("the driver heard %q, want %q", got, tt.want)
+			}
+		})
+	}
+}
+
+// TestPoolWaitsTellTheDriver: the pool tells the waiter of a wait for a
+// connection to come free and of one on the upstream (a dial), and of
+// nothing when an idle connection is ready.
+func TestPoolWaitsTellTheDriver(t *testing.T) {
+	refused := errors.New("refused")
+	up, _ := net.Pipe()
+	ready := &serverConn{conn: up, dirtyKey: "k", settled: "k", used: time.Now()}
+	tests := []struct {
+		desc string
+		size int
+		idle []*serverConn
+		want []string
+	}{
+		{desc: "an idle connection ready: no wait", size: 1, idle: []*serverConn{ready}, want: nil},
+		{desc: "none free: waits for one (and times out)", size: 0, want: []string{"blocking pool", "resumed pool"}},
+		{desc: "one to open: waits on the upstream", size: 1, want: []string{"blocking pool", "resumed pool"}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.desc, func(t *testing.T) {
+			cfg := config.Pool{Size: tt.size, TenantMaxConnections: 1}
+			cfg.WaitTimeout.Duration = 20 * time.Millisecond
+			cfg.HealthCheckAfter.Duration = time.Hour
+			p := newTxPool("test", cfg, func(context.Context) (*serverConn, error) { return nil, refused }, func() Observer { return nopObserver{} })
+			defer p.close()
+			p.idle, p.open = tt.idle, len(tt.idle)
+			w := &recordingWaiter{}
+			_, _ = p.acquire(nil, w, "t1", &poolContext{key: "k"})
+			if got := w.seen(); !slices.Equal(got, tt.want) {
+				t.Errorf("the driver heard %q, want %q", got, tt.want)
+			}
+		})
+	}
+}
+
+// eventually polls cond for up to 5 s.
+func eventually(t *testing.T, cond func() bool) {
+	t.Helper()
+	for deadline := time.Now().Add(5 * time.Second); !cond(); time.Sleep(time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatal("condition not reached")
+		}
+	}
+}
