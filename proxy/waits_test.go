@@ -8,6 +8,7 @@ import (
 	"net"
 	"slices"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -162,5 +163,96 @@ func eventually(t *testing.T, cond func() bool) {
 		if time.Now().After(deadline) {
 			t.Fatal("condition not reached")
 		}
+	}
+}
+
+// loopDriver shows the waiter is enough for an event-loop driver: it runs
+// each client's work on its loop goroutine, and a core that must block
+// hands the loop to a new goroutine first, so that other clients' work
+// goes on; the goroutine that waited finishes its client's work and ends.
+type loopDriver struct {
+	work     chan func(*loopGoroutine)
+	handoffs atomic.Int32
+	wg       sync.WaitGroup
+}
+
+// loopGoroutine is one goroutine's turn as the loop.
+type loopGoroutine struct{ handedOff bool }
+
+func (d *loopDriver) loop() {
+	defer d.wg.Done()
+	me := &loopGoroutine{}
+	for f := range d.work {
+		f(me)
+		if me.handedOff {
+			return // another goroutine is the loop now
+		}
+	}
+}
+
+// loopWaiter is a relay's waiter under the loop driver: cur is the loop
+// goroutine running the relay's work.
+type loopWaiter struct {
+	d   *loopDriver
+	cur *loopGoroutine
+}
+
+func (w *loopWaiter) blocking(waitKind) {
+	if !w.cur.handedOff {
+		w.cur.handedOff = true
+		w.d.handoffs.Add(1)
+		w.d.wg.Add(1)
+		go w.d.loop()
+	}
+}
+func (w *loopWaiter) resumed(waitKind)                         {}
+func (w *loopWaiter) clientGone() bool                         { return false }
+func (w *loopWaiter) clientReadDeadline(time.Time)             {}
+func (w *loopWaiter) upstreamReadDeadline(net.Conn, time.Time) {}
+
+func TestLoopDriverHandsOffBeforeAWait(t *testing.T) {
+	d := &loopDriver{work: make(chan func(*loopGoroutine))}
+	d.wg.Add(1)
+	go d.loop()
+	newClient := func() (*relay, *loopWaiter) {
+		r := newRelay(nil, nil, nil, nil, ptrTo(newAssertion([]setting{{name: "app.tenant_id", value: "t1"}})), nil, zeroTime)
+		w := &loopWaiter{d: d}
+		r.waits = w
+		return r, w
+	}
+	a, wa := newClient()
+	b, wb := newClient()
+	a.seq = a.ledger.begin()
+	a.ledger.send(sentMsg{unit: a.seq, typ: 'Q'}) // a owes a reply: its await blocks
+	aDone, bDone := make(chan error, 1), make(chan error, 1)
+	post := func(f func(*loopGoroutine)) {
+		select {
+		case d.work <- f:
+		case <-time.After(5 * time.Second):
+			t.Fatal("no loop goroutine takes work: the loop was not handed over")
+		}
+	}
+	post(func(g *loopGoroutine) { wa.cur = g; aDone <- a.await(untilDrained) })
+	post(func(g *loopGoroutine) { wb.cur = g; bDone <- b.await(untilDrained) }) // nothing owed
+	select {
+	case <-bDone:
+	case <-time.After(5 * time.Second):
+		t.Fatal("b's work did not run while a waited: the loop was not handed over")
+	}
+	select {
+	case <-aDone:
+		t.Fatal("a's wait ended with its reply still owed")
+	default:
+	}
+	a.ledger.reply('Z', "")
+	a.ledger.unitDone()
+	a.wake()
+	if err := <-aDone; err != nil {
+		t.Fatal(err)
+	}
+	close(d.work)
+	d.wg.Wait() // the goroutine that waited has ended, and so has the loop
+	if n := d.handoffs.Load(); n != 1 {
+		t.Errorf("%d hand-overs, want 1 (a's wait)", n)
 	}
 }
