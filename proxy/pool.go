@@ -373,8 +373,6 @@ func (p *txPool) dispatch() {
 	}
 }
 
-// prepare makes a connection ready for a client: no cancel in flight, alive
-// if it sat idle long, and reset if another context may be committed on it.
 // readyNow reports whether sc is ready for a client whose settings are
 // key without a wait: no cancel request in flight, alive, and no round
 // trip due (prepare would return at once).
@@ -393,6 +391,8 @@ func (p *txPool) needsRoundTrip(sc *serverConn, key string) bool {
 	return sc.dirtyKey != "" && sc.dirtyKey != key || sc.settled != key || time.Since(sc.used) >= p.cfg.HealthCheckAfter.Duration
 }
 
+// prepare makes a connection ready for a client: no cancel in flight, alive
+// if it sat idle long, and reset if another context may be committed on it.
 func (p *txPool) prepare(sc *serverConn, pc *poolContext) error {
 	key := pc.key
 	// Taking cancelMu waits for a cancel request still in flight.
