@@ -860,41 +860,32 @@ func (r *relay) deallocateAll() {
 	r.sc.mu.Unlock()
 }
 
-// forgetUnnamed follows a simple Query, which drops the unnamed statement
-// once the server runs it (queryRan): after an error the server skips
-// Queries up to the next Sync, and they drop nothing.
-func (r *relay) forgetUnnamed() {
-	st := r.prepared()
-	st.mu.Lock()
-	r.queryGen = st.gen
-	st.mu.Unlock()
-}
-
 // queryRan follows a Query the server ran on sc (its ReadyForQuery): it
-// dropped the unnamed statement the client had when it sent it (gen), and
-// the one sc held, unless the client has parsed another there since. An
-// unnamed statement sc holds for another client predates this lease, so
-// the Query dropped it too.
-func (r *relay) queryRan(gen uint64, sc *serverConn) {
+// dropped the unnamed statement sc held, the client's or anyone's.
+// Replies come in order, so the client's Parse and Close messages still
+// unanswered went after the Query: the first of them of the unnamed
+// statement, if any, made what the client and sc have now, and would bring
+// back, if the server skipped it, nothing (not what it replaced: the Query
+// dropped that).
+func (r *relay) queryRan(sc *serverConn) {
 	st := r.prepared()
 	st.mu.Lock()
-	if st.gen == gen {
-		st.unnamed = nil
-	}
-	// A Close or Parse of the unnamed statement sent after the Query
-	// would, if the server skipped it, bring back the statement the Query
-	// has dropped: it brings back none.
-	for i := st.head; i < len(st.replies); i++ {
-		if e := &st.replies[i]; (e.kind == effectClientUnnamed || e.kind == effectClientUnnamedClose) && e.prevGen == gen {
-			e.prev = nil
+	after := false
+	for i := st.head; i < len(st.replies) && !after; i++ {
+		if e := &st.replies[i]; e.kind == effectClientUnnamed || e.kind == effectClientUnnamedClose {
+			e.prev, e.prevOwner, e.prevOwnerN = nil, nil, 0
+			after = true
 		}
 	}
-	st.mu.Unlock()
-	sc.mu.Lock()
-	if sc.unnamed != r || sc.unnamedN == gen {
-		sc.unnamed, sc.unnamedN = nil, 0
+	if !after {
+		st.unnamed = nil
 	}
-	sc.mu.Unlock()
+	st.mu.Unlock()
+	if !after {
+		sc.mu.Lock()
+		sc.unnamed, sc.unnamedN = nil, 0
+		sc.mu.Unlock()
+	}
 }
 
 // deallocateOne relays a client's DEALLOCATE name (msg, a lone statement

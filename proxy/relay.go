@@ -100,7 +100,6 @@ type relay struct {
 	seq        uint64   // the unit being sent (request side)
 	assertDue  []byte   // request side: the assertion the unit still needs, before it runs anything
 	waitSeq    uint64   // request side: the unit untilStatements waits for
-	queryGen   uint64   // request side: statements.gen when the Query being sent went (pooled)
 	waitSilent []uint64 // request side: scratch for settleSilent
 	inGroup    bool     // request side: an extended-protocol group has no Sync yet
 	// Request side, context_scope: transaction: inBlockDue, assertDue is
@@ -1022,7 +1021,7 @@ func (r *relay) sendMsgs(msgs []byte, o origin) error {
 
 // sendClient records and writes one whole client message.
 func (r *relay) sendClient(msg []byte, mayCopy bool) error {
-	m := sentMsg{unit: r.seq, typ: msg[0], mayCopy: mayCopy, gen: r.queryGen}
+	m := sentMsg{unit: r.seq, typ: msg[0], mayCopy: mayCopy}
 	if r.audit != nil {
 		m.audit = r.audit.tagSent(m.typ, r.seq)
 	}
@@ -1037,7 +1036,7 @@ func (r *relay) sendClient(msg []byte, mayCopy bool) error {
 // forwardUp records the client message at the head of the client reader
 // and streams it upstream.
 func (r *relay) forwardUp(typ byte, size int, mayCopy bool) error {
-	m := sentMsg{unit: r.seq, typ: typ, mayCopy: mayCopy, gen: r.queryGen}
+	m := sentMsg{unit: r.seq, typ: typ, mayCopy: mayCopy}
 	if r.audit != nil {
 		m.audit = r.audit.tagSent(typ, r.seq)
 	}
