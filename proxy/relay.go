@@ -425,7 +425,7 @@ func (r *relay) relayMessage(typ byte, size int) error {
 	resets, deallocates := false, false
 	r.changes, r.deallocs, r.dealloc = false, false, ""
 	r.prepare, r.executes, r.stmtExecutes, r.channels, r.listening, r.unlistensAll = nil, nil, nil, nil, false, false
-	r.stmtMakes = nil
+	r.stmtMakes, r.deallocTo = nil, nil
 	var err error
 	// Only a unit's first message may take a new connection: anything
 	// else with none held means pgtenant lost track of the stream.
