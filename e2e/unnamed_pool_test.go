@@ -52,3 +52,30 @@ func TestUnnamedStatementDroppedElsewhere(t *testing.T) {
 		}
 	})
 }
+
+// TestUnnamedStatementQueryThenSkippedParse: a Query drops the unnamed
+// statement the connection holds, whoever's. A Parse of the unnamed
+// statement sent behind it marks the connection as holding the client's
+// new one; if the server skips that Parse (an error earlier in its group),
+// the mark must not go back to what the Query dropped: here another
+// session's statement, which a Bind of that session then took to be there
+// (26000 where PostgreSQL runs it).
+func TestUnnamedStatementQueryThenSkippedParse(t *testing.T) {
+	const first, second = 0, 1
+	tenants := []demo.Tenant{tenantA, tenantA2}
+	addA2 := func(c *config.Config) {
+		c.Users = append(c.Users, config.User{Name: tenantA2.User, Password: tenantA2.Password, Tenant: tenantA2.ID})
+	}
+	eachPoolMode(t, func(t *testing.T, m poolMode) {
+		p := startProxy(t, m.config(2, addA2))
+		// The first session takes the connection the second just gave back,
+		// holding its unnamed statement; its Query goes ahead of the group.
+		ppScenario(t, p, tenants, []ppStep{
+			ppAs(second, ppOK("ParseComplete", ppRan("DataRow 22")), ppRun("", "SELECT 22")...),
+			ppAs(first, append(ppOK("RowDescription pg_sleep", "DataRow ", "CommandComplete SELECT 1"), ppFail("26000")...),
+				ppQuery("SELECT pg_sleep(0.1)"), ppBind("no_such_statement"), ppParse("", "SELECT 2"), ppSync()),
+			ppAs(second, ppOK(ppRan("DataRow 22")), ppBind(""), ppExec(), ppSync()),
+			ppAs(first, ppFail("26000"), ppBind(""), ppExec(), ppSync()),
+		})
+	})
+}

@@ -161,8 +161,6 @@ func (b leaseBinding) statement(typ byte, size int, msg, substitute []byte) (boo
 		return true, r.relayStatementMessage(typ, len(substitute), substitute)
 	case typ == 'P':
 		r.prepared().record(replyEntry{seq: r.seq}) // the refusal's failing Parse
-	case typ == 'Q' && msg != nil:
-		r.forgetUnnamed()
 	}
 	return false, nil
 }
@@ -229,7 +227,7 @@ func (b leaseBinding) endUnit(z []byte, res replyResult) (int32, bool, error) {
 	r.stmts.dropUnit(res.unit, r.rsc, false)
 	r.stmts.unitEnded(res.unit, res.failed)
 	if res.msgType == 'Q' {
-		r.queryRan(res.gen, r.rsc)
+		r.queryRan(r.rsc)
 		r.ledger.queryAnswered()
 	}
 	if !res.origin.own() {

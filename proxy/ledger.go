@@ -59,7 +59,6 @@ type sentMsg struct {
 	origin  origin
 	mayCopy bool   // a Query or Execute that may start COPY FROM STDIN
 	name    string // transaction mode: the client's name of the statement it names upstream otherwise
-	gen     uint64 // transaction mode, a Query: statements.gen when it went (queryRan)
 	audit   uint64 // a Query or Execute the audit log follows: its entry (audit.go)
 }
 
@@ -78,7 +77,6 @@ type replyResult struct {
 	unit    uint64
 	name    string // sentMsg.name of that message
 	msgType byte   // and its type
-	gen     uint64 // and its sentMsg.gen
 	audit   uint64 // and its sentMsg.audit
 	// endsUnit: a ReadyForQuery that ends unit; failed: an error came in it.
 	endsUnit, failed bool
@@ -309,7 +307,7 @@ func (l *ledger) replyLocked(typ byte, code string) replyResult {
 		l.head++
 	}
 	m := l.cur
-	res := replyResult{origin: m.origin, unit: m.unit, name: m.name, msgType: m.typ, gen: m.gen, audit: m.audit}
+	res := replyResult{origin: m.origin, unit: m.unit, name: m.name, msgType: m.typ, audit: m.audit}
 	switch m.typ {
 	case 'Q', 'F', 'S':
 		switch {

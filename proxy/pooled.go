@@ -53,8 +53,10 @@ type pooledState struct {
 	executes     []guard.NameAt
 	stmtExecutes []*clientStmt
 	stmtMakes    *clientStmt // a Parse of PREPARE: what its Binds make (sqlprepared.go)
-	listening    bool        // and its Listening
-	unlistensAll bool        // and its UnlistensAll
+	// A Parse of DEALLOCATE name: what its Binds deallocate (deallocateOne).
+	deallocTo    *deallocTarget
+	listening    bool // and its Listening
+	unlistensAll bool // and its UnlistensAll
 	// The client's channels and notifications (listening.go, notifyhub.go);
 	// clientEncoding is its client_encoding as last reported (a string).
 	listen         listenState
@@ -492,7 +494,7 @@ func (r *relay) relayStatementMessage(typ byte, size int, msg []byte) error {
 		if len(name) == 0 {
 			st.mu.Lock()
 			st.gen++
-			undo := replyEntry{seq: seq, kind: effectClientUnnamed, prev: st.unnamed, prevChanges: st.unnamedChanges, prevDeallocates: st.unnamedDeallocates, prevPins: st.unnamedPins, prevGen: st.gen - 1}
+			undo := replyEntry{seq: seq, kind: effectClientUnnamed, prev: st.unnamed, prevChanges: st.unnamedChanges, prevDeallocates: st.unnamedDeallocates, prevPins: st.unnamedPins, prevDealloc: st.unnamedDealloc, prevGen: st.gen - 1}
 			if !bytes.Equal(st.unnamed, msg) {
 				// A slice of its own: undo entries keep the one before.
 				// The same text again (a driver's every transaction) keeps
@@ -503,6 +505,7 @@ func (r *relay) relayStatementMessage(typ byte, size int, msg []byte) error {
 			st.unnamedRuns = r.stmtExecutes
 			st.unnamedChans = r.channelChange()
 			st.unnamedMakes = r.stmtMakes
+			st.unnamedDealloc = r.deallocTo
 			st.mu.Unlock()
 			sc.mu.Lock()
 			undo.prevOwner, undo.prevOwnerN = sc.unnamed, sc.unnamedN
@@ -528,7 +531,7 @@ func (r *relay) relayStatementMessage(typ byte, size int, msg []byte) error {
 		}
 		server := serverStmtName(r.pctx.key, rest)
 		cs := &clientStmt{client: string(name), server: server, parse: appendParse(nil, server, rest), changes: r.changes, deallocates: r.deallocs, pins: r.pins, runs: r.stmtExecutes,
-			chans: r.channelChange(), makes: r.stmtMakes}
+			chans: r.channelChange(), makes: r.stmtMakes, dealloc: r.deallocTo}
 		st.mu.Lock()
 		st.put(string(name), cs)
 		st.mu.Unlock()
@@ -664,9 +667,9 @@ func (r *relay) relayBind(size int) error {
 		st.mu.Lock()
 		changes := st.unnamedChanges && st.unnamed != nil
 		deallocates := st.unnamedDeallocates && st.unnamed != nil
-		pins, runs, chans, makes := st.unnamedPins, st.unnamedRuns, st.unnamedChans, st.unnamedMakes
+		pins, runs, chans, makes, dealloc := st.unnamedPins, st.unnamedRuns, st.unnamedChans, st.unnamedMakes, st.unnamedDealloc
 		if st.unnamed == nil {
-			pins, runs, chans, makes = "", nil, nil, nil
+			pins, runs, chans, makes, dealloc = "", nil, nil, nil, nil
 		}
 		st.mu.Unlock()
 		if makes != nil {
@@ -687,6 +690,9 @@ func (r *relay) relayBind(size int) error {
 			return err
 		}
 		if err := r.ensureRuns(runs, seq); err != nil {
+			return err
+		}
+		if err := r.deallocateAtBind(dealloc, seq); err != nil {
 			return err
 		}
 		if deallocates {
@@ -719,6 +725,9 @@ func (r *relay) relayBind(size int) error {
 			return err
 		}
 		if err := r.ensureRuns(cs.runs, seq); err != nil {
+			return err
+		}
+		if err := r.deallocateAtBind(cs.dealloc, seq); err != nil {
 			return err
 		}
 		if cs.deallocates {
@@ -860,45 +869,37 @@ func (r *relay) deallocateAll() {
 	r.sc.mu.Unlock()
 }
 
-// forgetUnnamed follows a simple Query, which drops the unnamed statement
-// once the server runs it (queryRan): after an error the server skips
-// Queries up to the next Sync, and they drop nothing.
-func (r *relay) forgetUnnamed() {
-	st := r.prepared()
-	st.mu.Lock()
-	r.queryGen = st.gen
-	st.mu.Unlock()
-}
-
 // queryRan follows a Query the server ran on sc (its ReadyForQuery): it
-// dropped the unnamed statement the client had when it sent it (gen), and
-// the one sc held, unless the client has parsed another there since. An
-// unnamed statement sc holds for another client predates this lease, so
-// the Query dropped it too.
-func (r *relay) queryRan(gen uint64, sc *serverConn) {
+// dropped the unnamed statement sc held, the client's or anyone's.
+// Replies come in order, so the client's Parse and Close messages still
+// unanswered went after the Query: the first of them of the unnamed
+// statement, if any, made what the client and sc have now, and would bring
+// back, if the server skipped it, nothing (not what it replaced: the Query
+// dropped that).
+func (r *relay) queryRan(sc *serverConn) {
 	st := r.prepared()
 	st.mu.Lock()
-	if st.gen == gen {
-		st.unnamed = nil
-	}
-	// A Close or Parse of the unnamed statement sent after the Query
-	// would, if the server skipped it, bring back the statement the Query
-	// has dropped: it brings back none.
-	for i := st.head; i < len(st.replies); i++ {
-		if e := &st.replies[i]; (e.kind == effectClientUnnamed || e.kind == effectClientUnnamedClose) && e.prevGen == gen {
-			e.prev = nil
+	after := false
+	for i := st.head; i < len(st.replies) && !after; i++ {
+		if e := &st.replies[i]; e.kind == effectClientUnnamed || e.kind == effectClientUnnamedClose {
+			e.prev, e.prevOwner, e.prevOwnerN = nil, nil, 0
+			after = true
 		}
 	}
-	st.mu.Unlock()
-	sc.mu.Lock()
-	if sc.unnamed != r || sc.unnamedN == gen {
-		sc.unnamed, sc.unnamedN = nil, 0
+	if !after {
+		st.unnamed = nil
 	}
-	sc.mu.Unlock()
+	st.mu.Unlock()
+	if !after {
+		sc.mu.Lock()
+		sc.unnamed, sc.unnamedN = nil, 0
+		sc.mu.Unlock()
+	}
 }
 
 // deallocateOne relays a client's DEALLOCATE name (msg, a lone statement
-// in a Query or Parse) under the statement's upstream name. Where the held
+// in a Query or Parse) under the statement's upstream name; a Parse's is
+// deallocateParse's. Where the held
 // connection lacks it, a stand-in (SELECT, which parses under any
 // search_path) is prepared under that name first, in a round trip of
 // pgtenant's own: the server then answers as it would the client's own
@@ -912,6 +913,9 @@ func (r *relay) queryRan(gen uint64, sc *serverConn) {
 // PostgreSQL would keep it.
 func (r *relay) deallocateOne(msg []byte) ([]byte, error) {
 	st, name := r.prepared(), r.dealloc
+	if msg[0] == 'P' {
+		return r.deallocateParse(msg)
+	}
 	st.mu.Lock()
 	cs := st.byName[name]
 	if cs != nil {
@@ -951,10 +955,75 @@ func (r *relay) deallocateOne(msg []byte) ([]byte, error) {
 	r.sc.mu.Lock()
 	delete(r.sc.prepared, server)
 	r.sc.mu.Unlock()
-	sql := `DEALLOCATE "` + server + `"`
-	if msg[0] == 'Q' {
-		return encodeQuery(sql), nil
+	return encodeQuery(`DEALLOCATE "` + server + `"`), nil
+}
+
+// deallocTarget is what a Parse of DEALLOCATE name deallocates: the client's
+// statement name, and the upstream name its text was given.
+type deallocTarget struct {
+	client, server string
+}
+
+// deallocateParse relays a Parse of DEALLOCATE name (msg) under the
+// statement's upstream name. A Parse runs nothing: each Bind of it
+// deallocates, on the connection it then holds (deallocateAtBind).
+func (r *relay) deallocateParse(msg []byte) ([]byte, error) {
+	st, name := r.prepared(), r.dealloc
+	st.mu.Lock()
+	cs := st.byName[name]
+	st.mu.Unlock()
+	var server string
+	switch {
+	case cs != nil:
+		server = cs.server
+	case strings.HasPrefix(name, serverStmtPrefix):
+		server = serverStmtPrefix + "unknown" // never pgtenant's own statements
+	default:
+		return msg, nil // not prepared: the server says so in the client's words
 	}
+	r.deallocTo = &deallocTarget{client: name, server: server}
 	stmtName, _, _ := splitName(msg[5:])
-	return mustEncode(nil, &pgproto3.Parse{Name: string(stmtName), Query: sql}), nil
+	return mustEncode(nil, &pgproto3.Parse{Name: string(stmtName), Query: `DEALLOCATE "` + server + `"`}), nil
+}
+
+// deallocateAtBind readies the held connection for a Bind of a statement
+// whose text deallocates t (nil: none): if the client still has that
+// statement, it is prepared there (the server answers as the client's own
+// session would) and the client's name goes now; otherwise the connection
+// must not have it either, so that the server says it does not exist. The
+// connection forgets it in both cases: whoever else prepared the same
+// statement there prepares it again.
+func (r *relay) deallocateAtBind(t *deallocTarget, seq uint64) error {
+	if t == nil {
+		return nil
+	}
+	st := r.prepared()
+	st.mu.Lock()
+	cs := st.byName[t.client]
+	mine := cs != nil && cs.server == t.server
+	if mine {
+		st.remove(t.client)
+	}
+	st.mu.Unlock()
+	var buf []byte
+	switch {
+	case mine && !r.sc.touch(t.server):
+		// A stand-in, as in deallocateOne.
+		buf = appendClose(nil, 'S', t.server)
+		st.record(replyEntry{seq: seq, action: replyHide})
+		buf = mustEncode(buf, &pgproto3.Parse{Name: t.server, Query: "SELECT"})
+		st.record(replyEntry{seq: seq, action: replyHide})
+	case !mine && t.server != serverStmtPrefix+"unknown":
+		buf = appendClose(nil, 'S', t.server)
+		st.record(replyEntry{seq: seq, action: replyHide})
+	}
+	if buf != nil {
+		if err := r.sendMsgs(buf, fromPrepareInline); err != nil {
+			return err
+		}
+	}
+	r.sc.mu.Lock()
+	delete(r.sc.prepared, t.server)
+	r.sc.mu.Unlock()
+	return nil
 }

@@ -101,7 +101,6 @@ type relay struct {
 	seq        uint64   // the unit being sent (request side)
 	assertDue  []byte   // request side: the assertion the unit still needs, before it runs anything
 	waitSeq    uint64   // request side: the unit untilStatements waits for
-	queryGen   uint64   // request side: statements.gen when the Query being sent went (pooled)
 	waitSilent []uint64 // request side: scratch for settleSilent
 	inGroup    bool     // request side: an extended-protocol group has no Sync yet
 	// Request side, context_scope: transaction: inBlockDue, assertDue is
@@ -430,7 +429,7 @@ func (r *relay) relayMessage(typ byte, size int) error {
 	resets, deallocates := false, false
 	r.changes, r.deallocs, r.dealloc = false, false, ""
 	r.prepare, r.executes, r.stmtExecutes, r.channels, r.listening, r.unlistensAll = nil, nil, nil, nil, false, false
-	r.stmtMakes = nil
+	r.stmtMakes, r.deallocTo = nil, nil
 	var err error
 	// Only a unit's first message may take a new connection: anything
 	// else with none held means pgtenant lost track of the stream.
@@ -1028,7 +1027,7 @@ func (r *relay) sendMsgs(msgs []byte, o origin) error {
 
 // sendClient records and writes one whole client message.
 func (r *relay) sendClient(msg []byte, mayCopy bool) error {
-	m := sentMsg{unit: r.seq, typ: msg[0], mayCopy: mayCopy, gen: r.queryGen}
+	m := sentMsg{unit: r.seq, typ: msg[0], mayCopy: mayCopy}
 	if r.audit != nil {
 		m.audit = r.audit.tagSent(m.typ, r.seq)
 	}
@@ -1043,7 +1042,7 @@ func (r *relay) sendClient(msg []byte, mayCopy bool) error {
 // forwardUp records the client message at the head of the client reader
 // and streams it upstream.
 func (r *relay) forwardUp(typ byte, size int, mayCopy bool) error {
-	m := sentMsg{unit: r.seq, typ: typ, mayCopy: mayCopy, gen: r.queryGen}
+	m := sentMsg{unit: r.seq, typ: typ, mayCopy: mayCopy}
 	if r.audit != nil {
 		m.audit = r.audit.tagSent(typ, r.seq)
 	}

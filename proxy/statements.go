@@ -71,6 +71,7 @@ type replyEntry struct {
 	prev                         []byte
 	prevChanges, prevDeallocates bool
 	prevPins                     string
+	prevDealloc                  *deallocTarget
 	// For effectClientUnnamed (and effectClientUnnamedClose): the client's
 	// statements.gen before, and whose unnamed statement the connection held.
 	prevGen    uint64
@@ -97,6 +98,9 @@ type clientStmt struct {
 	chans *channelChange
 	// makes: it is a PREPARE; what each Bind of it makes (sqlprepared.go).
 	makes *clientStmt
+	// dealloc: it is DEALLOCATE name; what each Bind of it deallocates
+	// (deallocateAtBind).
+	dealloc *deallocTarget
 	// counted is what statements.bytes counts for it.
 	counted int
 }
@@ -123,7 +127,10 @@ type statements struct {
 	// caveat.
 	unnamedChans *channelChange
 	unnamedMakes *clientStmt
-	gen          uint64 // which unnamed Parse that was
+	// unnamedDealloc is like clientStmt.dealloc; a skipped Parse brings the
+	// previous back.
+	unnamedDealloc *deallocTarget
+	gen            uint64 // which unnamed Parse that was
 
 	// mu guards replies, and byName and unnamed against undo by the
 	// reply side; changed signals that replies were resolved.
@@ -352,6 +359,7 @@ func (st *statements) dropUnit(seq uint64, sc *serverConn, headFailed bool) {
 			}
 			// Skipped: the client's unnamed statement is the one before.
 			st.unnamed, st.unnamedChanges, st.unnamedDeallocates, st.unnamedPins = e.prev, e.prevChanges, e.prevDeallocates, e.prevPins
+			st.unnamedDealloc = e.prevDealloc
 			st.gen = e.prevGen
 		case effectClientUnnamedClose:
 			st.unnamed = e.prev
