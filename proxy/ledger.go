@@ -318,10 +318,12 @@ func (l *ledger) replyLocked(typ byte, code string) replyResult {
 			l.unitFailed = false
 			l.state = stateNormal
 			return res
+		case typ == 'E':
+			// A Sync too: it commits the implicit transaction, and the
+			// commit can fail (a deferred constraint). It starts no skip.
+			l.unitFailed = true
 		case m.typ == 'S':
 			return l.stepLocked(res)
-		case typ == 'E':
-			l.unitFailed = true
 		case m.typ == 'Q' && (typ == 'G' || typ == 'W'):
 			l.startCopyLocked(stateCopyIn)
 		case m.typ == 'Q' && typ == 'H':

@@ -104,6 +104,11 @@ func TestLedger(t *testing.T) {
 			{reply: "1"}, {reply: "2"}, {reply: "T"}, {reply: "D"}, {reply: "C"}, {reply: "Z", want: "end"},
 			{reply: "2"}, {reply: "C"}, {reply: "Z", want: "end", quiet: true},
 		}, 0},
+		{"a Sync whose commit fails (a deferred constraint) starts no skip", []ledgerStep{
+			{send: "| P B E S | B E S"},
+			{reply: "1"}, {reply: "2"}, {reply: "C"}, {reply: "E", want: "client", skips: &no}, {reply: "Z", want: "end-failed"},
+			{reply: "2"}, {reply: "C"}, {reply: "Z", want: "end", quiet: true},
+		}, 0},
 		{"describe statement: parameters then row description", []ledgerStep{
 			{send: "| P DS S"}, {reply: "1"}, {reply: "t"}, {reply: "n"}, {reply: "Z", want: "end"},
 		}, 0},
