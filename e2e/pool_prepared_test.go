@@ -667,11 +667,12 @@ func TestPoolPreparedPipelineAfterFailedParse(t *testing.T) {
 	}
 }
 
-// Two clients of the same tenant prepare the same text: pgtenant answers the
-// second client's Parse from the connection's cache, and the ParseComplete
-// must come where PostgreSQL's would: first, before a Flush's reply, not for
-// a Parse the server skips, and not in an aborted transaction block, where
-// PostgreSQL refuses Parse.
+// Two clients of the same tenant prepare the same text, which the
+// connection has already (pgtenant parses it again there: see
+// TestParseAfterDDLSeesTheNewTable): the ParseComplete must come where
+// PostgreSQL's would: first, before a Flush's reply, not for a Parse the
+// server skips, and not in an aborted transaction block, where PostgreSQL
+// refuses Parse.
 func TestPoolPreparedCachedParseComplete(t *testing.T) {
 	p := startProxy(t, ppPool())
 	who := ppRan(ppWhoRow(tenantA))

@@ -186,9 +186,6 @@ func (b leaseBinding) statementReply(msg []byte, res replyResult) (bool, error) 
 	switch r.stmts.reply() {
 	case replyHide:
 		return true, nil
-	case replyAsParse:
-		_, err := r.cw.Write(parseComplete)
-		return true, err
 	}
 	return false, nil
 }

@@ -56,7 +56,7 @@ type serverConn struct {
 	// mu guards the prepared-statement bookkeeping, which the reply side
 	// corrects when the upstream skips or fails a Parse or Close.
 	mu       sync.Mutex
-	prepared map[string]uint64 // server statement name → last use
+	prepared map[string]stmtCopy // server statement name → its copy here
 	tick     uint64
 	unnamed  *relay // whose unnamed statement the connection holds, if anyone's
 	unnamedN uint64 // and which of that client's unnamed statements
@@ -907,7 +907,7 @@ func (rt *runtime) dialPooled(ctx context.Context, up *pgconn.Config) (*serverCo
 		params:   hc.ParameterStatuses,
 		created:  time.Now(),
 		used:     time.Now(),
-		prepared: map[string]uint64{},
+		prepared: map[string]stmtCopy{},
 	}
 	if err := checkUpstreamLexing(hc.ParameterStatuses); err != nil {
 		hc.Conn.Close()

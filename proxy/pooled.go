@@ -530,20 +530,17 @@ func (r *relay) relayStatementMessage(typ byte, size int, msg []byte) error {
 			return err
 		}
 		server := serverStmtName(r.pctx.key, rest)
+		// Parsed again even where the connection has it already (from this
+		// client's earlier lease, or another's): PostgreSQL parses every
+		// Parse afresh, and DDL since may have changed what the text means
+		// (the old statement would answer with the old types, or fail with
+		// 0A000 "cached plan must not change result type" for ever after).
+		epoch, had := sc.parsing(server)
 		cs := &clientStmt{client: string(name), server: server, parse: appendParse(nil, server, rest), changes: r.changes, deallocates: r.deallocs, pins: r.pins, runs: r.stmtExecutes,
-			chans: r.channelChange(), makes: r.stmtMakes, dealloc: r.deallocTo}
+			chans: r.channelChange(), makes: r.stmtMakes, dealloc: r.deallocTo, parsed: epoch}
 		st.mu.Lock()
 		st.put(string(name), cs)
 		st.mu.Unlock()
-		had := sc.touch(server)
-		if had && r.ledger.pending.Load() <= 1 && byte(r.txStatus.Load()) != 'E' {
-			// Prepared on this connection already: answer from the cache. (Not
-			// in a failed transaction block, where PostgreSQL refuses the Parse
-			// but would accept the stand-in Close.)
-			st.scratch = appendClose(st.scratch[:0], 'P', noPortal)
-			st.record(replyEntry{seq: seq, action: replyAsParse, kind: effectClientAdd, client: string(name)})
-			return r.writeRewritten()
-		}
 		if err := r.evict(server, seq); err != nil {
 			return err
 		}
@@ -759,9 +756,10 @@ func (r *relay) ensurePrepared(cs *clientStmt, seq uint64) error {
 		// A PREPARE not read back yet: on the held connection, or never made.
 		return nil
 	}
-	if r.sc.touch(cs.server) {
+	if r.sc.touchParsedSince(cs.server, cs.parsed) {
 		return nil
 	}
+	r.sc.parsing(cs.server)
 	st := r.prepared()
 	buf := appendClose(nil, 'S', cs.server)
 	st.record(replyEntry{seq: seq, action: replyHide, kind: effectServerRemove, server: cs.server})
@@ -822,9 +820,9 @@ func (r *relay) evict(keep string, seq uint64) error {
 			return nil
 		}
 		oldest, oldestTick := "", ^uint64(0)
-		for name, t := range sc.prepared {
-			if name != keep && t < oldestTick {
-				oldest, oldestTick = name, t
+		for name, c := range sc.prepared {
+			if name != keep && c.used < oldestTick {
+				oldest, oldestTick = name, c.used
 			}
 		}
 		delete(sc.prepared, oldest)

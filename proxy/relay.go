@@ -1328,9 +1328,6 @@ func assertionFailed(upstream *pgconn.PgError) *pgconn.PgError {
 	}
 }
 
-// parseComplete answers a Parse that pgtenant served from a connection's cache.
-var parseComplete = []byte{'1', 0, 0, 0, 4}
-
 // errDraining ends a session when the server shuts down.
 var errDraining = errors.New("server shutting down")
 

@@ -7,6 +7,7 @@ import (
 	"encoding/hex"
 	"strings"
 	"sync"
+	"sync/atomic"
 )
 
 // Prepared statements in transaction mode.
@@ -22,11 +23,11 @@ import (
 //
 // Every Parse and Close sent upstream in transaction mode is recorded, in
 // order, with what to do with its reply (ParseComplete, CloseComplete): pass
-// it on, hide it (pgtenant's own), or turn it into a ParseComplete (a Parse
-// pgtenant answered from the connection's cache, sent as a harmless Close of
-// a portal that does not exist so that its reply arrives in the right
-// place). When the upstream skips or fails them (an error earlier in the
-// same Sync group), their bookkeeping is undone.
+// it on, or hide it (pgtenant's own). A client's Parse is always parsed
+// upstream, also where the connection has the statement already: DDL since
+// may have changed what the text means. When the upstream skips or fails
+// them (an error earlier in the same Sync group), their bookkeeping is
+// undone.
 
 const (
 	serverStmtPrefix = "pgtenant_"
@@ -40,7 +41,6 @@ type replyAction uint8
 const (
 	replyForward replyAction = iota
 	replyHide
-	replyAsParse // a CloseComplete that answers a client's Parse
 )
 
 type effectKind uint8
@@ -103,6 +103,9 @@ type clientStmt struct {
 	dealloc *deallocTarget
 	// counted is what statements.bytes counts for it.
 	counted int
+	// parsed is the parseEpoch of the client's Parse (0: a carried
+	// PREPARE, or unknown).
+	parsed uint64
 }
 
 // size is what cs keeps in memory, roughly.
@@ -243,15 +246,53 @@ func appendDescribe(buf []byte, kind byte, name string) []byte {
 	return append(buf, 0)
 }
 
+// stmtCopy is a server statement prepared on a connection: when it was
+// last used there (sc.tick, for least-recently-used eviction) and when it
+// was parsed (a parseEpoch; 0: not known).
+type stmtCopy struct{ used, parsed uint64 }
+
+// parseEpoch orders Parses across connections: a client's statement and
+// each connection's copy of it are stamped when parsed. A copy parsed
+// before the client's own Parse may predate DDL the client's statement
+// sees (a column dropped, a type made again): PostgreSQL would have
+// parsed afresh, so it is not used for that client (ensurePrepared).
+var parseEpoch atomic.Uint64
+
 // touch marks a server statement as prepared and just used on sc, and
 // reports whether sc had it before.
 func (sc *serverConn) touch(name string) (had bool) {
 	sc.mu.Lock()
 	defer sc.mu.Unlock()
+	c, had := sc.prepared[name]
+	sc.tick++
+	c.used = sc.tick
+	sc.prepared[name] = c
+	return had
+}
+
+// touchParsedSince is touch for a client whose statement was parsed at
+// epoch: it reports whether sc has a copy parsed since.
+func (sc *serverConn) touchParsedSince(name string, epoch uint64) bool {
+	sc.mu.Lock()
+	defer sc.mu.Unlock()
+	c, had := sc.prepared[name]
+	sc.tick++
+	c.used = sc.tick
+	sc.prepared[name] = c
+	return had && c.parsed > epoch
+}
+
+// parsing marks a server statement as prepared and just used on sc, parsed
+// now (a Parse of it is being sent), and returns the epoch and whether sc
+// had it before.
+func (sc *serverConn) parsing(name string) (epoch uint64, had bool) {
+	epoch = parseEpoch.Add(1)
+	sc.mu.Lock()
+	defer sc.mu.Unlock()
 	_, had = sc.prepared[name]
 	sc.tick++
-	sc.prepared[name] = sc.tick
-	return had
+	sc.prepared[name] = stmtCopy{used: sc.tick, parsed: epoch}
+	return epoch, had
 }
 
 // appendClose encodes a Close of a statement ('S') or portal ('P').
@@ -331,7 +372,7 @@ func (st *statements) dropUnit(seq uint64, sc *serverConn, headFailed bool) {
 		switch e.kind {
 		case effectServerAdd, effectClientAddServer, effectServerRemove:
 			if e.had {
-				sc.prepared[e.server] = sc.tick
+				sc.prepared[e.server] = stmtCopy{used: sc.tick} // when parsed: not known
 			} else {
 				delete(sc.prepared, e.server)
 			}
