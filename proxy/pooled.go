@@ -591,9 +591,10 @@ func (r *relay) relayStatementMessage(typ byte, size int, msg []byte) error {
 				st.unnamed = nil
 				st.mu.Unlock()
 				sc.mu.Lock()
+				owner, ownerN := sc.unnamed, sc.unnamedN
 				sc.unnamed = nil
 				sc.mu.Unlock()
-				st.record(replyEntry{seq: seq, kind: effectClientUnnamedClose, prev: prev, prevGen: gen})
+				st.record(replyEntry{seq: seq, kind: effectClientUnnamedClose, prev: prev, prevGen: gen, prevOwner: owner, prevOwnerN: ownerN})
 			}
 			return r.sendClient(msg, false)
 		}
@@ -887,6 +888,7 @@ func (r *relay) queryRan(gen uint64, sc *serverConn) {
 	for i := st.head; i < len(st.replies); i++ {
 		if e := &st.replies[i]; (e.kind == effectClientUnnamed || e.kind == effectClientUnnamedClose) && e.prevGen == gen {
 			e.prev = nil
+			e.prevOwner, e.prevOwnerN = nil, 0 // nor on the connection
 		}
 	}
 	st.mu.Unlock()
