@@ -79,3 +79,30 @@ func TestUnnamedStatementQueryThenSkippedParse(t *testing.T) {
 		})
 	})
 }
+
+// TestUnnamedStatementKeptBySkippedClose: a Close of the unnamed statement
+// that the server skips (an earlier message of its group failed) leaves
+// the statement in place; in a failed transaction block a Describe of it
+// then answers as in PostgreSQL. pgtenant took the connection's unnamed
+// statement for unknown after the skipped Close and parsed the client's
+// again ahead of the Describe, which a failed block refuses (25P02).
+// Found by the differential fuzzer (seed 5987984220555723002 with
+// PGTENANT_FUZZ_GEN=plausible).
+func TestUnnamedStatementKeptBySkippedClose(t *testing.T) {
+	rt8Same(t, "skipped_close", []rt8Case{{
+		desc: "in a failed block",
+		steps: []relayStep{
+			// BEGIN runs; the portal, run to completion, cannot run again
+			// (55000): the block fails and the Close is skipped.
+			relayAt(ppParse("", "BEGIN"), ppBindPortal("p1", ""), ppExecPortal("p1"), ppExecPortal("p1"), ppCloseStmt(""), ppSync()),
+			relayAt(ppDescribeStmt(""), ppSync()),
+			relayAt(ppQuery("ROLLBACK")),
+		},
+	}, {
+		desc: "then bound outside a block",
+		steps: []relayStep{
+			relayAt(ppParse("", "SELECT 1"), ppBindPortal("p1", "SELECT"), ppCloseStmt(""), ppSync()),
+			relayAt(ppBind(""), ppExec(), ppSync()),
+		},
+	}})
+}

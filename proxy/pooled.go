@@ -591,9 +591,10 @@ func (r *relay) relayStatementMessage(typ byte, size int, msg []byte) error {
 				st.unnamed = nil
 				st.mu.Unlock()
 				sc.mu.Lock()
+				owner, ownerN := sc.unnamed, sc.unnamedN
 				sc.unnamed = nil
 				sc.mu.Unlock()
-				st.record(replyEntry{seq: seq, kind: effectClientUnnamedClose, prev: prev, prevGen: gen})
+				st.record(replyEntry{seq: seq, kind: effectClientUnnamedClose, prev: prev, prevGen: gen, prevOwner: owner, prevOwnerN: ownerN})
 			}
 			return r.sendClient(msg, false)
 		}

@@ -72,7 +72,7 @@ type replyEntry struct {
 	prevChanges, prevDeallocates bool
 	prevPins                     string
 	prevDealloc                  *deallocTarget
-	// For effectClientUnnamed (and effectClientUnnamedClose): the client's
+	// For effectClientUnnamed and effectClientUnnamedClose: the client's
 	// statements.gen before, and whose unnamed statement the connection held.
 	prevGen    uint64
 	prevOwner  *relay
@@ -376,14 +376,16 @@ func (st *statements) dropUnit(seq uint64, sc *serverConn, headFailed bool) {
 			} else {
 				delete(sc.prepared, e.server)
 			}
-		case effectClientUnnamed:
+		case effectClientUnnamed, effectClientUnnamedClose:
 			if !(i == st.head && headFailed) {
-				// Skipped: the connection keeps the unnamed statement it had.
+				// Skipped: the connection keeps the unnamed statement it
+				// had. (Taking it for unknown would prepare the client's
+				// again before its next use, which a failed block refuses.)
 				sc.unnamed, sc.unnamedN = e.prevOwner, e.prevOwnerN
 				break
 			}
 			sc.unnamed = nil
-		case effectUnnamed, effectClientUnnamedClose:
+		case effectUnnamed:
 			sc.unnamed = nil // unknown: the next use prepares the client's again
 		}
 		switch e.kind {
