@@ -921,13 +921,8 @@ func (r *relay) deallocateOne(msg []byte) ([]byte, error) {
 		st.remove(name)
 	}
 	st.mu.Unlock()
-	var server string
-	switch {
-	case cs != nil:
-		server = cs.server
-	case strings.HasPrefix(name, serverStmtPrefix):
-		server = serverStmtPrefix + "unknown" // never pgtenant's own statements
-	default:
+	server, ok := deallocServer(name, cs)
+	if !ok {
 		return msg, nil // not prepared: the server says so in the client's words
 	}
 	own := !r.inGroup && !r.ledger.skipsNext()
@@ -957,6 +952,19 @@ func (r *relay) deallocateOne(msg []byte) ([]byte, error) {
 	return encodeQuery(`DEALLOCATE "` + server + `"`), nil
 }
 
+// deallocServer is the upstream name a DEALLOCATE of the client's name
+// (its statement cs, nil if it has none) goes to; false: none, the client's
+// name is sent as it is.
+func deallocServer(name string, cs *clientStmt) (string, bool) {
+	switch {
+	case cs != nil:
+		return cs.server, true
+	case strings.HasPrefix(name, serverStmtPrefix):
+		return serverStmtPrefix + "unknown", true // never pgtenant's own statements
+	}
+	return "", false
+}
+
 // deallocTarget is what a Parse of DEALLOCATE name deallocates: the client's
 // statement name, and the upstream name its text was given.
 type deallocTarget struct {
@@ -971,13 +979,8 @@ func (r *relay) deallocateParse(msg []byte) ([]byte, error) {
 	st.mu.Lock()
 	cs := st.byName[name]
 	st.mu.Unlock()
-	var server string
-	switch {
-	case cs != nil:
-		server = cs.server
-	case strings.HasPrefix(name, serverStmtPrefix):
-		server = serverStmtPrefix + "unknown" // never pgtenant's own statements
-	default:
+	server, ok := deallocServer(name, cs)
+	if !ok {
 		return msg, nil // not prepared: the server says so in the client's words
 	}
 	r.deallocTo = &deallocTarget{client: name, server: server}

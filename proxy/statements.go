@@ -261,25 +261,26 @@ var parseEpoch atomic.Uint64
 // touch marks a server statement as prepared and just used on sc, and
 // reports whether sc had it before.
 func (sc *serverConn) touch(name string) (had bool) {
-	sc.mu.Lock()
-	defer sc.mu.Unlock()
-	c, had := sc.prepared[name]
-	sc.tick++
-	c.used = sc.tick
-	sc.prepared[name] = c
+	_, had = sc.use(name)
 	return had
 }
 
 // touchParsedSince is touch for a client whose statement was parsed at
 // epoch: it reports whether sc has a copy parsed since.
 func (sc *serverConn) touchParsedSince(name string, epoch uint64) bool {
+	c, had := sc.use(name)
+	return had && c.parsed > epoch
+}
+
+// use marks a server statement as prepared and just used on sc, and
+// returns its copy there as it was.
+func (sc *serverConn) use(name string) (stmtCopy, bool) {
 	sc.mu.Lock()
 	defer sc.mu.Unlock()
 	c, had := sc.prepared[name]
 	sc.tick++
-	c.used = sc.tick
-	sc.prepared[name] = c
-	return had && c.parsed > epoch
+	sc.prepared[name] = stmtCopy{used: sc.tick, parsed: c.parsed}
+	return c, had
 }
 
 // parsing marks a server statement as prepared and just used on sc, parsed
