@@ -443,21 +443,7 @@ func TestRelayHangUpReleasesUpstream(t *testing.T) {
 			}},
 		} {
 			t.Run(tc.desc, func(t *testing.T) {
-				since := relayNow(t)
-				p := m.start(t)
-				app := fmt.Sprintf("relay_hangup_%d", i)
-				c := relayProxied(t, p, tenantA, app)
-				// A transaction first: the state that matters here is the
-				// one below, not the session's first message (finding 1).
-				if got, err := c.exchange([]pgproto3.FrontendMessage{ppQuery("SELECT 1")}, 0); err != nil {
-					t.Fatalf("warm-up: %q %v", got, err)
-				}
-				if err := relayWrite(c, tc.send(t), 0); err != nil {
-					t.Fatalf("send: %v", err)
-				}
-				time.Sleep(500 * time.Millisecond)
-				c.conn.Close()
-				relayWantReleased(t, p, m, app, since, modePoolSize, "hung up "+tc.desc)
+				relayHangUpReleases(t, m, fmt.Sprintf("relay_hangup_%d", i), tc.send(t), "hung up "+tc.desc)
 			})
 		}
 	})

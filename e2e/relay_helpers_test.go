@@ -239,6 +239,27 @@ func relayBackendsSince(t *testing.T, since string) int {
 	return n
 }
 
+// relayHangUpReleases starts a proxy in mode m, logs tenant A in as app,
+// runs a transaction, sends b, hangs up half a second later, and fails
+// unless the upstream is released (relayWantReleased; what names the case).
+func relayHangUpReleases(t *testing.T, m poolMode, app string, b []byte, what string) {
+	t.Helper()
+	since := relayNow(t)
+	p := m.start(t)
+	c := relayProxied(t, p, tenantA, app)
+	// A transaction first: the state that matters is the one b leaves, not
+	// the session's first message.
+	if got, err := c.exchange([]pgproto3.FrontendMessage{ppQuery("SELECT 1")}, 0); err != nil {
+		t.Fatalf("warm-up: %q %v", got, err)
+	}
+	if err := relayWrite(c, b, 0); err != nil {
+		t.Fatalf("send: %v", err)
+	}
+	time.Sleep(500 * time.Millisecond)
+	c.conn.Close()
+	relayWantReleased(t, p, m, app, since, modePoolSize, what)
+}
+
 // relayWantReleased fails unless the upstream of a client that has just hung
 // up is released within relayReleaseWithin: in session mode its backend
 // (found by application name) is gone; in transaction mode the pool of

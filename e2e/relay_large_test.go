@@ -258,19 +258,7 @@ func TestRelayLargeHangUpReleasesUpstream(t *testing.T) {
 			}},
 		} {
 			t.Run(tc.desc, func(t *testing.T) {
-				since := relayNow(t)
-				p := m.start(t)
-				app := fmt.Sprintf("relay_large_hangup_%d", i)
-				c := relayProxied(t, p, tenantA, app)
-				if got, err := c.exchange([]pgproto3.FrontendMessage{ppQuery("SELECT 1")}, 0); err != nil {
-					t.Fatalf("warm-up: %q %v", got, err)
-				}
-				if err := relayWrite(c, tc.send(t), 0); err != nil {
-					t.Fatalf("send: %v", err)
-				}
-				time.Sleep(500 * time.Millisecond)
-				c.conn.Close()
-				relayWantReleased(t, p, m, app, since, modePoolSize, "hung up in "+tc.desc)
+				relayHangUpReleases(t, m, fmt.Sprintf("relay_large_hangup_%d", i), tc.send(t), "hung up in "+tc.desc)
 			})
 		}
 	})
