@@ -25,6 +25,18 @@ func (b leaseBinding) awaitClient() error {
 	if r.cr.Buffered() != 0 {
 		return nil
 	}
+	if r.loop != nil && !r.noPark.Load() && !r.pinned.Load() {
+		// Driven by an event loop (a pinned client's idle timeout is a read
+		// deadline: it waits on its goroutine).
+		if r.loopReady {
+			r.loopReady = false // the loop found the socket readable: read it
+			return nil
+		}
+		readerPool.Put(r.cr)
+		r.cr = nil
+		r.prefix.release()
+		return errParked
+	}
 	if err := r.parkReader(!r.inGroup); err != nil {
 		if err == errParked {
 			return err

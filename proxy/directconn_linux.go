@@ -1,6 +1,7 @@
 package proxy
 
 import (
+	"errors"
 	"io"
 	"net"
 	"os"
@@ -30,11 +31,15 @@ type directConn struct {
 	net.Conn
 	raw syscall.RawConn
 
-	readMu  sync.Mutex
-	readBuf []byte
-	readN   int
-	readErr syscall.Errno
-	readFn  func(uintptr) bool // c.readOnce, bound once: no allocation per Read
+	readMu     sync.Mutex
+	readBuf    []byte
+	readN      int
+	readErr    syscall.Errno
+	readFn     func(uintptr) bool // c.readOnce, bound once: no allocation per Read
+	readNoWait bool               // readNow: EAGAIN is the answer, not a wait
+	// loopReads: an event loop reads this socket (eventloop_linux.go): a
+	// read that must wait tells it first (loopWouldBlock).
+	loopReads bool
 
 	writeMu  sync.Mutex
 	writeBuf []byte
@@ -59,12 +64,21 @@ func newDirectConn(conn net.Conn) net.Conn {
 	return c
 }
 
-func (c *directConn) Read(b []byte) (int, error) {
+func (c *directConn) Read(b []byte) (int, error) { return c.read(b, false) }
+
+// readNow reads what the socket holds without waiting: errWouldBlock if
+// nothing.
+func (c *directConn) readNow(b []byte) (int, error) { return c.read(b, true) }
+
+// errWouldBlock: nothing to read now (readNow).
+var errWouldBlock = errors.New("would block")
+
+func (c *directConn) read(b []byte, noWait bool) (int, error) {
 	if len(b) == 0 {
 		return 0, nil
 	}
 	c.readMu.Lock()
-	c.readBuf, c.readN, c.readErr = b, 0, 0
+	c.readBuf, c.readN, c.readErr, c.readNoWait = b, 0, 0, noWait
 	err := c.raw.Read(c.readFn)
 	n, errno := c.readN, c.readErr
 	c.readBuf = nil
@@ -72,6 +86,8 @@ func (c *directConn) Read(b []byte) (int, error) {
 	switch {
 	case err != nil:
 		return 0, renameOp(err, "read")
+	case errno == unix.EAGAIN:
+		return 0, errWouldBlock
 	case errno != 0:
 		return 0, c.opError("read", errno)
 	case n == 0:
@@ -90,6 +106,13 @@ func (c *directConn) readOnce(fd uintptr) bool {
 			return true
 		case unix.EINTR:
 		case unix.EAGAIN:
+			if c.readNoWait {
+				c.readErr = e
+				return true
+			}
+			if c.loopReads {
+				loopWouldBlock()
+			}
 			return false
 		default:
 			c.readErr = e
@@ -128,6 +151,7 @@ func (c *directConn) writeSome(fd uintptr) bool {
 			c.writeN += int(n)
 		case unix.EINTR:
 		case unix.EAGAIN:
+			loopWouldBlock() // rare: a full socket
 			return false
 		default:
 			c.writeErr = e

@@ -73,6 +73,13 @@ type serverConn struct {
 	dead   atomic.Bool // closed or failed: never hand it out again
 	// readerGone is set when serve has returned.
 	readerGone atomic.Bool
+
+	// An event loop reads the connection whenever its reader would wait
+	// (eventloop_linux.go), when loop is set.
+	loop     *eventLoop
+	pool     *txPool
+	loopSlot // under loop
+	loopIn   serverLoopReader
 }
 
 func (sc *serverConn) cancelTarget() cancelTarget {
@@ -109,7 +116,8 @@ type txPool struct {
 	ctx          context.Context              // done when the pool closes: waits and dials end
 	stop         context.CancelFunc
 	done         chan struct{}
-	readers      sync.WaitGroup // one per open connection
+	readers      sync.WaitGroup    // one per open connection
+	loop         func() *eventLoop // the event loop that reads connections, if any
 
 	ctxMu    sync.Mutex
 	contexts map[string]*poolContext // by key, while a session uses it
@@ -546,10 +554,29 @@ func (c *collector) reply(typ byte, size int) error {
 // lives. It is already waiting for the upstream's reply when a client's
 // messages go out, and hands what it reads to the client holding the
 // connection: one wake-up per reply, and no goroutine of its own for an
-// idle client.
+// idle client. Under an event loop it leaves its goroutine whenever it
+// would wait for the upstream, and the loop reads on (serverLoop).
 func (p *txPool) serve(sc *serverConn) {
-	defer p.readers.Done()
-	defer p.gone(sc)
+	p.serveFrom(sc, p.serveSome(sc))
+}
+
+// serveFrom goes on serving sc on this goroutine after serveSome returned
+// err: back to the loop when it is errParked, else the reader's end.
+func (p *txPool) serveFrom(sc *serverConn, err error) {
+	for err == errParked {
+		if sc.loop.parkItem(sc) {
+			return
+		}
+		sc.noPark.Store(true)
+		err = p.serveSome(sc)
+	}
+	p.gone(sc)
+	p.readers.Done()
+}
+
+// serveSome reads replies until the connection ends (errReaderEnded) or,
+// under an event loop, until it would wait for the upstream (errParked).
+func (p *txPool) serveSome(sc *serverConn) (err error) {
 	defer func() {
 		if v := recover(); v != nil {
 			// A bug while handing replies to a client: that client's session
@@ -566,16 +593,27 @@ func (p *txPool) serve(sc *serverConn) {
 			if r != nil {
 				r.failResponse(errPanic)
 			}
+			err = errReaderEnded
 		}
 	}()
 	for {
 		if r := sc.holder.Load(); r != nil && sc.r.Buffered() < 5 {
 			if err := r.flushClient(); err != nil {
 				p.fail(sc, r, err)
-				return
+				return errReaderEnded
 			}
 		}
+		if sc.r.Buffered() == 0 && sc.loop != nil && !sc.noPark.Load() {
+			if !sc.loopReady {
+				return errParked
+			}
+			sc.loopReady = false // the loop found the socket readable: read it
+		}
+		sc.loopBoundary = true
 		typ, size, err := readHeader(sc.r)
+		if err == errWouldBlock {
+			return errParked
+		}
 		if err != nil {
 			sc.dead.Store(true)
 			sc.conn.Close()
@@ -588,14 +626,21 @@ func (p *txPool) serve(sc *serverConn) {
 				default:
 				}
 			}
-			return
+			return errReaderEnded
 		}
 		if r := sc.holder.Load(); r != nil {
 			if err := r.flushIfShort(sc.r, typ, size); err != nil {
 				p.fail(sc, r, err)
-				return
+				return errReaderEnded
 			}
+			// A message that fits the reader is peeked whole (on a loop: or
+			// the loop waits for the rest); a larger one is read as it comes.
+			sc.loopBoundary = size <= sc.r.Size() || !r.replyWhole(typ)
 			msg, err := r.nextReply(sc.r, typ, size)
+			sc.loopBoundary = false
+			if err == errWouldBlock {
+				return errParked
+			}
 			if err != nil {
 				err = r.upstreamReadError(err)
 			} else {
@@ -609,23 +654,27 @@ func (p *txPool) serve(sc *serverConn) {
 					continue
 				}
 				p.fail(sc, r, err)
-				return
+				return errReaderEnded
 			}
 			continue
 		}
+		sc.loopBoundary = false
 		if c := sc.coll.Load(); c != nil {
 			if err := c.reply(typ, size); err != nil {
 				p.distrust(sc, err)
-				return
+				return errReaderEnded
 			}
 			continue
 		}
 		// Nobody asked: the FATAL a backend sends before it exits, or worse.
 		// The connection is not to be trusted any more.
 		p.distrust(sc, errors.New("a reply nobody asked for"))
-		return
+		return errReaderEnded
 	}
 }
+
+// errReaderEnded: a pooled connection's reader has stopped for good.
+var errReaderEnded = errors.New("reader ended")
 
 func (p *txPool) logger() *slog.Logger {
 	if p.log == nil {
@@ -683,6 +732,9 @@ func (p *txPool) dial(ctx context.Context) (*serverConn, error) {
 		return nil, err
 	}
 	p.readers.Add(1)
+	if p.loop != nil {
+		sc.useLoop(p, p.loop())
+	}
 	go p.serve(sc)
 	return sc, nil
 }

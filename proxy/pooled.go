@@ -103,12 +103,36 @@ type pooledState struct {
 
 	// A client idle longer than parkAfter leaves its goroutine and waits in
 	// the parker (parker_linux.go); parker is nil for clients that cannot.
-	parker    *parker
-	parkFD    int32
-	noPark    atomic.Bool // set for good once the session ends or parking failed
+	parker    clientParker
+	loopSlot  // parkFD, noPark and, under an event loop, its bookkeeping
 	parkMu    sync.Mutex
 	parkState uint8 // parkNone, parkWaiting (in parkReader), parkTaken
 	parkSince int64 // when it started waiting, UnixNano
+
+	// An event loop drives the request side instead (eventloop_linux.go),
+	// when loop is set; then parker is the loop.
+	loop   *eventLoop
+	loopIn loopReader // what the client reader reads on the loop
+}
+
+// loopSlot is what an event loop keeps of a client or pooled connection
+// it drives (eventloop_linux.go), and the parker of a client.
+type loopSlot struct {
+	parkFD int32
+	noPark atomic.Bool // set for good once it ends or parking failed
+
+	loopGen      int64 // the loop's generation serving it now; 0: none
+	loopReady    bool  // a step begins: the socket is readable
+	loopBoundary bool  // reading between two messages: may go back to the loop
+	loopState    uint8 // loopOff, loopParked, loopRunning; under the loop's mu
+	loopDisarmed bool  // out of the loop's events while served elsewhere; under the loop's mu
+}
+
+// clientParker holds idle clients without a goroutine: the parker, or an
+// event loop.
+type clientParker interface {
+	park(r *relay) bool
+	unpark(r *relay)
 }
 
 const (
@@ -170,7 +194,7 @@ func (r *relay) parkReader(mayLeave bool) error {
 		readerPool.Put(r.cr)
 		r.cr = nil
 	}
-	leave := mayLeave && r.parker != nil && !r.noPark.Load()
+	leave := mayLeave && r.loop == nil && r.parker != nil && !r.noPark.Load()
 	if leave {
 		r.parkMu.Lock()
 		r.parkState, r.parkSince = parkWaiting, time.Now().UnixNano()

@@ -299,19 +299,24 @@ func (r *relay) clientToUpstream() error {
 				return err
 			}
 		}
+		// Between two messages: on an event loop, a message not all here
+		// yet sends the client back to the loop until the rest comes.
+		r.loopBoundary = true
 		typ, size, err := readHeader(r.cr)
 		if err != nil {
-			return r.idleError(err)
+			return r.readError(err)
 		}
 		if size > r.maxMessage {
 			return fatalf(codeProgramLimitExceeded, "message of %d bytes exceeds pgtenant's max_message_size of %d bytes", size, r.maxMessage)
 		}
+		r.in, err = r.nextRequest(typ, size)
+		r.loopBoundary = false
+		if err != nil {
+			return r.readError(err)
+		}
 		r.stats.fromClient += int64(size)
 		if typ == 'Q' || typ == 'E' {
 			r.stats.statements++
-		}
-		if r.in, err = r.nextRequest(typ, size); err != nil {
-			return r.idleError(err)
 		}
 		err = r.relayMessage(typ, size)
 		if err == nil {
@@ -329,6 +334,16 @@ func (r *relay) clientToUpstream() error {
 	}
 }
 
+// readError is what the request side's driver returns for err, from a
+// read of the client between two messages: errParked when an event loop
+// is to wait for the rest.
+func (r *relay) readError(err error) error {
+	if err == errWouldBlock {
+		return errParked // the reader keeps what it holds, and no error
+	}
+	return r.idleError(err)
+}
+
 // nextRequest reads the client message of type typ and size bytes whose
 // header is at the head of the client reader for the core: as much as the
 // core needs of it (requestNeed), and whatever more of it the reader holds
@@ -343,6 +358,7 @@ func (r *relay) nextRequest(typ byte, size int) ([]byte, error) {
 		}
 	}
 	if need > r.cr.Size() {
+		r.loopBoundary = false // copied out as it comes
 		r.inPeeked = false
 		msg := make([]byte, size)
 		_, err := io.ReadFull(r.cr, msg)

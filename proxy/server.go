@@ -61,7 +61,8 @@ type Server struct {
 	draining      bool
 	onClose       []func()
 	wg            sync.WaitGroup
-	parker        *parker // made with the first client it may park; nil until then
+	parker        *parker    // made with the first client it may park; nil until then
+	loop          *eventLoop // made with the first client it may drive; nil until then
 	// Paused tenants (pause.go), and the count of resumes so far.
 	paused  map[string]*tenantPause
 	resumes uint64
@@ -349,10 +350,13 @@ func (s *Server) Close() error {
 	for ln := range s.peerListeners {
 		ln.Close()
 	}
-	pk := s.parker
+	pk, lp := s.parker, s.loop
 	s.mu.Unlock()
 	if pk != nil {
 		pk.close() // parked clients get their goroutines back, to see the close
+	}
+	if lp != nil {
+		lp.close()
 	}
 	s.mu.Lock()
 	for c := range s.conns {
@@ -450,6 +454,20 @@ func (s *Server) parkerFor() *parker {
 		s.parker = newParker(s.takeIdle, resumeParked)
 	}
 	return s.parker
+}
+
+// loopFor returns the server's event loop, starting it if need be; nil
+// when clients are not driven by one.
+func (s *Server) loopFor() *eventLoop {
+	if !useEventLoop {
+		return nil
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.loop == nil && !s.closed {
+		s.loop = newEventLoop()
+	}
+	return s.loop
 }
 
 // takeIdle is the parker's sweep: it hands over the clients that have

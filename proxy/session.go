@@ -430,7 +430,12 @@ func (s *Server) startPooledSession(rt *runtime, pl placement, st *startup, cr *
 	if lim := rt.cfg.Limits; lim.IdleTimeout.Duration == 0 && lim.IdleInTransactionTimeout.Duration == 0 {
 		// Idle timeouts are read deadlines: a parked client has no read.
 		if fd := connFD(st.conn); fd >= 0 {
-			rl.parker, rl.parkFD = s.parkerFor(), fd
+			rl.parkFD = fd
+			if l := s.loopFor(); l != nil {
+				rl.useLoop(l)
+			} else if pk := s.parkerFor(); pk != nil {
+				rl.parker = pk
+			}
 		}
 	}
 	started = true // session.close drops the context

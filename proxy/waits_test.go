@@ -190,14 +190,14 @@ func (d *loopDriver) loop() {
 	}
 }
 
-// loopWaiter is a relay's waiter under the loop driver: cur is the loop
+// testLoopWaiter is a relay's waiter under the loop driver: cur is the loop
 // goroutine running the relay's work.
-type loopWaiter struct {
+type testLoopWaiter struct {
 	d   *loopDriver
 	cur *loopGoroutine
 }
 
-func (w *loopWaiter) blocking(waitKind) {
+func (w *testLoopWaiter) blocking(waitKind) {
 	if !w.cur.handedOff {
 		w.cur.handedOff = true
 		w.d.handoffs.Add(1)
@@ -205,18 +205,18 @@ func (w *loopWaiter) blocking(waitKind) {
 		go w.d.loop()
 	}
 }
-func (w *loopWaiter) resumed(waitKind)                         {}
-func (w *loopWaiter) clientGone() bool                         { return false }
-func (w *loopWaiter) clientReadDeadline(time.Time)             {}
-func (w *loopWaiter) upstreamReadDeadline(net.Conn, time.Time) {}
+func (w *testLoopWaiter) resumed(waitKind)                         {}
+func (w *testLoopWaiter) clientGone() bool                         { return false }
+func (w *testLoopWaiter) clientReadDeadline(time.Time)             {}
+func (w *testLoopWaiter) upstreamReadDeadline(net.Conn, time.Time) {}
 
 func TestLoopDriverHandsOffBeforeAWait(t *testing.T) {
 	d := &loopDriver{work: make(chan func(*loopGoroutine))}
 	d.wg.Add(1)
 	go d.loop()
-	newClient := func() (*relay, *loopWaiter) {
+	newClient := func() (*relay, *testLoopWaiter) {
 		r := newRelay(nil, nil, nil, nil, ptrTo(newAssertion([]setting{{name: "app.tenant_id", value: "t1"}})), nil, zeroTime)
-		w := &loopWaiter{d: d}
+		w := &testLoopWaiter{d: d}
 		r.waits = w
 		return r, w
 	}

@@ -1,0 +1,495 @@
+package proxy
+
+import (
+	"bufio"
+	"errors"
+	"net"
+	"os"
+	"runtime/debug"
+	goruntime "runtime"
+	"sync"
+	"sync/atomic"
+	"time"
+	"unsafe"
+
+	"golang.org/x/sys/unix"
+)
+
+// eventLoop drives transaction-mode clients and pooled connections from
+// one epoll set instead of a goroutine each: when a client's socket is
+// readable, the loop itself runs the request core on what arrived
+// (clientToUpstream); when a pooled connection's is, the reply core
+// (txPool.serveSome); it goes back to epoll_wait when there is nothing
+// more to read.
+//
+// Why: with a goroutine per client, every message costs a read that fails
+// (Go's poller clears readiness before it reads), a park and a wake-up of
+// the goroutine, and often of a second thread; bench/iofloor measured that
+// model at 1.1-1.35x PgBouncer's CPU per transaction and one event loop at
+// 0.84-1.06x. The loop reads only on readiness.
+//
+// The core may block (replies owed, a pooled connection, a full socket);
+// the loop must not. Before the core blocks, the loop hands itself over:
+// a new goroutine becomes the loop (yield) and the one that was the loop
+// finishes that client's work as its own goroutine, then gives the client
+// back (park) when the client is idle again. The core calls the relay's
+// waiter before each of its waits (waits.go); a read or write of a
+// directConn that must wait calls loopWouldBlock. Sockets are registered
+// level-triggered for good (no epoll_ctl per message): events left over at
+// a hand-over are simply reported again to the new loop.
+//
+// A client whose session ends, or that cannot be driven here (pinned, a
+// goroutine's read deadline), is unparked: out of the set, on a goroutine.
+type eventLoop struct {
+	epfd   int
+	wakefd int          // eventfd: tells the loop to stop
+	gen    atomic.Int64 // which goroutine is the loop: each hand-over adds one
+
+	// mu guards items, closed and each item's loopState/loopDisarmed.
+	mu     sync.Mutex
+	items  map[int32]loopItem // registered in epfd, by socket
+	closed bool
+	done   chan struct{} // closed by the loop goroutine that saw the stop
+
+	closeOnce sync.Once
+}
+
+// A registered client's state (relay.loopState, under eventLoop.mu).
+const (
+	loopOff     = iota // not in the set
+	loopParked         // waiting for the client, in the set: the loop runs it when readable
+	loopRunning        // served by the loop or by a goroutine of its own
+)
+
+// loopThreads maps the OS thread of each running loop goroutine to its
+// loop (loopWouldBlock). A loop goroutine is locked to its thread, so the
+// thread says which goroutine is calling.
+var loopThreads struct {
+	sync.Mutex
+	n  atomic.Int32
+	by map[int]*eventLoop
+}
+
+// newEventLoop starts a loop; nil if the system refuses (clients then keep
+// goroutines).
+func newEventLoop() *eventLoop {
+	epfd, err := unix.EpollCreate1(unix.EPOLL_CLOEXEC)
+	if err != nil {
+		return nil
+	}
+	wakefd, err := unix.Eventfd(0, unix.EFD_CLOEXEC|unix.EFD_NONBLOCK)
+	if err != nil {
+		unix.Close(epfd)
+		return nil
+	}
+	if err := unix.EpollCtl(epfd, unix.EPOLL_CTL_ADD, wakefd, &unix.EpollEvent{Events: unix.EPOLLIN, Fd: int32(wakefd)}); err != nil {
+		unix.Close(epfd)
+		unix.Close(wakefd)
+		return nil
+	}
+	l := &eventLoop{epfd: epfd, wakefd: wakefd, items: map[int32]loopItem{}, done: make(chan struct{})}
+	l.gen.Store(1) // a relay's loopGen of 0 means not on the loop
+	go l.run()
+	return l
+}
+
+// loopItem is what a loop drives: a client's request side (relay) or a
+// pooled connection's reader (serverConn).
+type loopItem interface {
+	slot() *loopSlot
+	// loopStep serves the item on the loop until it would wait for its
+	// socket (errParked) or ends.
+	loopStep() error
+	// loopGoOn goes on, on the calling goroutine, after loopStep returned
+	// err to a goroutine that is not the loop (handed over) or for an end.
+	loopGoOn(err error)
+}
+
+// park and unpark are a client's (clientParker).
+func (l *eventLoop) park(r *relay) bool { return l.parkItem(r) }
+func (l *eventLoop) unpark(r *relay)    { l.unparkItem(r) }
+
+// parkItem gives the loop an item whose driver has left its goroutine
+// (errParked) with nothing to do. It reports false if the loop cannot take
+// it; the caller then goes on serving it.
+func (l *eventLoop) parkItem(it loopItem) bool {
+	s := it.slot()
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.closed || s.noPark.Load() {
+		return false
+	}
+	if l.items[s.parkFD] != it {
+		// Level-triggered: bytes that came before this call wake the loop
+		// at once. A stale entry for a reused socket number is replaced.
+		ev := unix.EpollEvent{Events: unix.EPOLLIN | unix.EPOLLRDHUP, Fd: s.parkFD}
+		err := unix.EpollCtl(l.epfd, unix.EPOLL_CTL_ADD, int(s.parkFD), &ev)
+		if errors.Is(err, unix.EEXIST) {
+			err = unix.EpollCtl(l.epfd, unix.EPOLL_CTL_MOD, int(s.parkFD), &ev)
+		}
+		if err != nil {
+			return false
+		}
+		l.items[s.parkFD] = it
+	} else if s.loopDisarmed {
+		ev := unix.EpollEvent{Events: unix.EPOLLIN | unix.EPOLLRDHUP, Fd: s.parkFD}
+		if unix.EpollCtl(l.epfd, unix.EPOLL_CTL_MOD, int(s.parkFD), &ev) != nil {
+			l.forgetLocked(it)
+			return false
+		}
+	}
+	s.loopDisarmed = false
+	s.loopState = loopParked
+	return true
+}
+
+// unparkItem takes an item out of the set for good, before anyone closes
+// its socket (the descriptor must not be reused while it is in the set),
+// and has it go on on a goroutine if it was waiting there. One being
+// served finds noPark set and ends on its own.
+func (l *eventLoop) unparkItem(it loopItem) {
+	s := it.slot()
+	l.mu.Lock()
+	s.noPark.Store(true)
+	mine := l.items[s.parkFD] == it
+	parked := mine && s.loopState == loopParked
+	if mine {
+		l.forgetLocked(it)
+	}
+	l.mu.Unlock()
+	if parked {
+		go it.loopGoOn(errParked)
+	}
+}
+
+func (l *eventLoop) forgetLocked(it loopItem) {
+	s := it.slot()
+	delete(l.items, s.parkFD)
+	_ = unix.EpollCtl(l.epfd, unix.EPOLL_CTL_DEL, int(s.parkFD), nil)
+	s.loopState = loopOff
+}
+
+// run is the loop: one goroutine at a time, locked to its thread.
+func (l *eventLoop) run() {
+	goruntime.LockOSThread()
+	gen := l.gen.Load()
+	tid := unix.Gettid()
+	loopThreads.Lock()
+	if loopThreads.by == nil {
+		loopThreads.by = map[int]*eventLoop{}
+	}
+	loopThreads.by[tid] = l
+	loopThreads.n.Add(1)
+	loopThreads.Unlock()
+	events := make([]unix.EpollEvent, 64)
+	for {
+		n, err := l.wait(events)
+		dbgWaits.Add(1)
+		if err == unix.EINTR {
+			// A signal: the runtime may want this goroutine stopped (the
+			// garbage collector's stop-the-world); give it the chance.
+			goruntime.Gosched()
+			continue
+		}
+		if err != nil {
+			l.leaveThread(tid)
+			goruntime.UnlockOSThread()
+			l.resumeAll() // nothing would wake them
+			close(l.done)
+			return
+		}
+		for _, ev := range events[:max(n, 0)] {
+			if int(ev.Fd) == l.wakefd {
+				l.leaveThread(tid)
+				goruntime.UnlockOSThread()
+				close(l.done)
+				return
+			}
+			it := l.take(ev.Fd)
+			if it == nil {
+				continue
+			}
+			if !l.serve(it, gen) {
+				// Handed over: this goroutine served r to its end and the
+				// loop is another's now.
+				return
+			}
+		}
+	}
+}
+
+// wait waits for events with a raw system call, which the runtime does
+// not see: the loop keeps its P while it waits, so that nothing has to
+// hand it off and take it back around every wait (through unix.EpollWait
+// that cost more than the event loop saved). A signal (the runtime's
+// preemption request among them) ends the wait with EINTR.
+func (l *eventLoop) wait(events []unix.EpollEvent) (int, error) {
+	if rawLoopWait {
+		n, _, e := unix.RawSyscall6(unix.SYS_EPOLL_PWAIT, uintptr(l.epfd), uintptr(unsafe.Pointer(&events[0])), uintptr(len(events)), ^uintptr(0), 0, 0)
+		if e != 0 {
+			return 0, e
+		}
+		return int(n), nil
+	}
+	return unix.EpollWait(l.epfd, events, -1)
+}
+
+var rawLoopWait = os.Getenv("PGTENANT_LOOP_WAIT") != "block"
+
+// take claims the parked item on fd for a step; nil if there is none or
+// it is being served already (its socket is disarmed until it comes back:
+// level-triggered, it would be reported again and again).
+func (l *eventLoop) take(fd int32) loopItem {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	it := l.items[fd]
+	if it == nil {
+		return nil
+	}
+	s := it.slot()
+	if s.loopState != loopParked {
+		if !s.loopDisarmed {
+			s.loopDisarmed = true
+			_ = unix.EpollCtl(l.epfd, unix.EPOLL_CTL_MOD, int(fd), &unix.EpollEvent{Fd: fd})
+		}
+		return nil
+	}
+	s.loopState = loopRunning
+	return it
+}
+
+// serve runs it on the loop until it has nothing more to read. It reports
+// whether this goroutine is still the loop; if not, it has served it as
+// its own goroutine until it went back to the loop or ended.
+func (l *eventLoop) serve(it loopItem, gen int64) bool {
+	dbgSteps.Add(1)
+	if _, ok := it.(*serverConn); ok {
+		dbgSC.Add(1)
+	}
+	s := it.slot()
+	s.loopGen, s.loopReady = gen, true
+	err := it.loopStep()
+	s.loopGen, s.loopReady = 0, false
+	if l.gen.Load() != gen {
+		it.loopGoOn(err) // errParked: back to the loop
+		return false
+	}
+	if err == errParked {
+		l.mu.Lock()
+		parked := !s.noPark.Load() && l.items[s.parkFD] == it
+		if parked {
+			s.loopState = loopParked
+		}
+		l.mu.Unlock()
+		if parked {
+			return true
+		}
+	}
+	// Ending (or not to be parked): off the loop first, then on a goroutine.
+	l.unparkItem(it)
+	go it.loopGoOn(err)
+	return true
+}
+
+// yield hands the loop to a new goroutine. Called on the loop goroutine
+// only, before it blocks: it goes on as an ordinary goroutine.
+func (l *eventLoop) yield() {
+	dbgYields.Add(1)
+	if os.Getenv("PGTENANT_LOOP_DEBUG") == "2" {
+		debug.PrintStack()
+	}
+	l.leaveThread(unix.Gettid())
+	l.gen.Add(1)
+	goruntime.UnlockOSThread()
+	go l.run()
+}
+
+func (l *eventLoop) leaveThread(tid int) {
+	loopThreads.Lock()
+	if loopThreads.by[tid] == l {
+		delete(loopThreads.by, tid)
+		loopThreads.n.Add(-1)
+	}
+	loopThreads.Unlock()
+}
+
+// loopWouldBlock is called by a directConn read or write that is about to
+// wait on the poller: on a loop's goroutine, the loop is handed over first.
+func loopWouldBlock() {
+	if loopThreads.n.Load() == 0 {
+		return
+	}
+	tid := unix.Gettid()
+	loopThreads.Lock()
+	l := loopThreads.by[tid]
+	loopThreads.Unlock()
+	if l != nil {
+		l.yield()
+	}
+}
+
+// onLoop reports whether the item of s runs on l's goroutine now (not
+// handed over). Called by the item's driver.
+func (s *loopSlot) onLoop(l *eventLoop) bool {
+	return s.loopGen != 0 && l != nil && l.gen.Load() == s.loopGen
+}
+
+// close stops the loop and resumes every parked client on a goroutine;
+// closing their connections then ends them. Idempotent.
+func (l *eventLoop) close() {
+	l.closeOnce.Do(func() {
+		one := []byte{1, 0, 0, 0, 0, 0, 0, 0}
+		_, _ = unix.Write(l.wakefd, one)
+		<-l.done
+		l.resumeAll()
+		unix.Close(l.epfd)
+		unix.Close(l.wakefd)
+	})
+}
+
+// resumeAll ends the loop's parking: every item gets a goroutine when
+// parked, and park refuses from now on.
+func (l *eventLoop) resumeAll() {
+	l.mu.Lock()
+	l.closed = true
+	var parked []loopItem
+	for _, it := range l.items {
+		s := it.slot()
+		s.noPark.Store(true)
+		if s.loopState == loopParked {
+			parked = append(parked, it)
+		}
+		l.forgetLocked(it)
+	}
+	l.mu.Unlock()
+	for _, it := range parked {
+		go it.loopGoOn(errParked)
+	}
+}
+
+// useEventLoop: transaction-mode clients and pooled connections are driven
+// by an event loop.
+var useEventLoop = os.Getenv("PGTENANT_EVENT_LOOP") != ""
+
+// useLoop makes l drive r's request side whenever it waits for the client.
+func (r *relay) useLoop(l *eventLoop) {
+	r.loop, r.parker = l, l
+	r.loopIn.r = r
+	r.waits = loopWaiter{r}
+	if dc, ok := r.client.(*directConn); ok {
+		dc.loopReads = true
+	}
+}
+
+func (r *relay) slot() *loopSlot { return &r.loopSlot }
+
+func (r *relay) loopStep() error {
+	if r.cr == nil {
+		r.cr = readerPool.Get().(*bufio.Reader)
+		r.cr.Reset(&r.loopIn)
+	}
+	return r.sess.catchPanic("client", r.clientToUpstream)
+}
+
+// loopGoOn: errParked gives the client back to the loop (or resumes it here
+// when the loop will not take it), anything else ends the session.
+func (r *relay) loopGoOn(err error) { r.sess.endPooled(err) }
+
+// onLoop reports whether r's request side runs on its loop's goroutine now.
+func (r *relay) onLoop() bool { return r.loopSlot.onLoop(r.loop) }
+
+// loopReader is the client reader's source on an event loop: between
+// messages it takes only what the socket holds (errWouldBlock: back to the
+// loop); elsewhere it reads as a goroutine does, the loop handed over first
+// if it must wait.
+type loopReader struct{ r *relay }
+
+func (in *loopReader) Read(b []byte) (int, error) {
+	r := in.r
+	if r.loopBoundary && r.onLoop() {
+		if dc, ok := r.client.(*directConn); ok {
+			return dc.readNow(b)
+		}
+	}
+	return r.client.Read(b)
+}
+
+// useLoop makes l read sc whenever its reader would wait for the upstream.
+// A connection that is not a plain socket keeps its goroutine.
+func (sc *serverConn) useLoop(p *txPool, l *eventLoop) {
+	dc, ok := sc.conn.(*directConn)
+	fd := connFD(sc.conn)
+	if l == nil || !ok || fd < 0 || sc.r.Buffered() != 0 {
+		if os.Getenv("PGTENANT_LOOP_DEBUG") != "" {
+			println("sc not on loop", l == nil, ok, fd, sc.r.Buffered())
+		}
+		return
+	}
+	sc.loop, sc.pool, sc.parkFD = l, p, fd
+	sc.loopIn.sc = sc
+	dc.loopReads = true
+	sc.r.Reset(&sc.loopIn)
+	sc.conn = &loopClosingConn{Conn: sc.conn, sc: sc}
+}
+
+func (sc *serverConn) slot() *loopSlot { return &sc.loopSlot }
+
+func (sc *serverConn) loopStep() error { return sc.pool.serveSome(sc) }
+
+func (sc *serverConn) loopGoOn(err error) { sc.pool.serveFrom(sc, err) }
+
+// serverLoopReader is a pooled connection reader's source on an event loop
+// (as loopReader for a client).
+type serverLoopReader struct{ sc *serverConn }
+
+func (in *serverLoopReader) Read(b []byte) (int, error) {
+	sc := in.sc
+	dc := sc.conn.(*loopClosingConn).Conn.(*directConn)
+	if sc.loopBoundary && sc.onLoop(sc.loop) {
+		return dc.readNow(b)
+	}
+	return dc.Read(b)
+}
+
+// loopClosingConn takes a pooled connection out of its loop before it is
+// closed: a closed socket leaves the epoll set without an event, and its
+// reader would never learn that it has ended.
+type loopClosingConn struct {
+	net.Conn
+	sc *serverConn
+}
+
+func (c *loopClosingConn) Close() error {
+	c.sc.loop.unparkItem(c.sc)
+	return c.Conn.Close()
+}
+
+// loopWaiter is the waiter of a relay an event loop drives: on the loop,
+// a wait hands the loop over first.
+type loopWaiter struct{ r *relay }
+
+func (w loopWaiter) blocking(waitKind) {
+	if w.r.onLoop() {
+		w.r.loop.yield()
+	}
+}
+
+func (loopWaiter) resumed(waitKind) {}
+
+func (w loopWaiter) clientGone() bool { return peerClosed(w.r.client) }
+
+func (w loopWaiter) clientReadDeadline(t time.Time) { _ = w.r.client.SetReadDeadline(t) }
+
+func (loopWaiter) upstreamReadDeadline(up net.Conn, t time.Time) { _ = up.SetReadDeadline(t) }
+
+var dbgYields, dbgSteps, dbgWaits, dbgSC atomic.Int64
+
+func init() {
+	if os.Getenv("PGTENANT_LOOP_DEBUG") != "" {
+		go func() {
+			for range time.Tick(time.Second) {
+				println("loop: waits", dbgWaits.Load(), "steps", dbgSteps.Load(), "sc", dbgSC.Load(), "yields", dbgYields.Load())
+			}
+		}()
+	}
+}

@@ -1,0 +1,22 @@
+//go:build !linux
+
+package proxy
+
+import "errors"
+
+// eventLoop drives clients on Linux only (eventloop_linux.go); elsewhere
+// each client keeps a goroutine.
+type eventLoop struct{}
+
+const useEventLoop = false
+
+var errWouldBlock = errors.New("would block")
+
+func newEventLoop() *eventLoop { return nil }
+
+func (l *eventLoop) park(*relay) bool { return false }
+func (l *eventLoop) unpark(*relay)    {}
+func (l *eventLoop) close()           {}
+func (l *eventLoop) yield()           {}
+func (r *relay) useLoop(*eventLoop)   {}
+func (r *relay) onLoop() bool         { return false }
