@@ -29,7 +29,8 @@ import (
 // are the poller's (syscall.RawConn).
 type directConn struct {
 	net.Conn
-	raw syscall.RawConn
+	raw   syscall.RawConn
+	owned *ownedFD // set when the socket is out of Go's poller (own)
 
 	readMu     sync.Mutex
 	readBuf    []byte

@@ -377,6 +377,9 @@ func (r *relay) useLoop(l *eventLoop) {
 	r.loopIn.r = r
 	r.waits = loopWaiter{r}
 	if dc, ok := r.client.(*directConn); ok {
+		if useOwnedSockets && dc.own() == nil {
+			r.parkFD = connFD(dc)
+		}
 		dc.loopReads = true
 	}
 }
@@ -418,6 +421,9 @@ func (in *loopReader) Read(b []byte) (int, error) {
 // A connection that is not a plain socket keeps its goroutine.
 func (sc *serverConn) useLoop(p *txPool, l *eventLoop) {
 	dc, ok := sc.conn.(*directConn)
+	if l != nil && ok && useOwnedSockets && sc.r.Buffered() == 0 {
+		_ = dc.own()
+	}
 	fd := connFD(sc.conn)
 	if l == nil || !ok || fd < 0 || sc.r.Buffered() != 0 {
 		if os.Getenv("PGTENANT_LOOP_DEBUG") != "" {
