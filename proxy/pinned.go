@@ -44,7 +44,7 @@ func (r *relay) pinFor(reason string) *pgconn.PgError {
 	if r.pinned.Load() {
 		return nil
 	}
-	if err := r.pool.waitPin(r.done, r.tenant); err != nil {
+	if err := r.pool.waitPin(r.done, r.waits, r.tenant); err != nil {
 		return err
 	}
 	r.leaseMu.Lock()
@@ -62,7 +62,7 @@ func (r *relay) pinRoom() *pgconn.PgError {
 	if r.pinned.Load() {
 		return nil
 	}
-	if err := r.pool.waitPin(r.done, r.tenant); err != nil {
+	if err := r.pool.waitPin(r.done, r.waits, r.tenant); err != nil {
 		return err
 	}
 	r.pool.unpin(r.tenant)
@@ -98,7 +98,7 @@ func (r *relay) unpinLocked() {
 // waitPin counts one more pinned connection for tenant, waiting up to
 // pool.wait_timeout while a cap is reached (a pin may end at any
 // transaction's end, as a connection may be released).
-func (p *txPool) waitPin(cancel <-chan struct{}, tenant string) *pgconn.PgError {
+func (p *txPool) waitPin(cancel <-chan struct{}, wt waiter, tenant string) *pgconn.PgError {
 	var timer *time.Timer
 	for {
 		p.mu.Lock()
@@ -112,13 +112,17 @@ func (p *txPool) waitPin(cancel <-chan struct{}, tenant string) *pgconn.PgError 
 			timer = time.NewTimer(p.cfg.WaitTimeout.Duration)
 			defer timer.Stop()
 		}
+		wt.blocking(blockOnPin)
 		select {
 		case <-freed:
 		case <-timer.C:
+			wt.resumed(blockOnPin)
 			return err
 		case <-cancel:
+			wt.resumed(blockOnPin)
 			return err
 		}
+		wt.resumed(blockOnPin)
 	}
 }
 

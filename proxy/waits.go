@@ -5,11 +5,12 @@ import (
 	"time"
 )
 
-// The request core waits in five places: for replies the upstream owes
+// The request core waits in six places: for replies the upstream owes
 // (await), for the reply side's end after a Terminate inside a group
 // (awaitReplyEnd), for a pooled connection (leaseFor, in the pool's
-// reserve), for a paused tenant's resume (waitPaused) and for a token of
-// the tenant's rate limit (waitForToken). Each blocks its caller between
+// reserve), for room under the pinned caps (waitPin), for a paused
+// tenant's resume (waitPaused) and for a token of the tenant's rate limit
+// (waitForToken). Each blocks its caller between
 // two calls to the driver's waiter, and looks whether the client has hung
 // up only through it. The timeouts of the driver's own waits (reading the
 // client, reading the upstream) are set through it too: the core itself
@@ -43,6 +44,7 @@ const (
 	blockOnPool                     // leaseFor: a pooled connection
 	blockOnResume                   // waitPaused: the tenant's resume
 	blockOnToken                    // waitForToken: the tenant's transaction rate
+	blockOnPin                      // waitPin: room for one more pinned connection
 )
 
 // goroutineWaiter is the waiter of a relay driven by goroutines: nothing
