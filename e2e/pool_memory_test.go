@@ -28,7 +28,7 @@ func BenchmarkIdleClientMemory(b *testing.B) {
 	}
 	p := startProxy(b, transactionPool(2))
 	for b.Loop() {
-		before, beforeStack := liveBytes()
+		before, beforeStack, beforeAlloc := liveBytes()
 		conns := make([]net.Conn, 0, clients)
 		for i := 0; i < clients; i++ {
 			c, err := pgconn.Connect(context.Background(), p.connString(tenantA))
@@ -46,12 +46,13 @@ func BenchmarkIdleClientMemory(b *testing.B) {
 		}
 		// Idle clients are parked after a second without a goroutine.
 		time.Sleep(3 * time.Second)
-		after, afterStack := liveBytes()
+		after, afterStack, afterAlloc := liveBytes()
 		if path := os.Getenv("PGTENANT_IDLE_HEAPPROFILE"); path != "" {
 			writeHeapProfile(b, path)
 		}
 		b.ReportMetric(float64(after-before)/clients, "B/idle-client")
 		b.ReportMetric(float64(afterStack-beforeStack)/clients, "stack-B/idle-client")
+		b.ReportMetric(float64(afterAlloc-beforeAlloc)/clients, "live-B/idle-client")
 		for _, c := range conns {
 			c.Close()
 		}
@@ -70,12 +71,13 @@ func writeHeapProfile(b *testing.B, path string) {
 	}
 }
 
-// liveBytes returns the heap and stacks in use after a GC, and of that the
-// stacks.
-func liveBytes() (total, stacks uint64) {
+// liveBytes returns the heap and stacks in use after a GC, of that the
+// stacks, and the heap's live objects (what is in use less the free space
+// in partly used spans).
+func liveBytes() (total, stacks, live uint64) {
 	runtime.GC()
 	runtime.GC()
 	var ms runtime.MemStats
 	runtime.ReadMemStats(&ms)
-	return ms.HeapInuse + ms.StackInuse, ms.StackInuse
+	return ms.HeapInuse + ms.StackInuse, ms.StackInuse, ms.HeapAlloc
 }

@@ -70,7 +70,6 @@ type relay struct {
 	// notifyScope prefixes the tenant's notification channels upstream
 	// (channels.go); channels are those of the message being relayed.
 	notifyScope string
-	channels    []guard.Channel
 	rate        *rateLimit // the tenant's transaction rate limit; nil: none (limits.go)
 	// Pausing (pause.go): hold is the tenant's pause, movedHold, or nil;
 	// busy, set by the request side from a unit's start until it waits for
@@ -83,26 +82,12 @@ type relay struct {
 	stop         <-chan struct{}
 	txw          *txWatch                       // the tenant's max_transaction_duration; nil: none
 	endReason    atomic.Pointer[pgconn.PgError] // why pgtenant closed the upstream under the session (txWatch)
-	// groupTxEnded: an Execute of the group under way ended a transaction;
-	// groupTokenDue: the Execute being relayed starts another (limits.go).
-	groupTxEnded, groupTokenDue bool
 
 	ledger   ledger        // what the upstream owes, in order
 	txStatus atomic.Uint32 // status byte of the last ReadyForQuery
 
-	// The request side's core and driver: in is the message being relayed
-	// (whole, or its head), inPeeked whether it is in the client reader
-	// still; inRest is what the driver still moves of it, upstream if
-	// inRestPass, else nowhere.
-	in         []byte
-	inPeeked   bool
-	inRest     int
-	inRestPass bool
-	seq        uint64   // the unit being sent (request side)
-	assertDue  []byte   // request side: the assertion the unit still needs, before it runs anything
-	waitSeq    uint64   // request side: the unit untilStatements waits for
-	waitSilent []uint64 // request side: scratch for settleSilent
-	inGroup    bool     // request side: an extended-protocol group has no Sync yet
+	seq     uint64 // the unit being sent (request side)
+	inGroup bool   // request side: an extended-protocol group has no Sync yet
 	// Request side, context_scope: transaction: inBlockDue, assertDue is
 	// the assertion inside a block the client began (startUnit);
 	// blockAsserted, that one was sent since the last transaction start.
@@ -113,17 +98,12 @@ type relay struct {
 	copyStmts, copyPortals map[string]bool
 	// endStmts: the statements whose text ends a transaction block;
 	// groupPortals: the portals bound since the last Sync.
-	endStmts     map[string]bool
-	groupPortals []boundPortal
+	endStmts map[string]bool
 
-	// notify wakes the request side when it waits on the reply side
-	// (await): set waiting first, and the reply side signals at every reply.
-	notify  chan struct{}
-	waiting atomic.Bool
-
-	standaloneErr  atomic.Pointer[pgconn.PgError] // result of the standalone assertion awaited
-	standaloneDone atomic.Bool
-	sawFatal       bool        // the upstream sent a FATAL or PANIC (reply side)
+	// waiting: the request side waits on the reply side (await), which
+	// then signals notify at every reply.
+	waiting  atomic.Bool
+	sawFatal bool // the upstream sent a FATAL or PANIC (reply side)
 	closing        atomic.Bool // the session is ending; suppress "upstream lost"
 	panicked       atomic.Bool // a bug ended the session (recover.go): the client is told so
 	draining       atomic.Bool // the server is shutting down: end at the next idle point
@@ -141,11 +121,14 @@ type relay struct {
 	wconn   net.Conn
 	rconn   net.Conn
 	rsc     *serverConn
-	resp    respState // reply side only
 
 	// up is how the relay is bound to the upstream (binding.go): set when
 	// the relay is made, for good.
 	up binding
+
+	// What only a working client needs (relaywork.go): nil while the
+	// client is parked.
+	*relayWork
 }
 
 type relayStats struct {
@@ -169,8 +152,8 @@ func newRelay(client net.Conn, cr *bufio.Reader, cw *bufio.Writer, upstream net.
 		cr:         cr,
 		cw:         cw,
 		assertion:  a,
-		notify:     make(chan struct{}, 1),
 		done:       make(chan struct{}),
+		relayWork:  takeWork(),
 		wconn:      upstream,
 		rconn:      upstream,
 	}

@@ -451,6 +451,9 @@ func resumeParked(r *relay) { r.sess.resume() }
 // resume goes on with a session that the parker held, on a new goroutine.
 func (ss *session) resume() {
 	r := ss.relay
+	if r.relayWork == nil {
+		r.relayWork = takeWork()
+	}
 	err := r.parkReader(true)
 	if err == nil {
 		// Into the read buffer, so that the relay loop does not wait again.
@@ -470,6 +473,10 @@ func (ss *session) resume() {
 func (ss *session) endPooled(reqErr error) {
 	r := ss.relay
 	if reqErr == errParked {
+		// Parked, it needs no relayWork: given back before the parker can
+		// resume it on another goroutine.
+		putWork(r.relayWork)
+		r.relayWork = nil
 		if r.parker.park(r) {
 			return
 		}
