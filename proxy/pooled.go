@@ -14,7 +14,6 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5/pgproto3"
-
 )
 
 // Transaction mode: the relay leases an upstream connection from the pool

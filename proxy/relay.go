@@ -102,13 +102,13 @@ type relay struct {
 
 	// waiting: the request side waits on the reply side (await), which
 	// then signals notify at every reply.
-	waiting  atomic.Bool
-	sawFatal bool // the upstream sent a FATAL or PANIC (reply side)
-	closing        atomic.Bool // the session is ending; suppress "upstream lost"
-	panicked       atomic.Bool // a bug ended the session (recover.go): the client is told so
-	draining       atomic.Bool // the server is shutting down: end at the next idle point
-	unsafeLexing   atomic.Value
-	done           chan struct{} // closed when the reply side returns
+	waiting      atomic.Bool
+	sawFatal     bool        // the upstream sent a FATAL or PANIC (reply side)
+	closing      atomic.Bool // the session is ending; suppress "upstream lost"
+	panicked     atomic.Bool // a bug ended the session (recover.go): the client is told so
+	draining     atomic.Bool // the server is shutting down: end at the next idle point
+	unsafeLexing atomic.Value
+	done         chan struct{} // closed when the reply side returns
 
 	stats relayStats
 
