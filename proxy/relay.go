@@ -153,10 +153,10 @@ func newRelay(client net.Conn, cr *bufio.Reader, cw *bufio.Writer, upstream net.
 		cw:         cw,
 		assertion:  a,
 		done:       make(chan struct{}),
-		relayWork:  takeWork(),
 		wconn:      upstream,
 		rconn:      upstream,
 	}
+	r.takeWork()
 	r.up = sessionBinding{r}
 	r.clientOut = client
 	if upstream != nil {

@@ -64,7 +64,8 @@ type relayWork struct {
 	standaloneDone atomic.Bool
 	standaloneErr  atomic.Pointer[pgconn.PgError] // result of the standalone assertion awaited
 
-	resp respState // reply side only
+	resp   respState // reply side only
+	ledger ledgerWork
 
 	// An idle transaction-mode client holds no read or write buffer: the
 	// request side waits for its next bytes in park, the reply side
@@ -74,22 +75,33 @@ type relayWork struct {
 
 var workPool = sync.Pool{New: func() any { return &relayWork{notify: make(chan struct{}, 1)} }}
 
-func takeWork() *relayWork { return workPool.Get().(*relayWork) }
+// takeWork gives the relay a relayWork.
+func (r *relay) takeWork() {
+	w := workPool.Get().(*relayWork)
+	r.relayWork, r.ledger.ledgerWork = w, &w.ledger
+}
 
-// putWork gives w back, at rest: its scratch keeps its capacity for the
-// next client, nothing else of this one's.
-func putWork(w *relayWork) {
+// putWork gives the relay's relayWork back, at rest: its scratch keeps its
+// capacity for the next client, nothing else of this one's.
+func (r *relay) putWork() {
+	w := r.relayWork
+	r.relayWork, r.ledger.ledgerWork = nil, nil
 	select {
 	case <-w.notify:
 	default:
 	}
 	w.prefix.release()
+	if w.ledger.q != nil {
+		w.ledger.q.msgs = w.ledger.q.msgs[:0]
+		queuePool.Put(w.ledger.q)
+	}
 	clear(w.groupPortals)
 	*w = relayWork{
 		notify:       w.notify,
 		waitSilent:   w.waitSilent[:0],
 		groupPortals: w.groupPortals[:0],
 		resp:         respState{silent: w.resp.silent[:0]},
+		ledger:       ledgerWork{silent: w.ledger.silent[:0]},
 	}
 	workPool.Put(w)
 }

@@ -89,8 +89,13 @@ func (s *Server) establish(conn net.Conn, id uint64, rt *runtime, log *slog.Logg
 		st.conn.Close()
 		return nil
 	}
-	cw := bufio.NewWriterSize(st.conn, relayBufSize)
-	cr := bufio.NewReaderSize(st.conn, relayBufSize)
+	// From the pools that transaction mode gives them back to (an idle
+	// client keeps neither): a burst of logins then reuses a few buffers
+	// rather than leave two per login in the pools until the GC.
+	cw := writerPool.Get().(*bufio.Writer)
+	cw.Reset(st.conn)
+	cr := readerPool.Get().(*bufio.Reader)
+	cr.Reset(st.conn)
 	sess, err := s.startSession(rt, st, cr, cw, log)
 	if err != nil {
 		s.auditLoginFailed(id, st, err)
@@ -452,7 +457,7 @@ func resumeParked(r *relay) { r.sess.resume() }
 func (ss *session) resume() {
 	r := ss.relay
 	if r.relayWork == nil {
-		r.relayWork = takeWork()
+		r.takeWork()
 	}
 	err := r.parkReader(true)
 	if err == nil {
@@ -475,8 +480,7 @@ func (ss *session) endPooled(reqErr error) {
 	if reqErr == errParked {
 		// Parked, it needs no relayWork: given back before the parker can
 		// resume it on another goroutine.
-		putWork(r.relayWork)
-		r.relayWork = nil
+		r.putWork()
 		if r.parker.park(r) {
 			return
 		}
