@@ -3,6 +3,7 @@ package proxy
 import (
 	"bufio"
 	"context"
+	"crypto/tls"
 	"encoding/binary"
 	"errors"
 	"io"
@@ -52,16 +53,6 @@ func (s *Server) serveConn(conn net.Conn) {
 	sess.id = id
 	sess.relay.startAudit(s.auditor(), sess.user, id)
 	obs.ConnState("startup", "active")
-	// In transaction mode the session may outlive this goroutine (parker):
-	// whichever goroutine ends it cleans up.
-	sess.ended = func() {
-		s.removeSession(sess)
-		sess.close()
-		s.clients.Add(-1)
-		sess.client.Close()
-		obs.ConnState("active", "closed")
-		s.connDone(conn)
-	}
 	s.addSession(sess)
 	sess.run()
 }
@@ -136,11 +127,9 @@ type session struct {
 	relay    *relay
 	key      cancelKey
 
-	ended    func() // cleans up once the session is over
-	id       uint64
-	ident    auth.Identity
-	placedOn string    // the name of the upstream its tenant is placed on
-	pl       placement // where it is; changed only by move, under s.mu
+	id    uint64
+	ident auth.Identity
+	pl    placement // where it is (pl.up.name: the upstream's name); changed only by move, under s.mu
 	// stranded: a reload retired its pool or upstream, and why it is to
 	// leave (retire.go); nil once it has moved. Under s.mu.
 	stranded *pgconn.PgError
@@ -153,7 +142,7 @@ type session struct {
 	entered     *txPool
 	resumes     uint64 // Server.resumes when its login checked for a pause
 	upstreamPID uint32
-	started     time.Time
+	started     int64 // UnixNano: a time.Time is 16 bytes more per client
 }
 
 // startSession authenticates the client, resolves its tenant, connects
@@ -315,11 +304,10 @@ func (s *Server) startSession(rt *runtime, st *startup, cr *bufio.Reader, cw *bu
 		key:      key,
 
 		ident:       ident,
-		placedOn:    pl.up.name,
 		pl:          pl,
 		resumes:     resumes,
 		upstreamPID: hc.PID,
-		started:     time.Now(),
+		started:     time.Now().UnixNano(),
 	}
 	rl.sess = ss
 	return ss, nil
@@ -439,9 +427,27 @@ func (s *Server) startPooledSession(rt *runtime, pl placement, st *startup, cr *
 		}
 	}
 	started = true // session.close drops the context
-	ss := &session{s: s, user: st.params["user"], client: st.conn, relay: rl, key: key, ident: ident, placedOn: pl.up.name, pl: pl, started: time.Now()}
+	ss := &session{s: s, user: st.params["user"], client: st.conn, relay: rl, key: key, ident: ident, pl: pl, started: time.Now().UnixNano()}
 	rl.sess = ss
 	return ss, nil
+}
+
+// ended cleans up once the session is over. In transaction mode the
+// session may outlive the goroutine that served its login (parker):
+// whichever goroutine ends it calls ended. A method, not a closure kept
+// with the session: an idle client should cost little.
+func (ss *session) ended() {
+	s := ss.s
+	s.removeSession(ss)
+	ss.close()
+	s.clients.Add(-1)
+	ss.client.Close()
+	ss.relay.obs.ConnState("active", "closed")
+	conn := ss.client // the connection Serve accepted, under any TLS
+	if tc, ok := conn.(*tls.Conn); ok {
+		conn = tc.NetConn()
+	}
+	s.connDone(conn)
 }
 
 // run relays until either side ends, then tears both down. A client that goes
