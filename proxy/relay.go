@@ -48,16 +48,13 @@ const (
 type relay struct {
 	client          net.Conn
 	waits           waiter        // the driver's: how the core blocks (waits.go)
-	cr              *bufio.Reader // client reader (shared with startup)
 	cw              *bufio.Writer // client writer, used only by the reply side
-	ur              *bufio.Reader
-	uw              *bufio.Writer // upstream writer, request side; nil outside a lease's write section (binding.go)
 	assertion       *assertion    // shared: the pool context's in transaction mode
 	guard           *guard.Guard  // nil when the guard is off for this user
 	refusals        refusals
-	expires         time.Time // no transaction may start after this (token expiry); zero: never
-	maxMessage      int       // largest client message accepted
-	maxPrepared     int       // limits.max_prepared_bytes (transaction mode: statements.overLimit)
+	expires         int64 // UnixNano: no transaction may start after this (token expiry); zero: never
+	maxMessage      int   // largest client message accepted
+	maxPrepared     int   // limits.max_prepared_bytes (transaction mode: statements.overLimit)
 	idleTimeout     time.Duration
 	idleInTxTimeout time.Duration
 	upstreamTimeout time.Duration // no byte from the upstream for this long while a reply is owed ends the session
@@ -83,15 +80,18 @@ type relay struct {
 	txw          *txWatch                       // the tenant's max_transaction_duration; nil: none
 	endReason    atomic.Pointer[pgconn.PgError] // why pgtenant closed the upstream under the session (txWatch)
 
-	ledger   ledger        // what the upstream owes, in order
-	txStatus atomic.Uint32 // status byte of the last ReadyForQuery
+	ledger ledger // what the upstream owes, in order
+	// status byte of the last ReadyForQuery (with the three bools after
+	// it, in what would be padding: 8 bytes more would put the relay in a
+	// larger size class, see relaySizeClass)
+	txStatus atomic.Uint32
 
-	seq     uint64 // the unit being sent (request side)
-	inGroup bool   // request side: an extended-protocol group has no Sync yet
+	inGroup bool // request side: an extended-protocol group has no Sync yet
 	// Request side, context_scope: transaction: inBlockDue, assertDue is
 	// the assertion inside a block the client began (startUnit);
 	// blockAsserted, that one was sent since the last transaction start.
 	inBlockDue, blockAsserted bool
+	seq                       uint64 // the unit being sent (request side)
 	// Request side: the statements whose text mentions COPY, and the
 	// portals bound to them (nil for most sessions): an Execute of one may
 	// start a COPY.
@@ -113,14 +113,9 @@ type relay struct {
 	stats relayStats
 
 	// Transaction mode (pool != nil): the upstream is leased per transaction
-	// (pooled.go). wconn is the connection the request side writes, rconn
-	// (and rsc) the one the reply side reads; in session mode both are
-	// upstream for the whole session.
+	// (pooled.go); wconn, rconn and rsc are in relayWork.
 	pooledState
 	leaseMu sync.Mutex
-	wconn   net.Conn
-	rconn   net.Conn
-	rsc     *serverConn
 
 	// up is how the relay is bound to the upstream (binding.go): set when
 	// the relay is made, for good.
@@ -145,18 +140,18 @@ func newRelay(client net.Conn, cr *bufio.Reader, cw *bufio.Writer, upstream net.
 	r := &relay{
 		maxMessage: maxMessageLen,
 		obs:        nopObserver{},
-		expires:    expires,
 		guard:      g,
 		client:     client,
 		waits:      goroutineWaiter{client},
-		cr:         cr,
 		cw:         cw,
 		assertion:  a,
 		done:       make(chan struct{}),
-		wconn:      upstream,
-		rconn:      upstream,
+	}
+	if !expires.IsZero() {
+		r.expires = expires.UnixNano()
 	}
 	r.takeWork()
+	r.cr, r.wconn, r.rconn = cr, upstream, upstream
 	r.up = sessionBinding{r}
 	r.clientOut = client
 	if upstream != nil {
@@ -869,7 +864,7 @@ func (r *relay) startUnit(typ byte, size int, msg []byte, refused, simple bool) 
 			return err
 		}
 	}
-	if !r.expires.IsZero() && r.mayNeedAssertion() && time.Now().After(r.expires) {
+	if r.expires != 0 && r.mayNeedAssertion() && time.Now().UnixNano() > r.expires {
 		// The transaction in progress may finish; no new one starts.
 		if err := r.waitDrained(); err != nil {
 			return err

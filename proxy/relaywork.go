@@ -1,6 +1,8 @@
 package proxy
 
 import (
+	"bufio"
+	"net"
 	"sync"
 	"sync/atomic"
 
@@ -23,6 +25,18 @@ import (
 // The relay embeds a pointer to it, so that the fields read as the
 // relay's own.
 type relayWork struct {
+	cr *bufio.Reader // client reader (shared with startup); nil while waiting in parkReader
+	// The upstream: ur is what the reply side reads, uw what the request
+	// side writes (nil outside a lease's write section, binding.go). In
+	// transaction mode wconn is the connection the request side writes,
+	// rconn (and rsc) the one the reply side reads, for the lease; in
+	// session mode both are upstream for the whole session.
+	ur    *bufio.Reader
+	uw    *bufio.Writer
+	wconn net.Conn
+	rconn net.Conn
+	rsc   *serverConn
+
 	// The request side's core and driver: in is the message being relayed
 	// (whole, or its head), inPeeked whether it is in the client reader
 	// still; inRest is what the driver still moves of it, upstream if
