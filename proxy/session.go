@@ -4,7 +4,6 @@ import (
 	"bufio"
 	"context"
 	"crypto/tls"
-	"encoding/binary"
 	"errors"
 	"io"
 	"log/slog"
@@ -331,24 +330,45 @@ func (s *Server) configureRelay(rt *runtime, rl *relay, ident auth.Identity) {
 }
 
 // writeSessionStart sends what PostgreSQL sends after authentication:
-// the parameter statuses, the cancel key, ReadyForQuery.
+// the parameter statuses, the cancel key, ReadyForQuery. Written straight
+// into the client's buffer: a login leaves no garbage here but the names'
+// slice (what a burst of logins leaves between two collections is what
+// fragments the heap that the idle clients then stay in).
 func writeSessionStart(cw *bufio.Writer, statuses map[string]string, key cancelKey) error {
 	names := make([]string, 0, len(statuses))
 	for name := range statuses {
 		names = append(names, name)
 	}
 	sort.Strings(names)
-	msgs := make([]pgproto3.BackendMessage, 0, len(names)+2)
 	for _, name := range names {
-		msgs = append(msgs, &pgproto3.ParameterStatus{Name: name, Value: statuses[name]})
+		value := statuses[name]
+		writeHeader(cw, 'S', len(name)+1+len(value)+1)
+		_, _ = cw.WriteString(name)
+		_ = cw.WriteByte(0)
+		_, _ = cw.WriteString(value)
+		_ = cw.WriteByte(0)
 	}
-	var secret [4]byte
-	binary.BigEndian.PutUint32(secret[:], key.secret)
-	msgs = append(msgs,
-		&pgproto3.BackendKeyData{ProcessID: key.pid, SecretKey: secret[:]},
-		&pgproto3.ReadyForQuery{TxStatus: 'I'},
-	)
-	return writeMessages(cw, msgs...)
+	writeHeader(cw, 'K', 8) // BackendKeyData
+	writeUint32(cw, key.pid)
+	writeUint32(cw, key.secret)
+	writeHeader(cw, 'Z', 1) // ReadyForQuery
+	_ = cw.WriteByte('I')
+	return cw.Flush()
+}
+
+// writeHeader writes a message's type and length, for a body of n bytes.
+func writeHeader(w *bufio.Writer, typ byte, n int) {
+	_ = w.WriteByte(typ)
+	writeUint32(w, uint32(4+n))
+}
+
+// writeUint32 writes v big-endian, a byte at a time: a slice of it passed
+// to Write would escape to the heap.
+func writeUint32(w *bufio.Writer, v uint32) {
+	_ = w.WriteByte(byte(v >> 24))
+	_ = w.WriteByte(byte(v >> 16))
+	_ = w.WriteByte(byte(v >> 8))
+	_ = w.WriteByte(byte(v))
 }
 
 // startPooledSession starts a transaction-mode session: no upstream
