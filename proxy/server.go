@@ -98,6 +98,8 @@ type runtime struct {
 	// schemaRoles are the roles of the tenants placed in a schema, each
 	// with its tenant: no other tenant's session may run as one.
 	schemaRoles map[string]string
+	// scopes are the tenants' channel scopes (channels.go), made once.
+	scopes scopeCache
 }
 
 // New prepares a server from a validated config.

@@ -317,7 +317,7 @@ func (s *Server) configureRelay(rt *runtime, rl *relay, ident auth.Identity) {
 	rl.obs, rl.user, rl.tenant = s.observer(), ident.User, ident.Tenant
 	rl.pauseTimeout, rl.stop = rt.cfg.PauseTimeout.Duration, s.stop
 	if rl.guard != nil {
-		rl.notifyScope = channelScope(channelKey(rt.cfg), ident.Tenant)
+		rl.notifyScope = rt.scopes.get(rt.cfg, ident.Tenant)
 	}
 	rl.knobs = s.knobs.Load()
 	if tp := rt.cfg.TenantPolicy(ident.Tenant); tp.TransactionsPerSecond > 0 {
