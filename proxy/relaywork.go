@@ -119,3 +119,29 @@ func (r *relay) putWork() {
 	}
 	workPool.Put(w)
 }
+
+// encodings are the client_encoding values seen, each boxed once: storing
+// one in a relay's clientEncoding (an atomic.Value) then allocates
+// nothing, where boxing the string would take 16 bytes per client.
+var encodings struct {
+	mu     sync.Mutex
+	values map[string]any
+}
+
+// encodingValue returns name boxed, the same box for every client (up to
+// a few dozen names: there are only so many encodings).
+func encodingValue(name string) any {
+	encodings.mu.Lock()
+	defer encodings.mu.Unlock()
+	if v, ok := encodings.values[name]; ok {
+		return v
+	}
+	if encodings.values == nil {
+		encodings.values = map[string]any{}
+	}
+	v := any(name)
+	if len(encodings.values) < 64 {
+		encodings.values[name] = v
+	}
+	return v
+}

@@ -397,6 +397,11 @@ func (s *Server) startPooledSession(rt *runtime, pl placement, st *startup, cr *
 	settings = append(settings, rt.contextSettings(ident, pl)...)
 	pool := pl.up.pool
 	pc := pool.takeContext(settings, len(names))
+	if pc.own == len(names) && len(pc.settings) == len(settings) {
+		// The same settings (the same key), made by the first client of
+		// the context: an idle client keeps no copy of its own.
+		settings = pc.settings
+	}
 	a := &pc.assertion
 	g := rt.guards.pick(true, ident.ReadOnly, pl)
 	rl := newRelay(st.conn, cr, cw, nil, a, g, ident.Expires)
@@ -438,7 +443,7 @@ func (s *Server) startPooledSession(rt *runtime, pl placement, st *startup, cr *
 	rl.cw = nil
 	log.Info("session started", "pool_mode", config.PoolModeTransaction, "startup_ms", time.Since(start).Milliseconds())
 	s.configureRelay(rt, rl, ident)
-	rl.clientEncoding.Store(merged["client_encoding"])
+	rl.clientEncoding.Store(encodingValue(merged["client_encoding"]))
 	rl.watchTransactions(rt.cfg.TenantPolicy(ident.Tenant).MaxTransactionDuration, cancelTarget{})
 	if lim := rt.cfg.Limits; lim.IdleTimeout.Duration == 0 && lim.IdleInTransactionTimeout.Duration == 0 {
 		// Idle timeouts are read deadlines: a parked client has no read.
