@@ -3,10 +3,15 @@ package e2e
 import (
 	"context"
 	"fmt"
+	"io"
 	"net"
+	"net/http"
 	"os"
 	"runtime"
 	"runtime/pprof"
+	"slices"
+	"strconv"
+	"strings"
 	"syscall"
 	"testing"
 	"time"
@@ -52,8 +57,15 @@ func TestIdleClientsMemory(t *testing.T) {
 		t.Skipf("the open-files limit (%d, %v) does not allow %d clients", lim.Cur, err, idleClients)
 	}
 	start := time.Now()
-	// Logging at info: the test looks at memory, not at each login's debug lines.
-	rp := startBinary(t, "log_level: info\npool: {mode: transaction, size: 2}\n", tenantA)
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	admin := ln.Addr().String()
+	ln.Close()
+	// Logging at info: the test looks at memory, not at each login's debug
+	// lines. The admin endpoint's Go runtime metrics say what the memory is.
+	rp := startBinary(t, "log_level: info\nadmin_listen: "+admin+"\npool: {mode: transaction, size: 2}\n", tenantA)
 	pid := rp.cmd.Process.Pid
 	cfg, err := pgconn.ParseConfig(fmt.Sprintf("host=127.0.0.1 port=%s user=%s password=%s dbname=app sslmode=disable", rp.port, tenantA.User, tenantA.Password))
 	if err != nil {
@@ -71,6 +83,7 @@ func TestIdleClientsMemory(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	runtimeBefore := goMemStats(t, admin)
 	loginStart := time.Now()
 	conns, err := idlecheck.Hold(cfg, idleClients, 50)
 	defer func() {
@@ -87,6 +100,12 @@ func TestIdleClientsMemory(t *testing.T) {
 		t.Fatal(err)
 	}
 	per := float64(after-before) / idleClients
+	runtimeAfter := goMemStats(t, admin)
+	var parts []string
+	for _, name := range memStatNames {
+		parts = append(parts, fmt.Sprintf("%s %.0f", strings.TrimSuffix(strings.TrimPrefix(name, "go_memstats_"), "_bytes"), (runtimeAfter[name]-runtimeBefore[name])/idleClients))
+	}
+	t.Logf("per client, from the Go runtime (B): %s", strings.Join(parts, ", "))
 	t.Logf("%d idle clients: proxy RSS %.1f MiB -> %.1f MiB, %.0f B (%.2f KiB) per client; logged in in %s; %s in all",
 		idleClients, float64(before)/(1<<20), float64(after)/(1<<20), per, per/1024, loggedIn.Round(100*time.Millisecond), time.Since(start).Round(time.Second))
 	if per > idleClientBound {
@@ -99,6 +118,39 @@ func TestIdleClientsMemory(t *testing.T) {
 			t.Fatalf("an idle client's query: %q", got)
 		}
 	}
+}
+
+// memStatNames are the Go runtime's memory figures that
+// TestIdleClientsMemory reports: live heap, heap in spans in use (the
+// difference: free space in partly used spans), runtime memory outside the
+// heap (the poller's descriptors, ...), stacks, the collector's metadata.
+var memStatNames = []string{"go_memstats_heap_alloc_bytes", "go_memstats_heap_inuse_bytes", "go_memstats_other_sys_bytes", "go_memstats_stack_inuse_bytes", "go_memstats_gc_sys_bytes"}
+
+// goMemStats reads memStatNames from a pgtenant's admin endpoint.
+func goMemStats(t *testing.T, admin string) map[string]float64 {
+	t.Helper()
+	resp, err := http.Get("http://" + admin + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	body, err := io.ReadAll(resp.Body)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := map[string]float64{}
+	for _, line := range strings.Split(string(body), "\n") {
+		name, value, ok := strings.Cut(line, " ")
+		if ok && slices.Contains(memStatNames, name) {
+			if got[name], err = strconv.ParseFloat(value, 64); err != nil {
+				t.Fatalf("%s: %v", line, err)
+			}
+		}
+	}
+	if len(got) != len(memStatNames) {
+		t.Fatalf("the admin endpoint's metrics have %d of %v", len(got), memStatNames)
+	}
+	return got
 }
 
 // rawQueryOne runs sql, a one-value query, on a client connection whose
