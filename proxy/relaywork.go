@@ -100,6 +100,12 @@ func (r *relay) takeWork() {
 func (r *relay) putWork() {
 	w := r.relayWork
 	r.relayWork, r.ledger.ledgerWork = nil, nil
+	w.rest()
+	workPool.Put(w)
+}
+
+// rest brings w back to rest, keeping its scratch capacity.
+func (w *relayWork) rest() {
 	select {
 	case <-w.notify:
 	default:
@@ -117,7 +123,6 @@ func (r *relay) putWork() {
 		resp:         respState{silent: w.resp.silent[:0]},
 		ledger:       ledgerWork{silent: w.ledger.silent[:0]},
 	}
-	workPool.Put(w)
 }
 
 // encodings are the client_encoding values seen, each boxed once: storing

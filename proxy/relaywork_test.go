@@ -31,10 +31,8 @@ func TestPutWorkAtRest(t *testing.T) {
 	r.standaloneDone.Store(true)
 	r.ledger.unitFailed, r.ledger.mayCopy = true, 2
 	w := r.relayWork
-	r.putWork()
-	if r.relayWork != nil || r.ledger.ledgerWork != nil {
-		t.Fatal("the relay kept its relayWork")
-	}
+	r.relayWork, r.ledger.ledgerWork = nil, nil
+	w.rest()
 	if w.in != nil || w.inRest != 0 || w.assertDue != nil || w.dealloc != "" || w.pins != "" || len(w.groupPortals) != 0 ||
 		len(w.waitSilent) != 0 || len(w.notify) != 0 || w.standaloneDone.Load() || w.ledger.unitFailed || w.ledger.mayCopy != 0 {
 		t.Fatalf("given back not at rest: %+v", w)
@@ -44,5 +42,14 @@ func TestPutWorkAtRest(t *testing.T) {
 	}
 	if gp := w.groupPortals[:1]; gp[0].name != "" {
 		t.Fatal("a given-back relayWork still refers to the client's portal names")
+	}
+
+	r.takeWork()
+	if r.relayWork == nil || r.ledger.ledgerWork != &r.relayWork.ledger {
+		t.Fatal("takeWork: the relay and its ledger have no relayWork")
+	}
+	r.putWork()
+	if r.relayWork != nil || r.ledger.ledgerWork != nil {
+		t.Fatal("putWork: the relay kept its relayWork")
 	}
 }
