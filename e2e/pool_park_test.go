@@ -117,3 +117,59 @@ func connMetrics(t *testing.T, m *metrics.Metrics) [3]float64 {
 	}
 	return out
 }
+
+// What a client made before it idled is there after: in transaction mode
+// it was parked meanwhile, and gave back the state only a working client
+// needs (relayWork), but its statements, settings and channels are its
+// own. A notification sent while it is parked reaches it. The same as
+// PostgreSQL, and as session mode, where nothing is parked.
+func TestParkedClientKeepsState(t *testing.T) {
+	eachPoolMode(t, func(t *testing.T, m poolMode) {
+		p := startProxy(t, m.config(2))
+		l := listen(t, p, tenantA)
+		c := l.conn
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		defer cancel()
+		if _, err := c.Prepare(ctx, "plus_one", "SELECT $1::int + 1", nil); err != nil {
+			t.Fatal(err)
+		}
+		mustExec(t, c, "SET application_name = 'parked'")
+		mustExec(t, c, "PREPARE answer AS SELECT 40 + 2")
+		mustExec(t, c, "LISTEN parked_ch")
+		mustExec(t, c, "BEGIN; SELECT 1; COMMIT")
+		time.Sleep(2500 * time.Millisecond) // parked after a second idle (transaction mode)
+
+		other := p.pgconnect(t, tenantA)
+		defer other.Close(ctx)
+		mustExec(t, other, "NOTIFY parked_ch, 'while parked'")
+		if got := l.drain(t, 1); len(got) != 1 || got[0] != "parked_ch=while parked" {
+			t.Fatalf("notifications while parked: %q", got)
+		}
+
+		time.Sleep(2500 * time.Millisecond)
+		res := c.ExecPrepared(ctx, "plus_one", [][]byte{[]byte("41")}, nil, nil).Read()
+		if res.Err != nil || len(res.Rows) != 1 || string(res.Rows[0][0]) != "42" {
+			t.Fatalf("prepared statement after parking: %v %q", res.Err, res.Rows)
+		}
+		time.Sleep(2500 * time.Millisecond)
+		if got := queryOne(t, c, "EXECUTE answer"); got != "42" {
+			t.Fatalf("EXECUTE after parking: %q", got)
+		}
+		time.Sleep(2500 * time.Millisecond)
+		if got := queryOne(t, c, "SHOW application_name"); got != "parked" {
+			t.Fatalf("setting after parking: %q", got)
+		}
+		// A transaction block and an error in it, after parking, as usual.
+		time.Sleep(2500 * time.Millisecond)
+		if _, err := c.Exec(ctx, "BEGIN; SELECT 1/0").ReadAll(); pgCode(err) != "22012" {
+			t.Fatalf("division by zero in a block: %v", err)
+		}
+		if _, err := c.Exec(ctx, "SELECT 1").ReadAll(); pgCode(err) != "25P02" {
+			t.Fatalf("in the failed block: %v", err)
+		}
+		mustExec(t, c, "ROLLBACK")
+		if got := queryOne(t, c, "SELECT current_setting('app.tenant_id')"); got != tenantA.ID {
+			t.Fatalf("tenant after parking: %q", got)
+		}
+	})
+}

@@ -14,8 +14,6 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5/pgproto3"
-
-	"github.com/pgtenant/pgtenant/guard"
 )
 
 // Transaction mode: the relay leases an upstream connection from the pool
@@ -42,21 +40,7 @@ type pooledState struct {
 	pool *txPool
 	// pctx is this client's settings, shared with the sessions that have the
 	// same: pctx.key names them (serverConn.dirtyKey, settled).
-	pctx     *poolContext
-	changes  bool   // the guard's ChangesSettings for the message being relayed
-	deallocs bool   // and its DeallocatesAll
-	dealloc  string // and its Deallocate
-	pins     string // and its Pins
-	// And its Prepare and Executes (sqlprepared.go); stmtExecutes are the
-	// carried statements a Parse's text runs.
-	prepare      *guard.Prepare
-	executes     []guard.NameAt
-	stmtExecutes []*clientStmt
-	stmtMakes    *clientStmt // a Parse of PREPARE: what its Binds make (sqlprepared.go)
-	// A Parse of DEALLOCATE name: what its Binds deallocate (deallocateOne).
-	deallocTo    *deallocTarget
-	listening    bool // and its Listening
-	unlistensAll bool // and its UnlistensAll
+	pctx *poolContext
 	// The client's channels and notifications (listening.go, notifyhub.go);
 	// clientEncoding is its client_encoding as last reported (a string).
 	listen         listenState
@@ -95,11 +79,6 @@ type pooledState struct {
 	// stmts is nil until the client's first lease (prepared): a client
 	// that has run nothing keeps none.
 	stmts *statements
-
-	// An idle transaction-mode client holds no read or write buffer: the
-	// request side waits for its next bytes in park, the reply side
-	// takes a writer for the length of a lease.
-	prefix prefixReader
 
 	// A client idle longer than parkAfter leaves its goroutine and waits in
 	// the parker (parker_linux.go); parker is nil for clients that cannot.
