@@ -1,18 +1,20 @@
 package e2e
 
 import (
+	"bufio"
 	"context"
 	"fmt"
 	"io"
 	"net"
 	"net/http"
 	"os"
+	"os/exec"
+	"path/filepath"
 	"runtime"
 	"runtime/pprof"
 	"slices"
 	"strconv"
 	"strings"
-	"syscall"
 	"testing"
 	"time"
 
@@ -43,19 +45,11 @@ const (
 // The proxy is the pgtenant binary, in a process of its own: the growth of
 // its resident memory (VmRSS) is what the clients cost it, where an
 // in-process proxy's would include the test's own client sockets and
-// buffers. The clients live in this process, which holds 10,000 sockets
-// under the open-files hard limit (20,000 here) as the proxy does its
-// 10,000; they keep only their sockets (pgconn's buffers are dropped).
+// buffers. The clients live in a process of their own too (bench/compare's
+// client mode, built without the race detector, under which 10,000 SCRAM
+// logins would take minutes), which raises its own open-files limit;
+// they keep only their sockets (pgconn's buffers are dropped).
 func TestIdleClientsMemory(t *testing.T) {
-	if raceEnabled {
-		t.Skip("10,000 SCRAM logins take minutes under the race detector")
-	}
-	// The Go runtime raises the soft limit to the hard one; the proxy
-	// raises its own likewise (internal/cli).
-	var lim syscall.Rlimit
-	if err := syscall.Getrlimit(syscall.RLIMIT_NOFILE, &lim); err != nil || lim.Cur < idleClients+1000 {
-		t.Skipf("the open-files limit (%d, %v) does not allow %d clients", lim.Cur, err, idleClients)
-	}
 	start := time.Now()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -63,6 +57,7 @@ func TestIdleClientsMemory(t *testing.T) {
 	}
 	admin := ln.Addr().String()
 	ln.Close()
+	holder := buildIdleHolder(t)
 	// Logging at info: the test looks at memory, not at each login's debug
 	// lines. The admin endpoint's Go runtime metrics say what the memory is.
 	rp := startBinary(t, "log_level: info\nadmin_listen: "+admin+"\npool: {mode: transaction, size: 2}\n", tenantA)
@@ -72,7 +67,8 @@ func TestIdleClientsMemory(t *testing.T) {
 		t.Fatal(err)
 	}
 	// One client first, so that the pool, its connection and what a login
-	// makes once are there before the measurement.
+	// makes once are there before the measurement; it is idle (parked)
+	// with the others, and must be served after.
 	warm, err := idlecheck.Hold(cfg, 1, 1)
 	if err != nil {
 		t.Fatal(err)
@@ -85,15 +81,7 @@ func TestIdleClientsMemory(t *testing.T) {
 	}
 	runtimeBefore := goMemStats(t, admin)
 	loginStart := time.Now()
-	conns, err := idlecheck.Hold(cfg, idleClients, 50)
-	defer func() {
-		for _, c := range conns {
-			c.Close()
-		}
-	}()
-	if err != nil {
-		t.Fatalf("%d clients logged in: %v", len(conns), err)
-	}
+	holdIdleClients(t, holder, rp.port, idleClients)
 	loggedIn := time.Since(loginStart)
 	after, err := idlecheck.Settled(rss, 20*time.Second)
 	if err != nil {
@@ -111,12 +99,48 @@ func TestIdleClientsMemory(t *testing.T) {
 	if per > idleClientBound {
 		t.Errorf("%.0f B of resident memory per idle client, over the bound of %d B", per, idleClientBound)
 	}
-	// Parked or not, they are all still clients: the first and the last
-	// answer a query.
-	for _, c := range []net.Conn{conns[0], conns[len(conns)-1]} {
-		if got := rawQueryOne(t, c, "SELECT current_setting('app.tenant_id')"); got != tenantA.ID {
-			t.Fatalf("an idle client's query: %q", got)
-		}
+	// Parked, it is still a client: it is served.
+	if got := rawQueryOne(t, warm[0], "SELECT current_setting('app.tenant_id')"); got != tenantA.ID {
+		t.Fatalf("an idle client's query: %q", got)
+	}
+}
+
+// buildIdleHolder builds bench/compare, whose client mode holds idle
+// clients (idlecheck.Hold) in a process of its own, without the race
+// detector.
+func buildIdleHolder(t *testing.T) string {
+	t.Helper()
+	bin := filepath.Join(t.TempDir(), "compare")
+	build := exec.Command("go", "build", "-o", bin, "./bench/compare")
+	build.Dir = ".."
+	if out, err := build.CombinedOutput(); err != nil {
+		t.Fatalf("go build ./bench/compare: %v\n%s", err, out)
+	}
+	return bin
+}
+
+// holdIdleClients starts holder in its client mode with count clients of
+// tenant A logged in on port, and returns once they all are; they stay
+// until the test ends.
+func holdIdleClients(t *testing.T, holder, port string, count int) {
+	t.Helper()
+	cmd := exec.Command(holder)
+	cmd.Env = append(os.Environ(), fmt.Sprintf("COMPARE_IDLE_CHILD=%s %d 127.0.0.1", port, count))
+	cmd.Stderr = os.Stderr
+	out, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		_ = cmd.Process.Kill()
+		_ = cmd.Wait()
+	})
+	line, err := bufio.NewReader(out).ReadString('\n')
+	if err != nil || line != "ready\n" {
+		t.Fatalf("the client process: %q, %v", strings.TrimSpace(line), err)
 	}
 }
 
