@@ -173,3 +173,38 @@ func TestParkedClientKeepsState(t *testing.T) {
 		}
 	})
 }
+
+// A parked client whose notifications can no longer reach it (the
+// connection listening for them is lost) ends: told why, and gone from the
+// server's sessions, as a client that is not parked. In session mode the
+// lost connection is the client's own backend, with the same outcome.
+func TestParkedListenerEndsWithItsNotifications(t *testing.T) {
+	eachPoolMode(t, func(t *testing.T, m poolMode) {
+		p := startProxy(t, m.config(2))
+		other := p.pgconnect(t, tenantA)
+		l := listen(t, p, tenantA)
+		mustExec(t, l.conn, "LISTEN parked_lost")
+		time.Sleep(2500 * time.Millisecond) // parked after a second idle (transaction mode)
+		if got := len(p.srv.Sessions()); got != 2 {
+			t.Fatalf("%d sessions before the loss, want 2", got)
+		}
+		// Transaction mode: the pool's listening connection; session mode:
+		// the client's backend. Nothing else has a LISTEN as its last query.
+		superQuery(t, "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE query LIKE 'LISTEN %' AND pid <> pg_backend_pid()")
+		deadline := time.Now().Add(10 * time.Second)
+		for len(p.srv.Sessions()) != 1 {
+			if time.Now().After(deadline) {
+				t.Fatalf("%d sessions 10s after the listening connection was lost, want 1 (the parked listener's session was left behind)", len(p.srv.Sessions()))
+			}
+			time.Sleep(20 * time.Millisecond)
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		if _, err := l.conn.Exec(ctx, "SELECT 1").ReadAll(); err == nil {
+			t.Fatal("the listener is still connected after its notifications were lost")
+		}
+		if got := queryOne(t, other, "SELECT current_setting('app.tenant_id')"); got != tenantA.ID {
+			t.Fatalf("the other client: %q", got)
+		}
+	})
+}
