@@ -69,11 +69,10 @@ type relay struct {
 	notifyScope string
 	rate        *rateLimit // the tenant's transaction rate limit; nil: none (limits.go)
 	// Pausing (pause.go): hold is the tenant's pause, movedHold, or nil;
-	// busy, set by the request side from a unit's start until it waits for
-	// the client again; sess.move moves it after a resume;
-	// stop closes when the server does.
+	// busy (below, next to waiting: padding), set by the request side from
+	// a unit's start until it waits for the client again; sess.move moves
+	// it after a resume; stop closes when the server does.
 	hold         atomic.Pointer[tenantPause]
-	busy         atomic.Bool
 	pauseTimeout time.Duration
 	sess         *session // its session: what moves it (moveTo) and resumes it from the parker
 	stop         <-chan struct{}
@@ -101,8 +100,12 @@ type relay struct {
 	endStmts map[string]bool
 
 	// waiting: the request side waits on the reply side (await), which
-	// then signals notify at every reply.
+	// then signals notify at every reply. The relay's own, not
+	// relayWork's: the reply side signals after the unit's end, when a
+	// client that has gone idle may already be parked.
 	waiting      atomic.Bool
+	busy         atomic.Bool // see hold
+	notify       chan struct{}
 	sawFatal     bool        // the upstream sent a FATAL or PANIC (reply side)
 	closing      atomic.Bool // the session is ending; suppress "upstream lost"
 	panicked     atomic.Bool // a bug ended the session (recover.go): the client is told so
@@ -146,6 +149,7 @@ func newRelay(client net.Conn, cr *bufio.Reader, cw *bufio.Writer, upstream net.
 		cw:         cw,
 		assertion:  a,
 		done:       make(chan struct{}),
+		notify:     make(chan struct{}, 1),
 	}
 	if !expires.IsZero() {
 		r.expires = expires.UnixNano()

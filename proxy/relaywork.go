@@ -72,9 +72,6 @@ type relayWork struct {
 	listening    bool // and its Listening
 	unlistensAll bool // and its UnlistensAll
 
-	// notify wakes the request side when it waits on the reply side
-	// (await, with relay.waiting set): the reply side signals at every reply.
-	notify         chan struct{}
 	standaloneDone atomic.Bool
 	standaloneErr  atomic.Pointer[pgconn.PgError] // result of the standalone assertion awaited
 
@@ -87,7 +84,7 @@ type relayWork struct {
 	prefix prefixReader
 }
 
-var workPool = sync.Pool{New: func() any { return &relayWork{notify: make(chan struct{}, 1)} }}
+var workPool = sync.Pool{New: func() any { return new(relayWork) }}
 
 // takeWork gives the relay a relayWork.
 func (r *relay) takeWork() {
@@ -106,10 +103,6 @@ func (r *relay) putWork() {
 
 // rest brings w back to rest, keeping its scratch capacity.
 func (w *relayWork) rest() {
-	select {
-	case <-w.notify:
-	default:
-	}
 	w.prefix.release()
 	if w.ledger.q != nil {
 		w.ledger.q.msgs = w.ledger.q.msgs[:0]
@@ -117,7 +110,6 @@ func (w *relayWork) rest() {
 	}
 	clear(w.groupPortals)
 	*w = relayWork{
-		notify:       w.notify,
 		waitSilent:   w.waitSilent[:0],
 		groupPortals: w.groupPortals[:0],
 		resp:         respState{silent: w.resp.silent[:0]},

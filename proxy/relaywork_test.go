@@ -27,14 +27,13 @@ func TestPutWorkAtRest(t *testing.T) {
 	r.in, r.inRest, r.assertDue, r.dealloc, r.pins = []byte("Q"), 3, []byte("x"), "s", "why"
 	r.groupPortals = append(r.groupPortals, boundPortal{name: "p"})
 	r.waitSilent = append(r.waitSilent, 7)
-	r.notify <- struct{}{}
 	r.standaloneDone.Store(true)
 	r.ledger.unitFailed, r.ledger.mayCopy = true, 2
 	w := r.relayWork
 	r.relayWork, r.ledger.ledgerWork = nil, nil
 	w.rest()
 	if w.in != nil || w.inRest != 0 || w.assertDue != nil || w.dealloc != "" || w.pins != "" || len(w.groupPortals) != 0 ||
-		len(w.waitSilent) != 0 || len(w.notify) != 0 || w.standaloneDone.Load() || w.ledger.unitFailed || w.ledger.mayCopy != 0 {
+		len(w.waitSilent) != 0 || w.standaloneDone.Load() || w.ledger.unitFailed || w.ledger.mayCopy != 0 {
 		t.Fatalf("given back not at rest: %+v", w)
 	}
 	if cap(w.groupPortals) == 0 || cap(w.waitSilent) == 0 {
