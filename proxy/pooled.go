@@ -590,7 +590,7 @@ func (r *relay) relayStatementMessage(typ byte, size int, msg []byte) error {
 				st.scratch = appendClose(st.scratch[:0], 'P', noPortal)
 				st.record(replyEntry{seq: seq})
 			} else {
-				st.scratch = appendDescribe(st.scratch[:0], 'S', serverStmtPrefix+"unknown")
+				st.scratch = appendDescribe(st.scratch[:0], 'S', unknownServerStmt)
 			}
 			return r.writeRewritten()
 		case cs == nil:
@@ -712,7 +712,7 @@ func (r *relay) relayBind(size int) error {
 		}
 		server = cs.server
 	case strings.HasPrefix(server, serverStmtPrefix):
-		server = serverStmtPrefix + "unknown"
+		server = unknownServerStmt
 	default:
 		return r.forwardUp('B', size, false)
 	}
@@ -890,10 +890,10 @@ func (r *relay) queryRan(sc *serverConn) {
 // failed block) leaves the statement gone for the client too, where
 // PostgreSQL would keep it.
 func (r *relay) deallocateOne(msg []byte) ([]byte, error) {
-	st, name := r.prepared(), r.dealloc
 	if msg[0] == 'P' {
 		return r.deallocateParse(msg)
 	}
+	st, name := r.prepared(), r.dealloc
 	st.mu.Lock()
 	cs := st.byName[name]
 	if cs != nil {
@@ -931,6 +931,11 @@ func (r *relay) deallocateOne(msg []byte) ([]byte, error) {
 	return encodeQuery(`DEALLOCATE "` + server + `"`), nil
 }
 
+// unknownServerStmt stands in for a name in pgtenant's own prefix that the
+// client has not prepared: never one of pgtenant's own statements, so the
+// server says it does not exist.
+const unknownServerStmt = serverStmtPrefix + "unknown"
+
 // deallocServer is the upstream name a DEALLOCATE of the client's name
 // (its statement cs, nil if it has none) goes to; false: none, the client's
 // name is sent as it is.
@@ -939,7 +944,7 @@ func deallocServer(name string, cs *clientStmt) (string, bool) {
 	case cs != nil:
 		return cs.server, true
 	case strings.HasPrefix(name, serverStmtPrefix):
-		return serverStmtPrefix + "unknown", true // never pgtenant's own statements
+		return unknownServerStmt, true
 	}
 	return "", false
 }
@@ -994,7 +999,7 @@ func (r *relay) deallocateAtBind(t *deallocTarget, seq uint64) error {
 		st.record(replyEntry{seq: seq, action: replyHide})
 		buf = mustEncode(buf, &pgproto3.Parse{Name: t.server, Query: "SELECT"})
 		st.record(replyEntry{seq: seq, action: replyHide})
-	case !mine && t.server != serverStmtPrefix+"unknown":
+	case !mine && t.server != unknownServerStmt:
 		buf = appendClose(nil, 'S', t.server)
 		st.record(replyEntry{seq: seq, action: replyHide})
 	}

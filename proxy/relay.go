@@ -82,7 +82,7 @@ type relay struct {
 	ledger ledger // what the upstream owes, in order
 	// status byte of the last ReadyForQuery (with the three bools after
 	// it, in what would be padding: 8 bytes more would put the relay in a
-	// larger size class, see relaySizeClass)
+	// larger size class, see TestIdleClientStructSizes)
 	txStatus atomic.Uint32
 
 	inGroup bool // request side: an extended-protocol group has no Sync yet
