@@ -260,8 +260,8 @@ func TestParkAtReplyUnderTraffic(t *testing.T) {
 		}
 		stop := make(chan struct{})
 		var bg sync.WaitGroup
-		for _, tn := range []demo.Tenant{tenantA, tenantB} {
-			notifier := p.pgconnect(t, tn)
+		// every runs f every d on a goroutine of bg until stop closes.
+		every := func(d time.Duration, f func()) {
 			bg.Add(1)
 			go func() {
 				defer bg.Done()
@@ -269,30 +269,27 @@ func TestParkAtReplyUnderTraffic(t *testing.T) {
 					select {
 					case <-stop:
 						return
-					case <-time.After(37 * time.Millisecond):
+					case <-time.After(d):
 					}
-					ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-					_, _ = notifier.Exec(ctx, "NOTIFY stress, '"+tn.ID+"'").ReadAll()
-					cancel()
+					f()
 				}
 			}()
 		}
-		bg.Add(1)
-		go func() {
-			defer bg.Done()
-			for {
-				select {
-				case <-stop:
-					return
-				case <-time.After(113 * time.Millisecond):
-				}
-				p.srv.Pause(context.Background(), tenantA.ID, 0)
-				_ = p.srv.Sessions()
-				_ = p.srv.UpstreamSessions()
-				time.Sleep(20 * time.Millisecond)
-				_, _ = p.srv.Resume(tenantA.ID)
-			}
-		}()
+		for _, tn := range []demo.Tenant{tenantA, tenantB} {
+			notifier := p.pgconnect(t, tn)
+			every(37*time.Millisecond, func() {
+				ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+				_, _ = notifier.Exec(ctx, "NOTIFY stress, '"+tn.ID+"'").ReadAll()
+				cancel()
+			})
+		}
+		every(113*time.Millisecond, func() {
+			p.srv.Pause(context.Background(), tenantA.ID, 0)
+			_ = p.srv.Sessions()
+			_ = p.srv.UpstreamSessions()
+			time.Sleep(20 * time.Millisecond)
+			_, _ = p.srv.Resume(tenantA.ID)
+		})
 		var wg sync.WaitGroup
 		errs := make(chan error, n)
 		for i, c := range clients {
