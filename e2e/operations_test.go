@@ -33,12 +33,17 @@ type runningProxy struct {
 	logs    *testutil.SyncBuffer
 }
 
-// writeConfig writes a config for the users, with the lines in extra.
+// writeConfig writes a config for the users, with the lines in extra
+// (log_level: debug unless extra sets it).
 func writeConfig(t *testing.T, path, listen, extra string, users ...demo.Tenant) {
 	t.Helper()
 	c := pgcluster.Shared()
 	var b strings.Builder
-	fmt.Fprintf(&b, "listen: %s\nupstream: %s\nshutdown_timeout: 3s\nlog_level: debug\n%susers:\n", listen, c.URL(demo.RLSRole, demo.RLSPassword, demo.Database), extra)
+	level := "log_level: debug\n"
+	if strings.Contains(extra, "log_level:") {
+		level = "" // extra has its own
+	}
+	fmt.Fprintf(&b, "listen: %s\nupstream: %s\nshutdown_timeout: 3s\n%s%susers:\n", listen, c.URL(demo.RLSRole, demo.RLSPassword, demo.Database), level, extra)
 	for _, u := range users {
 		fmt.Fprintf(&b, "  - {name: %s, password: %s, tenant: %s}\n", u.User, u.Password, u.ID)
 	}

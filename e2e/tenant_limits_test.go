@@ -305,7 +305,13 @@ func TestTenantRateLimit(t *testing.T) {
 			t.Errorf("A ran %.1f transactions per second, want %d ± 10%%", aRate, rate)
 		}
 		if bLoaded < bAlone*0.5 {
-			t.Errorf("B ran %.0f tps next to the limited A, %.0f alone: slowed by A's limit", bLoaded, bAlone)
+			// Alone once more, now that A is done: a machine that got busier
+			// meanwhile (other tests) slows B alone too, A's limit does not.
+			bAfter := runFor(t, bs, time.Second, "SELECT 1")
+			t.Logf("B: %.0f tps alone after A", bAfter)
+			if bLoaded < min(bAlone, bAfter)*0.5 {
+				t.Errorf("B ran %.0f tps next to the limited A, %.0f and %.0f alone: slowed by A's limit", bLoaded, bAlone, bAfter)
+			}
 		}
 	})
 	t.Run("refused past rate_limit_wait", func(t *testing.T) {

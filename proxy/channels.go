@@ -9,6 +9,7 @@ import (
 	"slices"
 	"sort"
 	"strings"
+	"sync"
 
 	"github.com/jackc/pgx/v5/pgconn"
 
@@ -32,6 +33,37 @@ func channelScope(key []byte, tenant string) string {
 	m := hmac.New(sha256.New, key)
 	m.Write([]byte(tenant))
 	return hex.EncodeToString(m.Sum(nil)[:8]) + ":"
+}
+
+// scopeCache keeps the tenants' channel scopes of a configuration: every
+// session of a tenant has the same, and an idle client should not keep a
+// copy of its own (nor a login make one).
+type scopeCache struct {
+	mu     sync.Mutex
+	key    []byte
+	scopes map[string]string
+}
+
+// scopeCacheLimit bounds the scopes kept: past it they are made again.
+const scopeCacheLimit = 10000
+
+// get returns tenant's scope under cfg, the configuration of the runtime
+// that holds c.
+func (c *scopeCache) get(cfg *config.Config, tenant string) string {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if s, ok := c.scopes[tenant]; ok {
+		return s
+	}
+	if c.key == nil {
+		c.key = channelKey(cfg)
+	}
+	if c.scopes == nil || len(c.scopes) >= scopeCacheLimit {
+		c.scopes = map[string]string{}
+	}
+	s := channelScope(c.key, tenant)
+	c.scopes[tenant] = s
+	return s
 }
 
 // channelKey keys the scopes: the signed context's key when there is one,

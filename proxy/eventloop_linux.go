@@ -387,6 +387,9 @@ func (r *relay) useLoop(l *eventLoop) {
 func (r *relay) slot() *loopSlot { return &r.loopSlot }
 
 func (r *relay) loopStep() error {
+	if r.relayWork == nil {
+		r.takeWork()
+	}
 	if r.cr == nil {
 		r.cr = readerPool.Get().(*bufio.Reader)
 		r.cr.Reset(&r.loopIn)

@@ -99,8 +99,15 @@ type ledger struct {
 	// zOpen: a ReadyForQuery was placed and its unit not yet counted ended
 	// (unitDone): meanwhile nothing is quiet, or a waiter could see the
 	// server idle with the old transaction status.
-	zOpen atomic.Bool
+	zOpen    atomic.Bool
+	nextUnit uint64 // under mu
 
+	// The rest is only a working client's: a parked one, which has nothing
+	// outstanding, gives it back with its relayWork (relaywork.go).
+	*ledgerWork
+}
+
+type ledgerWork struct {
 	mu      sync.Mutex
 	q       *sentQueue // sent, not yet taken up by the server: q.msgs[head:]; nil when empty
 	head    int
@@ -116,7 +123,6 @@ type ledger struct {
 	// mayCopy counts messages sent or being answered that may start a COPY.
 	mayCopy    int
 	unitFailed bool
-	nextUnit   uint64
 	// silent lists units whose end the server passed over (a Sync during a
 	// COPY, a Query skipped after an error): they end with no ReadyForQuery.
 	// The reply side settles them (takeSilent) before its next reply.

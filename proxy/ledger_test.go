@@ -24,7 +24,7 @@ type ledgerStep struct {
 
 func runLedger(t *testing.T, steps []ledgerStep) (pending int32) {
 	t.Helper()
-	var l ledger
+	l := ledger{ledgerWork: &ledgerWork{}}
 	var unit uint64
 	for i, st := range steps {
 		if st.send != "" {
@@ -200,7 +200,7 @@ func TestLedger(t *testing.T) {
 
 // The ledger takes no allocation per message once its queue has grown.
 func TestLedgerAllocations(t *testing.T) {
-	var l ledger
+	l := ledger{ledgerWork: &ledgerWork{}}
 	msgs := []byte{'B', 0, 0, 0, 4, 'E', 0, 0, 0, 4, 'S', 0, 0, 0, 4}
 	round := func() {
 		u := l.begin()
@@ -222,7 +222,7 @@ func TestLedgerAllocations(t *testing.T) {
 // ReadyForQuery's (an assertion sent into a failed block). The window is a
 // few instructions wide: many rounds, two goroutines.
 func TestLedgerQuietNotBeforeUnitDone(t *testing.T) {
-	var l ledger
+	l := ledger{ledgerWork: &ledgerWork{}}
 	var sent, ending atomic.Int64 // the last unit whose Query went, whose unitDone began
 	var stop atomic.Bool
 	var early atomic.Int32

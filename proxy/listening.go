@@ -266,8 +266,17 @@ func (r *relay) writeNotes(msgs [][]byte, failure *pgconn.PgError) error {
 }
 
 // endForNotes ends the session of a client that does not take its
-// notifications: its request side sees the connection close.
-func (r *relay) endForNotes() { _ = r.client.Close() }
+// notifications: its request side sees the connection close. A parked
+// client has no request side to see it: unpark gives it one, and takes
+// its descriptor out of the parker's set before the close (a closed
+// descriptor leaves the set without a wake-up, and the session would stay
+// until the server closes).
+func (r *relay) endForNotes() {
+	if r.parker != nil {
+		r.parker.unpark(r)
+	}
+	_ = r.client.Close()
+}
 
 // stopListening ends the client's subscriptions when its session ends.
 func (r *relay) stopListening() {

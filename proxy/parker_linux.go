@@ -3,6 +3,7 @@ package proxy
 import (
 	"errors"
 	"net"
+	goruntime "runtime"
 	"runtime/debug"
 	"sync"
 	"time"
@@ -26,8 +27,8 @@ type parker struct {
 	resume func(*relay) // gives a client its goroutine back
 
 	// After freeAfter parks, when parking has stopped, free (at most every
-	// freeEvery): freeAfterParks, freeEvery and debug.FreeOSMemory, which
-	// collects garbage and gives every free page back to the system.
+	// freeEvery): freeAfterParks, freeEvery and freeMemory, which collects
+	// garbage and gives every free page back to the system.
 	freeAfter uint64
 	freeEvery time.Duration
 	free      func()
@@ -55,7 +56,16 @@ const (
 // find clients to park. It returns nil if the system refuses (the clients
 // then simply keep their goroutines).
 func newParker(sweep func(idleSince time.Time), resume func(*relay)) *parker {
-	return newParkerFreeing(sweep, resume, freeAfterParks, freeEvery, debug.FreeOSMemory)
+	return newParkerFreeing(sweep, resume, freeAfterParks, freeEvery, freeMemory)
+}
+
+// freeMemory collects garbage twice, then gives free pages back: a first
+// collection only moves what the sync.Pools hold (the buffers and
+// relayWork a burst of clients left there) to their victim caches, the
+// second frees it.
+func freeMemory() {
+	goruntime.GC()
+	debug.FreeOSMemory()
 }
 
 func newParkerFreeing(sweep func(idleSince time.Time), resume func(*relay), after uint64, every time.Duration, free func()) *parker {

@@ -433,7 +433,7 @@ func (ss *session) move() error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if moved {
-		ss.pl, ss.placedOn, ss.stranded = pl, pl.up.name, nil
+		ss.pl, ss.stranded = pl, nil
 	}
 	if ss.placedAsIn(s.rt.Load()) {
 		r.hold.CompareAndSwap(movedHold, nil)

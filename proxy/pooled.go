@@ -14,8 +14,6 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5/pgproto3"
-
-	"github.com/pgtenant/pgtenant/guard"
 )
 
 // Transaction mode: the relay leases an upstream connection from the pool
@@ -42,21 +40,7 @@ type pooledState struct {
 	pool *txPool
 	// pctx is this client's settings, shared with the sessions that have the
 	// same: pctx.key names them (serverConn.dirtyKey, settled).
-	pctx     *poolContext
-	changes  bool   // the guard's ChangesSettings for the message being relayed
-	deallocs bool   // and its DeallocatesAll
-	dealloc  string // and its Deallocate
-	pins     string // and its Pins
-	// And its Prepare and Executes (sqlprepared.go); stmtExecutes are the
-	// carried statements a Parse's text runs.
-	prepare      *guard.Prepare
-	executes     []guard.NameAt
-	stmtExecutes []*clientStmt
-	stmtMakes    *clientStmt // a Parse of PREPARE: what its Binds make (sqlprepared.go)
-	// A Parse of DEALLOCATE name: what its Binds deallocate (deallocateOne).
-	deallocTo    *deallocTarget
-	listening    bool // and its Listening
-	unlistensAll bool // and its UnlistensAll
+	pctx *poolContext
 	// The client's channels and notifications (listening.go, notifyhub.go);
 	// clientEncoding is its client_encoding as last reported (a string).
 	listen         listenState
@@ -95,11 +79,6 @@ type pooledState struct {
 	// stmts is nil until the client's first lease (prepared): a client
 	// that has run nothing keeps none.
 	stmts *statements
-
-	// An idle transaction-mode client holds no read or write buffer: the
-	// request side waits for its next bytes in park, the reply side
-	// takes a writer for the length of a lease.
-	prefix prefixReader
 
 	// A client idle longer than parkAfter leaves its goroutine and waits in
 	// the parker (parker_linux.go); parker is nil for clients that cannot.
@@ -635,7 +614,7 @@ func (r *relay) relayStatementMessage(typ byte, size int, msg []byte) error {
 				st.scratch = appendClose(st.scratch[:0], 'P', noPortal)
 				st.record(replyEntry{seq: seq})
 			} else {
-				st.scratch = appendDescribe(st.scratch[:0], 'S', serverStmtPrefix+"unknown")
+				st.scratch = appendDescribe(st.scratch[:0], 'S', unknownServerStmt)
 			}
 			return r.writeRewritten()
 		case cs == nil:
@@ -757,7 +736,7 @@ func (r *relay) relayBind(size int) error {
 		}
 		server = cs.server
 	case strings.HasPrefix(server, serverStmtPrefix):
-		server = serverStmtPrefix + "unknown"
+		server = unknownServerStmt
 	default:
 		return r.forwardUp('B', size, false)
 	}
@@ -935,10 +914,10 @@ func (r *relay) queryRan(sc *serverConn) {
 // failed block) leaves the statement gone for the client too, where
 // PostgreSQL would keep it.
 func (r *relay) deallocateOne(msg []byte) ([]byte, error) {
-	st, name := r.prepared(), r.dealloc
 	if msg[0] == 'P' {
 		return r.deallocateParse(msg)
 	}
+	st, name := r.prepared(), r.dealloc
 	st.mu.Lock()
 	cs := st.byName[name]
 	if cs != nil {
@@ -976,6 +955,11 @@ func (r *relay) deallocateOne(msg []byte) ([]byte, error) {
 	return encodeQuery(`DEALLOCATE "` + server + `"`), nil
 }
 
+// unknownServerStmt stands in for a name in pgtenant's own prefix that the
+// client has not prepared: never one of pgtenant's own statements, so the
+// server says it does not exist.
+const unknownServerStmt = serverStmtPrefix + "unknown"
+
 // deallocServer is the upstream name a DEALLOCATE of the client's name
 // (its statement cs, nil if it has none) goes to; false: none, the client's
 // name is sent as it is.
@@ -984,7 +968,7 @@ func deallocServer(name string, cs *clientStmt) (string, bool) {
 	case cs != nil:
 		return cs.server, true
 	case strings.HasPrefix(name, serverStmtPrefix):
-		return serverStmtPrefix + "unknown", true // never pgtenant's own statements
+		return unknownServerStmt, true
 	}
 	return "", false
 }
@@ -1039,7 +1023,7 @@ func (r *relay) deallocateAtBind(t *deallocTarget, seq uint64) error {
 		st.record(replyEntry{seq: seq, action: replyHide})
 		buf = mustEncode(buf, &pgproto3.Parse{Name: t.server, Query: "SELECT"})
 		st.record(replyEntry{seq: seq, action: replyHide})
-	case !mine && t.server != serverStmtPrefix+"unknown":
+	case !mine && t.server != unknownServerStmt:
 		buf = appendClose(nil, 'S', t.server)
 		st.record(replyEntry{seq: seq, action: replyHide})
 	}

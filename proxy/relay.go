@@ -48,16 +48,13 @@ const (
 type relay struct {
 	client          net.Conn
 	waits           waiter        // the driver's: how the core blocks (waits.go)
-	cr              *bufio.Reader // client reader (shared with startup)
 	cw              *bufio.Writer // client writer, used only by the reply side
-	ur              *bufio.Reader
-	uw              *bufio.Writer // upstream writer, request side; nil outside a lease's write section (binding.go)
 	assertion       *assertion    // shared: the pool context's in transaction mode
 	guard           *guard.Guard  // nil when the guard is off for this user
 	refusals        refusals
-	expires         time.Time // no transaction may start after this (token expiry); zero: never
-	maxMessage      int       // largest client message accepted
-	maxPrepared     int       // limits.max_prepared_bytes (transaction mode: statements.overLimit)
+	expires         int64 // UnixNano: no transaction may start after this (token expiry); zero: never
+	maxMessage      int   // largest client message accepted
+	maxPrepared     int   // limits.max_prepared_bytes (transaction mode: statements.overLimit)
 	idleTimeout     time.Duration
 	idleInTxTimeout time.Duration
 	upstreamTimeout time.Duration // no byte from the upstream for this long while a reply is owed ends the session
@@ -70,82 +67,66 @@ type relay struct {
 	// notifyScope prefixes the tenant's notification channels upstream
 	// (channels.go); channels are those of the message being relayed.
 	notifyScope string
-	channels    []guard.Channel
 	rate        *rateLimit // the tenant's transaction rate limit; nil: none (limits.go)
 	// Pausing (pause.go): hold is the tenant's pause, movedHold, or nil;
-	// busy, set by the request side from a unit's start until it waits for
-	// the client again; sess.move moves it after a resume;
-	// stop closes when the server does.
+	// busy (below, next to waiting: padding), set by the request side from
+	// a unit's start until it waits for the client again; sess.move moves
+	// it after a resume; stop closes when the server does.
 	hold         atomic.Pointer[tenantPause]
-	busy         atomic.Bool
 	pauseTimeout time.Duration
 	sess         *session // its session: what moves it (moveTo) and resumes it from the parker
 	stop         <-chan struct{}
 	txw          *txWatch                       // the tenant's max_transaction_duration; nil: none
 	endReason    atomic.Pointer[pgconn.PgError] // why pgtenant closed the upstream under the session (txWatch)
-	// groupTxEnded: an Execute of the group under way ended a transaction;
-	// groupTokenDue: the Execute being relayed starts another (limits.go).
-	groupTxEnded, groupTokenDue bool
 
-	ledger   ledger        // what the upstream owes, in order
-	txStatus atomic.Uint32 // status byte of the last ReadyForQuery
+	ledger ledger // what the upstream owes, in order
+	// status byte of the last ReadyForQuery (with the three bools after
+	// it, in what would be padding: 8 bytes more would put the relay in a
+	// larger size class, see TestIdleClientStructSizes)
+	txStatus atomic.Uint32
 
-	// The request side's core and driver: in is the message being relayed
-	// (whole, or its head), inPeeked whether it is in the client reader
-	// still; inRest is what the driver still moves of it, upstream if
-	// inRestPass, else nowhere.
-	in         []byte
-	inPeeked   bool
-	inRest     int
-	inRestPass bool
-	seq        uint64   // the unit being sent (request side)
-	assertDue  []byte   // request side: the assertion the unit still needs, before it runs anything
-	waitSeq    uint64   // request side: the unit untilStatements waits for
-	waitSilent []uint64 // request side: scratch for settleSilent
-	inGroup    bool     // request side: an extended-protocol group has no Sync yet
+	inGroup bool // request side: an extended-protocol group has no Sync yet
 	// Request side, context_scope: transaction: inBlockDue, assertDue is
 	// the assertion inside a block the client began (startUnit);
 	// blockAsserted, that one was sent since the last transaction start.
 	inBlockDue, blockAsserted bool
+	seq                       uint64 // the unit being sent (request side)
 	// Request side: the statements whose text mentions COPY, and the
 	// portals bound to them (nil for most sessions): an Execute of one may
 	// start a COPY.
 	copyStmts, copyPortals map[string]bool
 	// endStmts: the statements whose text ends a transaction block;
 	// groupPortals: the portals bound since the last Sync.
-	endStmts     map[string]bool
-	groupPortals []boundPortal
+	endStmts map[string]bool
 
-	// notify wakes the request side when it waits on the reply side
-	// (await): set waiting first, and the reply side signals at every reply.
-	notify  chan struct{}
-	waiting atomic.Bool
-
-	standaloneErr  atomic.Pointer[pgconn.PgError] // result of the standalone assertion awaited
-	standaloneDone atomic.Bool
-	sawFatal       bool        // the upstream sent a FATAL or PANIC (reply side)
-	closing        atomic.Bool // the session is ending; suppress "upstream lost"
-	panicked       atomic.Bool // a bug ended the session (recover.go): the client is told so
-	draining       atomic.Bool // the server is shutting down: end at the next idle point
-	unsafeLexing   atomic.Value
-	done           chan struct{} // closed when the reply side returns
+	// waiting: the request side waits on the reply side (await), which
+	// then signals notify at every reply. The relay's own, not
+	// relayWork's: the reply side signals after the unit's end, when a
+	// client that has gone idle may already be parked.
+	waiting      atomic.Bool
+	busy         atomic.Bool // see hold
+	notify       chan struct{}
+	sawFatal     bool        // the upstream sent a FATAL or PANIC (reply side)
+	closing      atomic.Bool // the session is ending; suppress "upstream lost"
+	panicked     atomic.Bool // a bug ended the session (recover.go): the client is told so
+	draining     atomic.Bool // the server is shutting down: end at the next idle point
+	unsafeLexing atomic.Value
+	done         chan struct{} // closed when the reply side returns
 
 	stats relayStats
 
 	// Transaction mode (pool != nil): the upstream is leased per transaction
-	// (pooled.go). wconn is the connection the request side writes, rconn
-	// (and rsc) the one the reply side reads; in session mode both are
-	// upstream for the whole session.
+	// (pooled.go); wconn, rconn and rsc are in relayWork.
 	pooledState
 	leaseMu sync.Mutex
-	wconn   net.Conn
-	rconn   net.Conn
-	rsc     *serverConn
-	resp    respState // reply side only
 
 	// up is how the relay is bound to the upstream (binding.go): set when
 	// the relay is made, for good.
 	up binding
+
+	// What only a working client needs (relaywork.go): nil while the
+	// client is parked.
+	*relayWork
 }
 
 type relayStats struct {
@@ -162,18 +143,19 @@ func newRelay(client net.Conn, cr *bufio.Reader, cw *bufio.Writer, upstream net.
 	r := &relay{
 		maxMessage: maxMessageLen,
 		obs:        nopObserver{},
-		expires:    expires,
 		guard:      g,
 		client:     client,
 		waits:      goroutineWaiter{client},
-		cr:         cr,
 		cw:         cw,
 		assertion:  a,
-		notify:     make(chan struct{}, 1),
 		done:       make(chan struct{}),
-		wconn:      upstream,
-		rconn:      upstream,
+		notify:     make(chan struct{}, 1),
 	}
+	if !expires.IsZero() {
+		r.expires = expires.UnixNano()
+	}
+	r.takeWork()
+	r.cr, r.wconn, r.rconn = cr, upstream, upstream
 	r.up = sessionBinding{r}
 	r.clientOut = client
 	if upstream != nil {
@@ -902,7 +884,7 @@ func (r *relay) startUnit(typ byte, size int, msg []byte, refused, simple bool) 
 			return err
 		}
 	}
-	if !r.expires.IsZero() && r.mayNeedAssertion() && time.Now().After(r.expires) {
+	if r.expires != 0 && r.mayNeedAssertion() && time.Now().UnixNano() > r.expires {
 		// The transaction in progress may finish; no new one starts.
 		if err := r.waitDrained(); err != nil {
 			return err

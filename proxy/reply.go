@@ -454,7 +454,7 @@ func (r *relay) watchParameter(msg []byte) {
 		r.unsafeLexing.Store(string(name) + " is " + string(rest))
 	}
 	if string(name) == "client_encoding" {
-		r.clientEncoding.Store(string(rest))
+		r.clientEncoding.Store(encodingValue(string(rest)))
 	}
 }
 

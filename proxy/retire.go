@@ -113,7 +113,7 @@ func (s *Server) drainRetired(ret *retirement, timeout time.Duration) {
 		case <-deadline.C:
 			for _, ss := range ret.sessions {
 				if e := s.strandedErr(ss); e != nil {
-					s.log.Info("reload: ending a session still on a retired upstream after shutdown_timeout", "conn", ss.id, "tenant", ss.ident.Tenant, "upstream", ss.placedOn)
+					s.log.Info("reload: ending a session still on a retired upstream after shutdown_timeout", "conn", ss.id, "tenant", ss.ident.Tenant, "upstream", ss.pl.up.name)
 					ss.endStranded(e)
 				}
 			}

@@ -99,6 +99,8 @@ type runtime struct {
 	// schemaRoles are the roles of the tenants placed in a schema, each
 	// with its tenant: no other tenant's session may run as one.
 	schemaRoles map[string]string
+	// scopes are the tenants' channel scopes (channels.go), made once.
+	scopes scopeCache
 }
 
 // New prepares a server from a validated config.
@@ -535,8 +537,8 @@ func (s *Server) Sessions() []SessionInfo {
 	out := make([]SessionInfo, 0, len(s.sessions))
 	for ss := range s.sessions {
 		out = append(out, SessionInfo{
-			ID: ss.id, User: ss.ident.User, Tenant: ss.ident.Tenant, Upstream: ss.placedOn, Remote: ss.client.RemoteAddr().String(),
-			UpstreamPID: ss.upstreamPID, Started: ss.started, TxStatus: string(rune(ss.relay.txStatus.Load())),
+			ID: ss.id, User: ss.ident.User, Tenant: ss.ident.Tenant, Upstream: ss.pl.up.name, Remote: ss.client.RemoteAddr().String(),
+			UpstreamPID: ss.upstreamPID, Started: time.Unix(0, ss.started), TxStatus: string(rune(ss.relay.txStatus.Load())),
 			Assertions: ss.relay.stats.assertions.Load(), Refusals: ss.relay.stats.refusals.Load(),
 			Retired: ss.stranded != nil,
 		})
@@ -598,7 +600,7 @@ func (s *Server) UpstreamSessions() []UpstreamStat {
 	}
 	s.mu.Lock()
 	for ss := range s.sessions {
-		counts[ss.placedOn]++
+		counts[ss.pl.up.name]++
 	}
 	s.mu.Unlock()
 	out := make([]UpstreamStat, 0, len(counts))

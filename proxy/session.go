@@ -3,7 +3,7 @@ package proxy
 import (
 	"bufio"
 	"context"
-	"encoding/binary"
+	"crypto/tls"
 	"errors"
 	"io"
 	"log/slog"
@@ -52,16 +52,6 @@ func (s *Server) serveConn(conn net.Conn) {
 	sess.id = id
 	sess.relay.startAudit(s.auditor(), sess.user, id)
 	obs.ConnState("startup", "active")
-	// In transaction mode the session may outlive this goroutine (parker):
-	// whichever goroutine ends it cleans up.
-	sess.ended = func() {
-		s.removeSession(sess)
-		sess.close()
-		s.clients.Add(-1)
-		sess.client.Close()
-		obs.ConnState("active", "closed")
-		s.connDone(conn)
-	}
 	s.addSession(sess)
 	sess.run()
 }
@@ -89,8 +79,13 @@ func (s *Server) establish(conn net.Conn, id uint64, rt *runtime, log *slog.Logg
 		st.conn.Close()
 		return nil
 	}
-	cw := bufio.NewWriterSize(st.conn, relayBufSize)
-	cr := bufio.NewReaderSize(st.conn, relayBufSize)
+	// From the pools that transaction mode gives them back to (an idle
+	// client keeps neither): a burst of logins then reuses a few buffers
+	// rather than leave two per login in the pools until the GC.
+	cw := writerPool.Get().(*bufio.Writer)
+	cw.Reset(st.conn)
+	cr := readerPool.Get().(*bufio.Reader)
+	cr.Reset(st.conn)
 	sess, err := s.startSession(rt, st, cr, cw, log)
 	if err != nil {
 		s.auditLoginFailed(id, st, err)
@@ -131,11 +126,9 @@ type session struct {
 	relay    *relay
 	key      cancelKey
 
-	ended    func() // cleans up once the session is over
-	id       uint64
-	ident    auth.Identity
-	placedOn string    // the name of the upstream its tenant is placed on
-	pl       placement // where it is; changed only by move, under s.mu
+	id    uint64
+	ident auth.Identity
+	pl    placement // where it is (pl.up.name: the upstream's name); changed only by move, under s.mu
 	// stranded: a reload retired its pool or upstream, and why it is to
 	// leave (retire.go); nil once it has moved. Under s.mu.
 	stranded *pgconn.PgError
@@ -148,7 +141,7 @@ type session struct {
 	entered     *txPool
 	resumes     uint64 // Server.resumes when its login checked for a pause
 	upstreamPID uint32
-	started     time.Time
+	started     int64 // UnixNano: a time.Time is 16 bytes more per client
 }
 
 // startSession authenticates the client, resolves its tenant, connects
@@ -310,11 +303,10 @@ func (s *Server) startSession(rt *runtime, st *startup, cr *bufio.Reader, cw *bu
 		key:      key,
 
 		ident:       ident,
-		placedOn:    pl.up.name,
 		pl:          pl,
 		resumes:     resumes,
 		upstreamPID: hc.PID,
-		started:     time.Now(),
+		started:     time.Now().UnixNano(),
 	}
 	rl.sess = ss
 	return ss, nil
@@ -325,7 +317,7 @@ func (s *Server) configureRelay(rt *runtime, rl *relay, ident auth.Identity) {
 	rl.obs, rl.user, rl.tenant = s.observer(), ident.User, ident.Tenant
 	rl.pauseTimeout, rl.stop = rt.cfg.PauseTimeout.Duration, s.stop
 	if rl.guard != nil {
-		rl.notifyScope = channelScope(channelKey(rt.cfg), ident.Tenant)
+		rl.notifyScope = rt.scopes.get(rt.cfg, ident.Tenant)
 	}
 	rl.knobs = s.knobs.Load()
 	if tp := rt.cfg.TenantPolicy(ident.Tenant); tp.TransactionsPerSecond > 0 {
@@ -338,24 +330,45 @@ func (s *Server) configureRelay(rt *runtime, rl *relay, ident auth.Identity) {
 }
 
 // writeSessionStart sends what PostgreSQL sends after authentication:
-// the parameter statuses, the cancel key, ReadyForQuery.
+// the parameter statuses, the cancel key, ReadyForQuery. Written straight
+// into the client's buffer: a login leaves no garbage here but the names'
+// slice (what a burst of logins leaves between two collections is what
+// fragments the heap that the idle clients then stay in).
 func writeSessionStart(cw *bufio.Writer, statuses map[string]string, key cancelKey) error {
 	names := make([]string, 0, len(statuses))
 	for name := range statuses {
 		names = append(names, name)
 	}
 	sort.Strings(names)
-	msgs := make([]pgproto3.BackendMessage, 0, len(names)+2)
 	for _, name := range names {
-		msgs = append(msgs, &pgproto3.ParameterStatus{Name: name, Value: statuses[name]})
+		value := statuses[name]
+		writeHeader(cw, 'S', len(name)+1+len(value)+1)
+		_, _ = cw.WriteString(name)
+		_ = cw.WriteByte(0)
+		_, _ = cw.WriteString(value)
+		_ = cw.WriteByte(0)
 	}
-	var secret [4]byte
-	binary.BigEndian.PutUint32(secret[:], key.secret)
-	msgs = append(msgs,
-		&pgproto3.BackendKeyData{ProcessID: key.pid, SecretKey: secret[:]},
-		&pgproto3.ReadyForQuery{TxStatus: 'I'},
-	)
-	return writeMessages(cw, msgs...)
+	writeHeader(cw, 'K', 8) // BackendKeyData
+	writeUint32(cw, key.pid)
+	writeUint32(cw, key.secret)
+	writeHeader(cw, 'Z', 1) // ReadyForQuery
+	_ = cw.WriteByte('I')
+	return cw.Flush()
+}
+
+// writeHeader writes a message's type and length, for a body of n bytes.
+func writeHeader(w *bufio.Writer, typ byte, n int) {
+	_ = w.WriteByte(typ)
+	writeUint32(w, uint32(4+n))
+}
+
+// writeUint32 writes v big-endian, a byte at a time: a slice of it passed
+// to Write would escape to the heap.
+func writeUint32(w *bufio.Writer, v uint32) {
+	_ = w.WriteByte(byte(v >> 24))
+	_ = w.WriteByte(byte(v >> 16))
+	_ = w.WriteByte(byte(v >> 8))
+	_ = w.WriteByte(byte(v))
 }
 
 // startPooledSession starts a transaction-mode session: no upstream
@@ -384,6 +397,11 @@ func (s *Server) startPooledSession(rt *runtime, pl placement, st *startup, cr *
 	settings = append(settings, rt.contextSettings(ident, pl)...)
 	pool := pl.up.pool
 	pc := pool.takeContext(settings, len(names))
+	if pc.own == len(names) && len(pc.settings) == len(settings) {
+		// The same settings (the same key), made by the first client of
+		// the context: an idle client keeps no copy of its own.
+		settings = pc.settings
+	}
 	a := &pc.assertion
 	g := rt.guards.pick(true, ident.ReadOnly, pl)
 	rl := newRelay(st.conn, cr, cw, nil, a, g, ident.Expires)
@@ -425,7 +443,7 @@ func (s *Server) startPooledSession(rt *runtime, pl placement, st *startup, cr *
 	rl.cw = nil
 	log.Info("session started", "pool_mode", config.PoolModeTransaction, "startup_ms", time.Since(start).Milliseconds())
 	s.configureRelay(rt, rl, ident)
-	rl.clientEncoding.Store(merged["client_encoding"])
+	rl.clientEncoding.Store(encodingValue(merged["client_encoding"]))
 	rl.watchTransactions(rt.cfg.TenantPolicy(ident.Tenant).MaxTransactionDuration, cancelTarget{})
 	if lim := rt.cfg.Limits; lim.IdleTimeout.Duration == 0 && lim.IdleInTransactionTimeout.Duration == 0 {
 		// Idle timeouts are read deadlines: a parked client has no read.
@@ -439,9 +457,27 @@ func (s *Server) startPooledSession(rt *runtime, pl placement, st *startup, cr *
 		}
 	}
 	started = true // session.close drops the context
-	ss := &session{s: s, user: st.params["user"], client: st.conn, relay: rl, key: key, ident: ident, placedOn: pl.up.name, pl: pl, started: time.Now()}
+	ss := &session{s: s, user: st.params["user"], client: st.conn, relay: rl, key: key, ident: ident, pl: pl, started: time.Now().UnixNano()}
 	rl.sess = ss
 	return ss, nil
+}
+
+// ended cleans up once the session is over. In transaction mode the
+// session may outlive the goroutine that served its login (parker):
+// whichever goroutine ends it calls ended. A method, not a closure kept
+// with the session: an idle client should cost little.
+func (ss *session) ended() {
+	s := ss.s
+	s.removeSession(ss)
+	ss.close()
+	s.clients.Add(-1)
+	ss.client.Close()
+	ss.relay.obs.ConnState("active", "closed")
+	conn := ss.client // the connection Serve accepted, under any TLS
+	if tc, ok := conn.(*tls.Conn); ok {
+		conn = tc.NetConn()
+	}
+	s.connDone(conn)
 }
 
 // run relays until either side ends, then tears both down. A client that goes
@@ -456,6 +492,9 @@ func resumeParked(r *relay) { r.sess.resume() }
 // resume goes on with a session that the parker held, on a new goroutine.
 func (ss *session) resume() {
 	r := ss.relay
+	if r.relayWork == nil {
+		r.takeWork()
+	}
 	err := r.parkReader(true)
 	if err == nil {
 		// Into the read buffer, so that the relay loop does not wait again.
@@ -475,6 +514,12 @@ func (ss *session) resume() {
 func (ss *session) endPooled(reqErr error) {
 	r := ss.relay
 	if reqErr == errParked {
+		// Parked, it needs no relayWork: given back before the parker can
+		// resume it on another goroutine. An event loop's client keeps it:
+		// it may park in the middle of an extended-protocol group.
+		if r.loop == nil {
+			r.putWork()
+		}
 		if r.parker.park(r) {
 			return
 		}

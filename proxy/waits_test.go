@@ -23,7 +23,7 @@ type recordingWaiter struct {
 	gone   bool
 }
 
-var waitNames = map[waitKind]string{blockOnReplies: "replies", blockOnReplyEnd: "reply end", blockOnPool: "pool", blockOnResume: "resume", blockOnToken: "token"}
+var waitNames = map[waitKind]string{blockOnReplies: "replies", blockOnReplyEnd: "reply end", blockOnPool: "pool", blockOnResume: "resume", blockOnToken: "token", blockOnPin: "pin"}
 
 func (w *recordingWaiter) note(s string) {
 	w.mu.Lock()
@@ -139,6 +139,32 @@ func TestPoolWaitsTellTheDriver(t *testing.T) {
 		{desc: "none free: waits for one (and times out)", size: 0, want: []string{"blocking pool", "resumed pool"}},
 		{desc: "one to open: waits on the upstream", size: 1, want: []string{"blocking pool", "resumed pool"}},
 	}
+	t.Run("room under the pinned cap: waits for a pin to end", func(t *testing.T) {
+		cfg := config.Pool{Size: 1, MaxPinned: 1, TenantMaxPinned: 1}
+		cfg.WaitTimeout.Duration = time.Minute
+		p := newTxPool("test", cfg, func(context.Context) (*serverConn, error) { return nil, refused }, func() Observer { return nopObserver{} })
+		defer p.close()
+		if err := p.waitPin(nil, noWaiter{}, "t1"); err != nil {
+			t.Fatal(err)
+		}
+		w := &recordingWaiter{}
+		errc := make(chan error, 1)
+		go func() {
+			if err := p.waitPin(nil, w, "t1"); err != nil {
+				errc <- err
+				return
+			}
+			errc <- nil
+		}()
+		eventually(t, func() bool { return len(w.seen()) > 0 })
+		p.unpin("t1")
+		if err := <-errc; err != nil {
+			t.Fatal(err)
+		}
+		if got, want := w.seen(), []string{"blocking pin", "resumed pin"}; !slices.Equal(got, want) {
+			t.Errorf("the driver heard %q, want %q", got, want)
+		}
+	})
 	for _, tt := range tests {
 		t.Run(tt.desc, func(t *testing.T) {
 			cfg := config.Pool{Size: tt.size, TenantMaxConnections: 1}

@@ -1,12 +1,9 @@
 package main
 
 import (
-	"bufio"
 	"context"
 	"fmt"
 	"os"
-	"strconv"
-	"strings"
 	"sync"
 	"time"
 
@@ -14,6 +11,7 @@ import (
 
 	"github.com/pgtenant/pgtenant/bench/internal/benchutil"
 	"github.com/pgtenant/pgtenant/internal/demo"
+	"github.com/pgtenant/pgtenant/internal/idlecheck"
 	"github.com/pgtenant/pgtenant/internal/pgcluster"
 )
 
@@ -31,10 +29,6 @@ type idleResult struct {
 
 // PerClient is the RSS growth per idle client in bytes.
 func (r idleResult) PerClient() float64 { return float64(r.RSSAfter-r.RSSBefore) / float64(r.N) }
-
-// Settling time before reading RSS, so that buffers allocated during login
-// and freed memory returned by the Go runtime are reflected.
-const settle = 2 * time.Second
 
 // idleCheck measures the pgtenant binary bin (its config and log go to
 // dir), then PgBouncer, each in o.idleMode with o.idle authenticated idle
@@ -82,7 +76,7 @@ func idleCheck(ctx context.Context, c *pgcluster.Cluster, o options, bin, dir st
 func measureIdle(ctx context.Context, c *pgcluster.Cluster, name string, o options, pid int, connStr string) (idleResult, error) {
 	r := idleResult{Target: name, Mode: o.idleMode, N: o.idle}
 	what := fmt.Sprintf("%d %s-mode clients to %s", o.idle, o.idleMode, name)
-	return measureIdleWith(ctx, c, r, what, func() (int64, error) { return rss(pid) }, 30*time.Second, func() (func(), error) {
+	return measureIdleWith(ctx, c, r, what, func() (int64, error) { return idlecheck.RSS(pid) }, 30*time.Second, func() (func(), error) {
 		conns, err := openClients(ctx, connStr, o.idle, 50, o.idle >= 1000)
 		return func() { closeClients(conns) }, err
 	})
@@ -93,7 +87,7 @@ func measureIdle(ctx context.Context, c *pgcluster.Cluster, name string, o optio
 // to whom), once the memory has settled (at most settleMax). stop, which
 // open returns, logs them out.
 func measureIdleWith(ctx context.Context, c *pgcluster.Cluster, r idleResult, what string, measure func() (int64, error), settleMax time.Duration, open func() (stop func(), err error)) (idleResult, error) {
-	time.Sleep(settle)
+	time.Sleep(idlecheck.Settle)
 	var err error
 	if r.RSSBefore, err = measure(); err != nil {
 		return r, err
@@ -109,7 +103,7 @@ func measureIdleWith(ctx context.Context, c *pgcluster.Cluster, r idleResult, wh
 		return r, err
 	}
 	r.Elapsed = time.Since(start).Round(100 * time.Millisecond)
-	if r.RSSAfter, err = settled(measure, settleMax); err != nil {
+	if r.RSSAfter, err = idlecheck.Settled(measure, settleMax); err != nil {
 		return r, err
 	}
 	if r.UpAfter, err = upstreamConns(ctx, c); err != nil {
@@ -192,49 +186,6 @@ func closeClients(conns []*pgconn.PgConn) {
 	}
 	close(ch)
 	wg.Wait()
-}
-
-// settled waits until the memory measure gives has stopped falling (by
-// less than 1% in two seconds), at most max, and returns it. Logging in thousands of clients
-// takes memory that is free again afterwards, and the Go runtime gives free
-// memory back to the system gradually; pgtenant also parks clients idle for
-// over a second, which frees their goroutines. What stays is what idle
-// clients cost.
-func settled(measure func() (int64, error), max time.Duration) (int64, error) {
-	time.Sleep(settle)
-	prev, err := measure()
-	if err != nil {
-		return 0, err
-	}
-	for deadline := time.Now().Add(max); time.Now().Before(deadline); {
-		time.Sleep(2 * time.Second)
-		cur, err := measure()
-		if err != nil {
-			return 0, err
-		}
-		if cur > prev*99/100 {
-			return cur, nil
-		}
-		prev = cur
-	}
-	return prev, nil
-}
-
-// rss returns the resident set size of pid in bytes (VmRSS).
-func rss(pid int) (int64, error) {
-	f, err := os.Open(fmt.Sprintf("/proc/%d/status", pid))
-	if err != nil {
-		return 0, err
-	}
-	defer f.Close()
-	sc := bufio.NewScanner(f)
-	for sc.Scan() {
-		if v, ok := strings.CutPrefix(sc.Text(), "VmRSS:"); ok {
-			kb, err := strconv.ParseInt(strings.TrimSpace(strings.TrimSuffix(strings.TrimSpace(v), "kB")), 10, 64)
-			return kb * 1024, err
-		}
-	}
-	return 0, fmt.Errorf("no VmRSS in /proc/%d/status", pid)
 }
 
 func mib(b int64) string { return fmt.Sprintf("%.1f MiB", float64(b)/(1<<20)) }

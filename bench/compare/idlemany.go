@@ -3,7 +3,6 @@ package main
 import (
 	"bufio"
 	"context"
-	"errors"
 	"fmt"
 	"net"
 	"os"
@@ -11,13 +10,13 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
-	"sync"
 	"time"
 
 	"github.com/jackc/pgx/v5/pgconn"
 
 	"github.com/pgtenant/pgtenant/bench/internal/benchutil"
 	"github.com/pgtenant/pgtenant/internal/demo"
+	"github.com/pgtenant/pgtenant/internal/idlecheck"
 	"github.com/pgtenant/pgtenant/internal/pgcluster"
 )
 
@@ -63,7 +62,7 @@ func idleManyCheck(ctx context.Context, c *pgcluster.Cluster, o options, bin, di
 	total := func() (int64, error) {
 		var sum int64
 		for _, p := range replicas {
-			b, err := rss(p.pid())
+			b, err := idlecheck.RSS(p.pid())
 			if err != nil {
 				return 0, err
 			}
@@ -149,51 +148,11 @@ func runIdleChild(spec string) int {
 	}
 	dialer := &net.Dialer{LocalAddr: &net.TCPAddr{IP: net.ParseIP(src)}, Timeout: 60 * time.Second}
 	cfg.DialFunc = dialer.DialContext
-	conns, err := holdClients(cfg, count, 25)
+	conns, err := idlecheck.Hold(cfg, count, 25)
 	if err != nil {
 		fmt.Printf("after %d clients: %v\n", len(conns), err)
 		return 1
 	}
 	fmt.Println("ready")
 	select {} // until killed
-}
-
-// holdClients logs count clients in, parallel at a time, and keeps only
-// their sockets.
-func holdClients(cfg *pgconn.Config, count, parallel int) ([]net.Conn, error) {
-	var (
-		mu    sync.Mutex
-		conns []net.Conn
-		errs  []error
-		wg    sync.WaitGroup
-	)
-	next := make(chan struct{})
-	for range parallel {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			for range next {
-				ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
-				pc, err := pgconn.ConnectConfig(ctx, cfg)
-				cancel()
-				var hc *pgconn.HijackedConn
-				if err == nil {
-					hc, err = pc.Hijack()
-				}
-				mu.Lock()
-				if err != nil {
-					errs = append(errs, err)
-				} else {
-					conns = append(conns, hc.Conn)
-				}
-				mu.Unlock()
-			}
-		}()
-	}
-	for range count {
-		next <- struct{}{}
-	}
-	close(next)
-	wg.Wait()
-	return conns, errors.Join(errs...)
 }

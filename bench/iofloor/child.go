@@ -21,7 +21,7 @@ import (
 )
 
 // relayKinds are the I/O models, in the order the report lists them.
-var relayKinds = []string{"goroutine-net", "goroutine-raw", "epoll-block", "epoll-raw", "epoll-poller"}
+var relayKinds = []string{"goroutine-net", "goroutine-raw", "epoll-block", "epoll-raw", "epoll-rawreg", "epoll-poller"}
 
 // relay is one I/O model in one process configuration.
 type relay struct {
@@ -64,7 +64,7 @@ func runChild(spec string) int {
 			wrap = newRawConn
 		}
 		err = serveGoroutines(ln, upstream, wrap)
-	case "epoll-block", "epoll-raw", "epoll-poller":
+	case "epoll-block", "epoll-raw", "epoll-rawreg", "epoll-poller":
 		var lfd, port int
 		if lfd, port, err = listenRaw(); err != nil {
 			break

@@ -4,6 +4,7 @@ package main
 
 import (
 	"fmt"
+	"net"
 	"net/netip"
 	"os"
 	"runtime"
@@ -26,6 +27,13 @@ const (
 	// goroutine means waking its own thread) parks until the poller reports
 	// the epoll fd readable, then collects with epoll_wait(0).
 	waitPoller = "poller"
+	// waitRawRegistered: waitRaw, with every socket also registered with
+	// Go's network poller (os.NewFile of a non-blocking socket registers
+	// it, as net.Conn's sockets are): what an event loop over sockets
+	// made by Go's net package meets. The runtime's own epoll_wait, in a
+	// thread with nothing to run, then wakes on every event of every socket
+	// too, though no goroutine waits for any.
+	waitRawRegistered = "rawreg"
 )
 
 // side is one socket of a relayed pair.
@@ -61,6 +69,9 @@ type loop struct {
 	buf      []byte
 	events   []unix.EpollEvent
 	toClose  []int // fds of pairs closed in this batch, closed after it
+	// files holds the sockets registered with Go's poller
+	// (waitRawRegistered), by fd: closed through them.
+	files map[int]*os.File
 }
 
 // listenRaw opens a non-blocking listening socket on 127.0.0.1:0 and returns
@@ -99,6 +110,17 @@ func serveEpoll(lfd int, upstream, wait string) error {
 	}
 	if err := unix.EpollCtl(l.ep, unix.EPOLL_CTL_ADD, lfd, &unix.EpollEvent{Events: unix.EPOLLIN, Fd: int32(lfd)}); err != nil {
 		return err
+	}
+	if wait == waitRawRegistered {
+		wait, l.files = waitRaw, map[int]*os.File{}
+		// Any server has a goroutine waiting on the poller (an Accept, an
+		// HTTP endpoint) or a timer: only then does the runtime wait in its
+		// own epoll_wait when it has nothing to run.
+		ln, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			return err
+		}
+		go func() { _, _ = ln.Accept() }()
 	}
 	switch wait {
 	case waitBlock, waitRaw:
@@ -185,6 +207,11 @@ func (l *loop) handle(n int) {
 	}
 	for _, fd := range l.toClose {
 		l.sides[fd] = nil
+		if f := l.files[fd]; f != nil {
+			delete(l.files, fd)
+			f.Close() // also removes it from both epoll sets
+			continue
+		}
 		unix.Close(fd) // also removes it from the epoll set
 	}
 	l.toClose = l.toClose[:0]
@@ -219,6 +246,10 @@ func (l *loop) accept() {
 			unix.Close(cfd)
 			unix.Close(sfd)
 			continue
+		}
+		if l.files != nil {
+			l.files[cfd] = os.NewFile(uintptr(cfd), "client")
+			l.files[sfd] = os.NewFile(uintptr(sfd), "upstream")
 		}
 		l.track(c)
 		l.track(s)

@@ -19,6 +19,9 @@
 //     loop; it blocks in epoll_wait on a locked thread (through the
 //     runtime's syscall entry, or as a raw syscall), or parks on Go's poller
 //     until the epoll fd is readable and then calls epoll_wait(0).
+//   - epoll-rawreg: epoll-raw over sockets that Go's network poller holds
+//     too, with one goroutine waiting on it (an Accept): the runtime's own
+//     epoll_wait then wakes for every event as well.
 //
 // Each relay runs in a process of its own (this binary, re-executed), so its
 // CPU time (utime + stime of /proc/<pid>/stat) is its alone; -procs runs each
