@@ -25,12 +25,24 @@ func (b leaseBinding) awaitClient() error {
 	if r.cr.Buffered() != 0 {
 		return nil
 	}
-	if r.loop != nil && !r.noPark.Load() && !r.pinned.Load() {
+	if r.poolWait != nil {
+		if r.poolWaitFresh {
+			// Woken with its connection granted (or its wait over): on to
+			// the message that waited.
+			r.poolWaitFresh = false
+			return nil
+		}
+		r.endPoolWait() // what came needed no connection
+	}
+	if r.evLoop() != nil && !r.noPark.Load() && !r.pinned.Load() {
 		// Driven by an event loop (a pinned client's idle timeout is a read
 		// deadline: it waits on its goroutine).
 		if r.loopReady {
 			r.loopReady = false // the loop found the socket readable: read it
-			return nil
+			if !r.queueForConnection() {
+				return nil
+			}
+			// Back to the loop until a connection is granted.
 		}
 		readerPool.Put(r.cr)
 		r.cr = nil

@@ -5,8 +5,8 @@ import (
 	"errors"
 	"net"
 	"os"
-	"runtime/debug"
 	goruntime "runtime"
+	"runtime/debug"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -43,13 +43,19 @@ import (
 type eventLoop struct {
 	epfd   int
 	wakefd int          // eventfd: tells the loop to stop
+	kickfd int          // eventfd: tells the loop its ready queue has items
 	gen    atomic.Int64 // which goroutine is the loop: each hand-over adds one
 
-	// mu guards items, closed and each item's loopState/loopDisarmed.
+	// mu guards items, ready, closed and each item's loopState,
+	// loopDisarmed and loopWoken.
 	mu     sync.Mutex
 	items  map[int32]loopItem // registered in epfd, by socket
+	ready  []loopItem         // woken items the loop serves before it next waits
 	closed bool
 	done   chan struct{} // closed by the loop goroutine that saw the stop
+	// sleeping: the loop has found ready empty and waits (or is about to):
+	// wake kicks it. Set under mu.
+	sleeping atomic.Bool
 
 	closeOnce sync.Once
 }
@@ -58,7 +64,8 @@ type eventLoop struct {
 const (
 	loopOff     = iota // not in the set
 	loopParked         // waiting for the client, in the set: the loop runs it when readable
-	loopRunning        // served by the loop or by a goroutine of its own
+	loopRunning        // served by the loop or by a goroutine of its own, or in the ready queue
+	loopWaiting        // in the set, disarmed, waiting for a pooled connection: wake readies it
 )
 
 // loopThreads maps the OS thread of each running loop goroutine to its
@@ -82,12 +89,21 @@ func newEventLoop() *eventLoop {
 		unix.Close(epfd)
 		return nil
 	}
-	if err := unix.EpollCtl(epfd, unix.EPOLL_CTL_ADD, wakefd, &unix.EpollEvent{Events: unix.EPOLLIN, Fd: int32(wakefd)}); err != nil {
+	kickfd, err := unix.Eventfd(0, unix.EFD_CLOEXEC|unix.EFD_NONBLOCK)
+	if err != nil {
 		unix.Close(epfd)
 		unix.Close(wakefd)
 		return nil
 	}
-	l := &eventLoop{epfd: epfd, wakefd: wakefd, items: map[int32]loopItem{}, done: make(chan struct{})}
+	for _, fd := range []int{wakefd, kickfd} {
+		if err := unix.EpollCtl(epfd, unix.EPOLL_CTL_ADD, fd, &unix.EpollEvent{Events: unix.EPOLLIN, Fd: int32(fd)}); err != nil {
+			unix.Close(epfd)
+			unix.Close(wakefd)
+			unix.Close(kickfd)
+			return nil
+		}
+	}
+	l := &eventLoop{epfd: epfd, wakefd: wakefd, kickfd: kickfd, items: map[int32]loopItem{}, done: make(chan struct{})}
 	l.gen.Store(1) // a relay's loopGen of 0 means not on the loop
 	go l.run()
 	return l
@@ -103,6 +119,9 @@ type loopItem interface {
 	// loopGoOn goes on, on the calling goroutine, after loopStep returned
 	// err to a goroutine that is not the loop (handed over) or for an end.
 	loopGoOn(err error)
+	// loopRest is called when a step has left the item waiting on the loop:
+	// it gives back what it needs only while working.
+	loopRest()
 }
 
 // park and unpark are a client's (clientParker).
@@ -139,8 +158,80 @@ func (l *eventLoop) parkItem(it loopItem) bool {
 		}
 	}
 	s.loopDisarmed = false
-	s.loopState = loopParked
+	l.restLocked(it)
 	return true
+}
+
+// restLocked sets a registered item, its step over, to wait: for its
+// socket, or for a pooled connection (its loopWaitGrant), or at once in
+// the ready queue if that grant came during the step. Caller holds mu.
+func (l *eventLoop) restLocked(it loopItem) {
+	s := it.slot()
+	if !s.loopWaitGrant {
+		if s.loopDisarmed {
+			ev := unix.EpollEvent{Events: unix.EPOLLIN | unix.EPOLLRDHUP, Fd: s.parkFD}
+			_ = unix.EpollCtl(l.epfd, unix.EPOLL_CTL_MOD, int(s.parkFD), &ev)
+			s.loopDisarmed = false
+		}
+		s.loopWoken = false
+		s.loopState = loopParked
+		return
+	}
+	s.loopWaitGrant = false
+	if s.loopWoken {
+		s.loopWoken = false
+		s.loopState = loopRunning
+		l.ready = append(l.ready, it)
+		return
+	}
+	s.loopState = loopWaiting
+}
+
+// wake readies an item waiting for a pooled connection; one still in its
+// step is readied when the step ends (restLocked).
+func (l *eventLoop) wake(it loopItem) {
+	s := it.slot()
+	l.mu.Lock()
+	if l.items[s.parkFD] != it {
+		l.mu.Unlock()
+		return
+	}
+	switch s.loopState {
+	case loopWaiting:
+		s.loopState = loopRunning
+		l.ready = append(l.ready, it)
+	case loopRunning:
+		s.loopWoken = true
+	}
+	kick := l.sleeping.Load()
+	l.mu.Unlock()
+	if kick {
+		one := []byte{1, 0, 0, 0, 0, 0, 0, 0}
+		_, _ = unix.Write(l.kickfd, one)
+	}
+}
+
+// runReady serves the items woken since the last wait; false if the loop
+// was handed over meanwhile.
+func (l *eventLoop) runReady(gen int64) bool {
+	for {
+		l.mu.Lock()
+		if len(l.ready) == 0 {
+			l.sleeping.Store(true)
+			l.mu.Unlock()
+			return true
+		}
+		it := l.ready[0]
+		l.ready[0] = nil
+		l.ready = l.ready[1:]
+		if len(l.ready) == 0 {
+			l.ready = l.ready[:0:0]
+		}
+		l.mu.Unlock()
+		if !l.serve(it, gen) {
+			return false
+		}
+	}
 }
 
 // unparkItem takes an item out of the set for good, before anyone closes
@@ -152,7 +243,7 @@ func (l *eventLoop) unparkItem(it loopItem) {
 	l.mu.Lock()
 	s.noPark.Store(true)
 	mine := l.items[s.parkFD] == it
-	parked := mine && s.loopState == loopParked
+	parked := mine && (s.loopState == loopParked || s.loopState == loopWaiting)
 	if mine {
 		l.forgetLocked(it)
 	}
@@ -183,7 +274,11 @@ func (l *eventLoop) run() {
 	loopThreads.Unlock()
 	events := make([]unix.EpollEvent, 64)
 	for {
+		if !l.runReady(gen) {
+			return
+		}
 		n, err := l.wait(events)
+		l.sleeping.Store(false)
 		dbgWaits.Add(1)
 		if err == unix.EINTR {
 			// A signal: the runtime may want this goroutine stopped (the
@@ -199,6 +294,11 @@ func (l *eventLoop) run() {
 			return
 		}
 		for _, ev := range events[:max(n, 0)] {
+			if int(ev.Fd) == l.kickfd {
+				var b [8]byte
+				_, _ = unix.Read(l.kickfd, b[:])
+				continue
+			}
 			if int(ev.Fd) == l.wakefd {
 				l.leaveThread(tid)
 				goruntime.UnlockOSThread()
@@ -275,10 +375,11 @@ func (l *eventLoop) serve(it loopItem, gen int64) bool {
 		return false
 	}
 	if err == errParked {
+		it.loopRest()
 		l.mu.Lock()
 		parked := !s.noPark.Load() && l.items[s.parkFD] == it
 		if parked {
-			s.loopState = loopParked
+			l.restLocked(it)
 		}
 		l.mu.Unlock()
 		if parked {
@@ -344,6 +445,7 @@ func (l *eventLoop) close() {
 		l.resumeAll()
 		unix.Close(l.epfd)
 		unix.Close(l.wakefd)
+		unix.Close(l.kickfd)
 	})
 }
 
@@ -356,11 +458,14 @@ func (l *eventLoop) resumeAll() {
 	for _, it := range l.items {
 		s := it.slot()
 		s.noPark.Store(true)
-		if s.loopState == loopParked {
+		if s.loopState == loopParked || s.loopState == loopWaiting {
 			parked = append(parked, it)
 		}
 		l.forgetLocked(it)
 	}
+	// Woken but not served: nobody else will.
+	parked = append(parked, l.ready...)
+	l.ready = nil
 	l.mu.Unlock()
 	for _, it := range parked {
 		go it.loopGoOn(errParked)
@@ -373,8 +478,7 @@ var useEventLoop = os.Getenv("PGTENANT_EVENT_LOOP") != ""
 
 // useLoop makes l drive r's request side whenever it waits for the client.
 func (r *relay) useLoop(l *eventLoop) {
-	r.loop, r.parker = l, l
-	r.loopIn.r = r
+	r.parker = l
 	r.waits = loopWaiter{r}
 	if dc, ok := r.client.(*directConn); ok {
 		if useOwnedSockets && dc.own() == nil {
@@ -386,10 +490,81 @@ func (r *relay) useLoop(l *eventLoop) {
 
 func (r *relay) slot() *loopSlot { return &r.loopSlot }
 
+// loopWoken readies r on its loop: its wait for a connection is over.
+func (r *relay) loopWoken() { r.evLoop().wake(r) }
+
+// loopRest gives the relayWork back when the client holds nothing between
+// steps, as a parked client does (relaywork.go): no message under way, no
+// group, no connection held or waited for. A busy client keeps it (its
+// steps end with its transaction's connection held).
+func (r *relay) loopRest() {
+	if r.relayWork == nil || r.cr != nil || r.inGroup || r.poolWait != nil {
+		return
+	}
+	r.leaseMu.Lock()
+	free := r.sc == nil
+	r.leaseMu.Unlock()
+	if free {
+		r.putWork()
+	}
+}
+
+// evLoop is the event loop that drives r, if any: its parker.
+func (r *relay) evLoop() *eventLoop {
+	l, _ := r.parker.(*eventLoop)
+	return l
+}
+
+// queueForConnection: on the loop, with the client's next message come and
+// no connection held, a client that would have to wait for one waits in
+// the pool's queue without a goroutine (txPool.waitLater); the loop serves
+// it again once one is granted. Reports whether it queued.
+//
+// Why: a wait inside the step would hand the loop over (a goroutine and a
+// thread switch per transaction whenever clients outnumber connections).
+func (r *relay) queueForConnection() bool {
+	r.leaseMu.Lock()
+	held := r.sc != nil
+	r.leaseMu.Unlock()
+	if held || r.pool == nil {
+		return false
+	}
+	woken := r.loopWoken
+	w := r.pool.waitLater(r.tenant, woken)
+	if w == nil {
+		return false
+	}
+	if typ, ok := peekType(r.client); !ok || !needsConnection(typ) {
+		r.pool.endWait(w)
+		return false
+	}
+	r.poolWait, r.poolWaitFresh = w, true
+	r.loopWaitGrant = true
+	r.poolTimer = time.AfterFunc(r.pool.cfg.WaitTimeout.Duration, woken)
+	return true
+}
+
+// peekType returns the first byte waiting on a client socket, leaving it
+// there.
+func peekType(conn net.Conn) (byte, bool) {
+	dc, ok := conn.(*directConn)
+	if !ok {
+		return 0, false
+	}
+	var b [1]byte
+	var n uintptr
+	var e unix.Errno
+	_ = dc.raw.Control(func(fd uintptr) {
+		n, _, e = unix.RawSyscall6(unix.SYS_RECVFROM, fd, uintptr(unsafe.Pointer(&b[0])), 1, unix.MSG_PEEK|unix.MSG_DONTWAIT, 0, 0)
+	})
+	return b[0], e == 0 && n == 1
+}
+
 func (r *relay) loopStep() error {
 	if r.relayWork == nil {
 		r.takeWork()
 	}
+	r.loopIn.r = r
 	if r.cr == nil {
 		r.cr = readerPool.Get().(*bufio.Reader)
 		r.cr.Reset(&r.loopIn)
@@ -402,7 +577,7 @@ func (r *relay) loopStep() error {
 func (r *relay) loopGoOn(err error) { r.sess.endPooled(err) }
 
 // onLoop reports whether r's request side runs on its loop's goroutine now.
-func (r *relay) onLoop() bool { return r.loopSlot.onLoop(r.loop) }
+func (r *relay) onLoop() bool { return r.loopSlot.onLoop(r.evLoop()) }
 
 // loopReader is the client reader's source on an event loop: between
 // messages it takes only what the socket holds (errWouldBlock: back to the
@@ -447,6 +622,8 @@ func (sc *serverConn) loopStep() error { return sc.pool.serveSome(sc) }
 
 func (sc *serverConn) loopGoOn(err error) { sc.pool.serveFrom(sc, err) }
 
+func (sc *serverConn) loopRest() {}
+
 // serverLoopReader is a pooled connection reader's source on an event loop
 // (as loopReader for a client).
 type serverLoopReader struct{ sc *serverConn }
@@ -479,7 +656,7 @@ type loopWaiter struct{ r *relay }
 
 func (w loopWaiter) blocking(waitKind) {
 	if w.r.onLoop() {
-		w.r.loop.yield()
+		w.r.evLoop().yield()
 	}
 }
 

@@ -14,9 +14,10 @@ var errWouldBlock = errors.New("would block")
 
 func newEventLoop() *eventLoop { return nil }
 
-func (l *eventLoop) park(*relay) bool { return false }
-func (l *eventLoop) unpark(*relay)    {}
-func (l *eventLoop) close()           {}
-func (l *eventLoop) yield()           {}
-func (r *relay) useLoop(*eventLoop)   {}
-func (r *relay) onLoop() bool         { return false }
+func (l *eventLoop) park(*relay) bool     { return false }
+func (l *eventLoop) unpark(*relay)        {}
+func (l *eventLoop) close()               {}
+func (l *eventLoop) yield()               {}
+func (r *relay) useLoop(*eventLoop)       {}
+func (r *relay) onLoop() bool             { return false }
+func (r *relay) queueForConnection() bool { return false }

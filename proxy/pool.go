@@ -189,6 +189,11 @@ func (p *txPool) dropContext(key string) {
 type poolWaiter struct {
 	tenant string
 	got    chan poolGrant // buffered: the granter never blocks
+	// woken, when set, is called (under p.mu) once a grant is in got: an
+	// event loop's client waits for it without a goroutine (waitLater).
+	woken func()
+	since time.Time // when the wait began (waitLater)
+	pool  *txPool   // the pool it waits in (waitLater)
 }
 
 // poolGrant hands a waiter an idle connection, or the right to open one.
@@ -222,8 +227,15 @@ var errPoolClosed = fatalf(codeAdminShutdown, "terminating connection due to adm
 // sat idle long, and with no cancel request in flight. wt hears of every
 // wait: for a connection to come free, and for the upstream (a dial, or
 // the round trip that readies a connection).
-func (p *txPool) acquire(cancel <-chan struct{}, wt waiter, tenant string, pc *poolContext) (*serverConn, error) {
-	sc, open, err := p.reserve(cancel, wt, tenant, pc.key)
+//
+// pre, if not nil, is the wait waitLater queued for this client: granted
+// by now, or still to be waited for.
+func (p *txPool) acquire(cancel <-chan struct{}, wt waiter, tenant string, pc *poolContext, pre *poolWaiter) (*serverConn, error) {
+	if pre != nil && pre.pool != p {
+		pre.pool.endWait(pre) // queued before a resume moved the tenant
+		pre = nil
+	}
+	sc, open, err := p.reserve(cancel, wt, tenant, pc.key, pre)
 	if err != nil {
 		return nil, err
 	}
@@ -255,7 +267,10 @@ func (p *txPool) acquire(cancel <-chan struct{}, wt waiter, tenant string, pc *p
 
 // reserve takes an idle connection or the right to open one, waiting in
 // the tenant's queue when neither is possible now.
-func (p *txPool) reserve(cancel <-chan struct{}, wt waiter, tenant, key string) (*serverConn, bool, error) {
+func (p *txPool) reserve(cancel <-chan struct{}, wt waiter, tenant, key string, pre *poolWaiter) (*serverConn, bool, error) {
+	if pre != nil {
+		return p.awaitGrant(cancel, wt, pre)
+	}
 	p.mu.Lock()
 	if p.closed {
 		p.mu.Unlock()
@@ -286,18 +301,39 @@ func (p *txPool) reserve(cancel <-chan struct{}, wt waiter, tenant, key string) 
 	p.nwaiting++
 	p.mu.Unlock()
 	p.obs().PoolWait(p.name, tenant)
+	w.since = time.Now()
+	return p.awaitGrant(cancel, wt, w)
+}
 
-	wt.blocking(blockOnPool)
-	defer wt.resumed(blockOnPool)
-	timer := time.NewTimer(p.cfg.WaitTimeout.Duration)
-	defer timer.Stop()
+// awaitGrant waits for w's grant until pool.wait_timeout after it was
+// queued.
+func (p *txPool) awaitGrant(cancel <-chan struct{}, wt waiter, w *poolWaiter) (*serverConn, bool, error) {
 	select {
 	case g := <-w.got:
 		return g.sc, g.open, nil
-	case <-timer.C:
-	case <-cancel:
-	case <-p.ctx.Done():
+	default:
 	}
+	if left := p.cfg.WaitTimeout.Duration - time.Since(w.since); left > 0 {
+		wt.blocking(blockOnPool)
+		timer := time.NewTimer(left)
+		select {
+		case g := <-w.got:
+			timer.Stop()
+			wt.resumed(blockOnPool)
+			return g.sc, g.open, nil
+		case <-timer.C:
+		case <-cancel:
+		case <-p.ctx.Done():
+		}
+		timer.Stop()
+		wt.resumed(blockOnPool)
+	}
+	return p.giveUpWait(w)
+}
+
+// giveUpWait ends a wait that timed out or was cancelled: a grant that
+// came meanwhile is taken after all.
+func (p *txPool) giveUpWait(w *poolWaiter) (*serverConn, bool, error) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	select {
@@ -329,6 +365,51 @@ func (p *txPool) takeIdle(key string) *serverConn {
 	sc := p.idle[i]
 	p.idle = slices.Delete(p.idle, i, i+1)
 	return sc
+}
+
+// waitLater queues an event loop's client for a connection when the
+// tenant would have to wait for one now, and returns the wait; woken is
+// called once it is granted (or never: the client's own wait in acquire
+// then ends it at pool.wait_timeout). nil: no wait now, acquire goes on at
+// once (or refuses).
+func (p *txPool) waitLater(tenant string, woken func()) *poolWaiter {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.closed || len(p.waiters[tenant]) == 0 && p.active[tenant] < p.cfg.TenantCap(tenant) && (len(p.idle) > 0 || p.open < p.cfg.Size) {
+		return nil
+	}
+	if p.cfg.MaxWaiting > 0 && p.nwaiting >= p.cfg.MaxWaiting {
+		return nil
+	}
+	w := &poolWaiter{tenant: tenant, got: make(chan poolGrant, 1), woken: woken, since: time.Now(), pool: p}
+	if len(p.waiters[tenant]) == 0 {
+		p.ring = append(p.ring, tenant)
+	}
+	p.waiters[tenant] = append(p.waiters[tenant], w)
+	p.nwaiting++
+	p.obs().PoolWait(p.name, tenant)
+	return w
+}
+
+// endWait ends a wait queued by waitLater that the client no longer needs
+// (what it sent needed no connection, or it is leaving): a grant goes back.
+func (p *txPool) endWait(w *poolWaiter) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	select {
+	case g := <-w.got:
+		if p.active[w.tenant]--; p.active[w.tenant] <= 0 {
+			delete(p.active, w.tenant)
+		}
+		if g.sc != nil {
+			p.idle = append(p.idle, g.sc)
+		} else {
+			p.open--
+		}
+		p.dispatch()
+	default:
+		p.removeWaiter(w)
+	}
 }
 
 func (p *txPool) removeWaiter(w *poolWaiter) {
@@ -376,6 +457,9 @@ func (p *txPool) dispatch() {
 			}
 			p.active[tenant]++
 			w.got <- g
+			if w.woken != nil {
+				w.woken()
+			}
 			served = true
 		}
 	}
@@ -762,7 +846,7 @@ func (p *txPool) cacheStatuses(paramsKey string, m map[string]string) {
 // checks that the settings apply and returns the parameter statuses a
 // client with those settings is to be told.
 func (p *txPool) learnStatuses(tenant string, pc *poolContext, assertion []byte, timeout time.Duration) (map[string]string, error) {
-	sc, err := p.acquire(nil, noWaiter{}, tenant, pc)
+	sc, err := p.acquire(nil, noWaiter{}, tenant, pc, nil)
 	if err != nil {
 		return nil, err
 	}
@@ -930,6 +1014,13 @@ func (p *txPool) close() {
 	p.idle = nil
 	p.open -= len(idle)
 	p.stop()
+	for _, q := range p.waiters {
+		for _, w := range q {
+			if w.woken != nil {
+				w.woken() // its acquire sees the pool closed
+			}
+		}
+	}
 	p.mu.Unlock()
 	for _, sc := range idle {
 		sc.dead.Store(true)

@@ -45,7 +45,6 @@ type pooledState struct {
 	// clientEncoding is its client_encoding as last reported (a string).
 	listen         listenState
 	notes          *noteBox
-	listened       atomic.Bool // listen.hub is set: the client's channels are on this pool's hub
 	clientEncoding atomic.Value
 
 	// The client's own settings (carried.go): startup are its startup
@@ -82,16 +81,12 @@ type pooledState struct {
 
 	// A client idle longer than parkAfter leaves its goroutine and waits in
 	// the parker (parker_linux.go); parker is nil for clients that cannot.
+	// An event loop drives the request side instead (eventloop_linux.go)
+	// when parker is one (evLoop).
 	parker    clientParker
-	loopSlot  // parkFD, noPark and, under an event loop, its bookkeeping
+	loopSlot  // parkFD, noPark, parkState and, under an event loop, its bookkeeping
 	parkMu    sync.Mutex
-	parkState uint8 // parkNone, parkWaiting (in parkReader), parkTaken
 	parkSince int64 // when it started waiting, UnixNano
-
-	// An event loop drives the request side instead (eventloop_linux.go),
-	// when loop is set; then parker is the loop.
-	loop   *eventLoop
-	loopIn loopReader // what the client reader reads on the loop
 }
 
 // loopSlot is what an event loop keeps of a client or pooled connection
@@ -103,8 +98,15 @@ type loopSlot struct {
 	loopGen      int64 // the loop's generation serving it now; 0: none
 	loopReady    bool  // a step begins: the socket is readable
 	loopBoundary bool  // reading between two messages: may go back to the loop
-	loopState    uint8 // loopOff, loopParked, loopRunning; under the loop's mu
+	loopState    uint8 // loopOff, loopParked, loopRunning, loopWaiting; under the loop's mu
 	loopDisarmed bool  // out of the loop's events while served elsewhere; under the loop's mu
+	// loopWaitGrant: the step that ends queued a wait for a pooled
+	// connection (set by the step, read under the loop's mu); loopWoken:
+	// its grant came during the step (under the loop's mu).
+	loopWaitGrant bool
+	loopWoken     bool
+
+	parkState uint8 // the parker's: parkNone, parkWaiting (in parkReader), parkTaken; under the relay's parkMu
 }
 
 // clientParker holds idle clients without a goroutine: the parker, or an
@@ -173,7 +175,7 @@ func (r *relay) parkReader(mayLeave bool) error {
 		readerPool.Put(r.cr)
 		r.cr = nil
 	}
-	leave := mayLeave && r.loop == nil && r.parker != nil && !r.noPark.Load()
+	leave := mayLeave && r.evLoop() == nil && r.parker != nil && !r.noPark.Load()
 	if leave {
 		r.parkMu.Lock()
 		r.parkState, r.parkSince = parkWaiting, time.Now().UnixNano()
@@ -275,7 +277,7 @@ func (r *relay) leaseFor(typ byte, startsUnit bool) (bool, error) {
 		return false, errDraining
 	}
 	r.prepared() // before the reply side can need them
-	sc, err := r.pool.acquire(r.done, r.waits, r.tenant, r.pctx)
+	sc, err := r.pool.acquire(r.done, r.waits, r.tenant, r.pctx, r.takePoolWait())
 	if err != nil {
 		return false, err
 	}
@@ -291,6 +293,34 @@ func (r *relay) leaseFor(typ byte, startsUnit bool) (bool, error) {
 	r.leaseMu.Unlock()
 	r.txStatus.Store('I')
 	return true, nil
+}
+
+// takePoolWait hands acquire the wait queued for this client, if any.
+func (r *relay) takePoolWait() *poolWaiter {
+	w := r.poolWait
+	if w != nil {
+		r.poolWait, r.poolWaitFresh = nil, false
+		r.poolTimer.Stop()
+	}
+	return w
+}
+
+// endPoolWait ends a queued wait nothing needed after all: the message it
+// waited for needed no connection, or the session ends.
+func (r *relay) endPoolWait() {
+	if w := r.takePoolWait(); w != nil {
+		w.pool.endWait(w)
+	}
+}
+
+// needsConnection: a message of this type that starts a unit leases a
+// connection (leaseFor), or may.
+func needsConnection(typ byte) bool {
+	switch typ {
+	case 'X', 'H', 'd', 'c', 'f':
+		return false
+	}
+	return true
 }
 
 // takeWriterLocked starts a write section on the held connection: the

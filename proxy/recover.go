@@ -29,6 +29,15 @@ type TestingKnobs struct {
 // SetTestingKnobs installs knobs for sessions started from now on.
 func (s *Server) SetTestingKnobs(k *TestingKnobs) { s.knobs.Store(k) }
 
+// testingKnobs returns the server's knobs; nil outside tests (and for a
+// relay without a session, in the package's own tests).
+func (r *relay) testingKnobs() *TestingKnobs {
+	if r.sess == nil {
+		return nil
+	}
+	return r.sess.s.knobs.Load()
+}
+
 // knobsHolder is where the server keeps its knobs.
 type knobsHolder = atomic.Pointer[TestingKnobs]
 

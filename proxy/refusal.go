@@ -87,8 +87,8 @@ func (r *relay) wholeMessage(size int) ([]byte, error) {
 // the bytes to send upstream instead when the message is refused, and whether
 // the message resets the tenant context (RESET ALL, DISCARD ALL).
 func (r *relay) check(msg []byte) (substitute []byte, resets, deallocates bool, err error) {
-	if r.knobs != nil && r.knobs.OnStatement != nil {
-		r.knobs.OnStatement(statementText(msg))
+	if k := r.testingKnobs(); k != nil && k.OnStatement != nil {
+		k.OnStatement(statementText(msg))
 	}
 	var verdictErr *pgconn.PgError
 	var name, pins string

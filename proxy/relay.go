@@ -60,8 +60,7 @@ type relay struct {
 	upstreamTimeout time.Duration // no byte from the upstream for this long while a reply is owed ends the session
 	clientOut       io.Writer     // what cw writes to: the client, or a rearmingWriter with upstreamTimeout
 	obs             Observer
-	knobs           *TestingKnobs // nil outside tests
-	user            string        // the login user, named when its token expires
+	user            string // the login user, named when its token expires
 	tenant          string
 	audit           *auditState // nil when the audit log is off (audit.go)
 	// notifyScope prefixes the tenant's notification channels upstream
@@ -90,6 +89,7 @@ type relay struct {
 	// the assertion inside a block the client began (startUnit);
 	// blockAsserted, that one was sent since the last transaction start.
 	inBlockDue, blockAsserted bool
+	sawFatal                  bool   // the upstream sent a FATAL or PANIC (reply side)
 	seq                       uint64 // the unit being sent (request side)
 	// Request side: the statements whose text mentions COPY, and the
 	// portals bound to them (nil for most sessions): an Execute of one may
@@ -103,13 +103,16 @@ type relay struct {
 	// then signals notify at every reply. The relay's own, not
 	// relayWork's: the reply side signals after the unit's end, when a
 	// client that has gone idle may already be parked.
-	waiting      atomic.Bool
-	busy         atomic.Bool // see hold
-	notify       chan struct{}
-	sawFatal     bool        // the upstream sent a FATAL or PANIC (reply side)
-	closing      atomic.Bool // the session is ending; suppress "upstream lost"
-	panicked     atomic.Bool // a bug ended the session (recover.go): the client is told so
-	draining     atomic.Bool // the server is shutting down: end at the next idle point
+	waiting  atomic.Bool
+	busy     atomic.Bool // see hold
+	notify   chan struct{}
+	closing  atomic.Bool // the session is ending; suppress "upstream lost"
+	panicked atomic.Bool // a bug ended the session (recover.go): the client is told so
+	draining atomic.Bool // the server is shutting down: end at the next idle point
+	// listened (transaction mode): listen.hub is set, the client's
+	// channels are on this pool's hub. Here rather than in pooledState,
+	// where it would cost the relay a size class (TestIdleClientStructSizes).
+	listened     atomic.Bool
 	unsafeLexing atomic.Value
 	done         chan struct{} // closed when the reply side returns
 

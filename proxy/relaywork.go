@@ -5,6 +5,7 @@ import (
 	"net"
 	"sync"
 	"sync/atomic"
+	"time"
 
 	"github.com/jackc/pgx/v5/pgconn"
 
@@ -82,6 +83,14 @@ type relayWork struct {
 	// request side waits for its next bytes in park, the reply side
 	// takes a writer for the length of a lease.
 	prefix prefixReader
+
+	loopIn loopReader // what the client reader reads on an event loop
+	// A wait for a pooled connection an event loop queued before the
+	// message that needs it was read (queueForConnection): fresh until the
+	// step it wakes begins; poolTimer ends it at pool.wait_timeout.
+	poolWait      *poolWaiter
+	poolWaitFresh bool
+	poolTimer     *time.Timer
 }
 
 var workPool = sync.Pool{New: func() any { return new(relayWork) }}

@@ -171,8 +171,8 @@ func (r *relay) drop(msg []byte, size int) error {
 // msg, of size bytes (whole, or its head: see nextReply).
 func (r *relay) reply(msg []byte, size int) error {
 	typ := msg[0]
-	if r.knobs != nil && r.knobs.OnReply != nil {
-		r.knobs.OnReply(typ)
+	if k := r.testingKnobs(); k != nil && k.OnReply != nil {
+		k.OnReply(typ)
 	}
 	r.stats.toClient += int64(size)
 	switch typ {

@@ -319,7 +319,6 @@ func (s *Server) configureRelay(rt *runtime, rl *relay, ident auth.Identity) {
 	if rl.guard != nil {
 		rl.notifyScope = rt.scopes.get(rt.cfg, ident.Tenant)
 	}
-	rl.knobs = s.knobs.Load()
 	if tp := rt.cfg.TenantPolicy(ident.Tenant); tp.TransactionsPerSecond > 0 {
 		rl.rate = &rateLimit{bucket: rt.limiters.bucket(ident.Tenant), rate: tp.TransactionsPerSecond, burst: tp.RateLimitBurst, maxWait: tp.RateLimitWait}
 	}
@@ -515,10 +514,13 @@ func (ss *session) endPooled(reqErr error) {
 	r := ss.relay
 	if reqErr == errParked {
 		// Parked, it needs no relayWork: given back before the parker can
-		// resume it on another goroutine. An event loop's client keeps it:
-		// it may park in the middle of an extended-protocol group.
-		if r.loop == nil {
+		// resume it on another goroutine. An event loop's client may go back
+		// to its loop in the middle of a group or a transaction: it gives it
+		// back only when it holds nothing (loopRest).
+		if r.evLoop() == nil {
 			r.putWork()
+		} else {
+			r.loopRest()
 		}
 		if r.parker.park(r) {
 			return
@@ -529,6 +531,7 @@ func (ss *session) endPooled(reqErr error) {
 		ss.resume()
 		return
 	}
+	r.endPoolWait()
 	first := !r.closing.Swap(true)
 	// Whoever writes to the client now (finish, or failResponse) must not
 	// wait long for a client that does not read.

@@ -174,7 +174,7 @@ func TestPoolWaitsTellTheDriver(t *testing.T) {
 			defer p.close()
 			p.idle, p.open = tt.idle, len(tt.idle)
 			w := &recordingWaiter{}
-			_, _ = p.acquire(nil, w, "t1", &poolContext{key: "k"})
+			_, _ = p.acquire(nil, w, "t1", &poolContext{key: "k"}, nil)
 			if got := w.seen(); !slices.Equal(got, tt.want) {
 				t.Errorf("the driver heard %q, want %q", got, tt.want)
 			}
