@@ -37,8 +37,12 @@ func (b leaseBinding) awaitClient() error {
 	if r.evLoop() != nil && !r.noPark.Load() && !r.pinned.Load() {
 		// Driven by an event loop (a pinned client's idle timeout is a read
 		// deadline: it waits on its goroutine).
-		if r.loopReady {
-			r.loopReady = false // the loop found the socket readable: read it
+		// On the loop, and the loop found the socket readable: read it. A
+		// goroutine the loop was handed to goes back to it rather than
+		// wait for the client (it would hold a thread).
+		ready := r.loopReady && r.onLoop()
+		r.loopReady = false
+		if ready {
 			if !r.queueForConnection() {
 				return nil
 			}

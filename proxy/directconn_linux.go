@@ -91,6 +91,10 @@ func (c *directConn) read(b []byte, noWait bool) (int, error) {
 		return 0, errWouldBlock
 	case errno != 0:
 		return 0, c.opError("read", errno)
+	case n == 0 && c.owned != nil && c.owned.closing():
+		// Closed under the read (its shutdown ended it): what Go's own
+		// socket says then.
+		return 0, &net.OpError{Op: "read", Net: "tcp", Source: c.LocalAddr(), Addr: c.RemoteAddr(), Err: net.ErrClosed}
 	case n == 0:
 		return 0, io.EOF
 	}

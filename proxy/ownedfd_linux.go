@@ -36,7 +36,7 @@ const ownedClosing = 1 << 63
 
 // ownedWaitSlice bounds one poll(2) wait, so that a deadline moved during
 // a wait is seen within it.
-const ownedWaitSlice = 50 * time.Millisecond
+const ownedWaitSlice = 250 * time.Millisecond
 
 // ownSocket takes the descriptor of a Go socket out of the poller: it
 // duplicates it, then closes Go's (which leaves the socket open under the
@@ -55,6 +55,12 @@ func ownSocket(conn net.Conn, raw interface {
 	return &ownedFD{fd: fd}, nil
 }
 
+func (o *ownedFD) closing() bool { return o.state.Load()&ownedClosing != 0 }
+
+// closeFD closes a descriptor whose last reference is gone (a variable for
+// the tests).
+var closeFD = unix.Close
+
 func (o *ownedFD) acquire() bool {
 	for {
 		s := o.state.Load()
@@ -69,7 +75,7 @@ func (o *ownedFD) acquire() bool {
 
 func (o *ownedFD) release() {
 	if o.state.Add(^uint64(0)) == ownedClosing {
-		_ = unix.Close(o.fd)
+		_ = closeFD(o.fd)
 	}
 }
 
@@ -131,7 +137,7 @@ func (o *ownedFD) do(f func(fd uintptr) bool, events int16, deadline *atomic.Int
 
 func (o *ownedFD) wait(events int16, deadline *atomic.Int64) error {
 	for {
-		if o.state.Load()&ownedClosing != 0 {
+		if o.closing() {
 			return net.ErrClosed
 		}
 		slice := ownedWaitSlice
@@ -154,7 +160,7 @@ func (o *ownedFD) wait(events int16, deadline *atomic.Int64) error {
 }
 
 func (o *ownedFD) setDeadline(read, write bool, t time.Time) error {
-	if o.state.Load()&ownedClosing != 0 {
+	if o.closing() {
 		return net.ErrClosed
 	}
 	var d int64

@@ -688,10 +688,13 @@ func (p *txPool) serveSome(sc *serverConn) (err error) {
 			}
 		}
 		if sc.r.Buffered() == 0 && sc.loop != nil && !sc.noPark.Load() {
-			if !sc.loopReady {
+			// On the loop, the loop found the socket readable: read it. A
+			// goroutine the loop was handed to goes back to it.
+			ready := sc.loopReady && sc.onLoop(sc.loop)
+			sc.loopReady = false
+			if !ready {
 				return errParked
 			}
-			sc.loopReady = false // the loop found the socket readable: read it
 		}
 		sc.loopBoundary = true
 		typ, size, err := readHeader(sc.r)
