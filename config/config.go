@@ -55,6 +55,11 @@ type Config struct {
 	Users          []User   `yaml:"users"`
 	// Limits protect the proxy and the upstream from clients.
 	Limits Limits `yaml:"limits"`
+	// EventLoop (Linux; default true) drives transaction-mode clients over
+	// plain TCP, and pooled connections, from an event loop over sockets
+	// pgtenant takes out of Go's network poller, instead of a goroutine
+	// each; false keeps goroutines (see README, What it costs).
+	EventLoop *bool `yaml:"event_loop"`
 	// ReusePort sets SO_REUSEPORT on the listener, so that a new pgtenant
 	// can start on the same address while the old one drains.
 	ReusePort bool `yaml:"reuse_port"`
@@ -133,6 +138,9 @@ type SignedContext struct {
 	Key     string `yaml:"key"`     // hex, at least 32 bytes; use ${ENV}
 	Setting string `yaml:"setting"` // default: the tenant setting's prefix + "tenant_sig"
 }
+
+// UsesEventLoop reports whether event_loop is on (the default).
+func (c *Config) UsesEventLoop() bool { return c.EventLoop == nil || *c.EventLoop }
 
 // SignatureSetting returns the setting that carries the signature.
 func (c *Config) SignatureSetting() string {

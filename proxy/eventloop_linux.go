@@ -6,7 +6,6 @@ import (
 	"net"
 	"os"
 	goruntime "runtime"
-	"runtime/debug"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -273,13 +272,13 @@ func (l *eventLoop) run() {
 	loopThreads.n.Add(1)
 	loopThreads.Unlock()
 	events := make([]unix.EpollEvent, 64)
+	raw := goruntime.GOMAXPROCS(0) > 1
 	for {
 		if !l.runReady(gen) {
 			return
 		}
-		n, err := l.wait(events)
+		n, err := l.wait(events, raw)
 		l.sleeping.Store(false)
-		dbgWaits.Add(1)
 		if err == unix.EINTR {
 			// A signal: the runtime may want this goroutine stopped (the
 			// garbage collector's stop-the-world); give it the chance.
@@ -318,23 +317,35 @@ func (l *eventLoop) run() {
 	}
 }
 
-// wait waits for events with a raw system call, which the runtime does
-// not see: the loop keeps its P while it waits, so that nothing has to
-// hand it off and take it back around every wait (through unix.EpollWait
-// that cost more than the event loop saved). A signal (the runtime's
-// preemption request among them) ends the wait with EINTR.
-func (l *eventLoop) wait(events []unix.EpollEvent) (int, error) {
-	if rawLoopWait {
-		n, _, e := unix.RawSyscall6(unix.SYS_EPOLL_PWAIT, uintptr(l.epfd), uintptr(unsafe.Pointer(&events[0])), uintptr(len(events)), ^uintptr(0), 0, 0)
-		if e != 0 {
-			return 0, e
+// wait waits for events. First with a raw system call, which the runtime
+// does not see: the loop keeps its P while it waits, so that nothing has
+// to hand it off and take it back around every wait (through the
+// runtime's system-call entry that cost more than the event loop saved).
+// A signal (the runtime's preemption request among them) ends that wait
+// with EINTR. After rawWaitFor with nothing, or always when the process
+// has one P (the loop would hold the only one, and goroutines it readied
+// would wait for it), it waits through the runtime's entry, which gives
+// the P to other goroutines while the loop sleeps.
+func (l *eventLoop) wait(events []unix.EpollEvent, raw bool) (int, error) {
+	if raw {
+		n, _, e := unix.RawSyscall6(unix.SYS_EPOLL_PWAIT, uintptr(l.epfd), uintptr(unsafe.Pointer(&events[0])), uintptr(len(events)), uintptr(rawWaitFor/time.Millisecond), 0, 0)
+		if e != 0 || n > 0 {
+			return int(n), errnoErr(e)
 		}
-		return int(n), nil
 	}
 	return unix.EpollWait(l.epfd, events, -1)
 }
 
-var rawLoopWait = os.Getenv("PGTENANT_LOOP_WAIT") != "block"
+// rawWaitFor bounds the raw wait: a loop with nothing to do for this long
+// gives its P back.
+const rawWaitFor = time.Millisecond
+
+func errnoErr(e unix.Errno) error {
+	if e == 0 {
+		return nil
+	}
+	return e
+}
 
 // take claims the parked item on fd for a step; nil if there is none or
 // it is being served already (its socket is disarmed until it comes back:
@@ -362,10 +373,6 @@ func (l *eventLoop) take(fd int32) loopItem {
 // whether this goroutine is still the loop; if not, it has served it as
 // its own goroutine until it went back to the loop or ended.
 func (l *eventLoop) serve(it loopItem, gen int64) bool {
-	dbgSteps.Add(1)
-	if _, ok := it.(*serverConn); ok {
-		dbgSC.Add(1)
-	}
 	s := it.slot()
 	s.loopGen, s.loopReady = gen, true
 	err := it.loopStep()
@@ -395,10 +402,7 @@ func (l *eventLoop) serve(it loopItem, gen int64) bool {
 // yield hands the loop to a new goroutine. Called on the loop goroutine
 // only, before it blocks: it goes on as an ordinary goroutine.
 func (l *eventLoop) yield() {
-	dbgYields.Add(1)
-	if os.Getenv("PGTENANT_LOOP_DEBUG") == "2" {
-		debug.PrintStack()
-	}
+	loopHandOvers.Add(1)
 	l.leaveThread(unix.Gettid())
 	l.gen.Add(1)
 	goruntime.UnlockOSThread()
@@ -472,16 +476,16 @@ func (l *eventLoop) resumeAll() {
 	}
 }
 
-// useEventLoop: transaction-mode clients and pooled connections are driven
-// by an event loop.
-var useEventLoop = os.Getenv("PGTENANT_EVENT_LOOP") != ""
+// eventLoopSupported: an event loop can drive clients here (config
+// event_loop).
+const eventLoopSupported = true
 
 // useLoop makes l drive r's request side whenever it waits for the client.
 func (r *relay) useLoop(l *eventLoop) {
 	r.parker = l
 	r.waits = loopWaiter{r}
 	if dc, ok := r.client.(*directConn); ok {
-		if useOwnedSockets && dc.own() == nil {
+		if dc.own() == nil {
 			r.parkFD = connFD(dc)
 		}
 		dc.loopReads = true
@@ -599,7 +603,7 @@ func (in *loopReader) Read(b []byte) (int, error) {
 // A connection that is not a plain socket keeps its goroutine.
 func (sc *serverConn) useLoop(p *txPool, l *eventLoop) {
 	dc, ok := sc.conn.(*directConn)
-	if l != nil && ok && useOwnedSockets && sc.r.Buffered() == 0 {
+	if l != nil && ok && sc.r.Buffered() == 0 {
 		_ = dc.own()
 	}
 	fd := connFD(sc.conn)
@@ -668,14 +672,6 @@ func (w loopWaiter) clientReadDeadline(t time.Time) { _ = w.r.client.SetReadDead
 
 func (loopWaiter) upstreamReadDeadline(up net.Conn, t time.Time) { _ = up.SetReadDeadline(t) }
 
-var dbgYields, dbgSteps, dbgWaits, dbgSC atomic.Int64
-
-func init() {
-	if os.Getenv("PGTENANT_LOOP_DEBUG") != "" {
-		go func() {
-			for range time.Tick(time.Second) {
-				println("loop: waits", dbgWaits.Load(), "steps", dbgSteps.Load(), "sc", dbgSC.Load(), "yields", dbgYields.Load())
-			}
-		}()
-	}
-}
+// loopHandOvers counts the loops' hand-overs (yield), for the tests: a
+// busy pool should cost none.
+var loopHandOvers atomic.Int64

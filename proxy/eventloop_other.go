@@ -8,7 +8,7 @@ import "errors"
 // each client keeps a goroutine.
 type eventLoop struct{}
 
-const useEventLoop = false
+const eventLoopSupported = false
 
 var errWouldBlock = errors.New("would block")
 

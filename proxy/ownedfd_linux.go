@@ -176,10 +176,6 @@ func (o *ownedFD) setDeadline(read, write bool, t time.Time) error {
 	return nil
 }
 
-// useOwnedSockets: sockets an event loop drives are taken out of Go's
-// poller (PGTENANT_OWN_SOCKETS, experiment).
-var useOwnedSockets = os.Getenv("PGTENANT_OWN_SOCKETS") != ""
-
 // own takes c's socket out of Go's poller; c's reads, writes, deadlines
 // and Close then go to the owned descriptor. Called before anyone else
 // uses c.

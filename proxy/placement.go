@@ -186,9 +186,7 @@ func (s *Server) adoptUpstreams(rt, old *runtime) error {
 		}
 		cfg := up.config
 		up.pool = newTxPool(up.name, up.poolCfg, func(ctx context.Context) (*serverConn, error) { return rt.dialPooled(ctx, cfg) }, s.observer)
-		if useEventLoop {
-			up.pool.loop = s.loopFor
-		}
+		up.pool.loop = s.loopFor
 		up.pool.log = s.log.With("upstream", up.name)
 		s.mu.Lock()
 		s.pools = append(s.pools, up.pool)

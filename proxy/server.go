@@ -461,7 +461,7 @@ func (s *Server) parkerFor() *parker {
 // loopFor returns the server's event loop, starting it if need be; nil
 // when clients are not driven by one.
 func (s *Server) loopFor() *eventLoop {
-	if !useEventLoop {
+	if !eventLoopSupported || !s.rt.Load().cfg.UsesEventLoop() {
 		return nil
 	}
 	s.mu.Lock()

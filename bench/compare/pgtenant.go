@@ -25,6 +25,9 @@ import (
 // contextScope is pgtenant's context_scope; "" leaves it out (session).
 var contextScope = flag.String("context-scope", "", "pgtenant's context_scope: session or transaction (default: left out, session)")
 
+// eventLoop is pgtenant's event_loop; "" leaves it out (on).
+var eventLoop = flag.String("event-loop", "", "pgtenant's event_loop: true or false (default: left out, true)")
+
 // errNoPool means this pgtenant's config has no pool section yet, so
 // transaction mode cannot be asked for.
 var errNoPool = errors.New("this pgtenant's config has no pool section (transaction pooling not available)")
@@ -40,6 +43,9 @@ func pgtenantYAML(c *pgcluster.Cluster, listen, mode string, poolSize int, logLe
 	fmt.Fprintf(&b, "listen: %q\n", listen)
 	if *contextScope != "" {
 		fmt.Fprintf(&b, "context_scope: %s\n", *contextScope)
+	}
+	if *eventLoop != "" {
+		fmt.Fprintf(&b, "event_loop: %s\n", *eventLoop)
 	}
 	fmt.Fprintf(&b, "upstream: %q\n", c.URL(demo.RLSRole, demo.RLSPassword, demo.Database))
 	fmt.Fprintf(&b, "tenant_setting: %q\n", demo.TenantSetting)
