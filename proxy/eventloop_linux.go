@@ -172,7 +172,13 @@ func (l *eventLoop) restLocked(it loopItem) {
 			_ = unix.EpollCtl(l.epfd, unix.EPOLL_CTL_MOD, int(s.parkFD), &ev)
 			s.loopDisarmed = false
 		}
-		s.loopWoken = false
+		if s.loopWoken {
+			// Woken during the step (a deadline): once more.
+			s.loopWoken = false
+			s.loopState = loopRunning
+			l.ready = append(l.ready, it)
+			return
+		}
 		s.loopState = loopParked
 		return
 	}
@@ -186,8 +192,9 @@ func (l *eventLoop) restLocked(it loopItem) {
 	s.loopState = loopWaiting
 }
 
-// wake readies an item waiting for a pooled connection; one still in its
-// step is readied when the step ends (restLocked).
+// wake readies an item waiting for a pooled connection, or one whose read
+// deadline has passed (it reads, and sees it); one still in its step is
+// readied when the step ends (restLocked).
 func (l *eventLoop) wake(it loopItem) {
 	s := it.slot()
 	l.mu.Lock()
@@ -196,7 +203,7 @@ func (l *eventLoop) wake(it loopItem) {
 		return
 	}
 	switch s.loopState {
-	case loopWaiting:
+	case loopWaiting, loopParked:
 		s.loopState = loopRunning
 		l.ready = append(l.ready, it)
 	case loopRunning:
@@ -603,8 +610,9 @@ func (in *loopReader) Read(b []byte) (int, error) {
 // A connection that is not a plain socket keeps its goroutine.
 func (sc *serverConn) useLoop(p *txPool, l *eventLoop) {
 	dc, ok := sc.conn.(*directConn)
-	if l != nil && ok && sc.r.Buffered() == 0 {
-		_ = dc.own()
+	if l != nil && ok && sc.r.Buffered() == 0 && dc.own() == nil {
+		// upstream_timeout is a read deadline: the loop must hear of it.
+		dc.owned.wakeAtReadDeadline(func() { l.wake(sc) })
 	}
 	fd := connFD(sc.conn)
 	if l == nil || !ok || fd < 0 || sc.r.Buffered() != 0 {

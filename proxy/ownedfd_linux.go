@@ -30,6 +30,17 @@ type ownedFD struct {
 
 	readDeadline  atomic.Int64 // Unix nanoseconds; 0: none
 	writeDeadline atomic.Int64
+	// readTimer, when set (wakeAtReadDeadline), fires at the read
+	// deadline: an event loop that reads the socket has no read blocked
+	// to see it, and is woken instead.
+	readTimer *time.Timer
+}
+
+// wakeAtReadDeadline has f called whenever a read deadline set from now
+// on passes. Called before the socket is shared.
+func (o *ownedFD) wakeAtReadDeadline(f func()) {
+	o.readTimer = time.AfterFunc(time.Hour, f)
+	o.readTimer.Stop()
 }
 
 const ownedClosing = 1 << 63
@@ -169,6 +180,13 @@ func (o *ownedFD) setDeadline(read, write bool, t time.Time) error {
 	}
 	if read {
 		o.readDeadline.Store(d)
+		if o.readTimer != nil {
+			if d == 0 {
+				o.readTimer.Stop()
+			} else {
+				o.readTimer.Reset(time.Until(t))
+			}
+		}
 	}
 	if write {
 		o.writeDeadline.Store(d)
