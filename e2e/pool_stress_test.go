@@ -69,19 +69,33 @@ GRANT SELECT, INSERT ON pool_stress TO ` + demo.RLSRole + ";\n"
 // it runs in and the rows it sees, and now and then the client's own
 // setting; none may see another tenant's or another client's, none may fail
 // unexpectedly, and no pin, lock or cursor outlives it.
+//
+// Under both drivers of transaction mode: the event loop (the default),
+// where clients wait for a connection without a goroutine, and goroutines.
 func TestPoolStress(t *testing.T) {
 	tenants := sharedStressTenants()
 	setupStressTables(t, tenants)
-	p := startProxy(t, func(c *config.Config) {
-		transactionPool(stressPool)(c)
-		c.Pool.WaitTimeout = config.Duration{Duration: 30 * time.Second}
-		c.Users = nil
-		for _, pt := range tenants {
-			c.Users = append(c.Users, config.User{Name: pt.User, Password: pt.Password, Tenant: pt.ID})
-		}
-	})
-	stressRun{proxy: p, tenants: tenants, clients: stressClients,
-		limits: map[stressPlace]int{{pgcluster.Shared(), demo.Database}: stressPool}}.run(t)
+	for _, loop := range []bool{true, false} {
+		name := map[bool]string{true: "event loop", false: "goroutines"}[loop]
+		t.Run(name, func(t *testing.T) {
+			p := startProxy(t, func(c *config.Config) {
+				transactionPool(stressPool)(c)
+				c.Pool.WaitTimeout = config.Duration{Duration: 30 * time.Second}
+				c.EventLoop = &loop
+				c.Users = nil
+				for _, pt := range tenants {
+					c.Users = append(c.Users, config.User{Name: pt.User, Password: pt.Password, Tenant: pt.ID})
+				}
+			})
+			stressRun{proxy: p, tenants: tenants, clients: stressClients,
+				limits: map[stressPlace]int{{pgcluster.Shared(), demo.Database}: stressPool}}.run(t)
+			running, handOvers := p.srv.EventLoopHandOvers()
+			t.Logf("event loop: %v, %d hand-overs", running, handOvers)
+			if running != loop {
+				t.Fatalf("event loop running: %v, want %v", running, loop)
+			}
+		})
+	}
 }
 
 // stressPlace is a database on a cluster.

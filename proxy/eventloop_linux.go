@@ -44,6 +44,9 @@ type eventLoop struct {
 	wakefd int          // eventfd: tells the loop to stop
 	kickfd int          // eventfd: tells the loop its ready queue has items
 	gen    atomic.Int64 // which goroutine is the loop: each hand-over adds one
+	// handOvers counts the hand-overs (yield): a busy pool should cost
+	// none (Server.EventLoopHandOvers).
+	handOvers atomic.Int64
 
 	// mu guards items, ready, closed and each item's loopState,
 	// loopDisarmed and loopWoken.
@@ -409,7 +412,7 @@ func (l *eventLoop) serve(it loopItem, gen int64) bool {
 // yield hands the loop to a new goroutine. Called on the loop goroutine
 // only, before it blocks: it goes on as an ordinary goroutine.
 func (l *eventLoop) yield() {
-	loopHandOvers.Add(1)
+	l.handOvers.Add(1)
 	l.leaveThread(unix.Gettid())
 	l.gen.Add(1)
 	goruntime.UnlockOSThread()
@@ -666,7 +669,14 @@ func (c *loopClosingConn) Close() error {
 // a wait hands the loop over first.
 type loopWaiter struct{ r *relay }
 
-func (w loopWaiter) blocking(waitKind) {
+func (w loopWaiter) blocking(what waitKind) {
+	if what != blockOnPool && w.r.poolWait != nil {
+		// A connection granted to the message being relayed goes back
+		// before any other wait (room for a pin, a paused tenant, a rate
+		// token): held meanwhile, it could be the one that wait waits for.
+		// The message waits for a connection as usual afterwards.
+		w.r.endPoolWait()
+	}
 	if w.r.onLoop() {
 		w.r.evLoop().yield()
 	}
@@ -679,7 +689,3 @@ func (w loopWaiter) clientGone() bool { return peerClosed(w.r.client) }
 func (w loopWaiter) clientReadDeadline(t time.Time) { _ = w.r.client.SetReadDeadline(t) }
 
 func (loopWaiter) upstreamReadDeadline(up net.Conn, t time.Time) { _ = up.SetReadDeadline(t) }
-
-// loopHandOvers counts the loops' hand-overs (yield), for the tests: a
-// busy pool should cost none.
-var loopHandOvers atomic.Int64

@@ -2,11 +2,14 @@
 
 package proxy
 
-import "errors"
+import (
+	"errors"
+	"sync/atomic"
+)
 
 // eventLoop drives clients on Linux only (eventloop_linux.go); elsewhere
 // each client keeps a goroutine.
-type eventLoop struct{}
+type eventLoop struct{ handOvers atomic.Int64 }
 
 const eventLoopSupported = false
 

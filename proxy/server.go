@@ -472,6 +472,20 @@ func (s *Server) loopFor() *eventLoop {
 	return s.loop
 }
 
+// EventLoopHandOvers reports whether the server's event loop runs, and how
+// many times it handed itself to another goroutine because a client's
+// step had to wait (a statement that pins, a paused tenant, a full
+// socket): for the tests and diagnostics.
+func (s *Server) EventLoopHandOvers() (running bool, handOvers int64) {
+	s.mu.Lock()
+	l := s.loop
+	s.mu.Unlock()
+	if l == nil {
+		return false, 0
+	}
+	return true, l.handOvers.Load()
+}
+
 // takeIdle is the parker's sweep: it hands over the clients that have
 // waited since before idleSince.
 func (s *Server) takeIdle(idleSince time.Time) {
