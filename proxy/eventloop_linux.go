@@ -504,8 +504,8 @@ func (r *relay) useLoop(l *eventLoop) {
 
 func (r *relay) slot() *loopSlot { return &r.loopSlot }
 
-// loopWoken readies r on its loop: its wait for a connection is over.
-func (r *relay) loopWoken() { r.evLoop().wake(r) }
+// granted readies r on its loop: its wait for a connection is over.
+func (r *relay) granted() { r.evLoop().wake(r) }
 
 // loopRest gives the relayWork back when the client holds nothing between
 // steps, as a parked client does (relaywork.go): no message under way, no
@@ -543,8 +543,7 @@ func (r *relay) queueForConnection() bool {
 	if held || r.pool == nil {
 		return false
 	}
-	woken := r.loopWoken
-	w := r.pool.waitLater(r.tenant, woken)
+	w := r.pool.waitLater(r.tenant, r)
 	if w == nil {
 		return false
 	}
@@ -554,7 +553,7 @@ func (r *relay) queueForConnection() bool {
 	}
 	r.poolWait, r.poolWaitFresh = w, true
 	r.loopWaitGrant = true
-	r.poolTimer = time.AfterFunc(r.pool.cfg.WaitTimeout.Duration, woken)
+	r.poolTimer = time.AfterFunc(r.pool.cfg.WaitTimeout.Duration, r.granted)
 	return true
 }
 

@@ -186,12 +186,16 @@ func (p *txPool) dropContext(key string) {
 	}
 }
 
+// grantWaker hears that a wait queued by waitLater is over (an interface,
+// not a func: a method value would be made, an allocation, on every call).
+type grantWaker interface{ granted() }
+
 type poolWaiter struct {
 	tenant string
 	got    chan poolGrant // buffered: the granter never blocks
-	// woken, when set, is called (under p.mu) once a grant is in got: an
-	// event loop's client waits for it without a goroutine (waitLater).
-	woken func()
+	// woken, when set, hears (under p.mu) once a grant is in got: an event
+	// loop's client waits for it without a goroutine (waitLater).
+	woken grantWaker
 	since time.Time // when the wait began (waitLater)
 	pool  *txPool   // the pool it waits in (waitLater)
 }
@@ -372,7 +376,7 @@ func (p *txPool) takeIdle(key string) *serverConn {
 // called once it is granted (or never: the client's own wait in acquire
 // then ends it at pool.wait_timeout). nil: no wait now, acquire goes on at
 // once (or refuses).
-func (p *txPool) waitLater(tenant string, woken func()) *poolWaiter {
+func (p *txPool) waitLater(tenant string, woken grantWaker) *poolWaiter {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	if p.closed || len(p.waiters[tenant]) == 0 && p.active[tenant] < p.cfg.TenantCap(tenant) && (len(p.idle) > 0 || p.open < p.cfg.Size) {
@@ -458,7 +462,7 @@ func (p *txPool) dispatch() {
 			p.active[tenant]++
 			w.got <- g
 			if w.woken != nil {
-				w.woken()
+				w.woken.granted()
 			}
 			served = true
 		}
@@ -1020,7 +1024,7 @@ func (p *txPool) close() {
 	for _, q := range p.waiters {
 		for _, w := range q {
 			if w.woken != nil {
-				w.woken() // its acquire sees the pool closed
+				w.woken.granted() // its acquire sees the pool closed
 			}
 		}
 	}
