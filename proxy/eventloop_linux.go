@@ -540,7 +540,9 @@ func (r *relay) queueForConnection() bool {
 	r.leaseMu.Lock()
 	held := r.sc != nil
 	r.leaseMu.Unlock()
-	if held || r.pool == nil {
+	if held || r.pool == nil || r.hold.Load() != nil {
+		// A paused tenant's next unit waits for the resume first, holding
+		// no place in the pool's queue (waitPaused).
 		return false
 	}
 	w := r.pool.waitLater(r.tenant, r)
