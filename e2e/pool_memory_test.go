@@ -25,15 +25,15 @@ import (
 )
 
 // idleClients is how many idle clients TestIdleClientsMemory holds, and
-// idleClientBound what each may cost the proxy's resident memory: 4 KiB,
-// above the 2 KiB aimed at (issue 17). Measured here 3.2-3.4 KiB
-// (2026-12-05; 5.5-5.6 KiB before relayWork and the trimming that came
-// with it); the margin is for the heap's fragmentation, which depends on
-// when the collector ran during the logins. What is left is mostly the
-// Go runtime's per socket: see README, Performance.
+// idleClientBound what each may cost the proxy's resident memory: 3 KiB,
+// above the 2 KiB aimed at (issue 17). Measured here 2.6 KiB under the
+// event loop, whose sockets are pgtenant's own (2026-12-05; 3.2-3.4 KiB
+// with a goroutine driver and Go's sockets, 5.5-5.6 KiB before relayWork);
+// the margin is for the heap's fragmentation, which depends on when the
+// collector ran during the logins. See README, Performance.
 const (
 	idleClients     = 10000
-	idleClientBound = 4 << 10
+	idleClientBound = 3 << 10
 )
 
 // TestIdleClientsMemory: 10,000 logged-in, idle transaction-mode clients

@@ -37,8 +37,22 @@ import (
 // level-triggered for good (no epoll_ctl per message): events left over at
 // a hand-over are simply reported again to the new loop.
 //
-// A client whose session ends, or that cannot be driven here (pinned, a
-// goroutine's read deadline), is unparked: out of the set, on a goroutine.
+// The sockets are pgtenant's own (ownedfd_linux.go), out of Go's poller:
+// a socket Go's poller holds wakes the runtime's own epoll_wait for each of
+// its events, so a loop over Go's sockets gained nothing (issue 17).
+// Waits for a pooled connection, the most common wait when clients
+// outnumber connections, take no hand-over: the client waits in the
+// pool's queue, out of the loop's events, and the grant readies it
+// (queueForConnection, wake, the ready queue). A read deadline on a socket
+// the loop reads (upstream_timeout) readies its item at the deadline.
+//
+// A client whose session ends is unparked: out of the set, on a goroutine.
+// A pinned client waits for its next message on a goroutine (its idle
+// timeout is a read deadline), and comes back once unpinned.
+//
+// Sharing: mu guards the fields it names; everything else of an item
+// belongs to whoever runs its step (the loop, or the goroutine it was
+// handed to), one at a time: loopState says which.
 type eventLoop struct {
 	epfd   int
 	wakefd int          // eventfd: tells the loop to stop
@@ -47,6 +61,9 @@ type eventLoop struct {
 	// handOvers counts the hand-overs (yield): a busy pool should cost
 	// none (Server.EventLoopHandOvers).
 	handOvers atomic.Int64
+	// added counts the items registered so far (freeAfterBursts).
+	added   atomic.Uint64
+	freeing chan struct{} // closed to stop freeAfterBursts
 
 	// mu guards items, ready, closed and each item's loopState,
 	// loopDisarmed and loopWoken.
@@ -105,10 +122,36 @@ func newEventLoop() *eventLoop {
 			return nil
 		}
 	}
-	l := &eventLoop{epfd: epfd, wakefd: wakefd, kickfd: kickfd, items: map[int32]loopItem{}, done: make(chan struct{})}
+	l := &eventLoop{epfd: epfd, wakefd: wakefd, kickfd: kickfd, items: map[int32]loopItem{}, done: make(chan struct{}), freeing: make(chan struct{})}
 	l.gen.Store(1) // a relay's loopGen of 0 means not on the loop
 	go l.run()
+	go l.freeAfterBursts(freeAfterParks, freeEvery, freeMemory)
 	return l
+}
+
+// freeAfterBursts gives free memory back to the system once a burst of
+// clients has come and gone idle, as the parker does (freeMemory): after
+// at least after new items, when none came for a while, at most every
+// every. Why: what a burst of logins allocated is garbage once its clients
+// wait here, and the heap would keep it.
+func (l *eventLoop) freeAfterBursts(after uint64, every time.Duration, free func()) {
+	tick := time.NewTicker(parkAfter / 2)
+	defer tick.Stop()
+	var lastFree time.Time
+	var before, atFree uint64
+	for {
+		select {
+		case <-l.freeing:
+			return
+		case <-tick.C:
+		}
+		added := l.added.Load()
+		if added == before && added-atFree >= after && time.Since(lastFree) >= every {
+			atFree, lastFree = added, time.Now()
+			free()
+		}
+		before = added
+	}
 }
 
 // loopItem is what a loop drives: a client's request side (relay) or a
@@ -152,6 +195,7 @@ func (l *eventLoop) parkItem(it loopItem) bool {
 			return false
 		}
 		l.items[s.parkFD] = it
+		l.added.Add(1)
 	} else if s.loopDisarmed {
 		ev := unix.EpollEvent{Events: unix.EPOLLIN | unix.EPOLLRDHUP, Fd: s.parkFD}
 		if unix.EpollCtl(l.epfd, unix.EPOLL_CTL_MOD, int(s.parkFD), &ev) != nil {
@@ -453,6 +497,7 @@ func (s *loopSlot) onLoop(l *eventLoop) bool {
 // closing their connections then ends them. Idempotent.
 func (l *eventLoop) close() {
 	l.closeOnce.Do(func() {
+		close(l.freeing)
 		one := []byte{1, 0, 0, 0, 0, 0, 0, 0}
 		_, _ = unix.Write(l.wakefd, one)
 		<-l.done
