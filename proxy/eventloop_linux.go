@@ -604,6 +604,36 @@ func (r *relay) queueForConnection() bool {
 	return true
 }
 
+// parkForReplies: on the loop, before the readback of a client's settings,
+// with replies still owed, the client goes back to its loop rather than
+// hand the loop over to wait for them (a client with settings of its own
+// would otherwise cost a hand-over per transaction); the reply side wakes
+// it when they come (relay.wake), and the step starts again from the top
+// of clientToUpstream, where nothing has been done yet. Reports whether it
+// parked.
+func (r *relay) parkForReplies() bool {
+	if r.waiting.Load() {
+		r.waiting.Store(false) // parked here before: woken, or the client spoke
+	}
+	if !r.onLoop() || r.carry == nil || r.carry.sent || r.holds(untilAnswered) {
+		return false
+	}
+	r.leaseMu.Lock()
+	held := r.sc != nil
+	r.leaseMu.Unlock()
+	if !held || r.uw != nil && r.uw.Flush() != nil {
+		return false // readBack has nothing to wait for, or finds the error
+	}
+	// Waiting first, then the look: a reply that comes in between sees
+	// waiting and wakes the client.
+	r.waiting.Store(true)
+	if r.holds(untilAnswered) {
+		r.waiting.Store(false)
+		return false
+	}
+	return true
+}
+
 // peekType returns the first byte waiting on a client socket, leaving it
 // there.
 func peekType(conn net.Conn) (byte, bool) {
