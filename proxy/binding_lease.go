@@ -26,13 +26,20 @@ func (b leaseBinding) awaitClient() error {
 		return nil
 	}
 	if r.poolWait != nil {
-		if r.poolWaitFresh {
-			// Woken with its connection granted (or its wait over): on to
-			// the message that waited.
+		if !r.poolWaitFresh {
+			r.endPoolWait() // what came needed no connection
+		} else if !r.onLoop() || !r.awaitReady() {
+			// Woken with its connection granted and ready (or its wait
+			// over): on to the message that waited.
 			r.poolWaitFresh = false
 			return nil
+		} else {
+			// The grant is being made ready: back to the loop.
+			readerPool.Put(r.cr)
+			r.cr = nil
+			r.prefix.release()
+			return errParked
 		}
-		r.endPoolWait() // what came needed no connection
 	}
 	if r.evLoop() != nil && !r.noPark.Load() && !r.pinned.Load() {
 		// Driven by an event loop (a pinned client's idle timeout is a read

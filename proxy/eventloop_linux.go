@@ -590,7 +590,7 @@ func (r *relay) queueForConnection() bool {
 		// no place in the pool's queue (waitPaused).
 		return false
 	}
-	w := r.pool.waitLater(r.tenant, r)
+	w := r.pool.waitLater(r.tenant, r.pctx.key, r)
 	if w == nil {
 		return false
 	}
@@ -599,9 +599,28 @@ func (r *relay) queueForConnection() bool {
 		return false
 	}
 	r.poolWait, r.poolWaitFresh = w, true
-	r.loopWaitGrant = true
 	r.poolTimer = time.AfterFunc(r.pool.cfg.WaitTimeout.Duration, r.granted)
-	return true
+	return r.awaitReady()
+}
+
+// awaitReady: the client's queued wait is granted or still waiting. A grant
+// that needs the upstream first (a dial, the reset for this client's
+// context) is made ready off the loop (readyAhead) while the client waits on
+// it; so is a wait not granted yet. Reports whether the client waits (back
+// to the loop, woken by the grant or the readiness); false: on to the
+// message, acquire takes the grant at once (or reports the wait's end).
+func (r *relay) awaitReady() bool {
+	w := r.poolWait
+	if r.pool.readyAhead(w, r.pctx) {
+		r.loopWaitGrant = true
+		return true
+	}
+	if !w.pool.waitOver(w) {
+		r.loopWaitGrant = true // not granted yet
+		return true
+	}
+	r.poolWaitFresh = false
+	return false
 }
 
 // parkForReplies: on the loop, before the readback of a client's settings,

@@ -27,3 +27,4 @@ func (r *relay) queueForConnection() bool { return false }
 func (r *relay) parkForReplies() bool     { return false }
 func (r *relay) evLoop() *eventLoop       { return nil }
 func (l *eventLoop) wake(loopItem)        {}
+func (r *relay) awaitReady() bool         { return false }

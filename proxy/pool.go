@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"net"
 	"slices"
@@ -198,6 +199,67 @@ type poolWaiter struct {
 	woken grantWaker
 	since time.Time // when the wait began (waitLater)
 	pool  *txPool   // the pool it waits in (waitLater)
+	// readyAhead's, under the pool's mu: the connection granted is being
+	// made ready (readying), or is (readied, with readySC or readyErr for
+	// acquire); abandoned: the client no longer wants it.
+	readying, readied, abandoned bool
+	readySC                      *serverConn
+	readyErr                     error
+	readyDone                    chan struct{} // closed when readying ends
+}
+
+// waitOver reports whether w's wait is over: granted (ready, or made
+// ready), past pool.wait_timeout, or the pool closed.
+func (p *txPool) waitOver(w *poolWaiter) bool {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return w.readied || len(w.got) > 0 || p.closed || time.Since(w.since) >= p.cfg.WaitTimeout.Duration
+}
+
+// readyAhead makes the connection granted to w ready (a dial, or the round
+// trip that resets it for another tenant's context), on a goroutine of its
+// own, then wakes w's client: an event loop's client waits for that on
+// the loop instead of handing the loop over. It reports false if the grant
+// is ready as it is (acquire takes it at once) or not there.
+func (p *txPool) readyAhead(w *poolWaiter, pc *poolContext) bool {
+	p.mu.Lock()
+	if w.readying || w.readied {
+		p.mu.Unlock()
+		return w.readying // still at it: wait on
+	}
+	var g poolGrant
+	select {
+	case g = <-w.got:
+	default:
+		p.mu.Unlock()
+		return false // not granted (a timeout): acquire says so
+	}
+	if !g.open && !p.needsRoundTrip(g.sc, pc.key) {
+		w.got <- g
+		p.mu.Unlock()
+		return false
+	}
+	w.readying, w.readyDone = true, make(chan struct{})
+	p.mu.Unlock()
+	go func() {
+		sc, err := p.makeReady(g.sc, g.open, w.tenant, pc)
+		p.mu.Lock()
+		w.readying = false
+		close(w.readyDone)
+		abandoned := w.abandoned
+		if !abandoned {
+			w.readied, w.readySC, w.readyErr = true, sc, err
+		}
+		p.mu.Unlock()
+		if abandoned {
+			if sc != nil {
+				p.release(sc, w.tenant, true)
+			}
+			return
+		}
+		w.woken.granted()
+	}()
+	return true
 }
 
 // poolGrant hands a waiter an idle connection, or the right to open one.
@@ -239,6 +301,18 @@ func (p *txPool) acquire(cancel <-chan struct{}, wt waiter, tenant string, pc *p
 		pre.pool.endWait(pre) // queued before a resume moved the tenant
 		pre = nil
 	}
+	if pre != nil {
+		if sc, err, ok := p.takeReadied(cancel, wt, pre); ok {
+			if err != nil || p.readyNow(sc, pc.key) {
+				return sc, err // made ready ahead (readyAhead)
+			}
+			// Made ready for the context the client had when it queued;
+			// its settings' readback has changed that since.
+			wt.blocking(blockOnPool)
+			defer wt.resumed(blockOnPool)
+			return p.makeReady(sc, false, tenant, pc)
+		}
+	}
 	sc, open, err := p.reserve(cancel, wt, tenant, pc.key, pre)
 	if err != nil {
 		return nil, err
@@ -248,6 +322,40 @@ func (p *txPool) acquire(cancel <-chan struct{}, wt waiter, tenant string, pc *p
 	}
 	wt.blocking(blockOnPool)
 	defer wt.resumed(blockOnPool)
+	return p.makeReady(sc, open, tenant, pc)
+}
+
+// takeReadied takes what readyAhead made of pre's grant, waiting for it
+// if it is at it; ok is false if it did not take the grant.
+func (p *txPool) takeReadied(cancel <-chan struct{}, wt waiter, pre *poolWaiter) (sc *serverConn, err error, ok bool) {
+	p.mu.Lock()
+	readying, done := pre.readying, pre.readyDone
+	p.mu.Unlock()
+	if readying {
+		wt.blocking(blockOnPool)
+		select {
+		case <-done:
+		case <-cancel:
+			wt.resumed(blockOnPool)
+			p.endWait(pre)
+			return nil, io.ErrUnexpectedEOF, true
+		}
+		wt.resumed(blockOnPool)
+	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if !pre.readied {
+		return nil, nil, false
+	}
+	sc, err = pre.readySC, pre.readyErr
+	pre.readied, pre.readySC = false, nil
+	return sc, err, true
+}
+
+// makeReady opens the connection of a granted slot (open) or readies sc
+// (prepare), replacing a broken one in the same slot.
+func (p *txPool) makeReady(sc *serverConn, open bool, tenant string, pc *poolContext) (*serverConn, error) {
+	var err error
 	for {
 		if open {
 			if sc, err = p.dial(p.ctx); err != nil {
@@ -359,33 +467,59 @@ func (p *txPool) takeIdle(key string) *serverConn {
 	if len(p.idle) == 0 {
 		return nil
 	}
-	i := len(p.idle) - 1
-	for j := i; j >= 0; j-- {
-		if k := p.idle[j].dirtyKey; k == key || k == "" {
-			i = j
-			break
-		}
-	}
+	i := p.idleFor(key)
 	sc := p.idle[i]
 	p.idle = slices.Delete(p.idle, i, i+1)
 	return sc
 }
 
+// idleFor is the index of the idle connection takeIdle takes for key.
+// Caller holds p.mu; there is one.
+func (p *txPool) idleFor(key string) int {
+	i := len(p.idle) - 1
+	for j := i; j >= 0; j-- {
+		if k := p.idle[j].dirtyKey; k == key || k == "" {
+			return j
+		}
+	}
+	return i
+}
+
 // waitLater queues an event loop's client for a connection when the
 // tenant would have to wait for one now, and returns the wait; woken is
 // called once it is granted (or never: the client's own wait in acquire
-// then ends it at pool.wait_timeout). nil: no wait now, acquire goes on at
-// once (or refuses).
-func (p *txPool) waitLater(tenant string, woken grantWaker) *poolWaiter {
+// then ends it at pool.wait_timeout). A connection free now that must be
+// made ready first (opened, or reset for key) is granted at once, for
+// readyAhead. nil: nothing to wait for, acquire takes one at once (or
+// refuses): the common case, which allocates nothing.
+func (p *txPool) waitLater(tenant, key string, woken grantWaker) *poolWaiter {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	if p.closed || len(p.waiters[tenant]) == 0 && p.active[tenant] < p.cfg.TenantCap(tenant) && (len(p.idle) > 0 || p.open < p.cfg.Size) {
+	if p.closed {
 		return nil
 	}
-	if p.cfg.MaxWaiting > 0 && p.nwaiting >= p.cfg.MaxWaiting {
+	if p.cfg.MaxWaiting > 0 && p.nwaiting >= p.cfg.MaxWaiting && !(len(p.waiters[tenant]) == 0 && p.active[tenant] < p.cfg.TenantCap(tenant) && (len(p.idle) > 0 || p.open < p.cfg.Size)) {
+		return nil // acquire refuses it (pool.max_waiting)
+	}
+	free := len(p.waiters[tenant]) == 0 && p.active[tenant] < p.cfg.TenantCap(tenant)
+	if free && len(p.idle) > 0 && !p.needsRoundTrip(p.idle[p.idleFor(key)], key) {
 		return nil
 	}
 	w := &poolWaiter{tenant: tenant, got: make(chan poolGrant, 1), woken: woken, since: time.Now(), pool: p}
+	if free {
+		// One is free now, to be made ready first: granted at once.
+		if sc := p.takeIdle(key); sc != nil {
+			p.active[tenant]++
+			w.got <- poolGrant{sc: sc}
+			return w
+		}
+		if p.open < p.cfg.Size {
+			p.open++
+			p.active[tenant]++
+			w.got <- poolGrant{open: true}
+			return w
+		}
+	}
 	if len(p.waiters[tenant]) == 0 {
 		p.ring = append(p.ring, tenant)
 	}
@@ -396,9 +530,24 @@ func (p *txPool) waitLater(tenant string, woken grantWaker) *poolWaiter {
 }
 
 // endWait ends a wait queued by waitLater that the client no longer needs
-// (what it sent needed no connection, or it is leaving): a grant goes back.
+// (what it sent needed no connection, or it is leaving): a grant goes back,
+// now or when readyAhead is through with it.
 func (p *txPool) endWait(w *poolWaiter) {
 	p.mu.Lock()
+	if w.readying {
+		w.abandoned = true
+		p.mu.Unlock()
+		return
+	}
+	if w.readied {
+		sc := w.readySC
+		w.readied, w.readySC = false, nil
+		p.mu.Unlock()
+		if sc != nil {
+			p.release(sc, w.tenant, true)
+		}
+		return
+	}
 	defer p.mu.Unlock()
 	select {
 	case g := <-w.got:

@@ -57,21 +57,28 @@ func (g *grantCount) granted() { g.n.Add(1) }
 // the queue; a pool that closes wakes it.
 func TestPoolWaitLater(t *testing.T) {
 	p := newTxPool("default", config.Pool{Size: 1, TenantMaxConnections: 1, WaitTimeout: config.Duration{Duration: time.Minute},
-		MaxLifetime: config.Duration{Duration: time.Hour}}, nil, func() Observer { return nopObserver{} })
+		MaxLifetime: config.Duration{Duration: time.Hour}, HealthCheckAfter: config.Duration{Duration: time.Hour}}, nil, func() Observer { return nopObserver{} })
 	c1, c2 := net.Pipe()
 	defer c2.Close()
-	sc := &serverConn{conn: c1, created: time.Now()}
+	sc := &serverConn{conn: c1, created: time.Now(), used: time.Now(), settled: "k"} // ready for key k
 	p.mu.Lock()
 	p.open, p.idle = 1, []*serverConn{sc}
 	p.mu.Unlock()
 	var a, b grantCount
-	if w := p.waitLater("t", &a); w != nil {
-		t.Fatal("queued with a connection free")
+	if w := p.waitLater("t", "k", &a); w != nil {
+		t.Fatal("queued with a connection free and ready")
+	}
+	// Free, but to be reset for another context first: granted at once,
+	// for readyAhead.
+	if w := p.waitLater("t", "other", &a); w == nil || len(w.got) != 1 || a.n.Load() != 0 {
+		t.Fatalf("a free connection needing a reset: %+v", w)
+	} else {
+		p.endWait(w)
 	}
 	if got, open, err := p.reserve(nil, noWaiter{}, "t", "k", nil); got != sc || open || err != nil {
 		t.Fatalf("reserve: %v %v %v", got, open, err)
 	}
-	wa, wb := p.waitLater("t", &a), p.waitLater("u", &b)
+	wa, wb := p.waitLater("t", "k", &a), p.waitLater("u", "k", &b)
 	if wa == nil || wb == nil || a.n.Load()+b.n.Load() != 0 {
 		t.Fatalf("with the connection taken: waits %v %v, grants %d %d", wa, wb, a.n.Load(), b.n.Load())
 	}
@@ -86,7 +93,7 @@ func TestPoolWaitLater(t *testing.T) {
 	if got, _, err := p.reserve(nil, noWaiter{}, "u", "k", wb); got != sc || err != nil {
 		t.Fatalf("the granted wait's reserve: %v %v", got, err)
 	}
-	wc := p.waitLater("t", &a)
+	wc := p.waitLater("t", "k", &a)
 	p.endWait(wc)
 	p.mu.Lock()
 	waiting := p.nwaiting
@@ -94,12 +101,12 @@ func TestPoolWaitLater(t *testing.T) {
 	if waiting != 0 {
 		t.Fatalf("%d waiting after a wait was given up", waiting)
 	}
-	p.waitLater("t", &a)
+	p.waitLater("t", "k", &a)
 	p.release(sc, "u", true) // back to t's waiter
 	if a.n.Load() != 2 {
 		t.Fatalf("grants to t: %d, want 2", a.n.Load())
 	}
-	p.waitLater("u", &b)
+	p.waitLater("u", "k", &b)
 	p.close()
 	if b.n.Load() != 2 {
 		t.Fatal("closing the pool did not wake a queued wait")
