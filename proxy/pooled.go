@@ -497,8 +497,14 @@ func (r *relay) relayStatementMessage(typ byte, size int, msg []byte) error {
 		existing := st.byName[string(name)]
 		st.mu.Unlock()
 		if existing != nil {
-			// PostgreSQL refuses to redefine a named statement (42P05): let it.
-			if err := r.ensurePrepared(existing, seq); err != nil {
+			// PostgreSQL refuses to redefine a named statement (42P05),
+			// after the errors of the text itself (25P02 in a failed
+			// block, but for a text that ends the block): let it, under a
+			// name the connection has. Any statement under the name will
+			// do, so where the connection lacks one a stand-in takes it,
+			// not the client's statement: that one would fail to parse in a
+			// failed block, where ROLLBACK parses.
+			if err := r.occupyName(existing.server, seq); err != nil {
 				return err
 			}
 			st.scratch = appendParse(st.scratch[:0], existing.server, rest)
@@ -749,6 +755,25 @@ func (r *relay) ensurePrepared(cs *clientStmt, seq uint64) error {
 		return err
 	}
 	return r.evict(cs.server, seq)
+}
+
+// occupyName prepares a stand-in under a server statement name the held
+// connection lacks, with hidden replies. The connection keeps it as a
+// statement of unknown epoch, never taken for a client's (ensurePrepared
+// prepares that again).
+func (r *relay) occupyName(server string, seq uint64) error {
+	if r.sc.touch(server) {
+		return nil
+	}
+	st := r.prepared()
+	buf := appendClose(nil, 'S', server)
+	st.record(replyEntry{seq: seq, action: replyHide, kind: effectServerRemove, server: server})
+	buf = mustEncode(buf, &pgproto3.Parse{Name: server, Query: "ROLLBACK"})
+	st.record(replyEntry{seq: seq, action: replyHide, kind: effectServerAdd, server: server})
+	if err := r.sendMsgs(buf, fromClient); err != nil {
+		return err
+	}
+	return r.evict(server, seq)
 }
 
 // ensureUnnamed prepares the client's unnamed statement on the held

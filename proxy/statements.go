@@ -266,10 +266,13 @@ func (sc *serverConn) touch(name string) (had bool) {
 }
 
 // touchParsedSince is touch for a client whose statement was parsed at
-// epoch: it reports whether sc has a copy parsed since.
+// epoch: it reports whether sc has a copy parsed since, or the copy that
+// Parse made (the same epoch: preparing it again would fail in a failed
+// transaction block, where PostgreSQL describes or binds the statement
+// it has). A copy of unknown epoch (0) is never the client's.
 func (sc *serverConn) touchParsedSince(name string, epoch uint64) bool {
 	c, had := sc.use(name)
-	return had && c.parsed > epoch
+	return had && c.parsed != 0 && c.parsed >= epoch
 }
 
 // use marks a server statement as prepared and just used on sc, and
