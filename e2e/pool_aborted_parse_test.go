@@ -55,6 +55,15 @@ func TestParseOfExistingNameInFailedBlock(t *testing.T) {
 			ppAs(ppA, ppFail("42P05"), ppParse("s2", "SELECT 1"), ppSync()),
 			ppAs(ppA, ppOK(ppRan(ppWhoRow(tenantA))), ppRun("s1", "")...),
 			ppAs(ppA, ppOK("ParameterDescription [25]", "NoData"), ppDescribeStmt("s3"), ppSync()),
+			// What takes the name upstream where the connection lacks the
+			// statement is not the statement: it is prepared before it
+			// runs, by name (SQL) or not.
+			ppAs(ppA, ppOK("CommandComplete PREPARE"), ppQuery("PREPARE p1 AS SELECT 1")),
+			ppAs(ppB, ppOK("CommandComplete DEALLOCATE ALL"), ppQuery("DEALLOCATE ALL")),
+			ppAs(ppA, ppFail("42P05"), ppParse("p1", "ROLLBACK"), ppSync()),
+			ppAs(ppA, ppFail("42P05"), ppParse("s1", "ROLLBACK"), ppSync()),
+			ppAs(ppA, ppOK("RowDescription ?column?", "DataRow 1", "CommandComplete SELECT 1"), ppQuery("EXECUTE p1")),
+			ppAs(ppA, ppOK(ppRan(ppWhoRow(tenantA))), ppRun("s1", "")...),
 		})
 	})
 }

@@ -757,12 +757,12 @@ func (r *relay) ensurePrepared(cs *clientStmt, seq uint64) error {
 	return r.evict(cs.server, seq)
 }
 
-// occupyName prepares a stand-in under a server statement name the held
-// connection lacks, with hidden replies. The connection keeps it as a
-// statement of unknown epoch, never taken for a client's (ensurePrepared
-// prepares that again).
+// occupyName prepares a stand-in under a server statement name that
+// nothing holds on the held connection, with hidden replies. The
+// connection keeps it as a stand-in (stmtCopy.standIn): whoever needs the
+// statement prepares it there, closing the stand-in first.
 func (r *relay) occupyName(server string, seq uint64) error {
-	if r.sc.touch(server) {
+	if r.sc.standIn(server) {
 		return nil
 	}
 	st := r.prepared()
