@@ -830,9 +830,12 @@ func (r *relay) evict(keep string, seq uint64) error {
 				oldest, oldestTick = name, c.used
 			}
 		}
+		// A stand-in the server then skips closing is forgotten, not
+		// brought back as the statement (closed before any Parse of it).
+		had := !sc.prepared[oldest].standIn
 		delete(sc.prepared, oldest)
 		sc.mu.Unlock()
-		r.prepared().record(replyEntry{seq: seq, action: replyHide, kind: effectServerRemove, server: oldest, had: true})
+		r.prepared().record(replyEntry{seq: seq, action: replyHide, kind: effectServerRemove, server: oldest, had: had})
 		if err := r.sendMsgs(appendClose(nil, 'S', oldest), fromClient); err != nil {
 			return err
 		}
