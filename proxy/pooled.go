@@ -551,8 +551,14 @@ func (r *relay) relayStatementMessage(typ byte, size int, msg []byte) error {
 		existing := st.byName[string(name)]
 		st.mu.Unlock()
 		if existing != nil {
-			// PostgreSQL refuses to redefine a named statement (42P05): let it.
-			if err := r.ensurePrepared(existing, seq); err != nil {
+			// PostgreSQL refuses to redefine a named statement (42P05),
+			// after the errors of the text itself (25P02 in a failed
+			// block, but for a text that ends the block): let it, under a
+			// name the connection has. Any statement under the name will
+			// do, so where the connection lacks one a stand-in takes it,
+			// not the client's statement: that one would fail to parse in a
+			// failed block, where ROLLBACK parses.
+			if err := r.occupyName(existing.server, seq); err != nil {
 				return err
 			}
 			st.scratch = appendParse(st.scratch[:0], existing.server, rest)
@@ -805,6 +811,25 @@ func (r *relay) ensurePrepared(cs *clientStmt, seq uint64) error {
 	return r.evict(cs.server, seq)
 }
 
+// occupyName prepares a stand-in under a server statement name that
+// nothing holds on the held connection, with hidden replies. The
+// connection keeps it as a stand-in (stmtCopy.standIn): whoever needs the
+// statement prepares it there, closing the stand-in first.
+func (r *relay) occupyName(server string, seq uint64) error {
+	if r.sc.standIn(server) {
+		return nil
+	}
+	st := r.prepared()
+	buf := appendClose(nil, 'S', server)
+	st.record(replyEntry{seq: seq, action: replyHide, kind: effectServerRemove, server: server})
+	buf = mustEncode(buf, &pgproto3.Parse{Name: server, Query: "ROLLBACK"})
+	st.record(replyEntry{seq: seq, action: replyHide, kind: effectServerAdd, server: server})
+	if err := r.sendMsgs(buf, fromClient); err != nil {
+		return err
+	}
+	return r.evict(server, seq)
+}
+
 // ensureUnnamed prepares the client's unnamed statement on the held
 // connection if the connection's unnamed statement is not the client's.
 func (r *relay) ensureUnnamed(seq uint64) error {
@@ -859,9 +884,12 @@ func (r *relay) evict(keep string, seq uint64) error {
 				oldest, oldestTick = name, c.used
 			}
 		}
+		// A stand-in the server then skips closing is forgotten, not
+		// brought back as the statement (closed before any Parse of it).
+		had := !sc.prepared[oldest].standIn
 		delete(sc.prepared, oldest)
 		sc.mu.Unlock()
-		r.prepared().record(replyEntry{seq: seq, action: replyHide, kind: effectServerRemove, server: oldest, had: true})
+		r.prepared().record(replyEntry{seq: seq, action: replyHide, kind: effectServerRemove, server: oldest, had: had})
 		if err := r.sendMsgs(appendClose(nil, 'S', oldest), fromClient); err != nil {
 			return err
 		}

@@ -248,8 +248,12 @@ func appendDescribe(buf []byte, kind byte, name string) []byte {
 
 // stmtCopy is a server statement prepared on a connection: when it was
 // last used there (sc.tick, for least-recently-used eviction) and when it
-// was parsed (a parseEpoch; 0: not known).
-type stmtCopy struct{ used, parsed uint64 }
+// was parsed (a parseEpoch; 0: not known). A stand-in (occupyName) holds
+// the name only: for everyone else the connection lacks the statement.
+type stmtCopy struct {
+	used, parsed uint64
+	standIn      bool
+}
 
 // parseEpoch orders Parses across connections: a client's statement and
 // each connection's copy of it are stamped when parsed. A copy parsed
@@ -266,21 +270,40 @@ func (sc *serverConn) touch(name string) (had bool) {
 }
 
 // touchParsedSince is touch for a client whose statement was parsed at
-// epoch: it reports whether sc has a copy parsed since.
+// epoch: it reports whether sc has a copy parsed since, or the copy that
+// Parse made (the same epoch: preparing it again would fail in a failed
+// transaction block, where PostgreSQL describes or binds the statement
+// it has). A copy of unknown epoch (0) is never the client's.
 func (sc *serverConn) touchParsedSince(name string, epoch uint64) bool {
 	c, had := sc.use(name)
-	return had && c.parsed > epoch
+	return had && c.parsed != 0 && c.parsed >= epoch
 }
 
 // use marks a server statement as prepared and just used on sc, and
-// returns its copy there as it was.
+// returns its copy there as it was (none: a stand-in).
 func (sc *serverConn) use(name string) (stmtCopy, bool) {
 	sc.mu.Lock()
 	defer sc.mu.Unlock()
 	c, had := sc.prepared[name]
 	sc.tick++
 	sc.prepared[name] = stmtCopy{used: sc.tick, parsed: c.parsed}
-	return c, had
+	return c, had && !c.standIn
+}
+
+// standIn marks a server statement name as taken on sc by a stand-in,
+// unless something (the statement or a stand-in) holds it already, and
+// reports whether something did.
+func (sc *serverConn) standIn(name string) (held bool) {
+	sc.mu.Lock()
+	defer sc.mu.Unlock()
+	c, held := sc.prepared[name]
+	sc.tick++
+	c.used = sc.tick
+	if !held {
+		c = stmtCopy{used: sc.tick, standIn: true}
+	}
+	sc.prepared[name] = c
+	return held
 }
 
 // parsing marks a server statement as prepared and just used on sc, parsed
@@ -290,10 +313,10 @@ func (sc *serverConn) parsing(name string) (epoch uint64, had bool) {
 	epoch = parseEpoch.Add(1)
 	sc.mu.Lock()
 	defer sc.mu.Unlock()
-	_, had = sc.prepared[name]
+	c, had := sc.prepared[name]
 	sc.tick++
 	sc.prepared[name] = stmtCopy{used: sc.tick, parsed: epoch}
-	return epoch, had
+	return epoch, had && !c.standIn
 }
 
 // appendClose encodes a Close of a statement ('S') or portal ('P').
