@@ -256,12 +256,13 @@ func (l *eventLoop) wake(it loopItem) {
 	case loopRunning:
 		s.loopWoken = true
 	}
-	kick := l.sleeping.Load()
-	l.mu.Unlock()
-	if kick {
+	if l.sleeping.Load() && !l.closed {
+		// Under mu: close closes kickfd only after it has marked the loop
+		// closed, so the number is still the loop's here.
 		one := []byte{1, 0, 0, 0, 0, 0, 0, 0}
 		_, _ = unix.Write(l.kickfd, one)
 	}
+	l.mu.Unlock()
 }
 
 // runReady serves the items woken since the last wait; false if the loop
@@ -621,36 +622,6 @@ func (r *relay) awaitReady() bool {
 	}
 	r.poolWaitFresh = false
 	return false
-}
-
-// parkForReplies: on the loop, before the readback of a client's settings,
-// with replies still owed, the client goes back to its loop rather than
-// hand the loop over to wait for them (a client with settings of its own
-// would otherwise cost a hand-over per transaction); the reply side wakes
-// it when they come (relay.wake), and the step starts again from the top
-// of clientToUpstream, where nothing has been done yet. Reports whether it
-// parked.
-func (r *relay) parkForReplies() bool {
-	if r.waiting.Load() {
-		r.waiting.Store(false) // parked here before: woken, or the client spoke
-	}
-	if !r.onLoop() || r.carry == nil || r.carry.sent || r.holds(untilAnswered) {
-		return false
-	}
-	r.leaseMu.Lock()
-	held := r.sc != nil
-	r.leaseMu.Unlock()
-	if !held || r.uw != nil && r.uw.Flush() != nil {
-		return false // readBack has nothing to wait for, or finds the error
-	}
-	// Waiting first, then the look: a reply that comes in between sees
-	// waiting and wakes the client.
-	r.waiting.Store(true)
-	if r.holds(untilAnswered) {
-		r.waiting.Store(false)
-		return false
-	}
-	return true
 }
 
 // peekType returns the first byte waiting on a client socket, leaving it

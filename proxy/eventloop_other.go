@@ -24,7 +24,6 @@ func (l *eventLoop) yield()               {}
 func (r *relay) useLoop(*eventLoop)       {}
 func (r *relay) onLoop() bool             { return false }
 func (r *relay) queueForConnection() bool { return false }
-func (r *relay) parkForReplies() bool     { return false }
 func (r *relay) evLoop() *eventLoop       { return nil }
 func (l *eventLoop) wake(loopItem)        {}
 func (r *relay) awaitReady() bool         { return false }

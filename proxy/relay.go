@@ -268,9 +268,6 @@ func (r *relay) clientToUpstream() error {
 			if r.carryTouched() {
 				// About to wait for the client: its settings, if they are
 				// final, are read back now, so that the lease can end.
-				if r.parkForReplies() {
-					return errParked
-				}
 				if err := r.readBack(); err != nil {
 					return err
 				}
@@ -1163,9 +1160,6 @@ func (r *relay) wake() {
 		select {
 		case r.notify <- struct{}{}:
 		default:
-		}
-		if l := r.evLoop(); l != nil {
-			l.wake(r) // it may wait on its loop (parkForReplies)
 		}
 	}
 }

@@ -532,6 +532,12 @@ func (ss *session) endPooled(reqErr error) {
 		return
 	}
 	r.endPoolWait()
+	if r.parker != nil {
+		// Out of the parker's or the loop's set before the socket closes:
+		// a closed descriptor leaves epoll without an event, and its number
+		// may be another client's next.
+		r.parker.unpark(r)
+	}
 	first := !r.closing.Swap(true)
 	// Whoever writes to the client now (finish, or failResponse) must not
 	// wait long for a client that does not read.
