@@ -99,29 +99,11 @@ var loopThreads struct {
 // newEventLoop starts a loop; nil if the system refuses (clients then keep
 // goroutines).
 func newEventLoop() *eventLoop {
-	epfd, err := unix.EpollCreate1(unix.EPOLL_CLOEXEC)
-	if err != nil {
+	epfd, fds, ok := newEpollWithEventfds(2)
+	if !ok {
 		return nil
 	}
-	wakefd, err := unix.Eventfd(0, unix.EFD_CLOEXEC|unix.EFD_NONBLOCK)
-	if err != nil {
-		unix.Close(epfd)
-		return nil
-	}
-	kickfd, err := unix.Eventfd(0, unix.EFD_CLOEXEC|unix.EFD_NONBLOCK)
-	if err != nil {
-		unix.Close(epfd)
-		unix.Close(wakefd)
-		return nil
-	}
-	for _, fd := range []int{wakefd, kickfd} {
-		if err := unix.EpollCtl(epfd, unix.EPOLL_CTL_ADD, fd, &unix.EpollEvent{Events: unix.EPOLLIN, Fd: int32(fd)}); err != nil {
-			unix.Close(epfd)
-			unix.Close(wakefd)
-			unix.Close(kickfd)
-			return nil
-		}
-	}
+	wakefd, kickfd := fds[0], fds[1]
 	l := &eventLoop{epfd: epfd, wakefd: wakefd, kickfd: kickfd, items: map[int32]loopItem{}, done: make(chan struct{}), freeing: make(chan struct{})}
 	l.gen.Store(1) // a relay's loopGen of 0 means not on the loop
 	go l.run()
@@ -213,30 +195,23 @@ func (l *eventLoop) parkItem(it loopItem) bool {
 // the ready queue if that grant came during the step. Caller holds mu.
 func (l *eventLoop) restLocked(it loopItem) {
 	s := it.slot()
-	if !s.loopWaitGrant {
-		if s.loopDisarmed {
-			ev := unix.EpollEvent{Events: unix.EPOLLIN | unix.EPOLLRDHUP, Fd: s.parkFD}
-			_ = unix.EpollCtl(l.epfd, unix.EPOLL_CTL_MOD, int(s.parkFD), &ev)
-			s.loopDisarmed = false
-		}
-		if s.loopWoken {
-			// Woken during the step (a deadline): once more.
-			s.loopWoken = false
-			s.loopState = loopRunning
-			l.ready = append(l.ready, it)
-			return
-		}
-		s.loopState = loopParked
-		return
-	}
+	waitGrant := s.loopWaitGrant
 	s.loopWaitGrant = false
-	if s.loopWoken {
+	if !waitGrant && s.loopDisarmed {
+		ev := unix.EpollEvent{Events: unix.EPOLLIN | unix.EPOLLRDHUP, Fd: s.parkFD}
+		_ = unix.EpollCtl(l.epfd, unix.EPOLL_CTL_MOD, int(s.parkFD), &ev)
+		s.loopDisarmed = false
+	}
+	switch {
+	case s.loopWoken: // woken during the step (a grant, a deadline): once more
 		s.loopWoken = false
 		s.loopState = loopRunning
 		l.ready = append(l.ready, it)
-		return
+	case waitGrant:
+		s.loopState = loopWaiting
+	default:
+		s.loopState = loopParked
 	}
-	s.loopState = loopWaiting
 }
 
 // wake readies an item waiting for a pooled connection, or one whose read

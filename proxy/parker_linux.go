@@ -69,24 +69,39 @@ func freeMemory() {
 }
 
 func newParkerFreeing(sweep func(idleSince time.Time), resume func(*relay), after uint64, every time.Duration, free func()) *parker {
-	epfd, err := unix.EpollCreate1(unix.EPOLL_CLOEXEC)
-	if err != nil {
+	epfd, fds, ok := newEpollWithEventfds(1)
+	if !ok {
 		return nil
 	}
-	wakefd, err := unix.Eventfd(0, unix.EFD_CLOEXEC|unix.EFD_NONBLOCK)
-	if err != nil {
-		unix.Close(epfd)
-		return nil
-	}
-	if err := unix.EpollCtl(epfd, unix.EPOLL_CTL_ADD, wakefd, &unix.EpollEvent{Events: unix.EPOLLIN, Fd: int32(wakefd)}); err != nil {
-		unix.Close(epfd)
-		unix.Close(wakefd)
-		return nil
-	}
+	wakefd := fds[0]
 	p := &parker{epfd: epfd, wakefd: wakefd, sweep: sweep, resume: resume, parked: map[int32]*relay{}, done: make(chan struct{}),
 		freeAfter: after, freeEvery: every, free: free}
 	go p.loop()
 	return p
+}
+
+// newEpollWithEventfds makes an epoll set with n eventfds in it (a loop's
+// wake-ups); ok is false, and nothing is left open, if the system refuses.
+func newEpollWithEventfds(n int) (epfd int, fds []int, ok bool) {
+	epfd, err := unix.EpollCreate1(unix.EPOLL_CLOEXEC)
+	if err != nil {
+		return -1, nil, false
+	}
+	for range n {
+		fd, err := unix.Eventfd(0, unix.EFD_CLOEXEC|unix.EFD_NONBLOCK)
+		if err == nil {
+			fds = append(fds, fd)
+			err = unix.EpollCtl(epfd, unix.EPOLL_CTL_ADD, fd, &unix.EpollEvent{Events: unix.EPOLLIN, Fd: int32(fd)})
+		}
+		if err != nil {
+			for _, fd := range fds {
+				unix.Close(fd)
+			}
+			unix.Close(epfd)
+			return -1, nil, false
+		}
+	}
+	return epfd, fds, true
 }
 
 // park hands over a client whose request side has just left (errParked).
