@@ -4,7 +4,6 @@ import (
 	"bufio"
 	"errors"
 	"net"
-	"os"
 	goruntime "runtime"
 	"sync"
 	"sync/atomic"
@@ -660,9 +659,6 @@ func (sc *serverConn) useLoop(p *txPool, l *eventLoop) {
 	}
 	fd := connFD(sc.conn)
 	if l == nil || !ok || fd < 0 || sc.r.Buffered() != 0 {
-		if os.Getenv("PGTENANT_LOOP_DEBUG") != "" {
-			println("sc not on loop", l == nil, ok, fd, sc.r.Buffered())
-		}
 		return
 	}
 	sc.loop, sc.pool, sc.parkFD = l, p, fd

@@ -360,9 +360,7 @@ func (p *txPool) makeReady(sc *serverConn, open bool, tenant string, pc *poolCon
 		if open {
 			if sc, err = p.dial(p.ctx); err != nil {
 				p.mu.Lock()
-				p.open--
-				p.active[tenant]--
-				p.dispatch()
+				p.giveBackLocked(tenant, poolGrant{open: true})
 				p.mu.Unlock()
 				return nil, err
 			}
@@ -498,10 +496,10 @@ func (p *txPool) waitLater(tenant, key string, woken grantWaker) *poolWaiter {
 	if p.closed {
 		return nil
 	}
-	if p.cfg.MaxWaiting > 0 && p.nwaiting >= p.cfg.MaxWaiting && !(len(p.waiters[tenant]) == 0 && p.active[tenant] < p.cfg.TenantCap(tenant) && (len(p.idle) > 0 || p.open < p.cfg.Size)) {
+	free := len(p.waiters[tenant]) == 0 && p.active[tenant] < p.cfg.TenantCap(tenant)
+	if p.cfg.MaxWaiting > 0 && p.nwaiting >= p.cfg.MaxWaiting && !(free && (len(p.idle) > 0 || p.open < p.cfg.Size)) {
 		return nil // acquire refuses it (pool.max_waiting)
 	}
-	free := len(p.waiters[tenant]) == 0 && p.active[tenant] < p.cfg.TenantCap(tenant)
 	if free && len(p.idle) > 0 && !p.needsRoundTrip(p.idle[p.idleFor(key)], key) {
 		return nil
 	}
@@ -551,18 +549,24 @@ func (p *txPool) endWait(w *poolWaiter) {
 	defer p.mu.Unlock()
 	select {
 	case g := <-w.got:
-		if p.active[w.tenant]--; p.active[w.tenant] <= 0 {
-			delete(p.active, w.tenant)
-		}
-		if g.sc != nil {
-			p.idle = append(p.idle, g.sc)
-		} else {
-			p.open--
-		}
-		p.dispatch()
+		p.giveBackLocked(w.tenant, g)
 	default:
 		p.removeWaiter(w)
 	}
+}
+
+// giveBackLocked returns a grant tenant did not use: its idle connection,
+// or its right to open one, goes to the next in line. Caller holds p.mu.
+func (p *txPool) giveBackLocked(tenant string, g poolGrant) {
+	if p.active[tenant]--; p.active[tenant] <= 0 {
+		delete(p.active, tenant)
+	}
+	if g.sc != nil {
+		p.idle = append(p.idle, g.sc)
+	} else {
+		p.open--
+	}
+	p.dispatch()
 }
 
 func (p *txPool) removeWaiter(w *poolWaiter) {
